@@ -1,0 +1,53 @@
+"""flowkit: invertible generative networks as plugins.
+
+Every model is ``prior ∘ transform``, trained by an ``objective``, on a ``dataset``; each of the
+four is a plugin found by name through Python entry points. The public API::
+
+    import flowkit
+    config = flowkit.load_config("realnvp-moons", overrides=["train.steps=500"])
+    result = flowkit.train(config, run_dir="runs/moons")      # same as `flowkit run`
+    run = flowkit.load_run("runs/moons")                        # a trained Flow and its data
+    run.model.log_prob(x); run.model.sample(64); run.model.encode(x); run.model.decode(z)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Heavy modules (torch) load on first attribute access, so `flowkit --help` stays fast.
+_LAZY = {
+    "Transform": "flowkit.transform",
+    "Prior": "flowkit.prior",
+    "Objective": "flowkit.objective",
+    "LossOutput": "flowkit.objective",
+    "Batch": "flowkit.objective",
+    "Flow": "flowkit.model",
+    "build_model": "flowkit.model",
+    "load_config": "flowkit.config",
+    "train": "flowkit.trainer",
+    "load_run": "flowkit.runs",
+    "registry": "flowkit.registry",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+if TYPE_CHECKING:
+    from flowkit.config import load_config
+    from flowkit.model import Flow, build_model
+    from flowkit.objective import Batch, LossOutput, Objective
+    from flowkit.prior import Prior
+    from flowkit.registry import registry
+    from flowkit.runs import load_run
+    from flowkit.trainer import train
+    from flowkit.transform import Transform
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, name)
+    raise AttributeError(f"module 'flowkit' has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""The dataset contract: every dataset plugin returns a :class:`DataSplits`.
+
+A dataset plugin is a callable registered under the ``flowkit.datasets`` entry-point group. Its
+keyword parameters are validated from its typed signature like every other plugin; two may be
+injected by flowkit: ``data_dir`` (a :class:`~pathlib.Path` or ``None``; from ``--data-dir``, the
+config's ``data.data_dir`` or ``$FLOWKIT_DATA``) and ``seed`` (the run's seed).
+
+Images are float tensors in ``[0, 1)`` holding ``k / levels`` for integer pixel values ``k``
+(``levels = 256`` for 8-bit images). Training and evaluation add uniform dequantization noise of
+one level, so the model sees continuous data and bits/dim compare with the literature.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flowkit.errors import DataError
+
+
+@dataclass
+class DataSplits:
+    """Train and test tensors of one dataset, with what the model needs to know about them.
+
+    ``levels`` is the number of discrete values per scalar for quantized data (``None`` for
+    continuous data such as the 2-D toys). ``num_classes`` is ``None`` for unlabelled data.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    levels: int | None = None
+    num_classes: int | None = None
+    default_preprocess: str = "none"
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train.shape[1:] != self.test.shape[1:]:
+            raise DataError(
+                f"dataset {self.name!r}: train shape {tuple(self.train.shape[1:])} differs from "
+                f"test shape {tuple(self.test.shape[1:])}"
+            )
+        for split, data, labels in (("train", self.train, self.train_labels),
+                                    ("test", self.test, self.test_labels)):
+            if labels is not None and labels.shape != (data.shape[0],):
+                raise DataError(
+                    f"dataset {self.name!r}: {split} labels have shape {tuple(labels.shape)}, "
+                    f"expected ({data.shape[0]},)"
+                )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-example shape, e.g. ``(2,)`` or ``(1, 28, 28)``."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The data folder: ``data_dir`` if given, else ``$FLOWKIT_DATA``, else ``None``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("FLOWKIT_DATA")
+    return Path(env).expanduser() if env else None
+
+
+class BatchStream:
+    """Shuffled mini-batches addressed by training step, so a resumed run sees the same data.
+
+    Pass ``e`` over the data uses the permutation drawn from ``seed + e``; the batch of step ``t``
+    is a pure function of ``(seed, t)``. The last incomplete batch of each pass is dropped.
+    """
+
+    def __init__(self, data: Tensor, labels: Tensor | None, batch_size: int, seed: int) -> None:
+        self.data = data
+        self.labels = labels
+        self.batch_size = max(1, min(int(batch_size), data.shape[0]))
+        self.per_epoch = data.shape[0] // self.batch_size
+        self.seed = int(seed)
+        self._epoch = -1
+        self._order = torch.empty(0, dtype=torch.long)
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor | None]:
+        epoch, k = divmod(int(step), self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(self.data.shape[0], generator=gen)
+            self._epoch = epoch
+        idx = self._order[k * self.batch_size:(k + 1) * self.batch_size]
+        return self.data[idx], (self.labels[idx] if self.labels is not None else None)

@@ -1,0 +1,103 @@
+"""The :class:`Objective` interface: how a flow is trained.
+
+The trainer never special-cases an objective. Each step it
+
+1. calls :meth:`Objective.auxiliary_update` — objectives with auxiliary networks (a latent critic)
+   update them here, with optimisers and a schedule they own (e.g. one critic step per step, or
+   critic on even steps only);
+2. calls :meth:`Objective.loss`, which returns the loss terms for the model; if ``total`` is
+   ``None`` the model is not updated on this step (a 1:1 alternating schedule);
+3. back-propagates ``total`` into the model and steps the model's optimiser.
+
+An objective's auxiliary modules and optimiser state are part of its ``state_dict`` (use
+:meth:`get_extra_state` for optimiser state), so they are checkpointed and resumed with the run.
+Objectives compose: :class:`WeightedSum` is ``Σ_k w_k · L_k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from flowkit.model import Flow
+
+
+class Batch(NamedTuple):
+    """One training batch: data ``x`` (already dequantized) and optional class labels."""
+
+    x: Tensor
+    context: Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """What :meth:`Objective.loss` returns.
+
+    ``total`` is the scalar the trainer back-propagates into the model (``None``: no model update
+    this step). ``terms`` are scalars to log (floats, already detached).
+    """
+
+    total: Tensor | None
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class of every training objective (plugins subclass it)."""
+
+    def setup(self, model: Flow) -> None:
+        """Build auxiliary modules and their optimisers once the model exists (default: none)."""
+
+    def auxiliary_update(self, model: Flow, batch: Batch, step: int) -> dict[str, float]:
+        """Update auxiliary modules (e.g. a critic) before the model's step; return logged terms."""
+        return {}
+
+    def loss(self, model: Flow, batch: Batch, step: int) -> LossOutput:
+        """Loss terms for the model on ``batch`` at training step ``step``."""
+        raise NotImplementedError
+
+    def get_extra_state(self) -> Any:
+        return {}
+
+    def set_extra_state(self, state: Any) -> None:
+        return None
+
+
+class WeightedSum(Objective):
+    """``L = Σ_k w_k · L_k``: a weighted sum of objectives (e.g. ``mle + 0.1 * ot``).
+
+    Each term keeps its own auxiliary modules and schedule; logged terms are prefixed with the
+    objective's name. Steps where every term returns ``total=None`` leave the model untouched.
+    """
+
+    def __init__(self, objectives: dict[str, Objective], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(objectives)
+        self.weights = dict(weights)
+
+    def setup(self, model: Flow) -> None:
+        for obj in self.terms.values():
+            obj.setup(model)
+
+    def auxiliary_update(self, model: Flow, batch: Batch, step: int) -> dict[str, float]:
+        logged: dict[str, float] = {}
+        for name, obj in self.terms.items():
+            for key, value in obj.auxiliary_update(model, batch, step).items():
+                logged[f"{name}/{key}"] = value
+        return logged
+
+    def loss(self, model: Flow, batch: Batch, step: int) -> LossOutput:
+        total: Tensor | None = None
+        logged: dict[str, float] = {}
+        for name, obj in self.terms.items():
+            out = obj.loss(model, batch, step)
+            for key, value in out.terms.items():
+                logged[f"{name}/{key}"] = value
+            if out.total is not None:
+                weighted = self.weights[name] * out.total
+                total = weighted if total is None else total + weighted
+        if total is not None:
+            logged["loss"] = float(total.detach())
+        return LossOutput(total, logged)

@@ -1,0 +1,1 @@
+"""Built-in flowkit plugins, registered through entry points like any third-party plugin."""
