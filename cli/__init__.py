@@ -1,0 +1,1 @@
+"""The ``flowkit`` command line (click). Entry point: :func:`flowkit.cli.main.main`."""

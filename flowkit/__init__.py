@@ -31,7 +31,20 @@ _LAZY = {
     "registry": "flowkit.registry",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Batch",
+    "Flow",
+    "LossOutput",
+    "Objective",
+    "Prior",
+    "Transform",
+    "__version__",
+    "build_model",
+    "load_config",
+    "load_run",
+    "registry",
+    "train",
+]
 
 if TYPE_CHECKING:
     from flowkit.config import load_config

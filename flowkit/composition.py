@@ -7,6 +7,7 @@ conformance checks as single blocks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -28,7 +29,7 @@ class Sequential(Transform):
         steps = list(transforms)
         if not steps:
             raise ValueError("Sequential needs at least one transform")
-        for prev, nxt in zip(steps[:-1], steps[1:]):
+        for prev, nxt in itertools.pairwise(steps):
             if prev.output_shape != nxt.event_shape:
                 raise ShapeError(
                     f"cannot chain {type(prev).__name__} (output {prev.output_shape}) into "
@@ -93,7 +94,7 @@ class Reshape(Transform):
         return y.reshape(y.shape[0], *self.event_shape), self.zero_logdet(y)
 
 
-def Flatten(event_shape: Shape) -> Reshape:  # noqa: N802 - reads as a class at call sites
+def Flatten(event_shape: Shape) -> Reshape:
     """Flatten each example to a vector of ``prod(event_shape)`` features."""
     return Reshape(event_shape, (math.prod(event_shape),))
 
@@ -113,7 +114,7 @@ class MultiScale(Transform):
         if not levels:
             raise ValueError("MultiScale needs at least one level")
         sizes: list[int] = []
-        for i, (lvl, nxt) in enumerate(zip(levels[:-1], levels[1:])):
+        for i, (lvl, nxt) in enumerate(itertools.pairwise(levels)):
             c, *spatial = lvl.output_shape
             keep = (c - c // 2, *spatial)
             if nxt.event_shape != keep:

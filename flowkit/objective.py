@@ -101,3 +101,16 @@ class WeightedSum(Objective):
         if total is not None:
             logged["loss"] = float(total.detach())
         return LossOutput(total, logged)
+
+
+def build_objective(section: dict[str, Any]) -> Objective:
+    """Build the objective of a resolved ``[objective]`` section (one plugin or a weighted sum)."""
+    from flowkit import registry
+    from flowkit.config import parse_objective_expression
+
+    terms = parse_objective_expression(section["name"])
+    if len(terms) == 1 and terms[0][1] == 1.0:
+        params = {k: v for k, v in section.items() if k != "name"}
+        return registry.objectives.build(terms[0][0], params)
+    built = {name: registry.objectives.build(name, section.get(name, {})) for name, _ in terms}
+    return WeightedSum(built, dict(terms))

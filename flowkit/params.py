@@ -6,10 +6,10 @@ A plugin is a class or function whose keyword parameters carry type hints::
         def __init__(self, event_shape: tuple[int, ...], *, hidden: int = 64,
                      conditioner: Literal["mlp", "conv"] = "mlp") -> None: ...
 
-Config values are checked against those hints (``int``, ``float``, ``bool``, ``str``, ``Literal``,
-``Optional``/unions, ``list``/``tuple`` of those, ``dict``, ``Path``). Some parameters are *injected*
-by flowkit rather than set by the user (``event_shape``, ``shape``, ``num_classes``, ``data_dir``,
-``seed``); a plugin receives the ones its signature names.
+Config values are checked against those hints (``int``, ``float``, ``bool``, ``str``,
+``Literal``, ``Optional``/unions, ``list``/``tuple`` of those, ``dict``, ``Path``). Some parameters
+are *injected* by flowkit rather than set by the user (``event_shape``, ``shape``,
+``num_classes``, ``data_dir``, ``seed``); a plugin receives the ones its signature names.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ def _hints(target: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def user_parameters(target: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """The parameters a user may set in a config (everything but ``self`` and injected names)."""
+def user_parameters(
+    target: Callable[..., Any], reserved: frozenset[str] = INJECTED
+) -> dict[str, inspect.Parameter]:
+    """The parameters a user may set in a config (everything but ``self`` and ``reserved``)."""
     params = {}
     for name, p in _signature(target).parameters.items():
-        if name == "self" or name in INJECTED:
+        if name == "self" or name in reserved:
             continue
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
@@ -80,7 +82,7 @@ def _type_name(hint: Any) -> str:
 
 
 def check_value(value: Any, hint: Any, where: str) -> Any:
-    """Return ``value`` converted to ``hint`` where that is lossless, else raise :class:`ConfigError`."""
+    """``value`` converted to ``hint`` where lossless, else raise :class:`ConfigError`."""
     if hint is Any or hint is inspect.Parameter.empty:
         return value
     origin = typing.get_origin(hint)
@@ -109,7 +111,8 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
-            items = [check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [check_value(v, a, f"{where}[{i}]")
+                     for i, (v, a) in enumerate(zip(value, args))]
         else:
             inner = args[0] if args else Any
             items = [check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -148,19 +151,21 @@ def validate_parameters(
     params: Mapping[str, Any],
     where: str,
     injected: Mapping[str, Any] | None = None,
+    reserved: frozenset[str] = INJECTED,
 ) -> dict[str, Any]:
     """Check ``params`` against ``target``'s signature and return the keyword arguments to call it.
 
     ``where`` names the config section in messages (e.g. ``"[transform] realnvp"``).
-    ``injected`` values are passed only when the signature asks for them.
+    ``injected`` values are passed only when the signature asks for them; ``reserved`` names
+    (default: :data:`INJECTED`) may not be set by the user.
     """
     sig = _signature(target)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    allowed = user_parameters(target)
+    allowed = user_parameters(target, reserved)
     hints = _hints(target)
     kwargs: dict[str, Any] = {}
     for key, value in params.items():
-        if key in INJECTED:
+        if key in reserved:
             raise ConfigError(f"{where}: '{key}' is set by flowkit from the data; remove it")
         if key not in allowed:
             if accepts_any:

@@ -59,7 +59,7 @@ class Prior(nn.Module):
         raise NotImplementedError
 
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """``n`` reparameterised samples of shape ``(n, *shape)``; ``temperature`` scales the noise."""
+        """``n`` reparameterised samples ``(n, *shape)``; ``temperature`` scales the noise."""
         raise NotImplementedError
 
     @torch.no_grad()

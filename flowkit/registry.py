@@ -167,7 +167,7 @@ class Registry:
 
     # -- programmatic registration -------------------------------------------------------------
     def register(self, name: str, obj: Any, distribution: str = "<runtime>") -> None:
-        """Register ``obj`` under ``name`` in this process (notebooks, tests); shadows entry points."""
+        """Register ``obj`` as ``name`` in this process (notebooks, tests); shadows entry points."""
         entry = PluginEntry(self.kind, name, f"{getattr(obj, '__module__', '?')}:"
                             f"{getattr(obj, '__qualname__', '?')}", distribution, "")
         entry._obj = obj

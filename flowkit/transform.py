@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError

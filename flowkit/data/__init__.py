@@ -1,6 +1,13 @@
 """Datasets: the :class:`DataSplits` container, file readers and preprocessing."""
 
-from flowkit.data.base import DataSplits, BatchStream, resolve_data_dir
+from flowkit.data.base import BatchStream, DataMeta, DataSplits, resolve_data_dir
 from flowkit.data.preprocess import build_preprocess, dequantize
 
-__all__ = ["BatchStream", "DataSplits", "build_preprocess", "dequantize", "resolve_data_dir"]
+__all__ = [
+    "BatchStream",
+    "DataMeta",
+    "DataSplits",
+    "build_preprocess",
+    "dequantize",
+    "resolve_data_dir",
+]

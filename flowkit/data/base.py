@@ -14,13 +14,35 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from flowkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """What a model must know about its data; saved in checkpoints so runs reload without data."""
+
+    shape: tuple[int, ...]
+    levels: int | None = None
+    num_classes: int | None = None
+    default_preprocess: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        return out | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataMeta:
+        return cls(shape=tuple(d["shape"]), levels=d.get("levels"),
+                   num_classes=d.get("num_classes"),
+                   default_preprocess=d.get("default_preprocess", "none"))
 
 
 @dataclass
@@ -59,6 +81,11 @@ class DataSplits:
     def shape(self) -> tuple[int, ...]:
         """Per-example shape, e.g. ``(2,)`` or ``(1, 28, 28)``."""
         return tuple(self.train.shape[1:])
+
+    @property
+    def meta(self) -> DataMeta:
+        """The :class:`DataMeta` a model needs (shape, levels, classes, default preprocessing)."""
+        return DataMeta(self.shape, self.levels, self.num_classes, self.default_preprocess)
 
     @property
     def dim(self) -> int:

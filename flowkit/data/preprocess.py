@@ -27,7 +27,7 @@ PREPROCESS_CHOICES = ("auto", "none", "logit", "center")
 
 
 def dequantize(x: Tensor, levels: int | None, generator: torch.Generator | None = None) -> Tensor:
-    """Add ``U[0, 1/levels)`` noise to quantized data ``k / levels`` (no-op when ``levels`` is None)."""
+    """Add ``U[0, 1/levels)`` noise to quantized data ``k / levels`` (no-op without levels)."""
     if not levels:
         return x
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
@@ -85,7 +85,7 @@ class Logit(Transform):
 
 
 def build_preprocess(kind: str, shape: Shape, alpha: float, default: str) -> Transform:
-    """The preprocessing transform named by ``data.preprocess`` (``auto`` = the dataset's default)."""
+    """The preprocessing named by ``data.preprocess`` (``auto``: the dataset's default)."""
     if kind == "auto":
         kind = default
     if kind == "none":

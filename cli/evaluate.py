@@ -1,0 +1,36 @@
+"""``flowkit eval``: test-set likelihood of a trained run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset folder, if it moved since training (default: the run's, or "
+                   "$FLOWKIT_DATA).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A specific checkpoint file (default: the newest).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--max-examples", type=int, default=0, show_default=True,
+              help="Evaluate only the first N examples (0 = all).")
+def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
+             max_examples: int) -> None:
+    """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json."""
+    from flowkit.evaluation import evaluate_nll
+    from flowkit.runs import load_run
+
+    run = load_run(run_dir, checkpoint)
+    data = run.load_data(data_dir)
+    metrics = evaluate_nll(run.model, data, split=split,
+                           batch_size=run.config["eval"]["batch_size"], max_examples=max_examples,
+                           dequantize_data=bool(run.config["data"]["dequantize"]),
+                           seed=run.config["train"]["seed"])
+    result = {"step": run.step, "checkpoint": run.checkpoint.name, **metrics}
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -1,0 +1,37 @@
+"""``flowkit list``: every registered plugin with its summary and provider."""
+
+from __future__ import annotations
+
+import click
+
+KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "presets"]
+
+
+@click.command("list")
+@click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
+@click.option("--params", "show_params", is_flag=True, help="Also list each plugin's parameters.")
+def list_plugins(kind: str | None, show_params: bool) -> None:
+    """List registered transforms, priors, objectives and datasets (and the shipped presets)."""
+    from flowkit.config import available_presets
+    from flowkit.params import describe_parameters
+    from flowkit.registry import KINDS, PluginLoadError, registry
+
+    kinds = [kind[:-1]] if kind and kind != "presets" else ([] if kind else list(KINDS))
+    for k in kinds:
+        reg = registry(k)
+        entries = reg.entries()
+        click.secho(f"{k}s ({reg.group})", bold=True)
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            click.echo(f"  {entry.name:<{width}}  {entry.summary()}  [{entry.provider}]")
+            if show_params:
+                try:
+                    rows = describe_parameters(entry.load())
+                except PluginLoadError:
+                    rows = []
+                for pname, ptype, default in rows:
+                    click.echo(f"  {'':<{width}}    {pname}: {ptype} = {default}")
+        click.echo()
+    if kind in (None, "presets"):
+        click.secho("presets (flowkit run --config NAME)", bold=True)
+        click.echo("  " + ", ".join(available_presets()))

@@ -1,0 +1,350 @@
+"""Run configuration: TOML presets and files, command-line overrides, validation, resolution.
+
+A run config has six sections::
+
+    [transform]  name = "realnvp"  + the plugin's parameters
+    [prior]      name = "gaussian" + the plugin's parameters
+    [objective]  name = "mle"      + parameters, or a weighted sum (see below)
+    [data]       name = "digits", data_dir, preprocess, alpha, dequantize + the dataset's parameters
+    [train]      steps, batch_size, lr, optimizer, ... (:class:`TrainConfig`)
+    [eval]       batch_size, max_examples, n_samples, ... (:class:`EvalConfig`)
+
+Layers apply in order: flowkit's defaults, then a preset (``realnvp-mnist``, shipped in
+``flowkit/presets``) or any TOML file, then the command-line shortcuts (``--transform``, ``--data``,
+…), then ``--set section.key=value`` overrides. :func:`resolve` validates every key and value —
+plugin parameters against the plugin's typed signature — and fills in every default, so the
+resolved config written into a run folder repeats the run exactly.
+
+A weighted sum of objectives is written ``name = "mle + 0.1*ot"`` (or ``--objective "mle+0.1*ot"``)
+with per-term parameters in sub-tables ``[objective.ot]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+import tomllib
+
+from flowkit.errors import ConfigError, did_you_mean
+from flowkit.params import user_parameters, validate_parameters
+
+SECTIONS = ("transform", "prior", "objective", "data", "train", "eval")
+PLUGIN_SECTIONS = {"transform": "transform", "prior": "prior", "objective": "objective",
+                   "data": "dataset"}
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: optimisation and bookkeeping of a training run."""
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    scheduler: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 25
+    eval_every: int = 500
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    init_examples: int = 512
+
+
+@dataclass
+class EvalConfig:
+    """``[eval]``: evaluation during and after training."""
+
+    batch_size: int = 500
+    max_examples: int = 2000
+    final_max_examples: int = 0
+    n_samples: int = 64
+    temperature: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """The generic keys of ``[data]`` (the rest go to the dataset plugin)."""
+
+    name: str = "digits"
+    data_dir: str = ""
+    preprocess: Literal["auto", "none", "logit", "center"] = "auto"
+    alpha: float = 0.05
+    dequantize: bool = True
+
+
+DATA_KEYS = tuple(f.name for f in fields(DataConfig))
+#: ``[train]`` keys that may differ when a run is resumed (everything else must match).
+RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.eval_every", "train.sample_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.device",
+                  "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
+                  "eval.n_samples", "eval.temperature", "data.data_dir"}
+
+
+def defaults() -> dict[str, Any]:
+    """The config every run starts from: Real NVP by maximum likelihood on the digits."""
+    return {
+        "transform": {"name": "realnvp"},
+        "prior": {"name": "gaussian"},
+        "objective": {"name": "mle"},
+        "data": asdict(DataConfig()),
+        "train": _plain(asdict(TrainConfig())),
+        "eval": asdict(EvalConfig()),
+    }
+
+
+# -- presets and files -------------------------------------------------------------------------
+def available_presets() -> list[str]:
+    """Names of the presets shipped inside the package."""
+    root = resources.files("flowkit.presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(source: str | Path) -> dict[str, Any]:
+    """Read a preset (by name) or a TOML file (by path)."""
+    path = Path(source)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        label = str(path)
+    else:
+        presets = available_presets()
+        if str(source) not in presets:
+            raise ConfigError(
+                f"no preset or file named {str(source)!r}.{did_you_mean(str(source), presets)} "
+                f"Presets: {', '.join(presets)}; or give a path to a .toml file."
+            )
+        text = resources.files("flowkit.presets").joinpath(f"{source}.toml").read_text("utf-8")
+        label = f"preset {source}"
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label} is not valid TOML: {exc}") from exc
+
+
+def dumps(config: Mapping[str, Any]) -> str:
+    """TOML text of a config (``None`` values are left out: TOML has no null)."""
+    return tomli_w.dumps(_plain(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge of ``update`` into a copy of ``base`` (tables merge, values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# -- overrides ---------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` → ``(["train", "lr"], 0.0003)``; values are TOML, bare words strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+", key):
+        raise ConfigError(
+            f"--set expects section.key=value (for example train.steps=200), got {text!r}"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as realnvp or cpu
+    return key.split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def set_plugin(config: dict[str, Any], section: str, name: str | None) -> dict[str, Any]:
+    """Switch ``section`` to plugin ``name``; the old plugin's parameters are dropped."""
+    if name is None or config.get(section, {}).get("name") == name:
+        return config
+    out = copy.deepcopy(config)
+    keep = DATA_KEYS if section == "data" else ()
+    out[section] = {k: v for k, v in out.get(section, {}).items() if k in keep} | {"name": name}
+    return out
+
+
+def load_config(
+    source: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    transform: str | None = None,
+    prior: str | None = None,
+    objective: str | None = None,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    base: Mapping[str, Any] | None = None,
+    resolve_plugins: bool = True,
+) -> dict[str, Any]:
+    """Build and resolve a run config: defaults ← ``base`` ← ``source`` ← shortcuts ← ``overrides``.
+
+    ``base`` is an existing config to start from (e.g. a run's own config when resuming).
+    """
+    config = defaults() if base is None else merge(defaults(), base)
+    if source is not None:
+        loaded = read_toml(source)
+        unknown = [k for k in loaded if k not in SECTIONS]
+        if unknown:
+            raise ConfigError(_unknown_section_message(unknown[0]))
+        for section in PLUGIN_SECTIONS:  # a file naming another plugin replaces the defaults
+            if section in loaded and "name" in loaded[section]:
+                config = set_plugin(config, section, loaded[section]["name"])
+        config = merge(config, loaded)
+    for section, name in (("transform", transform), ("prior", prior),
+                          ("objective", objective), ("data", data)):
+        config = set_plugin(config, section, name)
+    if data_dir is not None:
+        config["data"]["data_dir"] = str(data_dir)
+    config = apply_overrides(config, overrides)
+    return resolve(config) if resolve_plugins else config
+
+
+# -- validation --------------------------------------------------------------------------------
+def _unknown_section_message(key: str) -> str:
+    return (f"unknown config section [{key}].{did_you_mean(key, SECTIONS)} "
+            f"Sections: {', '.join(SECTIONS)}.")
+
+
+def parse_objective_expression(expr: str) -> list[tuple[str, float]]:
+    """``"mle + 0.1*ot"`` → ``[("mle", 1.0), ("ot", 0.1)]``."""
+    terms = []
+    for part in expr.split("+"):
+        part = part.strip()
+        m = re.fullmatch(r"(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z][\w\-]*)", part)
+        if not m:
+            raise ConfigError(
+                f"objective {expr!r}: cannot read term {part!r}; write terms like "
+                f"'mle + 0.1*ot'"
+            )
+        weight = float(m.group(1)) if m.group(1) else 1.0
+        terms.append((m.group(2), weight))
+    names = [n for n, _ in terms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"objective {expr!r} names a term twice")
+    return terms
+
+
+def _resolve_plugin(kind: str, section: Mapping[str, Any], where: str,
+                    generic: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate a plugin section and fill in the plugin's defaults."""
+    from flowkit import registry
+
+    if "name" not in section or not isinstance(section["name"], str):
+        raise ConfigError(f"[{where}] needs a plugin name, e.g. name = \"...\"")
+    name = section["name"]
+    factory = registry.registry(kind).get(name)
+    params = {k: v for k, v in section.items() if k != "name" and k not in generic}
+    checked = validate_parameters(factory, params, f"[{where}] {name}")
+    resolved: dict[str, Any] = {"name": name}
+    for pname, p in user_parameters(factory).items():
+        if pname in checked:
+            resolved[pname] = checked[pname]
+        elif p.default is not inspect.Parameter.empty and p.default is not None:
+            resolved[pname] = p.default
+    return resolved
+
+
+def _resolve_objective(section: Mapping[str, Any]) -> dict[str, Any]:
+    name = section.get("name")
+    if not isinstance(name, str):
+        raise ConfigError('[objective] needs a name, e.g. name = "mle" or "mle + 0.1*ot"')
+    terms = parse_objective_expression(name)
+    if len(terms) == 1 and terms[0][1] == 1.0:
+        return _resolve_plugin("objective", section, "objective")
+    resolved: dict[str, Any] = {"name": " + ".join(f"{w:g}*{n}" for n, w in terms)}
+    term_names = {n for n, _ in terms}
+    for key in section:
+        if key != "name" and key not in term_names:
+            raise ConfigError(
+                f"[objective] {key!r} is not a term of {name!r}: parameters of a weighted sum "
+                f"go in a sub-table per term, e.g. [objective.{terms[0][0]}]"
+            )
+    for term, _ in terms:
+        sub = section.get(term, {})
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"[objective.{term}] must be a table of parameters")
+        resolved[term] = {k: v for k, v in _resolve_plugin(
+            "objective", {**sub, "name": term}, f"objective.{term}").items() if k != "name"}
+    return resolved
+
+
+def _resolve_dataclass(cls: type, section: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    checked = validate_parameters(cls, section, f"[{where}]", reserved=frozenset())
+    return _plain(asdict(cls(**checked)))
+
+
+def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every key and value and fill in every default (plugin defaults included)."""
+    for key in config:
+        if key not in SECTIONS:
+            raise ConfigError(_unknown_section_message(key))
+    for key in SECTIONS:
+        if not isinstance(config.get(key, {}), Mapping):
+            raise ConfigError(f"[{key}] must be a table, got {config[key]!r}")
+    data = dict(config.get("data", {}))
+    generic = {k: v for k, v in data.items() if k in DATA_KEYS}
+    resolved_data = _resolve_dataclass(DataConfig, generic, "data")
+    resolved_data.update(_resolve_plugin("dataset", data, "data", generic=DATA_KEYS))
+    return {
+        "transform": _resolve_plugin("transform", config.get("transform", {}), "transform"),
+        "prior": _resolve_plugin("prior", config.get("prior", {}), "prior"),
+        "objective": _resolve_objective(config.get("objective", {})),
+        "data": resolved_data,
+        "train": _resolve_dataclass(TrainConfig, config.get("train", {}), "train"),
+        "eval": _resolve_dataclass(EvalConfig, config.get("eval", {}), "eval"),
+    }
+
+
+def diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        path = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out.extend(diff(va, vb, path + "."))
+        elif _plain(va) != _plain(vb):
+            out.append(path)
+    return out

@@ -1,0 +1,108 @@
+"""Figures: sample grids for images, density and sample plots for 2-D data (PNG)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from flowkit.data.base import DataSplits
+from flowkit.model import Flow
+
+
+def image_grid(images: Tensor, nrow: int | None = None, min_tile: int = 32, pad: int = 2) -> Image.Image:
+    """Tile ``images`` ``(N, C, H, W)`` with values in ``[0, 1]`` into one PIL image.
+
+    Small images are enlarged by an integer factor (nearest neighbour) to at least ``min_tile``
+    pixels, so 8×8 digits stay readable.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    x = images.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = np.ones((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h,
+             pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+    arr = (grid * 255 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr[0] if c == 1 else arr.transpose(1, 2, 0))
+    scale = max(1, math.ceil(min_tile / max(h, w)))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    return img
+
+
+def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write :func:`image_grid` of ``images`` to ``path`` (PNG)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, nrow).save(path)
+    return path
+
+
+@torch.inference_mode()
+def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 2000,
+            resolution: int = 200) -> Path:
+    """Three panels for 2-D data: test data, the model's density, and model samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    was_training = model.training
+    model.eval()
+    test = data.test[:n_samples].numpy()
+    lo = np.percentile(test, 0.5, axis=0)
+    hi = np.percentile(test, 99.5, axis=0)
+    margin = 0.15 * (hi - lo)
+    lo, hi = lo - margin, hi + margin
+    xs = np.linspace(lo[0], hi[0], resolution)
+    ys = np.linspace(lo[1], hi[1], resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+    dtype = next(iter(model.parameters()), model.prior._anchor).dtype
+    dens = torch.cat([model.log_prob(chunk.to(model.device, dtype)).exp().cpu()
+                      for chunk in grid.split(10000)]).reshape(resolution, resolution)
+    samples = model.sample(n_samples).float().cpu().numpy()
+    model.train(was_training)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    axes[0].scatter(test[:, 0], test[:, 1], s=2, alpha=0.5)
+    axes[0].set_title(f"{data.name}: test data")
+    axes[1].imshow(dens.numpy(), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
+                   aspect="auto", cmap="viridis")
+    axes[1].set_title("model density")
+    axes[2].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, color="tab:orange")
+    axes[2].set_title("model samples")
+    for ax in axes:
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal", adjustable="box")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@torch.inference_mode()
+def save_samples_figure(model: Flow, data: DataSplits, path: str | Path, n: int = 64,
+                        temperature: float = 1.0) -> Path:
+    """The run figure: a sample grid for images, density and samples for 2-D data."""
+    if data.is_image:
+        was_training = model.training
+        model.eval()
+        samples = model.sample(n, temperature=temperature)
+        model.train(was_training)
+        return save_image_grid(samples, path)
+    if data.dim == 2:
+        return plot_2d(model, data, path, n_samples=max(n, 2000))
+    raise ValueError(f"no figure for data of shape {data.shape}")

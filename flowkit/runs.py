@@ -1,0 +1,145 @@
+"""Run folders: where a training run keeps its config, metrics, checkpoints and figures.
+
+::
+
+    RUN_DIR/
+      config.toml        the fully resolved config (repeats the run exactly)
+      metrics.jsonl      one JSON object per logged step / evaluation
+      checkpoints/       step-00000500.pt … (atomic; the newest few are kept)
+      samples/           sample grids or 2-D plots written during training
+      figure.png         the final figure (sample grid, or density and samples for 2-D data)
+      summary.json       final test NLL / bits-per-dim, speed, status
+
+:func:`load_run` rebuilds the trained model from a run folder without needing the data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import torch
+
+from flowkit.checkpoint import load_checkpoint
+from flowkit.data.base import DataMeta, DataSplits, resolve_data_dir
+from flowkit.errors import CheckpointError, ConfigError
+from flowkit.model import Flow, build_model
+
+CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(spec)``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device: {spec!r} is not a device (use auto, cpu, cuda)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use auto")
+    return device
+
+
+def load_dataset(config: dict[str, Any]) -> DataSplits:
+    """Build the dataset a resolved config names (``data_dir`` and ``seed`` injected)."""
+    from flowkit import registry
+
+    data_cfg = config["data"]
+    params = {k: v for k, v in data_cfg.items()
+              if k not in ("name", "data_dir", "preprocess", "alpha", "dequantize")}
+    data = registry.datasets.build(
+        data_cfg["name"], params,
+        injected={"seed": config["train"]["seed"],
+                  "data_dir": resolve_data_dir(data_cfg.get("data_dir") or None)},
+    )
+    if not isinstance(data, DataSplits):
+        raise ConfigError(f"dataset plugin '{data_cfg['name']}' did not return DataSplits")
+    return data
+
+
+def new_run_dir(out_dir: str | Path, config: dict[str, Any], name: str | None = None) -> Path:
+    """A fresh folder ``out_dir/<transform>-<objective>-<data>-<timestamp>`` (or ``out_dir/name``)."""
+    out = Path(out_dir)
+    if name is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        objective = re.sub(r"[^\w.-]+", "", config["objective"]["name"].replace("*", "x"))
+        name = f"{config['transform']['name']}-{objective}-{config['data']['name']}-{stamp}"
+    path = out / name
+    suffix = 1
+    while path.exists() and any(path.iterdir()):
+        suffix += 1
+        path = out / f"{name}-{suffix}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt")
+             if (m := CHECKPOINT_RE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{str(run_dir)!r} is not a flowkit run folder (no config.toml). Pass the folder "
+            f"that `flowkit run` created."
+        )
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid TOML: {exc}") from exc
+
+
+@dataclass
+class Run:
+    """A trained run: its config, model and bookkeeping (from :func:`load_run`)."""
+
+    path: Path
+    config: dict[str, Any]
+    model: Flow
+    meta: DataMeta
+    step: int
+    checkpoint: Path
+    state: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def load_data(self, data_dir: str | Path | None = None) -> DataSplits:
+        """The run's dataset (``data_dir`` overrides the folder saved in the config)."""
+        config = self.config
+        if data_dir is not None:
+            config = {**config, "data": {**config["data"], "data_dir": str(data_dir)}}
+        return load_dataset(config)
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
+             device: str = "auto") -> Run:
+    """Rebuild the model of a run folder from its newest (or the given) checkpoint."""
+    from flowkit.config import resolve
+
+    run_dir = Path(run_dir)
+    config = resolve(read_run_config(run_dir))
+    if checkpoint is None:
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoints yet")
+        checkpoint = ckpts[-1]
+    state = load_checkpoint(checkpoint)
+    meta = DataMeta.from_dict(state["meta"])
+    model = build_model(config, meta)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint)!r} does not match the model that config.toml "
+            f"describes: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.to(select_device(device)).eval()
+    return Run(run_dir, config, model, meta, int(state["step"]), Path(checkpoint), state)

@@ -1,0 +1,936 @@
+"""Conformance checks every transform plugin must pass (public API for plugin authors).
+
+A transform ``f`` is usable in a flow only if it is invertible and reports the right
+log-determinant of its Jacobian, ``log p_X(x) = log p_Y(f(x)) + log|det J_f(x)|`` (Dinh et al.
+2015, "NICE: Non-linear Independent Components Estimation", eq. 1). The checks here test exactly
+that, plus what makes a module a good citizen of flowkit (state survives ``state_dict``, dtype and
+device follow the input, gradients reach every parameter, the module pickles). A plugin author
+runs them in their own test-suite::
+
+    from flowkit.testing import check_transform
+
+    def test_my_flow() -> None:
+        check_transform(MyFlow, (6,), {"hidden": 8})
+        check_transform(MyFlow, (2, 4, 4), {"hidden": 8, "conditional": True}, num_classes=3)
+
+or from the command line with ``flowkit check NAME`` (built on :func:`run_checks`). Hypothesis
+strategies (:func:`shapes_for`, :func:`params_for`) draw valid shapes and hyper-parameters from
+the class attributes a transform declares (``input_ranks``, ``channel_multiple``, ``min_channels``,
+``size_multiple``, ``test_params``); hypothesis is imported only when a strategy is asked for.
+
+Every check raises :class:`AssertionError` whose message starts with
+``[plugin] check-name check failed for input shape (...) (dtype, device):`` and gives the largest
+error next to the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import math
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.params import validate_parameters
+from flowkit.transform import Shape, Transform
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "check_context",
+    "check_dtype_device",
+    "check_gradients",
+    "check_logdet",
+    "check_output_contract",
+    "check_pickle",
+    "check_plugin",
+    "check_round_trip",
+    "check_state_dict",
+    "check_transform",
+    "example_params",
+    "example_shapes",
+    "params_for",
+    "perturb_parameters",
+    "run_checks",
+    "shapes_for",
+    "supports_conditional",
+]
+
+#: The checks, in the order :func:`check_transform` runs them.
+CHECKS: tuple[str, ...] = (
+    "output-contract",
+    "round-trip",
+    "log-det",
+    "state-dict",
+    "dtype-device",
+    "gradients",
+    "pickle",
+    "context",
+)
+
+#: Largest number of scalars per example the strategies draw (keeps the Jacobian cheap).
+MAX_EVENT_SIZE = 64
+#: Default tolerances: float32 round trip, and float64 log-det against the autograd Jacobian.
+ROUND_TRIP_ATOL = 1e-4
+ROUND_TRIP_RTOL = 1e-4
+JACOBIAN_ATOL = 1e-6
+JACOBIAN_RTOL = 1e-6
+#: Default standard deviation of the noise :func:`check_transform` adds to every parameter.
+PERTURBATION = 0.1
+
+Factory = Callable[..., Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+def perturb_parameters(
+    module: nn.Module, scale: float = PERTURBATION, generator: torch.Generator | None = None
+) -> None:
+    """Add Gaussian noise ``N(0, scale²)`` to every floating-point parameter of ``module``, in place.
+
+    Coupling layers zero-initialise their last layer so that a fresh flow is the identity
+    (Kingma & Dhariwal 2018, "Glow", §3.3); every check would then pass trivially (a log-det sign
+    error is invisible when the log-det is zero). Buffers (permutations, init flags) are left
+    alone. ``generator`` (a CPU or same-device generator) makes the noise reproducible.
+    """
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.is_floating_point():
+                continue
+            if generator is None:
+                noise = torch.randn(param.shape, dtype=param.dtype, device=param.device)
+            else:
+                noise = torch.randn(
+                    param.shape, generator=generator, dtype=param.dtype, device=generator.device
+                ).to(param.device)
+            param.add_(noise, alpha=scale)
+
+
+def _plugin_name(obj: Any) -> str:
+    if isinstance(obj, nn.Module):
+        return type(obj).__name__
+    return str(getattr(obj, "__name__", type(obj).__name__))
+
+
+def _where(name: str, check: str, inp: Tensor) -> str:
+    return (
+        f"[{name}] {check} check failed for input shape {tuple(inp.shape)} "
+        f"({str(inp.dtype).removeprefix('torch.')}, {inp.device})"
+    )
+
+
+def _fail(name: str, check: str, inp: Tensor, detail: str) -> AssertionError:
+    return AssertionError(f"{_where(name, check, inp)}: {detail}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
+    return type(value).__name__
+
+
+def _call(
+    transform: nn.Module,
+    inp: Tensor,
+    context: Tensor | None,
+    direction: str,
+    name: str,
+    check: str,
+) -> tuple[Tensor, Tensor]:
+    """Run one direction and verify the output contract: types, shapes, device and dtype."""
+    try:
+        result = transform(inp, context) if direction == "forward" else \
+            transform.inverse(inp, context)
+    except AssertionError:
+        raise
+    except Exception as exc:
+        raise _fail(name, check, inp, f"{direction} raised {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(result, tuple) and len(result) == 2
+            and all(isinstance(r, Tensor) for r in result)):
+        raise _fail(name, check, inp, f"{direction} must return a tuple (out, logabsdet) of two "
+                                      f"tensors, but returned {_describe(result)}")
+    out, logdet = result
+    batch = inp.shape[0]
+    side = "output_shape" if direction == "forward" else "event_shape"
+    expected = (batch, *getattr(transform, side))
+    if tuple(out.shape) != expected:
+        raise _fail(name, check, inp, f"{direction} output has shape {tuple(out.shape)}, "
+                                      f"expected (batch, *{side}) = {expected}")
+    if tuple(logdet.shape) != (batch,):
+        raise _fail(name, check, inp, f"{direction} logabsdet has shape {tuple(logdet.shape)}, "
+                                      f"expected (batch,) = ({batch},)")
+    for label, tensor in (("output", out), ("logabsdet", logdet)):
+        if tensor.dtype != inp.dtype:
+            raise _fail(name, check, inp, f"{direction} {label} has dtype {tensor.dtype} but the "
+                                          f"input has dtype {inp.dtype}; create tensors with "
+                                          f"x.new_zeros(...) or dtype=x.dtype (e.g. the logdet "
+                                          f"accumulator: self.zero_logdet(x))")
+        if tensor.device != inp.device:
+            raise _fail(name, check, inp, f"{direction} {label} is on {tensor.device} but the "
+                                          f"input is on {inp.device}; create tensors with "
+                                          f"device=x.device")
+    return out, logdet
+
+
+def _assert_close(
+    actual: Tensor, expected: Tensor, atol: float, rtol: float, what: str,
+    name: str, check: str, inp: Tensor,
+) -> None:
+    """Elementwise ``|actual - expected| <= atol + rtol·|expected|`` with a precise message."""
+    actual = actual.detach()
+    expected = expected.detach().to(actual.dtype)
+    if not torch.isfinite(actual).all():
+        bad = int((~torch.isfinite(actual)).sum())
+        raise _fail(name, check, inp, f"{what}: {bad} non-finite value(s) (NaN or inf)")
+    err = (actual - expected).abs()
+    tol = atol + rtol * expected.abs()
+    if (err > tol).any():
+        worst = int(torch.argmax(err - tol))
+        raise _fail(
+            name, check, inp,
+            f"{what}: max |error| {err.max().item():.3e} exceeds the tolerance "
+            f"(atol {atol:.1e} + rtol {rtol:.1e}·|expected|); worst element {worst}: "
+            f"{actual.flatten()[worst].item():.6g} vs {expected.flatten()[worst].item():.6g} "
+            f"(tolerance {tol.flatten()[worst].item():.3e})",
+        )
+
+
+def _max_abs(t: Tensor) -> float:
+    return float(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def _default_output_sample(transform: Transform, x: Tensor) -> Tensor:
+    """A latent-side input: random values with the scale of ``x`` (the global RNG)."""
+    scale = float(x.detach().std()) if x.numel() > 1 else 1.0
+    noise = torch.randn((x.shape[0], *transform.output_shape), dtype=x.dtype)
+    return noise.to(x.device) * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# the individual checks
+# ---------------------------------------------------------------------------------------------
+def check_output_contract(
+    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+    *, name: str | None = None,
+) -> None:
+    """Check that both directions return ``(out, logabsdet)`` with the promised shapes and types.
+
+    ``out`` is ``(B, *output_shape)`` forward and ``(B, *event_shape)`` inverse, ``logabsdet`` is
+    ``(B,)``, both finite and on the input's device and dtype — for float32 *and* float64 inputs
+    (the module is converted with ``.double()`` for the latter). The transform must also preserve
+    the number of scalars, ``prod(output_shape) == prod(event_shape)`` (a bijection of
+    ``R^D``).
+    """
+    name = name or _plugin_name(transform)
+    check = "output-contract"
+    for attr in ("event_shape", "output_shape"):
+        if not isinstance(getattr(transform, attr, None), tuple):
+            raise _fail(name, check, x, f"the module has no tuple attribute '{attr}'; subclass "
+                                        f"flowkit.Transform and call its __init__")
+    if math.prod(transform.event_shape) != math.prod(transform.output_shape):
+        raise _fail(name, check, x, f"event_shape {transform.event_shape} and output_shape "
+                                    f"{transform.output_shape} hold different numbers of scalars; "
+                                    f"an invertible transform must preserve the dimension")
+    y = _default_output_sample(transform, x) if y is None else y
+    variants: list[tuple[nn.Module, Tensor, Tensor]] = [(transform, x, y)]
+    if x.dtype != torch.float64:
+        variants.append((copy.deepcopy(transform).double(), x.double(), y.double()))
+    for module, xin, yin in variants:
+        with torch.no_grad():
+            for direction, inp in (("forward", xin), ("inverse", yin)):
+                out, logdet = _call(module, inp, context, direction, name, check)
+                for label, tensor in (("output", out), ("logabsdet", logdet)):
+                    if not torch.isfinite(tensor).all():
+                        bad = int((~torch.isfinite(tensor)).sum())
+                        raise _fail(name, check, inp, f"{direction} {label} has {bad} non-finite "
+                                                      f"value(s) (NaN or inf)")
+
+
+def check_round_trip(
+    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+    *, name: str | None = None, atol: float = ROUND_TRIP_ATOL, rtol: float = ROUND_TRIP_RTOL,
+) -> None:
+    """Check ``f⁻¹(f(x)) ≈ x`` and ``f(f⁻¹(y)) ≈ y``, and that the two log-dets cancel.
+
+    ``log|det J_f(x)| + log|det J_{f⁻¹}(f(x))| = 0`` by the inverse function theorem. The
+    absolute tolerance is scaled by the data's magnitude, ``atol·max(1, max|x|)``, plus
+    ``rtol·|x|`` elementwise; for the log-dets, ``atol·max(1, √D, max|log-det|)``. Cancelling
+    log-dets do not prove either is right (a sign error in both cancels):
+    :func:`check_logdet` compares with the Jacobian.
+    """
+    name = name or _plugin_name(transform)
+    check = "round-trip"
+    y = _default_output_sample(transform, x) if y is None else y
+    root_dim = math.sqrt(math.prod(transform.event_shape))
+    with torch.no_grad():
+        for first, second, start in (("forward", "inverse", x), ("inverse", "forward", y)):
+            mid, ld_first = _call(transform, start, context, first, name, check)
+            back, ld_second = _call(transform, mid, context, second, name, check)
+            label = "inverse(forward(x)) vs x" if first == "forward" else \
+                "forward(inverse(y)) vs y"
+            scaled = atol * max(1.0, _max_abs(start))
+            _assert_close(back, start, scaled, rtol, label, name, check, start)
+            ld_tol = atol * max(1.0, root_dim, _max_abs(ld_first), _max_abs(ld_second))
+            _assert_close(
+                ld_first + ld_second, torch.zeros_like(ld_first), ld_tol, 0.0,
+                f"{first} logabsdet + {second} logabsdet (must cancel)", name, check, start,
+            )
+
+
+def _single_example(fn: Callable[..., Any], shape: Shape, context: Tensor | None,
+                    flat: Tensor) -> Tensor:
+    """One example through ``fn``, flattened in and out (the map whose Jacobian we take)."""
+    return fn(flat.reshape(1, *shape), context)[0].reshape(-1)
+
+
+def _compare_with_jacobian(
+    module: Transform, inp: Tensor, out: Tensor, logdet: Tensor, context: Tensor | None,
+    direction: str, name: str, atol: float, rtol: float,
+) -> None:
+    check = "log-det"
+    fn = module if direction == "forward" else module.inverse
+    shape = tuple(inp.shape[1:])
+    for i in range(inp.shape[0]):
+        ctx_i = None if context is None else context[i:i + 1]
+        single = partial(_single_example, fn, shape, ctx_i)
+        flat = inp[i].detach().reshape(-1)
+        with torch.no_grad():
+            alone = single(flat)
+        _assert_close(alone, out[i].reshape(-1), 1e-9, 1e-7,
+                      f"{direction} of example {i} computed alone vs in the batch (examples "
+                      f"must not interact)", name, check, inp)
+        try:
+            jac = torch.autograd.functional.jacobian(single, flat)
+        except Exception as exc:
+            raise _fail(name, check, inp, f"autograd Jacobian of {direction} failed: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+        sign, expected = torch.linalg.slogdet(jac)
+        returned = float(logdet[i])
+        if float(sign) == 0.0 or not math.isfinite(float(expected)):
+            raise _fail(name, check, inp, f"the {direction} Jacobian of example {i} is singular "
+                                          f"(slogdet sign {float(sign):g}); the map is not "
+                                          f"invertible there")
+        error = abs(returned - float(expected))
+        tol = atol + rtol * abs(float(expected))
+        if not error <= tol:
+            hint = ""
+            if abs(returned + float(expected)) <= tol:
+                hint = " — the sign is flipped"
+            raise _fail(
+                name, check, inp,
+                f"{direction} logabsdet of example {i} is {returned:.10g} but "
+                f"log|det J| from torch.autograd.functional.jacobian + slogdet is "
+                f"{float(expected):.10g}{hint}; |error| {error:.3e} > tolerance {tol:.3e} "
+                f"(atol {atol:.1e} + rtol {rtol:.1e}·|expected|)",
+            )
+
+
+def check_logdet(
+    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+    *, name: str | None = None, atol: float = JACOBIAN_ATOL, rtol: float = JACOBIAN_RTOL,
+) -> None:
+    """Check the returned log-dets against ``slogdet`` of the autograd Jacobian, in float64.
+
+    For every example the single-example map is flattened to ``R^D → R^D`` and its Jacobian is
+    taken with ``torch.autograd.functional.jacobian``; ``torch.linalg.slogdet`` gives
+    ``log|det J|``, which must equal the returned ``logabsdet`` — forward at ``x`` and inverse at
+    ``y`` (defaults to ``f(x)``). This catches sign errors that cancel between forward and
+    inverse. A transform with ``volume_preserving = True`` must return exactly zero.
+    """
+    name = name or _plugin_name(transform)
+    check = "log-det"
+    module = copy.deepcopy(transform).double()
+    x64 = x.detach().double()
+    with torch.no_grad():
+        out, ld_fwd = _call(module, x64, context, "forward", name, check)
+    _compare_with_jacobian(module, x64, out, ld_fwd, context, "forward", name, atol, rtol)
+    y64 = out if y is None else y.detach().double()
+    with torch.no_grad():
+        back, ld_inv = _call(module, y64, context, "inverse", name, check)
+    _compare_with_jacobian(module, y64, back, ld_inv, context, "inverse", name, atol, rtol)
+    if getattr(transform, "volume_preserving", False):
+        with torch.no_grad():
+            ld32 = _call(transform, x, context, "forward", name, check)[1]
+        for direction, inp, logdet in (("forward", x64, ld_fwd), ("inverse", y64, ld_inv),
+                                       ("forward", x, ld32)):
+            if bool((logdet != 0).any()):
+                raise _fail(name, check, inp, f"volume_preserving = True but the {direction} "
+                                              f"logabsdet is not exactly zero (max |logabsdet| "
+                                              f"{_max_abs(logdet):.3e}); return "
+                                              f"self.zero_logdet(x)")
+
+
+def _outputs(module: nn.Module, inp: Tensor, context: Tensor | None, direction: str,
+             name: str, check: str, seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """Outputs of one direction under no_grad, with the RNG fixed when ``seed`` is given."""
+    with torch.no_grad():
+        if seed is None:
+            return _call(module, inp, context, direction, name, check)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _call(module, inp, context, direction, name, check)
+
+
+def _assert_identical(
+    first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], what: str, hint: str,
+    name: str, check: str, inp: Tensor,
+) -> None:
+    for label, a, b in (("output", first[0], second[0]), ("logabsdet", first[1], second[1])):
+        if not torch.equal(a, b):
+            diff = _max_abs(a.double() - b.double()) if a.shape == b.shape else float("nan")
+            raise _fail(name, check, inp, f"{what}: {label} differs (max |difference| "
+                                          f"{diff:.3e}, tolerance 0); {hint}")
+
+
+def check_state_dict(
+    transform: Transform, build: Callable[[], Transform], x: Tensor, y: Tensor | None = None,
+    context: Tensor | None = None, *, name: str | None = None, x_other: Tensor | None = None,
+) -> None:
+    """Check that ``state_dict`` holds all the state: a reloaded fresh instance is identical.
+
+    ``build()`` makes a second instance from the same factory and parameters (the suite uses a
+    different seed, so randomness kept outside the state — a permutation in a plain attribute —
+    shows up). The first instance's ``state_dict`` goes through ``torch.save`` and
+    ``torch.load(weights_only=True)`` in memory into the second, and both must give bit-identical
+    outputs, in eval and in train mode, on ``x_other`` (data with other statistics, so a
+    data-dependent initialisation that re-runs after loading is caught — its flag must be a
+    registered buffer), on ``x`` and, inverse, on ``y``.
+    """
+    name = name or _plugin_name(transform)
+    check = "state-dict"
+    hint = ("some state is not in the state_dict: keep data-dependent-init flags, permutations "
+            "and masks in registered buffers (self.register_buffer), not in Python attributes")
+    buffer = io.BytesIO()
+    try:
+        torch.save(transform.state_dict(), buffer)
+        buffer.seek(0)
+        state = torch.load(buffer, weights_only=True)
+    except Exception as exc:
+        raise _fail(name, check, x, f"the state_dict does not survive torch.save / "
+                                    f"torch.load(weights_only=True): {type(exc).__name__}: {exc}; "
+                                    f"store only tensors in it") from exc
+    try:
+        fresh = build()
+    except Exception as exc:
+        raise _fail(name, check, x, f"building a second instance failed: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+    try:
+        fresh.load_state_dict(state)
+    except Exception as exc:
+        raise _fail(name, check, x, f"load_state_dict into a fresh instance failed: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+    fresh = fresh.to(device=x.device, dtype=x.dtype)
+    x_other = x * 1.7 + 0.5 if x_other is None else x_other
+    y = _default_output_sample(transform, x) if y is None else y
+    original = copy.deepcopy(transform)
+    for training in (False, True):
+        mode = "train" if training else "eval"
+        fresh.train(training)
+        original.train(training)
+        for direction, inp in (("forward", x_other), ("forward", x), ("inverse", y)):
+            got = _outputs(fresh, inp, context, direction, name, check, seed=0)
+            want = _outputs(original, inp, context, direction, name, check, seed=0)
+            _assert_identical(want, got, f"{direction} of a fresh instance after "
+                                         f"load_state_dict vs the original ({mode} mode)",
+                              hint, name, check, inp)
+
+
+def check_dtype_device(
+    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
+    atol: float = JACOBIAN_ATOL, rtol: float = JACOBIAN_RTOL,
+) -> None:
+    """Check that outputs follow the input's dtype (float32, float64) and device (CPU, CUDA).
+
+    The module is converted with ``.to(dtype)`` / ``.to("cuda")``; both directions must return
+    tensors of the input's dtype on the input's device. When CUDA is available the float64 CUDA
+    outputs must match the CPU ones within ``atol + rtol·|expected|``.
+    """
+    name = name or _plugin_name(transform)
+    check = "dtype-device"
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    reference: tuple[Tensor, Tensor] | None = None
+    for device in devices:
+        ctx = None if context is None else context.to(device)
+        for dtype in (torch.float32, torch.float64):
+            module = copy.deepcopy(transform).to(device=device, dtype=dtype)
+            xin = x.detach().to(device=device, dtype=dtype)
+            out, logdet = _outputs(module, xin, ctx, "forward", name, check)
+            _outputs(module, out, ctx, "inverse", name, check)
+            if dtype != torch.float64:
+                continue
+            if reference is None:
+                reference = (out.cpu(), logdet.cpu())
+            else:
+                for label, got, want in (("output", out, reference[0]),
+                                         ("logabsdet", logdet, reference[1])):
+                    _assert_close(got.cpu(), want, atol, rtol, f"{device} vs cpu forward {label}",
+                                  name, check, xin)
+
+
+def check_gradients(
+    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
+) -> None:
+    """Check that every trainable parameter gets a finite gradient (in train mode).
+
+    The scalar is the negative log-likelihood under a standard Gaussian up to constants,
+    ``mean(½‖f(x)‖² − log|det J_f(x)|)``, so parameters used by the output or the log-det are
+    both reached. A ``None`` gradient means the parameter is unused or its graph is cut
+    (``.detach()``, ``.item()``, ``torch.no_grad`` inside ``forward``).
+    """
+    name = name or _plugin_name(transform)
+    check = "gradients"
+    module = copy.deepcopy(transform).train()
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not params:
+        return
+    for _, p in params:
+        p.grad = None
+    out, logdet = _call(module, x.detach(), context, "forward", name, check)
+    loss = 0.5 * out.reshape(out.shape[0], -1).square().sum(dim=1) - logdet
+    loss = loss.mean()
+    if not loss.requires_grad:
+        raise _fail(name, check, x, "neither the output nor the logabsdet depends on any "
+                                    "parameter (is the graph cut by .detach() or no_grad?)")
+    loss.backward()
+    missing = [n for n, p in params if p.grad is None]
+    if missing:
+        raise _fail(name, check, x, f"no gradient reached parameter(s) {', '.join(missing)}: "
+                                    f"they are unused in forward or their graph is cut")
+    bad = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        raise _fail(name, check, x, f"non-finite gradient for parameter(s) {', '.join(bad)}")
+
+
+def check_pickle(
+    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
+) -> None:
+    """Check that ``pickle`` round-trips the module and the copy gives identical outputs.
+
+    Whole-model ``torch.save`` uses pickle; a lambda, closure, generator or open file stored as an
+    attribute breaks it.
+    """
+    name = name or _plugin_name(transform)
+    check = "pickle"
+    try:
+        blob = pickle.dumps(transform)
+    except Exception as exc:
+        raise _fail(name, check, x, f"pickle.dumps of the module failed ({type(exc).__name__}: "
+                                    f"{exc}); store no lambdas, closures or local classes as "
+                                    f"attributes — use module-level functions or nn.Modules "
+                                    f"(e.g. nn.ReLU() instead of lambda t: t.relu())") from exc
+    try:
+        clone = pickle.loads(blob)
+    except Exception as exc:
+        raise _fail(name, check, x, f"pickle.loads of the pickled module failed: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+    want = _outputs(transform, x, context, "forward", name, check, seed=0)
+    got = _outputs(clone, x, context, "forward", name, check, seed=0)
+    _assert_identical(want, got, "forward of the unpickled copy vs the original",
+                      "some state does not survive pickling", name, check, x)
+
+
+def check_context(
+    transform: Transform, x: Tensor, context: Tensor, num_classes: int,
+    *, name: str | None = None, y: Tensor | None = None,
+) -> None:
+    """Check that a conditional transform's outputs depend on the labels, both directions.
+
+    The labels are shifted, ``c' = (c + 1) mod num_classes``, and the outputs or log-dets must
+    change by more than ``1e-6·max(1, max|out|)``.
+    """
+    name = name or _plugin_name(transform)
+    check = "context"
+    if num_classes < 2:
+        raise ValueError(f"check_context needs num_classes >= 2, got {num_classes}")
+    other = (context + 1) % num_classes
+    y = _default_output_sample(transform, x) if y is None else y
+    for direction, inp in (("forward", x), ("inverse", y)):
+        a_out, a_ld = _outputs(transform, inp, context, direction, name, check)
+        b_out, b_ld = _outputs(transform, inp, other, direction, name, check)
+        change = max(_max_abs(a_out - b_out), _max_abs(a_ld - b_ld))
+        tol = 1e-6 * max(1.0, _max_abs(a_out))
+        if not change > tol:
+            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the labels "
+                                          f"(max change {change:.3e} <= {tol:.3e} when every "
+                                          f"label is shifted by one) although the transform was "
+                                          f"built with conditional=True")
+
+
+# ---------------------------------------------------------------------------------------------
+# running every check on one transform
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    """Outcome of one check on one shape (what ``flowkit check NAME`` prints)."""
+
+    check: str
+    shape: Shape
+    passed: bool
+    message: str
+    conditional: bool = False
+
+
+@dataclass
+class _Case:
+    """A built, initialised and perturbed transform with its inputs, ready to be checked."""
+
+    name: str
+    shape: Shape
+    factory: Factory
+    kwargs: dict[str, Any]
+    seed: int
+    module: Transform
+    x: Tensor
+    y: Tensor
+    x_other: Tensor
+    context: Tensor | None
+    num_classes: int | None
+    conditional: bool
+
+    def build(self, seed_offset: int = 1) -> Transform:
+        """A fresh instance from the same factory and parameters, with another seed."""
+        return _build(self.factory, self.kwargs, self.seed + seed_offset, self.name, self.shape)
+
+
+def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str,
+           shape: Shape) -> Transform:
+    kwargs = dict(kwargs)
+    if "seed" in kwargs:
+        kwargs["seed"] = seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module = factory(**kwargs)
+        except Exception as exc:
+            raise AssertionError(
+                f"[{name}] build failed for event_shape {shape} with {kwargs}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(module, Transform):
+        raise AssertionError(f"[{name}] the factory returned {type(module).__name__}, not a "
+                             f"flowkit.Transform")
+    if tuple(module.event_shape) != tuple(shape):
+        raise AssertionError(f"[{name}] built for event_shape {shape} but reports event_shape "
+                             f"{module.event_shape}")
+    return module
+
+
+def supports_conditional(factory: Factory) -> bool:
+    """Whether the plugin's signature takes a ``conditional`` parameter."""
+    try:
+        target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+        return "conditional" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _prepare(
+    factory: Factory, event_shape: Sequence[int], params: Mapping[str, Any] | None,
+    *, name: str | None, num_classes: int | None, batch_size: int, seed: int,
+    input_scale: float, context: Tensor | None, perturbation: float,
+) -> _Case:
+    shape: Shape = tuple(int(s) for s in event_shape)
+    params = dict(params or {})
+    name = name or _plugin_name(factory)
+    conditional = bool(params.get("conditional", False))
+    if context is not None:
+        if tuple(context.shape) != (batch_size,) or context.dtype != torch.long:
+            raise ValueError(f"context must be a LongTensor of shape ({batch_size},), got "
+                             f"{context.dtype} {tuple(context.shape)}")
+        if num_classes is None:
+            num_classes = int(context.max()) + 1
+    if conditional and (num_classes is None or num_classes < 2):
+        raise ValueError(f"{name} is built with conditional=True: pass num_classes >= 2")
+    injected = {"event_shape": shape, "num_classes": num_classes, "seed": seed}
+    kwargs = validate_parameters(factory, params, f"[transform] {name}", injected)
+    module = _build(factory, kwargs, seed, name, shape)
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, *shape, generator=gen) * input_scale
+    x_warm = torch.randn(batch_size, *shape, generator=gen) * input_scale
+    x_other = torch.randn(batch_size, *shape, generator=gen) * (1.5 * input_scale) \
+        + 0.5 * input_scale
+    y = torch.randn(batch_size, *module.output_shape, generator=gen) * input_scale
+    if context is None and num_classes is not None:
+        context = torch.randint(num_classes, (batch_size,), generator=gen)
+
+    # the first batch runs data-dependent initialisation, as at the start of training
+    module.train()
+    with torch.no_grad():
+        _call(module, x_warm, context, "forward", name, "output-contract")
+    perturb_parameters(module, perturbation, generator=gen)
+    module.eval()
+    return _Case(name, shape, factory, kwargs, seed, module, x, y, x_other, context,
+                 num_classes, conditional)
+
+
+def _plan(case: _Case, atol: float, rtol: float, jacobian_atol: float,
+          jacobian_rtol: float) -> Iterator[tuple[str, Callable[[], None]]]:
+    m, x, y, ctx, name = case.module, case.x, case.y, case.context, case.name
+    yield "output-contract", partial(check_output_contract, m, x, y, ctx, name=name)
+    yield "round-trip", partial(check_round_trip, m, x, y, ctx, name=name, atol=atol, rtol=rtol)
+    yield "log-det", partial(check_logdet, m, x, y, ctx, name=name, atol=jacobian_atol,
+                             rtol=jacobian_rtol)
+    yield "state-dict", partial(check_state_dict, m, case.build, x, y, ctx, name=name,
+                                x_other=case.x_other)
+    yield "dtype-device", partial(check_dtype_device, m, x, ctx, name=name, atol=jacobian_atol,
+                                  rtol=jacobian_rtol)
+    yield "gradients", partial(check_gradients, m, x, ctx, name=name)
+    yield "pickle", partial(check_pickle, m, x, ctx, name=name)
+    if case.conditional:
+        assert ctx is not None and case.num_classes is not None
+        yield "context", partial(check_context, m, x, ctx, case.num_classes, name=name, y=y)
+
+
+def _run_one(check: str, run: Callable[[], None], name: str) -> None:
+    try:
+        run()
+    except AssertionError:
+        raise
+    except Exception as exc:
+        raise AssertionError(f"[{name}] {check} check raised {type(exc).__name__}: "
+                             f"{exc}") from exc
+
+
+def check_transform(
+    factory: Factory,
+    event_shape: Sequence[int],
+    params: Mapping[str, Any] | None = None,
+    *,
+    num_classes: int | None = None,
+    batch_size: int = 3,
+    seed: int = 0,
+    input_scale: float = 1.0,
+    context: Tensor | None = None,
+    atol: float = ROUND_TRIP_ATOL,
+    rtol: float = ROUND_TRIP_RTOL,
+    jacobian_atol: float = JACOBIAN_ATOL,
+    jacobian_rtol: float = JACOBIAN_RTOL,
+    perturbation: float = PERTURBATION,
+    name: str | None = None,
+) -> None:
+    """Run every conformance check on ``factory(event_shape=..., num_classes=..., **params)``.
+
+    ``params`` are validated against the factory's signature (:func:`flowkit.params.
+    validate_parameters`); ``event_shape``, ``num_classes`` and ``seed`` are injected when the
+    signature names them. The transform sees one warm-up batch in train mode (data-dependent
+    initialisation), gets :func:`perturb_parameters` noise of std ``perturbation``, and is then
+    checked in eval mode on ``batch_size`` Gaussian inputs of std ``input_scale``, with labels
+    (``context``, default random in ``[0, num_classes)``) when ``num_classes`` is given. The
+    checks, in order: :data:`CHECKS` (``context`` only when built with ``conditional=True``).
+    ``atol``/``rtol`` apply to the float32 round trip, ``jacobian_atol``/``jacobian_rtol`` to the
+    float64 log-det comparison. Everything is seeded by ``seed``; the global RNG is left untouched.
+    Raises :class:`AssertionError` at the first failing check.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        case = _prepare(factory, event_shape, params, name=name, num_classes=num_classes,
+                        batch_size=batch_size, seed=seed, input_scale=input_scale,
+                        context=context, perturbation=perturbation)
+        for check, run in _plan(case, atol, rtol, jacobian_atol, jacobian_rtol):
+            _run_one(check, run, case.name)
+
+
+def check_plugin(
+    name: str, event_shape: Sequence[int], params: Mapping[str, Any] | None = None, **kw: Any,
+) -> None:
+    """Run :func:`check_transform` on the transform registered as ``name``."""
+    from flowkit.registry import transforms
+
+    check_transform(transforms.get(name), event_shape, params, name=name, **kw)
+
+
+def run_checks(
+    name: str,
+    shapes: Sequence[Sequence[int]] | None = None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    conditional: bool | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 3,
+    seed: int = 0,
+    input_scale: float = 1.0,
+    atol: float = ROUND_TRIP_ATOL,
+    rtol: float = ROUND_TRIP_RTOL,
+    jacobian_atol: float = JACOBIAN_ATOL,
+    jacobian_rtol: float = JACOBIAN_RTOL,
+) -> list[CheckResult]:
+    """Run every check on the registered transform ``name`` and report each one (no raising).
+
+    ``shapes`` defaults to :func:`example_shapes` of the plugin, ``params`` to
+    :func:`example_params`. With ``conditional=None`` the checks also run with
+    ``conditional=True`` (``num_classes`` labels, default 3) when the plugin's signature takes
+    ``conditional``; ``True`` runs only that variant, ``False`` only the unconditional one. A
+    transform that cannot be built gets one failed ``build`` result for that shape. Unknown or
+    broken plugins raise the registry's :class:`flowkit.errors.PluginError`.
+    """
+    from flowkit.registry import transforms
+
+    factory = transforms.get(name)
+    shapes = example_shapes(factory) if shapes is None else shapes
+    base = dict(example_params(factory) if params is None else params)
+    variants: list[bool] = []
+    if conditional is not True:
+        variants.append(False)
+    if conditional is True or (conditional is None and supports_conditional(factory)):
+        variants.append(True)
+    results: list[CheckResult] = []
+    for shape in shapes:
+        shape_t: Shape = tuple(int(s) for s in shape)
+        for cond in variants:
+            variant = {**base, "conditional": True} if cond else base
+            classes = (num_classes or 3) if cond else num_classes
+            results.extend(_run_variant(
+                factory, name, shape_t, variant, cond,
+                dict(num_classes=classes, batch_size=batch_size, seed=seed,
+                     input_scale=input_scale, context=None, perturbation=PERTURBATION),
+                (atol, rtol, jacobian_atol, jacobian_rtol),
+            ))
+    return results
+
+
+def _run_variant(
+    factory: Factory, name: str, shape: Shape, params: Mapping[str, Any], conditional: bool,
+    options: dict[str, Any], tolerances: tuple[float, float, float, float],
+) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options["seed"])
+        try:
+            case = _prepare(factory, shape, params, name=name, **options)
+        except Exception as exc:  # a build failure, a bad parameter: report, do not raise
+            message = str(exc) if isinstance(exc, AssertionError) else \
+                f"[{name}] build failed: {type(exc).__name__}: {exc}"
+            return [CheckResult("build", shape, False, message, conditional)]
+        for check, run in _plan(case, *tolerances):
+            try:
+                _run_one(check, run, name)
+            except AssertionError as exc:
+                results.append(CheckResult(check, shape, False, str(exc), conditional))
+            else:
+                results.append(CheckResult(check, shape, True, "ok", conditional))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and hyper-parameters (deterministic, and hypothesis strategies)
+# ---------------------------------------------------------------------------------------------
+def _constraints(transform_cls: Any) -> tuple[tuple[int, ...], int, int, int]:
+    ranks = tuple(getattr(transform_cls, "input_ranks", Transform.input_ranks))
+    channel = int(getattr(transform_cls, "channel_multiple", 1))
+    size = int(getattr(transform_cls, "size_multiple", 1))
+    min_channels = int(getattr(transform_cls, "min_channels", 1))
+    return ranks, max(channel, 1), max(size, 1), max(min_channels, 1)
+
+
+def _multiples(multiple: int, minimum: int, maximum: int) -> list[int]:
+    """Multiples of ``multiple`` in ``[minimum, maximum]`` (and at least 1)."""
+    first = max(1, math.ceil(minimum / multiple)) * multiple
+    return list(range(first, maximum + 1, multiple))
+
+
+def _no_shape(transform_cls: Any, max_size: int) -> ValueError:
+    ranks, channel, size, min_channels = _constraints(transform_cls)
+    return ValueError(
+        f"{_plugin_name(transform_cls)}: no per-example shape with at most {max_size} scalars "
+        f"satisfies input_ranks={ranks}, channel_multiple={channel}, min_channels={min_channels}, "
+        f"size_multiple={size} (ranks 1 and 3 are supported)"
+    )
+
+
+def shapes_for(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> SearchStrategy[Shape]:
+    """Hypothesis strategy of per-example shapes the transform accepts (≤ ``max_size`` scalars).
+
+    Rank 1 gives ``(D,)`` with ``D`` a multiple of ``channel_multiple`` and ``≥ min_channels``;
+    rank 3 gives ``(C, H, W)`` with ``C`` like ``D`` and ``H``, ``W`` multiples of
+    ``size_multiple``. Shrinks towards the smallest shapes.
+    """
+    from hypothesis import strategies as st
+
+    ranks, channel, size, min_channels = _constraints(transform_cls)
+    options: list[SearchStrategy[Shape]] = []
+    if 1 in ranks and _multiples(channel, min_channels, max_size):
+        options.append(st.sampled_from(_multiples(channel, min_channels, max_size))
+                       .map(lambda d: (d,)))
+    if 3 in ranks and _multiples(channel, min_channels, max_size // (size * size)):
+
+        @st.composite
+        def images(draw: Callable[..., Any]) -> Shape:
+            c = draw(st.sampled_from(_multiples(channel, min_channels, max_size // size ** 2)))
+            h = draw(st.sampled_from(_multiples(size, size, max_size // (c * size))))
+            w = draw(st.sampled_from(_multiples(size, size, max_size // (c * h))))
+            return (c, h, w)
+
+        options.append(images())
+    if not options:
+        raise _no_shape(transform_cls, max_size)
+    return st.one_of(options)
+
+
+def params_for(transform_cls: Any) -> SearchStrategy[dict[str, Any]]:
+    """Hypothesis strategy of hyper-parameters: one value for every list entry of ``test_params``.
+
+    Non-list values of ``test_params`` are passed as they are.
+    """
+    from hypothesis import strategies as st
+
+    test_params: Mapping[str, Any] = getattr(transform_cls, "test_params", {}) or {}
+    return st.fixed_dictionaries({
+        key: st.sampled_from(value) if isinstance(value, list) else st.just(value)
+        for key, value in test_params.items()
+    })
+
+
+def example_params(transform_cls: Any) -> dict[str, Any]:
+    """Deterministic hyper-parameters: the first value of every list entry of ``test_params``."""
+    test_params: Mapping[str, Any] = getattr(transform_cls, "test_params", {}) or {}
+    return {key: (value[0] if isinstance(value, list) and value else value)
+            for key, value in test_params.items()}
+
+
+def example_shapes(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> list[Shape]:
+    """One or two deterministic per-example shapes for each rank the transform accepts.
+
+    Rank 1: the smallest valid ``D ≥ 4`` and the smallest valid ``D ≥ 10``. Rank 3: the smallest
+    valid channel count with the smallest valid square side ``≥ 4`` (or ``≥ 2`` if that is too
+    big), and a non-square variant when it fits.
+    """
+    ranks, channel, size, min_channels = _constraints(transform_cls)
+    shapes: list[Shape] = []
+    if 1 in ranks:
+        for floor in (4, 10):
+            dims = _multiples(channel, max(min_channels, floor), max_size)
+            if dims and (dims[0],) not in shapes:
+                shapes.append((dims[0],))
+        if not shapes and _multiples(channel, min_channels, max_size):
+            shapes.append((_multiples(channel, min_channels, max_size)[0],))
+    if 3 in ranks:
+        chans = _multiples(channel, min_channels, max_size)
+        images: list[Shape] = []
+        for floor in (4, 2, 1):
+            sides = _multiples(size, floor, max_size)
+            if chans and sides and chans[0] * sides[0] ** 2 <= max_size:
+                c, h = chans[0], sides[0]
+                images.append((c, h, h))
+                if c * h * (h + size) <= max_size:
+                    images.append((c, h, h + size))
+                break
+        shapes.extend(images)
+    if not shapes:
+        raise _no_shape(transform_cls, max_size)
+    return shapes

@@ -1,0 +1,322 @@
+"""One training engine for every transform, prior and objective.
+
+Per step: a batch (addressed by step, so resumed runs see the same data), uniform
+dequantization, the objective's auxiliary update (e.g. a critic), the objective's loss,
+backward, gradient clipping, the optimiser and schedule, the prior's post-step hook. Around it:
+seeding, device choice, a tqdm progress bar, JSONL metrics, periodic evaluation and samples,
+atomic checkpoints, resume, and a NaN/Inf guard that stops with a clear message and keeps the last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flowkit import __version__
+from flowkit.checkpoint import load_checkpoint, save_checkpoint
+from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
+from flowkit.data.base import BatchStream
+from flowkit.data.preprocess import dequantize
+from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from flowkit.evaluation import evaluate_nll
+from flowkit.figures import save_samples_figure
+from flowkit.model import build_model
+from flowkit.objective import Batch, build_objective
+from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+
+
+class _Schedule:
+    """Linear warm-up, then constant or cosine decay to zero (a picklable LR multiplier)."""
+
+    def __init__(self, kind: str, warmup: int, total: int) -> None:
+        self.kind, self.warmup, self.total = kind, warmup, max(total, 1)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "cosine":
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+
+class Trainer:
+    """Trains the model a resolved config describes, in ``run_dir``."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.log = log
+        tc = config["train"]
+        self.device = select_device(tc["device"])
+        torch.manual_seed(tc["seed"])
+        self.data = load_dataset(config)
+        self.model = build_model(config, self.data.meta).to(self.device)
+        self.objective = build_objective(config["objective"]).to(self.device)
+        self.objective.setup(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(self.params, tc)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"]))
+        self.stream = BatchStream(self.data.train, self.data.train_labels, tc["batch_size"],
+                                  tc["seed"])
+        self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
+        self.step = 0
+        self.elapsed = 0.0
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "rng": torch.get_rng_state(),
+            "config": dumps(self.config),
+            "meta": self.data.meta.to_dict(),
+            "flowkit_version": __version__,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"the checkpoint does not fit the model its run's config.toml describes: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def save(self) -> Path:
+        folder = self.run_dir / "checkpoints"
+        path = save_checkpoint(folder / f"step-{self.step:08d}.pt", self.state())
+        for old in list_checkpoints(self.run_dir)[:-max(1, self.config["train"]["keep_checkpoints"])]:
+            old.unlink(missing_ok=True)
+        return path
+
+    # -- pieces of a step ---------------------------------------------------------------------
+    def _batch(self, step: int) -> Batch:
+        x, y = self.stream(step)
+        if self.dequantize:
+            gen = torch.Generator().manual_seed(self.config["train"]["seed"] * 7919 + step)
+            x = dequantize(x, self.data.levels, gen)
+        return Batch(x.to(self.device, non_blocking=True),
+                     None if y is None else y.to(self.device, non_blocking=True))
+
+    def initialize(self) -> None:
+        """Data-dependent initialisation from the untrained network (first batch of examples)."""
+        n = min(self.config["train"]["init_examples"], self.data.train.shape[0])
+        x = self.data.train[:n]
+        if self.dequantize:
+            x = dequantize(x, self.data.levels, torch.Generator().manual_seed(0))
+        y = self.data.train_labels[:n] if self.data.train_labels is not None else None
+        self.model.initialize(x.to(self.device), None if y is None else y.to(self.device))
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def evaluate(self, max_examples: int) -> dict[str, float]:
+        ec = self.config["eval"]
+        return evaluate_nll(self.model, self.data, batch_size=ec["batch_size"],
+                            max_examples=max_examples, dequantize_data=self.dequantize,
+                            seed=self.config["train"]["seed"])
+
+    def _figure(self, path: Path) -> None:
+        ec = self.config["eval"]
+        if self.data.is_image or self.data.dim == 2:
+            save_samples_figure(self.model, self.data, path, ec["n_samples"], ec["temperature"])
+
+    def _diverged(self, what: str, terms: dict[str, float]) -> TrainingDiverged:
+        ckpts = list_checkpoints(self.run_dir)
+        kept = (f"the last good checkpoint is kept: {ckpts[-1]}" if ckpts
+                else "no checkpoint had been written yet")
+        message = (
+            f"training stopped at step {self.step}: {what} became NaN or infinite "
+            f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); {kept}. Try a lower "
+            f"train.lr, set train.grad_clip (e.g. 5.0), or a larger data.alpha."
+        )
+        (self.run_dir / "summary.json").write_text(json.dumps(
+            {"status": "diverged", "step": self.step, "message": message}, indent=2))
+        return TrainingDiverged(message)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.steps``; returns (and writes) ``summary.json``."""
+        tc, ec = self.config["train"], self.config["eval"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(dumps(self.config), encoding="utf-8")
+        if self.step == 0:
+            self.initialize()
+        self.model.train()
+        bar = tqdm(total=tc["steps"], initial=self.step, disable=not self.progress,
+                   desc=f"{self.config['transform']['name']} on {self.data.name}",
+                   dynamic_ncols=True)
+        seen, t_window = 0, time.perf_counter()
+        while self.step < tc["steps"]:
+            t0 = time.perf_counter()
+            batch = self._batch(self.step)
+            terms = dict(self.objective.auxiliary_update(self.model, batch, self.step))
+            out = self.objective.loss(self.model, batch, self.step)
+            terms.update(out.terms)
+            if out.total is not None:
+                if not torch.isfinite(out.total):
+                    raise self._diverged("the loss", terms)
+                self.optimizer.zero_grad(set_to_none=True)
+                out.total.backward()
+                clip = tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+                if not math.isfinite(grad_norm):
+                    raise self._diverged("the gradient", {**terms, "grad_norm": grad_norm})
+                self.optimizer.step()
+                self.model.prior.after_step()
+                terms["grad_norm"] = grad_norm
+            self.scheduler.step()
+            self.step += 1
+            seen += batch.x.shape[0]
+            self.elapsed += time.perf_counter() - t0
+            bar.update(1)
+            if self.step % tc["log_every"] == 0 or self.step == tc["steps"]:
+                now = time.perf_counter()
+                record = {"step": self.step, **terms, "lr": self.scheduler.get_last_lr()[0],
+                          "examples_per_s": seen / max(now - t_window, 1e-9)}
+                self._write_metrics(record)
+                seen, t_window = 0, now
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()
+                                 if k in ("loss", "nll_per_dim", "bpd")} or None)
+            if tc["eval_every"] and self.step % tc["eval_every"] == 0 \
+                    and self.step < tc["steps"]:
+                metrics = self.evaluate(ec["max_examples"])
+                self._write_metrics({"step": self.step, "kind": "eval", **metrics})
+                self.model.train()
+            if tc["sample_every"] and self.step % tc["sample_every"] == 0 \
+                    and self.step < tc["steps"]:
+                self._figure(self.run_dir / "samples" / f"step-{self.step:08d}.png")
+                self.model.train()
+            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
+                self.save()
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Final checkpoint, full evaluation, figure and ``summary.json``."""
+        ckpts = list_checkpoints(self.run_dir)
+        if not ckpts or not ckpts[-1].name.endswith(f"{self.step:08d}.pt"):
+            self.save()
+        metrics = self.evaluate(self.config["eval"]["final_max_examples"])
+        self._write_metrics({"step": self.step, "kind": "final", **metrics})
+        figure = self.run_dir / "figure.png"
+        self._figure(figure)
+        tc = self.config["train"]
+        summary = {
+            "status": "completed",
+            "steps": self.step,
+            **metrics,
+            "transform": self.config["transform"]["name"],
+            "prior": self.config["prior"]["name"],
+            "objective": self.config["objective"]["name"],
+            "data": self.data.name,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "train_time_s": round(self.elapsed, 2),
+            "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),
+                                          1),
+            "device": str(self.device),
+            "figure": figure.name if figure.exists() else None,
+            "flowkit_version": __version__,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def train(config: dict[str, Any], run_dir: str | Path | None = None, *, out_dir: str | Path = "runs",
+          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train a resolved config in a new run folder; returns the summary (``summary.json``)."""
+    if run_dir is None:
+        run_dir = new_run_dir(out_dir, config)
+    elif Path(run_dir).exists() and list_checkpoints(run_dir):
+        raise ConfigError(
+            f"{str(run_dir)!r} already holds a run; resume it with `flowkit run --resume "
+            f"{run_dir}` or choose another folder"
+        )
+    trainer = Trainer(config, run_dir, progress=progress, log=log)
+    summary = trainer.fit()
+    summary["run_dir"] = str(trainer.run_dir)
+    return summary
+
+
+def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
+           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue a run from its newest checkpoint.
+
+    ``requested`` (a resolved config) may change only :data:`flowkit.config.RESUMABLE_KEYS`
+    (e.g. ``train.steps`` to train longer); any other difference is an error.
+    """
+    run_dir = Path(run_dir)
+    saved = resolve(read_run_config(run_dir))
+    config = saved
+    if requested is not None:
+        conflicts = [k for k in diff(saved, requested) if k not in RESUMABLE_KEYS]
+        if conflicts:
+            details = "; ".join(f"{k}: run has {_lookup(saved, k)!r}, given {_lookup(requested, k)!r}"
+                                for k in conflicts[:5])
+            raise ConfigError(
+                f"--resume {run_dir}: the given config conflicts with the run's config.toml "
+                f"({details}). Resume with the run's own config (only train.steps and the "
+                f"logging/eval settings may change), or start a new run."
+            )
+        config = requested
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"{str(run_dir)!r} has no checkpoint to resume from")
+    trainer = Trainer(config, run_dir, progress=progress, log=log)
+    state, errors = None, []
+    for path in reversed(ckpts):  # newest readable checkpoint; unreadable ones are left in place
+        try:
+            state = load_checkpoint(path, map_location=trainer.device)
+            break
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            log(f"warning: skipping unreadable checkpoint {path.name}")
+    if state is None:
+        raise CheckpointError("no readable checkpoint to resume from: " + " | ".join(errors))
+    trainer.load_state(state)
+    log(f"resuming {run_dir} from step {trainer.step}")
+    summary = trainer.fit()
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

@@ -1,0 +1,59 @@
+"""scikit-learn's bundled 8×8 handwritten digits: a tiny image set that needs no download.
+
+1797 grey-scale images of 8×8 pixels with values ``0..16`` (Alpaydin & Kaynak 1998, "Optical
+Recognition of Handwritten Digits", UCI Machine Learning Repository), shipped inside the
+scikit-learn wheel as ``sklearn/datasets/data/digits.csv.gz``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flowkit.data.base import DataSplits
+from flowkit.errors import ConfigError
+
+LEVELS = 17  # pixel values 0..16
+
+
+def digits(*, test_fraction: float = 0.15, seed: int = 0) -> DataSplits:
+    """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels, 10 classes).
+
+    Pixels ``k ∈ {0, …, 16}`` are stored as ``k / 17`` (``levels = 17``), shape ``(N, 1, 8, 8)``;
+    the split into train and test is stratified by class and drawn from ``seed``
+    (Alpaydin & Kaynak 1998, "Optical Recognition of Handwritten Digits", UCI repository).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(
+            f"[dataset] digits test_fraction must be strictly between 0 and 1, got {test_fraction}"
+        )
+    if seed < 0:
+        raise ConfigError(f"[dataset] digits: the seed must be >= 0, got {seed}")
+    # imported here so that `flowkit list` does not pay for importing scikit-learn
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    pixels, labels = load_digits(return_X_y=True)
+    images = (np.rint(pixels).astype(np.float32) / LEVELS).reshape(-1, 1, 8, 8)
+    labels = labels.astype(np.int64)
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            images, labels, test_size=test_fraction, stratify=labels,
+            random_state=seed % 2**32,
+        )
+    except ValueError as exc:  # a fraction too small or too large to hold every class
+        raise ConfigError(
+            f"[dataset] digits test_fraction={test_fraction} cannot be split stratified over "
+            f"10 classes of 1797 images ({exc}); use a value around 0.05-0.5"
+        ) from exc
+    return DataSplits(
+        name="digits",
+        train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        train_labels=torch.from_numpy(np.ascontiguousarray(y_train)),
+        test_labels=torch.from_numpy(np.ascontiguousarray(y_test)),
+        levels=LEVELS,
+        num_classes=10,
+        default_preprocess="logit",
+        info={"test_fraction": test_fraction, "seed": seed, "source": "sklearn.datasets"},
+    )

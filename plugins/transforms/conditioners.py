@@ -1,0 +1,146 @@
+"""Conditioner networks for coupling layers, and the class-label input they can take.
+
+A coupling layer's conditioner computes the shift (and log-scale) of the transformed side from
+the conditioning side. It never needs to be inverted, so it can be any network (Dinh et al. 2015,
+"NICE", §3.2; Dinh et al. 2017, "Real NVP", §3.3). Both networks here zero-initialise their last
+layer, so a fresh coupling layer is exactly the identity. Neither uses batch normalisation: the
+output must depend on each example alone for the coupling to be invertible example by example.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowkit.errors import ConfigError, ShapeError
+
+
+def _check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network ``in_features → hidden × num_hidden → out_features``.
+
+    ``h_0 = x``, ``h_k = ReLU(W_k h_{k-1} + b_k)`` for ``k = 1..num_hidden``, output
+    ``W_out h_{num_hidden} + b_out`` (the conditioner of Dinh et al. 2015, "NICE", §5.1, which used
+    5 hidden layers of 1000 units). With ``zero_init`` the output layer starts at zero.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int, num_hidden: int,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive("hidden", hidden)
+        _check_positive("num_hidden", num_hidden)
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(num_hidden):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(width, out_features)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(B, in_features)`` to ``(B, out_features)``."""
+        return self.out(self.body(x))
+
+
+class ResidualBlock(nn.Module):
+    """Residual block ``h + conv(ReLU(conv(h)))`` with 'same' padding (He et al. 2016)."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding="same")
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding="same")
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Map ``(B, C, H, W)`` to ``(B, C, H, W)``."""
+        return h + self.conv2(F.relu(self.conv1(h)))
+
+
+class ConvNet(nn.Module):
+    """Small ResNet conditioner: conv in → ``num_blocks`` residual blocks → ReLU → conv out.
+
+    ``h = conv_in(x)``; ``h ← h + conv(ReLU(conv(h)))`` ``num_blocks`` times; output
+    ``conv_out(ReLU(h))``. Every convolution keeps the spatial size ('same' padding). This is the
+    residual conditioner of Dinh et al. 2017, "Real NVP", §4.1 (which used 8 blocks and batch
+    normalisation; normalisation is left out here so each example is processed independently).
+    With ``zero_init`` the output convolution starts at zero.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int, num_blocks: int,
+        kernel_size: int = 3, zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive("hidden", hidden)
+        _check_positive("num_blocks", num_blocks, minimum=0)
+        _check_positive("kernel_size", kernel_size)
+        self.conv_in = nn.Conv2d(in_channels, hidden, kernel_size, padding="same")
+        self.blocks = nn.Sequential(*(ResidualBlock(hidden, kernel_size)
+                                      for _ in range(num_blocks)))
+        self.conv_out = nn.Conv2d(hidden, out_channels, kernel_size, padding="same")
+        if zero_init:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
+        return self.conv_out(F.relu(self.blocks(self.conv_in(x))))
+
+
+def require_num_classes(owner: str, conditional: bool, num_classes: int | None) -> None:
+    """Raise :class:`ConfigError` if ``conditional`` is set but there is no class count."""
+    if conditional and (num_classes is None or num_classes < 1):
+        raise ConfigError(
+            f"{owner}: conditional=true needs the number of classes, which flowkit takes from a "
+            f"labelled dataset, but num_classes is {num_classes}. Use a dataset with labels, or "
+            f"set conditional=false."
+        )
+
+
+def one_hot_labels(context: Tensor | None, num_classes: int, like: Tensor, owner: str) -> Tensor:
+    """One-hot encode class labels ``(B,)`` as ``(B, num_classes)`` in ``like``'s dtype and device.
+
+    Raises :class:`ShapeError` when the labels are missing, not a ``(batch,)`` integer tensor
+    matching ``like``'s batch size, or outside ``[0, num_classes)``.
+    """
+    batch = like.shape[0]
+    if context is None:
+        raise ShapeError(
+            f"{owner} is conditional (conditional=true) and needs class labels as context: a "
+            f"LongTensor of shape ({batch},) with values in [0, {num_classes}). Pass the labels, "
+            f"or build it with conditional=false."
+        )
+    if context.dtype.is_floating_point or context.dtype.is_complex or tuple(context.shape) != (
+        batch,
+    ):
+        raise ShapeError(
+            f"{owner} expects class labels as an integer tensor of shape ({batch},), but got "
+            f"{context.dtype} of shape {tuple(context.shape)}."
+        )
+    if batch and (int(context.min()) < 0 or int(context.max()) >= num_classes):
+        raise ShapeError(
+            f"{owner}: class labels must lie in [0, {num_classes}), got values in "
+            f"[{int(context.min())}, {int(context.max())}]."
+        )
+    return F.one_hot(context.long(), num_classes).to(device=like.device, dtype=like.dtype)
+
+
+def append_labels(h: Tensor, labels: Tensor) -> Tensor:
+    """Append one-hot ``labels`` ``(B, K)`` to a conditioner input along dimension 1.
+
+    Vectors ``(B, D)`` become ``(B, D + K)``; images ``(B, C, H, W)`` get ``K`` constant channels
+    (each label broadcast over the spatial positions) and become ``(B, C + K, H, W)``.
+    """
+    if h.dim() > 2:
+        labels = labels.reshape(*labels.shape, *([1] * (h.dim() - 2)))
+        labels = labels.expand(-1, -1, *h.shape[2:])
+    return torch.cat([h, labels], dim=1)

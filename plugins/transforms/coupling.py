@@ -1,0 +1,196 @@
+"""Masked coupling layers: additive (NICE) and affine (Real NVP).
+
+A binary mask ``m`` (see :mod:`flowkit.plugins.transforms.masks`) splits the input into the
+conditioning side ``x_A = m ⊙ x``, which passes through unchanged, and the transformed side
+``x_B = (1 − m) ⊙ x``, which is shifted (and scaled) by functions of ``x_A`` computed by a
+conditioner network (Dinh et al. 2017, "Real NVP", eq. (9))::
+
+    y = m ⊙ x + (1 − m) ⊙ (x ⊙ exp(s(m ⊙ x)) + t(m ⊙ x))
+
+The Jacobian is triangular, so ``log|det J| = Σ (1 − m) ⊙ s``, and the inverse only needs the
+conditioner forwards, on ``m ⊙ y = m ⊙ x``. Writing the split with masks lets vector masks,
+checkerboards and channel masks share one implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.errors import ShapeError
+from flowkit.plugins.transforms.conditioners import (
+    MLP,
+    ConvNet,
+    append_labels,
+    one_hot_labels,
+    require_num_classes,
+)
+from flowkit.plugins.transforms.masks import build_mask
+from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
+
+MaskKind = Literal["half", "alternate", "checkerboard", "channel"]
+ConditionerKind = Literal["mlp", "conv"]
+
+
+def _default_kinds(
+    owner: str, event_shape: Shape, mask: str | None, conditioner: str | None,
+) -> tuple[str, str]:
+    """Fill in the per-rank defaults and check that the conditioner fits the rank."""
+    is_vector = len(event_shape) == 1
+    mask = mask or ("half" if is_vector else "checkerboard")
+    conditioner = conditioner or ("mlp" if is_vector else "conv")
+    if conditioner == "mlp" and not is_vector:
+        flat = 1
+        for s in event_shape:
+            flat *= s
+        raise ShapeError(
+            f"{owner}: conditioner='mlp' takes vectors (D,), but the input has image shape "
+            f"{tuple(event_shape)}; use conditioner='conv' (the default for images), or flatten "
+            f"the data to ({flat},) first (e.g. with the 'nice' model)."
+        )
+    if conditioner == "conv" and is_vector:
+        raise ShapeError(
+            f"{owner}: conditioner='conv' takes images (C, H, W), but the input has shape "
+            f"{tuple(event_shape)}; use conditioner='mlp' (the default for vectors)."
+        )
+    return mask, conditioner
+
+
+class _Coupling(Transform):
+    """Shared masked coupling mechanism; subclasses define the element-wise map of ``x_B``.
+
+    ``num_params`` is how many tensors of the input's shape the conditioner outputs (1 for a
+    shift, 2 for a log-scale and a shift).
+    """
+
+    num_params: ClassVar[int] = 1
+    input_ranks = (1, 3)
+    min_channels = 2  # vector masks need D ≥ 2; the channel mask needs C ≥ 2
+    test_params: ClassVar[dict[str, Any]] = {
+        "hidden": [4, 8], "num_hidden": [1], "num_blocks": [1], "parity": [False, True],
+    }
+
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        mask: MaskKind | None = None,
+        parity: bool = False,
+        conditioner: ConditionerKind | None = None,
+        hidden: int = 64,
+        num_hidden: int = 2,
+        num_blocks: int = 2,
+        conditional: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(event_shape)
+        owner = type(self).__name__
+        require_rank(owner, self.event_shape, self.input_ranks,
+                     "Flatten the data for vectors, or give images as (C, H, W).")
+        mask_kind, net_kind = _default_kinds(owner, self.event_shape, mask, conditioner)
+        require_num_classes(owner, conditional, num_classes)
+        self.mask_kind = mask_kind
+        self.conditioner_kind = net_kind
+        self.conditional = bool(conditional)
+        self.num_classes = num_classes
+        self.register_buffer("mask", build_mask(mask_kind, self.event_shape, parity, owner))
+        extra = int(num_classes) if conditional and num_classes is not None else 0
+        channels = self.event_shape[0]
+        self.net: nn.Module
+        if net_kind == "mlp":
+            self.net = MLP(channels + extra, self.num_params * channels, hidden, num_hidden)
+        else:
+            self.net = ConvNet(channels + extra, self.num_params * channels, hidden, num_blocks)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        """Create subclass-specific parameters once the shapes are known (none by default)."""
+
+    # -- the shared mechanism ----------------------------------------------------------------
+    def _conditioner(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """Run the conditioner on ``m ⊙ x`` (plus one-hot labels) and split its outputs."""
+        h = x_a
+        if self.conditional:
+            assert self.num_classes is not None
+            labels = one_hot_labels(context, self.num_classes, x_a, type(self).__name__)
+            h = append_labels(h, labels)
+        out = self.net(h).reshape(x_a.shape[0], self.num_params, *self.event_shape)
+        return out.unbind(1)
+
+    def _couple(
+        self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Map the whole input element-wise; entries where ``free == 0`` must stay unchanged."""
+        raise NotImplementedError
+
+    def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        mask = self.mask.to(dtype=x.dtype)
+        params = self._conditioner(mask * x, context)
+        return self._couple(x, params, 1.0 - mask, inverse)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``y = m ⊙ x + (1 − m) ⊙ g(x; m ⊙ x)`` and its log-determinant."""
+        self.check_input(x)
+        return self._transform(x, context, inverse=False)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = m ⊙ y + (1 − m) ⊙ g⁻¹(y; m ⊙ y)`` and its log-determinant."""
+        self.check_input(y, "inverse")
+        return self._transform(y, context, inverse=True)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, mask={self.mask_kind!r}, "
+                f"conditioner={self.conditioner_kind!r}, conditional={self.conditional}")
+
+
+class AdditiveCoupling(_Coupling):
+    """Additive coupling layer y_B = x_B + t(x_A) (NICE, Dinh et al. 2015); volume preserving.
+
+    ``y_A = x_A``, ``y_B = x_B + t(x_A)``; inverse ``x_B = y_B − t(y_A)``; ``log|det J| = 0``
+    (Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", §3.2,
+    eq. (4)-(5)). ``x_A``/``x_B`` are chosen by ``mask`` ("half" or "alternate" for vectors,
+    "checkerboard" or "channel" for images) and ``parity`` swaps them; ``t`` is an MLP
+    (``hidden`` units × ``num_hidden`` layers) or a residual conv net (``hidden`` channels,
+    ``num_blocks`` blocks). With ``conditional=true`` one-hot class labels are fed to ``t``.
+    """
+
+    num_params = 1
+    volume_preserving = True
+
+    def _couple(
+        self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        shift = free * params[0]
+        out = x - shift if inverse else x + shift
+        return out, self.zero_logdet(x)
+
+
+class AffineCoupling(_Coupling):
+    """Affine coupling layer y_B = x_B ⊙ exp(s(x_A)) + t(x_A) (Real NVP, Dinh et al. 2017).
+
+    ``y_A = x_A``, ``y_B = x_B ⊙ exp(s(x_A)) + t(x_A)``; inverse
+    ``x_B = (y_B − t(y_A)) ⊙ exp(−s(y_A))``; ``log|det J| = Σ_j s_j(x_A)`` (Dinh, Sohl-Dickstein &
+    Bengio 2017, "Density estimation using Real NVP", §3.3, eq. (6)-(9)). The log-scale is bounded
+    as ``s = scale ⊙ tanh(s_raw)`` with ``scale`` a learnable per-feature (vectors) or per-channel
+    (images) factor initialised to 1, as in the authors' implementation, so that early training
+    cannot produce huge scales. ``mask``, ``parity``, the conditioner and ``conditional`` are as
+    in ``additive-coupling``.
+    """
+
+    num_params = 2
+
+    def _init_parameters(self) -> None:
+        scale_shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)
+        self.scale = nn.Parameter(torch.ones(scale_shape))
+
+    def _couple(
+        self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        raw_log_scale, shift = params
+        log_scale = free * self.scale * torch.tanh(raw_log_scale)
+        shift = free * shift
+        if inverse:
+            return (x - shift) * torch.exp(-log_scale), -sum_except_batch(log_scale)
+        return x * torch.exp(log_scale) + shift, sum_except_batch(log_scale)

@@ -1,0 +1,113 @@
+"""Binary masks that split an input into a conditioning side and a transformed side.
+
+A coupling layer keeps the entries where ``mask == 1`` (the conditioning side ``x_A``) and
+transforms the entries where ``mask == 0`` (``x_B``) as a function of ``mask ⊙ x`` (Dinh et al.
+2017, "Density estimation using Real NVP", §3.4-3.5, eq. (9)). Every builder is a pure function
+returning a float tensor that broadcasts against one example of the input; ``invert=True`` swaps
+the two sides, so consecutive layers with alternating parity transform every entry.
+
+* vectors ``(D,)``: ``"half"`` (the first ``⌈D/2⌉`` features condition) and ``"alternate"``
+  (even indices condition; Dinh et al. 2015, "NICE", §5.1);
+* images ``(C, H, W)``: ``"checkerboard"`` (pixels with ``r + c`` even condition; shape
+  ``(1, H, W)``) and ``"channel"`` (the first ``⌈C/2⌉`` channels condition; shape ``(C, 1, 1)``)
+  (Dinh et al. 2017, §3.5, Figure 3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from flowkit.errors import ConfigError, ShapeError
+from flowkit.transform import Shape
+
+#: The rank of input each mask kind applies to.
+MASK_RANKS: dict[str, int] = {"half": 1, "alternate": 1, "checkerboard": 3, "channel": 3}
+
+
+def _finish(mask: Tensor, invert: bool) -> Tensor:
+    return (1.0 - mask) if invert else mask
+
+
+def half_mask(features: int, invert: bool = False) -> Tensor:
+    """Vector mask whose first ``⌈D/2⌉`` entries are 1 (the conditioning side).
+
+    Shape ``(D,)``. With ``invert=True`` the last ``⌊D/2⌋`` entries are 1 instead.
+    """
+    mask = torch.zeros(features)
+    mask[: math.ceil(features / 2)] = 1.0
+    return _finish(mask, invert)
+
+
+def alternate_mask(features: int, invert: bool = False) -> Tensor:
+    """Vector mask that is 1 at even indices, 0 at odd ones (NICE's interleaved partition).
+
+    Shape ``(D,)``; ``invert=True`` marks the odd indices instead (Dinh et al. 2015, §5.1).
+    """
+    mask = (torch.arange(features) % 2 == 0).float()
+    return _finish(mask, invert)
+
+
+def checkerboard_mask(height: int, width: int, invert: bool = False) -> Tensor:
+    """Image mask that is 1 where ``row + column`` is even, shape ``(1, H, W)``.
+
+    The spatial checkerboard of Dinh et al. 2017, "Real NVP", §3.5; the same pattern is used for
+    every channel. ``invert=True`` marks the pixels where ``row + column`` is odd.
+    """
+    rows = torch.arange(height).unsqueeze(1)
+    cols = torch.arange(width).unsqueeze(0)
+    mask = ((rows + cols) % 2 == 0).float().unsqueeze(0)
+    return _finish(mask, invert)
+
+
+def channel_mask(channels: int, invert: bool = False) -> Tensor:
+    """Image mask that is 1 on the first ``⌈C/2⌉`` channels, shape ``(C, 1, 1)``.
+
+    The channel-wise mask of Dinh et al. 2017, "Real NVP", §3.5; ``invert=True`` marks the last
+    ``⌊C/2⌋`` channels instead.
+    """
+    mask = torch.zeros(channels, 1, 1)
+    mask[: math.ceil(channels / 2)] = 1.0
+    return _finish(mask, invert)
+
+
+def build_mask(kind: str, event_shape: Shape, invert: bool = False, owner: str = "mask") -> Tensor:
+    """Build the ``kind`` mask for one example of shape ``event_shape``.
+
+    Raises :class:`ShapeError` when the mask does not fit the shape (a vector mask for an image
+    or vice versa, fewer than 2 features or channels to split) and :class:`ConfigError` for an
+    unknown kind.
+    """
+    if kind not in MASK_RANKS:
+        raise ConfigError(
+            f"{owner}: unknown mask {kind!r}; choose one of {', '.join(map(repr, MASK_RANKS))}."
+        )
+    shape = tuple(event_shape)
+    rank = MASK_RANKS[kind]
+    if len(shape) != rank:
+        fits = [k for k, r in MASK_RANKS.items() if r == len(shape)]
+        raise ShapeError(
+            f"{owner}: mask={kind!r} is for {'vectors (D,)' if rank == 1 else 'images (C, H, W)'}"
+            f" but the input has shape {shape}; use mask="
+            + " or ".join(repr(k) for k in fits)
+            + " (or leave mask unset for the default)."
+        )
+    if kind in ("half", "alternate"):
+        if shape[0] < 2:
+            raise ShapeError(
+                f"{owner}: mask={kind!r} splits the features in two, so it needs at least 2 "
+                f"features, but the input has shape {shape}."
+            )
+        builder = half_mask if kind == "half" else alternate_mask
+        return builder(shape[0], invert)
+    if kind == "channel":
+        if shape[0] < 2:
+            raise ShapeError(
+                f"{owner}: mask='channel' splits the channels in two, so it needs at least 2 "
+                f"channels, but the input has shape {shape}; use mask='checkerboard', or "
+                f"squeeze first."
+            )
+        return channel_mask(shape[0], invert)
+    return checkerboard_mask(shape[1], shape[2], invert)

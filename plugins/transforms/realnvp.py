@@ -1,0 +1,117 @@
+"""Real NVP: affine couplings in a multi-scale architecture (Dinh et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from flowkit.composition import MultiScale, Sequential
+from flowkit.errors import ConfigError, ShapeError
+from flowkit.plugins.transforms.conditioners import require_num_classes
+from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
+from flowkit.plugins.transforms.squeeze import Squeeze
+from flowkit.transform import Shape, Transform, require_rank
+
+
+class RealNVP(Transform):
+    """Real NVP: affine couplings, multi-scale with squeeze and factor-out (Dinh et al. 2017).
+
+    Every step is an affine coupling ``y_B = x_B ⊙ exp(s(x_A)) + t(x_A)``, ``log|det J| = Σ s``
+    (Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", eq. (6)-(9)).
+
+    Images ``(C, H, W)`` (§3.6, §4.1): ``num_scales`` levels; every level but the last is 3
+    checkerboard couplings → squeeze ``(C, H, W) → (4C, H/2, W/2)`` → 3 channel-mask couplings,
+    after which half of the channels are factored out to the latent; the last level is 4
+    checkerboard couplings. Masks alternate parity. Conditioners are residual conv nets with
+    ``hidden`` channels (default 64) and ``num_blocks`` blocks (default 4; the paper used 8). H and
+    W must be divisible by ``2^(num_scales − 1)``.
+
+    Vectors ``(D,)``: ``num_layers`` couplings on the "half" split with alternating parity and MLP
+    conditioners of ``num_hidden`` layers of ``hidden`` units (default 256).
+
+    The latent has shape ``(D,)`` with ``D`` the number of input scalars.
+    """
+
+    input_ranks = (1, 3)
+    min_channels = 2  # vectors need D ≥ 2 to split in two
+    size_multiple = 2  # for the default num_scales=2
+    test_params: ClassVar[dict[str, Any]] = {
+        "num_scales": [1, 2], "hidden": [4], "num_blocks": [1], "num_layers": [2, 3],
+        "num_hidden": [1],
+    }
+
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        num_scales: int = 2,
+        num_layers: int = 8,
+        hidden: int | None = None,
+        num_blocks: int = 4,
+        num_hidden: int = 2,
+        conditional: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        shape = tuple(int(s) for s in event_shape)
+        require_rank("RealNVP", shape, self.input_ranks)
+        super().__init__(shape, (math.prod(shape),))
+        require_num_classes("RealNVP", conditional, num_classes)
+        for name, value in (("num_scales", num_scales), ("num_layers", num_layers)):
+            if value < 1:
+                raise ConfigError(f"RealNVP: {name} must be at least 1, got {value}.")
+        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes}
+        self.flow: Transform
+        if len(shape) == 1:
+            self.flow = Sequential(
+                AffineCoupling(shape, mask="half", parity=bool(k % 2), conditioner="mlp",
+                               hidden=256 if hidden is None else hidden,
+                               num_hidden=num_hidden, **common)
+                for k in range(num_layers)
+            )
+        else:
+            common.update(conditioner="conv", hidden=64 if hidden is None else hidden,
+                          num_blocks=num_blocks)
+            self.flow = MultiScale(_image_levels(shape, num_scales, common))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Map data ``(B, *event_shape)`` to the latent ``(B, D)``."""
+        self.check_input(x)
+        return self.flow(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Map the latent ``(B, D)`` back to data ``(B, *event_shape)``."""
+        self.check_input(y, "inverse")
+        return self.flow.inverse(y, context)
+
+
+def _couplings(
+    shape: Shape, mask: MaskKind, count: int, common: dict[str, Any],
+) -> list[Transform]:
+    """``count`` affine couplings on ``shape`` with ``mask`` and alternating parity."""
+    return [AffineCoupling(shape, mask=mask, parity=bool(k % 2), **common) for k in range(count)]
+
+
+def _image_levels(shape: Shape, num_scales: int, common: dict[str, Any]) -> list[Transform]:
+    """The levels of the multi-scale image architecture (Dinh et al. 2017, §3.6)."""
+    c, h, w = shape
+    factor = 2 ** (num_scales - 1)
+    if h % factor or w % factor:
+        raise ShapeError(
+            f"RealNVP with num_scales={num_scales} squeezes {num_scales - 1} time(s), so the "
+            f"height and width must be divisible by {factor}, but the input has shape {shape}. "
+            f"Use a smaller num_scales, or crop/pad the images."
+        )
+    levels: list[Transform] = []
+    for _ in range(num_scales - 1):
+        squeeze = Squeeze((c, h, w))
+        levels.append(Sequential([
+            *_couplings((c, h, w), "checkerboard", 3, common),
+            squeeze,
+            *_couplings(squeeze.output_shape, "channel", 3, common),
+        ]))
+        c, h, w = squeeze.output_shape
+        c -= c // 2  # MultiScale factors out the other half
+    levels.append(Sequential(_couplings((c, h, w), "checkerboard", 4, common)))
+    return levels

@@ -1,0 +1,50 @@
+"""Space-to-depth squeeze: trade spatial resolution for channels (Real NVP §3.6)."""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor
+
+from flowkit.errors import ShapeError
+from flowkit.transform import Shape, Transform, require_rank
+
+
+class Squeeze(Transform):
+    """Space-to-depth squeeze (C, H, W) → (4C, H/2, W/2): 2×2 blocks become channels; log-det 0.
+
+    Each ``2 × 2`` spatial block becomes 4 channels (Dinh et al. 2017, "Density estimation using
+    Real NVP", §3.6, Figure 3). Exact ordering::
+
+        y[b, 4c + 2i + j, h, w] = x[b, c, 2h + i, 2w + j]    for i, j ∈ {0, 1}
+
+    i.e. output channels ``4c .. 4c+3`` hold input channel ``c``'s top-left, top-right,
+    bottom-left and bottom-right pixels of each block. A pure re-indexing, so volume preserving.
+    """
+
+    volume_preserving = True
+    input_ranks = (3,)
+    size_multiple = 2
+
+    def __init__(self, event_shape: Shape, *, num_classes: int | None = None) -> None:
+        require_rank("Squeeze", tuple(event_shape), self.input_ranks,
+                     "Squeeze folds 2×2 pixel blocks into channels; give images as (C, H, W).")
+        c, h, w = (int(s) for s in event_shape)
+        if h % 2 or w % 2:
+            raise ShapeError(
+                f"Squeeze needs an even height and width to fold 2×2 blocks, but the input has "
+                f"shape {(c, h, w)}; crop or pad the images to even sizes, or use fewer "
+                f"squeeze steps (num_scales)."
+            )
+        super().__init__((c, h, w), (4 * c, h // 2, w // 2))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(B, C, H, W) → (B, 4C, H/2, W/2)``, log-det 0."""
+        self.check_input(x)
+        y = rearrange(x, "b c (h i) (w j) -> b (c i j) h w", i=2, j=2)
+        return y, self.zero_logdet(x)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(B, 4C, H/2, W/2) → (B, C, H, W)``, log-det 0."""
+        self.check_input(y, "inverse")
+        x = rearrange(y, "b (c i j) h w -> b c (h i) (w j)", i=2, j=2)
+        return x, self.zero_logdet(y)
