@@ -25,7 +25,8 @@ import click
 @click.option("--name", help="Run folder name (default: <transform>-<objective>-<data>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Continue the run in this folder from its newest checkpoint.")
-@click.option("--dry-run", is_flag=True, help="Validate and print the resolved config; do not train.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate, build the model and print the resolved config; do not train.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(config_source: str | None, transform: str | None, objective: str | None,
         prior: str | None, data: str | None, data_dir: Path | None, overrides: tuple[str, ...],
@@ -57,8 +58,15 @@ def run(config_source: str | None, transform: str | None, objective: str | None,
         config = load_config(config_source, overrides, **shortcuts)
         if dry_run:
             from flowkit.config import dumps
+            from flowkit.model import build_model
+            from flowkit.runs import load_dataset
 
+            data = load_dataset(config)
+            model = build_model(config, data.meta)
             click.echo(dumps(config), nl=False)
+            click.echo(f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
+                       f"{data.test.shape[0]} test; model: "
+                       f"{sum(p.numel() for p in model.parameters()):,} parameters")
             return
         run_dir = out_dir / name if name else None
         summary = train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)

@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles.
+"""Shared pytest configuration: hypothesis profiles, one torch thread.
 
 ``ci`` (the default) is derandomized and small so the suite is fast and reproducible;
 ``thorough`` draws 100 examples per property. Choose with ``FLOWKIT_HYPOTHESIS_PROFILE``::
@@ -9,6 +9,12 @@
 from __future__ import annotations
 
 import os
+
+import torch
+
+# Test tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine their
+# spin-waiting made the conformance suite 10-50x slower. One thread is faster in every case here.
+torch.set_num_threads(1)
 
 try:
     from hypothesis import HealthCheck, settings

@@ -14,6 +14,7 @@ checkerboards and channel masks share one implementation.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -42,13 +43,10 @@ def _default_kinds(
     mask = mask or ("half" if is_vector else "checkerboard")
     conditioner = conditioner or ("mlp" if is_vector else "conv")
     if conditioner == "mlp" and not is_vector:
-        flat = 1
-        for s in event_shape:
-            flat *= s
         raise ShapeError(
             f"{owner}: conditioner='mlp' takes vectors (D,), but the input has image shape "
             f"{tuple(event_shape)}; use conditioner='conv' (the default for images), or flatten "
-            f"the data to ({flat},) first (e.g. with the 'nice' model)."
+            f"the data to ({math.prod(event_shape)},) first (e.g. with the 'nice' model)."
         )
     if conditioner == "conv" and is_vector:
         raise ShapeError(
@@ -126,6 +124,7 @@ class _Coupling(Transform):
         raise NotImplementedError
 
     def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        """Condition on the masked input and apply :meth:`_couple` in either direction."""
         mask = self.mask.to(dtype=x.dtype)
         params = self._conditioner(mask * x, context)
         return self._couple(x, params, 1.0 - mask, inverse)

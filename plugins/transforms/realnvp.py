@@ -98,10 +98,13 @@ def _image_levels(shape: Shape, num_scales: int, common: dict[str, Any]) -> list
     c, h, w = shape
     factor = 2 ** (num_scales - 1)
     if h % factor or w % factor:
+        fits = 1
+        while h % 2**fits == 0 and w % 2**fits == 0:
+            fits += 1
         raise ShapeError(
             f"RealNVP with num_scales={num_scales} squeezes {num_scales - 1} time(s), so the "
             f"height and width must be divisible by {factor}, but the input has shape {shape}. "
-            f"Use a smaller num_scales, or crop/pad the images."
+            f"Use a smaller num_scales (at most {fits} for this shape), or crop/pad the images."
         )
     levels: list[Transform] = []
     for _ in range(num_scales - 1):

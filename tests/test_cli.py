@@ -1,0 +1,163 @@
+"""End-to-end command-line tests on tiny budgets: run, list, sample, eval, resume, and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowkit.cli.main import cli
+
+TINY_MOONS = ["--data", "moons", "--set", "data.n_train=512", "--set", "data.n_test=256",
+              "--set", "transform.num_layers=2", "--set", "transform.hidden=16",
+              "--set", "train.batch_size=64", "--quiet"]
+TINY_DIGITS = ["--data", "digits", "--set", "transform.hidden=4", "--set", "transform.num_blocks=1",
+               "--set", "train.batch_size=32", "--set", "eval.n_samples=16", "--quiet"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+def ok(result) -> None:
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+
+
+def user_error(result, *needles: str) -> None:
+    """Non-zero exit, a message naming the problem, no traceback."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def moons_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    ok(invoke("run", "--transform", "realnvp", "--objective", "mle", *TINY_MOONS,
+              "--set", "train.steps=40", "--set", "train.checkpoint_every=20",
+              "--set", "train.eval_every=20", "--set", "train.sample_every=20",
+              "--out", str(out), "--name", "moons"))
+    return out / "moons"
+
+
+def test_list_shows_every_kind_with_provider():
+    result = invoke("list")
+    ok(result)
+    for name in ("realnvp", "nice", "affine-coupling", "gaussian", "logistic", "mle", "moons",
+                 "digits", "mnist", "realnvp-digits"):
+        assert name in result.output
+    assert "[flowkit 0.1.0]" in result.output
+    assert "Real NVP" in result.output or "Real-NVP" in result.output
+
+
+def test_list_params():
+    result = invoke("list", "transforms", "--params")
+    ok(result)
+    assert "num_layers: int = 8" in result.output
+
+
+def test_run_writes_a_complete_run_folder(moons_run: Path):
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "figure.png"):
+        assert (moons_run / name).is_file(), name
+    assert sorted(p.name for p in (moons_run / "checkpoints").iterdir()) == [
+        "step-00000020.pt", "step-00000040.pt"]
+    assert (moons_run / "samples" / "step-00000020.png").is_file()
+    summary = json.loads((moons_run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 40
+    assert torch.isfinite(torch.tensor(summary["test_nll"]))
+    records = [json.loads(line) for line in (moons_run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("kind") == "eval" for r in records)
+    assert any("nll_per_dim" in r for r in records)
+
+
+def test_eval_reproduces_summary(moons_run: Path):
+    result = invoke("eval", str(moons_run))
+    ok(result)
+    summary = json.loads((moons_run / "summary.json").read_text())
+    evaluated = json.loads((moons_run / "eval.json").read_text())
+    assert evaluated["test_nll"] == pytest.approx(summary["test_nll"], rel=1e-5)
+
+
+def test_sample_png_and_tensor(moons_run: Path, tmp_path: Path):
+    ok(invoke("sample", str(moons_run), "-n", "64", "--out", str(tmp_path / "s.png")))
+    assert (tmp_path / "s.png").stat().st_size > 0
+    ok(invoke("sample", str(moons_run), "-n", "10", "--out", str(tmp_path / "s.pt")))
+    assert torch.load(tmp_path / "s.pt").shape == (10, 2)
+
+
+def test_resume_continues_and_matches_uninterrupted(tmp_path: Path):
+    common = ["run", *TINY_MOONS, "--set", "train.checkpoint_every=10", "--out", str(tmp_path)]
+    ok(invoke(*common, "--set", "train.steps=20", "--name", "straight"))
+    ok(invoke(*common, "--set", "train.steps=10", "--name", "cut"))
+    ok(invoke("run", "--resume", str(tmp_path / "cut"), "--set", "train.steps=20", "--quiet"))
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert b["steps"] == 20
+    assert b["test_nll"] == pytest.approx(a["test_nll"], rel=1e-4, abs=1e-4)
+
+
+def test_resume_with_conflicting_config_is_refused(moons_run: Path):
+    user_error(invoke("run", "--resume", str(moons_run), "--set", "train.lr=0.5"),
+               "conflicts", "train.lr")
+    user_error(invoke("run", "--resume", str(moons_run), "--transform", "nice"), "conflicts")
+
+
+def test_image_run_sample_and_eval(tmp_path: Path):
+    ok(invoke("run", "--transform", "realnvp", *TINY_DIGITS, "--set", "train.steps=6",
+              "--out", str(tmp_path), "--name", "digits"))
+    run = tmp_path / "digits"
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 < summary["test_bpd"] < 20
+    ok(invoke("sample", str(run), "-n", "16", "--out", str(tmp_path / "grid.png")))
+    ok(invoke("sample", str(run), "-n", "4", "--label", "3", "--out", str(tmp_path / "g3.png")))
+    result = invoke("eval", str(run))
+    ok(result)
+    assert "test_bpd" in result.output
+
+
+def test_unknown_plugin_is_a_clean_error():
+    user_error(invoke("run", "--transform", "realnpv", "--dry-run"), "Did you mean 'realnvp'",
+               "Known transforms")
+
+
+def test_bad_config_value_is_a_clean_error():
+    user_error(invoke("run", "--set", "train.steps=many", "--dry-run"), "must be an integer")
+
+
+def test_shape_mismatch_is_a_clean_error(tmp_path: Path):
+    # an MLP coupling cannot take 1x8x8 images
+    user_error(invoke("run", "--transform", "affine-coupling", "--set",
+                      "transform.conditioner=mlp", "--data", "digits", "--dry-run"), "(1, 8, 8)")
+    result = invoke("run", "--transform", "affine-coupling", "--set", "transform.conditioner=mlp",
+                    "--data", "digits", "--set", "train.steps=1", "--quiet", "--out", str(tmp_path))
+    user_error(result, "(1, 8, 8)")
+
+
+def test_missing_data_folder_is_a_clean_error(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("FLOWKIT_DATA", raising=False)
+    result = invoke("run", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+                    "--set", "train.steps=1", "--quiet", "--out", str(tmp_path))
+    user_error(result, "train-images-idx3-ubyte.gz", "--data-dir")
+
+
+def test_corrupt_checkpoint_is_a_clean_error(moons_run: Path, tmp_path: Path):
+    bad = tmp_path / "step-00000001.pt"
+    good = sorted((moons_run / "checkpoints").iterdir())[-1]
+    bad.write_bytes(good.read_bytes()[:1000])  # truncated
+    user_error(invoke("sample", str(moons_run), "--checkpoint", str(bad)), "corrupt or truncated")
+    user_error(invoke("eval", str(moons_run), "--checkpoint", str(bad)), "corrupt or truncated")
+
+
+def test_not_a_run_folder(tmp_path: Path):
+    user_error(invoke("eval", str(tmp_path)), "not a flowkit run folder")
+
+
+def test_dry_run_prints_resolved_toml():
+    result = invoke("run", "--config", "realnvp-moons", "--set", "train.steps=7", "--dry-run")
+    ok(result)
+    assert "steps = 7" in result.output and "[transform]" in result.output
