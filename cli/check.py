@@ -11,9 +11,8 @@ import click
               help="Per-example input shape to test (repeatable; default: the plugin's own).")
 def check(name: str, shapes: tuple[str, ...]) -> None:
     """Check that transform NAME inverts, has the autograd log-det, survives save/load, ..."""
-    from flowkit.testing import run_checks
-
     from flowkit.errors import ConfigError
+    from flowkit.testing import run_checks
 
     parsed = []
     for text in shapes:

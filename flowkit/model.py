@@ -123,12 +123,14 @@ class Flow(nn.Module):
     def sample(
         self, n: int, context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
-        """``n`` samples ``decode(z)``, ``z ~ p_Z``; class-conditional models cycle the classes
-        when ``context`` is not given."""
+        """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
+        images); class-conditional models cycle through the classes when ``context`` is None."""
         if context is None:
             context = self.default_context(n)
         z = self.prior.sample(n, context, temperature=temperature)
-        return self.decode(z, context)
+        x = self.decode(z, context)
+        domain = getattr(self.preprocess, "domain", None)
+        return x if domain is None else x.clamp(*domain)
 
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor | None = None) -> None:

@@ -31,6 +31,7 @@ import io
 import math
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,14 @@ def perturb_parameters(
                     param.shape, generator=generator, dtype=param.dtype, device=generator.device
                 ).to(param.device)
             param.add_(noise, alpha=scale)
+
+
+@contextmanager
+def _local_rng(seed: int) -> Iterator[None]:
+    """Seed the CPU RNG inside the block and restore the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def _plugin_name(obj: Any) -> str:
@@ -379,8 +388,7 @@ def _outputs(module: nn.Module, inp: Tensor, context: Tensor | None, direction: 
     with torch.no_grad():
         if seed is None:
             return _call(module, inp, context, direction, name, check)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with _local_rng(seed):
             return _call(module, inp, context, direction, name, check)
 
 
@@ -451,35 +459,38 @@ def check_state_dict(
 def check_dtype_device(
     transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
     atol: float = JACOBIAN_ATOL, rtol: float = JACOBIAN_RTOL,
+    devices: Sequence[str | torch.device] | None = None,
 ) -> None:
     """Check that outputs follow the input's dtype (float32, float64) and device (CPU, CUDA).
 
-    The module is converted with ``.to(dtype)`` / ``.to("cuda")``; both directions must return
-    tensors of the input's dtype on the input's device. When CUDA is available the float64 CUDA
-    outputs must match the CPU ones within ``atol + rtol·|expected|``.
+    The module is converted with ``.to(device, dtype)`` for every device of ``devices`` (default:
+    the CPU, plus CUDA when ``torch.cuda.is_available()``); both directions must return tensors of
+    the input's dtype on the input's device, and the float64 outputs on every device must match
+    those on the first within ``atol + rtol·|expected|``. Without a GPU, ``devices=["cpu",
+    "meta"]`` still catches tensors created on a fixed device (values are not compared on
+    ``meta``; transforms that branch on data cannot run there).
     """
     name = name or _plugin_name(transform)
     check = "dtype-device"
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
+    if devices is None:
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     reference: tuple[Tensor, Tensor] | None = None
-    for device in devices:
+    for device in map(torch.device, devices):
         ctx = None if context is None else context.to(device)
         for dtype in (torch.float32, torch.float64):
             module = copy.deepcopy(transform).to(device=device, dtype=dtype)
             xin = x.detach().to(device=device, dtype=dtype)
             out, logdet = _outputs(module, xin, ctx, "forward", name, check)
             _outputs(module, out, ctx, "inverse", name, check)
-            if dtype != torch.float64:
+            if dtype != torch.float64 or device.type == "meta":
                 continue
             if reference is None:
                 reference = (out.cpu(), logdet.cpu())
             else:
                 for label, got, want in (("output", out, reference[0]),
                                          ("logabsdet", logdet, reference[1])):
-                    _assert_close(got.cpu(), want, atol, rtol, f"{device} vs cpu forward {label}",
-                                  name, check, xin)
+                    what = f"forward {label} on {device} vs on {devices[0]}"
+                    _assert_close(got.cpu(), want, atol, rtol, what, name, check, xin)
 
 
 def check_gradients(
@@ -612,8 +623,7 @@ def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str,
     kwargs = dict(kwargs)
     if "seed" in kwargs:
         kwargs["seed"] = seed
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _local_rng(seed):
         try:
             module = factory(**kwargs)
         except Exception as exc:
@@ -737,8 +747,7 @@ def check_transform(
     float64 log-det comparison. Everything is seeded by ``seed``; the global RNG is left untouched.
     Raises :class:`AssertionError` at the first failing check.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _local_rng(seed):
         case = _prepare(factory, event_shape, params, name=name, num_classes=num_classes,
                         batch_size=batch_size, seed=seed, input_scale=input_scale,
                         context=context, perturbation=perturbation)
@@ -809,8 +818,7 @@ def _run_variant(
     options: dict[str, Any], tolerances: tuple[float, float, float, float],
 ) -> list[CheckResult]:
     results: list[CheckResult] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options["seed"])
+    with _local_rng(options["seed"]):
         try:
             case = _prepare(factory, shape, params, name=name, **options)
         except Exception as exc:  # a build failure, a bad parameter: report, do not raise
@@ -907,8 +915,9 @@ def example_shapes(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> list[S
     """One or two deterministic per-example shapes for each rank the transform accepts.
 
     Rank 1: the smallest valid ``D ≥ 4`` and the smallest valid ``D ≥ 10``. Rank 3: the smallest
-    valid channel count with the smallest valid square side ``≥ 4`` (or ``≥ 2`` if that is too
-    big), and a non-square variant when it fits.
+    valid channel count ``≥ 2`` (so channel permutations are not trivial) with the smallest valid
+    square side ``≥ 4`` (or ``≥ 2``, ``≥ 1`` if that is too big), and a non-square variant when
+    it fits.
     """
     ranks, channel, size, min_channels = _constraints(transform_cls)
     shapes: list[Shape] = []
@@ -920,17 +929,21 @@ def example_shapes(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> list[S
         if not shapes and _multiples(channel, min_channels, max_size):
             shapes.append((_multiples(channel, min_channels, max_size)[0],))
     if 3 in ranks:
-        chans = _multiples(channel, min_channels, max_size)
-        images: list[Shape] = []
-        for floor in (4, 2, 1):
-            sides = _multiples(size, floor, max_size)
-            if chans and sides and chans[0] * sides[0] ** 2 <= max_size:
-                c, h = chans[0], sides[0]
-                images.append((c, h, h))
-                if c * h * (h + size) <= max_size:
-                    images.append((c, h, h + size))
-                break
-        shapes.extend(images)
+        shapes.extend(_example_images(channel, size, min_channels, max_size))
     if not shapes:
         raise _no_shape(transform_cls, max_size)
     return shapes
+
+
+def _example_images(channel: int, size: int, min_channels: int, max_size: int) -> list[Shape]:
+    # two channels where allowed, so that channel permutations and splits are not trivial
+    for channel_floor in (max(min_channels, 2), min_channels):
+        chans = _multiples(channel, channel_floor, max_size)
+        for side_floor in (4, 2, 1):
+            sides = _multiples(size, side_floor, max_size)
+            if chans and sides and chans[0] * sides[0] ** 2 <= max_size:
+                c, h = chans[0], sides[0]
+                if c * h * (h + size) <= max_size:
+                    return [(c, h, h), (c, h, h + size)]
+                return [(c, h, h)]
+    return []

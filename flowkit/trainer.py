@@ -41,7 +41,7 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.o
 
 
 class _Schedule:
-    """Linear warm-up, then constant or cosine decay to zero (a picklable LR multiplier)."""
+    """Learning-rate multiplier of the step: linear warm-up, then constant or cosine decay to 0."""
 
     def __init__(self, kind: str, warmup: int, total: int) -> None:
         self.kind, self.warmup, self.total = kind, warmup, max(total, 1)
@@ -73,8 +73,7 @@ class Trainer:
         self.objective.setup(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, tc)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"]))
+        self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
         self.stream = BatchStream(self.data.train, self.data.train_labels, tc["batch_size"],
                                   tc["seed"])
         self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
@@ -86,7 +85,6 @@ class Trainer:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "objective": self.objective.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
@@ -104,7 +102,6 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.objective.load_state_dict(state["objective"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"the checkpoint does not fit the model its run's config.toml describes: "
@@ -184,6 +181,9 @@ class Trainer:
         seen, t_window = 0, time.perf_counter()
         while self.step < tc["steps"]:
             t0 = time.perf_counter()
+            lr = tc["lr"] * self.schedule(self.step)  # a pure function of the step: exact on resume
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             batch = self._batch(self.step)
             terms = dict(self.objective.auxiliary_update(self.model, batch, self.step))
             out = self.objective.loss(self.model, batch, self.step)
@@ -200,14 +200,13 @@ class Trainer:
                 self.optimizer.step()
                 self.model.prior.after_step()
                 terms["grad_norm"] = grad_norm
-            self.scheduler.step()
             self.step += 1
             seen += batch.x.shape[0]
             self.elapsed += time.perf_counter() - t0
             bar.update(1)
             if self.step % tc["log_every"] == 0 or self.step == tc["steps"]:
                 now = time.perf_counter()
-                record = {"step": self.step, **terms, "lr": self.scheduler.get_last_lr()[0],
+                record = {"step": self.step, **terms, "lr": lr,
                           "examples_per_s": seen / max(now - t_window, 1e-9)}
                 self._write_metrics(record)
                 seen, t_window = 0, now

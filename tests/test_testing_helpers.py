@@ -395,6 +395,15 @@ def test_individual_checks_can_be_called_directly() -> None:
         testing.check_pickle(lam, x)
 
 
+def test_device_follow_through_without_a_gpu() -> None:
+    module, x = _prepared(ToyAffine, (2, 2, 2))
+    testing.check_dtype_device(module, x, devices=["cpu", "cpu"])  # compares across devices
+    testing.check_dtype_device(module, x, devices=["cpu", "meta"])
+    cpu_bound, x = _prepared(Float32AccumulatorAffine, (4,))
+    with pytest.raises(AssertionError, match=r"dtype-device check failed .*\(float32, meta\)"):
+        testing.check_dtype_device(cpu_bound, x, devices=["cpu", "meta"])
+
+
 def test_check_plugin_and_run_checks_use_the_registry() -> None:
     transforms.register("toy-affine-for-tests", ToyAffine)
     transforms.register("toy-signflip-for-tests", SignFlipAffine)
@@ -484,6 +493,13 @@ class _Vectors(Transform):
     min_channels = 6
 
 
+class _BigPixels(Transform):
+    """Image sides must be multiples of 8: only one channel fits in 64 scalars."""
+
+    input_ranks = (3,)
+    size_multiple = 8
+
+
 class _Impossible(Transform):
     """No shape of at most 64 scalars fits (never instantiated)."""
 
@@ -501,7 +517,7 @@ def _valid(cls: type[Transform], shape: Shape) -> bool:
     return all(s % cls.size_multiple == 0 and s > 0 for s in shape[1:])
 
 
-@pytest.mark.parametrize("cls", [_Images, _Vectors, Transform, ToyPermutation])
+@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, Transform, ToyPermutation])
 @given(data=st.data())
 def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform],
                                                        data: st.DataObject) -> None:
@@ -509,13 +525,19 @@ def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform],
     assert _valid(cls, shape), shape
 
 
-@pytest.mark.parametrize("cls", [_Images, _Vectors, Transform, ToyPermutation])
+@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, Transform, ToyPermutation])
 def test_example_shapes_are_valid_and_cover_every_rank(cls: type[Transform]) -> None:
     shapes = example_shapes(cls)
     assert shapes == example_shapes(cls)
     assert all(_valid(cls, s) for s in shapes), shapes
     assert {len(s) for s in shapes} == set(cls.input_ranks)
     assert all(1 <= sum(len(s) == r for s in shapes) <= 2 for r in cls.input_ranks)
+
+
+def test_example_image_shapes_prefer_two_channels() -> None:
+    assert example_shapes(Transform) == [(4,), (10,), (2, 4, 4), (2, 4, 5)]
+    assert example_shapes(_BigPixels) == [(1, 8, 8)]
+    assert example_shapes(_Images) == [(4, 4, 4)]
 
 
 def test_impossible_constraints_say_why() -> None:

@@ -38,6 +38,7 @@ class Identity(Transform):
     """No preprocessing (continuous data such as the 2-D toys)."""
 
     volume_preserving = True
+    domain = None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x, self.zero_logdet(x)
@@ -50,16 +51,19 @@ class Center(Transform):
     """``w = x − 1/2``: data in ``[0, 1]`` centred on zero (as in Glow); log-det 0."""
 
     volume_preserving = True
+    domain = (0.0, 1.0)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x - 0.5, self.zero_logdet(x)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return (y + 0.5).clamp(0.0, 1.0), self.zero_logdet(y)
+        return y + 0.5, self.zero_logdet(y)
 
 
 class Logit(Transform):
     """``w = logit(α + (1 − 2α) x)`` for ``x ∈ [0, 1]`` (Real NVP §4.1), with its log-det."""
+
+    domain = (0.0, 1.0)
 
     def __init__(self, event_shape: Shape, alpha: float = 0.05) -> None:
         super().__init__(event_shape)

@@ -1,0 +1,188 @@
+"""Trainer behaviour: NaN guard, atomic checkpoints, data-dependent init, objective schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import flowkit
+from flowkit import registry
+from flowkit.checkpoint import load_checkpoint, save_checkpoint
+from flowkit.errors import CheckpointError, TrainingDiverged
+from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.runs import list_checkpoints
+from flowkit.plugins.priors.gaussian import DiagonalGaussian
+from flowkit.transform import sum_except_batch
+
+
+TINY = ["data.n_train=256", "data.n_test=128", "transform.num_layers=2", "transform.hidden=8",
+        "train.batch_size=32"]
+
+
+class NaNAtStep(Objective):
+    """Test objective: maximum likelihood that turns NaN at a given step."""
+
+    def __init__(self, at: int = 3) -> None:
+        super().__init__()
+        self.at = at
+
+    def loss(self, model, batch: Batch, step: int) -> LossOutput:
+        nll = -model.log_prob(batch.x).mean()
+        if step >= self.at:
+            nll = nll * float("nan")
+        return LossOutput(nll, {"loss": float(nll.detach())})
+
+
+class Alternating(Objective):
+    """Test objective: an auxiliary 'critic' on even steps, model updates on odd steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.critic = torch.nn.Linear(2, 1)
+        self.calls: list[tuple[str, int]] = []
+
+    def setup(self, model) -> None:
+        self.opt = torch.optim.SGD(self.critic.parameters(), lr=0.1)
+
+    def auxiliary_update(self, model, batch: Batch, step: int) -> dict[str, float]:
+        if step % 2:
+            return {}
+        self.calls.append(("critic", step))
+        loss = self.critic(batch.x).pow(2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"critic_loss": float(loss.detach())}
+
+    def loss(self, model, batch: Batch, step: int) -> LossOutput:
+        if step % 2 == 0:
+            return LossOutput(None, {})
+        self.calls.append(("model", step))
+        nll = -model.log_prob(batch.x).mean()
+        return LossOutput(nll, {"nll": float(nll.detach())})
+
+
+class DataInitPrior(DiagonalGaussian):
+    """Test prior: mean set from the untrained network's outputs."""
+
+    needs_data_init = True
+
+    def initialize(self, z, context=None) -> None:
+        self.loc.data.copy_(z.mean(0))
+        self.log_scale.data.copy_(z.std(0).log())
+        self.initialized.fill_(True)
+
+
+@pytest.fixture
+def plugins():
+    registry.objectives.register("nan-at", NaNAtStep)
+    registry.objectives.register("alternating", Alternating)
+    registry.priors.register("data-init", DataInitPrior)
+    yield
+    registry.objectives.unregister("nan-at")
+    registry.objectives.unregister("alternating")
+    registry.priors.unregister("data-init")
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path, plugins):
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=10", "train.checkpoint_every=2",
+                                                "objective.at=5"], objective="nan-at")
+    with pytest.raises(TrainingDiverged, match=r"step 5.*NaN.*last good checkpoint.*step-00000004"):
+        flowkit.train(cfg, tmp_path / "run", progress=False)
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert ckpts[-1].name == "step-00000004.pt"
+    state = load_checkpoint(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
+def test_objective_owns_its_schedule(tmp_path: Path, plugins):
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=6"], objective="alternating")
+    from flowkit.trainer import Trainer
+
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    assert trainer.objective.calls == [("critic", 0), ("model", 1), ("critic", 2), ("model", 3),
+                                       ("critic", 4), ("model", 5)]
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    # the critic is part of the checkpoint
+    state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
+    assert "critic.weight" in state["objective"]
+
+
+def test_data_dependent_prior_init_runs_once_and_survives_reload(tmp_path: Path, plugins):
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=2", "train.lr=0.0"],
+                              prior="data-init")
+    summary = flowkit.train(cfg, tmp_path / "run", progress=False)
+    run = flowkit.load_run(summary["run_dir"])
+    assert bool(run.model.prior.initialized)
+    loc = run.model.prior.loc.detach().clone()
+    assert loc.abs().sum() > 0  # not the N(0, I) start
+    run.model.initialize(torch.randn(64, 2) * 10)  # a second call must not re-initialise
+    assert torch.equal(run.model.prior.loc.detach(), loc)
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "step": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "step": 2})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": {}, "obj": Alternating}, path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_that_is_not_flowkit(tmp_path: Path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.ones(1)}, path)
+    with pytest.raises(CheckpointError, match="not a flowkit checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resume_skips_an_unreadable_newest_checkpoint(tmp_path: Path):
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=6", "train.checkpoint_every=2",
+                                                "train.keep_checkpoints=5"])
+    flowkit.train(cfg, tmp_path / "run", progress=False)
+    newest = list_checkpoints(tmp_path / "run")[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    from flowkit.trainer import resume
+
+    messages: list[str] = []
+    summary = resume(tmp_path / "run", progress=False, log=messages.append)
+    assert any("skipping unreadable checkpoint" in m for m in messages)
+    assert summary["steps"] == 6
+    assert newest.exists()  # the user's file is never deleted by resume
+
+
+def test_training_lowers_the_loss(tmp_path: Path):
+    cfg = flowkit.load_config("realnvp-moons", ["data.n_train=2048", "data.n_test=512",
+                                                "train.steps=150", "train.batch_size=128"])
+    from flowkit.trainer import Trainer
+
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    start = trainer.evaluate(0)["test_nll"]
+    end = trainer.fit()["test_nll"]
+    assert end < start - 0.3
+
+
+def test_log_prob_dtype_follows_sum_except_batch():
+    x = torch.ones(2, 3, dtype=torch.float64)
+    assert sum_except_batch(x).dtype == torch.float64
