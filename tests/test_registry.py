@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from torch import Tensor
 import flowkit
 from flowkit import registry
 from flowkit.cli.main import cli
+from flowkit.config import read_toml
 from flowkit.errors import BlockedPluginError, PluginLoadError, UnknownPluginError
 from flowkit.registry import PluginCollisionWarning
 from flowkit.transform import Shape, Transform
@@ -212,11 +212,19 @@ def test_third_party_cannot_shadow_a_builtin(site: FakeSite) -> None:
     assert module not in sys.modules
 
 
-def test_same_distribution_twice_is_not_a_collision() -> None:
+def test_same_distribution_twice_is_not_a_collision(
+    site: FakeSite, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = site.module()
+    site.distribution("fk-twice", "1.0", {"flowkit.transforms": {"shift": f"{module}:Shift"}})
+    other = FakeSite(tmp_path_factory.mktemp("second-site"))  # e.g. an editable and a wheel copy
+    other.distribution("fk-twice", "1.0", {"flowkit.transforms": {"shift": f"{module}:Shift"}})
+    monkeypatch.syspath_prepend(str(other.root))
+    activate()
     with warnings.catch_warnings():
         warnings.simplefilter("error", PluginCollisionWarning)
-        registry.transforms.refresh()
-        registry.transforms.names()
+        assert registry.transforms.entry("shift").distribution == "fk-twice"
+        registry.transforms.names()  # flowkit and the installed plugins do not collide either
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +238,7 @@ def test_unknown_name_suggests_and_lists() -> None:
     assert "Did you mean 'realnvp'?" in message
     assert f"Known transforms: {', '.join(registry.transforms.names())}." in message
     assert isinstance(info.value, KeyError)
-    with pytest.raises(UnknownPluginError, match="Known priors: .*gaussian"):
+    with pytest.raises(UnknownPluginError, match=r"Known priors: .*gaussian"):
         registry.priors.build("no-such-prior", {})
 
 
@@ -315,7 +323,7 @@ def test_registry_by_kind() -> None:
     assert registry.registry("transform") is registry.transforms
     assert registry.registry("datasets") is registry.datasets
     assert registry.registry("prior") is registry.priors
-    with pytest.raises(UnknownPluginError, match="Did you mean 'transform'?") as info:
+    with pytest.raises(UnknownPluginError, match=r"Did you mean 'transform'\?") as info:
         registry.registry("transfrom")
     assert "transform, prior, objective, dataset" in str(info.value)
 
@@ -327,7 +335,7 @@ def _builtin_entry_points() -> list[tuple[str, str, str]]:
     pyproject = Path(flowkit.__file__).resolve().parents[1] / "pyproject.toml"
     if not pyproject.is_file():  # pragma: no cover - flowkit installed from a wheel
         return []
-    groups = tomllib.loads(pyproject.read_text())["project"]["entry-points"]
+    groups = read_toml(pyproject)["project"]["entry-points"]
     return [(group, name, target) for group, entries in groups.items()
             for name, target in entries.items()]
 
@@ -347,7 +355,7 @@ def test_builtin_entry_point_loads_with_a_summary(group: str, name: str, target:
     reg = registry.registry(group.split(".")[1])
     entry = reg.entry(name)
     assert (entry.distribution, entry.target) == ("flowkit", target), (
-        f"the installed entry points differ from pyproject.toml; reinstall: pip install -e ."
+        "the installed entry points differ from pyproject.toml; reinstall: pip install -e ."
     )
     obj = reg.get(name)
     lines = (obj.__doc__ or "").strip().splitlines()

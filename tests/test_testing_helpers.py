@@ -199,6 +199,18 @@ class Float32AccumulatorAffine(ToyAffine):
         return x, total
 
 
+class DeviceBlindShift(ToyAffine):
+    """Volume-preserving shift whose zero log-det is made with the right dtype on the CPU."""
+
+    volume_preserving = True
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x + self.shift + 0 * self.log_scale, torch.zeros(x.shape[0], dtype=x.dtype)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return y - self.shift, torch.zeros(y.shape[0], dtype=y.dtype)
+
+
 class ForgetfulActNorm(ToyActNorm):
     """Keeps its "initialised" flag in a Python bool, which ``state_dict`` does not save."""
 
@@ -399,8 +411,10 @@ def test_device_follow_through_without_a_gpu() -> None:
     module, x = _prepared(ToyAffine, (2, 2, 2))
     testing.check_dtype_device(module, x, devices=["cpu", "cpu"])  # compares across devices
     testing.check_dtype_device(module, x, devices=["cpu", "meta"])
-    cpu_bound, x = _prepared(Float32AccumulatorAffine, (4,))
-    with pytest.raises(AssertionError, match=r"dtype-device check failed .*\(float32, meta\)"):
+    cpu_bound, x = _prepared(DeviceBlindShift, (4,))
+    check_transform(DeviceBlindShift, (4,))  # passes when everything runs on the CPU
+    with pytest.raises(AssertionError, match=r"dtype-device check failed .*\(float32, meta\).*"
+                                             r"logabsdet is on cpu"):
         testing.check_dtype_device(cpu_bound, x, devices=["cpu", "meta"])
 
 
