@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 
 from flowkit.errors import ConfigError, did_you_mean
 from flowkit.params import user_parameters, validate_parameters
@@ -43,10 +43,15 @@ PLUGIN_SECTIONS = {"transform": "transform", "prior": "prior", "objective": "obj
 
 @dataclass
 class TrainConfig:
-    """``[train]``: optimisation and bookkeeping of a training run."""
+    """``[train]``: optimisation and bookkeeping of a training run.
+
+    ``sampler = "class-balanced"`` draws ``batch_size // num_classes`` examples of every class per
+    step (labelled datasets only).
+    """
 
     steps: int = 2000
     batch_size: int = 128
+    sampler: Literal["random", "class-balanced"] = "random"
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     betas: tuple[float, float] = (0.9, 0.999)

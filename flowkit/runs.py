@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 
 from flowkit.checkpoint import load_checkpoint

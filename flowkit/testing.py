@@ -838,12 +838,38 @@ def _run_variant(
 # ---------------------------------------------------------------------------------------------
 # shapes and hyper-parameters (deterministic, and hypothesis strategies)
 # ---------------------------------------------------------------------------------------------
-def _constraints(transform_cls: Any) -> tuple[tuple[int, ...], int, int, int]:
-    ranks = tuple(getattr(transform_cls, "input_ranks", Transform.input_ranks))
-    channel = int(getattr(transform_cls, "channel_multiple", 1))
-    size = int(getattr(transform_cls, "size_multiple", 1))
-    min_channels = int(getattr(transform_cls, "min_channels", 1))
-    return ranks, max(channel, 1), max(size, 1), max(min_channels, 1)
+@dataclass(frozen=True)
+class _Constraints:
+    """The shape constraints a transform class declares (missing attributes take defaults)."""
+
+    ranks: tuple[int, ...]
+    channel: int
+    size: int
+    min_channels: int
+    min_size: int
+
+    @classmethod
+    def of(cls, transform_cls: Any) -> _Constraints:
+        return cls(
+            ranks=tuple(getattr(transform_cls, "input_ranks", Transform.input_ranks)),
+            channel=max(1, int(getattr(transform_cls, "channel_multiple", 1))),
+            size=max(1, int(getattr(transform_cls, "size_multiple", 1))),
+            min_channels=max(1, int(getattr(transform_cls, "min_channels", 1))),
+            # optional: the smallest image height/width (e.g. 2 for a checkerboard mask)
+            min_size=max(1, int(getattr(transform_cls, "min_size", 1))),
+        )
+
+    def channels(self, floor: int, maximum: int) -> list[int]:
+        """Valid channel (or feature) counts in ``[max(floor, min_channels), maximum]``."""
+        return _multiples(self.channel, max(floor, self.min_channels), maximum)
+
+    def sides(self, floor: int, maximum: int) -> list[int]:
+        """Valid image heights/widths in ``[max(floor, min_size), maximum]``."""
+        return _multiples(self.size, max(floor, self.min_size), maximum)
+
+    @property
+    def smallest_side(self) -> int:
+        return _multiples(self.size, self.min_size, self.size * self.min_size)[0]
 
 
 def _multiples(multiple: int, minimum: int, maximum: int) -> list[int]:
@@ -853,11 +879,12 @@ def _multiples(multiple: int, minimum: int, maximum: int) -> list[int]:
 
 
 def _no_shape(transform_cls: Any, max_size: int) -> ValueError:
-    ranks, channel, size, min_channels = _constraints(transform_cls)
+    c = _Constraints.of(transform_cls)
     return ValueError(
         f"{_plugin_name(transform_cls)}: no per-example shape with at most {max_size} scalars "
-        f"satisfies input_ranks={ranks}, channel_multiple={channel}, min_channels={min_channels}, "
-        f"size_multiple={size} (ranks 1 and 3 are supported)"
+        f"satisfies input_ranks={c.ranks}, channel_multiple={c.channel}, "
+        f"min_channels={c.min_channels}, size_multiple={c.size}, min_size={c.min_size} "
+        f"(ranks 1 and 3 are supported)"
     )
 
 
@@ -866,22 +893,23 @@ def shapes_for(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> SearchStra
 
     Rank 1 gives ``(D,)`` with ``D`` a multiple of ``channel_multiple`` and ``≥ min_channels``;
     rank 3 gives ``(C, H, W)`` with ``C`` like ``D`` and ``H``, ``W`` multiples of
-    ``size_multiple``. Shrinks towards the smallest shapes.
+    ``size_multiple`` (and ``≥ min_size`` when the class declares that optional attribute).
+    Shrinks towards the smallest shapes.
     """
     from hypothesis import strategies as st
 
-    ranks, channel, size, min_channels = _constraints(transform_cls)
+    cons = _Constraints.of(transform_cls)
     options: list[SearchStrategy[Shape]] = []
-    if 1 in ranks and _multiples(channel, min_channels, max_size):
-        options.append(st.sampled_from(_multiples(channel, min_channels, max_size))
-                       .map(lambda d: (d,)))
-    if 3 in ranks and _multiples(channel, min_channels, max_size // (size * size)):
+    if 1 in cons.ranks and cons.channels(1, max_size):
+        options.append(st.sampled_from(cons.channels(1, max_size)).map(lambda d: (d,)))
+    side = cons.smallest_side
+    if 3 in cons.ranks and cons.channels(1, max_size // side ** 2):
 
         @st.composite
         def images(draw: Callable[..., Any]) -> Shape:
-            c = draw(st.sampled_from(_multiples(channel, min_channels, max_size // size ** 2)))
-            h = draw(st.sampled_from(_multiples(size, size, max_size // (c * size))))
-            w = draw(st.sampled_from(_multiples(size, size, max_size // (c * h))))
+            c = draw(st.sampled_from(cons.channels(1, max_size // side ** 2)))
+            h = draw(st.sampled_from(cons.sides(1, max_size // (c * side))))
+            w = draw(st.sampled_from(cons.sides(1, max_size // (c * h))))
             return (c, h, w)
 
         options.append(images())
@@ -919,31 +947,29 @@ def example_shapes(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> list[S
     square side ``≥ 4`` (or ``≥ 2``, ``≥ 1`` if that is too big), and a non-square variant when
     it fits.
     """
-    ranks, channel, size, min_channels = _constraints(transform_cls)
+    cons = _Constraints.of(transform_cls)
     shapes: list[Shape] = []
-    if 1 in ranks:
-        for floor in (4, 10):
-            dims = _multiples(channel, max(min_channels, floor), max_size)
-            if dims and (dims[0],) not in shapes:
+    if 1 in cons.ranks:
+        for floor in (4, 10, 1):
+            dims = cons.channels(floor, max_size)
+            if dims and (dims[0],) not in shapes and (floor != 1 or not shapes):
                 shapes.append((dims[0],))
-        if not shapes and _multiples(channel, min_channels, max_size):
-            shapes.append((_multiples(channel, min_channels, max_size)[0],))
-    if 3 in ranks:
-        shapes.extend(_example_images(channel, size, min_channels, max_size))
+    if 3 in cons.ranks:
+        shapes.extend(_example_images(cons, max_size))
     if not shapes:
         raise _no_shape(transform_cls, max_size)
     return shapes
 
 
-def _example_images(channel: int, size: int, min_channels: int, max_size: int) -> list[Shape]:
+def _example_images(cons: _Constraints, max_size: int) -> list[Shape]:
     # two channels where allowed, so that channel permutations and splits are not trivial
-    for channel_floor in (max(min_channels, 2), min_channels):
-        chans = _multiples(channel, channel_floor, max_size)
+    for channel_floor in (2, 1):
+        chans = cons.channels(channel_floor, max_size)
         for side_floor in (4, 2, 1):
-            sides = _multiples(size, side_floor, max_size)
+            sides = cons.sides(side_floor, max_size)
             if chans and sides and chans[0] * sides[0] ** 2 <= max_size:
                 c, h = chans[0], sides[0]
-                if c * h * (h + size) <= max_size:
-                    return [(c, h, h), (c, h, h + size)]
+                if c * h * (h + cons.size) <= max_size:
+                    return [(c, h, h), (c, h, h + cons.size)]
                 return [(c, h, h)]
     return []

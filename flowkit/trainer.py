@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from flowkit import __version__
 from flowkit.checkpoint import load_checkpoint, save_checkpoint
 from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
-from flowkit.data.base import BatchStream
+from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
 from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from flowkit.evaluation import evaluate_nll
@@ -55,6 +55,18 @@ class _Schedule:
         return 1.0
 
 
+def _batch_stream(data: DataSplits, tc: dict[str, Any]) -> BatchStream | ClassBalancedStream:
+    if tc["sampler"] == "class-balanced":
+        if data.train_labels is None or not data.num_classes:
+            raise ConfigError(
+                f"train.sampler = 'class-balanced' needs a labelled dataset; '{data.name}' has no "
+                f"labels. Use sampler = 'random'."
+            )
+        return ClassBalancedStream(data.train, data.train_labels, tc["batch_size"], tc["seed"],
+                                   data.num_classes)
+    return BatchStream(data.train, data.train_labels, tc["batch_size"], tc["seed"])
+
+
 class Trainer:
     """Trains the model a resolved config describes, in ``run_dir``."""
 
@@ -74,8 +86,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, tc)
         self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
-        self.stream = BatchStream(self.data.train, self.data.train_labels, tc["batch_size"],
-                                  tc["seed"])
+        self.stream = _batch_stream(self.data, tc)
         self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
         self.step = 0
         self.elapsed = 0.0

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from flowkit import registry
 from flowkit.cli.main import cli
+from flowkit.testing import check_plugin
 
 NAME = "sinh-arcsinh"
 DISTRIBUTION = "flowkit-example-plugin"
@@ -57,17 +58,11 @@ def test_parameters_are_listed() -> None:
 
 @pytest.mark.parametrize("event_shape", [(5,), (2, 4, 4)], ids=["vector", "image"])
 def test_passes_the_conformance_checks(event_shape: tuple[int, ...]) -> None:
-    from flowkit.testing import check_plugin
-
     check_plugin(NAME, event_shape)
     check_plugin(NAME, event_shape, {"min_tailweight": 0.5, "init_scale": 0.3})
 
 
 def test_flowkit_check_command() -> None:
-    from flowkit import testing
-
-    if not hasattr(testing, "run_checks"):  # pragma: no cover - only while flowkit.testing grows
-        pytest.skip("flowkit.testing.run_checks does not exist yet; `flowkit check` needs it")
     result = CliRunner().invoke(cli, ["check", NAME])
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output

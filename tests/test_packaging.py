@@ -26,7 +26,8 @@ for kind in ("transform", "prior", "objective", "dataset"):
         registry.registry(kind).get(name)
 assert "realnvp-digits" in available_presets()
 import importlib.util
-assert importlib.util.find_spec("plugins") is None or "flowkit" in str(importlib.util.find_spec("plugins").origin)
+spec = importlib.util.find_spec("plugins")
+assert spec is None or "flowkit" in str(spec.origin)
 print("wheel-ok")
 """
 

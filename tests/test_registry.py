@@ -353,6 +353,11 @@ def test_every_group_has_builtins() -> None:
                          ids=[f"{g.split('.')[1]}:{n}" for g, n, _ in BUILTINS])
 def test_builtin_entry_point_loads_with_a_summary(group: str, name: str, target: str) -> None:
     reg = registry.registry(group.split(".")[1])
+    reg.refresh()
+    assert name in reg.names(include_blocked=True), (
+        f"pyproject.toml declares {group} '{name}' but the installed flowkit does not; "
+        f"reinstall: pip install -e ."
+    )
     entry = reg.entry(name)
     assert (entry.distribution, entry.target) == ("flowkit", target), (
         "the installed entry points differ from pyproject.toml; reinstall: pip install -e ."

@@ -514,6 +514,13 @@ class _BigPixels(Transform):
     size_multiple = 8
 
 
+class _Checkerboard(Transform):
+    """Declares the optional ``min_size``: images must be at least 2x2 (never instantiated)."""
+
+    min_size = 2
+    min_channels = 3
+
+
 class _Impossible(Transform):
     """No shape of at most 64 scalars fits (never instantiated)."""
 
@@ -528,10 +535,11 @@ def _valid(cls: type[Transform], shape: Shape) -> bool:
     channels = shape[0]
     if channels % cls.channel_multiple or channels < cls.min_channels:
         return False
-    return all(s % cls.size_multiple == 0 and s > 0 for s in shape[1:])
+    min_size = getattr(cls, "min_size", 1)
+    return all(s % cls.size_multiple == 0 and s >= min_size for s in shape[1:])
 
 
-@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, Transform, ToyPermutation])
+@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, _Checkerboard, Transform, ToyPermutation])
 @given(data=st.data())
 def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform],
                                                        data: st.DataObject) -> None:
@@ -539,7 +547,7 @@ def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform],
     assert _valid(cls, shape), shape
 
 
-@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, Transform, ToyPermutation])
+@pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, _Checkerboard, Transform, ToyPermutation])
 def test_example_shapes_are_valid_and_cover_every_rank(cls: type[Transform]) -> None:
     shapes = example_shapes(cls)
     assert shapes == example_shapes(cls)
@@ -552,6 +560,7 @@ def test_example_image_shapes_prefer_two_channels() -> None:
     assert example_shapes(Transform) == [(4,), (10,), (2, 4, 4), (2, 4, 5)]
     assert example_shapes(_BigPixels) == [(1, 8, 8)]
     assert example_shapes(_Images) == [(4, 4, 4)]
+    assert example_shapes(_Checkerboard) == [(4,), (10,), (3, 4, 4), (3, 4, 5)]
 
 
 def test_impossible_constraints_say_why() -> None:

@@ -13,10 +13,9 @@ from flowkit import registry
 from flowkit.checkpoint import load_checkpoint, save_checkpoint
 from flowkit.errors import CheckpointError, TrainingDiverged
 from flowkit.objective import Batch, LossOutput, Objective
-from flowkit.runs import list_checkpoints
 from flowkit.plugins.priors.gaussian import DiagonalGaussian
+from flowkit.runs import list_checkpoints
 from flowkit.transform import sum_except_batch
-
 
 TINY = ["data.n_train=256", "data.n_test=128", "transform.num_layers=2", "transform.hidden=8",
         "train.batch_size=32"]
@@ -186,3 +185,28 @@ def test_training_lowers_the_loss(tmp_path: Path):
 def test_log_prob_dtype_follows_sum_except_batch():
     x = torch.ones(2, 3, dtype=torch.float64)
     assert sum_except_batch(x).dtype == torch.float64
+
+
+def test_class_balanced_stream_is_balanced_and_a_function_of_the_step():
+    from flowkit.data import ClassBalancedStream
+
+    labels = torch.arange(100) % 4
+    data = torch.arange(100).float().unsqueeze(1)
+    stream = ClassBalancedStream(data, labels, batch_size=20, seed=3, num_classes=4)
+    x, y = stream(7)
+    assert torch.equal(torch.bincount(y, minlength=4), torch.tensor([5, 5, 5, 5]))
+    assert torch.equal(labels[x.squeeze(1).long()], y)
+    again = ClassBalancedStream(data, labels, batch_size=20, seed=3, num_classes=4)
+    assert torch.equal(again(7)[0], x)
+    # one pass over a class covers each of its examples once
+    seen = torch.cat([stream(s)[0] for s in range(5)]).squeeze(1).long()
+    assert seen.unique().numel() == 100
+
+
+def test_class_balanced_sampler_needs_labels(tmp_path: Path):
+    from flowkit.errors import ConfigError
+
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=1",
+                                                "train.sampler=class-balanced"])
+    with pytest.raises(ConfigError, match="needs a labelled dataset"):
+        flowkit.train(cfg, tmp_path / "run", progress=False)

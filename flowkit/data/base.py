@@ -128,3 +128,42 @@ class BatchStream:
             self._epoch = epoch
         idx = self._order[k * self.batch_size:(k + 1) * self.batch_size]
         return self.data[idx], (self.labels[idx] if self.labels is not None else None)
+
+
+class ClassBalancedStream:
+    """Batches with the same number of examples from every class, addressed by training step.
+
+    Each step takes ``batch_size // num_classes`` examples of every class (ordered by class). Class
+    ``c`` walks through its own permutation, drawn from ``(seed, c, pass)``, so the batch of step
+    ``t`` is a pure function of ``(seed, t)`` and resumed runs see the same data. Used by the
+    per-class optimal-transport objective of Generative Reversible Networks (one batch of about
+    650 examples per class per step).
+    """
+
+    def __init__(self, data: Tensor, labels: Tensor, batch_size: int, seed: int,
+                 num_classes: int) -> None:
+        self.data = data
+        self.labels = labels
+        self.seed = int(seed)
+        self.per_class = max(1, int(batch_size) // num_classes)
+        self.members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+        self.members = [m for m in self.members if m.numel() > 0]
+        self._cache: dict[int, tuple[int, Tensor]] = {}
+
+    def _order(self, c: int, members: Tensor, epoch: int) -> Tensor:
+        cached = self._cache.get(c)
+        if cached is None or cached[0] != epoch:
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 101 + c)
+            cached = (epoch, members[torch.randperm(members.numel(), generator=gen)])
+            self._cache[c] = cached
+        return cached[1]
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        parts = []
+        for c, members in enumerate(self.members):
+            n = min(self.per_class, members.numel())
+            per_epoch = members.numel() // n
+            epoch, k = divmod(int(step), per_epoch)
+            parts.append(self._order(c, members, epoch)[k * n:(k + 1) * n])
+        idx = torch.cat(parts)
+        return self.data[idx], self.labels[idx]
