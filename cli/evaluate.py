@@ -18,10 +18,13 @@ import click
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--max-examples", type=int, default=0, show_default=True,
               help="Evaluate only the first N examples (0 = all).")
+@click.option("--sample-accuracy", "per_class", type=int, default=0, metavar="N",
+              help="Also classify N samples per class with flowkit's own classifier for the "
+                   "dataset (class-conditional models).")
 def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
-             max_examples: int) -> None:
+             max_examples: int, per_class: int) -> None:
     """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json."""
-    from flowkit.evaluation import evaluate_nll
+    from flowkit.metrics import class_sample_accuracy, evaluate_nll, train_classifier
     from flowkit.runs import load_run
 
     run = load_run(run_dir, checkpoint)
@@ -31,6 +34,10 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
                            dequantize_data=bool(run.config["data"]["dequantize"]),
                            seed=run.config["train"]["seed"])
     result = {"step": run.step, "checkpoint": run.checkpoint.name, **metrics}
+    if per_class:
+        classifier, accuracy = train_classifier(data)
+        result["classifier_test_accuracy"] = accuracy
+        result["sample_accuracy"] = class_sample_accuracy(run.model, classifier, per_class)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -94,6 +94,79 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
 
 
 @torch.inference_mode()
+def class_sample_grid(model: Flow, per_class: int = 10, temperature: float = 1.0) -> Tensor:
+    """Samples of a class-conditional model, one row per class: ``(K·per_class, C, H, W)``."""
+    k = int(model.num_classes or 1)
+    labels = torch.arange(k, device=model.device).repeat_interleave(per_class)
+    return model.sample(labels.numel(), labels, temperature=temperature)
+
+
+@torch.inference_mode()
+def latent_traversals(model: Flow, n_dims: int = 4, steps: int = 9,
+                      context: Tensor | None = None) -> Tensor | None:
+    """Decoded latents that walk the ``n_dims`` dimensions with the largest prior σ.
+
+    Starting from the prior mean, each of the chosen dimensions in turn takes ``steps`` evenly
+    spaced values in ``[μ − 2σ, μ + 2σ]`` (as in the GRN reference's plots). Returns
+    ``(rows·steps, C, H, W)`` with one row per (class, dimension), or ``None`` when the prior has
+    no Gaussian moments.
+    """
+    if context is None and model.prior.conditional and model.num_classes:
+        context = torch.arange(model.num_classes, device=model.device)
+    n = 1 if context is None else context.numel()
+    moments = model.prior.moments(n, context)
+    if moments is None:
+        return None
+    mean, std = (t.reshape(n, -1) for t in moments)
+    dims = torch.argsort(std.mean(0), descending=True)[:n_dims]
+    offsets = torch.linspace(-2.0, 2.0, steps, device=mean.device, dtype=mean.dtype)
+    rows, row_context = [], []
+    for i in range(n):
+        for d in dims:
+            z = mean[i].repeat(steps, 1)
+            z[:, d] = mean[i, d] + offsets * std[i, d]
+            rows.append(z)
+            if context is not None:
+                row_context.append(context[i].repeat(steps))
+    z = torch.cat(rows).reshape(-1, *model.prior.shape)
+    ctx = torch.cat(row_context) if row_context else None
+    return model.decode(model.prior.project(z), ctx).clamp(0, 1)
+
+
+@torch.inference_mode()
+def reconstructions(model: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
+    """Pairs of rows: data, then ``decode(project(encode(x)))`` (through the prior's support)."""
+    z, _ = model.encode(x, context)
+    rec = model.decode(model.prior.project(z), context).clamp(0, 1)
+    return torch.stack([x, rec]).reshape(-1, *x.shape[1:])
+
+
+@torch.inference_mode()
+def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int = 64,
+                     temperature: float = 1.0, prefix: str = "") -> list[Path]:
+    """The figures of a run: samples (per class for class-conditional priors), latent traversals
+    and reconstructions for image data; density and samples for 2-D data."""
+    folder = Path(folder)
+    was_training = model.training
+    model.eval()
+    paths = [save_samples_figure(model, data, folder / f"{prefix}samples.png", n, temperature)]
+    if data.is_image:
+        if model.prior.conditional and model.num_classes:
+            paths.append(save_image_grid(class_sample_grid(model, 10, temperature),
+                                         folder / f"{prefix}class-samples.png", nrow=10))
+        trav = latent_traversals(model)
+        if trav is not None:
+            paths.append(save_image_grid(trav, folder / f"{prefix}traversals.png", nrow=9))
+        k = min(16, data.test.shape[0])
+        x = data.test[:k].to(model.device, next(model.parameters()).dtype)
+        ctx = data.test_labels[:k].to(model.device) if data.test_labels is not None else None
+        paths.append(save_image_grid(reconstructions(model, x, ctx),
+                                     folder / f"{prefix}reconstructions.png", nrow=k))
+    model.train(was_training)
+    return paths
+
+
+@torch.inference_mode()
 def save_samples_figure(model: Flow, data: DataSplits, path: str | Path, n: int = 64,
                         temperature: float = 1.0) -> Path:
     """The run figure: a sample grid for images, density and samples for 2-D data."""

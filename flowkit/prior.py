@@ -73,6 +73,22 @@ class Prior(nn.Module):
     def after_step(self) -> None:
         """Called after every optimiser step (for example to keep a scale non-negative)."""
 
+    def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Per-example mean and standard deviation ``(n, *shape)`` of a Gaussian-type prior.
+
+        Used for latent traversals (vary the dimensions with the largest σ around the mean).
+        ``None`` (the default) when the prior has no such moments.
+        """
+        return None
+
+    def project(self, z: Tensor) -> Tensor:
+        """Map latents onto the prior's support before decoding (identity by default).
+
+        The restricted prior overrides it to zero the dimensions it does not use, so
+        reconstructions show what the used dimensions carry.
+        """
+        return z
+
     # -- helpers ------------------------------------------------------------------------------
     def check_latent(self, z: Tensor) -> None:
         """Raise :class:`ShapeError` unless ``z`` has shape ``(batch, *shape)``."""

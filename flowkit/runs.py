@@ -7,7 +7,10 @@
       metrics.jsonl      one JSON object per logged step / evaluation
       checkpoints/       step-00000500.pt … (atomic; the newest few are kept)
       samples/           sample grids or 2-D plots written during training
-      figure.png         the final figure (sample grid, or density and samples for 2-D data)
+      samples.png        final samples (image grid; 2-D data: data, density and samples)
+      class-samples.png  one row per class (class-conditional priors)
+      traversals.png     latent traversals along the largest-σ dimensions (Gaussian-type priors)
+      reconstructions.png  test images and decode(encode(x))
       summary.json       final test NLL / bits-per-dim, speed, status
 
 :func:`load_run` rebuilds the trained model from a run folder without needing the data.

@@ -26,8 +26,8 @@ from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
 from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
-from flowkit.evaluation import evaluate_nll
-from flowkit.figures import save_samples_figure
+from flowkit.figures import save_run_figures, save_samples_figure
+from flowkit.metrics import evaluate_nll
 from flowkit.model import build_model
 from flowkit.objective import Batch, build_objective
 from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
@@ -164,6 +164,14 @@ class Trainer:
         if self.data.is_image or self.data.dim == 2:
             save_samples_figure(self.model, self.data, path, ec["n_samples"], ec["temperature"])
 
+    def _final_figures(self) -> list[str]:
+        ec = self.config["eval"]
+        if not (self.data.is_image or self.data.dim == 2):
+            return []
+        paths = save_run_figures(self.model, self.data, self.run_dir, ec["n_samples"],
+                                 ec["temperature"])
+        return [p.name for p in paths]
+
     def _diverged(self, what: str, terms: dict[str, float]) -> TrainingDiverged:
         ckpts = list_checkpoints(self.run_dir)
         kept = (f"the last good checkpoint is kept: {ckpts[-1]}" if ckpts
@@ -244,8 +252,7 @@ class Trainer:
             self.save()
         metrics = self.evaluate(self.config["eval"]["final_max_examples"])
         self._write_metrics({"step": self.step, "kind": "final", **metrics})
-        figure = self.run_dir / "figure.png"
-        self._figure(figure)
+        figures = self._final_figures()
         tc = self.config["train"]
         summary = {
             "status": "completed",
@@ -260,7 +267,7 @@ class Trainer:
             "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),
                                           1),
             "device": str(self.device),
-            "figure": figure.name if figure.exists() else None,
+            "figures": figures,
             "flowkit_version": __version__,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -62,7 +62,7 @@ def test_list_params():
 
 
 def test_run_writes_a_complete_run_folder(moons_run: Path):
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "figure.png"):
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "samples.png"):
         assert (moons_run / name).is_file(), name
     assert sorted(p.name for p in (moons_run / "checkpoints").iterdir()) == [
         "step-00000020.pt", "step-00000040.pt"]
@@ -111,6 +111,8 @@ def test_image_run_sample_and_eval(tmp_path: Path):
     ok(invoke("run", "--transform", "realnvp", *TINY_DIGITS, "--set", "train.steps=6",
               "--out", str(tmp_path), "--name", "digits"))
     run = tmp_path / "digits"
+    for name in ("samples.png", "traversals.png", "reconstructions.png"):
+        assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert 0 < summary["test_bpd"] < 20
     ok(invoke("sample", str(run), "-n", "16", "--out", str(tmp_path / "grid.png")))

@@ -84,7 +84,7 @@ def test_trains_through_the_cli(tmp_path: Path) -> None:
     assert "min_tailweight = 0.1" in config  # the plugin's defaults are recorded in the run
     assert (run_dir / "metrics.jsonl").stat().st_size > 0
     assert list((run_dir / "checkpoints").glob("step-*.pt"))
-    assert (run_dir / "figure.png").stat().st_size > 0
+    assert (run_dir / "samples.png").stat().st_size > 0
 
 
 def test_unknown_parameter_is_a_clean_cli_error(tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ class StandardGaussian(Prior):
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         return temperature * torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
 
+    def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        zeros = torch.zeros(n, *self.shape, device=self.device, dtype=self.dtype)
+        return zeros, torch.ones_like(zeros)
+
 
 class DiagonalGaussian(Prior):
     """Learnable diagonal Gaussian N(μ, diag σ²) with σ = exp(log σ).
@@ -48,3 +52,7 @@ class DiagonalGaussian(Prior):
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         eps = torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
         return self.loc + temperature * torch.exp(self.log_scale) * eps
+
+    def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc = self.loc.expand(n, *self.shape)
+        return loc, torch.exp(self.log_scale).expand(n, *self.shape)

@@ -1,0 +1,271 @@
+"""The Generative Reversible Network: additive reversible blocks between checkerboard subsamples.
+
+Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks": one
+RevNet is both encoder ``z = f(x)`` and decoder ``x = f⁻¹(z)``. Its blocks are the additive
+reversible blocks of Gomez et al. 2017 ("The Reversible Residual Network"), with no
+normalisation and no scaling, so the whole network is volume preserving (log-det 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.composition import Flatten, Sequential
+from flowkit.errors import ConfigError, ShapeError
+from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
+from flowkit.transform import Shape, Transform, require_rank
+
+__all__ = ["GRNSubsample", "RevNet", "RevNetBlock", "ZeroPad"]
+
+InitKind = Literal["xavier", "default"]
+
+
+def _check_at_least(owner: str, name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{owner}: {name} must be at least {minimum}, got {value}.")
+
+
+def _check_kernel(owner: str, name: str, value: int) -> None:
+    if value < 1 or value % 2 == 0:
+        raise ConfigError(
+            f"{owner}: {name} must be a positive odd number (padding k//2 keeps the image size), "
+            f"got {value}; use e.g. 1 or 3."
+        )
+
+
+def _residual_net(channels: int, hidden: int, kernel_size: int, init: str) -> nn.Sequential:
+    """``conv(C→h, k×k) → ReLU → conv(h→C, k×k)``, zero padding ``k//2``, with biases."""
+    pad = kernel_size // 2
+    net = nn.Sequential(
+        nn.Conv2d(channels, hidden, kernel_size, padding=pad),
+        nn.ReLU(),
+        nn.Conv2d(hidden, channels, kernel_size, padding=pad),
+    )
+    if init == "xavier":
+        for layer in net:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.xavier_uniform_(layer.weight, gain=1.0)
+                nn.init.zeros_(layer.bias)
+    return net
+
+
+class RevNetBlock(Transform):
+    """Additive reversible block y1 = b + F(a), y2 = a + G(y1) (RevNet/GRN); log-det 0.
+
+    The block of Gomez et al. 2017, "The Reversible Residual Network" (§3, eq. (1)-(2)), as used
+    by Schirrmeister et al. 2018, "Training Generative Reversible Networks". The input's channels
+    are cut into halves ``a`` (first C/2) and ``b`` (last C/2)::
+
+        y1 = b + F(a),   y2 = a + G(y1),   y = concat(y1, y2)
+        inverse:  a = y2 − G(y1),   b = y1 − F(a)
+
+    so the halves swap places (with ``F = G = 0`` the block outputs ``(b, a)``) and two blocks
+    restore the stream order. ``F`` and ``G`` have separate weights and the same structure,
+    ``conv(C/2 → hidden, k×k) → ReLU → conv(hidden → C/2, k×k)`` with zero padding ``k//2`` and
+    biases; there is no normalisation. Triangular Jacobian with unit diagonal: ``log|det J| = 0``.
+    ``init = "xavier"`` draws the conv weights Xavier-uniform (gain 1) and zeroes the biases, as the
+    reference MNIST model; ``"default"`` keeps PyTorch's initialisation (the CelebA model).
+
+    Vectors ``(D,)`` are treated as ``(D, 1, 1)`` images: F and G act as two-layer MLPs, and
+    only the centre taps of the kernels matter, so ``kernel_size = 1`` is the natural choice.
+    C (or D) must be even. Class labels (``context``) are accepted and ignored.
+    """
+
+    volume_preserving = True
+    input_ranks = (1, 3)
+    channel_multiple = 2
+    min_channels = 2
+    test_params: ClassVar[dict[str, Any]] = {
+        "hidden": [4, 8], "kernel_size": [3, 1], "init": ["default", "xavier"],
+    }
+
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        hidden: int = 64,
+        kernel_size: int = 3,
+        init: InitKind = "default",
+        num_classes: int | None = None,
+    ) -> None:
+        shape = tuple(int(s) for s in event_shape)
+        require_rank("RevNetBlock", shape, self.input_ranks,
+                     "Give images as (C, H, W) or vectors as (D,).")
+        if shape[0] % 2:
+            kind = "channels" if len(shape) == 3 else "features"
+            raise ShapeError(
+                f"RevNetBlock splits the {kind} into two equal halves, so their number must be "
+                f"even, but the input has shape {shape} ({shape[0]} {kind}). Put a subsample "
+                f"(grn-subsample, squeeze) before it to get 4C channels, or use the 'revnet' "
+                f"architecture, which does."
+            )
+        _check_at_least("RevNetBlock", "hidden", hidden)
+        _check_kernel("RevNetBlock", "kernel_size", kernel_size)
+        if init not in ("xavier", "default"):
+            raise ConfigError(f"RevNetBlock: init must be 'xavier' or 'default', got {init!r}.")
+        super().__init__(shape)
+        self.hidden = int(hidden)
+        self.kernel_size = int(kernel_size)
+        self.init = init
+        half = shape[0] // 2
+        self.f = _residual_net(half, self.hidden, self.kernel_size, init)
+        self.g = _residual_net(half, self.hidden, self.kernel_size, init)
+
+    def _as_image(self, x: Tensor) -> Tensor:
+        """Vectors ``(B, D)`` as ``(B, D, 1, 1)``; images unchanged."""
+        return x.reshape(x.shape[0], -1, 1, 1) if len(self.event_shape) == 1 else x
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(a, b) ↦ (y1, y2) = (b + F(a), a + G(y1))``, log-det 0."""
+        self.check_input(x)
+        a, b = self._as_image(x).chunk(2, dim=1)
+        y1 = b + self.f(a)
+        y2 = a + self.g(y1)
+        return torch.cat([y1, y2], dim=1).reshape(x.shape), self.zero_logdet(x)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(y1, y2) ↦ (a, b) = (y2 − G(y1), y1 − F(a))``, log-det 0."""
+        self.check_input(y, "inverse")
+        y1, y2 = self._as_image(y).chunk(2, dim=1)
+        a = y2 - self.g(y1)
+        b = y1 - self.f(a)
+        return torch.cat([a, b], dim=1).reshape(y.shape), self.zero_logdet(y)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
+                f"init={self.init!r}")
+
+
+def _per_stage(name: str, value: int | Sequence[int], stages: int) -> tuple[int, ...]:
+    """One value per stage: an int is repeated, a list must have one entry per stage."""
+    if isinstance(value, int):
+        return (value,) * stages
+    values = tuple(int(v) for v in value)
+    if len(values) != stages:
+        raise ConfigError(
+            f"RevNet: {name} has {len(values)} entries but widths defines {stages} stage(s); "
+            f"give one entry per stage, or a single number for all of them."
+        )
+    return values
+
+
+def _max_stages(h: int, w: int) -> int:
+    """How many times ``h × w`` can be halved exactly."""
+    n = 0
+    while h % 2 ** (n + 1) == 0 and w % 2 ** (n + 1) == 0:
+        n += 1
+    return n
+
+
+class RevNet(Transform):
+    """Generative Reversible Network: [pad] → (subsample → RevNet blocks) per stage → flatten.
+
+    The architecture of Schirrmeister et al. 2018, "Training Generative Reversible Networks"
+    (reference code, MNIST and CelebA models). Images ``(C, H, W)``; for every stage ``s``:
+
+    1. ``grn-subsample``: ``(C, H, W) → (4C, H/2, W/2)`` by checkerboard phases (chunk-first,
+       except at the first stage when ``chunk_first_at_first = false``);
+    2. ``blocks_per_stage[s]`` additive ``revnet-block``s, ``y1 = b + F(a), y2 = a + G(y1)``, with
+       ``widths[s]`` hidden channels and ``kernel_sizes[s]`` × ``kernel_sizes[s]`` kernels;
+
+    then a flatten to ``(D,)`` with index ``c·h·w + i·w + j``. Every step is volume preserving,
+    so ``log|det J| = 0`` and ``z = f(x)`` is both the encoder and, inverted, the decoder.
+    ``pad_to > 0`` first zero-pads the image to ``pad_to × pad_to`` (centred; the inverse crops):
+    the latent then has ``D = C·pad_to²`` entries, more than the data, and densities are over the
+    embedded data (the border of real data is always 0). H and W after padding must be divisible
+    by ``2^len(widths)``.
+
+    Presets of the reference: MNIST ``pad_to = 32, widths = [25, 50, 100, 200], init = "xavier"``
+    (1024-d latent, 2.11 M parameters); CelebA 3×64×64 ``chunk_first_at_first = false,
+    widths = [25, 50, 100, 200, 400, 400], blocks_per_stage = [2, 2, 2, 2, 2, 1],
+    kernel_sizes = [3, 3, 3, 3, 3, 1]`` (12288-d latent, 60.4 M parameters). The default, three
+    stages of widths 16, 32, 64, fits 8×8 images (8 → 4 → 2 → 1).
+    """
+
+    volume_preserving = True
+    input_ranks = (3,)
+    size_multiple = 4  # test_params draw up to two stages
+    test_params: ClassVar[dict[str, Any]] = {
+        "widths": [[4], [4, 4]], "blocks_per_stage": [1, 2], "kernel_sizes": [3, 1],
+        "pad_to": 0, "chunk_first_at_first": [True, False], "init": ["default", "xavier"],
+    }
+
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        widths: tuple[int, ...] = (16, 32, 64),
+        blocks_per_stage: int | list[int] = 2,
+        kernel_sizes: int | list[int] = 3,
+        pad_to: int = 0,
+        chunk_first_at_first: bool = True,
+        init: InitKind = "default",
+        num_classes: int | None = None,
+    ) -> None:
+        shape = tuple(int(s) for s in event_shape)
+        require_rank("RevNet", shape, self.input_ranks,
+                     "The GRN architecture subsamples images; give them as (C, H, W).")
+        widths = tuple(int(w) for w in widths)
+        if not widths:
+            raise ConfigError("RevNet: widths must list at least one stage width, e.g. [16, 32].")
+        for w in widths:
+            _check_at_least("RevNet", "every entry of widths", w)
+        blocks = _per_stage("blocks_per_stage", blocks_per_stage, len(widths))
+        kernels = _per_stage("kernel_sizes", kernel_sizes, len(widths))
+        for b in blocks:
+            _check_at_least("RevNet", "every entry of blocks_per_stage", b)
+        for k in kernels:
+            _check_kernel("RevNet", "every entry of kernel_sizes", k)
+        _check_at_least("RevNet", "pad_to", pad_to, minimum=0)
+
+        steps: list[Transform] = []
+        if pad_to and (shape[1], shape[2]) != (pad_to, pad_to):
+            steps.append(ZeroPad(shape, size=pad_to))
+        current = steps[-1].output_shape if steps else shape
+        _check_divisible(shape, current, len(widths), pad_to)
+        for stage, (width, count, kernel) in enumerate(zip(widths, blocks, kernels)):
+            chunk = chunk_first_at_first if stage == 0 else True
+            steps.append(GRNSubsample(current, chunk_first=chunk))
+            current = steps[-1].output_shape
+            steps.extend(RevNetBlock(current, hidden=width, kernel_size=kernel, init=init)
+                         for _ in range(count))
+        steps.append(Flatten(current))
+        super().__init__(shape, steps[-1].output_shape)
+        self.flow = Sequential(steps)
+        self.widths = widths
+        self.pad_to = int(pad_to)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Encode images ``(B, C, H, W)`` to latents ``(B, D)``; log-det 0."""
+        self.check_input(x)
+        return self.flow(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Decode latents ``(B, D)`` to images ``(B, C, H, W)`` (cropping any padding); log-det 0."""
+        self.check_input(z, "inverse")
+        return self.flow.inverse(z, context)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, widths={list(self.widths)}, pad_to={self.pad_to}"
+
+
+def _check_divisible(shape: Shape, padded: Shape, stages: int, pad_to: int) -> None:
+    """Raise :class:`ShapeError` unless ``stages`` subsamples fit the (padded) image exactly."""
+    _, h, w = padded
+    factor = 2 ** stages
+    if h % factor == 0 and w % factor == 0:
+        return
+    size = f"{h}×{w}" + (f" after padding to pad_to={pad_to}" if pad_to else "")
+    fits = _max_stages(h, w)
+    side = factor * math.ceil(max(shape[1], shape[2]) / factor)
+    raise ShapeError(
+        f"RevNet with {stages} stage(s) (one per entry of widths) halves the image {stages} "
+        f"time(s), so its height and width must be divisible by 2^{stages} = {factor}, but the "
+        f"input {tuple(shape)} is {size}. Set pad_to = {side} (zero-pads to {side}×{side}), or "
+        f"use at most {fits} stage(s) (fewer entries in widths)."
+    )
