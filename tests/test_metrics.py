@@ -47,6 +47,6 @@ class _ReplayData(torch.nn.Module):
 
 def test_sample_accuracy_of_real_images_is_classifier_accuracy(digits, tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
-    net, acc = train_classifier(digits, steps=300)
+    net, _ = train_classifier(digits, steps=300)
     score = class_sample_accuracy(_ReplayData(digits), net, per_class=20)
     assert score > 0.85
