@@ -208,6 +208,33 @@ def set_plugin(config: dict[str, Any], section: str, name: str | None) -> dict[s
     return out
 
 
+def apply_recommendations(config: dict[str, Any], section: str, name: str) -> dict[str, Any]:
+    """Merge the ``config_defaults`` a plugin recommends for other sections into ``config``.
+
+    A plugin class may declare, e.g. for a per-class optimal-transport objective::
+
+        config_defaults = {"prior": {"name": "class-gaussian"},
+                           "train": {"sampler": "class-balanced"}}
+
+    They apply when the plugin is chosen on the command line (``--objective ot``); explicit
+    ``--prior``/``--set`` options still win. Presets and files spell everything out instead.
+    """
+    from flowkit import registry
+
+    names = [n for n, _ in parse_objective_expression(name)] if section == "objective" else [name]
+    recommended: dict[str, Any] = {}
+    for plugin in names:
+        recommended = merge(recommended, getattr(registry.registry(PLUGIN_SECTIONS[section])
+                                                 .get(plugin), "config_defaults", None) or {})
+    for other, values in recommended.items():
+        if other not in SECTIONS or other == section:
+            raise ConfigError(f"plugin '{name}' recommends settings for an invalid section "
+                              f"[{other}]")
+        config = set_plugin(config, other, values.get("name"))
+        config = merge(config, {other: values})
+    return config
+
+
 def load_config(
     source: str | Path | None = None,
     overrides: Iterable[str] = (),
@@ -223,6 +250,8 @@ def load_config(
     """Build and resolve a run config: defaults ← ``base`` ← ``source`` ← shortcuts ← ``overrides``.
 
     ``base`` is an existing config to start from (e.g. a run's own config when resuming).
+    With ``resolve_plugins=False`` the registry is not consulted (no validation, no plugin
+    recommendations): the merged, unvalidated config is returned.
     """
     config = defaults() if base is None else merge(defaults(), base)
     if source is not None:
@@ -234,8 +263,11 @@ def load_config(
             if section in loaded and "name" in loaded[section]:
                 config = set_plugin(config, section, loaded[section]["name"])
         config = merge(config, loaded)
-    for section, name in (("transform", transform), ("prior", prior),
-                          ("objective", objective), ("data", data)):
+    shortcuts = {"transform": transform, "objective": objective, "prior": prior, "data": data}
+    for section, name in shortcuts.items():  # a plugin chosen here brings its recommendations
+        if resolve_plugins and name is not None and config.get(section, {}).get("name") != name:
+            config = apply_recommendations(config, section, name)
+    for section, name in shortcuts.items():  # explicit shortcuts win over recommendations
         config = set_plugin(config, section, name)
     if data_dir is not None:
         config["data"]["data_dir"] = str(data_dir)

@@ -42,9 +42,9 @@ class Transform(nn.Module):
     ``input_ranks``
         Which per-example ranks the transform accepts: ``1`` for vectors ``(D,)``, ``3`` for
         images ``(C, H, W)``.
-    ``channel_multiple`` / ``size_multiple``
+    ``channel_multiple`` / ``size_multiple`` / ``min_channels`` / ``min_size``
         The channel (or, for vectors, feature) count and the image height/width must be multiples
-        of these; used by the conformance suite to draw valid shapes.
+        of / at least these; used by the conformance suite to draw valid shapes.
     ``test_params``
         Small hyper-parameters for the conformance suite; a list value means "draw one of these".
     """
@@ -54,6 +54,7 @@ class Transform(nn.Module):
     channel_multiple: ClassVar[int] = 1
     size_multiple: ClassVar[int] = 1
     min_channels: ClassVar[int] = 1
+    min_size: ClassVar[int] = 1
     test_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, event_shape: Shape, output_shape: Shape | None = None) -> None:

@@ -103,3 +103,23 @@ def test_objective_expressions():
 def test_weighted_sum_objective_resolves():
     cfg = load_config("realnvp-moons", objective="2*mle")
     assert cfg["objective"] == {"name": "2*mle", "mle": {}}
+
+
+def test_a_plugin_chosen_on_the_command_line_brings_its_recommendations():
+    from flowkit import registry
+    from flowkit.plugins.objectives.mle import MaximumLikelihood
+
+    class Recommending(MaximumLikelihood):
+        """Test objective that recommends a prior and a sampler."""
+
+        config_defaults = {"prior": {"name": "diag-gaussian"}, "train": {"batch_size": 7}}
+
+    registry.objectives.register("recommending", Recommending)
+    try:
+        cfg = load_config(None, objective="recommending")
+        assert cfg["prior"]["name"] == "diag-gaussian" and cfg["train"]["batch_size"] == 7
+        cfg = load_config(None, ["train.batch_size=9"], objective="recommending",
+                          prior="logistic")  # explicit choices win
+        assert cfg["prior"]["name"] == "logistic" and cfg["train"]["batch_size"] == 9
+    finally:
+        registry.objectives.unregister("recommending")

@@ -17,6 +17,7 @@ POT and geomloss are imported on first use so that listing plugins stays fast.
 
 from __future__ import annotations
 
+import importlib
 from typing import Literal
 
 import numpy as np
@@ -45,6 +46,15 @@ def pairwise_cost(a: Tensor, b: Tensor, cost: CostKind = "euclidean") -> Tensor:
     if cost == "euclidean":
         return sq.clamp_min(MIN_SQUARED_DISTANCE).sqrt()
     return sq.clamp_min(0.0)
+
+
+#: The library each solver imports on first use.
+SOLVER_MODULES = {"emd": "ot", "lsa": "scipy.optimize", "sinkhorn": "geomloss"}
+
+
+def preload(solver: str) -> None:
+    """Import ``solver``'s library now (POT takes seconds to import), not inside the first step."""
+    importlib.import_module(SOLVER_MODULES[solver])
 
 
 def _as_numpy(cost: Tensor) -> np.ndarray:

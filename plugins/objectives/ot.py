@@ -15,6 +15,7 @@ from flowkit.plugins.objectives.matching import (
     CostKind,
     exact_plan,
     pairwise_cost,
+    preload,
     sinkhorn_divergence,
 )
 
@@ -89,6 +90,10 @@ class OptimalTransport(Objective):
         self.reduction = reduction
         self.sinkhorn_blur = float(sinkhorn_blur)
         self.sinkhorn_scaling = float(sinkhorn_scaling)
+
+    def setup(self, model: Flow) -> None:
+        """Import the solver's library up front, so ``match_ms`` of step 0 times the matching."""
+        preload(self.solver)
 
     # -- pieces ---------------------------------------------------------------------------------
     def transport_cost(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -66,6 +66,7 @@ class _Coupling(Transform):
     num_params: ClassVar[int] = 1
     input_ranks = (1, 3)
     min_channels = 2  # vector masks need D ≥ 2; the channel mask needs C ≥ 2
+    min_size = 2  # a checkerboard on a 1×1 image leaves nothing to transform
     test_params: ClassVar[dict[str, Any]] = {
         "hidden": [4, 8], "num_hidden": [1], "num_blocks": [1], "parity": [False, True],
     }
