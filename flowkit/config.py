@@ -45,6 +45,8 @@ PLUGIN_SECTIONS = {"transform": "transform", "prior": "prior", "objective": "obj
 class TrainConfig:
     """``[train]``: optimisation and bookkeeping of a training run.
 
+    ``max_minutes`` > 0 stops training after that much training time (a wall-clock budget; the
+    run then finishes normally). ``threads`` > 0 sets ``torch.set_num_threads``.
     ``sampler = "class-balanced"`` draws ``batch_size // num_classes`` examples of every class per
     step (labelled datasets only).
     """
@@ -59,8 +61,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
+    max_minutes: float = 0.0
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
     log_every: int = 25
     eval_every: int = 500
     sample_every: int = 500
@@ -93,7 +97,7 @@ class DataConfig:
 
 DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 #: ``[train]`` keys that may differ when a run is resumed (everything else must match).
-RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.eval_every", "train.sample_every",
+RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every", "train.eval_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.device",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}

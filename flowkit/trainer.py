@@ -78,6 +78,8 @@ class Trainer:
         self.log = log
         tc = config["train"]
         self.device = select_device(tc["device"])
+        if tc["threads"] > 0:
+            torch.set_num_threads(tc["threads"])
         torch.manual_seed(tc["seed"])
         self.data = load_dataset(config)
         self.model = build_model(config, self.data.meta).to(self.device)
@@ -242,6 +244,9 @@ class Trainer:
                 self.model.train()
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
+            if tc["max_minutes"] > 0 and self.elapsed >= 60.0 * tc["max_minutes"]:
+                self.log(f"time budget of {tc['max_minutes']} min reached at step {self.step}")
+                break
         bar.close()
         return self.finish()
 

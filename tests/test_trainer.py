@@ -210,3 +210,13 @@ def test_class_balanced_sampler_needs_labels(tmp_path: Path):
                                                 "train.sampler=class-balanced"])
     with pytest.raises(ConfigError, match="needs a labelled dataset"):
         flowkit.train(cfg, tmp_path / "run", progress=False)
+
+
+def test_time_budget_stops_early_and_finishes_the_run(tmp_path: Path):
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=100000",
+                                                "train.max_minutes=0.002"])
+    messages: list[str] = []
+    summary = flowkit.train(cfg, tmp_path / "run", progress=False, log=messages.append)
+    assert summary["status"] == "completed" and 0 < summary["steps"] < 100000
+    assert any("time budget" in m for m in messages)
+    assert (tmp_path / "run" / "checkpoints" / f"step-{summary['steps']:08d}.pt").is_file()
