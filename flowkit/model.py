@@ -70,6 +70,13 @@ class Flow(nn.Module):
         return math.prod(self.event_shape)
 
     @property
+    def exact_density(self) -> bool:
+        """``False`` when the transform changes the dimension (e.g. a GRN that zero-pads MNIST to
+        32×32): :meth:`log_prob` is then the latent density at the embedded point, not a density
+        of the data, and bits/dim from it do not compare with published numbers."""
+        return math.prod(self.transform.output_shape) == math.prod(self.transform.event_shape)
+
+    @property
     def device(self) -> torch.device:
         return self.prior.device
 

@@ -55,13 +55,13 @@ class _Schedule:
         return 1.0
 
 
-def _batch_stream(data: DataSplits, tc: dict[str, Any]) -> BatchStream | ClassBalancedStream:
+def _batch_stream(data: DataSplits, tc: dict[str, Any],
+                  log: Callable[[str], None]) -> BatchStream | ClassBalancedStream:
     if tc["sampler"] == "class-balanced":
         if data.train_labels is None or not data.num_classes:
-            raise ConfigError(
-                f"train.sampler = 'class-balanced' needs a labelled dataset; '{data.name}' has no "
-                f"labels. Use sampler = 'random'."
-            )
+            log(f"note: train.sampler = 'class-balanced' but '{data.name}' has no labels; "
+                f"drawing batches at random")
+            return BatchStream(data.train, None, tc["batch_size"], tc["seed"])
         return ClassBalancedStream(data.train, data.train_labels, tc["batch_size"], tc["seed"],
                                    data.num_classes)
     return BatchStream(data.train, data.train_labels, tc["batch_size"], tc["seed"])
@@ -88,7 +88,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, tc)
         self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
-        self.stream = _batch_stream(self.data, tc)
+        self.stream = _batch_stream(self.data, tc, log)
         self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
         self.step = 0
         self.elapsed = 0.0
@@ -267,6 +267,7 @@ class Trainer:
             "prior": self.config["prior"]["name"],
             "objective": self.config["objective"]["name"],
             "data": self.data.name,
+            "exact_density": self.model.exact_density,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "train_time_s": round(self.elapsed, 2),
             "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_a_plugin_chosen_on_the_command_line_brings_its_recommendations():
     class Recommending(MaximumLikelihood):
         """Test objective that recommends a prior and a sampler."""
 
-        config_defaults = {"prior": {"name": "diag-gaussian"}, "train": {"batch_size": 7}}
+        config_defaults: ClassVar[dict] = {"prior": {"name": "diag-gaussian"}, "train": {"batch_size": 7}}
 
     registry.objectives.register("recommending", Recommending)
     try:

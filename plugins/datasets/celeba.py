@@ -27,6 +27,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _decode_one(archive: zipfile.ZipFile, name: str, path: Path, size: int,
             image.load()
             width, height = image.size
             square = image.convert("RGB").crop(CROP_BOX) if image.size == SOURCE_SIZE else None
-    except (OSError, UnidentifiedImageError, zipfile.BadZipFile) as exc:
+    except (OSError, UnidentifiedImageError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(
             f"{path}: cannot decode {name} ({type(exc).__name__}: {exc}). The zip is corrupt; "
             f"delete it and fetch the original again ({SOURCE})."

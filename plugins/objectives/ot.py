@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -57,7 +57,15 @@ class OptimalTransport(Objective):
     (``reduction="sum"``: the reference back-propagates each class and sums the gradients) or the
     mean over classes. Logged: ``ot``, ``smoothness`` (reduced like the loss), ``match_ms`` (time
     of the matching step) and ``classes`` (classes in the batch).
+
+    Chosen on the command line (``--objective ot``) it brings the reference's setting: the
+    ``class-gaussian`` prior and class-balanced batches of about 64 examples per class.
     """
+
+    config_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "prior": {"name": "class-gaussian"},
+        "train": {"sampler": "class-balanced", "batch_size": 640, "init_examples": 2000},
+    }
 
     def __init__(
         self,

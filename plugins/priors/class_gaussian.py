@@ -99,6 +99,11 @@ class ClassGaussian(Prior):
         """Keep the scales non-negative (``σ ← max(σ, 0)`` in place), as the reference does."""
         self.scale.clamp_(min=0.0)
 
+    def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-example ``(μ_c, σ_c)`` of the given labels, each ``(n, *shape)``."""
+        labels = self._labels(context, n)
+        return self.loc[labels], self.scale[labels]
+
     def class_mean_scale(self) -> Tensor:
         """Class-averaged scale ``(1/K) Σ_c σ_c``, shape ``shape`` (detached): large entries are
         the latent dimensions the model uses; traversals vary those (GRN reference, §6)."""

@@ -29,7 +29,9 @@ class RestrictedGaussian(Prior):
     * :meth:`sample`: ``z_sel ~ N(0, T² I_k)``, every other dim exactly 0;
     * :meth:`clamp`: ``clamp_k(z) = min(max(z, μ − kσ), μ + kσ)`` with detached bounds, which sets
       the non-selected dims to exactly 0 and passes gradient only through unclipped entries;
-    * :meth:`select`: the ``(B, k)`` selected coordinates (what a latent critic sees).
+    * :meth:`select`: the ``(B, k)`` selected coordinates (what a latent critic sees);
+    * :meth:`project`: the non-selected dims set to 0 (reconstructions through the restricted
+      latent); :meth:`moments` gives ``(μ, σ)`` for latent traversals.
 
     The restricted prior has no density on the full latent space (it lives on a k-dim subspace),
     so :meth:`log_prob` uses a proper surrogate that tends to it as ``off_scale → 0``:
@@ -88,6 +90,15 @@ class RestrictedGaussian(Prior):
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         eps = torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
         return self.loc + temperature * self.scale * eps
+
+    def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(μ, σ)`` expanded to ``(n, *shape)``: 0 and 1 on the selected dims, 0 and 0 elsewhere."""
+        return self.loc.expand(n, *self.shape), self.scale.expand(n, *self.shape)
+
+    def project(self, z: Tensor) -> Tensor:
+        """Onto the prior's support: the non-selected dims set to 0, the selected ones unchanged."""
+        self.check_latent(z)
+        return z.masked_fill(~self.mask, 0.0)
 
     def clamp(self, z: Tensor, k: float) -> Tensor:
         """Clip every dim to ``[μ − kσ, μ + kσ]`` (bounds detached): non-selected dims become 0."""

@@ -190,6 +190,8 @@ class RevNet(Transform):
     volume_preserving = True
     input_ranks = (3,)
     size_multiple = 4  # test_params draw up to two stages
+    #: chosen with --transform revnet: pixels in [0, 1] without the logit, as the reference
+    config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"data": {"preprocess": "none"}}
     test_params: ClassVar[dict[str, Any]] = {
         "widths": [[4], [4, 4]], "blocks_per_stage": [1, 2], "kernel_sizes": [3, 1],
         "pad_to": 0, "chunk_first_at_first": [True, False], "init": ["default", "xavier"],

@@ -73,6 +73,18 @@ def test_class_gaussian_samples_per_class_and_reparameterises() -> None:
     assert float(prior.loc.grad.abs().sum()) > 0 and float(prior.scale.grad.abs().sum()) > 0
 
 
+def test_class_gaussian_moments() -> None:
+    prior = ClassGaussian((4,), 3)
+    z, labels = _class_data()
+    prior.initialize(z, labels)
+    mean, std = prior.moments(3, torch.tensor([2, 0, 2]))
+    torch.testing.assert_close(mean, prior.loc[[2, 0, 2]])
+    torch.testing.assert_close(std, prior.scale[[2, 0, 2]])
+    assert torch.equal(prior.project(z), z)
+    with pytest.raises(ShapeError, match="class labels"):
+        prior.moments(3)
+
+
 def test_class_gaussian_after_step_clamps_scale_in_place() -> None:
     prior = ClassGaussian((3,), 2)
     scale = prior.scale
@@ -190,6 +202,19 @@ def test_restricted_clamp() -> None:
     # the bounds are detached even when they would be tracked
     big = prior.clamp(z, 200.0)
     torch.testing.assert_close(big.flatten(1)[:, ~off], z.detach().flatten(1)[:, ~off])
+
+
+def test_restricted_moments_and_project() -> None:
+    prior, _ = _restricted()
+    mean, std = prior.moments(2)
+    assert mean.shape == std.shape == (2, 2, 2, 2)
+    assert (mean == 0).all() and torch.equal(std[0], prior.scale)
+    z = torch.randn(5, 2, 2, 2, requires_grad=True)
+    projected = prior.project(z)
+    assert (projected.flatten(1)[:, ~prior.mask.flatten()] == 0).all()
+    torch.testing.assert_close(prior.select(projected), prior.select(z))
+    projected.sum().backward()
+    assert torch.equal(z.grad, prior.mask.float().expand(5, 2, 2, 2))
 
 
 def test_restricted_log_prob_matches_hand_computed() -> None:

@@ -239,3 +239,14 @@ def test_end_to_end_training(tmp_path: Path) -> None:
         registry.priors.unregister("class-gaussian")
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"ot"') >= 1
+
+
+def test_objective_and_priors_pickle() -> None:
+    import pickle
+
+    objective = pickle.loads(pickle.dumps(OptimalTransport(solver="sinkhorn", cost="sqeuclidean")))
+    assert objective.solver == "sinkhorn" and objective.cost == "sqeuclidean"
+    model = pickle.loads(pickle.dumps(_flow()))
+    assert isinstance(model.prior, ClassGaussian)
+    restricted = pickle.loads(pickle.dumps(RestrictedGaussian((6,), num_selected=2)))
+    assert restricted.selected.tolist() == [0, 1]
