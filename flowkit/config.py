@@ -98,7 +98,8 @@ class DataConfig:
 DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 #: ``[train]`` keys that may differ when a run is resumed (everything else must match).
 RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
-                  "train.eval_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device",
+                  "train.eval_every", "train.sample_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.device",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}
 
