@@ -96,6 +96,13 @@ class DataSplits:
         return len(self.shape) == 3
 
 
+def cache_dir() -> Path:
+    """flowkit's cache folder (decoded datasets, self-trained classifiers): ``$FLOWKIT_CACHE``,
+    else ``~/.cache/flowkit``. Everything in it can be rebuilt."""
+    env = os.environ.get("FLOWKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "flowkit"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
     """The data folder: ``data_dir`` if given, else ``$FLOWKIT_DATA``, else ``None``."""
     if data_dir:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from flowkit.data.base import DataSplits
+from flowkit.data.base import DataSplits, cache_dir
 from flowkit.errors import ConfigError
 from flowkit.model import Flow
 
@@ -40,10 +39,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.features(x))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FLOWKIT_CACHE", Path.home() / ".cache" / "flowkit"))
 
 
 def _fingerprint(data: DataSplits, steps: int, seed: int) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowkit.data.base import DataSplits, resolve_data_dir
+from flowkit.data.base import DataSplits, cache_dir, resolve_data_dir
 from flowkit.data.files import DataFile, DatasetFiles, require_files
 from flowkit.errors import ConfigError, DataError
 
@@ -59,12 +59,6 @@ def celeba_files() -> DatasetFiles:
     """The file the ``celeba`` dataset needs under ``<data_dir>/celeba/`` (with its md5)."""
     return DatasetFiles(dataset="celeba", folder="celeba", files=(DataFile(ZIP_NAME, ZIP_MD5),),
                         source=SOURCE)
-
-
-def cache_dir() -> Path:
-    """Where decoded arrays are cached: ``$FLOWKIT_CACHE``, else ``~/.cache/flowkit``."""
-    env = os.environ.get("FLOWKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "flowkit"
 
 
 # -- decoding ------------------------------------------------------------------------------------
