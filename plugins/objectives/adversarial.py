@@ -19,7 +19,7 @@ Reversible Networks"; Makhzani et al. 2016, "Adversarial Autoencoders", §2).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,9 @@ class AdversarialLatent(Objective):
     critic Adam with betas (0, 0.9), gradient-norm clip 1000 and ``critic_lr = 1e-3``: the
     reference meant 4e-4 but misspelt the key (``'lr:'``), so Adam's default 1e-3 was used.
     """
+
+    #: chosen with --objective adversarial: the restricted prior it needs
+    config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"prior": {"name": "restricted"}}
 
     def __init__(
         self,
