@@ -24,7 +24,12 @@ import click
 def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
              max_examples: int, per_class: int) -> None:
     """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json."""
-    from flowkit.metrics import class_sample_accuracy, evaluate_nll, train_classifier
+    from flowkit.metrics import (
+        class_sample_accuracy,
+        evaluate_nll,
+        latent_scale_stats,
+        train_classifier,
+    )
     from flowkit.runs import load_run
 
     run = load_run(run_dir, checkpoint)
@@ -33,7 +38,9 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
                            batch_size=run.config["eval"]["batch_size"], max_examples=max_examples,
                            dequantize_data=bool(run.config["data"]["dequantize"]),
                            seed=run.config["train"]["seed"])
-    result = {"step": run.step, "checkpoint": run.checkpoint.name, **metrics}
+    result = {"step": run.step, "checkpoint": run.checkpoint.name,
+              "exact_density": run.model.exact_density, **metrics,
+              **latent_scale_stats(run.model)}
     if per_class:
         classifier, accuracy = train_classifier(data)
         result["classifier_test_accuracy"] = accuracy

@@ -27,7 +27,7 @@ from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
 from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from flowkit.figures import save_run_figures, save_samples_figure
-from flowkit.metrics import evaluate_nll
+from flowkit.metrics import evaluate_nll, latent_scale_stats
 from flowkit.model import build_model
 from flowkit.objective import Batch, build_objective
 from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
@@ -268,6 +268,7 @@ class Trainer:
             "objective": self.config["objective"]["name"],
             "data": self.data.name,
             "exact_density": self.model.exact_density,
+            **latent_scale_stats(self.model),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "train_time_s": round(self.elapsed, 2),
             "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),

@@ -62,3 +62,21 @@ def model_dtype(model: Flow) -> torch.dtype:
     for p in model.parameters():
         return p.dtype
     return model.prior.dtype
+
+
+@torch.no_grad()
+def latent_scale_stats(model: Flow, threshold: float = 1e-2) -> dict[str, float]:
+    """For Gaussian-type priors: how many latent dimensions the prior's σ has collapsed.
+
+    ``latent_collapsed_share`` is the fraction of dimensions whose class-averaged σ is below
+    ``threshold`` (GRNs trained by optimal transport "discover" a few informative dimensions and
+    shrink the rest); ``latent_sigma_max`` the largest class-averaged σ. Empty without moments.
+    """
+    n = int(model.num_classes or 1) if model.prior.conditional else 1
+    context = torch.arange(n, device=model.device) if model.prior.conditional else None
+    moments = model.prior.moments(n, context)
+    if moments is None:
+        return {}
+    sigma = moments[1].reshape(n, -1).mean(0)
+    return {"latent_collapsed_share": float((sigma < threshold).double().mean()),
+            "latent_sigma_max": float(sigma.max())}
