@@ -1,0 +1,81 @@
+"""Activation normalisation with data-dependent initialisation (Glow §3.1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.errors import ConfigError
+from flowkit.transform import Shape, Transform, require_rank
+
+
+class ActNorm(Transform):
+    """Activation normalisation y = s ⊙ (x + b), initialised from the first batch (Glow §3.1).
+
+    A per-channel affine map (per-feature for vectors ``(D,)``), stored as a bias ``b`` and a
+    log-scale ``log s`` (Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1
+    Convolutions", §3.1, Table 1)::
+
+        y = exp(log s) ⊙ (x + b)            x = exp(−log s) ⊙ y − b
+        log|det J| = H·W·Σ_c log s_c        (images (C, H, W); Σ_d log s_d for vectors)
+
+    Data-dependent initialisation: the first ``forward`` in training mode sets, per channel,
+    ``b = −mean`` and ``s = 1 / (std + eps)`` over the batch (and the pixels), so that batch comes
+    out with zero mean and unit variance. With a single value per channel (one vector) the
+    standard deviation is undefined and ``s`` stays 1. The ``initialized`` flag is a registered
+    buffer: it is saved in the ``state_dict``, so a reloaded model never re-initialises on new
+    data. ``inverse`` never initialises; before initialisation the parameters hold their identity
+    values (``b = 0``, ``log s = 0``), so it is the identity. Evaluation-mode forwards do not
+    initialise either.
+    """
+
+    input_ranks = (1, 3)
+    test_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, event_shape: Shape, *, eps: float = 1e-6, num_classes: int | None = None,
+    ) -> None:
+        super().__init__(event_shape)
+        require_rank("ActNorm", self.event_shape, self.input_ranks,
+                     "Flatten the data for vectors, or give images as (C, H, W).")
+        if not eps > 0.0:
+            raise ConfigError(f"ActNorm: eps must be positive (it keeps 1/(std + eps) finite), "
+                              f"got {eps}; the default is 1e-6.")
+        self.eps = float(eps)
+        param_shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)
+        self.bias = nn.Parameter(torch.zeros(param_shape))
+        self.log_scale = nn.Parameter(torch.zeros(param_shape))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._positions = math.prod(self.event_shape[1:])  # H·W for images, 1 for vectors
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``b = −mean`` and ``log s = −log(std + eps)`` per channel from the batch ``x``."""
+        self.check_input(x)
+        dims = [0, *range(2, x.dim())]  # everything but the channel (feature) dimension
+        mean = x.mean(dim=dims, keepdim=True).reshape(self.bias.shape)
+        self.bias.copy_(-mean)
+        if x.numel() // self.event_shape[0] > 1:
+            std = x.std(dim=dims, correction=0, keepdim=True).reshape(self.log_scale.shape)
+            self.log_scale.copy_(-torch.log(std + self.eps))
+        else:
+            self.log_scale.zero_()
+        self.initialized.fill_(True)
+
+    def _logdet(self, x: Tensor, sign: float) -> Tensor:
+        return self.zero_logdet(x) + sign * self._positions * self.log_scale.sum()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``y = s ⊙ (x + b)``; the first training-mode call initialises ``b`` and ``s``."""
+        self.check_input(x)
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        return (x + self.bias) * torch.exp(self.log_scale), self._logdet(x, 1.0)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = y / s − b`` (never initialises)."""
+        self.check_input(y, "inverse")
+        return y * torch.exp(-self.log_scale) - self.bias, self._logdet(y, -1.0)
