@@ -60,6 +60,25 @@ class Sequential(Transform):
         return iter(self.steps)
 
 
+class Architecture(Transform):
+    """A named architecture assembled from other transforms (``nice``, ``realnvp``, ``glow``, …).
+
+    Subclasses build their steps in ``__init__`` and assign the composite to ``self.flow``;
+    forward and inverse check the input shape (a clear :class:`ShapeError` naming both shapes)
+    and delegate, so every architecture behaves the same at its boundary.
+    """
+
+    flow: Transform
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        return self.flow(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(y, "inverse")
+        return self.flow.inverse(y, context)
+
+
 class Inverse(Transform):
     """The inverse ``f⁻¹`` of a transform, as a transform: forward and inverse swap roles."""
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from flowkit.composition import Flatten, Sequential
+from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.conditioners import one_hot_labels, require_num_classes
 from flowkit.plugins.transforms.made import MADE
@@ -153,7 +153,7 @@ class AutoregressiveAffine(Transform):
                 f"reverse_order={self.reverse_order}, conditional={self.conditional}")
 
 
-class _AutoregressiveFlow(Transform):
+class _AutoregressiveFlow(Architecture):
     """A stack of :class:`AutoregressiveAffine` layers in one direction, alternating the order.
 
     Images are flattened first; the latent has shape ``(D,)``. Subclasses set ``direction``.
@@ -198,15 +198,6 @@ class _AutoregressiveFlow(Transform):
         ]
         self.flow = Sequential(steps)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map data ``(B, *event_shape)`` to the latent ``(B, D)``."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map the latent ``(B, D)`` back to data ``(B, *event_shape)``."""
-        self.check_input(y, "inverse")
-        return self.flow.inverse(y, context)
 
 
 class MAF(_AutoregressiveFlow):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowkit.composition import MultiScale, Sequential
+from flowkit.composition import Architecture, MultiScale, Sequential
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.conditioners import (
@@ -251,7 +251,7 @@ def flow_step(
     ]
 
 
-class Glow(Transform):
+class Glow(Architecture):
     """Glow: L levels of squeeze → K × (actnorm → invconv1x1 → coupling) → split (Kingma 2018).
 
     The multi-scale architecture of Kingma & Dhariwal 2018, "Glow: Generative Flow with
@@ -331,15 +331,6 @@ class Glow(Transform):
             levels.append(Sequential(steps))
         self.flow = MultiScale(levels)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map images ``(B, C, H, W)`` to the flat latent ``(B, C·H·W)``."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map the flat latent ``(B, C·H·W)`` back to images ``(B, C, H, W)``."""
-        self.check_input(y, "inverse")
-        return self.flow.inverse(y, context)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_levels={self.num_levels}, "

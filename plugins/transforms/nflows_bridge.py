@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from flowkit.composition import Flatten, Sequential
+from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError, PluginError, ShapeError
 from flowkit.plugins.transforms.conditioners import one_hot_labels, require_num_classes
 from flowkit.transform import Shape, Transform, require_rank
@@ -170,7 +170,7 @@ class NflowsTransform(Transform):
         return super().extra_repr() + extra
 
 
-class _NflowsVectorFlow(Transform):
+class _NflowsVectorFlow(Architecture):
     """Shared shell of the registered nflows plugins: flatten, then one wrapped nflows flow.
 
     Images ``(C, H, W)`` are flattened to ``D = C·H·W`` features first (the nflows transforms
@@ -204,15 +204,6 @@ class _NflowsVectorFlow(Transform):
                                      num_classes=num_classes))
         self.flow = Sequential(steps)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map data ``(B, *event_shape)`` to the latent ``(B, D)``."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map the latent ``(B, D)`` back to data ``(B, *event_shape)``."""
-        self.check_input(y, "inverse")
-        return self.flow.inverse(y, context)
 
 
 class ResidualNetFactory:

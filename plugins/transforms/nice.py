@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from flowkit.composition import Flatten, Sequential
+from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError
 from flowkit.plugins.transforms.conditioners import require_num_classes
 from flowkit.plugins.transforms.coupling import AdditiveCoupling
@@ -44,7 +44,7 @@ class DiagonalScaling(Transform):
         return y * torch.exp(-self.log_scale), logdet
 
 
-class NICE(Transform):
+class NICE(Architecture):
     """NICE: additive couplings with MLP conditioners, then a diagonal scaling (Dinh et al. 2015).
 
     ``f = S ∘ g_K ∘ … ∘ g_1 ∘ flatten``: images are flattened to ``D = C·H·W`` features, each
@@ -91,12 +91,3 @@ class NICE(Transform):
         steps.append(DiagonalScaling((dim,)))
         self.flow = Sequential(steps)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map data ``(B, *event_shape)`` to the latent ``(B, D)``."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map the latent ``(B, D)`` back to data ``(B, *event_shape)``."""
-        self.check_input(y, "inverse")
-        return self.flow.inverse(y, context)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from torch import Tensor
-
-from flowkit.composition import MultiScale, Sequential
+from flowkit.composition import Architecture, MultiScale, Sequential
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.conditioners import require_num_classes
 from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
@@ -15,7 +13,7 @@ from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
 
 
-class RealNVP(Transform):
+class RealNVP(Architecture):
     """Real NVP: affine couplings, multi-scale with squeeze and factor-out (Dinh et al. 2017).
 
     Every step is an affine coupling ``y_B = x_B ⊙ exp(s(x_A)) + t(x_A)``, ``log|det J| = Σ s``
@@ -75,15 +73,6 @@ class RealNVP(Transform):
                           num_blocks=num_blocks)
             self.flow = MultiScale(_image_levels(shape, num_scales, common))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map data ``(B, *event_shape)`` to the latent ``(B, D)``."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Map the latent ``(B, D)`` back to data ``(B, *event_shape)``."""
-        self.check_input(y, "inverse")
-        return self.flow.inverse(y, context)
 
 
 def _couplings(

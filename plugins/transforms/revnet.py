@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from flowkit.composition import Flatten, Sequential
+from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
 from flowkit.transform import Shape, Transform, require_rank
@@ -162,7 +162,7 @@ def _max_stages(h: int, w: int) -> int:
     return n
 
 
-class RevNet(Transform):
+class RevNet(Architecture):
     """Generative Reversible Network: [pad] → (subsample → RevNet blocks) per stage → flatten.
 
     The architecture of Schirrmeister et al. 2018, "Training Generative Reversible Networks"
@@ -242,15 +242,6 @@ class RevNet(Transform):
         self.widths = widths
         self.pad_to = int(pad_to)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Encode images ``(B, C, H, W)`` to latents ``(B, D)``; log-det 0."""
-        self.check_input(x)
-        return self.flow(x, context)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Decode latents ``(B, D)`` to images ``(B, C, H, W)`` (cropping any padding); log-det 0."""
-        self.check_input(z, "inverse")
-        return self.flow.inverse(z, context)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, widths={list(self.widths)}, pad_to={self.pad_to}"
