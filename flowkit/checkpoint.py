@@ -1,8 +1,7 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsync'd, then renamed
-over the target (``os.replace`` is atomic on POSIX and Windows), and the folder is fsync'd: a crash
-at any moment leaves either the old or the new checkpoint, never a torn one. Loading never
+A checkpoint is written atomically (:mod:`flowkit.atomic`: temporary file, fsync, rename): a
+crash at any moment leaves either the old or the new checkpoint, never a torn one. Loading never
 unpickles arbitrary objects; a corrupt or truncated file gives a :class:`CheckpointError` that
 says so and what to do.
 """
@@ -10,40 +9,21 @@ says so and what to do.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flowkit.atomic import atomic_write
 from flowkit.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically to ``path`` and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems do not support fsync on folders
-        pass
-    return path
+    """Write ``state`` atomically to ``path`` (:func:`flowkit.atomic.atomic_write`)."""
+    payload = {"format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

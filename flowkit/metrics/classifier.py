@@ -10,12 +10,12 @@ the measure the GRN paper's MNIST experiment is judged by.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from flowkit.atomic import atomic_write
 from flowkit.data.base import DataSplits, cache_dir
 from flowkit.errors import ConfigError
 from flowkit.model import Flow
@@ -89,10 +89,8 @@ def train_classifier(data: DataSplits, steps: int = 1500, seed: int = 0,
         opt.step()
     acc = accuracy(net, data.test, data.test_labels)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"model": net.state_dict(), "test_accuracy": acc}, tmp)
-        os.replace(tmp, path)
+        state = {"model": net.state_dict(), "test_accuracy": acc}
+        atomic_write(path, lambda fh: torch.save(state, fh))
     return net.eval(), acc
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowkit.atomic import atomic_write
 from flowkit.data.base import DataSplits, cache_dir, resolve_data_dir
 from flowkit.data.files import DataFile, DatasetFiles, require_files
 from flowkit.errors import ConfigError, DataError
@@ -151,19 +150,6 @@ def _read_cache(zip_md5: str, size: int) -> np.ndarray | None:
     return array
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_cache(array: np.ndarray, zip_md5: str, size: int) -> None:
     """Cache ``array``: the ``.npy`` first, then its record, each by temp file + ``os.replace``."""
     array_path, record_path = _cache_paths(zip_md5, size)
@@ -174,8 +160,8 @@ def _write_cache(array: np.ndarray, zip_md5: str, size: int) -> None:
         "md5": hashlib.md5(raw, usedforsecurity=False).hexdigest(), "shape": list(array.shape)}
     try:
         array_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(array_path, raw)
-        _write_atomic(record_path, json.dumps(record, indent=1).encode())
+        atomic_write(array_path, lambda fh: fh.write(raw))
+        atomic_write(record_path, lambda fh: fh.write(json.dumps(record, indent=1).encode()))
     except OSError as exc:  # an unwritable cache only costs time
         warnings.warn(f"cannot write the CelebA cache in {array_path.parent} ({exc}); set "
                       f"FLOWKIT_CACHE to a writable folder to avoid decoding every time",
