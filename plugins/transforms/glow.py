@@ -263,7 +263,8 @@ class Glow(Architecture):
     from the first half, and that half is factored out to the latent
     (:class:`~flowkit.composition.MultiScale`). The log-determinant sums every step's:
     ``H·W·Σ log s`` (actnorm), ``H·W·log|det W|`` (1×1 conv), ``Σ log sigmoid(r + 2)``
-    (coupling), ``−Σ log σ`` (split prior). H and W must be divisible by ``2^num_levels``.
+    (coupling), ``−Σ log σ`` (split prior). H and W must be divisible by ``2^num_levels``;
+    by default ``num_levels`` is the paper's 3, or as many as the image size allows (2 for 28×28).
 
     The latent is flat, ``(D,)`` with ``D = C·H·W``, and its prior should be ``N(0, I)``: the
     learned conditional priors of the factored-out halves are part of the transform. The paper
@@ -292,7 +293,7 @@ class Glow(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_levels: int = 3,
+        num_levels: int | None = None,
         num_steps: int = 8,
         hidden: int = 256,
         lu: bool = True,
@@ -305,6 +306,8 @@ class Glow(Architecture):
                      "Glow is an image architecture; for vectors compose actnorm, invconv1x1 and "
                      "glow-coupling.")
         super().__init__(shape, (math.prod(shape),))
+        if num_levels is None:  # the paper's 3 levels, or as many as the image size allows
+            num_levels = min(3, max(1, _levels_that_fit(shape)))
         for name, value in (("num_levels", num_levels), ("num_steps", num_steps),
                             ("hidden", hidden)):
             _require_at_least("Glow", name, value)
@@ -337,14 +340,21 @@ class Glow(Architecture):
                 f"num_steps={self.num_steps}, conditional={self.conditional}")
 
 
+def _levels_that_fit(shape: Shape) -> int:
+    """The largest L with H and W divisible by ``2^L``."""
+    _, h, w = shape
+    fits = 0
+    while h % 2 ** (fits + 1) == 0 and w % 2 ** (fits + 1) == 0:
+        fits += 1
+    return fits
+
+
 def _check_divisible(shape: Shape, num_levels: int) -> None:
     """Raise :class:`ShapeError` unless H and W are divisible by ``2^num_levels``."""
     _, h, w = shape
     factor = 2 ** num_levels
     if h % factor or w % factor:
-        fits = 0
-        while h % 2 ** (fits + 1) == 0 and w % 2 ** (fits + 1) == 0:
-            fits += 1
+        fits = _levels_that_fit(shape)
         fix = f"use num_levels at most {fits}" if fits else "pad the images to even sizes"
         raise ShapeError(
             f"Glow with num_levels={num_levels} squeezes {num_levels} time(s), so the height and "

@@ -329,3 +329,10 @@ def test_glow_trains_end_to_end(tmp_path: Path, registered: Any) -> None:
     norms = [m for m in run.model.modules() if isinstance(m, ActNorm)]
     assert norms and all(bool(m.initialized) for m in norms)
     assert isinstance(run.model.transform, nn.Module)
+
+
+def test_default_levels_fit_the_image_size() -> None:
+    from flowkit.plugins.transforms.glow import Glow
+
+    assert Glow((1, 28, 28), num_steps=1, hidden=4).num_levels == 2  # 28 = 4 · 7
+    assert Glow((3, 32, 32), num_steps=1, hidden=4).num_levels == 3  # the paper's L
