@@ -48,3 +48,7 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if not run.model.exact_density:
+        click.echo("note: this model changes the dimension (e.g. it zero-pads the images), so its "
+                   "NLL and bits/dim are latent densities at the embedded data, not densities of "
+                   "the data; do not compare them with published numbers.")
