@@ -56,3 +56,12 @@ def test_weighted_sum_on_the_command_line_logs_both_terms(tmp_path: Path):
 def test_grn_presets_resolve(preset):
     cfg = load_config(preset)
     assert cfg["transform"]["name"] == "revnet"
+
+
+def test_padded_model_says_its_likelihood_is_not_a_data_density(tmp_path: Path):
+    summary = run(tmp_path, "--transform", "revnet", "--objective", "mle", *TINY_REVNET,
+                  "--set", "transform.pad_to=16")
+    assert summary["exact_density"] is False
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "not densities of the data" in result.output
