@@ -169,16 +169,14 @@ def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
     transform = registry.transforms.build(
         t_name, t_params,
         injected={"event_shape": preprocess.output_shape, "num_classes": meta.num_classes},
+        expect=Transform,
     )
-    if not isinstance(transform, Transform):
-        raise ConfigError(f"transform plugin '{t_name}' did not build a flowkit Transform")
     p_name, p_params = _split(config["prior"])
     prior = registry.priors.build(
         p_name, p_params,
         injected={"shape": transform.output_shape, "num_classes": meta.num_classes},
+        expect=Prior,
     )
-    if not isinstance(prior, Prior):
-        raise ConfigError(f"prior plugin '{p_name}' did not build a flowkit Prior")
     if prior.conditional and not meta.num_classes:
         raise ConfigError(
             f"prior '{p_name}' is class-conditional but dataset '{data_cfg['name']}' has no "

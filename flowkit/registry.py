@@ -33,6 +33,7 @@ from typing import Any
 
 from flowkit.errors import (
     BlockedPluginError,
+    ConfigError,
     PluginLoadError,
     UnknownPluginError,
     did_you_mean,
@@ -219,12 +220,19 @@ class Registry:
 
     def build(
         self, name: str, params: Mapping[str, Any] | None = None,
-        injected: Mapping[str, Any] | None = None,
+        injected: Mapping[str, Any] | None = None, expect: type | None = None,
     ) -> Any:
-        """Validate ``params`` against the plugin's signature and call it."""
+        """Validate ``params`` against the plugin's signature and call it.
+
+        With ``expect``, a plugin that builds something else is a :class:`ConfigError`.
+        """
         factory: Callable[..., Any] = self.get(name)
         kwargs = validate_parameters(factory, params or {}, f"[{self.kind}] {name}", injected)
-        return factory(**kwargs)
+        built = factory(**kwargs)
+        if expect is not None and not isinstance(built, expect):
+            raise ConfigError(f"{self.kind} plugin '{name}' built a {type(built).__name__}, "
+                              f"not a flowkit {expect.__name__}")
+        return built
 
 
 transforms = Registry("transform")

@@ -51,18 +51,16 @@ def select_device(spec: str = "auto") -> torch.device:
 def load_dataset(config: dict[str, Any]) -> DataSplits:
     """Build the dataset a resolved config names (``data_dir`` and ``seed`` injected)."""
     from flowkit import registry
+    from flowkit.config import DATA_KEYS
 
     data_cfg = config["data"]
-    params = {k: v for k, v in data_cfg.items()
-              if k not in ("name", "data_dir", "preprocess", "alpha", "dequantize")}
-    data = registry.datasets.build(
+    params = {k: v for k, v in data_cfg.items() if k not in DATA_KEYS}
+    return registry.datasets.build(
         data_cfg["name"], params,
         injected={"seed": config["train"]["seed"],
                   "data_dir": resolve_data_dir(data_cfg.get("data_dir") or None)},
+        expect=DataSplits,
     )
-    if not isinstance(data, DataSplits):
-        raise ConfigError(f"dataset plugin '{data_cfg['name']}' did not return DataSplits")
-    return data
 
 
 def new_run_dir(out_dir: str | Path, config: dict[str, Any], name: str | None = None) -> Path:
