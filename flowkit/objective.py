@@ -12,16 +12,25 @@ The trainer never special-cases an objective. Each step it
 An objective's auxiliary modules and optimiser state are part of its ``state_dict`` (use
 :meth:`get_extra_state` for optimiser state), so they are checkpointed and resumed with the run.
 Objectives compose: :class:`WeightedSum` is ``Σ_k w_k · L_k``.
+
+Four optional hooks let an objective reach beyond the model without special cases in the trainer:
+:meth:`Objective.bind_data` (see the dataset, e.g. a variational target's unnormalised density),
+:meth:`Objective.joint_parameters` (modules trained *with* the model by the model's optimiser, e.g.
+the classifier head of a hybrid model), :meth:`Objective.evaluate` (extra test metrics, e.g. a
+classification accuracy) and :meth:`Objective.figures` (extra figures at the end of a run).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from flowkit.data.base import DataSplits
     from flowkit.model import Flow
 
 
@@ -47,8 +56,31 @@ class LossOutput:
 class Objective(nn.Module):
     """Base class of every training objective (plugins subclass it)."""
 
+    def bind_data(self, data: DataSplits) -> None:
+        """See the dataset before :meth:`setup` (default: ignore it).
+
+        Called once by the trainer. Objectives that need more than batches use it, e.g.
+        ``reverse-kl`` reads ``data.target``, the unnormalised log-density to approximate.
+        """
+
     def setup(self, model: Flow) -> None:
         """Build auxiliary modules and their optimisers once the model exists (default: none)."""
+
+    def joint_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the *model's* optimiser trains together with the model (default: none).
+
+        Auxiliary networks with their own optimiser and schedule (a critic) do not belong here;
+        heads trained jointly on the same loss (a hybrid model's classifier) do.
+        """
+        return iter(())
+
+    def evaluate(self, model: Flow, data: DataSplits, max_examples: int) -> dict[str, float]:
+        """Extra test metrics for the final evaluation, e.g. a classification accuracy."""
+        return {}
+
+    def figures(self, model: Flow, data: DataSplits, run_dir: Path) -> list[Path]:
+        """Write extra figures into ``run_dir`` at the end of a run; return their paths."""
+        return []
 
     def auxiliary_update(self, model: Flow, batch: Batch, step: int) -> dict[str, float]:
         """Update auxiliary modules (e.g. a critic) before the model's step; return logged terms."""
@@ -77,9 +109,26 @@ class WeightedSum(Objective):
         self.terms = nn.ModuleDict(objectives)
         self.weights = dict(weights)
 
+    def bind_data(self, data: DataSplits) -> None:
+        for obj in self.terms.values():
+            obj.bind_data(data)
+
     def setup(self, model: Flow) -> None:
         for obj in self.terms.values():
             obj.setup(model)
+
+    def joint_parameters(self) -> Iterator[nn.Parameter]:
+        for obj in self.terms.values():
+            yield from obj.joint_parameters()
+
+    def evaluate(self, model: Flow, data: DataSplits, max_examples: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for obj in self.terms.values():
+            out.update(obj.evaluate(model, data, max_examples))
+        return out
+
+    def figures(self, model: Flow, data: DataSplits, run_dir: Path) -> list[Path]:
+        return [p for obj in self.terms.values() for p in obj.figures(model, data, run_dir)]
 
     def auxiliary_update(self, model: Flow, batch: Batch, step: int) -> dict[str, float]:
         logged: dict[str, float] = {}

@@ -84,8 +84,10 @@ class Trainer:
         self.data = load_dataset(config)
         self.model = build_model(config, self.data.meta).to(self.device)
         self.objective = build_objective(config["objective"]).to(self.device)
+        self.objective.bind_data(self.data)
         self.objective.setup(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params += [p for p in self.objective.joint_parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, tc)
         self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
         self.stream = _batch_stream(self.data, tc, log)
@@ -256,8 +258,12 @@ class Trainer:
         if not ckpts or not ckpts[-1].name.endswith(f"{self.step:08d}.pt"):
             self.save()
         metrics = self.evaluate(self.config["eval"]["final_max_examples"])
+        self.model.eval()
+        metrics.update(self.objective.evaluate(self.model, self.data,
+                                               self.config["eval"]["final_max_examples"]))
         self._write_metrics({"step": self.step, "kind": "final", **metrics})
         figures = self._final_figures()
+        figures += [p.name for p in self.objective.figures(self.model, self.data, self.run_dir)]
         tc = self.config["train"]
         summary = {
             "status": "completed",

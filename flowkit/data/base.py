@@ -51,6 +51,9 @@ class DataSplits:
 
     ``levels`` is the number of discrete values per scalar for quantized data (``None`` for
     continuous data such as the 2-D toys). ``num_classes`` is ``None`` for unlabelled data.
+    ``target`` is set by variational targets (e.g. the 2-D energy densities): a picklable callable
+    ``x -> log p̃(x)`` of shape ``(B,)``, an *unnormalised* log-density that objectives such as
+    ``reverse-kl`` approximate; ``train``/``test`` then hold reference samples of it.
     """
 
     name: str
@@ -62,6 +65,7 @@ class DataSplits:
     num_classes: int | None = None
     default_preprocess: str = "none"
     info: dict[str, object] = field(default_factory=dict)
+    target: Any | None = None
 
     def __post_init__(self) -> None:
         if self.train.shape[1:] != self.test.shape[1:]:
