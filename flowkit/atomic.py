@@ -38,3 +38,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     except OSError:  # some filesystems do not support fsync on folders
         pass
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Create or replace the text file ``path`` atomically (see :func:`atomic_write`)."""
+    data = text.encode(encoding)
+    return atomic_write(path, lambda fh: fh.write(data))

@@ -1,0 +1,191 @@
+"""``flowkit bench``: suite parsing, the cell matrix, running, skipping, resuming and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowkit.bench.report import fmt, mean_std
+from flowkit.bench.suite import Budget, load_suite, parse_filters
+from flowkit.cli.main import cli
+from flowkit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SUITE = """
+[suite]
+description = "test suite"
+rank_by = "test_nll"
+baseline = { transform = "realnvp" }
+python_path = ["."]
+
+[base.train]
+batch_size = 128
+eval_every = 0
+sample_every = 0
+checkpoint_every = 10
+threads = 1
+
+[base.eval]
+final_max_examples = 500
+
+[matrix]
+transform = ["realnvp", "glow", "nice"]
+data = ["moons"]
+budget = [20]
+seed = [0, 1]
+
+[[override]]
+match = { transform = "realnvp" }
+set = { "transform.num_blocks" = 2, "transform.hidden" = 16 }
+
+[[exclude]]
+match = { transform = "nice" }
+reason = "left out on purpose"
+
+[metrics]
+n_samples = 200
+sample_quality = false
+reconstruction = false
+throughput = false
+
+[[python]]
+name = "probe"
+callable = "probe_cell:measure"
+params = { scale = 3 }
+"""
+
+PROBE = '''
+def measure(scale: int, seed: int) -> list[dict]:
+    return [{"library": "a", "value": 1.5 * scale + seed}, {"library": "b", "value": 2.0}]
+'''
+
+
+@pytest.fixture
+def suite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mini.toml"
+    path.write_text(SUITE)
+    (tmp_path / "probe_cell.py").write_text(PROBE)
+    return path
+
+
+def test_matrix_expands_with_overrides_and_exclusions(suite_file: Path) -> None:
+    suite = load_suite(suite_file)
+    ids = [c.id for c in suite.cells]
+    assert len(ids) == 3 * 2 + 1
+    assert "realnvp__mle__moons__20-steps__s0" in ids
+    realnvp = next(c for c in suite.cells if c.id.startswith("realnvp"))
+    assert realnvp.settings == {"transform.num_blocks": 2, "transform.hidden": 16}
+    assert realnvp.group == "realnvp__mle__moons__20-steps"
+    nice = [c for c in suite.cells if c.axes.get("transform") == "nice"]
+    assert all(c.excluded == "left out on purpose" for c in nice)
+    assert [c.id for c in suite.select(filters=("transform=glow",))] == [
+        "glow__mle__moons__20-steps__s0", "glow__mle__moons__20-steps__s1"]
+    assert len(suite.select(only=("*__s1",))) == 3
+
+
+def test_budgets_parse() -> None:
+    assert Budget.parse(200) == Budget(steps=200)
+    assert Budget.parse("200 steps") == Budget(steps=200)
+    assert Budget.parse("1.5 min") == Budget(minutes=1.5)
+    assert Budget.parse("90 s") == Budget(minutes=1.5)
+    assert Budget.parse("2 min").overrides()["max_minutes"] == 2.0
+    with pytest.raises(ConfigError, match="wall-clock"):
+        Budget.parse("fast")
+
+
+def test_bad_suites_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[matrix]\ntransfrom = ["realnvp"]\ndata = ["moons"]\n')
+    with pytest.raises(ConfigError, match="Did you mean 'transform'"):
+        load_suite(bad)
+    bad.write_text('[metrics]\nfrechett = true\n')
+    with pytest.raises(ConfigError, match="frechet"):
+        load_suite(bad)
+    bad.write_text("[suite\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="Did you mean 'quick'"):
+        load_suite("quik", (ROOT / "benchmarks" / "suites",))
+    with pytest.raises(ConfigError, match="AXIS=VALUE"):
+        parse_filters(("tranform=glow",))
+
+
+def test_mean_std_and_format() -> None:
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5), 2)
+    assert mean_std([float("nan"), 2.0])[2] == 1
+    assert fmt(2.5981, 0.061, 2) == "2.598 ± 0.061"
+    assert fmt(150.0, 0.0, 2) == "150"
+
+
+def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--jobs", "2",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    status = {c["id"]: c["status"] for c in payload["cells"]}
+    assert status["realnvp__mle__moons__20-steps__s0"] == "completed"
+    assert status["glow__mle__moons__20-steps__s1"] == "invalid"
+    assert status["nice__mle__moons__20-steps__s0"] == "excluded"
+    assert status["probe__s0"] == "completed"
+    probe = next(c for c in payload["cells"] if c["id"] == "probe__s0")
+    assert probe["rows"][0]["value"] == 4.5
+    group = next(g for g in payload["groups"] if g["axes"]["transform"] == "realnvp")
+    assert group["metrics"]["test_nll"]["n"] == 2 and group["seeds"] == [0, 1]
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["id"] for r in rows} >= {"realnvp__mle__moons__20-steps__s0", "probe__s0"}
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Benchmark suite `mini`")
+    assert "## Ranking" in report and "## Cells that did not run" in report
+    assert "Glow takes images" in report and "flowkit run --transform realnvp" in report
+    assert (out / "figures" / "ranking.png").stat().st_size > 0
+    # every reported command is a valid flowkit run command
+    cmd = group["command"].split()
+    assert cmd[:2] == ["flowkit", "run"]
+    dry = runner.invoke(cli, [*cmd[1:], "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+
+    # a re-run skips finished cells
+    cell0 = out / "cells" / "realnvp__mle__moons__20-steps__s0"
+    before = (cell0 / "result.json").read_text()
+    again = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--quiet"])
+    assert again.exit_code == 0 and "0 to run" in again.output
+    assert (cell0 / "result.json").read_text() == before
+
+    # a cut-off cell (checkpoint, no result) resumes from its checkpoint
+    (cell0 / "result.json").unlink()
+    ckpts = sorted((cell0 / "run" / "checkpoints").glob("step-*.pt"))
+    for extra in ckpts[1:]:
+        extra.unlink()
+    assert ckpts[0].name == "step-00000010.pt"  # only the step-10 checkpoint is left
+    resumed = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--quiet",
+                                  "--only", "realnvp*s0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in (cell0 / "log.txt").read_text()
+    assert json.loads((cell0 / "result.json").read_text())["status"] == "completed"
+
+
+def test_bench_list_and_dry_run(suite_file: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["bench", "--list", "--suites-dir", str(suite_file.parent)])
+    assert listed.exit_code == 0 and "mini" in listed.output and "7 cells" in listed.output
+    dry = runner.invoke(cli, ["bench", str(suite_file), "--dry-run", "--out",
+                              str(tmp_path / "x"), "--filter", "transform=glow"])
+    assert dry.exit_code == 0 and dry.output.count("to run") == 2
+    missing = runner.invoke(cli, ["bench", str(suite_file), "--only", "nothing*", "--out",
+                                  str(tmp_path / "x")])
+    assert missing.exit_code != 0 and "no cell" in missing.output
+
+
+def test_shipped_suites_parse() -> None:
+    folder = ROOT / "benchmarks" / "suites"
+    for path in sorted(folder.glob("*.toml")):
+        suite = load_suite(path)
+        assert suite.cells, path
