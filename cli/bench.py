@@ -61,8 +61,10 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
             try:
                 loaded = load_suite(path)
                 desc = loaded.meta.get("description", "").strip().splitlines()
+                first = desc[0] if desc else ""
+                first = first if len(first) <= 72 else first[:71] + "…"
                 click.echo(f"  {name:<14} {len(loaded.cells):>3} cells  "
-                           f"{desc[0] if desc else ''}  [{path}]")
+                           f"{first}  [{path}]")
             except Exception as exc:  # a broken suite file is listed, not fatal
                 click.echo(f"  {name:<14} [cannot read: {exc}]  [{path}]")
         return

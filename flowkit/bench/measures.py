@@ -44,9 +44,9 @@ def sample_quality(run: Run, data: DataSplits, switches: dict[str, Any], cell_di
 def frechet(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
             data_dir: str | None) -> dict[str, Any]:
     """Fréchet distance in the feature space of flowkit's own classifier for the dataset."""
-    from flowkit.metrics import frechet_distance
+    from flowkit.metrics import frechet_distance, frechet_skip_reason
 
-    if not data.is_image or data.train_labels is None:
+    if frechet_skip_reason(data) is not None:
         return {}
     return frechet_distance(run.model, data, n=_n(switches), seed=int(run.config["train"]["seed"]))
 

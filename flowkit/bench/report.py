@@ -20,15 +20,17 @@ from typing import Any
 
 from flowkit.atomic import atomic_write_text
 from flowkit.bench.suite import AXES, Suite
+from flowkit.metrics.aggregate import mean_spread
 
 #: The question tables: title, metrics (in order; absent ones are dropped), and a note.
 TABLES: list[tuple[str, list[str], str]] = [
     ("Likelihood", ["test_bpd", "test_nll", "test_nll_per_dim"],
      "test split, dequantized, preprocessing log-det included; lower is better"),
-    ("Sample quality", ["sliced_wasserstein", "sinkhorn", "frechet_distance", "sample_accuracy",
-                        "classifier_test_accuracy"],
-     "distances between samples and test data (lower is better); class-conditional sample "
-     "accuracy by flowkit's own classifier (higher is better)"),
+    ("Sample quality", ["sw_distance", "sinkhorn_distance", "fd", "fd_classifier_accuracy",
+                        "sample_accuracy", "samples_nonfinite_share"],
+     "sliced-Wasserstein and debiased Sinkhorn distances between samples and test data, Fréchet "
+     "distance `fd` in the feature space of flowkit's own classifier (data space for 2-D sets) — "
+     "lower is better; class-conditional sample accuracy by that classifier — higher is better"),
     ("Reconstruction", ["recon_mean_abs", "recon_max_abs"],
      "|decode(encode(x)) − x| on test data"),
     ("Cost", ["steps", "train_time_s", "train_examples_per_s", "density_samples_per_s",
@@ -59,18 +61,6 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return info
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return math.nan, math.nan, 0
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, 0.0, len(vals)
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return mean, math.sqrt(var), len(vals)
 
 
 def fmt(value: float, std: float | None = None, n: int = 1) -> str:
@@ -110,7 +100,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 g["values"].setdefault(key, []).append(value)
     out = []
     for g in groups.values():
-        g["stats"] = {k: mean_std(v) for k, v in g["values"].items()}
+        g["stats"] = {k: mean_spread(v) for k, v in g["values"].items()}
         del g["values"]
         out.append(g)
     return out
