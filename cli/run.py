@@ -40,9 +40,33 @@ def run(config_source: str | None, transform: str | None, objective: str | None,
       flowkit run --transform realnvp --objective mle --data moons
       flowkit run --config realnvp-mnist --data-dir ../data --set train.steps=200
       flowkit run --resume runs/realnvp-mle-moons-20261122-101500
+      torchrun --nproc_per_node=4 -m flowkit.cli run --config realnvp-mnist   # 4 processes
     """
+    from flowkit import distributed
+    from flowkit.errors import FlowkitError
+
+    with distributed.session():  # under torchrun: one process group for the whole command
+        main = distributed.is_main()
+        try:
+            summary = _run(config_source, transform, objective, prior, data, data_dir, overrides,
+                           out_dir, name, resume_dir, dry_run, quiet)
+        except FlowkitError as exc:
+            if main:
+                raise
+            if distributed.raised_on_every_rank(exc):  # rank 0 reports it
+                raise SystemExit(1) from None
+            raise click.ClickException(
+                f"process {distributed.rank()} of {distributed.world_size()}: {exc}") from exc
+    if summary is not None and main:
+        _report(summary)
+
+
+def _run(config_source: str | None, transform: str | None, objective: str | None,
+         prior: str | None, data: str | None, data_dir: Path | None, overrides: tuple[str, ...],
+         out_dir: Path, name: str | None, resume_dir: Path | None, dry_run: bool,
+         quiet: bool) -> dict | None:
+    from flowkit import distributed
     from flowkit.config import load_config
-    from flowkit.runs import read_run_config
     from flowkit.trainer import resume, train
 
     shortcuts = {"transform": transform, "objective": objective, "prior": prior, "data": data,
@@ -51,26 +75,39 @@ def run(config_source: str | None, transform: str | None, objective: str | None,
         changed = config_source or overrides or any(v is not None for v in shortcuts.values())
         requested = None
         if changed:  # start from the run's own config unless a preset or file is given
-            base = None if config_source else read_run_config(resume_dir)
-            requested = load_config(config_source, overrides, base=base, **shortcuts)
-        summary = resume(resume_dir, requested, progress=not quiet, log=click.echo)
-    else:
-        config = load_config(config_source, overrides, **shortcuts)
-        if dry_run:
-            from flowkit.config import dumps
-            from flowkit.model import build_model
-            from flowkit.runs import load_dataset
+            requested = distributed.on_main(_requested_config, config_source, overrides,
+                                            resume_dir, shortcuts)
+        return resume(resume_dir, requested, progress=not quiet, log=click.echo)
+    # rank 0 resolves the config and sends it, so every process trains the same one
+    config = distributed.on_main(load_config, config_source, overrides, **shortcuts)
+    if dry_run:
+        if distributed.is_main():
+            _dry_run(config)
+        return None
+    run_dir = out_dir / name if name else None
+    return train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)
 
-            data = load_dataset(config)
-            model = build_model(config, data.meta)
-            click.echo(dumps(config), nl=False)
-            click.echo(f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
-                       f"{data.test.shape[0]} test; model: "
-                       f"{sum(p.numel() for p in model.parameters()):,} parameters")
-            return
-        run_dir = out_dir / name if name else None
-        summary = train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)
-    _report(summary)
+
+def _requested_config(config_source: str | None, overrides: tuple[str, ...], resume_dir: Path,
+                      shortcuts: dict) -> dict:
+    from flowkit.config import load_config
+    from flowkit.runs import read_run_config
+
+    base = None if config_source else read_run_config(resume_dir)
+    return load_config(config_source, overrides, base=base, **shortcuts)
+
+
+def _dry_run(config: dict) -> None:
+    from flowkit.config import dumps
+    from flowkit.model import build_model
+    from flowkit.runs import load_dataset
+
+    data = load_dataset(config)
+    model = build_model(config, data.meta)
+    click.echo(dumps(config), nl=False)
+    click.echo(f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
+               f"{data.test.shape[0]} test; model: "
+               f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
 
 def _report(summary: dict) -> None:

@@ -13,6 +13,7 @@
       reconstructions.png  test images and decode(encode(x))
       summary.json       final test NLL / bits-per-dim, speed, status
 
+Under torchrun only rank 0 writes in the run folder (:mod:`flowkit.distributed`).
 :func:`load_run` rebuilds the trained model from a run folder without needing the data.
 """
 
@@ -36,16 +37,46 @@ CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
 
 
 def select_device(spec: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(spec)``."""
+    """``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(spec)``.
+
+    Under torchrun (:mod:`flowkit.distributed`) a CUDA device is this process's own GPU,
+    ``cuda:LOCAL_RANK``.
+    """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device: {spec!r} is not a device (use auto, cpu, cuda)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use auto")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(spec)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"train.device: {spec!r} is not a device (use auto, cpu, cuda)") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available; use auto")
+    if device.type == "cuda":
+        return _process_gpu(device)
     return device
+
+
+def _process_gpu(device: torch.device) -> torch.device:
+    """``cuda:LOCAL_RANK`` for a process started by torchrun; ``device`` itself otherwise."""
+    from flowkit import distributed
+
+    if not distributed.is_initialized():
+        return device
+    if device.index is not None:
+        if distributed.world_size() > 1:  # the same on every process: rank 0 reports it
+            raise distributed.mark_every_rank(ConfigError(
+                f"train.device = {str(device)!r}, but under torchrun every process trains on its "
+                f"own GPU, cuda:LOCAL_RANK; set train.device to 'auto' or 'cuda'"
+            ))
+        return device
+    local, count = distributed.local_rank(), torch.cuda.device_count()
+    if local >= count:
+        raise ConfigError(
+            f"the process with LOCAL_RANK={local} has no GPU of its own ({count} visible); start "
+            f"at most {count} processes per node (--nproc_per_node) or set train.device = 'cpu'"
+        )
+    return torch.device("cuda", local)
 
 
 def load_dataset(config: dict[str, Any]) -> DataSplits:

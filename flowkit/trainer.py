@@ -6,6 +6,10 @@ backward, gradient clipping, the optimiser and schedule, the prior's post-step h
 seeding, device choice, a tqdm progress bar, JSONL metrics, periodic evaluation and samples,
 atomic checkpoints, resume, and a NaN/Inf guard that stops with a clear message and keeps the last
 good checkpoint.
+
+Under torchrun (:mod:`flowkit.distributed`) every process trains on its slice of the same global
+batch, gradients are averaged before clipping, and rank 0 alone writes files; each ``dist.`` call
+below is a no-op under one process.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowkit import __version__
+from flowkit import distributed as dist
 from flowkit.checkpoint import load_checkpoint, save_checkpoint
 from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
@@ -67,21 +72,37 @@ def _batch_stream(data: DataSplits, tc: dict[str, Any],
     return BatchStream(data.train, data.train_labels, tc["batch_size"], tc["seed"])
 
 
+def _shard(stream: BatchStream | ClassBalancedStream) -> torch.Tensor | None:
+    """This process's positions in each global batch (``None``: one process trains on all of it)."""
+    if dist.world_size() == 1:
+        return None
+    try:
+        return stream.shard(dist.rank(), dist.world_size())
+    except ConfigError as exc:  # the same on every process: rank 0 reports it
+        raise dist.mark_every_rank(exc) from None
+
+
+def _discard(message: str) -> None:
+    """The log of processes other than rank 0: only rank 0 prints."""
+
+
 class Trainer:
     """Trains the model a resolved config describes, in ``run_dir``."""
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:
+        dist.init()  # joins torchrun's process group, if any (idempotent)
         self.config = config
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.log = log
+        self.progress = progress and dist.is_main()
+        self.log = log if dist.is_main() else _discard
         tc = config["train"]
         self.device = select_device(tc["device"])
         if tc["threads"] > 0:
             torch.set_num_threads(tc["threads"])
         torch.manual_seed(tc["seed"])
-        self.data = load_dataset(config)
+        with dist.local_main_first():  # one process per node fills the dataset cache
+            self.data = load_dataset(config)
         self.model = build_model(config, self.data.meta).to(self.device)
         self.objective = build_objective(config["objective"]).to(self.device)
         self.objective.bind_data(self.data)
@@ -90,7 +111,8 @@ class Trainer:
         self.params += [p for p in self.objective.joint_parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, tc)
         self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
-        self.stream = _batch_stream(self.data, tc, log)
+        self.stream = _batch_stream(self.data, tc, self.log)
+        self.shard = _shard(self.stream)
         self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
         self.step = 0
         self.elapsed = 0.0
@@ -110,6 +132,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if dist.world_size() > 1:  # every process's random stream, so resume is exact
+            state["rank_rng"] = dist.gather_rng_states(self.device)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -127,13 +151,31 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        note = dist.restore_rng_states(state.get("rank_rng"), self.config["train"]["seed"],
+                                       self.step, self.device)
+        if note:
+            self.log(note)
 
     def save(self) -> Path:
-        folder = self.run_dir / "checkpoints"
-        path = save_checkpoint(folder / f"step-{self.step:08d}.pt", self.state())
-        for old in list_checkpoints(self.run_dir)[:-max(1, self.config["train"]["keep_checkpoints"])]:
-            old.unlink(missing_ok=True)
+        """Write a checkpoint (rank 0); under torchrun every process must call it."""
+        self._resync()
+        state = self.state()
+        path = self.run_dir / "checkpoints" / f"step-{self.step:08d}.pt"
+        if dist.is_main():
+            save_checkpoint(path, state)
+            for old in list_checkpoints(self.run_dir)[:-max(1, self.config["train"]["keep_checkpoints"])]:
+                old.unlink(missing_ok=True)
         return path
+
+    def _resync(self) -> None:
+        """Check that the processes still hold the same parameters; then copy rank 0's to all."""
+        drifted = dist.out_of_sync(model=self.model, objective=self.objective)
+        if drifted:
+            self.log(f"warning: {len(drifted)} parameter tensor(s) differ between processes "
+                     f"({', '.join(drifted[:3])}...): an objective that steps its own optimiser "
+                     f"must call flowkit.distributed.average_gradients(params) between backward() "
+                     f"and step(); rank 0's values are copied to every process")
+        dist.broadcast_modules(self.model, self.objective)
 
     # -- pieces of a step ---------------------------------------------------------------------
     def _batch(self, step: int) -> Batch:
@@ -141,6 +183,8 @@ class Trainer:
         if self.dequantize:
             gen = torch.Generator().manual_seed(self.config["train"]["seed"] * 7919 + step)
             x = dequantize(x, self.data.levels, gen)
+        if self.shard is not None:  # this process's slice of the global batch and of its noise
+            x, y = x[self.shard], (None if y is None else y[self.shard])
         return Batch(x.to(self.device, non_blocking=True),
                      None if y is None else y.to(self.device, non_blocking=True))
 
@@ -154,6 +198,8 @@ class Trainer:
         self.model.initialize(x.to(self.device), None if y is None else y.to(self.device))
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
+        if not dist.is_main():
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -162,6 +208,9 @@ class Trainer:
         return evaluate_nll(self.model, self.data, batch_size=ec["batch_size"],
                             max_examples=max_examples, dequantize_data=self.dequantize,
                             seed=self.config["train"]["seed"])
+
+    def _log_evaluation(self, max_examples: int) -> None:
+        self._write_metrics({"step": self.step, "kind": "eval", **self.evaluate(max_examples)})
 
     def _figure(self, path: Path) -> None:
         ec = self.config["eval"]
@@ -180,23 +229,29 @@ class Trainer:
         ckpts = list_checkpoints(self.run_dir)
         kept = (f"the last good checkpoint is kept: {ckpts[-1]}" if ckpts
                 else "no checkpoint had been written yet")
+        if dist.world_size() > 1:
+            what += f" (on at least one of the {dist.world_size()} processes)"
         message = (
             f"training stopped at step {self.step}: {what} became NaN or infinite "
             f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); {kept}. Try a lower "
             f"train.lr, set train.grad_clip (e.g. 5.0), or a larger data.alpha."
         )
-        (self.run_dir / "summary.json").write_text(json.dumps(
-            {"status": "diverged", "step": self.step, "message": message}, indent=2))
-        return TrainingDiverged(message)
+        if dist.is_main():
+            (self.run_dir / "summary.json").write_text(json.dumps(
+                {"status": "diverged", "step": self.step, "message": message}, indent=2))
+        return dist.mark_every_rank(TrainingDiverged(message))  # every process stops here
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train until ``train.steps``; returns (and writes) ``summary.json``."""
         tc, ec = self.config["train"], self.config["eval"]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(dumps(self.config), encoding="utf-8")
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(dumps(self.config), encoding="utf-8")
         if self.step == 0:
             self.initialize()
+            dist.seed_rank_stream(tc["seed"])  # ranks > 0: their own prior samples and noise
+        dist.broadcast_modules(self.model, self.objective)  # every process starts from rank 0's
         self.model.train()
         bar = tqdm(total=tc["steps"], initial=self.step, disable=not self.progress,
                    desc=f"{self.config['transform']['name']} on {self.data.name}",
@@ -212,10 +267,11 @@ class Trainer:
             out = self.objective.loss(self.model, batch, self.step)
             terms.update(out.terms)
             if out.total is not None:
-                if not torch.isfinite(out.total):
+                if not dist.all_true(bool(torch.isfinite(out.total))):
                     raise self._diverged("the loss", terms)
                 self.optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
+                dist.average_gradients(self.params)  # the global batch's gradient, on every rank
                 clip = tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
                 if not math.isfinite(grad_norm):
@@ -224,10 +280,11 @@ class Trainer:
                 self.model.prior.after_step()
                 terms["grad_norm"] = grad_norm
             self.step += 1
-            seen += batch.x.shape[0]
+            seen += batch.x.shape[0] * dist.world_size()
             self.elapsed += time.perf_counter() - t0
             bar.update(1)
             if self.step % tc["log_every"] == 0 or self.step == tc["steps"]:
+                terms = dist.average_terms(terms)  # the global batch's loss under torchrun
                 now = time.perf_counter()
                 record = {"step": self.step, **terms, "lr": lr,
                           "examples_per_s": seen / max(now - t_window, 1e-9)}
@@ -237,26 +294,31 @@ class Trainer:
                                  if k in ("loss", "nll_per_dim", "bpd")} or None)
             if tc["eval_every"] and self.step % tc["eval_every"] == 0 \
                     and self.step < tc["steps"]:
-                metrics = self.evaluate(ec["max_examples"])
-                self._write_metrics({"step": self.step, "kind": "eval", **metrics})
+                dist.on_main(self._log_evaluation, ec["max_examples"])  # others wait for rank 0
                 self.model.train()
             if tc["sample_every"] and self.step % tc["sample_every"] == 0 \
                     and self.step < tc["steps"]:
-                self._figure(self.run_dir / "samples" / f"step-{self.step:08d}.png")
+                dist.on_main(self._figure, self.run_dir / "samples" / f"step-{self.step:08d}.png")
                 self.model.train()
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
-            if tc["max_minutes"] > 0 and self.elapsed >= 60.0 * tc["max_minutes"]:
+            if tc["max_minutes"] > 0 and dist.any_true(self.elapsed >= 60.0 * tc["max_minutes"]):
                 self.log(f"time budget of {tc['max_minutes']} min reached at step {self.step}")
                 break
         bar.close()
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint, full evaluation, figure and ``summary.json``."""
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts or not ckpts[-1].name.endswith(f"{self.step:08d}.pt"):
+        """Final checkpoint, full evaluation, figure and ``summary.json`` (on rank 0)."""
+        if dist.on_main(self._needs_final_checkpoint):
             self.save()
+        return dist.on_main(self._summarize)
+
+    def _needs_final_checkpoint(self) -> bool:
+        ckpts = list_checkpoints(self.run_dir)
+        return not ckpts or not ckpts[-1].name.endswith(f"{self.step:08d}.pt")
+
+    def _summarize(self) -> dict[str, Any]:
         metrics = self.evaluate(self.config["eval"]["final_max_examples"])
         self.model.eval()
         metrics.update(self.objective.evaluate(self.model, self.data,
@@ -280,6 +342,7 @@ class Trainer:
             "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),
                                           1),
             "device": str(self.device),
+            **({"processes": dist.world_size()} if dist.world_size() > 1 else {}),
             "figures": figures,
             "flowkit_version": __version__,
         }
@@ -289,18 +352,45 @@ class Trainer:
 
 def train(config: dict[str, Any], run_dir: str | Path | None = None, *, out_dir: str | Path = "runs",
           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a resolved config in a new run folder; returns the summary (``summary.json``)."""
-    if run_dir is None:
-        run_dir = new_run_dir(out_dir, config)
-    elif Path(run_dir).exists() and list_checkpoints(run_dir):
-        raise ConfigError(
-            f"{str(run_dir)!r} already holds a run; resume it with `flowkit run --resume "
-            f"{run_dir}` or choose another folder"
-        )
+    """Train a resolved config in a new run folder; returns the summary (``summary.json``).
+
+    Under torchrun every process calls it with the same config (:mod:`flowkit.distributed`).
+    """
+    dist.init()
+    run_dir = dist.on_main(_prepare_run_dir, config, run_dir, out_dir)  # rank 0 names the folder
     trainer = Trainer(config, run_dir, progress=progress, log=log)
     summary = trainer.fit()
     summary["run_dir"] = str(trainer.run_dir)
     return summary
+
+
+def _prepare_run_dir(config: dict[str, Any], run_dir: str | Path | None,
+                     out_dir: str | Path) -> Path:
+    if run_dir is None:
+        return new_run_dir(out_dir, config)
+    if Path(run_dir).exists() and list_checkpoints(run_dir):
+        raise ConfigError(
+            f"{str(run_dir)!r} already holds a run; resume it with `flowkit run --resume "
+            f"{run_dir}` or choose another folder"
+        )
+    return Path(run_dir)
+
+
+def _require_checkpoint(run_dir: Path) -> None:
+    if not list_checkpoints(run_dir):
+        raise CheckpointError(f"{str(run_dir)!r} has no checkpoint to resume from")
+
+
+def _newest_state(run_dir: Path, map_location: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The newest readable checkpoint of ``run_dir`` (unreadable ones are left in place)."""
+    errors = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path, map_location=map_location)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            log(f"warning: skipping unreadable checkpoint {path.name}")
+    raise CheckpointError("no readable checkpoint to resume from: " + " | ".join(errors))
 
 
 def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
@@ -311,7 +401,8 @@ def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
     (e.g. ``train.steps`` to train longer); any other difference is an error.
     """
     run_dir = Path(run_dir)
-    saved = resolve(read_run_config(run_dir))
+    dist.init()
+    saved = resolve(dist.on_main(read_run_config, run_dir))  # rank 0 reads; all get it
     config = saved
     if requested is not None:
         conflicts = [k for k in diff(saved, requested) if k not in RESUMABLE_KEYS]
@@ -324,22 +415,13 @@ def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
                 f"logging/eval settings may change), or start a new run."
             )
         config = requested
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"{str(run_dir)!r} has no checkpoint to resume from")
+    dist.on_main(_require_checkpoint, run_dir)  # fail before building the model
     trainer = Trainer(config, run_dir, progress=progress, log=log)
-    state, errors = None, []
-    for path in reversed(ckpts):  # newest readable checkpoint; unreadable ones are left in place
-        try:
-            state = load_checkpoint(path, map_location=trainer.device)
-            break
-        except CheckpointError as exc:
-            errors.append(str(exc))
-            log(f"warning: skipping unreadable checkpoint {path.name}")
-    if state is None:
-        raise CheckpointError("no readable checkpoint to resume from: " + " | ".join(errors))
+    # under torchrun rank 0 reads the checkpoint on the CPU and sends it to every process
+    where = trainer.device if dist.world_size() == 1 else "cpu"
+    state = dist.on_main(_newest_state, run_dir, where, trainer.log)
     trainer.load_state(state)
-    log(f"resuming {run_dir} from step {trainer.step}")
+    trainer.log(f"resuming {run_dir} from step {trainer.step}")
     summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     return summary

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowkit.errors import DataError
+from flowkit.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,17 @@ class BatchStream:
         idx = self._order[k * self.batch_size:(k + 1) * self.batch_size]
         return self.data[idx], (self.labels[idx] if self.labels is not None else None)
 
+    def shard(self, rank: int, world_size: int) -> Tensor:
+        """Positions in every global batch that process ``rank`` of ``world_size`` trains on.
+
+        The ``rank``-th contiguous slice of ``batch_size / world_size`` examples: the global batch
+        is already a random draw, so slices are equally random, and together they are exactly the
+        batch one process would train on (see :mod:`flowkit.distributed`).
+        """
+        fix = f"train.batch_size = {self.batch_size + (-self.batch_size) % world_size}"
+        per_rank = _equal_share(self.batch_size, world_size, "train.batch_size", fix)
+        return torch.arange(rank * per_rank, (rank + 1) * per_rank)
+
 
 class ClassBalancedStream:
     """Batches with the same number of examples from every class, addressed by training step.
@@ -157,6 +168,7 @@ class ClassBalancedStream:
         self.labels = labels
         self.seed = int(seed)
         self.per_class = max(1, int(batch_size) // num_classes)
+        self.num_classes = int(num_classes)
         self.members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
         self.members = [m for m in self.members if m.numel() > 0]
         self._cache: dict[int, tuple[int, Tensor]] = {}
@@ -178,3 +190,33 @@ class ClassBalancedStream:
             parts.append(self._order(c, members, epoch)[k * n:(k + 1) * n])
         idx = torch.cat(parts)
         return self.data[idx], self.labels[idx]
+
+    def shard(self, rank: int, world_size: int) -> Tensor:
+        """Positions in every global batch that process ``rank`` of ``world_size`` trains on.
+
+        The ``rank``-th slice *of every class's block*, so each process's batch is class-balanced
+        too (per-class objectives such as ``ot`` then see every class on every process, with
+        ``per_class / world_size`` examples each).
+        """
+        positions, offset = [], 0
+        fix = (f"train.batch_size = "
+               f"{(self.per_class + (-self.per_class) % world_size) * self.num_classes}")
+        for members in self.members:
+            n = min(self.per_class, members.numel())
+            what = (f"the class-balanced batch ({self.per_class} per class)" if n == self.per_class
+                    else f"a class with only {n} training examples")
+            k = _equal_share(n, world_size, what, fix)
+            positions.append(torch.arange(offset + rank * k, offset + (rank + 1) * k))
+            offset += n
+        return torch.cat(positions)
+
+
+def _equal_share(n: int, world_size: int, what: str, fix: str) -> int:
+    """``n / world_size`` examples per process; a :class:`ConfigError` unless it divides evenly."""
+    if n % world_size:
+        raise ConfigError(
+            f"{what}: {n} examples per step cannot be shared equally by {world_size} processes "
+            f"(train.batch_size is the global batch of all processes together); use a multiple "
+            f"of {world_size}, e.g. {fix}, or another --nproc_per_node"
+        )
+    return n // world_size

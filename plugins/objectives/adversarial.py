@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowkit.distributed import average_gradients
 from flowkit.errors import ConfigError
 from flowkit.objective import Batch, LossOutput, Objective
 from flowkit.plugins.objectives.critic import LatentCritic
@@ -87,6 +88,10 @@ class AdversarialLatent(Objective):
     hinge loss with encodings as the critic's positive class, 750 prior samples per critic step,
     critic Adam with betas (0, 0.9), gradient-norm clip 1000 and ``critic_lr = 1e-3``: the
     reference meant 4e-4 but misspelt the key (``'lr:'``), so Adam's default 1e-3 was used.
+
+    Under torchrun each process scores its slice of the batch and its own ``critic_samples``
+    prior samples; the critic's gradients are averaged over the processes before its step
+    (:func:`flowkit.distributed.average_gradients`), so every process keeps the same critic.
     """
 
     #: chosen with --objective adversarial: the restricted prior it needs
@@ -225,6 +230,7 @@ class AdversarialLatent(Objective):
         loss = critic_loss(d_data, d_prior, self.gan_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(critic.parameters())  # under torchrun: the same critic on every process
         torch.nn.utils.clip_grad_norm_(critic.parameters(), self.critic_grad_clip)
         optimizer.step()
         return {
