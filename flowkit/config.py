@@ -48,7 +48,9 @@ class TrainConfig:
     ``max_minutes`` > 0 stops training after that much training time (a wall-clock budget; the
     run then finishes normally). ``threads`` > 0 sets ``torch.set_num_threads``.
     ``sampler = "class-balanced"`` draws ``batch_size // num_classes`` examples of every class per
-    step (labelled datasets only).
+    step (labelled datasets only). ``invertible_backprop = true`` trains without storing the
+    activations of blocks with an exact inverse: they are reconstructed from the outputs during
+    the backward pass (:mod:`flowkit.invertible_backprop`; same gradients, much less memory).
     """
 
     steps: int = 2000
@@ -71,6 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     init_examples: int = 512
+    invertible_backprop: bool = False
 
 
 @dataclass
@@ -99,7 +102,7 @@ DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 #: ``[train]`` keys that may differ when a run is resumed (everything else must match).
 RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
                   "train.eval_every", "train.sample_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.device",
+                  "train.keep_checkpoints", "train.device", "train.invertible_backprop",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}
 

@@ -104,6 +104,10 @@ class Trainer:
         with dist.local_main_first():  # one process per node fills the dataset cache
             self.data = load_dataset(config)
         self.model = build_model(config, self.data.meta).to(self.device)
+        if tc["invertible_backprop"]:
+            from flowkit.invertible_backprop import enable_invertible_backprop
+
+            enable_invertible_backprop(self.model, log=self.log)
         self.objective = build_objective(config["objective"]).to(self.device)
         self.objective.bind_data(self.data)
         self.objective.setup(self.model)

@@ -60,6 +60,8 @@ class IRevNetBlock(Transform):
     :class:`IRevNet` applies as a separate squeeze). C must be even.
     """
 
+    exact_inverse = True  # memory-free backprop may reconstruct its input (invertible_backprop)
+
     volume_preserving = True
     input_ranks = (3,)
     channel_multiple = 2

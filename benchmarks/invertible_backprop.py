@@ -1,0 +1,298 @@
+"""Peak training memory and step time: autograd vs per-block checkpointing vs invertible backprop.
+
+The model: a squeeze ``3×32×32 → 12×16×16`` then 32 additive couplings (checkerboard masks of
+alternating parity, residual conv conditioners with 64 hidden channels and 2 residual blocks),
+all built from flowkit's plugins; batch 64; loss ``½‖z‖²/B − mean log-det`` (a Gaussian NLL); one
+training step is zero-grad, forward, backward and an Adam update. The weights are perturbed off
+their identity initialisation. Three variants train the same model:
+
+``autograd``
+    the plain stack: every block's activations are stored.
+``checkpoint``
+    every block under ``torch.utils.checkpoint.checkpoint`` (non-reentrant): only block inputs
+    are stored, and each block's forward runs again during backward.
+``invertible``
+    :class:`flowkit.invertible_backprop.InvertibleBackprop`: only the output is stored; inputs
+    are reconstructed by inversion during backward.
+
+Memory is measured for every variant in a fresh Python subprocess (nothing left over from
+another variant), after one warm-up step (so the Adam state and allocator pools exist). Peak
+memory is the memory of the step itself, above what is resident before it:
+
+* CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
+  ``memory_allocated()`` before the step.
+* CPU, ``tensor_peak`` (the headline number): a ``TorchDispatchMode`` sees every tensor every
+  operator creates (backward included), counts each new storage's bytes while it is alive
+  (a weak-reference finaliser subtracts them when it is freed), and reports the peak of that
+  count. It is exact and deterministic, but misses scratch memory operators allocate
+  internally (e.g. convolution workspaces), which all variants share.
+* CPU, ``rss_peak`` (a cross-check): the process's peak resident set (``VmHWM``) during the
+  step minus its resident set before it, with the peak reset through ``/proc/self/clear_refs``
+  and ``MALLOC_MMAP_THRESHOLD_=65536`` so that large blocks go back to the system when freed
+  (that setting slows allocation down, so the timing process runs without it). It includes
+  everything (workspaces, allocator slack) and is noisier.
+
+The memory is that of zero-grad, forward and backward (activations and gradient buffers); the
+Adam update, which is the same for every variant, is left out of it but not out of the time.
+Step time is measured in one more subprocess, without the tracker: after a warm-up step of each,
+the variants take turns for ``--repeats`` rounds (so that a change of load on the machine hits
+them alike), and the median full step is reported as wall-clock time and as the process's CPU
+time (``time.process_time``: with ``--threads 1`` the compute a step costs, less sensitive to
+other processes competing for the cores). Ratios are against ``autograd`` from the same run.
+Timings on a shared machine are noisy; run on a quiet one::
+
+    .venv/bin/python benchmarks/invertible_backprop.py                 # defaults as above
+    .venv/bin/python benchmarks/invertible_backprop.py --device cuda --repeats 20
+    .venv/bin/python benchmarks/invertible_backprop.py --batch 16 --blocks 8   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from flowkit import registry
+from flowkit.composition import Sequential
+from flowkit.invertible_backprop import InvertibleBackprop
+from flowkit.transform import Transform
+
+VARIANTS = ("autograd", "checkpoint", "invertible")
+
+
+# -- the model ---------------------------------------------------------------------------------
+def build_stack(blocks: int, hidden: int, num_blocks: int, seed: int) -> Sequential:
+    """Squeeze 3×32×32 → 12×16×16, then ``blocks`` additive couplings, from flowkit's plugins."""
+    torch.manual_seed(seed)
+    squeeze = registry.transforms.build("squeeze", {}, injected={"event_shape": (3, 32, 32)})
+    steps: list[Transform] = [squeeze]
+    for k in range(blocks):
+        steps.append(registry.transforms.build(
+            "additive-coupling",
+            {"mask": "checkerboard", "parity": bool(k % 2), "conditioner": "conv",
+             "hidden": hidden, "num_blocks": num_blocks},
+            injected={"event_shape": squeeze.output_shape}))
+    stack = Sequential(steps)
+    with torch.no_grad():  # off the identity initialisation, without blowing the stack up
+        for p in stack.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return stack
+
+
+class Checkpointed(nn.Module):
+    """Every step of a sequence under non-reentrant activation checkpointing."""
+
+    def __init__(self, stack: Sequential) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for step in self.stack:
+            x, logdet = torch.utils.checkpoint.checkpoint(step, x, None, use_reentrant=False)
+            total = total + logdet
+        return x, total
+
+
+def build_variant(variant: str, stack: Sequential) -> nn.Module:
+    """The module a variant trains (all share ``stack``'s parameters)."""
+    if variant == "autograd":
+        return stack
+    if variant == "checkpoint":
+        return Checkpointed(stack)
+    return InvertibleBackprop(stack)
+
+
+# -- memory measurement --------------------------------------------------------------------------
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes of the live storages of tensors created while the mode is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._alive: set[int] = set()
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._alive.discard(key)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._alive:
+                continue  # a view or in-place result of a storage already counted
+            self._alive.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, key, nbytes)
+        return out
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _rss_peak_of(step: Any) -> int | None:
+    """Peak resident bytes during ``step()`` above the resident bytes before it (Linux only)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # resets VmHWM to the current VmRSS
+        before = _proc_status_kb("VmRSS")
+    except OSError:
+        return None
+    step()
+    return 1024 * (_proc_status_kb("VmHWM") - before)
+
+
+# -- measurements, each in a fresh process ------------------------------------------------------
+class Bench:
+    """The model, one input batch and an optimiser, as the variants train them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.device = torch.device(args.device)
+        self.stack = build_stack(args.blocks, args.hidden, args.num_blocks,
+                                 args.seed).to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.stack.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        self.x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(self.device)
+
+    def forward_backward(self, module: nn.Module) -> None:
+        """Zero-grad, forward, Gaussian NLL, backward."""
+        self.optimizer.zero_grad(set_to_none=True)
+        z, logdet = module(self.x)
+        loss = 0.5 * z.square().sum() / z.shape[0] - logdet.mean()
+        loss.backward()
+
+    def step(self, module: nn.Module) -> None:
+        """One training step."""
+        self.forward_backward(module)
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def info(self) -> dict[str, Any]:
+        return {"device": str(self.device), "threads": torch.get_num_threads()}
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of one variant's step (called in a fresh subprocess per variant)."""
+    bench = Bench(args)
+    module = build_variant(args.variant, bench.stack)
+    bench.step(module)  # warm-up: Adam state, allocator pools, kernel selection
+    result: dict[str, Any] = {"variant": args.variant, **bench.info()}
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+        before = torch.cuda.memory_allocated(bench.device)
+        bench.forward_backward(module)
+        torch.cuda.synchronize(bench.device)
+        result["tensor_peak"] = torch.cuda.max_memory_allocated(bench.device) - before
+    else:
+        result["rss_peak"] = _rss_peak_of(lambda: bench.forward_backward(module))
+        tracker = TensorPeak()
+        with tracker:
+            bench.forward_backward(module)
+        result["tensor_peak"] = tracker.peak
+    return result
+
+
+def measure_time(args: argparse.Namespace) -> dict[str, Any]:
+    """Median step times of every variant, measured in turn so that load changes hit them alike."""
+    bench = Bench(args)
+    modules = {v: build_variant(v, bench.stack) for v in VARIANTS}
+    for module in modules.values():
+        bench.step(module)  # warm-up
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for variant, module in modules.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            bench.step(module)
+            wall[variant].append(time.perf_counter() - t0)
+            cpu[variant].append(time.process_time() - c0)
+    return {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
+                "step_s_all": [round(t, 4) for t in wall[v]]} for v in VARIANTS}
+
+
+def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess (memory with the mmap threshold fixed)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure", measure, "--variant", variant,
+           "--device", args.device, "--batch", str(args.batch), "--blocks", str(args.blocks),
+           "--hidden", str(args.hidden), "--num-blocks", str(args.num_blocks),
+           "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--seed", str(args.seed)]
+    env = dict(os.environ)
+    if measure == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", choices=("memory", "time"),
+                        help="take one measurement in this process (internal)")
+    parser.add_argument("--variant", choices=VARIANTS, default="autograd",
+                        help="the variant --measure memory measures (internal)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--num-blocks", type=int, default=2,
+                        help="residual blocks per conditioner")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    if args.measure:
+        measure = measure_memory if args.measure == "memory" else measure_time
+        print(json.dumps(measure(args)))
+        return
+    times = _spawn(args, "time")
+    rows = [_spawn(args, "memory", v) | times[v] for v in VARIANTS]
+    base = rows[0]
+    for row in rows:
+        for key in ("tensor_peak", "rss_peak", "step_s", "cpu_s"):
+            if row.get(key) is not None and base.get(key):
+                row[f"{key}_ratio"] = round(row[key] / base[key], 3)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
+          f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)")
+    print(f"{'variant':<12}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
+          f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}")
+    nan = float("nan")
+    for row in rows:
+        rss = row.get("rss_peak")
+        print(f"{row['variant']:<12}{row['tensor_peak'] / 2**20:>16.1f}"
+              f"{row.get('tensor_peak_ratio', nan):>8.3f}"
+              f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
+              f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"
+              f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}")
+
+
+if __name__ == "__main__":
+    main()

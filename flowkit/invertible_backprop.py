@@ -1,0 +1,575 @@
+"""Memory-free backpropagation by inversion: reconstruct activations instead of storing them.
+
+A stack of invertible blocks ``y = f_K ∘ … ∘ f_1(x)`` does not need to keep its intermediate
+activations for the backward pass: every block's input can be recomputed from its output with
+the block's exact inverse (Gomez, Ren, Urtasun & Grosse 2017, "The Reversible Residual Network:
+Backpropagation Without Storing Activations", §4, Algorithm 1). :class:`InvertibleBackprop` wraps
+a transform so that
+
+* the forward pass runs without an autograd graph and keeps only each chain's final output (and
+  the summed log-determinant);
+* the backward pass walks the blocks in reverse: from the output ``h_k`` and its gradients
+  ``(∂L/∂h_k, ∂L/∂logdet)`` it reconstructs the input ``h_{k-1} = f_k⁻¹(h_k)``, recomputes the
+  block locally with gradients enabled and back-propagates through that one block, giving
+  ``∂L/∂h_{k-1}`` and the block's parameter gradients; then the block's activations are dropped.
+
+Peak memory is then one output per chain plus one block's local graph, instead of every block's
+activations; the price is the reconstruction. For coupling-type blocks (masked couplings, Glow
+couplings, RevNet blocks) the reconstruction and the local recomputation share their conditioner
+evaluations (the conditioner reads the part that passes unchanged, which is known from the
+output), so a training step costs about what per-block checkpointing costs, ``2F + B``, not
+``3F + B``. Pure re-indexings (squeeze, subsample, permutations, reshapes) are orthogonal maps
+whose transpose is their inverse, so their input gradient is the inverse applied to the output
+gradient: no recomputation at all.
+
+Which blocks are reconstructed: types on the built-in allow-list (:func:`_builtin_rules`), and any
+:class:`~flowkit.transform.Transform` subclass with the class attribute ``exact_inverse = True``
+(third-party plugins opt in that way; ``exact_inverse = False`` opts a subclass of an allowed type
+out). Such a block must have an ``inverse`` that recovers its input to round-off and a
+deterministic ``forward`` (no dropout or other randomness, no batch statistics). Containers are
+entered: :class:`~flowkit.composition.Sequential`, :class:`~flowkit.composition.Architecture`
+(its ``flow``) and :class:`~flowkit.composition.MultiScale` (the factor-out between levels runs
+under ordinary autograd, which stores nothing for it). Every other block — an iterative or
+sequential inverse (MAF/IAF layers, planar flows, the nflows bridge), or a container that
+overrides ``forward`` — runs with ordinary autograd inside the stack; :func:`enable_invertible_backprop`
+logs their names.
+
+Data-dependent initialisation still works: while any block with an ``initialized`` buffer (e.g.
+actnorm) is uninitialised in training mode, the wrapper runs the ordinary forward. Without
+gradients (``torch.no_grad``) or in evaluation mode the wrapper calls the transform directly.
+``inverse`` is never wrapped (sampling does not build a graph through many blocks in training).
+Double backward (``create_graph=True``) is not supported through the reconstructed blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from flowkit.composition import Architecture, Inverse, MultiScale, Reshape, Sequential
+from flowkit.transform import Transform, sum_except_batch
+
+__all__ = [
+    "InvertibleBackprop",
+    "enable_invertible_backprop",
+    "generic_rule",
+    "is_exact",
+    "register_rule",
+    "rule_for",
+]
+
+#: ``(x, ∂L/∂x or None, parameter gradients)`` returned by a reconstruction rule.
+RuleResult = tuple[Tensor, Tensor | None, list[Tensor | None]]
+#: ``rule(block, y, context, grad_y, grad_logdet, need_input_grad, params) -> RuleResult``.
+Rule = Callable[[Transform, Tensor, Tensor | None, Tensor, Tensor, bool, list[Tensor]], RuleResult]
+
+
+# -- gradient helpers ----------------------------------------------------------------------------
+def _vjp(
+    outputs: Sequence[Tensor], grads: Sequence[Tensor], inputs: Sequence[Tensor],
+) -> list[Tensor | None]:
+    """``Σ_i grads_i · ∂outputs_i/∂inputs`` (``None`` where an input is unused)."""
+    pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+    if not pairs or not inputs:
+        return [None] * len(inputs)
+    out = torch.autograd.grad([o for o, _ in pairs], list(inputs), [g for _, g in pairs],
+                              allow_unused=True)
+    return list(out)
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """Sum of two optional gradients."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _leaf(t: Tensor, requires_grad: bool = True) -> Tensor:
+    """A fresh autograd leaf holding ``t``'s values (shares storage; never modified)."""
+    return t.detach().requires_grad_(requires_grad)
+
+
+# -- reconstruction rules ------------------------------------------------------------------------
+def generic_rule(
+    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Any exact block: ``x = f⁻¹(y)`` without a graph, then ``f(x)`` with one, then its VJP."""
+    with torch.no_grad():
+        x, _ = block.inverse(y, context)
+    with torch.enable_grad():
+        x_leaf = _leaf(x, need_input_grad)
+        out, logdet = block(x_leaf, context)
+        inputs = [x_leaf, *params] if need_input_grad else params
+        grads = _vjp([out, logdet], [grad_y, grad_logdet], inputs)
+    if need_input_grad:
+        return x, grads[0], grads[1:]
+    return x, None, grads
+
+
+def reindex_rule(
+    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Parameter-free re-indexing ``y = P x`` with ``Pᵀ = P⁻¹``: ``x = P⁻¹ y``, ``∂L/∂x = P⁻¹ ∂L/∂y``.
+
+    Holds for permutations of the entries (squeeze, subsample, channel permutations, reshapes)
+    and for the zero-padding embedding, whose transpose (a crop) is its left inverse.
+    """
+    with torch.no_grad():
+        x, _ = block.inverse(y, context)
+        grad_x = block.inverse(grad_y, context)[0] if need_input_grad else None
+    return x, grad_x, [None] * len(params)
+
+
+def masked_coupling_rule(
+    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Masked coupling (additive/affine): one conditioner pass serves inverse and recomputation.
+
+    The conditioner reads ``m ⊙ x = m ⊙ y``; with its outputs ``θ`` (graph kept) the input is
+    ``x = g⁻¹(y; θ)`` and ``g(x; θ)`` is recomputed with a graph (Dinh et al. 2017, "Real NVP",
+    eq. (9)). ``∂L/∂x`` collects the direct path and ``m ⊙ ∂L/∂(m ⊙ x)`` through the conditioner.
+    Blocks whose forward takes a sliced fast path are reconstructed with the masked formulation
+    (``_conditioner`` and ``_couple``), which computes the same map.
+    """
+    mask = block.mask.to(dtype=y.dtype)
+    free = 1.0 - mask
+    with torch.enable_grad():
+        masked = _leaf(mask * y, need_input_grad)
+        theta = block._conditioner(masked, context)
+        with torch.no_grad():
+            x, _ = block._couple(y, tuple(t.detach() for t in theta), free, inverse=True)
+        x_leaf = _leaf(x, need_input_grad)
+        out, logdet = block._couple(x_leaf, theta, free, inverse=False)
+        leaves = [x_leaf, masked] if need_input_grad else []
+        grads = _vjp([out, logdet], [grad_y, grad_logdet], [*leaves, *params])
+    if not need_input_grad:
+        return x, None, grads
+    grad_x = _add(grads[0], None if grads[1] is None else mask * grads[1])
+    return x, grad_x, grads[2:]
+
+
+def glow_coupling_rule(
+    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Glow coupling ``y_b = (x_b + t(x_a)) ⊙ s(x_a)``: the conditioner runs once on ``x_a = y_a``.
+
+    Kingma & Dhariwal 2018, "Glow", §3.3: ``x_b = y_b / s − t``; ``y_b`` is recomputed from the
+    leaf ``x_b`` with the same ``(t, log s)`` (graph kept), so one backward gives every gradient.
+    """
+    split = block.split
+    y_a, y_b = y[:, :split], y[:, split:]
+    with torch.enable_grad():
+        x_a = _leaf(y_a)
+        shift, log_scale = block._scale(x_a, context)
+        with torch.no_grad():
+            x_b = y_b * torch.exp(-log_scale) - shift
+        x_b_leaf = _leaf(x_b)
+        out_b = (x_b_leaf + shift) * torch.exp(log_scale)
+        grads = _vjp([out_b, sum_except_batch(log_scale)], [grad_y[:, split:], grad_logdet],
+                     [x_a, x_b_leaf, *params])
+    grad_x = None
+    if need_input_grad:
+        grad_a = _add(grad_y[:, :split], grads[0])
+        grad_b = grads[1] if grads[1] is not None else torch.zeros_like(x_b)
+        grad_x = torch.cat([grad_a, grad_b], dim=1)
+    return torch.cat([y_a, x_b], dim=1), grad_x, grads[2:]
+
+
+def revnet_rule(
+    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """RevNet block ``y1 = b + F(a), y2 = a + G(y1)``: Algorithm 1 of Gomez et al. 2017.
+
+    ``G(y1)`` (graph kept) gives ``a = y2 − G(y1)`` and ``∂L/∂y1 += Gᵀ ∂L/∂y2``; then ``F(a)``
+    gives ``b = y1 − F(a)``, ``∂L/∂a = ∂L/∂y2 + Fᵀ ∂L/∂y1`` and ``∂L/∂b = ∂L/∂y1``. Each residual
+    function runs once, as in the forward pass.
+    """
+    y1, y2 = block._as_image(y).chunk(2, dim=1)
+    g_y1, g_y2 = block._as_image(grad_y).chunk(2, dim=1)
+    with torch.enable_grad():
+        y1_leaf = _leaf(y1)
+        g_out = block.g(y1_leaf)
+        grads_g = _vjp([g_out], [g_y2], [y1_leaf, *params])
+        grad_y1 = _add(g_y1, grads_g[0])
+        assert grad_y1 is not None
+        a = y2 - g_out.detach()
+        a_leaf = _leaf(a, need_input_grad)
+        f_out = block.f(a_leaf)
+        grads_f = _vjp([f_out], [grad_y1], [a_leaf, *params] if need_input_grad else params)
+        b = y1 - f_out.detach()
+    x = torch.cat([a, b], dim=1).reshape(y.shape)
+    grad_x = None
+    if need_input_grad:
+        grad_x = torch.cat([_add(g_y2, grads_f.pop(0)), grad_y1], dim=1).reshape(y.shape)
+    return x, grad_x, [_add(p, q) for p, q in zip(grads_g[1:], grads_f)]
+
+
+def _builtin_rules() -> dict[type, Rule]:
+    """The built-in exact block types and how each is reconstructed."""
+    from flowkit.plugins.transforms.actnorm import ActNorm
+    from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling
+    from flowkit.plugins.transforms.glow import GlowCoupling, SplitPrior
+    from flowkit.plugins.transforms.invconv import InvConv1x1
+    from flowkit.plugins.transforms.nice import DiagonalScaling
+    from flowkit.plugins.transforms.permutation import RandomPermutation, ReversePermutation
+    from flowkit.plugins.transforms.revnet import RevNetBlock
+    from flowkit.plugins.transforms.squeeze import Squeeze
+    from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
+
+    rules: dict[type, Rule] = {
+        AdditiveCoupling: masked_coupling_rule, AffineCoupling: masked_coupling_rule,
+        GlowCoupling: glow_coupling_rule, RevNetBlock: revnet_rule,
+        ActNorm: generic_rule, InvConv1x1: generic_rule, SplitPrior: generic_rule,
+        DiagonalScaling: generic_rule,
+    }
+    for cls in (Squeeze, GRNSubsample, ZeroPad, RandomPermutation, ReversePermutation, Reshape):
+        rules[cls] = reindex_rule
+    return rules
+
+
+_RULES: dict[type, Rule] | None = None
+
+
+def _rules() -> dict[type, Rule]:
+    global _RULES
+    if _RULES is None:
+        _RULES = _builtin_rules()
+    return _RULES
+
+
+def rule_for(block: nn.Module) -> Rule | None:
+    """How ``block`` is reconstructed, or ``None`` when it must keep ordinary autograd.
+
+    The class attribute ``exact_inverse`` decides when a class sets it (``True``: the generic
+    rule, inverse then recomputation; ``False``: never); otherwise the built-in allow-list
+    (exact types only, so a subclass that changes the maths is not trusted silently).
+    ``Inverse(t)`` is exact when ``t`` is.
+    """
+    flag = getattr(type(block), "exact_inverse", None)
+    if flag is False:
+        return None
+    rule = _rules().get(type(block))
+    if rule is not None:
+        return rule
+    if flag or (type(block) is Inverse and rule_for(block.base) is not None):
+        return generic_rule
+    return None
+
+
+def register_rule(cls: type, rule: Rule = generic_rule) -> None:
+    """Reconstruct blocks of exactly type ``cls`` with ``rule`` (a plugin's own, cheaper rule).
+
+    ``rule(block, y, context, grad_y, grad_logdet, need_input_grad, params)`` returns the block's
+    input ``x``, ``∂L/∂x`` (``None`` when ``need_input_grad`` is false) and the gradients of
+    ``params`` (the block's trainable parameters, in order; ``None`` for unused ones), for the
+    output ``y`` and the gradients ``∂L/∂y`` and ``∂L/∂logdet``. :func:`generic_rule` (inverse,
+    then recomputation) is always correct for an exact block; :func:`masked_coupling_rule` shows
+    how a coupling shares one conditioner pass between the two.
+    """
+    _rules()[cls] = rule
+
+
+def is_exact(block: nn.Module) -> bool:
+    """``True`` when ``block`` is reconstructed from its output by inversion."""
+    return rule_for(block) is not None
+
+
+# -- the stack-level autograd function -----------------------------------------------------------
+class _Chain:
+    """A run of consecutive exact blocks, executed by :class:`_ChainFunction`."""
+
+    def __init__(self, blocks: list[Transform]) -> None:
+        self.blocks = blocks
+        self.rules = [rule_for(b) for b in blocks]
+
+    def trainable(self) -> tuple[list[Tensor], list[list[int]]]:
+        """The blocks' trainable parameters (deduplicated) and, per block, their positions."""
+        params: list[Tensor] = []
+        where: dict[int, int] = {}
+        per_block: list[list[int]] = []
+        for block in self.blocks:
+            idx = []
+            for p in block.parameters():
+                if p.requires_grad:
+                    if id(p) not in where:
+                        where[id(p)] = len(params)
+                        params.append(p)
+                    idx.append(where[id(p)])
+            per_block.append(idx)
+        return params, per_block
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        params, per_block = self.trainable()
+        y, logdet = _ChainFunction.apply(self, per_block, x, context, *params)
+        return y, logdet
+
+
+class _ChainFunction(torch.autograd.Function):
+    """Forward through a chain without a graph; backward by reconstruction, block by block."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, chain: _Chain, per_block: list[list[int]], x: Tensor,
+        context: Tensor | None, *params: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        h = x
+        total = x.new_zeros(x.shape[0])
+        for block in chain.blocks:
+            h, logdet = block(h, context)
+            total = total + logdet
+        if h.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            h = h.clone()  # never hand out (or later read) the caller's storage as our output
+        ctx.chain = chain  # type: ignore[attr-defined]
+        ctx.per_block = per_block  # type: ignore[attr-defined]
+        ctx.params = params  # type: ignore[attr-defined]
+        ctx.save_for_backward(h, context)
+        return h, total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
+        y, context = ctx.saved_tensors
+        chain: _Chain = ctx.chain
+        params: tuple[Tensor, ...] = ctx.params
+        param_grads: list[Tensor | None] = [None] * len(params)
+        y = y.detach()
+        grad: Tensor | None = grad_y
+        for k in range(len(chain.blocks) - 1, -1, -1):
+            block, rule = chain.blocks[k], chain.rules[k]
+            assert rule is not None and grad is not None
+            idx = ctx.per_block[k]
+            need = k > 0 or bool(ctx.needs_input_grad[2])
+            y, grad, grads = rule(block, y, context, grad, grad_logdet, need,
+                                  [params[i] for i in idx])
+            for i, g in zip(idx, grads):
+                param_grads[i] = _add(param_grads[i], g)
+        return (None, None, grad, None, *param_grads)
+
+
+# -- planning: which parts of a transform run through chains -------------------------------------
+def _enters(module: nn.Module, cls: type) -> bool:
+    """``True`` for ``cls`` and subclasses that keep ``cls.forward`` (so entering is safe)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+class _Plan:
+    """How one (sub)transform runs under the wrapper; callable as ``plan(x, context)``."""
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class _Plain(_Plan):
+    """A block without an exact inverse: ordinary autograd."""
+
+    def __init__(self, block: Transform) -> None:
+        self.block = block
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.block(x, context)
+
+
+class _Steps(_Plan):
+    """A sequence of sub-plans (chains, plain blocks, multi-scale nodes); log-dets add up."""
+
+    def __init__(self, items: list[_Plan]) -> None:
+        self.items = items
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        total: Tensor | None = None
+        for item in self.items:
+            x, logdet = item(x, context)
+            total = logdet if total is None else total + logdet
+        assert total is not None
+        return x, total
+
+
+class _ChainPlan(_Plan):
+    """A chain of exact blocks."""
+
+    def __init__(self, blocks: list[Transform]) -> None:
+        self.chain = _Chain(blocks)
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.chain(x, context)
+
+
+class _Checked(_Plan):
+    """An architecture's boundary check, then its flow's plan."""
+
+    def __init__(self, arch: Architecture, inner: _Plan) -> None:
+        self.arch, self.inner = arch, inner
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self.arch.check_input(x)
+        return self.inner(x, context)
+
+
+class _MultiScaleView:
+    """Stands in for a :class:`MultiScale` as ``self`` of ``MultiScale.forward``, with planned levels.
+
+    Running the core's own ``MultiScale.forward`` on this view keeps the factor-out logic in one
+    place; only the levels are replaced by their plans.
+    """
+
+    def __init__(self, module: MultiScale, levels: list[_Plan]) -> None:
+        self.module = module
+        self.levels = levels
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        self.module.check_input(x, direction)
+
+    def zero_logdet(self, x: Tensor) -> Tensor:
+        return self.module.zero_logdet(x)
+
+
+class _MultiScalePlan(_Plan):
+    """A multi-scale transform whose levels run through their own plans."""
+
+    def __init__(self, module: MultiScale, levels: list[_Plan]) -> None:
+        self.view = _MultiScaleView(module, levels)
+
+    def __call__(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return MultiScale.forward(self.view, x, context)  # type: ignore[arg-type]
+
+
+def _flatten(module: nn.Module) -> Iterator[nn.Module]:
+    """The steps of nested sequences and architectures, in order (other modules as they are)."""
+    if _enters(module, Architecture) and _enters(module.flow, Sequential):
+        # the outer Sequential checked the shapes; an architecture's check adds nothing inside
+        yield from _flatten(module.flow)
+    elif _enters(module, Sequential):
+        for step in module.steps:
+            yield from _flatten(step)
+    else:
+        yield module
+
+
+def _plan(module: Transform, fallbacks: list[Transform]) -> _Plan:
+    """Build the plan of ``module``, appending the blocks that keep ordinary autograd."""
+    if _enters(module, Architecture):
+        return _Checked(module, _plan(module.flow, fallbacks))
+    if _enters(module, MultiScale):
+        return _MultiScalePlan(module, [_plan(lvl, fallbacks) for lvl in module.levels])
+    items: list[_Plan] = []
+    run: list[Transform] = []
+    for step in _flatten(module) if _enters(module, Sequential) else [module]:
+        if rule_for(step) is not None:
+            run.append(step)  # type: ignore[arg-type]
+            continue
+        if run:
+            items.append(_ChainPlan(run))
+            run = []
+        if _enters(step, MultiScale) or _enters(step, Architecture):
+            items.append(_plan(step, fallbacks))  # type: ignore[arg-type]
+        else:
+            fallbacks.append(step)  # type: ignore[arg-type]
+            items.append(_Plain(step))  # type: ignore[arg-type]
+    if run:
+        items.append(_ChainPlan(run))
+    return items[0] if len(items) == 1 else _Steps(items)
+
+
+# -- state-dict transparency ---------------------------------------------------------------------
+_BASE = "base."
+
+
+def _strip_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                local_metadata: dict[str, Any]) -> None:
+    """State-dict post-hook: save the wrapped transform's entries under the wrapper's own keys."""
+    inner = prefix + _BASE
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _add_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+              local_metadata: dict[str, Any], strict: bool, missing_keys: list[str],
+              unexpected_keys: list[str], error_msgs: list[str]) -> None:
+    """Load pre-hook: read entries saved without the wrapper (or by it) into the wrapped transform."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        if not key.startswith(prefix + _BASE):
+            state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
+
+
+# -- the wrapper ---------------------------------------------------------------------------------
+class InvertibleBackprop(Transform):
+    """Memory-free training of an invertible transform: activations are reconstructed, not stored.
+
+    ``InvertibleBackprop(t)`` computes exactly what ``t`` computes — same outputs, same
+    log-determinants, same gradients up to round-off — but its forward pass keeps no activations
+    of the blocks with an exact inverse; the backward pass reconstructs each block's input from
+    its output, ``h_{k-1} = f_k⁻¹(h_k)``, and back-propagates through that block alone (Gomez et
+    al. 2017, "The Reversible Residual Network", §4, Algorithm 1). See the module docstring for
+    which blocks are reconstructed. The wrapper's ``state_dict`` has the same keys as ``t``'s, so
+    checkpoints load with or without it. ``fallback_names`` lists the blocks that keep ordinary
+    autograd (``t``'s module paths).
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__(transform.event_shape, transform.output_shape)
+        if isinstance(transform, InvertibleBackprop):
+            transform = transform.base
+        self.base = transform
+        self.volume_preserving = transform.volume_preserving  # type: ignore[misc]
+        fallbacks: list[Transform] = []
+        self._plan = _plan(transform, fallbacks)
+        names = {id(m): name for name, m in transform.named_modules()}
+        self.fallback_names: list[str] = [
+            f"{names.get(id(m)) or '(the whole transform)'} ({type(m).__name__})" for m in fallbacks
+        ]
+        self._lazy = [m for m in transform.modules()
+                      if isinstance(getattr(m, "initialized", None), Tensor)]
+        self.register_state_dict_post_hook(_strip_base)
+        self.register_load_state_dict_pre_hook(_add_base)
+
+    def _needs_plain_forward(self, context: Tensor | None) -> bool:
+        """Ordinary forward without gradients, in eval mode, or while a lazy init is pending."""
+        if not (torch.is_grad_enabled() and self.training):
+            return True
+        if context is not None and context.requires_grad:
+            return True  # chains pass no gradient to the context (class labels never need one)
+        return any(m.training and not bool(m.initialized) for m in self._lazy)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(t(x), log|det J_t(x)|)``, storing no activations of exact blocks for backward."""
+        if self._needs_plain_forward(context):
+            return self.base(x, context)
+        self.check_input(x)
+        return self._plan(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The wrapped transform's inverse (ordinary autograd)."""
+        return self.base.inverse(y, context)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fallbacks={len(self.fallback_names)}"
+
+
+def enable_invertible_backprop(model: nn.Module, log: Callable[[str], None] = print) -> list[str]:
+    """Wrap ``model.transform`` in :class:`InvertibleBackprop`; return the fallback blocks' names.
+
+    Used by the trainer when ``[train] invertible_backprop = true``. The model's parameters,
+    their order and its ``state_dict`` keys are unchanged, so the optimiser and checkpoints are
+    unaffected; calling it twice is harmless. ``log`` receives one line naming the blocks that keep
+    ordinary autograd (when there are any).
+    """
+    transform = model.transform
+    if not isinstance(transform, InvertibleBackprop):
+        transform = InvertibleBackprop(transform)
+        model.transform = transform
+    names = list(transform.fallback_names)
+    if names:
+        log(f"invertible backprop: {len(names)} block(s) without an exact inverse keep ordinary "
+            f"autograd (their activations are stored): {', '.join(names)}")
+    else:
+        log("invertible backprop: every block is reconstructed from its output")
+    return names
