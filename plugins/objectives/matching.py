@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 CostKind = Literal["euclidean", "sqeuclidean"]
-ExactSolver = Literal["emd", "lsa"]
+ExactSolver = Literal["auto", "emd", "lsa"]
 
 #: The squared distance is clamped at this value before the square root (as the GRN reference
 #: code does), so the Euclidean cost and its gradient stay finite for coinciding points.
@@ -48,8 +48,10 @@ def pairwise_cost(a: Tensor, b: Tensor, cost: CostKind = "euclidean") -> Tensor:
     return sq.clamp_min(0.0)
 
 
-#: The library each solver imports on first use.
-SOLVER_MODULES = {"emd": "ot", "lsa": "scipy.optimize", "sinkhorn": "geomloss"}
+#: The library each solver imports on first use (``auto`` is ``lsa`` for the objective's square
+#: problems; POT is imported on demand if a non-square problem ever needs ``emd``).
+SOLVER_MODULES = {"auto": "scipy.optimize", "emd": "ot", "lsa": "scipy.optimize",
+                  "sinkhorn": "geomloss"}
 
 
 def preload(solver: str) -> None:
@@ -98,9 +100,27 @@ def assignment_plan(cost: Tensor) -> Tensor:
     return plan
 
 
-def exact_plan(cost: Tensor, solver: ExactSolver) -> Tensor:
-    """The optimal plan ``T`` of the detached ``cost`` with uniform weights (``emd`` or ``lsa``)."""
-    return emd_plan(cost) if solver == "emd" else assignment_plan(cost)
+def resolve_exact_solver(solver: str, n: int, m: int) -> str:
+    """The exact solver to use for an ``n × m`` problem: ``auto`` means the fastest exact one.
+
+    ``auto`` → ``lsa`` when ``n == m`` (the minibatch OT objective always matches ``n`` encodings
+    with ``n`` prior samples; ``linear_sum_assignment`` is then the fastest exact CPU solver —
+    ``benchmarks/ot_matching_share.py`` measures it), else ``emd`` (``lsa`` needs equal sizes).
+    Named solvers are returned unchanged.
+    """
+    if solver != "auto":
+        return solver
+    return "lsa" if n == m else "emd"
+
+
+def exact_plan(cost: Tensor, solver: ExactSolver = "auto") -> Tensor:
+    """The optimal plan ``T`` of the detached ``cost`` with uniform weights.
+
+    ``solver`` is ``emd``, ``lsa`` or ``auto`` (see :func:`resolve_exact_solver`); both exact
+    solvers reach the same optimal cost.
+    """
+    chosen = resolve_exact_solver(solver, *cost.shape)
+    return emd_plan(cost) if chosen == "emd" else assignment_plan(cost)
 
 
 def sinkhorn_divergence(

@@ -36,11 +36,18 @@ class OptimalTransport(Objective):
     Gradients flow through ``D`` into the network and the prior's ``μ_c, σ_c``; the plan is a
     constant. Solvers: ``emd`` is exact network-simplex EMD (Flamary et al. 2021, "POT: Python
     Optimal Transport", JMLR; entries ≤ 1/n² zeroed as in the reference), ``lsa`` is the same
-    exact optimum from ``scipy.optimize.linear_sum_assignment`` (plan = permutation / n; usually
-    the fastest exact CPU solver), ``sinkhorn`` replaces ``L_OT`` by the *entropic* Sinkhorn
+    exact optimum from ``scipy.optimize.linear_sum_assignment`` (plan = permutation / n; the
+    fastest exact CPU solver: 8 ms vs 10 ms for emd at n = 256, d = 784, and 65 vs 93 ms at
+    n = 650, d = 1024, one thread), ``auto`` (the default) is ``lsa`` whenever the two clouds have
+    equal sizes — always the case here, one prior sample per encoding of the class — and ``emd``
+    otherwise. ``sinkhorn`` replaces ``L_OT`` by the *entropic* Sinkhorn
     divergence of geomloss with ``blur=sinkhorn_blur`` (Feydy et al. 2019, "Interpolating between
     Optimal Transport and MMD using Sinkhorn Divergences", AISTATS), which approximates the exact
-    cost as the blur goes to 0 and runs on the model's device. Exact solvers run on CPU NumPy.
+    cost as the blur goes to 0 and runs on the model's device; choose it explicitly for large
+    batches or on a GPU, where the exact solvers' device→host copy and O(n³) CPU solve dominate.
+    Exact solvers run on CPU NumPy. The GRN presets (``grn-ot-mnist``, ``grn-ot-digits``) pin
+    ``solver = "emd"``, the reference code's solver; ``auto`` reaches the same optimum (plans
+    differ only on exact ties).
 
     ``space="data"`` (beyond the paper) matches decoded prior samples ``f⁻¹(s_j)`` against the
     data ``x_i`` instead, with the same cost on flattened examples.
@@ -70,7 +77,7 @@ class OptimalTransport(Objective):
     def __init__(
         self,
         *,
-        solver: Literal["emd", "lsa", "sinkhorn"] = "emd",
+        solver: Literal["auto", "emd", "lsa", "sinkhorn"] = "auto",
         cost: Literal["euclidean", "sqeuclidean"] = "euclidean",
         space: Literal["latent", "data"] = "latent",
         smoothness_weight: float = 15.0,

@@ -16,9 +16,54 @@ from torch import Tensor, nn
 from flowkit.errors import ConfigError, ShapeError
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` with channels-last (NHWC) memory order if it is an image batch on the CPU.
+
+    CPU convolutions (oneDNN) run several times faster on NHWC data than on NCHW, most of all
+    with few input channels (a coupling network's input); their outputs stay NHWC, so only the
+    network's input is converted (a small copy). The values are the same; other tensors, and
+    tensors on other devices (where the best layout depends on the dtype and the library), are
+    returned unchanged.
+    """
+    if x.dim() == 4 and x.device.type == "cpu":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _check_positive(name: str, value: int, minimum: int = 1) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+
+
+#: What :meth:`MLP.narrow` / :meth:`ConvNet.narrow` kept: parameter name → (dimension, indices).
+Narrowed = dict[str, tuple[int, list[int]]]
+
+
+def _keep(module: nn.Module, name: str, dim: int, index: list[int]) -> None:
+    """Replace the parameter ``module.<name>`` by its entries ``index`` along ``dim``."""
+    old = getattr(module, name)
+    where = torch.tensor(index, dtype=torch.long, device=old.device)
+    setattr(module, name, nn.Parameter(old.detach().index_select(dim, where).clone(),
+                                       requires_grad=old.requires_grad))
+
+
+def narrow_layers(first: nn.Module, last: nn.Module, inputs: list[int], outputs: list[int],
+                  first_name: str, last_name: str) -> Narrowed:
+    """Keep the ``inputs`` columns of ``first`` (dim 1) and the ``outputs`` rows of ``last``.
+
+    Works for ``nn.Linear`` and ``nn.Conv2d`` (weights ``(out, in, …)``); the layers' size
+    attributes are updated so their ``repr`` stays true. Returns what was kept, keyed by the
+    parameters' names under the network, for loading checkpoints of the full-size network.
+    """
+    _keep(first, "weight", 1, inputs)
+    _keep(last, "weight", 0, outputs)
+    _keep(last, "bias", 0, outputs)
+    for layer, attr, size in ((first, "in", len(inputs)), (last, "out", len(outputs))):
+        for suffix in ("_features", "_channels"):
+            if hasattr(layer, attr + suffix):
+                setattr(layer, attr + suffix, size)
+    return {f"{first_name}.weight": (1, inputs), f"{last_name}.weight": (0, outputs),
+            f"{last_name}.bias": (0, outputs)}
 
 
 class MLP(nn.Module):
@@ -39,7 +84,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_hidden):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(width, out_features)
@@ -50,6 +95,15 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_features)`` to ``(B, out_features)``."""
         return self.out(self.body(x))
+
+    def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
+        """Keep only the input features ``inputs`` and the output units ``outputs``.
+
+        The result computes exactly the kept outputs of the full network on inputs that are zero
+        outside ``inputs``, with the same initial weights (a coupling layer drops the entries its
+        mask zeroes; see :func:`narrow_layers`).
+        """
+        return narrow_layers(self.body[0], self.out, inputs, outputs, "body.0", "out")
 
 
 class ResidualBlock(nn.Module):
@@ -62,7 +116,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Map ``(B, C, H, W)`` to ``(B, C, H, W)``."""
-        return h + self.conv2(F.relu(self.conv1(h)))
+        return h + self.conv2(F.relu_(self.conv1(h)))
 
 
 class ConvNet(nn.Module):
@@ -93,7 +147,14 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
-        return self.conv_out(F.relu(self.blocks(self.conv_in(x))))
+        return self.conv_out(F.relu_(self.blocks(self.conv_in(channels_last(x)))))
+
+    def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
+        """Keep only the input channels ``inputs`` and the output channels ``outputs``.
+
+        Same contract as :meth:`MLP.narrow`, for ``conv_in`` and ``conv_out``.
+        """
+        return narrow_layers(self.conv_in, self.conv_out, inputs, outputs, "conv_in", "conv_out")
 
 
 def require_num_classes(owner: str, conditional: bool, num_classes: int | None) -> None:

@@ -10,6 +10,16 @@ conditioner network (Dinh et al. 2017, "Real NVP", eq. (9))::
 The Jacobian is triangular, so ``log|det J| = Σ (1 − m) ⊙ s``, and the inverse only needs the
 conditioner forwards, on ``m ⊙ y = m ⊙ x``. Writing the split with masks lets vector masks,
 checkerboards and channel masks share one implementation.
+
+Fast path: every mask but the checkerboard selects whole features (channels) in a regular
+pattern, so those layers cut ``x`` into the views ``x_A = x[:, cond]`` and ``x_B = x[:, free]``
+(:func:`~flowkit.plugins.transforms.masks.split_slices`), run a conditioner that reads only
+``x_A`` and outputs only the ``x_B`` parameters, and map ``x_B`` alone — the same function as the
+masked formula without the work on entries the mask zeroes (half of the first and last layers'
+FLOPs and parameters, and the full-size element-wise passes). The narrowed conditioner is cut
+out of the full-size one after it is initialised (:meth:`MLP.narrow`), so the initial weights,
+the random-number stream, and hence trained results are those of the masked formulation, and
+checkpoints of full-size conditioners still load (the unused rows and columns are dropped).
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ from flowkit.errors import ShapeError
 from flowkit.plugins.transforms.conditioners import (
     MLP,
     ConvNet,
+    Narrowed,
     append_labels,
     one_hot_labels,
     require_num_classes,
 )
-from flowkit.plugins.transforms.masks import build_mask
+from flowkit.plugins.transforms.masks import build_mask, slice_indices, split_slices
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
 MaskKind = Literal["half", "alternate", "checkerboard", "channel"]
@@ -56,11 +67,19 @@ def _default_kinds(
     return mask, conditioner
 
 
+def _owner(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO that defines attribute ``name``."""
+    return next(k for k in cls.__mro__ if name in vars(k))
+
+
 class _Coupling(Transform):
     """Shared masked coupling mechanism; subclasses define the element-wise map of ``x_B``.
 
     ``num_params`` is how many tensors of the input's shape the conditioner outputs (1 for a
-    shift, 2 for a log-scale and a shift).
+    shift, 2 for a log-scale and a shift). Subclasses implement :meth:`_couple` (the masked,
+    full-size map) and, for the fast path on sliceable masks, :meth:`_couple_part` (the same map
+    on ``x_B`` alone). A subclass that overrides only :meth:`_couple` (e.g. a different maths on
+    the full tensors) automatically runs the masked formula.
     """
 
     num_params: ClassVar[int] = 1
@@ -97,48 +116,118 @@ class _Coupling(Transform):
         self.register_buffer("mask", build_mask(mask_kind, self.event_shape, parity, owner))
         extra = int(num_classes) if conditional and num_classes is not None else 0
         channels = self.event_shape[0]
-        self.net: nn.Module
+        self.net: MLP | ConvNet
         if net_kind == "mlp":
             self.net = MLP(channels + extra, self.num_params * channels, hidden, num_hidden)
         else:
             self.net = ConvNet(channels + extra, self.num_params * channels, hidden, num_blocks)
         self._init_parameters()
+        # The fast path: slices instead of the mask, and a conditioner narrowed to them.
+        self.slices = split_slices(mask_kind, self.event_shape, parity)
+        self._narrowed: Narrowed = {}
+        if self.slices is not None:
+            cond = slice_indices(self.slices.cond, channels)
+            free = slice_indices(self.slices.free, channels)
+            inputs = cond + list(range(channels, channels + extra))
+            outputs = [p * channels + j for p in range(self.num_params) for j in free]
+            self._narrowed = {f"net.{k}": v for k, v in self.net.narrow(inputs, outputs).items()}
+            self._full_sizes = {"inputs": channels + extra, "outputs": self.num_params * channels}
+        cls = type(self)
+        self._fast = self.slices is not None and issubclass(_owner(cls, "_couple_part"),
+                                                           _owner(cls, "_couple"))
 
     def _init_parameters(self) -> None:
         """Create subclass-specific parameters once the shapes are known (none by default)."""
 
-    # -- the shared mechanism ----------------------------------------------------------------
-    def _conditioner(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
-        """Run the conditioner on ``m ⊙ x`` (plus one-hot labels) and split its outputs."""
+    # -- the conditioner ---------------------------------------------------------------------
+    def _net_outputs(self, x_a: Tensor, context: Tensor | None) -> Tensor:
+        """The conditioner's output on ``x_a`` (plus one-hot labels when conditional)."""
         h = x_a
         if self.conditional:
             assert self.num_classes is not None
             labels = one_hot_labels(context, self.num_classes, x_a, type(self).__name__)
             h = append_labels(h, labels)
-        out = self.net(h).reshape(x_a.shape[0], self.num_params, *self.event_shape)
-        return out.unbind(1)
+        return self.net(h)
 
+    def _conditioner(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """The conditioner's ``num_params`` outputs of the input's full shape, from ``m ⊙ x``.
+
+        With a sliceable mask the narrowed network reads ``x_a[:, cond]`` and the outputs are
+        zero on the conditioning side (where :meth:`_couple` multiplies them by ``1 − m = 0``).
+        """
+        if self.slices is None:
+            out = self._net_outputs(x_a, context)
+            return out.reshape(x_a.shape[0], self.num_params, *self.event_shape).unbind(1)
+        part = self._net_outputs(x_a[:, self.slices.cond], context)
+        full = x_a.new_zeros(x_a.shape[0], self.num_params, *self.event_shape)
+        full[:, :, self.slices.free] = part.reshape(x_a.shape[0], self.num_params, -1,
+                                                   *self.event_shape[1:])
+        return full.unbind(1)
+
+    # -- the element-wise maps ---------------------------------------------------------------
     def _couple(
         self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
     ) -> tuple[Tensor, Tensor]:
         """Map the whole input element-wise; entries where ``free == 0`` must stay unchanged."""
         raise NotImplementedError
 
+    def _couple_part(
+        self, x_b: Tensor, params: tuple[Tensor, ...], inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Map the transformed side ``x_b = x[:, free]`` given the conditioner's outputs for it."""
+        raise NotImplementedError
+
+    # -- the two formulations ----------------------------------------------------------------
     def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         """Condition on the masked input and apply :meth:`_couple` in either direction."""
         mask = self.mask.to(dtype=x.dtype)
         params = self._conditioner(mask * x, context)
         return self._couple(x, params, 1.0 - mask, inverse)
 
+    def _split_transform(
+        self, x: Tensor, context: Tensor | None, inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """The fast path: condition on ``x[:, cond]``, map ``x[:, free]``, put the two together."""
+        assert self.slices is not None
+        cond, free = self.slices
+        x_a = x[:, cond]
+        params = self._net_outputs(x_a, context).chunk(self.num_params, dim=1)
+        y_b, logdet = self._couple_part(x[:, free], params, inverse)
+        if cond.step == 1 and free.step == 1:  # two contiguous blocks
+            parts = [x_a, y_b] if cond.start == 0 else [y_b, x_a]
+            return torch.cat(parts, dim=1), logdet
+        out = torch.empty_like(x)
+        out[:, cond] = x_a
+        out[:, free] = y_b
+        return out, logdet
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``y = m ⊙ x + (1 − m) ⊙ g(x; m ⊙ x)`` and its log-determinant."""
         self.check_input(x)
+        if self._fast:
+            return self._split_transform(x, context, inverse=False)
         return self._transform(x, context, inverse=False)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x = m ⊙ y + (1 − m) ⊙ g⁻¹(y; m ⊙ y)`` and its log-determinant."""
         self.check_input(y, "inverse")
+        if self._fast:
+            return self._split_transform(y, context, inverse=True)
         return self._transform(y, context, inverse=True)
+
+    # -- checkpoints of full-size conditioners -----------------------------------------------
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load checkpoints written before the conditioner was narrowed: drop the unused rows
+        and columns of its first and last layers (they only ever multiplied zeros)."""
+        for name, (dim, index) in self._narrowed.items():
+            key = prefix + name
+            value = state_dict.get(key)
+            full = self._full_sizes["inputs" if dim == 1 else "outputs"]
+            if isinstance(value, Tensor) and value.dim() > dim and value.shape[dim] == full \
+                    and full != len(index):
+                where = torch.tensor(index, dtype=torch.long, device=value.device)
+                state_dict[key] = value.index_select(dim, where)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, mask={self.mask_kind!r}, "
@@ -165,6 +254,12 @@ class AdditiveCoupling(_Coupling):
         shift = free * params[0]
         out = x - shift if inverse else x + shift
         return out, self.zero_logdet(x)
+
+    def _couple_part(
+        self, x_b: Tensor, params: tuple[Tensor, ...], inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        shift = params[0]
+        return (x_b - shift if inverse else x_b + shift), self.zero_logdet(x_b)
 
 
 class AffineCoupling(_Coupling):
@@ -194,3 +289,13 @@ class AffineCoupling(_Coupling):
         if inverse:
             return (x - shift) * torch.exp(-log_scale), -sum_except_batch(log_scale)
         return x * torch.exp(log_scale) + shift, sum_except_batch(log_scale)
+
+    def _couple_part(
+        self, x_b: Tensor, params: tuple[Tensor, ...], inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        raw_log_scale, shift = params
+        assert self.slices is not None
+        log_scale = self.scale[self.slices.free] * torch.tanh(raw_log_scale)
+        if inverse:
+            return (x_b - shift) * torch.exp(-log_scale), -sum_except_batch(log_scale)
+        return torch.addcmul(shift, x_b, torch.exp(log_scale)), sum_except_batch(log_scale)

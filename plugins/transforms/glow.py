@@ -24,6 +24,7 @@ from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.conditioners import (
     MLP,
     append_labels,
+    channels_last,
     one_hot_labels,
     require_num_classes,
 )
@@ -63,7 +64,7 @@ class ZeroConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
-        return self.conv(x) * torch.exp(LOGSCALE_FACTOR * self.logs)
+        return self.conv(channels_last(x)) * torch.exp(LOGSCALE_FACTOR * self.logs)
 
 
 class GlowConvNet(nn.Module):
@@ -79,15 +80,15 @@ class GlowConvNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding="same"),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         self.out = ZeroConv2d(hidden, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
-        return self.out(self.body(x))
+        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last)."""
+        return self.out(self.body(channels_last(x)))
 
 
 class _HalfConditioned(Transform):

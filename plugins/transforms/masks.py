@@ -11,11 +11,16 @@ the two sides, so consecutive layers with alternating parity transform every ent
 * images ``(C, H, W)``: ``"checkerboard"`` (pixels with ``r + c`` even condition; shape
   ``(1, H, W)``) and ``"channel"`` (the first ``⌈C/2⌉`` channels condition; shape ``(C, 1, 1)``)
   (Dinh et al. 2017, §3.5, Figure 3).
+
+Every mask but the checkerboard selects whole entries along dimension 1 (features or channels)
+in a regular pattern, so :func:`split_slices` gives the two sides as slices: a coupling layer can
+then cut the input in two views instead of multiplying full-size tensors by the mask.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -111,3 +116,34 @@ def build_mask(kind: str, event_shape: Shape, invert: bool = False, owner: str =
             )
         return channel_mask(shape[0], invert)
     return checkerboard_mask(shape[1], shape[2], invert)
+
+
+class SplitSlices(NamedTuple):
+    """The conditioning (``cond``) and transformed (``free``) entries along dimension 1."""
+
+    cond: slice
+    free: slice
+
+
+def split_slices(kind: str, event_shape: Shape, invert: bool = False) -> SplitSlices | None:
+    """The two sides of the ``kind`` mask as slices of dimension 1, or ``None`` (checkerboard).
+
+    ``x[:, cond]`` is the conditioning side ``x_A`` (where the mask is 1) and ``x[:, free]`` the
+    transformed side ``x_B``, for vectors ``(B, D)`` and images ``(B, C, H, W)`` alike: "half" and
+    "channel" are the contiguous blocks ``[0, ⌈n/2⌉)`` and ``[⌈n/2⌉, n)``, "alternate" the even
+    and odd indices; ``invert`` swaps them, exactly as in :func:`build_mask`. The checkerboard
+    mixes the sides inside every channel, so it has no slices.
+    """
+    if kind == "checkerboard":
+        return None
+    n = int(event_shape[0])
+    if kind == "alternate":
+        even, odd = slice(0, n, 2), slice(1, n, 2)
+        return SplitSlices(odd, even) if invert else SplitSlices(even, odd)
+    first, second = slice(0, math.ceil(n / 2)), slice(math.ceil(n / 2), n)
+    return SplitSlices(second, first) if invert else SplitSlices(first, second)
+
+
+def slice_indices(part: slice, size: int) -> list[int]:
+    """The indices a slice selects from ``range(size)``."""
+    return list(range(size))[part]
