@@ -187,3 +187,22 @@ def test_shipped_suites_parse() -> None:
     for path in sorted(folder.glob("*.toml")):
         suite = load_suite(path)
         assert suite.cells, path
+
+
+def test_quick_suite_smoke(tmp_path: Path) -> None:
+    """The shipped CI-sized suite runs and produces a well-formed report (issue: CI smoke test)."""
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(cli, ["bench", str(ROOT / "benchmarks" / "suites" / "quick.toml"),
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    status = {c["id"]: c["status"] for c in payload["cells"]}
+    assert all(s in ("completed", "invalid") for s in status.values()), status
+    assert sum(s == "completed" for s in status.values()) >= 7
+    assert not any(c.get("metric_errors") for c in payload["cells"])
+    report = (out / "report.md").read_text()
+    for section in ("## Ranking", "## Likelihood", "## Sample quality", "## Reconstruction",
+                    "## Cost", "## cost-asymmetry", "## Commands"):
+        assert section in report, section
+    assert (out / "figures" / "ranking.png").is_file()
+    assert (out / "figures" / "samples-grid.png").is_file()

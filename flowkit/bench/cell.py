@@ -99,6 +99,7 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> dict[str, Any]:
     """Train (or resume) the cell's run and measure it; returns the result record."""
     from flowkit.model import build_model
+    from flowkit.objective import build_objective
     from flowkit.runs import list_checkpoints, load_dataset
     from flowkit.trainer import resume, train
 
@@ -108,8 +109,6 @@ def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> di
         config = cell_config(spec["base"], cell, spec.get("data_dir"))
         data = load_dataset(config)
         build_model(config, data.meta)
-        from flowkit.objective import build_objective
-
         build_objective(config["objective"]).bind_data(data)
     except FlowkitError as exc:
         return result | {"status": "invalid", "reason": str(exc)}

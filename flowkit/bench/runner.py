@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -106,7 +105,6 @@ def run_suite(
         todo.append(cell)
     log(f"suite {suite.name}: {len(cells)} cells selected, {len(cells) - len(todo)} already "
         f"done, {len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {out_dir}")
-    lock = threading.Lock()
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"bench {suite.name}",
                dynamic_ncols=True)
 
@@ -135,14 +133,13 @@ def run_suite(
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(one, cell): cell for cell in todo}
             for future in as_completed(futures):
-                record = future.result()
-                with lock:
-                    bar.update(1)
-                    status = record["status"]
-                    bar.write(f"  {record['id']}: {status}"
-                              + (f" ({record.get('reason', '')[:160]})" if status != "completed"
-                                 else ""))
-                    write_outputs(suite, collect(suite, out_dir), out_dir)
+                record = future.result()  # results arrive one at a time, in this thread
+                bar.update(1)
+                status = record["status"]
+                bar.write(f"  {record['id']}: {status}"
+                          + (f" ({record.get('reason', '')[:160]})" if status != "completed"
+                             else ""))
+                write_outputs(suite, collect(suite, out_dir), out_dir)
     finally:
         bar.close()
     results = collect(suite, out_dir)

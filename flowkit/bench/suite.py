@@ -183,7 +183,7 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-") or "x"
 
 
-def _as_list(value: Any, key: str) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -259,7 +259,7 @@ def _matrix_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
     if not matrix:
         return []
     _check_keys(f"suite {path.name} [matrix]", matrix, AXES)
-    axes_values = {axis: _as_list(matrix.get(axis), axis) for axis in AXES}
+    axes_values = {axis: _as_list(matrix.get(axis)) for axis in AXES}
     for axis in ("transform", "data"):
         if not axes_values[axis]:
             raise ConfigError(f"suite {path.name} [matrix]: '{axis}' needs at least one value")
@@ -298,7 +298,7 @@ def _python_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
         if ":" not in item["callable"]:
             raise ConfigError(f"suite {path.name} [[python]] {item['name']!r}: callable "
                               f"{item['callable']!r} must read 'package.module:function'")
-        for seed in _as_list(item.get("seeds"), "seeds") or [0]:
+        for seed in _as_list(item.get("seeds")) or [0]:
             axes = {"name": item["name"], "seed": seed}
             params = dict(item.get("params", {})) | {"seed": seed}
             cells.append(Cell(f"{_slug(item['name'])}__s{seed}", "python", axes,

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError
+from flowkit.plugins.datasets.toy2d import toy_splits
 
 _REFERENCE = (
     "Rezende & Mohamed 2015, Variational Inference with Normalizing Flows, §6.1, Table 1"
@@ -118,11 +119,16 @@ class EnergyTarget:
         """``log Z = log ∫ exp(−U(z)) dz`` by midpoint quadrature on a grid of 0.01 cells."""
         if self._log_z is None:
             _, log_p, area = grid_log_density(self)
-            self._log_z = float(torch.logsumexp(log_p, 0)) + math.log(area)
+            self._log_z = _grid_log_z(log_p, area)
         return self._log_z
 
     def __repr__(self) -> str:
         return f"EnergyTarget(index={self.index}, bound={self.bound})"
+
+
+def _grid_log_z(log_p: Tensor, area: float) -> float:
+    """``log Z ≈ log Σ_cells exp(−U(c)) · area``: midpoint quadrature on the grid."""
+    return float(torch.logsumexp(log_p, 0)) + math.log(area)
 
 
 def grid_log_density(target: EnergyTarget) -> tuple[Tensor, Tensor, float]:
@@ -154,30 +160,19 @@ def grid_samples(centres: Tensor, log_p: Tensor, n: int, rng: np.random.Generato
 
 def _energy_splits(index: int, n_train: int, n_test: int, bound: float, seed: int) -> DataSplits:
     """Reference samples of ``energy{index}`` and its target, from independent streams of seed."""
-    name = f"energy{index}"
-    for key, n in (("n_train", n_train), ("n_test", n_test)):
-        if n < 1:
-            raise ConfigError(f"[dataset] {name} {key} must be at least 1, got {n}")
-    if seed < 0:
-        raise ConfigError(f"[dataset] {name}: the seed must be >= 0, got {seed}")
     target = EnergyTarget(index, bound)
     centres, log_p, area = grid_log_density(target)
-    target._log_z = float(torch.logsumexp(log_p, 0)) + math.log(area)
-    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    train = grid_samples(centres, log_p, n_train, train_rng).astype(np.float32)
-    test = grid_samples(centres, log_p, n_test, test_rng).astype(np.float32)
-    return DataSplits(
-        name=name,
-        train=torch.from_numpy(train),
-        test=torch.from_numpy(test),
-        levels=None,
-        num_classes=None,
-        default_preprocess="none",
-        info={"seed": seed, "bound": target.bound, "log_normalizer": target._log_z,
-              "reference": _REFERENCE,
-              "note": "train/test are reference samples; reverse-kl does not train on them"},
-        target=target,
-    )
+    target._log_z = _grid_log_z(log_p, area)
+
+    def sampler(rng: np.random.Generator, n: int, noise: float) -> np.ndarray:
+        return grid_samples(centres, log_p, n, rng)
+
+    splits = toy_splits(f"energy{index}", sampler, n_train, n_test, 0.0, seed)
+    splits.target = target
+    splits.info = {"seed": seed, "bound": target.bound, "log_normalizer": target._log_z,
+                   "reference": _REFERENCE,
+                   "note": "train/test are reference samples; reverse-kl does not train on them"}
+    return splits
 
 
 def energy1(*, n_train: int = 20000, n_test: int = 5000, seed: int = 0) -> DataSplits:

@@ -26,7 +26,7 @@ _REFERENCE = (
 )
 
 
-def _toy_splits(
+def toy_splits(
     name: str, sampler: Sampler, n_train: int, n_test: int, noise: float, seed: int
 ) -> DataSplits:
     """Draw train and test sets of a toy density from independent streams of ``seed``."""
@@ -107,7 +107,7 @@ def moons(
     noise of std ``noise``, then mapped by ``2 p + (−1, −0.2)`` (Grathwohl et al. 2019, FFJORD,
     §5.1, as in scikit-learn's ``make_moons``).
     """
-    return _toy_splits("moons", _sample_moons, n_train, n_test, noise, seed)
+    return toy_splits("moons", _sample_moons, n_train, n_test, noise, seed)
 
 
 def circles(
@@ -119,7 +119,7 @@ def circles(
     all scaled by 3 (Grathwohl et al. 2019, FFJORD, §5.1, as in scikit-learn's
     ``make_circles`` with ``factor=0.5``).
     """
-    return _toy_splits("circles", _sample_circles, n_train, n_test, noise, seed)
+    return toy_splits("circles", _sample_circles, n_train, n_test, noise, seed)
 
 
 def eight_gaussians(
@@ -130,7 +130,7 @@ def eight_gaussians(
     Centres ``2√2 (cos kπ/4, sin kπ/4)``, ``k = 0..7``, equal weights, isotropic std ``noise``
     (Grathwohl et al. 2019, FFJORD, §5.1: radius 4 and std 0.5, both divided by √2).
     """
-    return _toy_splits("8gaussians", _sample_eight_gaussians, n_train, n_test, noise, seed)
+    return toy_splits("8gaussians", _sample_eight_gaussians, n_train, n_test, noise, seed)
 
 
 def checkerboard(
@@ -141,7 +141,7 @@ def checkerboard(
     ``x ~ U[-2, 2]``, ``y ~ U[0, 1) − 2b + (⌊x⌋ mod 2)`` with ``b ~ Bernoulli(1/2)``, scaled by
     2, plus optional Gaussian noise of std ``noise`` (Grathwohl et al. 2019, FFJORD, §5.1).
     """
-    return _toy_splits("checkerboard", _sample_checkerboard, n_train, n_test, noise, seed)
+    return toy_splits("checkerboard", _sample_checkerboard, n_train, n_test, noise, seed)
 
 
 def pinwheel(
@@ -153,7 +153,7 @@ def pinwheel(
     ``2πk/5 + 0.25 eʳ`` for arm ``k`` and scaled by 2 (Johnson et al. 2016, "Composing graphical
     models with neural networks", §6; Grathwohl et al. 2019, FFJORD, §5.1).
     """
-    return _toy_splits("pinwheel", _sample_pinwheel, n_train, n_test, noise, seed)
+    return toy_splits("pinwheel", _sample_pinwheel, n_train, n_test, noise, seed)
 
 
 def spirals(
@@ -165,4 +165,4 @@ def spirals(
     through the origin for the second spiral, divided by 3, plus Gaussian noise of std ``noise``
     (Grathwohl et al. 2019, FFJORD, §5.1, "2spirals").
     """
-    return _toy_splits("spirals", _sample_spirals, n_train, n_test, noise, seed)
+    return toy_splits("spirals", _sample_spirals, n_train, n_test, noise, seed)
