@@ -49,3 +49,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"upgrade flowkit to read it"
         )
     return state
+
+
+def drop_mismatched_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
+    """Forget the optimiser state of parameters whose saved state has another shape.
+
+    ``Optimizer.load_state_dict`` does not compare the saved moment tensors with the parameters,
+    so a checkpoint written by an older flowkit whose layer stored a parameter at a different size
+    (e.g. the full-size coupling conditioners before the sliced fast path) would load and then fail
+    at the first step. The model itself loads such checkpoints (it narrows the old tensors); here
+    the affected parameters simply restart their moments (Adam's ``exp_avg``/``exp_avg_sq``),
+    which keeps the run resumable. Returns how many parameter tensors were reset.
+    """
+    stale = [
+        param for param, state in optimizer.state.items()
+        if any(isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape
+               for value in state.values())
+    ]
+    for param in stale:
+        del optimizer.state[param]
+    return len(stale)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from flowkit import __version__
 from flowkit import distributed as dist
-from flowkit.checkpoint import load_checkpoint, save_checkpoint
+from flowkit.checkpoint import drop_mismatched_optimizer_state, load_checkpoint, save_checkpoint
 from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
@@ -150,6 +150,10 @@ class Trainer:
                 f"the checkpoint does not fit the model its run's config.toml describes: "
                 f"{str(exc).splitlines()[0]}"
             ) from exc
+        reset = drop_mismatched_optimizer_state(self.optimizer)
+        if reset:
+            self.log(f"resume: the optimiser state of {reset} parameter tensor(s) was saved at "
+                     f"another shape (a checkpoint from an older flowkit); their moments restart")
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         torch.set_rng_state(state["rng"])

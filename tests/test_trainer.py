@@ -219,3 +219,45 @@ def test_time_budget_stops_early_and_finishes_the_run(tmp_path: Path):
     assert summary["status"] == "completed" and 0 < summary["steps"] < 100000
     assert any("time budget" in m for m in messages)
     assert (tmp_path / "run" / "checkpoints" / f"step-{summary['steps']:08d}.pt").is_file()
+
+
+def _widen(value: torch.Tensor, dim: int, index: list[int], full: int) -> torch.Tensor:
+    """Put ``value`` back at positions ``index`` of a zero tensor ``full`` wide along ``dim``."""
+    shape = list(value.shape)
+    shape[dim] = full
+    out = value.new_zeros(shape)
+    out.index_copy_(dim, torch.tensor(index), value)
+    return out
+
+
+def test_resume_a_run_saved_with_full_size_coupling_conditioners(tmp_path: Path):
+    """A checkpoint from before the sliced coupling path (full-size first and last conditioner
+    layers, and Adam moments of those shapes) resumes: the model narrows the old tensors and the
+    optimiser restarts only the moments whose shapes changed."""
+    from flowkit.trainer import Trainer, resume
+
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=4", "train.checkpoint_every=4"])
+    flowkit.train(cfg, tmp_path / "run", progress=False)
+    path = list_checkpoints(tmp_path / "run")[-1]
+    state = load_checkpoint(path)
+    probe = Trainer(cfg, tmp_path / "probe", progress=False)
+    order = [name for name, _ in probe.model.named_parameters()]
+    widened = 0
+    for prefix, module in probe.model.named_modules():
+        for key, (dim, index) in getattr(module, "_narrowed", {}).items():
+            full = module._full_sizes["inputs" if dim == 1 else "outputs"]
+            name = f"{prefix}.{key}"
+            state["model"][name] = _widen(state["model"][name], dim, index, full)
+            moments = state["optimizer"]["state"][order.index(name)]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                moments[moment] = _widen(moments[moment], dim, index, full)
+            widened += 1
+    assert widened > 0
+    save_checkpoint(path, state)
+
+    messages: list[str] = []
+    longer = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=8",
+                                                   "train.checkpoint_every=4"])
+    summary = resume(tmp_path / "run", longer, progress=False, log=messages.append)
+    assert summary["steps"] == 8
+    assert any(f"optimiser state of {widened} parameter tensor(s)" in m for m in messages)
