@@ -35,14 +35,8 @@ from flowkit.figures import save_run_figures, save_samples_figure
 from flowkit.metrics import evaluate_nll, latent_scale_stats
 from flowkit.model import build_model
 from flowkit.objective import Batch, build_objective
+from flowkit.optim import build_optimizer
 from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
-
-
-def _optimizer(params: list[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
 
 
 class _Schedule:
@@ -113,7 +107,7 @@ class Trainer:
         self.objective.setup(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.params += [p for p in self.objective.joint_parameters() if p.requires_grad]
-        self.optimizer = _optimizer(self.params, tc)
+        self.optimizer = build_optimizer(self.params, tc)
         self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
         self.stream = _batch_stream(self.data, tc, self.log)
         self.shard = _shard(self.stream)

@@ -74,18 +74,30 @@ class Adapter:
 
     ``log_prob(x)`` is the exact log-density per example ``(B,)`` of inputs ``(B, *shape)``;
     ``sample(n)`` returns ``(n, *shape)``. ``note`` says how the library's version differs from
-    the reference architecture, if it does.
+    the reference architecture, if it does. ``make_optimizer(params, lr)`` is the Adam its users
+    train with: ``torch.optim.Adam`` (the peers' documented loops) unless the library's own
+    training code chooses otherwise (flowkit's trainer: :func:`flowkit.optim.build_optimizer`).
     """
 
     def __init__(self, library: str, arch: str, module: nn.Module,
                  log_prob: Callable[[Tensor], Tensor], sample: Callable[[int], Tensor],
-                 note: str = "") -> None:
+                 note: str = "",
+                 make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+                 | None = None) -> None:
         self.library = library
         self.arch = arch
         self.module = module
         self._log_prob = log_prob
         self._sample = sample
         self.note = note
+        self._make_optimizer = make_optimizer
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Adam over the trainable parameters, as this library's users get it."""
+        params = list(self.parameters())
+        if self._make_optimizer is not None:
+            return self._make_optimizer(params, lr)
+        return torch.optim.Adam(params, lr=lr)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` per example."""

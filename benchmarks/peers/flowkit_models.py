@@ -7,6 +7,7 @@ from typing import Any
 from benchmarks.peers import ARCHS, Adapter
 from flowkit.data import DataMeta
 from flowkit.model import Flow, build_model
+from flowkit.optim import build_optimizer
 
 #: The ``[transform]`` section of each architecture (the prior is ``gaussian``, no preprocessing).
 TRANSFORMS: dict[str, dict[str, Any]] = {
@@ -34,4 +35,11 @@ def build(arch: str, *, seed: int = 0) -> Adapter:
     model = build_flow(arch)
     note = "Glow's learned split prior on the factored-out half is included" \
         if arch == "glow28" else ""
-    return Adapter("flowkit", arch, model, model.log_prob, model.sample, note)
+    return Adapter("flowkit", arch, model, model.log_prob, model.sample, note,
+                   make_optimizer=_trainer_adam)
+
+
+def _trainer_adam(params: list[Any], lr: float) -> Any:
+    """The Adam that ``flowkit run`` builds (``[train] optimizer = "adam"``: fused kernels)."""
+    return build_optimizer(params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999),
+                                    "weight_decay": 0.0})

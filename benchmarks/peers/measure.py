@@ -6,18 +6,22 @@ Python cells for ``flowkit bench`` (each returns one row per library) and a comm
     .venv/bin/python -m benchmarks.peers.measure --arch glow28 --threads 2 --steps 10
     .venv/bin/python -m benchmarks.peers.measure --arch realnvp-moons --steps 3000 --threads 1
 
-:func:`speed` times, per library and in one process: a training step (``-mean log p`` →
-backward → Adam), density evaluation and sampling (``torch.inference_mode`` and eval mode, or
-``no_grad`` where a library needs it), each as the median over calls interleaved round-robin
-across libraries (the order rotates every round, warm-up rounds excluded), so a machine-load
-change hits every library alike. It also counts the bytes of the tensors autograd saves for
-backward in one training step (``torch.autograd.graph.saved_tensors_hooks``, each storage once,
-parameters and the input batch excluded). Ratios are against the fastest *peer* (nflows,
-normflows, zuko, FrEIA; ``plain`` is the hand-written reference). For ``realnvp784`` a pure-matmul
-pseudo-library runs the training step's GEMMs (forward, grad-input and grad-weight of every
-conditioner layer) in the same rotation: ``flops_fraction_of_matmul`` is that time over the
-training step, i.e. the step's achieved FLOP/s (MLP FLOPs counted analytically, 3× forward)
-relative to what the matrix multiplications alone reach on this machine in this run.
+:func:`speed` times, per library and in one process: a training step (``-mean log p`` → backward
+→ Adam, the Adam each library's users get: ``torch.optim.Adam`` for the peers, whose documented
+loops build it, flowkit's trainer's fused Adam for flowkit), the model's share of it alone
+(forward and backward, no update: ``forward_backward_ms``), density evaluation and sampling
+(``torch.inference_mode`` and eval mode, or ``no_grad`` where a library needs it), each as the
+median over calls interleaved round-robin across libraries (the order rotates every round,
+warm-up rounds excluded), so a machine-load change hits every library alike. It also counts the
+bytes of the tensors autograd saves for backward in one training step
+(``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters and the input batch
+excluded). Ratios are against the fastest *peer* (nflows, normflows, zuko, FrEIA; ``plain`` is
+the hand-written reference). For ``realnvp784`` a pure-matmul pseudo-library runs the training
+step's GEMMs (forward, grad-input and grad-weight of every conditioner layer) in the same
+rotations: ``flops_fraction_of_matmul`` is that time over the training step, i.e. the step's
+achieved FLOP/s (MLP FLOPs counted analytically, 3× forward) relative to what the matrix
+multiplications alone reach on this machine in this run, and ``model_flops_fraction_of_matmul``
+the same for the forward and backward passes alone.
 
 :func:`equal_steps` trains every library's ``realnvp-moons`` for the same steps on the same
 batches of flowkit's ``moons`` data (Adam 1e-3, cosine decay) and reports the test NLL.
@@ -49,7 +53,7 @@ from benchmarks.peers import (
 )
 
 MATMUL = "matmul"  # the pseudo-library of the FLOP/s reference
-METRICS = ("train_step_ms", "density_ms", "sampling_ms")
+METRICS = ("train_step_ms", "forward_backward_ms", "density_ms", "sampling_ms")
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -100,6 +104,13 @@ def _train_step(adapter: Adapter, opt: torch.optim.Optimizer, x: Tensor) -> None
     loss = -adapter.log_prob(x).mean()
     loss.backward()
     opt.step()
+
+
+def _forward_backward(adapter: Adapter, x: Tensor) -> None:
+    """The model's share of a training step: ``-mean log p`` and its backward, no update."""
+    for p in adapter.parameters():
+        p.grad = None
+    (-adapter.log_prob(x).mean()).backward()
 
 
 def _inference_context(adapter: Adapter, probe: Callable[[], Any]) -> Callable[[], Any]:
@@ -220,7 +231,8 @@ def _finish(rows: dict[str, dict[str, Any]], setup: dict[str, Any]) -> list[dict
         if not peers:
             continue
         fastest = min(peers, key=peers.__getitem__)
-        short = key.removesuffix("_ms").replace("train_step", "step")
+        short = key.removesuffix("_ms").replace("train_step", "step").replace(
+            "forward_backward", "fb")
         for row in rows.values():
             if key in row:
                 row[f"{short}_ratio_vs_fastest_peer"] = round(row[key] / peers[fastest], 3)
@@ -254,7 +266,7 @@ def speed(
     batch = batch_size or ARCHS[arch].batch_size
     adapters, rows = build_all(arch, libs, seed)
     x = _data(arch, batch, seed)
-    optimizers = {lib: torch.optim.Adam(a.parameters(), lr=lr) for lib, a in adapters.items()}
+    optimizers = {lib: a.optimizer(lr) for lib, a in adapters.items()}
     for a in adapters.values():
         a.train()
     tasks: dict[str, Callable[[], Any]] = {
@@ -264,7 +276,14 @@ def speed(
         tasks[MATMUL] = MatmulReference(arch, batch)
         rows[MATMUL] = _base_row(MATMUL, arch)
     _round_robin(tasks, steps, warmup, rows, "train_step_ms")
-    matmul = rows.pop(MATMUL, {}).get("train_step_ms")
+    matmul_step = rows[MATMUL].pop("train_step_ms", None) if MATMUL in rows else None
+    tasks = {lib: (lambda a=a: _forward_backward(a, x)) for lib, a in adapters.items()
+             if rows[lib]["status"] == "ok"}
+    if MATMUL in rows:
+        tasks[MATMUL] = MatmulReference(arch, batch)
+    _round_robin(tasks, steps, warmup, rows, "forward_backward_ms")
+    matmul_fb = rows.pop(MATMUL, {}).get("forward_backward_ms")
+    matmul = None if matmul_step is None or matmul_fb is None else min(matmul_step, matmul_fb)
     ok = {lib: a for lib, a in adapters.items() if rows[lib]["status"] == "ok"}
     for lib, a in ok.items():
         try:
@@ -284,9 +303,12 @@ def speed(
         flops = training_flops(arch, batch)
         for lib in ok:
             step = rows[lib].get("train_step_ms")
+            model = rows[lib].get("forward_backward_ms")
             if step:
                 rows[lib]["flops_fraction_of_matmul"] = round(matmul / step, 3)
                 rows[lib]["achieved_gflops"] = round(flops / step / 1e6, 2)
+            if model:
+                rows[lib]["model_flops_fraction_of_matmul"] = round(matmul / model, 3)
         for lib in ok:
             rows[lib]["matmul_gflops"] = round(flops / matmul / 1e6, 2)
     return _finish(rows, _setup_info(batch_size=batch, steps=steps, repeats=repeats,
@@ -323,7 +345,7 @@ def equal_steps(
     batch = batch_size or ARCHS[arch].batch_size
     data = load_dataset(flowkit.load_config("realnvp-moons", [f"train.seed={seed}"]))
     adapters, rows = build_all(arch, libs, seed)
-    optimizers = {lib: torch.optim.Adam(a.parameters(), lr=lr) for lib, a in adapters.items()}
+    optimizers = {lib: a.optimizer(lr) for lib, a in adapters.items()}
     schedulers = {lib: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps)
                   for lib, o in optimizers.items()}
     gen = torch.Generator().manual_seed(seed)
@@ -371,9 +393,10 @@ def realnvp_moons(**params: Any) -> list[dict[str, Any]]:
 
 # -- command line --------------------------------------------------------------------------------
 COLUMNS = ("library", "status", "num_parameters", "train_step_ms", "step_ratio_vs_fastest_peer",
-           "density_ms", "density_ratio_vs_fastest_peer", "sampling_ms",
+           "forward_backward_ms", "fb_ratio_vs_fastest_peer", "density_ms",
+           "density_ratio_vs_fastest_peer", "sampling_ms",
            "sampling_ratio_vs_fastest_peer", "saved_activation_mib", "flops_fraction_of_matmul",
-           "test_nll")
+           "model_flops_fraction_of_matmul", "test_nll")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
