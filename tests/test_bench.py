@@ -206,3 +206,21 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
         assert section in report, section
     assert (out / "figures" / "ranking.png").is_file()
     assert (out / "figures" / "samples-grid.png").is_file()
+
+
+def test_cell_command_is_one_line_and_runs():
+    """Array settings (e.g. Adam's betas) stay inline, so the reported command is copy-pastable."""
+    import shlex
+
+    from flowkit.bench.cell import cell_command
+    from flowkit.bench.suite import Cell
+
+    cell = Cell("realnvp__mle__moons__20-steps__s0", "train",
+                {"transform": "realnvp", "objective": "mle", "prior": "", "data": "moons",
+                 "budget": "20 steps", "seed": 0},
+                settings={"train.betas": [0.0, 0.9], "transform.hidden": 8})
+    command = cell_command({"train": {"lr": 1e-3}}, cell)
+    assert "\n" not in command and "train.betas=[0.0, 0.9]" in command
+    dry = CliRunner().invoke(cli, [*shlex.split(command)[1:], "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "betas = [\n    0.0,\n    0.9,\n]" in dry.output  # the resolved config took them

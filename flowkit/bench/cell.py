@@ -29,6 +29,9 @@ RESULT = "result.json"
 
 
 def _toml_value(value: Any) -> str:
+    """``value`` as one-line TOML (arrays inline, so a ``--set`` stays on one line)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 

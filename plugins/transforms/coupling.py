@@ -190,12 +190,19 @@ class _Coupling(Transform):
         """The fast path: condition on ``x[:, cond]``, map ``x[:, free]``, put the two together."""
         assert self.slices is not None
         cond, free = self.slices
+        if (cond.step or 1) == 1 and (free.step or 1) == 1:  # two blocks: split, concatenate
+            # (``split``'s backward is one concatenation; two slices would each scatter their
+            # gradient into a zero-filled full-size tensor)
+            cond_first = cond.start == 0
+            n_cond, n_free = cond.stop - cond.start, free.stop - free.start
+            first, second = x.split([n_cond, n_free] if cond_first else [n_free, n_cond], dim=1)
+            x_a, x_b = (first, second) if cond_first else (second, first)
+            params = self._net_outputs(x_a, context).chunk(self.num_params, dim=1)
+            y_b, logdet = self._couple_part(x_b, params, inverse)
+            return torch.cat([x_a, y_b] if cond_first else [y_b, x_a], dim=1), logdet
         x_a = x[:, cond]
         params = self._net_outputs(x_a, context).chunk(self.num_params, dim=1)
         y_b, logdet = self._couple_part(x[:, free], params, inverse)
-        if cond.step == 1 and free.step == 1:  # two contiguous blocks
-            parts = [x_a, y_b] if cond.start == 0 else [y_b, x_a]
-            return torch.cat(parts, dim=1), logdet
         out = torch.empty_like(x)
         out[:, cond] = x_a
         out[:, free] = y_b

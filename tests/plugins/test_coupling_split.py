@@ -142,3 +142,19 @@ def test_full_size_checkpoint_loads_and_keeps_its_function(
     again = _build(cls, shape, kwargs, conditional)
     again.load_state_dict(fresh.state_dict(), strict=True)
     torch.testing.assert_close(again(x, labels)[0], y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [c for c in SLICEABLE if c[1]["mask"] != "alternate"],
+                         ids=_case_id)
+def test_contiguous_halves_are_split_and_concatenated(
+    case: tuple[tuple[int, ...], dict[str, Any]],
+) -> None:
+    """"half" and "channel" masks cut the input with one ``split`` and join it with one ``cat``
+    (no zero-filled full-size gradient buffers, no in-place writes into a fresh output)."""
+    shape, kwargs = case
+    layer = _build(AffineCoupling, shape, kwargs, conditional=False)
+    x, _ = _inputs(shape, conditional=False)
+    y, _ = layer(x.requires_grad_())
+    assert type(y.grad_fn).__name__ == "CatBackward0"
+    producers = {type(fn).__name__ for fn, _ in y.grad_fn.next_functions if fn is not None}
+    assert "SplitWithSizesBackward0" in producers
