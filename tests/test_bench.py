@@ -224,3 +224,14 @@ def test_cell_command_is_one_line_and_runs():
     dry = CliRunner().invoke(cli, [*shlex.split(command)[1:], "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "betas = [\n    0.0,\n    0.9,\n]" in dry.output  # the resolved config took them
+
+
+def test_python_table_moves_shared_columns_below():
+    from flowkit.bench.report import _python_sections
+
+    rows = [{"library": "a", "ms": 1.5, "threads": 2}, {"library": "b", "ms": 3.0, "threads": 2}]
+    rec = {"kind": "python", "status": "completed", "rows": rows, "command": "cmd",
+           "axes": {"name": "speed", "seed": 0}}
+    text = "\n".join(_python_sections([rec]))
+    assert "| library | ms |" in text and "| b | 3 |" in text
+    assert "Same for every row: threads 2." in text

@@ -228,10 +228,22 @@ def _python_sections(results: list[dict[str, Any]]) -> list[str]:
         if not rows:
             continue
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        body = [[fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "–")) for c in cols]
-                for r in rows]
+
+        def cell(row: dict[str, Any], col: str) -> str:
+            value = row.get(col, "–")
+            return fmt(value) if isinstance(value, float) else str(value)
+
+        # columns with one value in every row (threads, torch, batch size, ...) go below
+        shared = [c for c in cols if len(rows) > 1 and all(c in r for r in rows)
+                  and len({cell(r, c) for r in rows}) == 1 and c not in ("status",)]
+        cols = [c for c in cols if c not in shared]
+        body = [[cell(r, c) for c in cols] for r in rows]
         out += [f"## {rec['axes']['name']} (seed {rec['axes']['seed']})", "",
-                _md_table(cols, body), "", f"Command: `{rec.get('command', '')}`", ""]
+                _md_table(cols, body), ""]
+        if shared:
+            out += ["Same for every row: " + ", ".join(f"{c} {cell(rows[0], c)}" for c in shared)
+                    + ".", ""]
+        out += [f"Command: `{rec.get('command', '')}`", ""]
     return out
 
 
