@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,27 @@ def test_python_table_moves_shared_columns_below():
     text = "\n".join(_python_sections([rec]))
     assert "| library | ms |" in text and "| b | 3 |" in text
     assert "Same for every row: threads 2." in text
+
+
+def test_ood_measure_reports_other_sets_and_draws_the_histogram(tmp_path):
+    """The out-of-distribution measure on a 2-D stand-in: trained on moons, scored on the
+    checkerboard; per-example bits/dim, the 'more likely' share, and the figure."""
+    import flowkit
+    from flowkit.bench.measures import ood
+    from flowkit.runs import load_dataset, load_run
+
+    cfg = flowkit.load_config("realnvp-moons", ["data.n_train=512", "data.n_test=256",
+                                                "transform.num_layers=2", "transform.hidden=16",
+                                                "train.steps=60", "train.batch_size=128"])
+    flowkit.train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    data = load_dataset(run.config)
+    metrics = ood(run, data, {"ood": ["checkerboard"], "n_samples": 20}, tmp_path, None)
+    assert metrics["_figures"] == ["ood-histogram.png"]
+    assert (tmp_path / "ood-histogram.png").stat().st_size > 0
+    for key in ("in_dist_bpd", "in_dist_bpd_median", "ood_checkerboard_bpd",
+                "ood_checkerboard_bpd_median", "ood_checkerboard_frac_more_likely"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["ood_checkerboard_frac_more_likely"] <= 1.0
+    # moons-trained: the checkerboard is *less* likely on average
+    assert metrics["ood_checkerboard_bpd"] > metrics["in_dist_bpd"]

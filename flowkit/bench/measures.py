@@ -116,8 +116,7 @@ def ood(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
     limit = _n(switches) * 10
     ours = per_example_bpd(run, data, limit)
     metrics: dict[str, Any] = {"in_dist_bpd_median": float(ours.median())}
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.hist(ours.numpy(), bins=60, alpha=0.6, density=True, label=f"{data.name} (train set)")
+    series = [(f"{data.name} (trained on; test images)", ours)]
     for name in others:
         config = {**run.config, "data": {"name": name, **{k: v for k, v in run.config["data"].items()
                                                            if k in ("data_dir", "preprocess",
@@ -133,8 +132,17 @@ def ood(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
         metrics[f"ood_{key}_bpd_median"] = float(theirs.median())
         # fraction of OOD images the model finds *more* likely than the median in-distribution one
         metrics[f"ood_{key}_frac_more_likely"] = float((theirs < ours.median()).double().mean())
-        ax.hist(theirs.numpy(), bins=60, alpha=0.6, density=True, label=name)
+        series.append((name, theirs))
     metrics["in_dist_bpd"] = float(ours.mean())
+    # common bins over the central 99% of all values, so a few outliers do not squash the plot
+    values = torch.cat([v[torch.isfinite(v)] for _, v in series]).double()
+    low, high = (float(q) for q in torch.quantile(values, torch.tensor([0.005, 0.995],
+                                                                       dtype=values.dtype)))
+    bins = torch.linspace(low, high if high > low else low + 1.0, 61).numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, v in series:
+        ax.hist(v.clamp(bins[0], bins[-1]).numpy(), bins=bins, alpha=0.6, density=True,
+                label=label)
     ax.set_xlabel("bits/dim per test image (lower = more likely)")
     ax.set_ylabel("density")
     ax.set_title(f"{run.config['transform']['name']} trained on {data.name}")
