@@ -35,10 +35,14 @@ def _search_dirs(suites_dir: Path | None) -> tuple[Path, ...]:
 @click.option("--suites-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where suite names are looked up (also $FLOWKIT_SUITES; then "
                    "./benchmarks/suites).")
+@click.option("--publish", type=click.Path(file_okay=False, path_type=Path),
+              help="Also copy report.md and the images it embeds into this folder (e.g. "
+                   "docs/bench/<suite>).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
           filters: tuple[str, ...], jobs: int, data_dir: Path | None, force: bool,
-          dry_run: bool, list_suites: bool, suites_dir: Path | None, quiet: bool) -> None:
+          dry_run: bool, list_suites: bool, suites_dir: Path | None, publish: Path | None,
+          quiet: bool) -> None:
     """Run a benchmark SUITE (a name or a TOML file) and write results.json, results.csv,
     report.md and figures.
 
@@ -48,6 +52,7 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
       flowkit bench quick
       flowkit bench benchmarks/suites/mnist.toml --jobs 2 --data-dir ../data
       flowkit bench toy2d --filter transform=realnvp,glow --only '*moons*'
+      flowkit bench peers --publish docs/bench/peers
     """
     from flowkit.bench.runner import run_suite, stored_result
     from flowkit.bench.suite import load_suite
@@ -82,3 +87,8 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
               data_dir=str(data_dir) if data_dir else None, force=force, progress=not quiet,
               log=click.echo)
     click.echo(f"report: {out_dir / 'report.md'}")
+    if publish is not None:
+        from flowkit.bench.publish import publish as publish_report
+
+        written = publish_report(out_dir, publish)
+        click.echo(f"published: {written[-1]} and {len(written) - 1} image(s)")

@@ -260,3 +260,28 @@ def test_ood_measure_reports_other_sets_and_draws_the_histogram(tmp_path):
     assert 0.0 <= metrics["ood_checkerboard_frac_more_likely"] <= 1.0
     # moons-trained: the checkerboard is *less* likely on average
     assert metrics["ood_checkerboard_bpd"] > metrics["in_dist_bpd"]
+
+
+def test_publish_copies_the_report_and_its_images(tmp_path):
+    from flowkit.bench.publish import embedded_images, publish
+    from flowkit.errors import FlowkitError
+
+    out = tmp_path / "results"
+    (out / "figures").mkdir(parents=True)
+    (out / "cells" / "a").mkdir(parents=True)
+    (out / "figures" / "ranking.png").write_bytes(b"png1")
+    (out / "cells" / "a" / "hist.png").write_bytes(b"png2")
+    report = ("# r\n![ranking](figures/ranking.png)\n![a](cells/a/hist.png)\n"
+              "![gone](figures/missing.png)\n[not an image](figures/ranking.png)\n")
+    (out / "report.md").write_text(report)
+    assert embedded_images(report) == ["figures/ranking.png", "cells/a/hist.png",
+                                       "figures/missing.png"]
+    written = publish(out, tmp_path / "docs")
+    assert (tmp_path / "docs" / "report.md").read_text() == report
+    assert (tmp_path / "docs" / "cells" / "a" / "hist.png").read_bytes() == b"png2"
+    assert len(written) == 3  # two images and the report; the missing one is skipped
+    (out / "report.md").write_text("![x](../secret.png)")
+    with pytest.raises(FlowkitError, match="outside the results folder"):
+        publish(out, tmp_path / "docs")
+    with pytest.raises(FlowkitError, match="run the suite first"):
+        publish(tmp_path / "nothing", tmp_path / "docs")
