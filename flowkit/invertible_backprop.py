@@ -135,9 +135,11 @@ def masked_coupling_rule(
     The conditioner reads ``m ⊙ x = m ⊙ y``; with its outputs ``θ`` (graph kept) the input is
     ``x = g⁻¹(y; θ)`` and ``g(x; θ)`` is recomputed with a graph (Dinh et al. 2017, "Real NVP",
     eq. (9)). ``∂L/∂x`` collects the direct path and ``m ⊙ ∂L/∂(m ⊙ x)`` through the conditioner.
-    Blocks whose forward takes a sliced fast path are reconstructed with the masked formulation
-    (``_conditioner`` and ``_couple``), which computes the same map.
+    Blocks whose forward takes the sliced fast path are reconstructed on the slices
+    (:func:`_sliced_coupling`); the checkerboard with the masked formulation.
     """
+    if getattr(block, "_fast", False):
+        return _sliced_coupling(block, y, context, grad_y, grad_logdet, need_input_grad, params)
     mask = block.mask.to(dtype=y.dtype)
     free = 1.0 - mask
     with torch.enable_grad():
@@ -152,6 +154,37 @@ def masked_coupling_rule(
     if not need_input_grad:
         return x, None, grads
     grad_x = _add(grads[0], None if grads[1] is None else mask * grads[1])
+    return x, grad_x, grads[2:]
+
+
+def _sliced_coupling(
+    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """:func:`masked_coupling_rule` on the slices ``x_A = y[:, cond]`` and ``y[:, free]``.
+
+    ``θ = net(y_A)`` (graph kept) gives ``x_B = g⁻¹(y_B; θ)``; ``g(x_B; θ)`` is recomputed with a
+    graph. ``∂L/∂x_B`` is its VJP, ``∂L/∂x_A = ∂L/∂y_A + ∂L/∂θ · ∂θ/∂x_A``.
+    """
+    cond, free = block.slices
+    y_a, y_b = y[:, cond], y[:, free]
+    with torch.enable_grad():
+        a_leaf = _leaf(y_a, need_input_grad)
+        theta = block._net_outputs(a_leaf, context).chunk(block.num_params, dim=1)
+        with torch.no_grad():
+            x_b, _ = block._couple_part(y_b, tuple(t.detach() for t in theta), inverse=True)
+        b_leaf = _leaf(x_b, need_input_grad)
+        out_b, logdet = block._couple_part(b_leaf, theta, inverse=False)
+        leaves = [b_leaf, a_leaf] if need_input_grad else []
+        grads = _vjp([out_b, logdet], [grad_y[:, free], grad_logdet], [*leaves, *params])
+    x = torch.empty_like(y)
+    x[:, cond] = y_a
+    x[:, free] = x_b
+    if not need_input_grad:
+        return x, None, grads
+    grad_x = torch.empty_like(y)
+    grad_x[:, free] = grads[0] if grads[0] is not None else 0.0
+    grad_x[:, cond] = grad_y[:, cond] if grads[1] is None else grad_y[:, cond] + grads[1]
     return x, grad_x, grads[2:]
 
 

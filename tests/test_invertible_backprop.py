@@ -365,3 +365,22 @@ def test_train_invertible_backprop_key_gives_the_same_run(tmp_path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
+@pytest.mark.parametrize(("shape", "mask"), [((7,), "half"), ((7,), "alternate"),
+                                             ((6, 4, 4), "channel"), ((2, 4, 4), "checkerboard")])
+@pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling], ids=lambda c: c.__name__)
+def test_coupling_rule_on_every_mask(cls: type, shape: Shape, mask: str,
+                                     conditional: bool) -> None:
+    """Sliced (half, alternate, channel) and masked (checkerboard) reconstructions, with and
+    without class labels, give autograd's gradients in float64."""
+    torch.manual_seed(0)
+    extra = {"conditional": True, "num_classes": 3} if conditional else {}
+    blocks = [cls(shape, mask=mask, parity=bool(k % 2), hidden=8, num_hidden=1, num_blocks=1,
+                  **extra) for k in range(3)]
+    stack = Sequential(blocks).double()
+    _perturb(stack, 0.3)
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    wrapped = _assert_same_gradients(stack, x, _labels(5, 3 if conditional else None))
+    assert wrapped.fallback_names == []
