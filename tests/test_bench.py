@@ -285,3 +285,27 @@ def test_publish_copies_the_report_and_its_images(tmp_path):
         publish(out, tmp_path / "docs")
     with pytest.raises(FlowkitError, match="run the suite first"):
         publish(tmp_path / "nothing", tmp_path / "docs")
+
+
+def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
+    """An edited suite (or --force) retrains a cell instead of resuming the run of its previous
+    definition; the old run folder is kept under another name."""
+    import json as _json
+
+    from flowkit.bench.runner import set_aside_stale_run
+    from flowkit.bench.suite import Cell
+
+    axes = {"transform": "realnvp", "objective": "mle", "prior": "", "data": "moons",
+            "budget": "20 steps", "seed": 0}
+    old = Cell("c", "train", axes, settings={"transform.hidden": 8})
+    new = Cell("c", "train", axes, settings={"transform.hidden": 16})
+    folder = tmp_path / "cells" / "c"
+    (folder / "run" / "checkpoints").mkdir(parents=True)
+    (folder / "spec.json").write_text(_json.dumps({"cell": old.to_dict()}))
+    assert set_aside_stale_run(folder, old, force=False) is None  # same cell: resume
+    assert (folder / "run").is_dir()
+    kept = set_aside_stale_run(folder, new, force=False)
+    assert kept is not None and kept.name.startswith("run.previous-") and kept.is_dir()
+    assert not (folder / "run").exists()
+    (folder / "run").mkdir()
+    assert set_aside_stale_run(folder, old, force=True) is not None  # --force: retrain

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -65,6 +66,36 @@ def _threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
+def set_aside_stale_run(folder: Path, cell: Cell, force: bool) -> Path | None:
+    """Move a cell's ``run/`` aside when it was trained for another definition of the cell.
+
+    A run folder left by the same cell definition (a cut-off run) is resumed, so it stays. One
+    trained for a different definition (the suite was edited: its ``spec.json`` has another
+    fingerprint), or any run under ``--force``, must not be resumed; it is renamed to
+    ``run.previous-<time>`` rather than deleted. Returns the new name, or ``None``.
+    """
+    run = folder / "run"
+    if not run.exists():
+        return None
+    same = False
+    spec = folder / "spec.json"
+    if spec.is_file():
+        try:
+            old = Cell.from_dict(json.loads(spec.read_text(encoding="utf-8"))["cell"])
+            same = old.fingerprint() == cell.fingerprint()
+        except (ValueError, KeyError, TypeError):
+            same = False
+    if same and not force:
+        return None
+    target = folder / f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    run.rename(target)
+    return target
+
+
 def run_suite(
     suite: Suite,
     out_dir: str | Path,
@@ -111,6 +142,10 @@ def run_suite(
     def one(cell: Cell) -> dict[str, Any]:
         folder = cell_dir(out_dir, cell)
         folder.mkdir(parents=True, exist_ok=True)
+        kept = set_aside_stale_run(folder, cell, force)
+        if kept is not None:
+            log(f"  {cell.id}: the cell changed (or --force) since its run was trained; the "
+                f"previous run is kept in {kept}")
         spec_path = folder / "spec.json"
         atomic_write_text(spec_path, json.dumps(cell_spec(suite, cell, out_dir, data_dir,
                                                           threads), indent=2))
