@@ -288,24 +288,18 @@ def test_publish_copies_the_report_and_its_images(tmp_path):
 
 
 def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
-    """An edited suite (or --force) retrains a cell instead of resuming the run of its previous
-    definition; the old run folder is kept under another name."""
-    import json as _json
+    """A run trained for another config (the suite was edited) is not resumed: it is kept as
+    run.previous-<time> and the cell trains afresh; a run of the same config is resumed."""
+    import flowkit
+    from flowkit.bench.cell import _set_aside_other_run
 
-    from flowkit.bench.runner import set_aside_stale_run
-    from flowkit.bench.suite import Cell
-
-    axes = {"transform": "realnvp", "objective": "mle", "prior": "", "data": "moons",
-            "budget": "20 steps", "seed": 0}
-    old = Cell("c", "train", axes, settings={"transform.hidden": 8})
-    new = Cell("c", "train", axes, settings={"transform.hidden": 16})
-    folder = tmp_path / "cells" / "c"
-    (folder / "run" / "checkpoints").mkdir(parents=True)
-    (folder / "spec.json").write_text(_json.dumps({"cell": old.to_dict()}))
-    assert set_aside_stale_run(folder, old, force=False) is None  # same cell: resume
-    assert (folder / "run").is_dir()
-    kept = set_aside_stale_run(folder, new, force=False)
-    assert kept is not None and kept.name.startswith("run.previous-") and kept.is_dir()
-    assert not (folder / "run").exists()
-    (folder / "run").mkdir()
-    assert set_aside_stale_run(folder, old, force=True) is not None  # --force: retrain
+    small = ["data.n_train=256", "data.n_test=128", "transform.num_layers=2",
+             "transform.hidden=8", "train.steps=4", "train.batch_size=32"]
+    cfg = flowkit.load_config("realnvp-moons", small)
+    flowkit.train(cfg, tmp_path / "run", progress=False)
+    longer = flowkit.load_config("realnvp-moons", [*small, "train.steps=8"])
+    assert _set_aside_other_run(tmp_path / "run", longer) is None  # resumable change
+    wider = flowkit.load_config("realnvp-moons", [*small, "transform.hidden=16"])
+    kept = _set_aside_other_run(tmp_path / "run", wider)
+    assert kept is not None and kept.name.startswith("run.previous-")
+    assert (kept / "config.toml").is_file() and not (tmp_path / "run").exists()

@@ -99,6 +99,36 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- training cells -----------------------------------------------------------------------------
+def _set_aside_other_run(run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """Rename a run folder whose config differs from ``config`` beyond what resuming may change
+    (so it cannot be resumed) to ``run.previous-<time>``; returns the new path, or ``None``."""
+    from flowkit.config import RESUMABLE_KEYS, diff, resolve
+    from flowkit.errors import FlowkitError
+    from flowkit.runs import read_run_config
+
+    if not run_dir.exists():
+        return None
+    try:
+        conflicts = [k for k in diff(resolve(read_run_config(run_dir)), config)
+                     if k not in RESUMABLE_KEYS]
+    except FlowkitError:
+        conflicts = ["config.toml"]  # unreadable or missing: not resumable either
+    return set_aside(run_dir) if conflicts else None
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename a run folder that must not be resumed to ``run.previous-<time>`` (never delete
+    what a user trained); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"run.previous-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"run.previous-{stamp}-{n}")
+    run_dir.rename(target)
+    return target
+
+
 def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> dict[str, Any]:
     """Train (or resume) the cell's run and measure it; returns the result record."""
     from flowkit.model import build_model
@@ -116,6 +146,9 @@ def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> di
     except FlowkitError as exc:
         return result | {"status": "invalid", "reason": str(exc)}
     run_dir = cell_dir / "run"
+    kept = _set_aside_other_run(run_dir, config)
+    if kept is not None:
+        log(f"{cell.id}: {run_dir} was trained with another config; kept as {kept.name}")
     t0 = time.perf_counter()
     try:
         if list_checkpoints(run_dir):

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from flowkit.atomic import atomic_write_text
-from flowkit.bench.cell import RESULT
+from flowkit.bench.cell import RESULT, set_aside
 from flowkit.bench.suite import Cell, Suite
 from flowkit.errors import ConfigError
 
@@ -64,36 +63,6 @@ def cell_spec(suite: Suite, cell: Cell, out_dir: Path, data_dir: str | None,
 
 def _threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-
-def set_aside_stale_run(folder: Path, cell: Cell, force: bool) -> Path | None:
-    """Move a cell's ``run/`` aside when it was trained for another definition of the cell.
-
-    A run folder left by the same cell definition (a cut-off run) is resumed, so it stays. One
-    trained for a different definition (the suite was edited: its ``spec.json`` has another
-    fingerprint), or any run under ``--force``, must not be resumed; it is renamed to
-    ``run.previous-<time>`` rather than deleted. Returns the new name, or ``None``.
-    """
-    run = folder / "run"
-    if not run.exists():
-        return None
-    same = False
-    spec = folder / "spec.json"
-    if spec.is_file():
-        try:
-            old = Cell.from_dict(json.loads(spec.read_text(encoding="utf-8"))["cell"])
-            same = old.fingerprint() == cell.fingerprint()
-        except (ValueError, KeyError, TypeError):
-            same = False
-    if same and not force:
-        return None
-    target = folder / f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    run.rename(target)
-    return target
 
 
 def run_suite(
@@ -142,10 +111,8 @@ def run_suite(
     def one(cell: Cell) -> dict[str, Any]:
         folder = cell_dir(out_dir, cell)
         folder.mkdir(parents=True, exist_ok=True)
-        kept = set_aside_stale_run(folder, cell, force)
-        if kept is not None:
-            log(f"  {cell.id}: the cell changed (or --force) since its run was trained; the "
-                f"previous run is kept in {kept}")
+        if force and (folder / "run").exists():  # retrain; a changed cell is caught in cell.py
+            log(f"  {cell.id}: --force: the previous run is kept in {set_aside(folder / 'run')}")
         spec_path = folder / "spec.json"
         atomic_write_text(spec_path, json.dumps(cell_spec(suite, cell, out_dir, data_dir,
                                                           threads), indent=2))
