@@ -335,17 +335,21 @@ def write_figures(suite: Suite, results: list[dict[str, Any]], out_dir: Path) ->
         if sample and (out_dir / "cells" / g["id"] / sample).is_file():
             tiles.append((_label(g["axes"], vary), out_dir / "cells" / g["id"] / sample))
     if tiles:
-        size, cols = 256, min(4, len(tiles))
+        with Image.open(tiles[0][1]) as first:  # wide figures (2-D: data, density, samples)
+            aspect = first.width / max(first.height, 1)  # get wider tiles, fewer columns
+        wide = aspect > 1.5
+        width, cols = (512, min(2, len(tiles))) if wide else (256, min(4, len(tiles)))
+        height = round(width / aspect) if wide else width
         rows = math.ceil(len(tiles) / cols)
-        grid = Image.new("RGB", (cols * size, rows * (size + 18)), "white")
+        grid = Image.new("RGB", (cols * width, rows * (height + 18)), "white")
         draw = ImageDraw.Draw(grid)
         for i, (label, path) in enumerate(tiles):
             with Image.open(path) as img:
                 img = img.convert("RGB")
-                img.thumbnail((size, size))
-                x, y = (i % cols) * size, (i // cols) * (size + 18)
-                grid.paste(img, (x + (size - img.width) // 2, y + 18))
-                draw.text((x + 4, y + 3), label[:40], fill="black")
+                img.thumbnail((width, height))
+                x, y = (i % cols) * width, (i // cols) * (height + 18)
+                grid.paste(img, (x + (width - img.width) // 2, y + 18))
+                draw.text((x + 4, y + 3), label[:60], fill="black")
         path = folder / "samples-grid.png"
         grid.quantize(256).save(path, optimize=True)  # a palette: a quarter of the bytes
         paths.append(path)
