@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
-from torch.autograd.functional import jacobian
+from torch import nn
+from transform_test_utils import jacobian_logdet
 
 import flowkit
 from flowkit.composition import MultiScale
@@ -51,19 +51,6 @@ def perturbed(module: Transform, seed: int = 0, scale: float = 0.1) -> Transform
     module = module.double().eval()
     perturb_parameters(module, scale, generator=torch.Generator().manual_seed(seed))
     return module
-
-
-def jacobian_logdet(t: Transform, x: Tensor, context: Tensor | None = None) -> Tensor:
-    """``log|det ∂t(x)/∂x|`` per example by autograd (small inputs only)."""
-    values = []
-    for i in range(x.shape[0]):
-        ctx = None if context is None else context[i:i + 1]
-
-        def flat(v: Tensor, ctx: Tensor | None = ctx) -> Tensor:
-            return t(v.reshape(1, *x.shape[1:]), ctx)[0].reshape(-1)
-
-        values.append(torch.linalg.slogdet(jacobian(flat, x[i].reshape(-1)))[1])
-    return torch.stack(values)
 
 
 # -- the conformance suite on every part ------------------------------------------------------

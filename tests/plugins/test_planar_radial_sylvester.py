@@ -214,6 +214,18 @@ def test_planar_constraint_holds_for_extreme_raw_parameters() -> None:
                 assert torch.isfinite(layer32(grid(dtype))[1]).all()
 
 
+def assert_inverts_with_finite_logdets(layer: Transform, rtol: float) -> None:
+    """Round trips both ways on the float64 grid, and finite log-dets in every dtype."""
+    x = grid(torch.float64)
+    assert_round_trip(layer, layer.inverse(x)[0].detach(), rtol)
+    assert_round_trip(layer, x, rtol)
+    for dtype in DTYPES:
+        with torch.no_grad():
+            assert torch.isfinite(layer.to(dtype).inverse(grid(dtype))[1]).all()
+            assert torch.isfinite(layer(grid(dtype))[1]).all()
+        layer.double()
+
+
 def test_radial_constraint_holds_for_extreme_raw_parameters() -> None:
     layer = RadialLayer((2,)).double()
     radii = torch.linspace(0, 100, 100001, dtype=torch.float64)
@@ -228,14 +240,7 @@ def test_radial_constraint_holds_for_extreme_raw_parameters() -> None:
             # along every ray the radius maps by r ↦ r·(1 + β/(α + r)), strictly increasing
             assert bool((torch.diff(radii * (1 + beta / (alpha + radii))) > 0).all())
             # (β ≫ α expands a small ball around z₀ by up to β/α: rounding grows with |β|)
-            x, rtol = grid(torch.float64), 1e-12 * (1 + float(alpha) + float(beta.abs()))
-            assert_round_trip(layer, layer.inverse(x)[0].detach(), rtol)
-            assert_round_trip(layer, x, rtol)
-            for dtype in DTYPES:
-                with torch.no_grad():
-                    assert torch.isfinite(layer.to(dtype).inverse(grid(dtype))[1]).all()
-                    assert torch.isfinite(layer(grid(dtype))[1]).all()
-                layer.double()
+            assert_inverts_with_finite_logdets(layer, 1e-12 * (1 + float(alpha) + float(beta.abs())))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -251,14 +256,7 @@ def test_sylvester_constraint_holds_for_extreme_raw_parameters(variant: str) -> 
         _, r, r_tilde = layer.factors()
         products = torch.diagonal(r) * torch.diagonal(r_tilde)
         assert bool((products >= -DIAG_BOUND ** 2).all())  # > −1: every scalar equation increasing
-        x = grid(torch.float64)
-        assert_round_trip(layer, layer.inverse(x)[0].detach(), 1e-10)
-        assert_round_trip(layer, x, 1e-10)
-        for dtype in DTYPES:
-            with torch.no_grad():
-                assert torch.isfinite(layer.to(dtype).inverse(grid(dtype))[1]).all()
-                assert torch.isfinite(layer(grid(dtype))[1]).all()
-            layer.double()
+        assert_inverts_with_finite_logdets(layer, 1e-10)
 
 
 # -- Q has orthonormal columns ------------------------------------------------------------------
