@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.linear import linear
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -72,6 +73,10 @@ class MLP(nn.Module):
     ``h_0 = x``, ``h_k = ReLU(W_k h_{k-1} + b_k)`` for ``k = 1..num_hidden``, output
     ``W_out h_{num_hidden} + b_out`` (the conditioner of Dinh et al. 2015, "NICE", §5.1, which used
     5 hidden layers of 1000 units). With ``zero_init`` the output layer starts at zero.
+
+    The layers are ordinary ``nn.Linear`` modules (``body`` holds them with their ``nn.ReLU``),
+    evaluated by :func:`flowkit.linear.linear`, which fuses each ReLU into its layer and runs
+    float32 CPU batches on PyTorch's oneDNN kernels.
     """
 
     def __init__(
@@ -94,7 +99,11 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_features)`` to ``(B, out_features)``."""
-        return self.out(self.body(x))
+        h = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        for layer in self.body[::2]:  # nn.Linear at even positions, nn.ReLU after each
+            h = linear(h, layer.weight, layer.bias, relu=True)
+        out = linear(h, self.out.weight, self.out.bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1]) if x.dim() != 2 else out
 
     def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
         """Keep only the input features ``inputs`` and the output units ``outputs``.

@@ -1,0 +1,144 @@
+"""Affine layers ``y = act(x Wᵀ + b)`` on PyTorch's oneDNN kernels where they are faster.
+
+On x86 CPUs PyTorch runs float32 ``nn.Linear`` through MKL's GEMM, which on some processors
+(AMD EPYC with AVX-512, for one) reaches about half the FLOP/s of the oneDNN GEMM that PyTorch
+also ships (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses for
+frozen CPU linear layers). :func:`linear` computes the same function with that kernel and the
+ReLU fused into it as a post-op, and its backward runs the two GEMMs of a linear layer,
+
+    ∂L/∂x = g W        ∂L/∂W = gᵀ x        ∂L/∂b = Σ_batch g,   g = ∂L/∂y ⊙ 1[y > 0] (ReLU),
+
+on oneDNN too. It applies to float32 tensors on the CPU when the kernel is present and agrees
+with :func:`torch.nn.functional.linear` on a probe; everything else (float64, CUDA, other
+dtypes, a PyTorch build without oneDNN, double backward) goes through the ordinary ops. The
+parameters are the ordinary ``nn.Linear`` ones, so models and checkpoints do not change.
+
+Set ``FLOWKIT_ONEDNN_LINEAR=0`` (or call :func:`set_onednn_linear`) to use the ordinary ops
+everywhere, for instance to compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["linear", "onednn_linear_active", "set_onednn_linear"]
+
+_ENV = "FLOWKIT_ONEDNN_LINEAR"
+_enabled: bool = os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+_probed: bool | None = None  # None: not probed yet
+
+
+def set_onednn_linear(enabled: bool) -> None:
+    """Use (``True``, the default) or bypass (``False``) the oneDNN path of :func:`linear`."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def _kernel() -> Any:
+    return torch.ops.mkldnn._linear_pointwise
+
+
+def _probe() -> bool:
+    """Whether the oneDNN kernel exists and matches ``F.linear`` (+ ReLU) on a small input."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 7, generator=gen)
+        w = torch.randn(3, 7, generator=gen)
+        b = torch.randn(3, generator=gen)
+        g = torch.randn(5, 3, generator=gen)
+        with torch.no_grad():
+            got = _kernel()(x, w, b, "relu", [], "")
+            back = _gemm(g.t(), x.t())  # strided operands, as in the weight gradient
+        return bool(torch.allclose(got, F.relu(F.linear(x, w, b)), atol=1e-5)
+                    and torch.allclose(back, g.t() @ x, atol=1e-5))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def onednn_linear_active() -> bool:
+    """Whether :func:`linear` uses oneDNN for float32 CPU tensors in this process."""
+    global _probed
+    if not _enabled:
+        return False
+    if _probed is None:
+        _probed = _probe()
+    return _probed
+
+
+def _eligible(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and weight.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] == weight.shape[1]
+            and (bias is None or bias.dtype == torch.float32) and x.numel() > 0
+            and onednn_linear_active())
+
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` if it is row- or column-major (a transposed view is), else a contiguous copy.
+
+    oneDNN takes either order at full speed but falls back to a slow reference kernel for
+    other strides, such as a column slice of a wider matrix seen transposed.
+    """
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``x`` if its rows are contiguous (a column slice of a wider batch is), else a copy.
+
+    The forward kernel reads such an input in place at full speed.
+    """
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _gemm(a: Tensor, b_t: Tensor) -> Tensor:
+    """``a @ b_tᵀ`` on oneDNN (row- or column-major operands are used in place)."""
+    return _kernel()(_dense(a), _dense(b_t), None, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``act(x Wᵀ + b)`` with oneDNN forward and backward GEMMs (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        y = _kernel()(_rows(x), weight, bias, "relu" if relu else "none", [], "")
+        ctx.relu = relu
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, y = ctx.saved_tensors
+        if ctx.relu:
+            grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable ops for double backward
+            grad_x = grad_y @ weight if need_x else None
+            grad_w = grad_y.t() @ x if need_w else None
+        else:
+            grad_x = _gemm(grad_y, weight.t()) if need_x else None
+            grad_w = _gemm(grad_y.t(), x.t()) if need_w else None
+        grad_b = grad_y.sum(0) if ctx.has_bias and need_b else None
+        return grad_x, grad_w, grad_b, None
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
+    """``y = x Wᵀ + b``, or ``ReLU(x Wᵀ + b)`` with ``relu=True``, for ``x`` of shape ``(B, in)``.
+
+    Same values (up to float round-off) and gradients as ``F.relu(F.linear(x, weight, bias))``;
+    float32 CPU tensors run on oneDNN (module docstring). ``weight`` is ``(out, in)``, ``bias``
+    ``(out,)``.
+    """
+    if x.dim() == 2 and _eligible(x, weight, bias):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _OneDNNLinear.apply(x, weight, bias, relu)
+        return _kernel()(_rows(x), weight, bias, "relu" if relu else "none", [], "")
+    y = F.linear(x, weight, bias)
+    return F.relu(y) if relu else y
