@@ -12,8 +12,11 @@ their identity initialisation. Three variants train the same model:
     every block under ``torch.utils.checkpoint.checkpoint`` (non-reentrant): only block inputs
     are stored, and each block's forward runs again during backward.
 ``invertible``
-    :class:`flowkit.invertible_backprop.InvertibleBackprop`: only the output is stored; inputs
-    are reconstructed by inversion during backward.
+    :class:`flowkit.invertible_backprop.InvertibleBackprop` (``train.invertible_backprop``) as
+    it comes: only the output is stored; inputs are reconstructed by inversion during backward,
+    each block on two halves of the batch in turn (``chunks=2``).
+``invertible-c1``
+    the same with ``chunks=1``: each block is reconstructed on the whole batch at once.
 
 Memory is measured for every variant in a fresh Python subprocess (nothing left over from
 another variant), after one warm-up step (so the Adam state and allocator pools exist). Peak
@@ -68,7 +71,8 @@ from flowkit.composition import Sequential
 from flowkit.invertible_backprop import InvertibleBackprop
 from flowkit.transform import Transform
 
-VARIANTS = ("autograd", "checkpoint", "invertible")
+#: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2)
+VARIANTS = ("autograd", "checkpoint", "invertible", "invertible-c1")
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -111,6 +115,8 @@ def build_variant(variant: str, stack: Sequential) -> nn.Module:
         return stack
     if variant == "checkpoint":
         return Checkpointed(stack)
+    if variant == "invertible-c1":
+        return InvertibleBackprop(stack, chunks=1)
     return InvertibleBackprop(stack)
 
 
@@ -282,12 +288,12 @@ def main() -> None:
         return
     print(f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
           f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)")
-    print(f"{'variant':<12}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
+    print(f"{'variant':<15}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
           f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}")
     nan = float("nan")
     for row in rows:
         rss = row.get("rss_peak")
-        print(f"{row['variant']:<12}{row['tensor_peak'] / 2**20:>16.1f}"
+        print(f"{row['variant']:<15}{row['tensor_peak'] / 2**20:>16.1f}"
               f"{row.get('tensor_peak_ratio', nan):>8.3f}"
               f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
               f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"

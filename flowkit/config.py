@@ -50,7 +50,9 @@ class TrainConfig:
     ``sampler = "class-balanced"`` draws ``batch_size // num_classes`` examples of every class per
     step (labelled datasets only). ``invertible_backprop = true`` trains without storing the
     activations of blocks with an exact inverse: they are reconstructed from the outputs during
-    the backward pass (:mod:`flowkit.invertible_backprop`; same gradients, much less memory).
+    the backward pass (:mod:`flowkit.invertible_backprop`; same gradients, much less memory);
+    ``invertible_backprop_chunks`` (default 2) reconstructs each block on that many slices of the
+    batch in turn (1: the whole batch; more: less memory again, smaller kernels).
     """
 
     steps: int = 2000
@@ -74,6 +76,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     init_examples: int = 512
     invertible_backprop: bool = False
+    invertible_backprop_chunks: int = 2
 
 
 @dataclass
@@ -103,6 +106,7 @@ DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
                   "train.eval_every", "train.sample_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.device", "train.invertible_backprop",
+                  "train.invertible_backprop_chunks",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}
 

@@ -101,7 +101,11 @@ class Trainer:
         if tc["invertible_backprop"]:
             from flowkit.invertible_backprop import enable_invertible_backprop
 
-            enable_invertible_backprop(self.model, log=self.log)
+            chunks = tc["invertible_backprop_chunks"]
+            if chunks < 1:
+                raise ConfigError(f"train.invertible_backprop_chunks must be at least 1 (1: the "
+                                  f"whole batch at once), got {chunks}")
+            enable_invertible_backprop(self.model, log=self.log, chunks=chunks)
         self.objective = build_objective(config["objective"]).to(self.device)
         self.objective.bind_data(self.data)
         self.objective.setup(self.model)

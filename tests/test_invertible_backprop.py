@@ -73,8 +73,9 @@ def _grads(t: Transform, x: Tensor, context: Tensor | None, input_grad: bool = T
 
 
 def _assert_same_gradients(t: Transform, x: Tensor, context: Tensor | None = None,
-                           rtol: float = 1e-10, input_grad: bool = True) -> InvertibleBackprop:
-    wrapped = InvertibleBackprop(copy.deepcopy(t))
+                           rtol: float = 1e-10, input_grad: bool = True,
+                           chunks: int = 2) -> InvertibleBackprop:
+    wrapped = InvertibleBackprop(copy.deepcopy(t), chunks=chunks)
     expected = _grads(t, x, context, input_grad)
     got = _grads(wrapped, x, context, input_grad)
     assert len(got) == len(expected)
@@ -116,6 +117,33 @@ def test_architectures_match_autograd(name: str, shape: Shape, params: dict[str,
     t = _build(name, shape, params)
     wrapped = _assert_same_gradients(t, torch.randn(4, *shape, dtype=torch.float64))
     assert wrapped.fallback_names == []
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 50])
+@pytest.mark.parametrize(("name", "shape", "params"), [
+    ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 4, "num_blocks": 1}),
+    ("realnvp", (6,), {"num_layers": 2, "hidden": 8, "num_hidden": 1}),
+    ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 4}),
+    ("revnet", (1, 8, 8), {"widths": [4, 4], "blocks_per_stage": 1}),
+])
+def test_any_number_of_batch_chunks_gives_the_same_gradients(
+    name: str, shape: Shape, params: dict[str, Any], chunks: int,
+) -> None:
+    """Slices of an odd batch (5), one slice, and more slices than examples."""
+    t = _build(name, shape, params)
+    wrapped = _assert_same_gradients(t, torch.randn(5, *shape, dtype=torch.float64),
+                                     chunks=chunks)
+    assert wrapped.chunks == chunks
+
+
+def test_chunks_with_labels_and_bad_values() -> None:
+    t = _build("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 8, "num_blocks": 1,
+                                      "conditional": True}, num_classes=3)
+    _assert_same_gradients(t, torch.randn(7, 3, 8, 8, dtype=torch.float64), _labels(7, 3),
+                           chunks=3)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="chunks must be a positive integer"):
+            InvertibleBackprop(t, chunks=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("name", "shape", "params"), [
@@ -344,8 +372,11 @@ def test_register_rule_is_used_for_its_type() -> None:
     register_rule(_Registered, counting_rule)
     torch.manual_seed(0)
     t = Sequential([_Registered((4,)), _Exp((4,))]).double()
-    _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64))
+    _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64), chunks=1)
     assert calls == ["_Registered"]
+    calls.clear()
+    _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64), chunks=2)
+    assert calls == ["_Registered", "_Registered"]  # once per slice of the batch
 
 
 def test_train_invertible_backprop_key_gives_the_same_run(tmp_path) -> None:
@@ -365,6 +396,22 @@ def test_train_invertible_backprop_key_gives_the_same_run(tmp_path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_train_invertible_backprop_chunks_key(tmp_path) -> None:
+    """The chunk count reaches the wrapper, and a bad one is a config error naming the key."""
+    from flowkit.errors import ConfigError
+    from flowkit.trainer import Trainer
+
+    common = ["train.steps=1", "train.invertible_backprop=true", "transform.num_scales=1",
+              "transform.hidden=8", "transform.num_blocks=1"]
+    cfg = flowkit.load_config("realnvp-digits", [*common, "train.invertible_backprop_chunks=3"])
+    trainer = Trainer(cfg, tmp_path / "ok", progress=False, log=lambda _: None)
+    assert isinstance(trainer.model.transform, InvertibleBackprop)
+    assert trainer.model.transform.chunks == 3
+    cfg = flowkit.load_config("realnvp-digits", [*common, "train.invertible_backprop_chunks=0"])
+    with pytest.raises(ConfigError, match=r"train\.invertible_backprop_chunks must be at least 1"):
+        Trainer(cfg, tmp_path / "bad", progress=False, log=lambda _: None)
 
 
 @pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import flowkit.linear as flowkit_linear
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +38,9 @@ def test_speed_rows_have_every_column(measure):
                     "flops_fraction_of_matmul", "model_flops_fraction_of_matmul",
                     "saved_activation_mib"):
             assert row[key] > 0, key
+        if flowkit_linear.onednn_linear_active():
+            assert row["flops_fraction_of_onednn_matmul"] > 0
+            assert row["matmul_onednn_gflops"] > 0
     # no peer in this run, so no ratio to a fastest peer
     assert not any(k.endswith("_ratio_vs_fastest_peer") for r in rows for k in r)
 

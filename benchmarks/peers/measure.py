@@ -20,8 +20,11 @@ the hand-written reference). For ``realnvp784`` a pure-matmul pseudo-library run
 step's GEMMs (forward, grad-input and grad-weight of every conditioner layer) in the same
 rotations: ``flops_fraction_of_matmul`` is that time over the training step, i.e. the step's
 achieved FLOP/s (MLP FLOPs counted analytically, 3× forward) relative to what the matrix
-multiplications alone reach on this machine in this run, and ``model_flops_fraction_of_matmul``
-the same for the forward and backward passes alone.
+multiplications alone reach on this machine in this run with ``torch.mm`` (what ``nn.Linear``
+runs), and ``model_flops_fraction_of_matmul`` the same for the forward and backward passes alone.
+A second pseudo-library runs the same GEMMs on PyTorch's oneDNN kernel (the one
+:mod:`flowkit.linear` uses): the ``*_onednn_matmul`` fractions are against that, the faster of
+the two on some processors (AMD EPYC: about 2×).
 
 :func:`equal_steps` trains every library's ``realnvp-moons`` for the same steps on the same
 batches of flowkit's ``moons`` data (Adam 1e-3, cosine decay) and reports the test NLL.
@@ -52,7 +55,8 @@ from benchmarks.peers import (
     build,
 )
 
-MATMUL = "matmul"  # the pseudo-library of the FLOP/s reference
+MATMUL = "matmul"  # the pseudo-libraries of the FLOP/s references: torch.mm …
+MATMUL_ONEDNN = "matmul_onednn"  # … and oneDNN's GEMM
 METRICS = ("train_step_ms", "forward_backward_ms", "density_ms", "sampling_ms")
 
 
@@ -196,10 +200,19 @@ def training_flops(arch: str, batch: int) -> int:
 
 
 class MatmulReference:
-    """The training step's GEMMs alone: forward, grad-input and grad-weight of every layer."""
+    """The training step's GEMMs alone: forward, grad-input and grad-weight of every layer.
 
-    def __init__(self, arch: str, batch: int) -> None:
+    ``backend="mm"`` runs them with ``torch.mm`` (MKL on x86: what ``nn.Linear`` uses);
+    ``backend="onednn"`` with the oneDNN kernel that :mod:`flowkit.linear` uses, the faster of
+    the two on some processors, so the fraction against it says how close a library comes to
+    the best GEMM rate PyTorch reaches here.
+    """
+
+    def __init__(self, arch: str, batch: int, backend: str = "mm") -> None:
+        if backend not in ("mm", "onednn"):
+            raise ValueError(f"backend must be 'mm' or 'onednn', got {backend!r}")
         gen = torch.Generator().manual_seed(0)
+        self.backend = backend
         self.operands = []
         for n_in, n_out in mlp_layer_shapes(arch):
             x = torch.randn(batch, n_in, generator=gen)
@@ -209,10 +222,27 @@ class MatmulReference:
 
     def __call__(self) -> None:
         """Run every GEMM once."""
+        if self.backend == "onednn":
+            gemm = torch.ops.mkldnn._linear_pointwise
+            for x, w, g in self.operands:
+                gemm(x, w, None, "none", [], "")
+                gemm(g, w.t(), None, "none", [], "")
+                gemm(g.t(), x.t(), None, "none", [], "")
+            return
         for x, w, g in self.operands:
             torch.mm(x, w.T)
             torch.mm(g, w)
             torch.mm(g.T, x)
+
+
+def _references(arch: str, batch: int) -> dict[str, MatmulReference]:
+    """The GEMM references of a Real NVP architecture (oneDNN where PyTorch has it)."""
+    from flowkit.linear import onednn_linear_active
+
+    refs = {MATMUL: MatmulReference(arch, batch)}
+    if onednn_linear_active():
+        refs[MATMUL_ONEDNN] = MatmulReference(arch, batch, backend="onednn")
+    return refs
 
 
 # -- the cells -----------------------------------------------------------------------------------
@@ -272,18 +302,21 @@ def speed(
     tasks: dict[str, Callable[[], Any]] = {
         lib: (lambda a=a, o=optimizers[lib]: _train_step(a, o, x)) for lib, a in adapters.items()
     }
-    if arch in ("realnvp784", "realnvp-moons"):
-        tasks[MATMUL] = MatmulReference(arch, batch)
-        rows[MATMUL] = _base_row(MATMUL, arch)
+    refs = _references(arch, batch) if arch in ("realnvp784", "realnvp-moons") else {}
+    for name, ref in refs.items():
+        tasks[name] = ref
+        rows[name] = _base_row(name, arch)
     _round_robin(tasks, steps, warmup, rows, "train_step_ms")
-    matmul_step = rows[MATMUL].pop("train_step_ms", None) if MATMUL in rows else None
     tasks = {lib: (lambda a=a: _forward_backward(a, x)) for lib, a in adapters.items()
              if rows[lib]["status"] == "ok"}
-    if MATMUL in rows:
-        tasks[MATMUL] = MatmulReference(arch, batch)
+    tasks.update(refs)
     _round_robin(tasks, steps, warmup, rows, "forward_backward_ms")
-    matmul_fb = rows.pop(MATMUL, {}).get("forward_backward_ms")
-    matmul = None if matmul_step is None or matmul_fb is None else min(matmul_step, matmul_fb)
+    # a reference's time is its faster run: it does the same work in both rounds
+    matmul = {name: min(rows[name].get(k, math.inf) for k in ("train_step_ms",
+                                                               "forward_backward_ms"))
+              for name in refs}
+    for name in refs:
+        rows.pop(name)
     ok = {lib: a for lib, a in adapters.items() if rows[lib]["status"] == "ok"}
     for lib, a in ok.items():
         try:
@@ -299,18 +332,20 @@ def speed(
             context = _inference_context(a, fn)
             tasks[lib] = (lambda fn=fn, context=context: _call_in(context, fn))
         _round_robin(tasks, repeats, 1, rows, key)
-    if matmul is not None:
+    if matmul:
         flops = training_flops(arch, batch)
-        for lib in ok:
-            step = rows[lib].get("train_step_ms")
-            model = rows[lib].get("forward_backward_ms")
-            if step:
-                rows[lib]["flops_fraction_of_matmul"] = round(matmul / step, 3)
-                rows[lib]["achieved_gflops"] = round(flops / step / 1e6, 2)
-            if model:
-                rows[lib]["model_flops_fraction_of_matmul"] = round(matmul / model, 3)
-        for lib in ok:
-            rows[lib]["matmul_gflops"] = round(flops / matmul / 1e6, 2)
+        for name, ref_ms in matmul.items():
+            suffix = "" if name == MATMUL else "_onednn"
+            for lib in ok:
+                step = rows[lib].get("train_step_ms")
+                model = rows[lib].get("forward_backward_ms")
+                if step:
+                    rows[lib][f"flops_fraction_of{suffix}_matmul"] = round(ref_ms / step, 3)
+                    rows[lib]["achieved_gflops"] = round(flops / step / 1e6, 2)
+                if model:
+                    rows[lib][f"model_flops_fraction_of{suffix}_matmul"] = round(ref_ms / model,
+                                                                                3)
+                rows[lib][f"{name}_gflops"] = round(flops / ref_ms / 1e6, 2)
     return _finish(rows, _setup_info(batch_size=batch, steps=steps, repeats=repeats,
                                      warmup=warmup, seed=seed))
 
@@ -396,7 +431,8 @@ COLUMNS = ("library", "status", "num_parameters", "train_step_ms", "step_ratio_v
            "forward_backward_ms", "fb_ratio_vs_fastest_peer", "density_ms",
            "density_ratio_vs_fastest_peer", "sampling_ms",
            "sampling_ratio_vs_fastest_peer", "saved_activation_mib", "flops_fraction_of_matmul",
-           "model_flops_fraction_of_matmul", "test_nll")
+           "model_flops_fraction_of_matmul", "flops_fraction_of_onednn_matmul",
+           "model_flops_fraction_of_onednn_matmul", "test_nll")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
