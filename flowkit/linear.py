@@ -13,8 +13,9 @@ with :func:`torch.nn.functional.linear` on a probe; everything else (float64, CU
 dtypes, a PyTorch build without oneDNN, double backward) goes through the ordinary ops. The
 parameters are the ordinary ``nn.Linear`` ones, so models and checkpoints do not change.
 
-Set ``FLOWKIT_ONEDNN_LINEAR=0`` (or call :func:`set_onednn_linear`) to use the ordinary ops
-everywhere, for instance to compare the two.
+Set ``FLOWKIT_ONEDNN=0`` (or call :func:`set_onednn_linear`) to use the ordinary ops everywhere,
+for instance to compare the two; the switch also covers the fused convolutions of
+:mod:`flowkit.conv`.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from torch import Tensor
 
 __all__ = ["linear", "onednn_linear_active", "set_onednn_linear"]
 
-_ENV = "FLOWKIT_ONEDNN_LINEAR"
+_ENV = "FLOWKIT_ONEDNN"
 _enabled: bool = os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 _probed: bool | None = None  # None: not probed yet
 
 
 def set_onednn_linear(enabled: bool) -> None:
-    """Use (``True``, the default) or bypass (``False``) the oneDNN path of :func:`linear`."""
+    """Use (``True``, the default) or bypass (``False``) the oneDNN paths of :func:`linear` and
+    :func:`flowkit.conv.conv2d`."""
     global _enabled
     _enabled = bool(enabled)
 

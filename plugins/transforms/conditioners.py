@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit.conv import conv2d
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.linear import linear
 
@@ -124,8 +125,8 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding="same")
 
     def forward(self, h: Tensor) -> Tensor:
-        """Map ``(B, C, H, W)`` to ``(B, C, H, W)``."""
-        return h + self.conv2(F.relu_(self.conv1(h)))
+        """Map ``(B, C, H, W)`` to ``(B, C, H, W)`` (fused convolutions without autograd)."""
+        return conv2d(conv2d(h, self.conv1, relu=True), self.conv2, residual=h)
 
 
 class ConvNet(nn.Module):
@@ -156,7 +157,12 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
-        return self.conv_out(F.relu_(self.blocks(self.conv_in(channels_last(x)))))
+        h = conv2d(channels_last(x), self.conv_in, relu=not self.blocks)
+        for k, block in enumerate(self.blocks):
+            last = k == len(self.blocks) - 1
+            r = conv2d(h, block.conv1, relu=True)
+            h = conv2d(r, block.conv2, residual=h, relu=last)  # the output ReLU fused in
+        return conv2d(h, self.conv_out)
 
     def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
         """Keep only the input channels ``inputs`` and the output channels ``outputs``.

@@ -19,7 +19,7 @@ from torch import Tensor
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.conditioners import require_num_classes
-from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
+from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind, scaled_tanh
 from flowkit.plugins.transforms.permutation import RandomPermutation
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
@@ -57,7 +57,7 @@ class GINCoupling(AffineCoupling):
         self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
     ) -> tuple[Tensor, Tensor]:
         raw_log_scale, shift = params
-        log_scale = zero_sum_log_scale(self.scale * torch.tanh(raw_log_scale), free)
+        log_scale = zero_sum_log_scale(scaled_tanh(raw_log_scale, self.scale), free)
         shift = free * shift
         if inverse:
             return (x - shift) * torch.exp(-log_scale), self.zero_logdet(x)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, MultiScale, Sequential
+from flowkit.conv import conv2d
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.conditioners import (
@@ -87,8 +88,10 @@ class GlowConvNet(nn.Module):
         self.out = ZeroConv2d(hidden, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last)."""
-        return self.out(self.body(channels_last(x)))
+        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last;
+        without autograd each ReLU is fused into its convolution, :func:`flowkit.conv.conv2d`)."""
+        h = conv2d(channels_last(x), self.body[0], relu=True)
+        return self.out(conv2d(h, self.body[2], relu=True))
 
 
 class _HalfConditioned(Transform):

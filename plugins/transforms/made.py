@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.linear import linear
 
 
 def input_degrees(num_inputs: int, order: Sequence[int] | None = None) -> Tensor:
@@ -88,7 +88,7 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_features)`` to ``(B, out_features)`` with the masked weight."""
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return linear(x, self.weight * self.mask, self.bias)
 
 
 class MADE(nn.Module):

@@ -160,12 +160,12 @@ def test_contiguous_halves_are_split_and_concatenated(
     assert "SplitWithSizesBackward0" in producers
 
 
-def test_scaled_tanh_is_scale_times_tanh():
+def testscaled_tanh_is_scale_times_tanh():
     """The affine coupling's bounded log-scale, written with sigmoid, is ``scale ⊙ tanh``."""
-    from flowkit.plugins.transforms.coupling import _scaled_tanh
+    from flowkit.plugins.transforms.coupling import scaled_tanh
 
     x = torch.linspace(-30, 30, 2001, dtype=torch.float64).reshape(-1, 3)
     scale = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
-    torch.testing.assert_close(_scaled_tanh(x, scale), scale * torch.tanh(x), rtol=0, atol=1e-15)
+    torch.testing.assert_close(scaled_tanh(x, scale), scale * torch.tanh(x), rtol=0, atol=1e-15)
     x32, s32 = x.float(), scale.float()
-    torch.testing.assert_close(_scaled_tanh(x32, s32), s32 * torch.tanh(x32), rtol=0, atol=1e-6)
+    torch.testing.assert_close(scaled_tanh(x32, s32), s32 * torch.tanh(x32), rtol=0, atol=1e-6)

@@ -1,0 +1,118 @@
+"""2-d convolutions with their ReLU and residual addition fused, when no gradient is needed.
+
+Sampling, density evaluation and the graph-free forward pass of memory-free backprop
+(:mod:`flowkit.invertible_backprop`) evaluate conditioner networks without autograd. There,
+:func:`conv2d` computes
+
+    y = ReLU(conv(x) + r)      (the ReLU and the residual ``r`` optional)
+
+in one call of PyTorch's oneDNN convolution with post-ops (``torch.ops.mkldnn.
+_convolution_pointwise``, the kernel ``torch.compile`` uses for frozen CPU convolutions), which
+saves the separate element-wise passes over the activations. It applies to float32 CPU batches
+of ``nn.Conv2d`` layers with zero padding, when the kernel is present and matches the ordinary
+ops on a probe; everything else — and every call that needs a gradient — runs the ordinary ops,
+with the same values. ``FLOWKIT_ONEDNN=0`` (or :func:`flowkit.linear.set_onednn_linear`)
+switches it off together with the fused linear layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowkit import linear as _linear
+
+__all__ = ["conv2d"]
+
+_probed: bool | None = None
+
+
+def _kernels() -> tuple[Any, Any]:
+    ops = torch.ops.mkldnn._convolution_pointwise
+    return ops.default, ops.binary
+
+
+def _probe() -> bool:
+    """Whether the fused kernels exist and match the ordinary ops on a small channels-last batch."""
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(4, 3, 3, 3, generator=gen)
+        b = torch.randn(4, generator=gen)
+        r = torch.randn(2, 4, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+        unary, binary = _kernels()
+        with torch.no_grad():
+            got = unary(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+            got_res = binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [],
+                             None)
+            want = F.conv2d(x, w, b, padding=1)
+        return bool(torch.allclose(got, F.relu(want), atol=1e-5)
+                    and torch.allclose(got_res, F.relu(want + r), atol=1e-5))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def _active() -> bool:
+    global _probed
+    if not _linear.onednn_linear_active():  # the shared switch (and a oneDNN build)
+        return False
+    if _probed is None:
+        _probed = _probe()
+    return _probed
+
+
+def _padding(conv: nn.Conv2d) -> list[int] | None:
+    """The explicit symmetric padding of ``conv``, or ``None`` when it has none ('same' with an
+    even kernel, a non-zero padding mode)."""
+    if conv.padding_mode != "zeros":
+        return None
+    if conv.padding == "same":
+        if any(k % 2 == 0 for k in conv.kernel_size) or any(d != 1 for d in conv.dilation):
+            return None
+        return [(k - 1) // 2 for k in conv.kernel_size]
+    if conv.padding == "valid":
+        return [0, 0]
+    return list(conv.padding)  # type: ignore[arg-type]
+
+
+def _fusable(x: Tensor, conv: nn.Conv2d, residual: Tensor | None) -> bool:
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad
+                                    or (conv.bias is not None and conv.bias.requires_grad)
+                                    or (residual is not None and residual.requires_grad)):
+        return False
+    if (x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32
+            or conv.weight.dtype != torch.float32 or not _active()):
+        return False
+    if residual is not None and not (
+        residual.dtype == torch.float32
+        and tuple(residual.shape) == (x.shape[0], conv.out_channels, *x.shape[2:])
+        and tuple(conv.stride) == (1, 1)
+        and residual.is_contiguous(memory_format=torch.channels_last)
+        == x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return False
+    return _padding(conv) is not None
+
+
+def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
+           residual: Tensor | None = None) -> Tensor:
+    """``ReLU(conv(x) + residual)``; ``relu`` and ``residual`` optional.
+
+    ``residual`` has the output's shape (fused only for stride 1 and the input's spatial size,
+    as in a residual block). Without autograd, float32 CPU batches run as one fused
+    oneDNN call (module docstring); otherwise ``conv(x)``, the addition and an in-place ReLU.
+    """
+    if _fusable(x, conv, residual):
+        unary, binary = _kernels()
+        args = (conv.weight, conv.bias, _padding(conv), list(conv.stride), list(conv.dilation),
+                conv.groups)
+        if residual is None:
+            return unary(x, *args, "relu" if relu else "none", [], "")
+        return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
+    y = conv(x)
+    if residual is not None:
+        y = y + residual
+    return F.relu_(y) if relu else y

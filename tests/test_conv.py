@@ -1,0 +1,87 @@
+"""flowkit.conv: fused inference convolutions compute the ordinary ops' values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import flowkit.conv as fc
+import flowkit.linear as fl
+
+
+def _reference(x, conv, relu, residual):
+    y = conv(x)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_fused_values_without_autograd(channels_last, relu, with_residual, kernel):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 6, kernel, padding="same")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 5, 7, 7).contiguous(memory_format=fmt)
+    residual = torch.randn(3, 6, 7, 7).contiguous(memory_format=fmt) if with_residual else None
+    with torch.no_grad():
+        want = _reference(x, conv, relu, residual)
+        got = fc.conv2d(x, conv, relu=relu, residual=residual)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        got = fc.conv2d(x, conv, relu=relu, residual=residual)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_kernel_really_runs():
+    """This test machine's PyTorch has oneDNN: a no-grad call must not run aten::convolution."""
+    if not fc._active():
+        pytest.skip("PyTorch build without the oneDNN convolution kernel")
+    conv = nn.Conv2d(4, 4, 3, padding="same")
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fc.conv2d(x, conv, relu=True, residual=x)
+    names = {e.name for e in prof.events()}
+    assert "mkldnn::_convolution_pointwise" in names and "aten::convolution" not in names
+
+
+def test_gradients_use_the_ordinary_ops():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding="same")
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    y = fc.conv2d(x, conv, relu=True, residual=x)
+    ref_x = x.detach().clone().requires_grad_()
+    ref = _reference(ref_x, conv, True, ref_x)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 3, 2, padding="same"),          # even kernel: asymmetric padding
+    nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
+    nn.Conv2d(3, 3, 3, padding=1).double(),
+])
+def test_unsupported_layers_fall_back(conv):
+    x = torch.randn(2, 3, 6, 6, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fc.conv2d(x, conv, relu=True), _reference(x, conv, True, None))
+
+
+def test_switched_off_with_the_linear_switch():
+    conv = nn.Conv2d(3, 3, 3, padding="same")
+    x = torch.randn(2, 3, 6, 6)
+    fl.set_onednn_linear(False)
+    try:
+        assert not fc._active()
+        with torch.no_grad():
+            assert torch.equal(fc.conv2d(x, conv, relu=True), _reference(x, conv, True, None))
+    finally:
+        fl.set_onednn_linear(True)
