@@ -13,6 +13,12 @@ needs_onednn = pytest.mark.skipif(not fl.onednn_linear_active(),
                                   reason="PyTorch build without the oneDNN linear kernel")
 
 
+@pytest.fixture(autouse=True)
+def _any_size(monkeypatch):
+    """The small test layers take the oneDNN path too (it is size-gated for speed)."""
+    monkeypatch.setattr(fl, "MIN_MACS", 0)
+
+
 def _reference(x, w, b, relu):
     y = F.linear(x, w, b)
     return F.relu(y) if relu else y
@@ -114,6 +120,15 @@ def test_inference_mode_and_no_grad():
         y = fl.linear(x, w.requires_grad_(), b, relu=True)
     assert y.grad_fn is None
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_small_layers_use_the_ordinary_ops(monkeypatch):
+    monkeypatch.setattr(fl, "MIN_MACS", 1 << 21)
+    x, w, b = (t.requires_grad_() for t in _operands())  # 33 × 19 × 23 multiply-adds
+    assert type(fl.linear(x, w, b).grad_fn).__name__ == "AddmmBackward0"
+    x, w, b = (t.requires_grad_() for t in _operands(batch=256, n_in=128, n_out=128))
+    assert type(fl.linear(x, w, b).grad_fn).__name__ == "_OneDNNLinearBackward"
 
 
 def test_mlp_keeps_its_parameter_names_and_function():
