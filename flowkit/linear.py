@@ -9,9 +9,10 @@ ReLU fused into it as a post-op, and its backward runs the two GEMMs of a linear
     ∂L/∂x = g W        ∂L/∂W = gᵀ x        ∂L/∂b = Σ_batch g,   g = ∂L/∂y ⊙ 1[y > 0] (ReLU),
 
 on oneDNN too. It applies to float32 tensors on the CPU when the kernel is present and agrees
-with :func:`torch.nn.functional.linear` on a probe, for layers big enough to gain (``MIN_MACS``); everything else (float64, CUDA, other
-dtypes, a PyTorch build without oneDNN, double backward) goes through the ordinary ops. The
-parameters are the ordinary ``nn.Linear`` ones, so models and checkpoints do not change.
+with :func:`torch.nn.functional.linear` on a probe, for layers big enough to gain
+(``MIN_MACS``); everything else (float64, CUDA, other dtypes, a PyTorch build without oneDNN,
+double backward, small layers) goes through the ordinary ops. The parameters are the ordinary
+``nn.Linear`` ones, so models and checkpoints do not change.
 
 Set ``FLOWKIT_ONEDNN=0`` (or call :func:`set_onednn_linear`) to use the ordinary ops everywhere,
 for instance to compare the two; the switch also covers the fused convolutions of
