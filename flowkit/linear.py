@@ -81,7 +81,7 @@ def onednn_linear_active() -> bool:
 
 def _eligible(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] == weight.shape[1]
+            and weight.device.type == "cpu" and x.shape[-1] == weight.shape[1]
             and (bias is None or bias.dtype == torch.float32)
             and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
             and onednn_linear_active())
