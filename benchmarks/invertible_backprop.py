@@ -17,6 +17,19 @@ their identity initialisation. Three variants train the same model:
     each block on two halves of the batch in turn (``chunks=2``).
 ``invertible-c1``
     the same with ``chunks=1``: each block is reconstructed on the whole batch at once.
+``memcnn``
+    the peer: every coupling wrapped in MemCNN's ``InvertibleModuleWrapper`` (van de Leemput et
+    al. 2019; ``keep_input=False``, its memory-saving setting), measured only when ``memcnn`` is
+    installed (``pip install --no-deps memcnn``: its wrapper needs only torch and numpy, while its
+    declared requirements pull torchvision). Its adapter returns the couplings' outputs; their
+    log-determinants are zero (additive couplings), so the loss is the same.
+
+Any method that keeps no activations runs every block's forward once more than autograd does.
+The script times the stack's forward without a graph in the same rounds and reports the naive
+estimate of such a method's cost, ``autograd+fwd = (autograd step + that forward) / autograd
+step``. A memory-free step can come in under it: its backward reads activations it has just
+recomputed (a block's local graph, which stays in cache) instead of activations stored during
+the forward pass and fetched back from main memory, as autograd's backward does.
 
 Memory is measured for every variant in a fresh Python subprocess (nothing left over from
 another variant), after one warm-up step (so the Adam state and allocator pools exist). Peak
@@ -25,10 +38,11 @@ memory is the memory of the step itself, above what is resident before it:
 * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before the step.
 * CPU, ``tensor_peak`` (the headline number): a ``TorchDispatchMode`` sees every tensor every
-  operator creates (backward included), counts each new storage's bytes while it is alive
-  (a weak-reference finaliser subtracts them when it is freed), and reports the peak of that
-  count. It is exact and deterministic, but misses scratch memory operators allocate
-  internally (e.g. convolution workspaces), which all variants share.
+  operator creates (backward included), keeps a weak reference to each new storage, and after
+  every operator adds up the current sizes of the storages still alive (so storages that are
+  freed, or emptied in place with ``resize_(0)`` as MemCNN does, stop counting); it reports the
+  peak of that sum. It is exact and deterministic, but misses scratch memory operators
+  allocate internally (e.g. convolution workspaces), which all variants share.
 * CPU, ``rss_peak`` (a cross-check): the process's peak resident set (``VmHWM``) during the
   step minus its resident set before it, with the peak reset through ``/proc/self/clear_refs``
   and ``MALLOC_MMAP_THRESHOLD_=65536`` so that large blocks go back to the system when freed
@@ -58,7 +72,9 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -71,8 +87,11 @@ from flowkit.composition import Sequential
 from flowkit.invertible_backprop import InvertibleBackprop
 from flowkit.transform import Transform
 
-#: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2)
-VARIANTS = ("autograd", "checkpoint", "invertible", "invertible-c1")
+#: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2); ``memcnn``
+#: runs only when MemCNN is installed
+VARIANTS = ("autograd", "checkpoint", "invertible", "invertible-c1", "memcnn")
+#: the stack's forward pass without a graph, timed with the variants (for the ``autograd+fwd`` estimate)
+FORWARD = "forward-no-graph"
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -109,12 +128,69 @@ class Checkpointed(nn.Module):
         return x, total
 
 
+class MemCNNStack(nn.Module):
+    """The stack with every coupling in MemCNN's ``InvertibleModuleWrapper`` (the peer).
+
+    MemCNN wraps modules with a single-tensor ``forward``/``inverse``; :class:`_MemCNNAdapter`
+    gives a coupling that form. With ``keep_input=False`` MemCNN frees each wrapper's input
+    storage after the forward pass, so the squeeze's output is copied first (it may share the
+    caller's batch, which must survive the step).
+    """
+
+    def __init__(self, stack: Sequential) -> None:
+        super().__init__()
+        memcnn = _import_memcnn()
+        steps = list(stack.steps)
+        self.squeeze = steps[0]
+        self.blocks = nn.Sequential(*(
+            memcnn.InvertibleModuleWrapper(_MemCNNAdapter(b), keep_input=False,
+                                           keep_input_inverse=False) for b in steps[1:]))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h, _ = self.squeeze(x)
+        z = self.blocks(h.clone())
+        return z, z.new_zeros(z.shape[0])  # additive couplings: log-determinant 0
+
+
+class _MemCNNAdapter(nn.Module):
+    """A flowkit block as MemCNN expects it: ``forward(x) -> y`` and ``inverse(y) -> x``."""
+
+    def __init__(self, block: Transform) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)[0]
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self.block.inverse(y)[0]
+
+
+def _import_memcnn() -> Any:
+    """The ``memcnn`` module (its deprecated ``torch.cuda.amp`` decorators warn on import)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import memcnn
+    return memcnn
+
+
+def available_variants() -> tuple[str, ...]:
+    """:data:`VARIANTS`, without ``memcnn`` when MemCNN is not installed."""
+    try:
+        _import_memcnn()
+    except ImportError:
+        return tuple(v for v in VARIANTS if v != "memcnn")
+    return VARIANTS
+
+
 def build_variant(variant: str, stack: Sequential) -> nn.Module:
     """The module a variant trains (all share ``stack``'s parameters)."""
     if variant == "autograd":
         return stack
     if variant == "checkpoint":
         return Checkpointed(stack)
+    if variant == "memcnn":
+        return MemCNNStack(stack)
     if variant == "invertible-c1":
         return InvertibleBackprop(stack, chunks=1)
     return InvertibleBackprop(stack)
@@ -122,31 +198,45 @@ def build_variant(variant: str, stack: Sequential) -> nn.Module:
 
 # -- memory measurement --------------------------------------------------------------------------
 class TensorPeak(TorchDispatchMode):
-    """Peak bytes of the live storages of tensors created while the mode is active."""
+    """Peak bytes of the live storages of tensors created while the mode is active.
 
-    def __init__(self) -> None:
+    After every operator the current sizes of the storages still alive are added up, so a
+    storage stops counting when it is freed or emptied in place (``resize_(0)``, which MemCNN
+    uses to drop activations) and counts again when it is refilled. Storages of ``existing``
+    tensors (the parameters, the input batch) are never counted, even when an operator returns
+    a view or an alias of them.
+    """
+
+    def __init__(self, existing: Iterable[Tensor] = ()) -> None:
         super().__init__()
-        self.live = 0
         self.peak = 0
-        self._alive: set[int] = set()
+        self._storages: dict[int, weakref.ref[Any]] = {}
+        self._existing = [t.untyped_storage() for t in existing]  # kept alive: ids stay valid
+        self._skip = {id(st) for st in self._existing}
 
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._alive.discard(key)
+    def live(self) -> int:
+        """Bytes held now by the storages created under the mode."""
+        total = 0
+        for key, ref in list(self._storages.items()):
+            storage = ref()
+            if storage is None:
+                del self._storages[key]
+            else:
+                total += storage.nbytes()
+        return total
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, Tensor):
-                continue
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in self._alive:
-                continue  # a view or in-place result of a storage already counted
-            self._alive.add(key)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._freed, key, nbytes)
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key in self._skip:
+                    continue
+                known = self._storages.get(key)
+                if known is None or known() is not storage:
+                    self._storages[key] = weakref.ref(storage)
+        self.peak = max(self.peak, self.live())
         return out
 
 
@@ -216,7 +306,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
         result["tensor_peak"] = torch.cuda.max_memory_allocated(bench.device) - before
     else:
         result["rss_peak"] = _rss_peak_of(lambda: bench.forward_backward(module))
-        tracker = TensorPeak()
+        tracker = TensorPeak([bench.x, *bench.stack.parameters(), *bench.stack.buffers()])
         with tracker:
             bench.forward_backward(module)
         result["tensor_peak"] = tracker.peak
@@ -224,21 +314,33 @@ def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_time(args: argparse.Namespace) -> dict[str, Any]:
-    """Median step times of every variant, measured in turn so that load changes hit them alike."""
+    """Median step times of every variant, measured in turn so that load changes hit them alike.
+
+    The forward pass without a graph (``FORWARD``) is timed in the same rounds, for the
+    ``autograd+fwd`` estimate (module docstring).
+    """
     bench = Bench(args)
-    modules = {v: build_variant(v, bench.stack) for v in VARIANTS}
-    for module in modules.values():
-        bench.step(module)  # warm-up
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    variants = available_variants()
+    modules = {v: build_variant(v, bench.stack) for v in variants}
+
+    def forward_only() -> None:
+        with torch.no_grad():
+            bench.stack(bench.x)
+
+    runs = {v: (lambda m=module: bench.step(m)) for v, module in modules.items()}
+    runs[FORWARD] = forward_only
+    for run in runs.values():
+        run()  # warm-up
+    wall: dict[str, list[float]] = {v: [] for v in runs}
+    cpu: dict[str, list[float]] = {v: [] for v in runs}
     for _ in range(args.repeats):
-        for variant, module in modules.items():
+        for name, run in runs.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            bench.step(module)
-            wall[variant].append(time.perf_counter() - t0)
-            cpu[variant].append(time.process_time() - c0)
+            run()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     return {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
-                "step_s_all": [round(t, 4) for t in wall[v]]} for v in VARIANTS}
+                "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
 
 
 def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") -> dict[str, Any]:
@@ -277,14 +379,20 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     times = _spawn(args, "time")
-    rows = [_spawn(args, "memory", v) | times[v] for v in VARIANTS]
+    rows = [_spawn(args, "memory", v) | times[v] for v in available_variants()]
     base = rows[0]
     for row in rows:
         for key in ("tensor_peak", "rss_peak", "step_s", "cpu_s"):
             if row.get(key) is not None and base.get(key):
                 row[f"{key}_ratio"] = round(row[key] / base[key], 3)
+    forward = times[FORWARD]
+    naive = {"variant": "autograd+fwd", "forward_no_graph_s": forward["step_s"],
+             "step_s": base["step_s"] + forward["step_s"],
+             "cpu_s": base["cpu_s"] + forward["cpu_s"]}
+    naive["step_s_ratio"] = round(naive["step_s"] / base["step_s"], 3)
+    naive["cpu_s_ratio"] = round(naive["cpu_s"] / base["cpu_s"], 3)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([*rows, naive], indent=2))
         return
     print(f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
           f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)")
@@ -298,6 +406,11 @@ def main() -> None:
               f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
               f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"
               f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}")
+    print(f"{'autograd+fwd':<15}{'':>16}{'':>8}{'':>13}{'':>8}{naive['step_s']:>9.3f}"
+          f"{naive['step_s_ratio']:>8.3f}{naive['cpu_s']:>9.3f}{naive['cpu_s_ratio']:>8.3f}"
+          f"   (autograd step + the stack's forward without a graph, {forward['step_s']:.3f} s)")
+    if "memcnn" not in available_variants():
+        print("memcnn: not installed (pip install --no-deps memcnn), not measured")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""The memory-free backprop benchmark's bookkeeping on a tiny stack.
+
+``benchmarks/invertible_backprop.py`` measures peak memory with a tensor tracker and compares
+flowkit's wrapper with autograd, checkpointing and MemCNN; here the tracker's accounting and the
+variants' gradients are checked (timings are measured in the benchmark, never in unit tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import invertible_backprop as module
+        yield module
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_tracker_counts_new_storages_until_freed_or_emptied(bench) -> None:
+    existing = torch.zeros(1000)
+    tracker = bench.TensorPeak([existing])
+    with tracker:
+        a = torch.ones(256)  # 1 KiB
+        alias = existing.view(10, 100)  # a view of an existing storage: never counted
+        b = a * 2  # 1 KiB more
+        assert tracker.live() == 2048
+        b.untyped_storage().resize_(0)  # emptied in place (as MemCNN frees activations)
+        assert tracker.live() == 1024
+        del b
+        c = a + 1
+        del c
+    assert tracker.peak == 2048
+    assert alias.shape == (10, 100)
+
+
+def _args(variant: str) -> argparse.Namespace:
+    return argparse.Namespace(device="cpu", batch=4, blocks=3, hidden=8, num_blocks=1,
+                              repeats=1, threads=0, seed=0, variant=variant)
+
+
+def _gradients(bench, variant: str) -> list[torch.Tensor]:
+    state = bench.Bench(_args(variant))
+    state.forward_backward(bench.build_variant(variant, state.stack))
+    return [p.grad.clone() for p in state.stack.parameters()]
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # MemCNN's storage calls
+@pytest.mark.parametrize("variant", ["checkpoint", "invertible", "invertible-c1", "memcnn"])
+def test_every_variant_trains_the_same_model(bench, variant: str) -> None:
+    if variant not in bench.available_variants():
+        pytest.skip("memcnn is not installed (pip install --no-deps memcnn)")
+    want = _gradients(bench, "autograd")
+    got = _gradients(bench, variant)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_memory_free_variants_need_less_memory(bench) -> None:
+    args = {v: _args(v) for v in ("autograd", "invertible", "invertible-c1")}
+    for a in args.values():
+        a.blocks, a.batch = 8, 16
+    peaks = {v: bench.measure_memory(a)["tensor_peak"] for v, a in args.items()}
+    assert peaks["invertible"] < peaks["invertible-c1"] < 0.5 * peaks["autograd"]
