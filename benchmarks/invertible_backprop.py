@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -85,6 +86,7 @@ from torch.utils._pytree import tree_flatten
 from flowkit import registry
 from flowkit.composition import Sequential
 from flowkit.invertible_backprop import InvertibleBackprop
+from flowkit.linear import onednn_linear_active, set_onednn_linear
 from flowkit.transform import Transform
 
 #: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2); ``memcnn``
@@ -92,6 +94,8 @@ from flowkit.transform import Transform
 VARIANTS = ("autograd", "checkpoint", "invertible", "invertible-c1", "memcnn")
 #: the stack's forward pass without a graph, timed with the variants (for the ``autograd+fwd`` estimate)
 FORWARD = "forward-no-graph"
+#: the stack's widest convolution alone (same shapes, channels-last, no graph): the kernel's rate
+REFERENCE = "reference-conv"
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -327,8 +331,17 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         with torch.no_grad():
             bench.stack(bench.x)
 
+    flops, shape = conv_flops(bench.stack, bench.x)
+    widest = torch.randn(*shape[0]).contiguous(memory_format=torch.channels_last).to(bench.device)
+    kernel = torch.randn(*shape[1], device=bench.device)
+
+    def reference_conv() -> None:
+        with torch.no_grad():
+            torch.nn.functional.conv2d(widest, kernel, padding="same")
+
     runs = {v: (lambda m=module: bench.step(m)) for v, module in modules.items()}
     runs[FORWARD] = forward_only
+    runs[REFERENCE] = reference_conv
     for run in runs.values():
         run()  # warm-up
     wall: dict[str, list[float]] = {v: [] for v in runs}
@@ -339,8 +352,45 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
             run()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return {v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
-                "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
+    out: dict[str, Any] = {
+        v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
+            "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
+    out[FORWARD]["gflop"] = flops / 1e9
+    out[REFERENCE]["gflop"] = 2 * math.prod(shape[0]) * math.prod(shape[1][:2]) * math.prod(
+        shape[1][2:]) / shape[0][1] / 1e9
+    return out
+
+
+def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, tuple[tuple[int, ...], ...]]:
+    """Floating-point operations of the stack's convolutions in one forward pass, and the input
+    and weight shapes of its most expensive convolution (for the reference kernel).
+
+    Counted with forward hooks on every ``nn.Conv2d`` (``2 · out.numel() · in/groups · kh · kw``)
+    during one ordinary forward (the fused oneDNN path, which bypasses the hooks, switched off).
+    """
+    total = 0.0
+    widest: tuple[float, tuple[tuple[int, ...], ...]] = (0.0, ((), ()))
+
+    def hook(conv: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal total, widest
+        w = conv.weight  # type: ignore[union-attr]
+        f = 2.0 * output.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+        total += f
+        if f > widest[0]:
+            widest = (f, (tuple(inputs[0].shape), tuple(w.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in stack.modules()
+               if isinstance(m, nn.Conv2d)]
+    was = onednn_linear_active()
+    set_onednn_linear(False)
+    try:
+        with torch.no_grad():
+            stack(x)
+    finally:
+        set_onednn_linear(was)
+        for h in handles:
+            h.remove()
+    return total, widest[1]
 
 
 def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") -> dict[str, Any]:
@@ -391,6 +441,16 @@ def main() -> None:
              "cpu_s": base["cpu_s"] + forward["cpu_s"]}
     naive["step_s_ratio"] = round(naive["step_s"] / base["step_s"], 3)
     naive["cpu_s_ratio"] = round(naive["cpu_s"] / base["cpu_s"], 3)
+    ref = times[REFERENCE]
+    rates = {"forward_gflop": round(forward["gflop"], 2),
+             "forward_gflops": round(forward["gflop"] / forward["step_s"], 1),
+             "reference_conv_gflops": round(ref["gflop"] / ref["step_s"], 1)}
+    rates["forward_fraction_of_reference"] = round(
+        rates["forward_gflops"] / rates["reference_conv_gflops"], 3)
+    # convolution work per step in forward passes: autograd 3 (forward, input and weight
+    # gradients), any method that keeps no activations 4 (one forward more)
+    rates["autograd_conv_gflops"] = round(3 * forward["gflop"] / base["step_s"], 1)
+    naive.update(rates)
     if args.json:
         print(json.dumps([*rows, naive], indent=2))
         return
@@ -409,6 +469,10 @@ def main() -> None:
     print(f"{'autograd+fwd':<15}{'':>16}{'':>8}{'':>13}{'':>8}{naive['step_s']:>9.3f}"
           f"{naive['step_s_ratio']:>8.3f}{naive['cpu_s']:>9.3f}{naive['cpu_s_ratio']:>8.3f}"
           f"   (autograd step + the stack's forward without a graph, {forward['step_s']:.3f} s)")
+    print(f"convolutions: {rates['forward_gflop']:.1f} GFLOP a forward pass; without a graph at "
+          f"{rates['forward_gflops']:.0f} GFLOP/s = {rates['forward_fraction_of_reference']:.2f}× "
+          f"the widest convolution alone ({rates['reference_conv_gflops']:.0f} GFLOP/s); an "
+          f"autograd step (3 passes' worth) at {rates['autograd_conv_gflops']:.0f} GFLOP/s")
     if "memcnn" not in available_variants():
         print("memcnn: not installed (pip install --no-deps memcnn), not measured")
 
