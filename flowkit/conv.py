@@ -8,7 +8,11 @@ Sampling, density evaluation and the graph-free forward pass of memory-free back
 
 in one call of PyTorch's oneDNN convolution with post-ops (``torch.ops.mkldnn.
 _convolution_pointwise``, the kernel ``torch.compile`` uses for frozen CPU convolutions), which
-saves the separate element-wise passes over the activations. It applies to float32 CPU batches
+saves the separate element-wise passes over the activations. A caller that owns ``r`` and no
+longer needs it may let the result overwrite it (``overwrite_residual=True``): oneDNN then
+accumulates the convolution into ``r``'s buffer (its in-place variant,
+``_convolution_pointwise_``), which on a 64-channel 16×16 batch of 64 costs 0.2 ms over the bare
+convolution, against 0.4 ms for the out-of-place addition. It applies to float32 CPU batches
 of ``nn.Conv2d`` layers with zero padding, when the kernel is present and matches the ordinary
 ops on a probe; everything else — and every call that needs a gradient — runs the ordinary ops,
 with the same values. ``FLOWKIT_ONEDNN=0`` (or :func:`flowkit.linear.set_onednn_linear`)
@@ -30,9 +34,9 @@ __all__ = ["conv2d"]
 _probed: bool | None = None
 
 
-def _kernels() -> tuple[Any, Any]:
+def _kernels() -> tuple[Any, Any, Any]:
     ops = torch.ops.mkldnn._convolution_pointwise
-    return ops.default, ops.binary
+    return ops.default, ops.binary, torch.ops.mkldnn._convolution_pointwise_.binary
 
 
 def _probe() -> bool:
@@ -43,14 +47,19 @@ def _probe() -> bool:
         w = torch.randn(4, 3, 3, 3, generator=gen)
         b = torch.randn(4, generator=gen)
         r = torch.randn(2, 4, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
-        unary, binary = _kernels()
+        unary, binary, binary_ = _kernels()
         with torch.no_grad():
             got = unary(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
             got_res = binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [],
                              None)
-            want = F.conv2d(x, w, b, padding=1)
-        return bool(torch.allclose(got, F.relu(want), atol=1e-5)
-                    and torch.allclose(got_res, F.relu(want + r), atol=1e-5))
+            into = r.clone()
+            got_into = binary_(into, x, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu",
+                               [], None)
+            want = F.relu(F.conv2d(x, w, b, padding=1) + r)
+        return bool(torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=1)), atol=1e-5)
+                    and torch.allclose(got_res, want, atol=1e-5)
+                    and got_into.data_ptr() == into.data_ptr()
+                    and torch.allclose(into, want, atol=1e-5))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
@@ -98,19 +107,24 @@ def _fusable(x: Tensor, conv: nn.Conv2d, residual: Tensor | None) -> bool:
 
 
 def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
-           residual: Tensor | None = None) -> Tensor:
+           residual: Tensor | None = None, overwrite_residual: bool = False) -> Tensor:
     """``ReLU(conv(x) + residual)``; ``relu`` and ``residual`` optional.
 
     ``residual`` has the output's shape (fused only for stride 1 and the input's spatial size,
     as in a residual block). Without autograd, float32 CPU batches run as one fused
     oneDNN call (module docstring); otherwise ``conv(x)``, the addition and an in-place ReLU.
+    ``overwrite_residual=True`` allows the fused call to write the result into ``residual``'s
+    buffer (and return it); pass it only for a residual the caller created and does not read
+    again. Calls that need a gradient never overwrite it.
     """
     if _fusable(x, conv, residual):
-        unary, binary = _kernels()
+        unary, binary, binary_ = _kernels()
         args = (conv.weight, conv.bias, _padding(conv), list(conv.stride), list(conv.dilation),
                 conv.groups)
         if residual is None:
             return unary(x, *args, "relu" if relu else "none", [], "")
+        if overwrite_residual:
+            return binary_(residual, x, *args, "add", None, "relu" if relu else None, [], None)
         return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
     y = conv(x)
     if residual is not None:

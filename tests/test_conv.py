@@ -49,6 +49,47 @@ def test_the_fused_kernel_really_runs():
     assert "mkldnn::_convolution_pointwise" in names and "aten::convolution" not in names
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_overwriting_the_residual_without_autograd(relu):
+    """The result lands in the residual's buffer; the values are the ordinary ops'."""
+    if not fc._active():
+        pytest.skip("PyTorch build without the oneDNN convolution kernel")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, padding="same")
+    x = torch.randn(3, 6, 7, 7).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(3, 6, 7, 7).contiguous(memory_format=torch.channels_last)
+    want = _reference(x, conv, relu, residual).detach()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        got = fc.conv2d(x, conv, relu=relu, residual=residual, overwrite_residual=True)
+    assert got.data_ptr() == residual.data_ptr()
+    torch.testing.assert_close(residual, want, rtol=1e-5, atol=1e-5)
+    assert "mkldnn::_convolution_pointwise_" in {e.name for e in prof.events()}
+
+
+def test_a_residual_autograd_needs_is_never_overwritten():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding="same")
+    residual = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    kept = residual.clone()
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    y = fc.conv2d(x, conv, relu=True, residual=residual, overwrite_residual=True)
+    assert y.requires_grad and torch.equal(residual, kept)
+
+
+def test_conv_net_forward_without_autograd_matches_with_it():
+    """ConvNet overwrites its own residual stream without autograd; the output is unchanged."""
+    from flowkit.plugins.transforms.conditioners import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(4, 6, hidden=8, num_blocks=3, zero_init=False)
+    x = torch.randn(2, 4, 6, 6)
+    kept = x.clone()
+    with torch.no_grad():
+        fast = net(x)
+    torch.testing.assert_close(fast, net(x).detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(x, kept)
+
+
 def test_gradients_use_the_ordinary_ops():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 3, 3, padding="same")

@@ -161,7 +161,9 @@ class ConvNet(nn.Module):
         for k, block in enumerate(self.blocks):
             last = k == len(self.blocks) - 1
             r = conv2d(h, block.conv1, relu=True)
-            h = conv2d(r, block.conv2, residual=h, relu=last)  # the output ReLU fused in
+            # h is this network's own (conv_in's output), read for the last time here: without
+            # autograd the block's output overwrites it; the output ReLU is fused in
+            h = conv2d(r, block.conv2, residual=h, relu=last, overwrite_residual=True)
         return conv2d(h, self.conv_out)
 
     def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
