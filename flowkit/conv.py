@@ -112,7 +112,8 @@ def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
 
     ``residual`` has the output's shape (fused only for stride 1 and the input's spatial size,
     as in a residual block). Without autograd, float32 CPU batches run as one fused
-    oneDNN call (module docstring); otherwise ``conv(x)``, the addition and an in-place ReLU.
+    oneDNN call (module docstring); otherwise ``conv(x)``, then the addition and the ReLU in place
+    on that fresh output.
     ``overwrite_residual=True`` allows the fused call to write the result into ``residual``'s
     buffer (and return it); pass it only for a residual the caller created and does not read
     again. Calls that need a gradient never overwrite it.
@@ -128,5 +129,7 @@ def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
         return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
     y = conv(x)
     if residual is not None:
-        y = y + residual
+        # in place into the fresh convolution output (autograd saves the convolution's input and
+        # weight, not its output): no new buffer; 3–4% off the step of benchmarks/invertible_backprop.py
+        y = y.add_(residual)
     return F.relu_(y) if relu else y
