@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles, one torch thread.
+"""Shared pytest configuration: hypothesis profiles, one torch thread, importable benchmarks.
 
 ``ci`` (the default) is derandomized and small so the suite is fast and reproducible;
 ``thorough`` draws 100 examples per property. Choose with ``FLOWKIT_HYPOTHESIS_PROFILE``::
@@ -9,7 +9,11 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import torch
 
 # Test tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine their
@@ -38,3 +42,14 @@ else:
         print_blob=True,
     )
     settings.load_profile(os.environ.get("FLOWKIT_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def benchmarks_importable() -> Iterator[None]:
+    """The repository root on ``sys.path`` for one test module, so ``benchmarks.*`` imports."""
+    root = str(Path(__file__).resolve().parents[1])
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)

@@ -8,23 +8,15 @@ variants' gradients are checked (timings are measured in the benchmark, never in
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import invertible_backprop as module
-        yield module
-    finally:
-        sys.path.remove(str(ROOT))
+def bench(benchmarks_importable):
+    from benchmarks import invertible_backprop as module
+    return module
 
 
 def test_tracker_counts_new_storages_until_freed_or_emptied(bench) -> None:

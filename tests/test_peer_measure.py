@@ -6,25 +6,16 @@ measured in benchmarks, never in unit tests.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import flowkit.linear as flowkit_linear
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def measure():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.peers import measure as module
-        yield module
-    finally:
-        sys.path.remove(str(ROOT))
+def measure(benchmarks_importable):
+    from benchmarks.peers import measure as module
+    return module
 
 
 def test_speed_rows_have_every_column(measure):
