@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -331,7 +330,7 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         with torch.no_grad():
             bench.stack(bench.x)
 
-    flops, shape = conv_flops(bench.stack, bench.x)
+    flops, widest_flops, shape = conv_flops(bench.stack, bench.x)
     widest = torch.randn(*shape[0]).contiguous(memory_format=torch.channels_last).to(bench.device)
     kernel = torch.randn(*shape[1], device=bench.device)
 
@@ -356,14 +355,14 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
             "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
     out[FORWARD]["gflop"] = flops / 1e9
-    out[REFERENCE]["gflop"] = 2 * math.prod(shape[0]) * math.prod(shape[1][:2]) * math.prod(
-        shape[1][2:]) / shape[0][1] / 1e9
+    out[REFERENCE]["gflop"] = widest_flops / 1e9
     return out
 
 
-def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, tuple[tuple[int, ...], ...]]:
-    """Floating-point operations of the stack's convolutions in one forward pass, and the input
-    and weight shapes of its most expensive convolution (for the reference kernel).
+def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, float, tuple[tuple[int, ...], ...]]:
+    """Floating-point operations of the stack's convolutions in one forward pass, those of its
+    most expensive convolution and that convolution's input and weight shapes (for the reference
+    kernel).
 
     Counted with forward hooks on every ``nn.Conv2d`` (``2 · out.numel() · in/groups · kh · kw``)
     during one ordinary forward (the fused oneDNN path, which bypasses the hooks, switched off).
@@ -390,7 +389,7 @@ def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, tuple[tuple[int, ..
         set_onednn_linear(was)
         for h in handles:
             h.remove()
-    return total, widest[1]
+    return total, widest[0], widest[1]
 
 
 def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") -> dict[str, Any]:

@@ -586,7 +586,7 @@ class InvertibleBackprop(Transform):
     Each block is reconstructed and back-propagated on ``chunks`` slices of the batch in turn
     (default 2): the same gradients, with the block's local graph (its conditioner's activations
     and gradient buffers) divided by ``chunks``. On the benchmark stack two slices cut the peak
-    from 0.081× to 0.061× of ordinary autograd at no measurable cost in time
+    from 0.080× to 0.060× of ordinary autograd at no measurable cost in time
     (``benchmarks/invertible_backprop.py``); ``chunks=1`` runs each block on the whole batch.
     """
 

@@ -124,9 +124,15 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding="same")
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding="same")
 
-    def forward(self, h: Tensor) -> Tensor:
-        """Map ``(B, C, H, W)`` to ``(B, C, H, W)`` (fused convolutions without autograd)."""
-        return conv2d(conv2d(h, self.conv1, relu=True), self.conv2, residual=h)
+    def forward(self, h: Tensor, relu: bool = False, overwrite_input: bool = False) -> Tensor:
+        """Map ``(B, C, H, W)`` to ``(B, C, H, W)`` (fused convolutions without autograd).
+
+        ``relu`` applies a ReLU to the block's output (fused into the last convolution).
+        ``overwrite_input`` lets the output reuse ``h``'s buffer when no gradient is needed: pass
+        it only for an ``h`` the caller owns and does not read again.
+        """
+        r = conv2d(h, self.conv1, relu=True)
+        return conv2d(r, self.conv2, residual=h, relu=relu, overwrite_residual=overwrite_input)
 
 
 class ConvNet(nn.Module):
@@ -159,11 +165,9 @@ class ConvNet(nn.Module):
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
         h = conv2d(channels_last(x), self.conv_in, relu=not self.blocks)
         for k, block in enumerate(self.blocks):
-            last = k == len(self.blocks) - 1
-            r = conv2d(h, block.conv1, relu=True)
-            # h is this network's own (conv_in's output), read for the last time here: without
-            # autograd the block's output overwrites it; the output ReLU is fused in
-            h = conv2d(r, block.conv2, residual=h, relu=last, overwrite_residual=True)
+            # h is this network's own (conv_in's output onwards), read for the last time here;
+            # the ReLU before conv_out is fused into the last block
+            h = block(h, relu=k == len(self.blocks) - 1, overwrite_input=True)
         return conv2d(h, self.conv_out)
 
     def narrow(self, inputs: list[int], outputs: list[int]) -> Narrowed:
