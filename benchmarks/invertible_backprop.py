@@ -56,7 +56,11 @@ the variants take turns for ``--repeats`` rounds (so that a change of load on th
 them alike), and the median full step is reported as wall-clock time and as the process's CPU
 time (``time.process_time``: with ``--threads 1`` the compute a step costs, less sensitive to
 other processes competing for the cores). Ratios are against ``autograd`` from the same run.
-Timings on a shared machine are noisy; run on a quiet one::
+The ``faults`` column is the median number of minor page faults a step takes (first touches
+of memory the C allocator has just obtained from the OS, about a microsecond each): a step whose
+buffers the allocator has handed back to the OS pays them again, so this column shows when a
+time difference comes from the allocator rather than the arithmetic. Timings on a shared machine
+are noisy; run on a quiet one::
 
     .venv/bin/python benchmarks/invertible_backprop.py                 # defaults as above
     .venv/bin/python benchmarks/invertible_backprop.py --device cuda --repeats 20
@@ -68,6 +72,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -251,6 +256,11 @@ def _proc_status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of memory the OS hands out)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _rss_peak_of(step: Any) -> int | None:
     """Peak resident bytes during ``step()`` above the resident bytes before it (Linux only)."""
     try:
@@ -345,14 +355,18 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         run()  # warm-up
     wall: dict[str, list[float]] = {v: [] for v in runs}
     cpu: dict[str, list[float]] = {v: [] for v in runs}
+    faults: dict[str, list[int]] = {v: [] for v in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
+            f0 = _minor_faults()
             t0, c0 = time.perf_counter(), time.process_time()
             run()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+            faults[name].append(_minor_faults() - f0)
     out: dict[str, Any] = {
         v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
+            "faults": statistics.median(faults[v]),
             "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
     out[FORWARD]["gflop"] = flops / 1e9
     out[REFERENCE]["gflop"] = widest_flops / 1e9
@@ -456,7 +470,7 @@ def main() -> None:
     print(f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
           f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)")
     print(f"{'variant':<15}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
-          f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}")
+          f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}{'faults':>9}")
     nan = float("nan")
     for row in rows:
         rss = row.get("rss_peak")
@@ -464,7 +478,7 @@ def main() -> None:
               f"{row.get('tensor_peak_ratio', nan):>8.3f}"
               f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
               f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"
-              f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}")
+              f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}{row['faults']:>9.0f}")
     print(f"{'autograd+fwd':<15}{'':>16}{'':>8}{'':>13}{'':>8}{naive['step_s']:>9.3f}"
           f"{naive['step_s_ratio']:>8.3f}{naive['cpu_s']:>9.3f}{naive['cpu_s_ratio']:>8.3f}"
           f"   (autograd step + the stack's forward without a graph, {forward['step_s']:.3f} s)")

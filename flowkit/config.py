@@ -53,6 +53,9 @@ class TrainConfig:
     the backward pass (:mod:`flowkit.invertible_backprop`; same gradients, much less memory);
     ``invertible_backprop_chunks`` (default 2) reconstructs each block on that many slices of the
     batch in turn (1: the whole batch; more: less memory again, smaller kernels).
+    ``compile = true`` compiles the training forward pass with ``torch.compile``
+    (:mod:`flowkit.compiled`; same values, a model-dependent speed-up after a compilation of tens
+    of seconds); it cannot be combined with ``invertible_backprop``.
     """
 
     steps: int = 2000
@@ -77,6 +80,7 @@ class TrainConfig:
     init_examples: int = 512
     invertible_backprop: bool = False
     invertible_backprop_chunks: int = 2
+    compile: bool = False
 
 
 @dataclass
@@ -106,7 +110,7 @@ DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
                   "train.eval_every", "train.sample_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.device", "train.invertible_backprop",
-                  "train.invertible_backprop_chunks",
+                  "train.invertible_backprop_chunks", "train.compile",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}
 

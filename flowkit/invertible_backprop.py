@@ -52,6 +52,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from flowkit.composition import Architecture, Inverse, MultiScale, Reshape, Sequential
 from flowkit.transform import Transform, sum_except_batch
+from flowkit.wrapper import TransparentWrapper
 
 __all__ = [
     "InvertibleBackprop",
@@ -549,29 +550,8 @@ def _plan(module: Transform, fallbacks: list[Transform], chunks: int) -> _Plan:
     return items[0] if len(items) == 1 else _Steps(items)
 
 
-# -- state-dict transparency ---------------------------------------------------------------------
-_BASE = "base."
-
-
-def _strip_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                local_metadata: dict[str, Any]) -> None:
-    """State-dict post-hook: save the wrapped transform's entries under the wrapper's own keys."""
-    inner = prefix + _BASE
-    for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
-
-
-def _add_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-              local_metadata: dict[str, Any], strict: bool, missing_keys: list[str],
-              unexpected_keys: list[str], error_msgs: list[str]) -> None:
-    """Load pre-hook: read entries saved without the wrapper (or by it) into the wrapped transform."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        if not key.startswith(prefix + _BASE):
-            state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
-
-
 # -- the wrapper ---------------------------------------------------------------------------------
-class InvertibleBackprop(Transform):
+class InvertibleBackprop(TransparentWrapper):
     """Memory-free training of an invertible transform: activations are reconstructed, not stored.
 
     ``InvertibleBackprop(t)`` computes exactly what ``t`` computes — same outputs, same
@@ -591,32 +571,23 @@ class InvertibleBackprop(Transform):
     """
 
     def __init__(self, transform: Transform, chunks: int = 2) -> None:
-        super().__init__(transform.event_shape, transform.output_shape)
         if isinstance(transform, InvertibleBackprop):
             transform = transform.base
         if int(chunks) != chunks or chunks < 1:
             raise ValueError(f"chunks must be a positive integer, got {chunks!r}")
-        self.base = transform
+        super().__init__(transform)
         self.chunks = int(chunks)
-        self.volume_preserving = transform.volume_preserving  # type: ignore[misc]
         fallbacks: list[Transform] = []
         self._plan = _plan(transform, fallbacks, self.chunks)
         names = {id(m): name for name, m in transform.named_modules()}
         self.fallback_names: list[str] = [
             f"{names.get(id(m)) or '(the whole transform)'} ({type(m).__name__})" for m in fallbacks
         ]
-        self._lazy = [m for m in transform.modules()
-                      if isinstance(getattr(m, "initialized", None), Tensor)]
-        self.register_state_dict_post_hook(_strip_base)
-        self.register_load_state_dict_pre_hook(_add_base)
 
     def _needs_plain_forward(self, context: Tensor | None) -> bool:
         """Ordinary forward without gradients, in eval mode, or while a lazy init is pending."""
-        if not (torch.is_grad_enabled() and self.training):
-            return True
-        if context is not None and context.requires_grad:
-            return True  # chains pass no gradient to the context (class labels never need one)
-        return any(m.training and not bool(m.initialized) for m in self._lazy)
+        # chains pass no gradient to the context (class labels never need one)
+        return self._ordinary() or (context is not None and context.requires_grad)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(t(x), log|det J_t(x)|)``, storing no activations of exact blocks for backward."""
@@ -624,10 +595,6 @@ class InvertibleBackprop(Transform):
             return self.base(x, context)
         self.check_input(x)
         return self._plan(x, context)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The wrapped transform's inverse (ordinary autograd)."""
-        return self.base.inverse(y, context)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, chunks={self.chunks}, "

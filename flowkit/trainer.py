@@ -106,6 +106,15 @@ class Trainer:
                 raise ConfigError(f"train.invertible_backprop_chunks must be at least 1 (1: the "
                                   f"whole batch at once), got {chunks}")
             enable_invertible_backprop(self.model, log=self.log, chunks=chunks)
+        if tc["compile"]:
+            if tc["invertible_backprop"]:
+                raise ConfigError(
+                    "train.compile and train.invertible_backprop cannot be combined: torch.compile "
+                    "does not trace the reconstructing backward pass. Set train.compile=false to "
+                    "save memory, or train.invertible_backprop=false to compile.")
+            from flowkit.compiled import enable_compile
+
+            enable_compile(self.model, log=self.log)
         self.objective = build_objective(config["objective"]).to(self.device)
         self.objective.bind_data(self.data)
         self.objective.setup(self.model)

@@ -36,6 +36,20 @@ def test_tracker_counts_new_storages_until_freed_or_emptied(bench) -> None:
     assert alias.shape == (10, 100)
 
 
+def test_fault_counter_sees_fresh_memory_being_touched(bench) -> None:
+    """A freshly mapped 64 MiB buffer faults in page by page when first written."""
+    import mmap
+
+    size = 64 * 2**20
+    before = bench._minor_faults()
+    with mmap.mmap(-1, size) as region:  # anonymous memory: its pages are mapped on first touch
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            region.madvise(mmap.MADV_NOHUGEPAGE)  # one fault per small page
+        for offset in range(0, size, mmap.PAGESIZE):
+            region[offset] = 1
+    assert bench._minor_faults() - before >= size // mmap.PAGESIZE // 2
+
+
 def _args(variant: str) -> argparse.Namespace:
     return argparse.Namespace(device="cpu", batch=4, blocks=3, hidden=8, num_blocks=1,
                               repeats=1, threads=0, seed=0, variant=variant)
