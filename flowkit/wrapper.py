@@ -39,6 +39,12 @@ def _add_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
             state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
 
 
+def _initialized(module: nn.Module) -> bool:
+    """A lazy block's ``initialized`` flag (through its cached ``is_initialized`` when it has one)."""
+    check = getattr(module, "is_initialized", None)
+    return bool(check()) if callable(check) else bool(module.initialized)
+
+
 class TransparentWrapper(Transform):
     """Base class of wrappers that evaluate ``base`` differently but compute the same function.
 
@@ -61,7 +67,7 @@ class TransparentWrapper(Transform):
         training mode, e.g. actnorm) is pending."""
         if not (torch.is_grad_enabled() and self.training):
             return True
-        return any(m.training and not bool(m.initialized) for m in self._lazy)
+        return any(m.training and not _initialized(m) for m in self._lazy)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The wrapped transform's forward pass."""

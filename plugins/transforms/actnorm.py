@@ -50,6 +50,10 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(param_shape))
         self.register_buffer("initialized", torch.tensor(False))
         self._positions = math.prod(self.event_shape[1:])  # H·W for images, 1 for vectors
+        # A Python mirror of the buffer once it is true: the forward pass then reads no tensor
+        # (no device sync, and no graph break under torch.compile); re-read after loading a state.
+        self._seen_initialized = False
+        self.register_load_state_dict_pre_hook(_forget_initialized)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -64,6 +68,13 @@ class ActNorm(Transform):
         else:
             self.log_scale.zero_()
         self.initialized.fill_(True)
+        self._seen_initialized = True
+
+    def is_initialized(self) -> bool:
+        """Whether ``b`` and ``s`` hold their data-dependent values (the ``initialized`` buffer)."""
+        if not self._seen_initialized:
+            self._seen_initialized = bool(self.initialized)
+        return self._seen_initialized
 
     def _logdet(self, x: Tensor, sign: float) -> Tensor:
         return self.zero_logdet(x) + sign * self._positions * self.log_scale.sum()
@@ -71,7 +82,7 @@ class ActNorm(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``y = s ⊙ (x + b)``; the first training-mode call initialises ``b`` and ``s``."""
         self.check_input(x)
-        if self.training and not bool(self.initialized):
+        if self.training and not self.is_initialized():
             self.initialize(x)
         return (x + self.bias) * torch.exp(self.log_scale), self._logdet(x, 1.0)
 
@@ -79,3 +90,8 @@ class ActNorm(Transform):
         """``x = y / s − b`` (never initialises)."""
         self.check_input(y, "inverse")
         return y * torch.exp(-self.log_scale) - self.bias, self._logdet(y, -1.0)
+
+
+def _forget_initialized(module: nn.Module, *args: object) -> None:
+    """Load-state-dict pre-hook: the loaded ``initialized`` buffer is read again on the next call."""
+    module._seen_initialized = False  # type: ignore[assignment]

@@ -102,6 +102,20 @@ def test_actnorm_data_dependent_init(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(logdet, torch.full((64,), positions * float(norm.log_scale.detach().sum())))
 
 
+def test_actnorm_reads_a_loaded_initialized_flag_again() -> None:
+    """The forward pass caches the flag once true; loading a state (here an uninitialised one)
+    makes it read the buffer again, so the next training call initialises."""
+    fresh_state = ActNorm((2, 3, 3)).state_dict()
+    norm = ActNorm((2, 3, 3))
+    norm(torch.randn(8, 2, 3, 3) * 5 + 1)
+    assert norm.is_initialized()
+    norm.load_state_dict(fresh_state)
+    assert not norm.is_initialized()
+    y, _ = norm(torch.randn(8, 2, 3, 3) * 3 - 2)
+    assert norm.is_initialized()
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+
+
 def test_actnorm_does_not_initialise_in_eval_or_inverse() -> None:
     x = torch.randn(8, 2, 3, 3) * 5 + 1
     norm = ActNorm((2, 3, 3))
