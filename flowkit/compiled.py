@@ -46,15 +46,24 @@ class CompiledTraining(TransparentWrapper):
         super().__init__(unwrap(transform) if isinstance(transform, CompiledTraining)
                          else transform)
         self.mode = mode
-        # a plain attribute (not a submodule): the compiled function adds no state_dict entries
-        self._compiled = torch.compile(self.base.forward, mode=mode, backend=backend,
-                                       dynamic=False)
+        self._backend = backend
+        # a plain attribute (not a submodule), so it adds no state_dict entries; made on first use
+        # and never copied or pickled (a copy compiles its own ``base``)
+        self._compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None
+        return state
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(t(x), log|det J_t(x)|)``: compiled in training with gradients, eager otherwise."""
         if self._ordinary():
             return self.base(x, context)
         self.check_input(x)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.base.forward, mode=self.mode,
+                                           backend=self._backend, dynamic=False)
         return self._compiled(x, context)
 
     def extra_repr(self) -> str:

@@ -106,6 +106,31 @@ def test_state_dict_keys_are_the_wrapped_transforms() -> None:
     assert again.base is base  # wrapping twice does not nest
 
 
+def test_copies_and_pickles_compile_their_own_transform() -> None:
+    """A deep copy (or an unpickled model) trains its own parameters, not the original's."""
+    import copy
+    import io
+
+    base = _glow().train()
+    x = torch.randn(6, 4, 4, 4)
+    with torch.no_grad():
+        base(x)
+    wrapped = CompiledTraining(base, backend="eager")
+    _step_grads(wrapped, x)  # compiled once
+    buffer = io.BytesIO()
+    torch.save(wrapped, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(wrapped), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.1)
+        want_z, want_grads = _step_grads(other.base, x)
+        got_z, got_grads = _step_grads(other, x)
+        torch.testing.assert_close(got_z, want_z)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w)
+
+
 def test_wrong_shape_is_reported_before_compilation() -> None:
     wrapped = CompiledTraining(_glow(), backend=_Counting())
     with pytest.raises(Exception, match=r"4, 4, 4"):
