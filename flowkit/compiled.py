@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import ConfigError
 from flowkit.transform import Transform
 from flowkit.wrapper import TransparentWrapper, unwrap
 
-__all__ = ["CompiledTraining", "enable_compile"]
+__all__ = ["CompiledTraining", "enable_compile", "require_cpu_compiler"]
 
 
 class CompiledTraining(TransparentWrapper):
@@ -70,13 +71,41 @@ class CompiledTraining(TransparentWrapper):
         return f"{super().extra_repr()}, mode={self.mode!r}"
 
 
+def require_cpu_compiler() -> None:
+    """Raise :class:`ConfigError` when Inductor finds no C++ compiler (it needs one for CPU code).
+
+    Asked before training starts, so that a missing compiler is reported as a setting to change,
+    not as a compilation failure deep inside the first step. Inductor's own search is used
+    (``$CXX``/``g++``); if that internal API is unavailable, nothing is checked.
+    """
+    try:
+        from torch._inductor import config as inductor_config
+        from torch._inductor.cpp_builder import cpp_compiler_search
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:
+        return
+    cxx = inductor_config.cpp.cxx
+    search = tuple(cxx) if isinstance(cxx, (list, tuple)) else (cxx,)
+    try:
+        cpp_compiler_search(search)
+    except InvalidCxxCompiler:
+        names = ", ".join(str(c) for c in search if c) or "g++"
+        raise ConfigError(
+            f"train.compile on a CPU needs a C++ compiler for torch.compile's generated code, and "
+            f"none was found (looked for: {names}). Install one (e.g. `apt install g++`) or name "
+            f"it in $CXX, or set train.compile=false.") from None
+
+
 def enable_compile(model: nn.Module, log: Callable[[str], None] = print,
-                   mode: str | None = None) -> None:
+                   mode: str | None = None, device: torch.device | str | None = None) -> None:
     """Wrap ``model.transform`` in :class:`CompiledTraining` (``[train] compile = true``).
 
     Parameters, their order and the ``state_dict`` keys are unchanged, so the optimiser and
-    checkpoints are unaffected; calling it twice is harmless.
+    checkpoints are unaffected; calling it twice is harmless. On a CPU ``device`` (the default)
+    a missing C++ compiler is a :class:`ConfigError` here (:func:`require_cpu_compiler`).
     """
+    if device is None or torch.device(device).type == "cpu":
+        require_cpu_compiler()
     if not isinstance(model.transform, CompiledTraining):
         model.transform = CompiledTraining(model.transform, mode=mode)
     log("torch.compile: the training forward pass is compiled on the first step (tens of seconds "

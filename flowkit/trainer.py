@@ -114,7 +114,7 @@ class Trainer:
                     "save memory, or train.invertible_backprop=false to compile.")
             from flowkit.compiled import enable_compile
 
-            enable_compile(self.model, log=self.log)
+            enable_compile(self.model, log=self.log, device=self.device)
         self.objective = build_objective(config["objective"]).to(self.device)
         self.objective.bind_data(self.data)
         self.objective.setup(self.model)

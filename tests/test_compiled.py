@@ -7,7 +7,6 @@ for real with Inductor (it needs a C++ compiler on CPU).
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 
 import flowkit
 from flowkit import registry
-from flowkit.compiled import CompiledTraining, enable_compile
+from flowkit.compiled import CompiledTraining, enable_compile, require_cpu_compiler
 from flowkit.errors import ConfigError
 from flowkit.transform import Transform
 
@@ -137,8 +136,15 @@ def test_wrong_shape_is_reported_before_compilation() -> None:
         wrapped(torch.randn(2, 3, 4, 4))
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="Inductor on CPU needs a C++ compiler")
+def _has_cpu_compiler() -> bool:
+    try:
+        require_cpu_compiler()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_cpu_compiler(), reason="Inductor on CPU needs a C++ compiler")
 def test_inductor_gives_the_eager_values() -> None:
     """A real compilation (Inductor, C++ on CPU): same latents and gradients up to round-off."""
     base = _glow().train()
@@ -188,3 +194,18 @@ def test_enable_compile_twice_does_not_nest() -> None:
     first = model.transform
     enable_compile(model, log=lambda _: None)
     assert model.transform is first and isinstance(first, CompiledTraining)
+
+
+def test_missing_cpu_compiler_is_a_config_error(monkeypatch) -> None:
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("flowkit-no-such-compiler",))
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*flowkit-no-such-compiler"
+                                          r".*train\.compile=false"):
+        require_cpu_compiler()
+    model = torch.nn.Module()
+    model.transform = _glow()
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        enable_compile(model, log=lambda _: None, device="cpu")
+    enable_compile(model, log=lambda _: None, device="cuda")  # Triton: no C++ compiler needed
+    assert isinstance(model.transform, CompiledTraining)
