@@ -209,3 +209,33 @@ def test_missing_cpu_compiler_is_a_config_error(monkeypatch) -> None:
         enable_compile(model, log=lambda _: None, device="cpu")
     enable_compile(model, log=lambda _: None, device="cuda")  # Triton: no C++ compiler needed
     assert isinstance(model.transform, CompiledTraining)
+
+
+@pytest.mark.parametrize(("preset", "transform"), [
+    ("realnvp-digits", None), ("realnvp-digits", "glow"), ("grn-ot-digits", None),
+    ("realnvp-moons", None), ("realnvp-moons", "maf"),
+])
+def test_training_forward_is_one_graph_without_breaks(tmp_path, preset, transform) -> None:
+    """The shipped models' training forward passes are captured whole: a graph break (a tensor
+    read as a Python value, as actnorm's flag once was) splits the compiled code and costs the
+    gain."""
+    from torch._dynamo.utils import counters
+
+    from flowkit.trainer import Trainer
+
+    cfg = flowkit.load_config(preset, ["train.batch_size=16", "train.threads=1"],
+                              transform=transform)
+    trainer = Trainer(cfg, tmp_path, progress=False, log=lambda _: None)
+    trainer.initialize()
+    trainer.model.train()
+    backend = _Counting()
+    trainer.model.transform = CompiledTraining(trainer.model.transform, backend=backend)
+    counters.clear()
+    for step in range(2):
+        batch = trainer._batch(step)
+        out = trainer.objective.loss(trainer.model, batch, step)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        trainer.optimizer.step()
+    assert dict(counters["graph_break"]) == {}
+    assert backend.graphs == 1
