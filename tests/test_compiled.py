@@ -196,18 +196,18 @@ def test_enable_compile_twice_does_not_nest() -> None:
     assert model.transform is first and isinstance(first, CompiledTraining)
 
 
-def test_missing_cpu_compiler_is_a_config_error(monkeypatch) -> None:
+def test_missing_cpu_compiler_is_a_config_error() -> None:
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("flowkit-no-such-compiler",))
-    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*flowkit-no-such-compiler"
-                                          r".*train\.compile=false"):
-        require_cpu_compiler()
     model = torch.nn.Module()
     model.transform = _glow()
-    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
-        enable_compile(model, log=lambda _: None, device="cpu")
-    enable_compile(model, log=lambda _: None, device="cuda")  # Triton: no C++ compiler needed
+    with inductor_config.patch({"cpp.cxx": ("flowkit-no-such-compiler",)}):
+        with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*flowkit-no-such-"
+                                              r"compiler.*train\.compile=false"):
+            require_cpu_compiler()
+        with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+            enable_compile(model, log=lambda _: None, device="cpu")
+        enable_compile(model, log=lambda _: None, device="cuda")  # Triton: no C++ compiler
     assert isinstance(model.transform, CompiledTraining)
 
 
@@ -239,3 +239,26 @@ def test_training_forward_is_one_graph_without_breaks(tmp_path, preset, transfor
         trainer.optimizer.step()
     assert dict(counters["graph_break"]) == {}
     assert backend.graphs == 1
+
+
+def test_resume_with_compile_switched_on(tmp_path, monkeypatch) -> None:
+    """A run checkpointed without compilation resumes with ``train.compile = true`` (the key is
+    resumable) and ends where the uninterrupted eager run ends (a constant learning rate: the
+    preset's cosine schedule depends on ``train.steps``, which the two runs set differently)."""
+    from flowkit.trainer import resume
+
+    backend = _Counting()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": backend}))
+    common = ["train.eval_every=0", "train.sample_every=0", "train.threads=1",
+              "train.scheduler=constant", "train.checkpoint_every=2", "transform.num_scales=1",
+              "transform.hidden=8", "transform.num_blocks=1", "eval.final_max_examples=50"]
+    quiet = {"progress": False, "log": lambda _: None}
+    whole = flowkit.train(flowkit.load_config("realnvp-digits", [*common, "train.steps=4"]),
+                          tmp_path / "whole", **quiet)
+    flowkit.train(flowkit.load_config("realnvp-digits", [*common, "train.steps=2"]),
+                  tmp_path / "split", **quiet)
+    resumed = resume(tmp_path / "split", flowkit.load_config(
+        "realnvp-digits", [*common, "train.steps=4", "train.compile=true"]), **quiet)
+    assert backend.graphs > 0
+    assert resumed["test_nll"] == pytest.approx(whole["test_nll"], rel=1e-4)
