@@ -10,10 +10,13 @@ runs once before the first step. The compiled function computes the same values 
 up to round-off (Inductor may reorder floating-point reductions).
 
 Compilation happens on the first training step and takes tens of seconds on a CPU (needs a C++
-compiler there); a changed input shape compiles again. What it buys depends on the model: on a
-2-core CPU, 5–7% off a Real NVP training step and nothing on Glow, whose actnorm layers break the
-graph into pieces (``benchmarks/compile_gain.py``; docs/results.md). It cannot be combined with
-``train.invertible_backprop``, whose custom backward pass Dynamo does not trace.
+compiler there; :func:`require_cpu_compiler` checks for it before training); a changed input
+shape compiles again. What it buys depends on the model: on a 2-core CPU, 5–9% off a Real NVP
+training step and 13–14% off Glow's (``benchmarks/compile_gain.py``; docs/transforms.md,
+"Compiling"). A block that reads a tensor as a Python value breaks the captured graph and loses
+most of the gain (actnorm keeps a Python copy of its ``initialized`` flag for this reason). It
+cannot be combined with ``train.invertible_backprop``, whose custom backward pass Dynamo does not
+trace.
 """
 
 from __future__ import annotations
