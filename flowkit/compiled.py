@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from flowkit.errors import ConfigError
 from flowkit.transform import Transform
-from flowkit.wrapper import TransparentWrapper, unwrap
+from flowkit.wrapper import TransparentWrapper
 
 __all__ = ["CompiledTraining", "enable_compile", "require_cpu_compiler"]
 
@@ -47,8 +47,7 @@ class CompiledTraining(TransparentWrapper):
 
     def __init__(self, transform: Transform, mode: str | None = None,
                  backend: str | Callable[..., Any] = "inductor") -> None:
-        super().__init__(unwrap(transform) if isinstance(transform, CompiledTraining)
-                         else transform)
+        super().__init__(transform.base if isinstance(transform, CompiledTraining) else transform)
         self.mode = mode
         self._backend = backend
         # a plain attribute (not a submodule), so it adds no state_dict entries; made on first use

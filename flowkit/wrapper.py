@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from flowkit.transform import Transform
 
-__all__ = ["TransparentWrapper", "unwrap"]
+__all__ = ["TransparentWrapper"]
 
 _BASE = "base."
 
@@ -77,9 +77,3 @@ class TransparentWrapper(Transform):
         """The wrapped transform's inverse (ordinary autograd)."""
         return self.base.inverse(y, context)
 
-
-def unwrap(transform: Transform) -> Transform:
-    """``transform`` without any :class:`TransparentWrapper` around it."""
-    while isinstance(transform, TransparentWrapper):
-        transform = transform.base
-    return transform
