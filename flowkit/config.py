@@ -82,6 +82,17 @@ class TrainConfig:
     invertible_backprop_chunks: int = 2
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        """Checks that involve more than one key (each key's type is checked before)."""
+        if self.invertible_backprop_chunks < 1:
+            raise ConfigError(f"train.invertible_backprop_chunks must be at least 1 (1: the whole "
+                              f"batch at once), got {self.invertible_backprop_chunks}")
+        if self.compile and self.invertible_backprop:
+            raise ConfigError(
+                "train.compile and train.invertible_backprop cannot be combined: torch.compile "
+                "does not trace the reconstructing backward pass. Set train.compile=false to "
+                "save memory, or train.invertible_backprop=false to compile.")
+
 
 @dataclass
 class EvalConfig:

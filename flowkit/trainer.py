@@ -101,17 +101,9 @@ class Trainer:
         if tc["invertible_backprop"]:
             from flowkit.invertible_backprop import enable_invertible_backprop
 
-            chunks = tc["invertible_backprop_chunks"]
-            if chunks < 1:
-                raise ConfigError(f"train.invertible_backprop_chunks must be at least 1 (1: the "
-                                  f"whole batch at once), got {chunks}")
-            enable_invertible_backprop(self.model, log=self.log, chunks=chunks)
-        if tc["compile"]:
-            if tc["invertible_backprop"]:
-                raise ConfigError(
-                    "train.compile and train.invertible_backprop cannot be combined: torch.compile "
-                    "does not trace the reconstructing backward pass. Set train.compile=false to "
-                    "save memory, or train.invertible_backprop=false to compile.")
+            enable_invertible_backprop(self.model, log=self.log,
+                                       chunks=tc["invertible_backprop_chunks"])
+        if tc["compile"]:  # TrainConfig refuses it together with invertible_backprop
             from flowkit.compiled import enable_compile
 
             enable_compile(self.model, log=self.log, device=self.device)
