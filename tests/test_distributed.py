@@ -46,7 +46,7 @@ SETTINGS = ["transform.hidden=8", "transform.num_blocks=1", "train.batch_size=32
 #: Signs that a launch failed in torchrun's rendezvous or the gloo store, not in flowkit: a race
 #: for the free port ``--standalone`` picks, or a store connection timing out on a loaded machine;
 #: or gloo's worker threads aborting the process as it exits, after every run finished and wrote
-#: its files (a C++ ``std::terminate``; twice in a dozen test-suite runs here; a known race between
+#: its files (a C++ ``std::terminate``; in 3 of 13 test-suite runs here; a known race between
 #: gloo's threads and interpreter shutdown, pytorch/pytorch#179291).
 TRANSIENT = ("DistNetworkError", "DistStoreError", "RendezvousConnectionError",
              "RendezvousTimeoutError", "Address already in use", "EADDRINUSE",
@@ -67,6 +67,8 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in dist.ENV_VARS:
         env.pop(key, None)
+    for key in [k for k in env if k.lstrip("_").startswith("TORCHINDUCTOR")]:
+        env.pop(key)  # set in this process by the torch.compile tests; not the workers' business
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", *args]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
