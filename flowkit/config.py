@@ -1,8 +1,10 @@
 """Run configuration: TOML presets and files, command-line overrides, validation, resolution.
 
-A run config has six sections::
+A run config has seven sections::
 
     [transform]  name = "realnvp"  + the plugin's parameters
+    [embedding]  name = "identity" + parameters: the network that maps a real-valued context
+                 (vector, image, set) to the features every conditioner reads
     [prior]      name = "gaussian" + the plugin's parameters
     [objective]  name = "mle"      + parameters, or a weighted sum (see below)
     [data]       name = "digits", data_dir, preprocess, alpha, dequantize + the dataset's parameters
@@ -36,9 +38,11 @@ import tomli_w
 from flowkit.errors import ConfigError, did_you_mean
 from flowkit.params import user_parameters, validate_parameters
 
-SECTIONS = ("transform", "prior", "objective", "data", "train", "eval")
-PLUGIN_SECTIONS = {"transform": "transform", "prior": "prior", "objective": "objective",
-                   "data": "dataset"}
+SECTIONS = ("transform", "embedding", "prior", "objective", "data", "train", "eval")
+PLUGIN_SECTIONS = {"transform": "transform", "embedding": "embedding", "prior": "prior",
+                   "objective": "objective", "data": "dataset"}
+#: The embedding of configs written before the section existed (and of unconditional data).
+DEFAULT_EMBEDDING = {"name": "identity"}
 
 
 @dataclass
@@ -56,6 +60,9 @@ class TrainConfig:
     ``compile = true`` compiles the training forward pass with ``torch.compile``
     (:mod:`flowkit.compiled`; same values, a model-dependent speed-up after a compilation of tens
     of seconds); it cannot be combined with ``invertible_backprop``.
+    ``patience`` > 0 stops training early when the validation NLL (evaluated every
+    ``eval_every`` steps on the dataset's validation split) has not improved for that many
+    evaluations in a row; the best model's checkpoint is kept and evaluated at the end.
     """
 
     steps: int = 2000
@@ -81,6 +88,7 @@ class TrainConfig:
     invertible_backprop: bool = False
     invertible_backprop_chunks: int = 2
     compile: bool = False
+    patience: int = 0
 
     def __post_init__(self) -> None:
         """Checks that involve more than one key (each key's type is checked before)."""
@@ -111,7 +119,7 @@ class DataConfig:
 
     name: str = "digits"
     data_dir: str = ""
-    preprocess: Literal["auto", "none", "logit", "center"] = "auto"
+    preprocess: Literal["auto", "none", "logit", "center", "standardize"] = "auto"
     alpha: float = 0.05
     dequantize: bool = True
 
@@ -121,7 +129,7 @@ DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
                   "train.eval_every", "train.sample_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.device", "train.invertible_backprop",
-                  "train.invertible_backprop_chunks", "train.compile",
+                  "train.invertible_backprop_chunks", "train.compile", "train.patience",
                   "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
                   "eval.n_samples", "eval.temperature", "data.data_dir"}
 
@@ -130,6 +138,7 @@ def defaults() -> dict[str, Any]:
     """The config every run starts from: Real NVP by maximum likelihood on the digits."""
     return {
         "transform": {"name": "realnvp"},
+        "embedding": dict(DEFAULT_EMBEDDING),
         "prior": {"name": "gaussian"},
         "objective": {"name": "mle"},
         "data": asdict(DataConfig()),
@@ -392,6 +401,8 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     resolved_data.update(_resolve_plugin("dataset", data, "data", generic=DATA_KEYS))
     return {
         "transform": _resolve_plugin("transform", config.get("transform", {}), "transform"),
+        "embedding": _resolve_plugin("embedding", config.get("embedding", DEFAULT_EMBEDDING),
+                                     "embedding"),
         "prior": _resolve_plugin("prior", config.get("prior", {}), "prior"),
         "objective": _resolve_objective(config.get("objective", {})),
         "data": resolved_data,

@@ -6,22 +6,31 @@ For data ``x``, preprocessing ``g`` (e.g. logit) and transform ``f``::
 
 so :meth:`Flow.log_prob` is the density of the data in its own space, and
 :meth:`Flow.bits_per_dim` is comparable with published numbers.
+
+A conditional flow ``p(x | c)`` reads a real-valued context ``c`` through its embedding network
+``h = E(standardize(c))``, computed once per call and passed to every conditioner and to a
+context-aware prior; class labels are passed on as they are. ``flow(c)`` is the model as a
+:class:`torch.distributions.Distribution` (:class:`~flowkit.distribution.FlowDistribution`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.data.base import DataMeta
 from flowkit.data.preprocess import build_preprocess
+from flowkit.embedding import ContextStandardize, Embedding
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.prior import Prior
 from flowkit.transform import Shape, Transform
+
+if TYPE_CHECKING:
+    from flowkit.distribution import FlowDistribution
 
 __all__ = ["DataMeta", "Flow", "build_model"]
 
@@ -30,8 +39,11 @@ class Flow(nn.Module):
     """A normalizing flow: preprocessing, an invertible transform and a prior.
 
     ``encode`` maps data to latents, ``decode`` maps latents back, ``log_prob`` is the exact
-    log-density by change of variables, ``sample`` decodes prior samples. ``context`` is the class
-    label tensor (shape ``(B,)``) for class-conditional priors or transforms, else ``None``.
+    log-density by change of variables, ``sample`` decodes prior samples, and ``flow(context)``
+    is the conditional distribution ``p(x | context)`` as a ``torch.distributions`` object.
+    ``context`` is the class label tensor (shape ``(B,)``) for class-conditional models, a float
+    tensor ``(B, *context_shape)`` for a model with an ``embedding`` (real-valued context), else
+    ``None``.
     """
 
     def __init__(
@@ -41,6 +53,8 @@ class Flow(nn.Module):
         preprocess: Transform,
         levels: int | None = None,
         num_classes: int | None = None,
+        embedding: Embedding | None = None,
+        context_norm: ContextStandardize | None = None,
     ) -> None:
         super().__init__()
         if preprocess.output_shape != transform.event_shape:
@@ -58,6 +72,8 @@ class Flow(nn.Module):
         self.prior = prior
         self.levels = levels
         self.num_classes = num_classes
+        self.embedding = embedding
+        self.context_norm = context_norm
 
     # -- shapes and placement ------------------------------------------------------------------
     @property
@@ -87,27 +103,97 @@ class Flow(nn.Module):
                 f"but got {tuple(x.shape)}"
             )
 
+    # -- the context ---------------------------------------------------------------------------
+    @property
+    def context_shape(self) -> Shape | None:
+        """Per-example shape of the real-valued context (``None``: labels or no context)."""
+        return None if self.embedding is None else self.embedding.context_shape
+
+    def embed_context(self, context: Tensor | None, batch: int | None = None) -> Tensor | None:
+        """What the transform and prior read: ``E(standardize(c))`` for a real-valued context.
+
+        Class labels and ``None`` pass unchanged (labels are read by the blocks themselves). A
+        float context given to a model without a real-valued context, or a missing or
+        malformed one for a model with it, is a :class:`ShapeError`; ``batch`` is the batch
+        size the context must have.
+        """
+        if self.embedding is None:
+            if context is not None and context.is_floating_point():
+                raise ShapeError(
+                    f"this model has no real-valued context, but got a float context of shape "
+                    f"{tuple(context.shape)}; pass context=None"
+                    + (" or class labels (a LongTensor)" if self.num_classes else "")
+                    + ", or build the model for a dataset with a context"
+                )
+            return context
+        if context is None:
+            shape = ", ".join(map(str, self.embedding.context_shape))
+            raise ShapeError(f"this model is conditional on a real-valued context: pass a float "
+                             f"tensor of shape (batch, {shape})")
+        self.embedding.check_context(context)
+        if batch is not None and context.shape[0] != batch:
+            raise ShapeError(f"the context has batch size {context.shape[0]} but the data has "
+                             f"{batch}; give one context per example")
+        context = context.to(device=self.device, dtype=self.prior.dtype)
+        if self.context_norm is not None:
+            context = self.context_norm(context)
+        return self.embedding(context)
+
     # -- the model -----------------------------------------------------------------------------
+    def _encode(self, x: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        w, ld_pre = self.preprocess(x, h)
+        z, ld = self.transform(w, h)
+        return z, ld + ld_pre
+
+    def _decode(self, z: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``z → (x, log|det ∂x/∂z|)`` given the embedded context ``h``."""
+        w, ld = self.transform.inverse(z, h)
+        x, ld_pre = self.preprocess.inverse(w, h)
+        return x, ld + ld_pre
+
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x → (z, log|det ∂z/∂x|)``, preprocessing included."""
         self._check(x)
-        w, ld_pre = self.preprocess(x, context)
-        z, ld = self.transform(w, context)
-        return z, ld + ld_pre
+        return self._encode(x, self.embed_context(context, x.shape[0]))
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """``z → x``: the exact inverse of :meth:`encode`."""
-        w, _ = self.transform.inverse(z, context)
-        x, _ = self.preprocess.inverse(w, context)
-        return x
+        return self._decode(z, self.embed_context(context, z.shape[0]))[0]
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact ``log p(x | context)`` per example (nats), shape ``(B,)``."""
-        z, logdet = self.encode(x, context)
-        return self.prior.log_prob(z, context) + logdet
+        self._check(x)
+        h = self.embed_context(context, x.shape[0])
+        z, logdet = self._encode(x, h)
+        return self.prior.log_prob(z, h) + logdet
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.log_prob(x, context)
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` reparameterised samples and their exact ``log p(x | context)`` in one pass.
+
+        ``log p(x) = log p_Z(z) − log|det ∂x/∂z|`` with ``x = decode(z)``: the inverse pass's
+        log-determinant, no second pass through the flow. Samples are not clamped to the data's
+        domain (a clamp would change their density). With ``temperature ≠ 1`` the samples come
+        from the tempered prior but the log-density is still that of the model.
+        """
+        if context is None:
+            context = self.default_context(n)
+        h = self.embed_context(context, n if context is not None else None)
+        z = self.prior.sample(n, h, temperature=temperature)
+        x, logdet = self._decode(z, h)
+        return x, self.prior.log_prob(z, h) - logdet
+
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The model as a distribution: ``flow(c)`` is ``p(x | c)``, ``flow()`` is ``p(x)``.
+
+        A :class:`~flowkit.distribution.FlowDistribution` (a ``torch.distributions``
+        ``Distribution`` with ``log_prob``, ``sample``, ``rsample`` and
+        ``rsample_and_log_prob``); its batch shape is the context's.
+        """
+        from flowkit.distribution import FlowDistribution
+
+        return FlowDistribution(self, context)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``(−log p(x)/D + log L) / log 2`` per example, ``L`` the number of quantization levels.
@@ -131,11 +217,13 @@ class Flow(nn.Module):
         self, n: int, context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
         """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
-        images); class-conditional models cycle through the classes when ``context`` is None."""
+        images); class-conditional models cycle through the classes when ``context`` is None.
+        A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``."""
         if context is None:
             context = self.default_context(n)
-        z = self.prior.sample(n, context, temperature=temperature)
-        x = self.decode(z, context)
+        h = self.embed_context(context, n if context is not None else None)
+        z = self.prior.sample(n, h, temperature=temperature)
+        x = self._decode(z, h)[0]
         domain = getattr(self.preprocess, "domain", None)
         return x if domain is None else x.clamp(*domain)
 
@@ -146,9 +234,10 @@ class Flow(nn.Module):
         Runs one forward pass (transforms with lazy data-dependent init, e.g. actnorm, initialise
         there) and then hands the latents to the prior's init hook if it has one.
         """
-        z, _ = self.encode(x, context)
+        h = self.embed_context(context, x.shape[0])
+        z, _ = self._encode(x, h)
         if not bool(self.prior.initialized):
-            self.prior.initialize(z, context)
+            self.prior.initialize(z, h)
 
 
 def _split(section: Mapping[str, Any], generic: tuple[str, ...] = ()) -> tuple[str, dict]:
@@ -159,27 +248,81 @@ def _split(section: Mapping[str, Any], generic: tuple[str, ...] = ()) -> tuple[s
 def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
     """Build the :class:`Flow` a resolved config describes for data described by ``meta``."""
     from flowkit import registry
+    from flowkit.config import DEFAULT_EMBEDDING
 
     data_cfg = config["data"]
     preprocess = build_preprocess(
         data_cfg.get("preprocess", "auto"), meta.shape, data_cfg.get("alpha", 0.05),
-        meta.default_preprocess,
+        meta.default_preprocess, meta.standardization,
     )
+    embedding, context_norm = _build_context(config.get("embedding", DEFAULT_EMBEDDING), meta)
+    features = None if embedding is None else embedding.features
     t_name, t_params = _split(config["transform"])
+    _require_context_support("transform", t_name, registry.transforms.get(t_name), t_params,
+                             meta)
     transform = registry.transforms.build(
         t_name, t_params,
-        injected={"event_shape": preprocess.output_shape, "num_classes": meta.num_classes},
+        injected={"event_shape": preprocess.output_shape, "num_classes": meta.num_classes,
+                  "context_features": features},
         expect=Transform,
     )
     p_name, p_params = _split(config["prior"])
     prior = registry.priors.build(
         p_name, p_params,
-        injected={"shape": transform.output_shape, "num_classes": meta.num_classes},
+        injected={"shape": transform.output_shape, "num_classes": meta.num_classes,
+                  "context_features": features},
         expect=Prior,
     )
     if prior.conditional and not meta.num_classes:
         raise ConfigError(
             f"prior '{p_name}' is class-conditional but dataset '{data_cfg['name']}' has no "
             f"labels; choose an unconditional prior such as 'gaussian'"
+            + (" or the context-aware 'conditional-gaussian'" if meta.context_shape else "")
         )
-    return Flow(transform, prior, preprocess, levels=meta.levels, num_classes=meta.num_classes)
+    return Flow(transform, prior, preprocess, levels=meta.levels, num_classes=meta.num_classes,
+                embedding=embedding, context_norm=context_norm)
+
+
+def _build_context(
+    section: Mapping[str, Any], meta: DataMeta,
+) -> tuple[Embedding | None, ContextStandardize | None]:
+    """The embedding network (and the context standardisation) for a real-valued context."""
+    from flowkit import registry
+
+    if meta.context_shape is None:
+        return None, None
+    name, params = _split(section)
+    embedding = registry.embeddings.build(name, params,
+                                          injected={"context_shape": meta.context_shape},
+                                          expect=Embedding)
+    stats = meta.standardization or {}
+    norm = None
+    if "context_mean" in stats and "context_std" in stats:
+        norm = ContextStandardize(meta.context_shape, stats["context_mean"], stats["context_std"])
+    return embedding, norm
+
+
+def _require_context_support(kind: str, name: str, factory: Any, params: Mapping[str, Any],
+                             meta: DataMeta) -> None:
+    """A plugin that cannot read a real-valued context says so before anything is built."""
+    if meta.context_shape is None:
+        return
+    import inspect
+
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    if "context_features" not in accepted:
+        raise ConfigError(
+            f"{kind} '{name}' cannot take a context, but the data has a real-valued context of "
+            f"shape {tuple(meta.context_shape)}. Choose a conditional {kind} (for example maf, "
+            f"realnvp, affine-coupling, glow, nice, gin; `flowkit list transforms` shows which "
+            f"take context_features), or use data without a context."
+        )
+    if params.get("conditional") is False:
+        raise ConfigError(
+            f"[{kind}] {name}: conditional=false would ignore the data's context of shape "
+            f"{tuple(meta.context_shape)}; remove conditional=false (a dataset with a context "
+            f"makes conditional transforms condition on it), or use data without a context."
+        )

@@ -24,7 +24,8 @@ from typing import Any, Literal, Union
 from flowkit.errors import ConfigError, did_you_mean
 
 #: Parameter names flowkit fills in itself; users may not set them in a config.
-INJECTED = frozenset({"event_shape", "shape", "num_classes", "data_dir", "seed"})
+INJECTED = frozenset({"event_shape", "shape", "num_classes", "data_dir", "seed",
+                      "context_features", "context_shape"})
 
 
 def _signature(target: Callable[..., Any]) -> inspect.Signature:

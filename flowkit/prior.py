@@ -2,7 +2,8 @@
 
 A prior gives ``log p_Z(z | context)`` and *reparameterised* samples ``z = g(ε; θ)`` so that
 gradients reach its learnable parameters θ (the optimal-transport objective needs that). The
-context, when used, is the class label (a ``LongTensor`` of shape ``(B,)``).
+context, when used, is the class label (a ``LongTensor`` of shape ``(B,)``), or for priors with
+``vector_conditional = True`` the model's embedded real-valued context ``(B, k)``.
 
 Priors whose parameters start from data (for example per-class means of the untrained network's
 outputs) implement :meth:`Prior.initialize`; the trainer calls it once before training. The
@@ -30,6 +31,9 @@ class Prior(nn.Module):
 
     #: ``True`` when :meth:`log_prob` and :meth:`sample` use the class label.
     conditional: ClassVar[bool] = False
+    #: ``True`` when they use a real-valued context: the model's embedded context ``(B, k)``
+    #: (the prior then takes ``context_features``, injected by flowkit).
+    vector_conditional: ClassVar[bool] = False
     #: ``True`` when :meth:`initialize` must see data before training.
     needs_data_init: ClassVar[bool] = False
 

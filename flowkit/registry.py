@@ -1,7 +1,7 @@
 """Plugin registry over Python entry points.
 
-Four groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors`` and
-``flowkit.datasets`` — hold every plugin, flowkit's own included. A third-party package adds one
+Five groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
+``flowkit.datasets`` and ``flowkit.embeddings`` (context embedding networks) — hold every plugin, flowkit's own included. A third-party package adds one
 by declaring, in its ``pyproject.toml``::
 
     [project.entry-points."flowkit.transforms"]
@@ -40,7 +40,7 @@ from flowkit.errors import (
 )
 from flowkit.params import validate_parameters
 
-KINDS = ("transform", "prior", "objective", "dataset")
+KINDS = ("transform", "prior", "objective", "dataset", "embedding")
 GROUPS = {kind: f"flowkit.{kind}s" for kind in KINDS}
 BUILTIN_DISTRIBUTION = "flowkit"
 
@@ -239,9 +239,10 @@ transforms = Registry("transform")
 priors = Registry("prior")
 objectives = Registry("objective")
 datasets = Registry("dataset")
+embeddings = Registry("embedding")
 
 _REGISTRIES = {"transform": transforms, "prior": priors, "objective": objectives,
-               "dataset": datasets}
+               "dataset": datasets, "embedding": embeddings}
 
 
 def registry(kind: str) -> Registry:

@@ -5,7 +5,9 @@ dequantization, the objective's auxiliary update (e.g. a critic), the objective'
 backward, gradient clipping, the optimiser and schedule, the prior's post-step hook. Around it:
 seeding, device choice, a tqdm progress bar, JSONL metrics, periodic evaluation and samples,
 atomic checkpoints, resume, and a NaN/Inf guard that stops with a clear message and keeps the last
-good checkpoint.
+good checkpoint. With a validation split, periodic evaluation reads it; ``train.patience`` > 0
+then keeps the best model (``checkpoints/best.pt``), stops after that many evaluations without
+improvement, and evaluates the best model at the end.
 
 Under torchrun (:mod:`flowkit.distributed`) every process trains on its slice of the same global
 batch, gradients are averaged before clipping, and rank 0 alone writes files; each ``dist.`` call
@@ -63,7 +65,7 @@ def _batch_stream(data: DataSplits, tc: dict[str, Any],
             return BatchStream(data.train, None, tc["batch_size"], tc["seed"])
         return ClassBalancedStream(data.train, data.train_labels, tc["batch_size"], tc["seed"],
                                    data.num_classes)
-    return BatchStream(data.train, data.train_labels, tc["batch_size"], tc["seed"])
+    return BatchStream(data.train, data.conditioning("train"), tc["batch_size"], tc["seed"])
 
 
 def _shard(stream: BatchStream | ClassBalancedStream) -> torch.Tensor | None:
@@ -78,6 +80,50 @@ def _shard(stream: BatchStream | ClassBalancedStream) -> torch.Tensor | None:
 
 def _discard(message: str) -> None:
     """The log of processes other than rank 0: only rank 0 prints."""
+
+
+class EarlyStopping:
+    """The best validation NLL so far and how many evaluations have passed without beating it.
+
+    ``patience`` > 0 turns it on: training stops once ``patience`` evaluations in a row did not
+    improve on the best. Its state travels in checkpoints, so a resumed run stops where an
+    uninterrupted one would.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+        self.best = math.inf
+        self.best_step: int | None = None
+        self.since_best = 0
+
+    @property
+    def active(self) -> bool:
+        return self.patience > 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether ``patience`` evaluations in a row brought no improvement."""
+        return self.active and self.since_best >= self.patience
+
+    def update(self, step: int, nll: float) -> bool:
+        """Record the validation NLL of ``step``; whether it is a new best (NaN never is)."""
+        if nll < self.best:
+            self.best, self.best_step, self.since_best = float(nll), int(step), 0
+            return True
+        self.since_best += 1
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_step = None if state["best_step"] is None else int(state["best_step"])
+        self.since_best = int(state["since_best"])
+
+    def summary(self, stopped_early: bool) -> dict[str, Any]:
+        best = self.best if math.isfinite(self.best) else None
+        return {"best_step": self.best_step, "best_val_nll": best, "stopped_early": stopped_early}
 
 
 class Trainer:
@@ -117,8 +163,26 @@ class Trainer:
         self.stream = _batch_stream(self.data, tc, self.log)
         self.shard = _shard(self.stream)
         self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
+        self.eval_split = "val" if self.data.val is not None else "test"
+        self.early_stopping = EarlyStopping(tc["patience"])
+        if self.early_stopping.active:
+            self._check_early_stopping(tc)
+        self.stopped_early = False
         self.step = 0
         self.elapsed = 0.0
+
+    def _check_early_stopping(self, tc: dict[str, Any]) -> None:
+        if self.data.val is None:
+            raise ConfigError(
+                f"train.patience = {tc['patience']} stops training on the validation NLL, but "
+                f"dataset {self.data.name!r} has no validation split; use a dataset with one "
+                f"(e.g. data = \"table\" with data.val_fraction > 0) or set train.patience = 0"
+            )
+        if not tc["eval_every"]:
+            raise ConfigError(
+                f"train.patience = {tc['patience']} counts evaluations, but train.eval_every = 0 "
+                f"turns them off; set train.eval_every (e.g. 100) or train.patience = 0"
+            )
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -131,6 +195,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "config": dumps(self.config),
             "meta": self.data.meta.to_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
             "flowkit_version": __version__,
         }
         if self.device.type == "cuda":
@@ -140,10 +205,12 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
+        # a final checkpoint that holds the best model keeps the last step's training state apart
+        training = state.get("last", state)
         try:
-            self.model.load_state_dict(state["model"])
-            self.objective.load_state_dict(state["objective"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(training["model"])
+            self.objective.load_state_dict(training["objective"])
+            self.optimizer.load_state_dict(training["optimizer"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"the checkpoint does not fit the model its run's config.toml describes: "
@@ -155,6 +222,8 @@ class Trainer:
                      f"another shape (a checkpoint from an older flowkit); their moments restart")
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        if "early_stopping" in state:
+            self.early_stopping.load_state_dict(state["early_stopping"])
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -163,10 +232,19 @@ class Trainer:
         if note:
             self.log(note)
 
-    def save(self) -> Path:
-        """Write a checkpoint (rank 0); under torchrun every process must call it."""
+    def save(self, best: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint (rank 0); under torchrun every process must call it.
+
+        ``best`` (model and objective state of the best validation step) makes it the final
+        checkpoint of an early-stopping run: ``model`` then holds the best weights, which
+        ``flowkit eval``/``sample`` load, and ``last`` the training state that resume continues.
+        """
         self._resync()
         state = self.state()
+        if best is not None:
+            last = {k: state[k] for k in ("model", "objective", "optimizer")}
+            state.update(model=best["model"], objective=best["objective"], last=last,
+                         best_step=self.early_stopping.best_step)
         path = self.run_dir / "checkpoints" / f"step-{self.step:08d}.pt"
         if dist.is_main():
             save_checkpoint(path, state)
@@ -201,7 +279,8 @@ class Trainer:
         x = self.data.train[:n]
         if self.dequantize:
             x = dequantize(x, self.data.levels, torch.Generator().manual_seed(0))
-        y = self.data.train_labels[:n] if self.data.train_labels is not None else None
+        cond = self.data.conditioning("train")
+        y = cond[:n] if cond is not None else None
         self.model.initialize(x.to(self.device), None if y is None else y.to(self.device))
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
@@ -210,14 +289,60 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def evaluate(self, max_examples: int) -> dict[str, float]:
+    def evaluate(self, max_examples: int, split: str = "test") -> dict[str, float]:
         ec = self.config["eval"]
-        return evaluate_nll(self.model, self.data, batch_size=ec["batch_size"],
+        return evaluate_nll(self.model, self.data, split=split, batch_size=ec["batch_size"],
                             max_examples=max_examples, dequantize_data=self.dequantize,
                             seed=self.config["train"]["seed"])
 
-    def _log_evaluation(self, max_examples: int) -> None:
-        self._write_metrics({"step": self.step, "kind": "eval", **self.evaluate(max_examples)})
+    def _log_evaluation(self, max_examples: int) -> dict[str, float]:
+        """Periodic evaluation, on the validation split when the dataset has one."""
+        metrics = self.evaluate(max_examples, self.eval_split)
+        self._write_metrics({"step": self.step, "kind": "eval", **metrics})
+        return metrics
+
+    # -- early stopping ------------------------------------------------------------------------
+    @property
+    def best_path(self) -> Path:
+        """The checkpoint of the best validation NLL (kept apart from the rotated step-*.pt)."""
+        return self.run_dir / "checkpoints" / "best.pt"
+
+    def _after_validation(self, val_nll: float) -> bool:
+        """Track the best model; whether training should stop early (every process agrees)."""
+        stopper = self.early_stopping
+        if stopper.update(self.step, val_nll):
+            self._resync()
+            state = self.state()
+            if dist.is_main():
+                save_checkpoint(self.best_path, state)
+            return False
+        if stopper.exhausted:
+            self.log(f"early stopping at step {self.step}: best val NLL {stopper.best:.4f} at "
+                     f"step {stopper.best_step} (no improvement in {stopper.patience} "
+                     f"evaluations)")
+            return True
+        return False
+
+    def _read_best(self) -> dict[str, Any] | None:
+        """Model and objective state of ``best.pt`` (rank 0), ``None`` when it cannot be used."""
+        try:
+            state = load_checkpoint(self.best_path, map_location="cpu")
+        except CheckpointError as exc:
+            self.log(f"warning: cannot restore the best model ({exc}); the final model is the "
+                     f"last one")
+            return None
+        if int(state.get("step", -1)) != self.early_stopping.best_step:
+            self.log(f"warning: {self.best_path} holds step {state.get('step')}, not the best "
+                     f"step {self.early_stopping.best_step}; the final model is the last one")
+            return None
+        return {"model": state["model"], "objective": state["objective"]}
+
+    def _best_state(self) -> dict[str, Any] | None:
+        """The best model's state when it is not the current one (early stopping only)."""
+        best_step = self.early_stopping.best_step
+        if not self.early_stopping.active or best_step is None or best_step == self.step:
+            return None
+        return dist.on_main(self._read_best)
 
     def _figure(self, path: Path) -> None:
         ec = self.config["eval"]
@@ -264,7 +389,11 @@ class Trainer:
                    desc=f"{self.config['transform']['name']} on {self.data.name}",
                    dynamic_ncols=True)
         seen, t_window = 0, time.perf_counter()
-        while self.step < tc["steps"]:
+        if self.early_stopping.exhausted:  # a resumed run that had stopped early
+            self.stopped_early = True
+            self.log(f"this run stopped early (best val NLL at step "
+                     f"{self.early_stopping.best_step}); raise train.patience to train on")
+        while self.step < tc["steps"] and not self.stopped_early:
             t0 = time.perf_counter()
             lr = tc["lr"] * self.schedule(self.step)  # a pure function of the step: exact on resume
             for group in self.optimizer.param_groups:
@@ -299,10 +428,14 @@ class Trainer:
                 seen, t_window = 0, now
                 bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()
                                  if k in ("loss", "nll_per_dim", "bpd")} or None)
+            # early stopping also evaluates the last step, so it can be the best one
             if tc["eval_every"] and self.step % tc["eval_every"] == 0 \
-                    and self.step < tc["steps"]:
-                dist.on_main(self._log_evaluation, ec["max_examples"])  # others wait for rank 0
+                    and (self.step < tc["steps"] or self.early_stopping.active):
+                metrics = dist.on_main(self._log_evaluation, ec["max_examples"])  # others wait
                 self.model.train()
+                if self.early_stopping.active and self._after_validation(metrics["val_nll"]):
+                    self.stopped_early = True
+                    break
             if tc["sample_every"] and self.step % tc["sample_every"] == 0 \
                     and self.step < tc["steps"]:
                 dist.on_main(self._figure, self.run_dir / "samples" / f"step-{self.step:08d}.png")
@@ -316,9 +449,20 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint, full evaluation, figure and ``summary.json`` (on rank 0)."""
-        if dist.on_main(self._needs_final_checkpoint):
-            self.save()
+        """Final checkpoint, full evaluation, figure and ``summary.json`` (on rank 0).
+
+        With early stopping the best model replaces the current one first (and is what the final
+        checkpoint's ``model`` holds), so the summary, ``flowkit eval`` and ``flowkit sample``
+        report it.
+        """
+        best = self._best_state()
+        if best is not None or dist.on_main(self._needs_final_checkpoint):
+            self.save(best)
+        if best is not None:
+            self.model.load_state_dict(best["model"])
+            self.objective.load_state_dict(best["objective"])
+            self.log(f"final model: the best one, from step {self.early_stopping.best_step} "
+                     f"(val NLL {self.early_stopping.best:.4f})")
         return dist.on_main(self._summarize)
 
     def _needs_final_checkpoint(self) -> bool:
@@ -350,6 +494,8 @@ class Trainer:
                                           1),
             "device": str(self.device),
             **({"processes": dist.world_size()} if dist.world_size() > 1 else {}),
+            **(self.early_stopping.summary(self.stopped_early)
+               if self.early_stopping.active else {}),
             "figures": figures,
             "flowkit_version": __version__,
         }

@@ -16,7 +16,7 @@ def test_presets_ship_and_resolve():
     for name in ("nice-mnist", "realnvp-mnist", "realnvp-moons", "realnvp-digits"):
         assert name in presets
         cfg = load_config(name)
-        assert set(cfg) == {"transform", "prior", "objective", "data", "train", "eval"}
+        assert set(cfg) == {"transform", "embedding", "prior", "objective", "data", "train", "eval"}
 
 
 def test_defaults_are_filled_from_plugin_signatures():

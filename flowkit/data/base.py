@@ -27,22 +27,40 @@ from flowkit.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class DataMeta:
-    """What a model must know about its data; saved in checkpoints so runs reload without data."""
+    """What a model must know about its data; saved in checkpoints so runs reload without data.
+
+    ``context_shape`` is the per-example shape of a real-valued context (``(k,)`` for a vector,
+    ``(C, H, W)`` for an image, ``(N, d)`` for a set of ``N`` observations), ``None`` when the
+    data has none; class labels are described by ``num_classes`` instead. ``standardization``
+    holds the training split's per-feature statistics (``x_mean``, ``x_std``, and for a
+    real-valued context ``context_mean``, ``context_std``) when the dataset standardises them
+    (``data.preprocess = "standardize"``); they travel with checkpoints so a reloaded model maps
+    raw units the same way.
+    """
 
     shape: tuple[int, ...]
     levels: int | None = None
     num_classes: int | None = None
     default_preprocess: str = "none"
+    context_shape: tuple[int, ...] | None = None
+    standardization: Mapping[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.context_shape is not None:
+            out["context_shape"] = list(self.context_shape)
+        if self.standardization is not None:
+            out["standardization"] = {k: list(v) for k, v in self.standardization.items()}
         return out | {"shape": list(self.shape)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataMeta:
+        context_shape = d.get("context_shape")
         return cls(shape=tuple(d["shape"]), levels=d.get("levels"),
                    num_classes=d.get("num_classes"),
-                   default_preprocess=d.get("default_preprocess", "none"))
+                   default_preprocess=d.get("default_preprocess", "none"),
+                   context_shape=None if context_shape is None else tuple(context_shape),
+                   standardization=d.get("standardization"))
 
 
 @dataclass
@@ -54,6 +72,12 @@ class DataSplits:
     ``target`` is set by variational targets (e.g. the 2-D energy densities): a picklable callable
     ``x -> log p̃(x)`` of shape ``(B,)``, an *unnormalised* log-density that objectives such as
     ``reverse-kl`` approximate; ``train``/``test`` then hold reference samples of it.
+
+    ``train_context``/``test_context`` (float tensors ``(N, *context_shape)``) hold a
+    real-valued context for conditional density estimation ``p(x | context)``; a dataset has
+    either those or class labels, never both. ``val``/``val_labels``/``val_context`` are an
+    optional validation split (early stopping and model selection read it; the test split stays
+    untouched until the final evaluation). ``standardization`` is described in :class:`DataMeta`.
     """
 
     name: str
@@ -66,20 +90,58 @@ class DataSplits:
     default_preprocess: str = "none"
     info: dict[str, object] = field(default_factory=dict)
     target: Any | None = None
+    train_context: Tensor | None = None
+    test_context: Tensor | None = None
+    val: Tensor | None = None
+    val_labels: Tensor | None = None
+    val_context: Tensor | None = None
+    standardization: Mapping[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
-        if self.train.shape[1:] != self.test.shape[1:]:
+        splits = [("train", self.train), ("test", self.test)]
+        if self.val is not None:
+            splits.append(("val", self.val))
+        for split, data in splits[1:]:
+            if data.shape[1:] != self.train.shape[1:]:
+                raise DataError(
+                    f"dataset {self.name!r}: train shape {tuple(self.train.shape[1:])} differs "
+                    f"from {split} shape {tuple(data.shape[1:])}"
+                )
+        has_context = self.train_context is not None
+        if has_context and self.train_labels is not None:
             raise DataError(
-                f"dataset {self.name!r}: train shape {tuple(self.train.shape[1:])} differs from "
-                f"test shape {tuple(self.test.shape[1:])}"
+                f"dataset {self.name!r} has both class labels and a real-valued context; a "
+                f"model conditions on one of them: drop one"
             )
-        for split, data, labels in (("train", self.train, self.train_labels),
-                                    ("test", self.test, self.test_labels)):
+        for split, data in splits:
+            labels = getattr(self, f"{split}_labels")
             if labels is not None and labels.shape != (data.shape[0],):
                 raise DataError(
                     f"dataset {self.name!r}: {split} labels have shape {tuple(labels.shape)}, "
                     f"expected ({data.shape[0]},)"
                 )
+            context = getattr(self, f"{split}_context")
+            if (context is None) == has_context:
+                raise DataError(f"dataset {self.name!r}: the {split} split "
+                                f"{'lacks' if has_context else 'has'} a context array; every "
+                                f"split needs one, or none does")
+            if context is not None and (context.shape[0] != data.shape[0]
+                                        or context.shape[1:] != self.train_context.shape[1:]):
+                raise DataError(
+                    f"dataset {self.name!r}: {split} context has shape {tuple(context.shape)}, "
+                    f"expected ({data.shape[0]}, "
+                    f"{', '.join(map(str, self.train_context.shape[1:]))})"
+                )
+
+    @property
+    def context_shape(self) -> tuple[int, ...] | None:
+        """Per-example shape of the real-valued context (``None`` without one)."""
+        return None if self.train_context is None else tuple(self.train_context.shape[1:])
+
+    def conditioning(self, split: str) -> Tensor | None:
+        """What a model conditions on for ``split``: the real-valued context, else the labels."""
+        context = getattr(self, f"{split}_context")
+        return context if context is not None else getattr(self, f"{split}_labels")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,7 +151,8 @@ class DataSplits:
     @property
     def meta(self) -> DataMeta:
         """The :class:`DataMeta` a model needs (shape, levels, classes, default preprocessing)."""
-        return DataMeta(self.shape, self.levels, self.num_classes, self.default_preprocess)
+        return DataMeta(self.shape, self.levels, self.num_classes, self.default_preprocess,
+                        self.context_shape, self.standardization)
 
     @property
     def dim(self) -> int:

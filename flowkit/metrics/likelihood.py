@@ -32,7 +32,7 @@ def evaluate_nll(
     ``max_examples`` > 0 evaluates a fixed prefix of the split.
     """
     x_all: Tensor = getattr(data, split)
-    y_all: Tensor | None = getattr(data, f"{split}_labels")
+    y_all: Tensor | None = data.conditioning(split)
     n = x_all.shape[0] if max_examples <= 0 else min(max_examples, x_all.shape[0])
     was_training = model.training
     model.eval()
@@ -46,6 +46,8 @@ def evaluate_nll(
         context = None
         if y_all is not None:
             context = y_all[start:start + x.shape[0]].to(device)
+            if context.is_floating_point():
+                context = context.to(model_dtype(model))
         log_prob = model.log_prob(x.to(device, model_dtype(model)), context)
         total += float(log_prob.double().sum())
     model.train(was_training)

@@ -12,11 +12,18 @@ runs them in their own test-suite::
     def test_my_flow() -> None:
         check_transform(MyFlow, (6,), {"hidden": 8})
         check_transform(MyFlow, (2, 4, 4), {"hidden": 8, "conditional": True}, num_classes=3)
+        check_transform(MyFlow, (6,), {"hidden": 8}, context_features=2)  # a (B, 2) float context
 
-or from the command line with ``flowkit check NAME`` (built on :func:`run_checks`). Hypothesis
-strategies (:func:`shapes_for`, :func:`params_for`) draw valid shapes and hyper-parameters from
-the class attributes a transform declares (``input_ranks``, ``channel_multiple``, ``min_channels``,
-``size_multiple``, ``test_params``); hypothesis is imported only when a strategy is asked for.
+or from the command line with ``flowkit check NAME`` (built on :func:`run_checks`). A transform
+whose signature takes ``context_features`` (:func:`supports_context`) is also checked with a
+real-valued context: the same checks with the context passed through (the log-det Jacobian is
+taken with respect to ``x``, the context held fixed), plus ``context`` (the outputs change with the
+context) and ``context-shape`` (a missing or malformed context raises
+:class:`~flowkit.errors.ShapeError`). Hypothesis strategies (:func:`shapes_for`,
+:func:`params_for`, :func:`context_features_for`, :func:`contexts`) draw valid shapes,
+hyper-parameters and contexts from the class attributes a transform declares (``input_ranks``,
+``channel_multiple``, ``min_channels``, ``size_multiple``, ``test_params``); hypothesis is imported
+only when a strategy is asked for.
 
 Every check raises :class:`AssertionError` whose message starts with
 ``[plugin] check-name check failed for input shape (...) (dtype, device):`` and gives the largest
@@ -27,8 +34,10 @@ from __future__ import annotations
 
 from flowkit.testing.checks import (
     CHECKS,
+    CONTEXT_FEATURES,
     MAX_EVENT_SIZE,
     check_context,
+    check_context_shape,
     check_dtype_device,
     check_gradients,
     check_logdet,
@@ -44,14 +53,26 @@ from flowkit.testing.runner import (
     check_transform,
     run_checks,
     supports_conditional,
+    supports_context,
 )
-from flowkit.testing.strategies import example_params, example_shapes, params_for, shapes_for
+from flowkit.testing.strategies import (
+    MAX_CONTEXT_FEATURES,
+    context_features_for,
+    contexts,
+    example_params,
+    example_shapes,
+    params_for,
+    shapes_for,
+)
 
 __all__ = [
     "CHECKS",
+    "CONTEXT_FEATURES",
+    "MAX_CONTEXT_FEATURES",
     "MAX_EVENT_SIZE",
     "CheckResult",
     "check_context",
+    "check_context_shape",
     "check_dtype_device",
     "check_gradients",
     "check_logdet",
@@ -61,6 +82,8 @@ __all__ = [
     "check_round_trip",
     "check_state_dict",
     "check_transform",
+    "context_features_for",
+    "contexts",
     "example_params",
     "example_shapes",
     "params_for",
@@ -68,4 +91,5 @@ __all__ = [
     "run_checks",
     "shapes_for",
     "supports_conditional",
+    "supports_context",
 ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import ShapeError
 from flowkit.transform import Shape, Transform
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ JACOBIAN_ATOL = 1e-6
 JACOBIAN_RTOL = 1e-6
 #: Default standard deviation of the noise :func:`check_transform` adds to every parameter.
 PERTURBATION = 0.1
+#: Default width ``k`` of the real-valued context for transforms that take ``context_features``.
+CONTEXT_FEATURES = 2
+#: Smallest change of the outputs (relative to ``max(1, max|out|)``) that counts as "depends on
+#: the context" in :func:`check_context`.
+CONTEXT_DEPENDENCE_RTOL = 1e-6
 
 #: The checks, in the order :func:`check_transform` runs them.
 CHECKS: tuple[str, ...] = (
@@ -40,6 +46,7 @@ CHECKS: tuple[str, ...] = (
     "gradients",
     "pickle",
     "context",
+    "context-shape",
 )
 
 Factory = Callable[..., Any]
@@ -104,6 +111,24 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def is_vector_context(context: Tensor | None) -> bool:
+    """Whether ``context`` is a real-valued context ``(B, k)`` (not class labels, not ``None``)."""
+    return context is not None and context.is_floating_point()
+
+
+def _context_like(context: Tensor | None, inp: Tensor) -> Tensor | None:
+    """``context`` on ``inp``'s device; a real-valued context also takes ``inp``'s dtype.
+
+    The contract: a transform receives its real-valued context in the input's dtype and on its
+    device (the model's embedding network runs in the model's dtype); labels stay integers.
+    """
+    if context is None:
+        return None
+    if context.is_floating_point():
+        return context.to(device=inp.device, dtype=inp.dtype)
+    return context.to(device=inp.device)
+
+
 def _call(
     transform: nn.Module,
     inp: Tensor,
@@ -113,6 +138,7 @@ def _call(
     check: str,
 ) -> tuple[Tensor, Tensor]:
     """Run one direction and verify the output contract: types, shapes, device and dtype."""
+    context = _context_like(context, inp)
     try:
         result = transform(inp, context) if direction == "forward" else \
             transform.inverse(inp, context)
@@ -310,19 +336,23 @@ def check_logdet(
     taken with ``torch.autograd.functional.jacobian``; ``torch.linalg.slogdet`` gives
     ``log|det J|``, which must equal the returned ``logabsdet`` — forward at ``x`` and inverse at
     ``y`` (defaults to ``f(x)``). This catches sign errors that cancel between forward and
-    inverse. A transform with ``volume_preserving = True`` must return exactly zero.
+    inverse. A transform with ``volume_preserving = True`` must return exactly zero. A context
+    (labels, or a real-valued ``(B, k)`` context, cast to float64) is held fixed: example ``i`` is
+    mapped with ``context[i:i+1]`` and the Jacobian is taken with respect to ``x`` only, so a
+    log-det that forgets the context's share of the scale fails here.
     """
     name = name or _plugin_name(transform)
     check = "log-det"
     module = copy.deepcopy(transform).double()
     x64 = x.detach().double()
+    ctx64 = _context_like(context, x64)  # held fixed: the Jacobian is taken with respect to x
     with torch.no_grad():
-        out, ld_fwd = _call(module, x64, context, "forward", name, check)
-    _compare_with_jacobian(module, x64, out, ld_fwd, context, "forward", name, atol, rtol)
+        out, ld_fwd = _call(module, x64, ctx64, "forward", name, check)
+    _compare_with_jacobian(module, x64, out, ld_fwd, ctx64, "forward", name, atol, rtol)
     y64 = out if y is None else y.detach().double()
     with torch.no_grad():
-        back, ld_inv = _call(module, y64, context, "inverse", name, check)
-    _compare_with_jacobian(module, y64, back, ld_inv, context, "inverse", name, atol, rtol)
+        back, ld_inv = _call(module, y64, ctx64, "inverse", name, check)
+    _compare_with_jacobian(module, y64, back, ld_inv, ctx64, "inverse", name, atol, rtol)
     if getattr(transform, "volume_preserving", False):
         with torch.no_grad():
             ld32 = _call(transform, x, context, "forward", name, check)[1]
@@ -509,29 +539,83 @@ def check_pickle(
 
 
 def check_context(
-    transform: Transform, x: Tensor, context: Tensor, num_classes: int,
+    transform: Transform, x: Tensor, context: Tensor, num_classes: int | None = None,
     *, name: str | None = None, y: Tensor | None = None,
 ) -> None:
-    """Check that a conditional transform's outputs depend on the labels, both directions.
+    """Check that a conditional transform's outputs depend on its context, both directions.
 
-    The labels are shifted, ``c' = (c + 1) mod num_classes``, and the outputs or log-dets must
-    change by more than ``1e-6·max(1, max|out|)``.
+    Class labels are shifted, ``c' = (c + 1) mod num_classes`` (``num_classes`` is required
+    for labels); a real-valued context ``(B, k)`` is shifted by one in every entry,
+    ``c' = c + 1``. With ``x`` (and the inverse's ``y``) held fixed, the outputs or log-dets must
+    change by more than ``1e-6·max(1, max|out|)``. Run it on perturbed parameters
+    (:func:`perturb_parameters`): a zero-initialised conditioner ignores any context.
     """
     name = name or _plugin_name(transform)
     check = "context"
-    if num_classes < 2:
-        raise ValueError(f"check_context needs num_classes >= 2, got {num_classes}")
-    other = (context + 1) % num_classes
+    if is_vector_context(context):
+        other = context + 1.0
+        what = "context (max change {change:.3e} <= {tol:.3e} when 1 is added to every context " \
+               "entry) although the transform takes context_features={k}: it ignores its " \
+               "context; feed the context to the conditioner"
+    else:
+        if num_classes is None or num_classes < 2:
+            raise ValueError(f"check_context needs num_classes >= 2 for class labels, got "
+                             f"{num_classes}")
+        other = (context + 1) % num_classes
+        what = "labels (max change {change:.3e} <= {tol:.3e} when every label is shifted by " \
+               "one) although the transform was built with conditional=True"
     y = _default_output_sample(transform, x) if y is None else y
     for direction, inp in (("forward", x), ("inverse", y)):
         a_out, a_ld = _outputs(transform, inp, context, direction, name, check)
         b_out, b_ld = _outputs(transform, inp, other, direction, name, check)
         change = max(_max_abs(a_out - b_out), _max_abs(a_ld - b_ld))
-        tol = 1e-6 * max(1.0, _max_abs(a_out))
+        tol = CONTEXT_DEPENDENCE_RTOL * max(1.0, _max_abs(a_out))
         if not change > tol:
-            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the labels "
-                                          f"(max change {change:.3e} <= {tol:.3e} when every "
-                                          f"label is shifted by one) although the transform was "
-                                          f"built with conditional=True")
+            detail = what.format(change=change, tol=tol, k=context.shape[-1])
+            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the {detail}")
 
 
+def _bad_contexts(context: Tensor) -> Iterator[tuple[str, Tensor | None]]:
+    """Malformed variants of a real-valued ``(B, k)`` context, each with a description."""
+    batch, k = context.shape
+    yield "no context (None)", None
+    yield f"a context of width {k + 1} instead of {k}", torch.cat([context, context[:, :1]], 1)
+    yield f"a context for {batch + 1} examples instead of {batch}", \
+        torch.cat([context, context[:1]], 0)
+    yield f"an integer context (int64, shape {(batch, k)}) instead of floats", \
+        context.round().long()
+
+
+def check_context_shape(
+    transform: Transform, x: Tensor, context: Tensor, *, name: str | None = None,
+    y: Tensor | None = None,
+) -> None:
+    """Check that a transform taking a real-valued context refuses a malformed one clearly.
+
+    ``context`` is a valid float ``(B, k)`` context. Both directions must raise
+    :class:`flowkit.errors.ShapeError` when the context is missing, one column too wide, one row
+    too long, or of an integer dtype — not compute something silently, nor fail deep inside
+    ``torch.cat`` with a ``RuntimeError`` a user cannot act on.
+    """
+    name = name or _plugin_name(transform)
+    check = "context-shape"
+    if not is_vector_context(context) or context.dim() != 2:
+        raise ValueError(f"check_context_shape needs a float context of shape (batch, k), got "
+                         f"{None if context is None else (context.dtype, tuple(context.shape))}")
+    y = _default_output_sample(transform, x) if y is None else y
+    for direction, inp in (("forward", x), ("inverse", y)):
+        run = transform if direction == "forward" else transform.inverse
+        for label, bad in _bad_contexts(context.to(inp.device)):
+            try:
+                with torch.no_grad():
+                    run(inp, bad)
+            except ShapeError:
+                continue
+            except Exception as exc:
+                raise _fail(name, check, inp, f"{direction} with {label} raised "
+                                              f"{type(exc).__name__}: {exc}; raise "
+                                              f"flowkit.errors.ShapeError naming the expected "
+                                              f"context shape (batch, {context.shape[1]})") from exc
+            raise _fail(name, check, inp, f"{direction} with {label} returned normally; a "
+                                          f"transform that takes context_features must raise "
+                                          f"flowkit.errors.ShapeError for it")

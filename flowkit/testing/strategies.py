@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import Tensor
+
 from flowkit.transform import Shape, Transform
 
 if TYPE_CHECKING:
@@ -111,6 +114,34 @@ def params_for(transform_cls: Any) -> SearchStrategy[dict[str, Any]]:
         key: st.sampled_from(value) if isinstance(value, list) else st.just(value)
         for key, value in test_params.items()
     })
+
+
+#: Largest width ``k`` of a real-valued context the strategies draw, and the largest magnitude of
+#: its entries (moderate: a conditioner should not saturate on such values).
+MAX_CONTEXT_FEATURES = 4
+CONTEXT_BOUND = 3.0
+
+
+def context_features_for(max_features: int = MAX_CONTEXT_FEATURES) -> SearchStrategy[int]:
+    """Hypothesis strategy of context widths ``k`` in ``[1, max_features]`` (shrinks to 1)."""
+    from hypothesis import strategies as st
+
+    return st.integers(1, max_features)
+
+
+def contexts(batch_size: int, features: int,
+             bound: float = CONTEXT_BOUND) -> SearchStrategy[Tensor]:
+    """Hypothesis strategy of real-valued contexts: float32 tensors ``(batch_size, features)``.
+
+    Entries are finite, in ``[-bound, bound]`` and not subnormal; shrinks towards zeros.
+    """
+    from hypothesis import strategies as st
+
+    size = batch_size * features
+    values = st.floats(-bound, bound, allow_nan=False, allow_infinity=False,
+                       allow_subnormal=False, width=32)
+    return st.lists(values, min_size=size, max_size=size).map(
+        lambda v: torch.tensor(v, dtype=torch.float32).reshape(batch_size, features))
 
 
 def example_params(transform_cls: Any) -> dict[str, Any]:

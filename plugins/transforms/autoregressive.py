@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from flowkit.composition import Architecture, Flatten, Sequential
+from flowkit.context import context_spec, context_width
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.plugins.transforms.conditioners import one_hot_labels, require_num_classes
 from flowkit.plugins.transforms.made import MADE
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
@@ -86,8 +86,9 @@ class AutoregressiveAffine(Transform):
         reverse_order: bool = False,
         hidden: int = 64,
         num_hidden: int = 2,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         owner = type(self).__name__
@@ -95,14 +96,14 @@ class AutoregressiveAffine(Transform):
         _require_vector_size(owner, self.event_dim)
         if direction not in ("maf", "iaf"):
             raise ConfigError(f"{owner}: direction must be 'maf' or 'iaf', got {direction!r}.")
-        require_num_classes(owner, conditional, num_classes)
+        self.context_spec = context_spec(owner, conditional, num_classes, context_features)
         self.direction: Direction = direction
         self.reverse_order = bool(reverse_order)
-        self.conditional = bool(conditional)
+        self.conditional = self.context_spec is not None
         self.num_classes = num_classes
         dim = self.event_dim
         order = list(range(dim - 1, -1, -1)) if self.reverse_order else None
-        extra = int(num_classes) if self.conditional and num_classes is not None else 0
+        extra = context_width(self.context_spec)
         self.made = MADE(dim, hidden, num_hidden, num_outputs=2, order=order,
                          context_features=extra)
 
@@ -113,10 +114,10 @@ class AutoregressiveAffine(Transform):
         return mu, soft_clamp(raw, LOG_SCALE_BOUND)
 
     def _labels(self, z: Tensor, context: Tensor | None) -> Tensor | None:
-        if not self.conditional:
+        """The MADE's context input: one-hot labels or the real-valued context (or ``None``)."""
+        if self.context_spec is None:
             return None
-        assert self.num_classes is not None
-        return one_hot_labels(context, self.num_classes, z, type(self).__name__)
+        return self.context_spec.features(context, z, type(self).__name__)
 
     def _parallel(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``w = (z − μ(z)) ⊙ exp(−α(z))`` in one MADE pass; log-det ``−Σ α``."""
@@ -173,8 +174,9 @@ class _AutoregressiveFlow(Architecture):
         num_layers: int = 5,
         hidden: int = 64,
         num_hidden: int = 2,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         owner = type(self).__name__
         shape = tuple(int(s) for s in event_shape)
@@ -185,7 +187,7 @@ class _AutoregressiveFlow(Architecture):
         _require_vector_size(owner, dim)
         if num_layers < 1:
             raise ConfigError(f"{owner}: num_layers must be at least 1, got {num_layers}.")
-        require_num_classes(owner, conditional, num_classes)
+        context_spec(owner, conditional, num_classes, context_features)  # checks the choice
         steps: list[Transform] = []
         if len(shape) != 1:
             steps.append(Flatten(shape))
@@ -193,6 +195,7 @@ class _AutoregressiveFlow(Architecture):
             AutoregressiveAffine(
                 (dim,), direction=self.direction, reverse_order=bool(k % 2), hidden=hidden,
                 num_hidden=num_hidden, conditional=conditional, num_classes=num_classes,
+                context_features=context_features,
             )
             for k in range(num_layers)
         ]

@@ -1,4 +1,4 @@
-"""Conditioner networks for coupling layers, and the class-label input they can take.
+"""Conditioner networks for coupling layers (their context input: :mod:`flowkit.context`).
 
 A coupling layer's conditioner computes the shift (and log-scale) of the transformed side from
 the conditioning side. It never needs to be inverted, so it can be any network (Dinh et al. 2015,
@@ -10,11 +10,10 @@ output must depend on each example alone for the coupling to be invertible examp
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.conv import conv2d
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ConfigError
 from flowkit.linear import linear
 
 
@@ -176,53 +175,3 @@ class ConvNet(nn.Module):
         Same contract as :meth:`MLP.narrow`, for ``conv_in`` and ``conv_out``.
         """
         return narrow_layers(self.conv_in, self.conv_out, inputs, outputs, "conv_in", "conv_out")
-
-
-def require_num_classes(owner: str, conditional: bool, num_classes: int | None) -> None:
-    """Raise :class:`ConfigError` if ``conditional`` is set but there is no class count."""
-    if conditional and (num_classes is None or num_classes < 1):
-        raise ConfigError(
-            f"{owner}: conditional=true needs the number of classes, which flowkit takes from a "
-            f"labelled dataset, but num_classes is {num_classes}. Use a dataset with labels, or "
-            f"set conditional=false."
-        )
-
-
-def one_hot_labels(context: Tensor | None, num_classes: int, like: Tensor, owner: str) -> Tensor:
-    """One-hot encode class labels ``(B,)`` as ``(B, num_classes)`` in ``like``'s dtype and device.
-
-    Raises :class:`ShapeError` when the labels are missing, not a ``(batch,)`` integer tensor
-    matching ``like``'s batch size, or outside ``[0, num_classes)``.
-    """
-    batch = like.shape[0]
-    if context is None:
-        raise ShapeError(
-            f"{owner} is conditional (conditional=true) and needs class labels as context: a "
-            f"LongTensor of shape ({batch},) with values in [0, {num_classes}). Pass the labels, "
-            f"or build it with conditional=false."
-        )
-    if context.dtype.is_floating_point or context.dtype.is_complex or tuple(context.shape) != (
-        batch,
-    ):
-        raise ShapeError(
-            f"{owner} expects class labels as an integer tensor of shape ({batch},), but got "
-            f"{context.dtype} of shape {tuple(context.shape)}."
-        )
-    if batch and (int(context.min()) < 0 or int(context.max()) >= num_classes):
-        raise ShapeError(
-            f"{owner}: class labels must lie in [0, {num_classes}), got values in "
-            f"[{int(context.min())}, {int(context.max())}]."
-        )
-    return F.one_hot(context.long(), num_classes).to(device=like.device, dtype=like.dtype)
-
-
-def append_labels(h: Tensor, labels: Tensor) -> Tensor:
-    """Append one-hot ``labels`` ``(B, K)`` to a conditioner input along dimension 1.
-
-    Vectors ``(B, D)`` become ``(B, D + K)``; images ``(B, C, H, W)`` get ``K`` constant channels
-    (each label broadcast over the spatial positions) and become ``(B, C + K, H, W)``.
-    """
-    if h.dim() > 2:
-        labels = labels.reshape(*labels.shape, *([1] * (h.dim() - 2)))
-        labels = labels.expand(-1, -1, *h.shape[2:])
-    return torch.cat([h, labels], dim=1)

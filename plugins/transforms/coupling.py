@@ -30,15 +30,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ShapeError
-from flowkit.plugins.transforms.conditioners import (
-    MLP,
-    ConvNet,
-    Narrowed,
-    append_labels,
-    one_hot_labels,
-    require_num_classes,
-)
+from flowkit.plugins.transforms.conditioners import MLP, ConvNet, Narrowed
 from flowkit.plugins.transforms.masks import build_mask, slice_indices, split_slices
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
@@ -100,21 +94,22 @@ class _Coupling(Transform):
         hidden: int = 64,
         num_hidden: int = 2,
         num_blocks: int = 2,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         owner = type(self).__name__
         require_rank(owner, self.event_shape, self.input_ranks,
                      "Flatten the data for vectors, or give images as (C, H, W).")
         mask_kind, net_kind = _default_kinds(owner, self.event_shape, mask, conditioner)
-        require_num_classes(owner, conditional, num_classes)
+        self.context_spec = context_spec(owner, conditional, num_classes, context_features)
         self.mask_kind = mask_kind
         self.conditioner_kind = net_kind
-        self.conditional = bool(conditional)
+        self.conditional = self.context_spec is not None
         self.num_classes = num_classes
         self.register_buffer("mask", build_mask(mask_kind, self.event_shape, parity, owner))
-        extra = int(num_classes) if conditional and num_classes is not None else 0
+        extra = context_width(self.context_spec)
         channels = self.event_shape[0]
         self.net: MLP | ConvNet
         if net_kind == "mlp":
@@ -141,12 +136,10 @@ class _Coupling(Transform):
 
     # -- the conditioner ---------------------------------------------------------------------
     def _net_outputs(self, x_a: Tensor, context: Tensor | None) -> Tensor:
-        """The conditioner's output on ``x_a`` (plus one-hot labels when conditional)."""
+        """The conditioner's output on ``x_a`` (plus the context's features when conditional)."""
         h = x_a
-        if self.conditional:
-            assert self.num_classes is not None
-            labels = one_hot_labels(context, self.num_classes, x_a, type(self).__name__)
-            h = append_labels(h, labels)
+        if self.context_spec is not None:
+            h = append_context(h, self.context_spec.features(context, x_a, type(self).__name__))
         return self.net(h)
 
     def _conditioner(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:

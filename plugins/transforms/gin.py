@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from flowkit.composition import Architecture, Flatten, Sequential
+from flowkit.context import context_spec
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.plugins.transforms.conditioners import require_num_classes
 from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind, scaled_tanh
 from flowkit.plugins.transforms.permutation import RandomPermutation
 from flowkit.plugins.transforms.squeeze import Squeeze
@@ -106,8 +106,9 @@ class GIN(Architecture):
         num_hidden: int = 2,
         res_blocks: int = 2,
         permute: bool = True,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("GIN", shape, self.input_ranks,
@@ -116,8 +117,9 @@ class GIN(Architecture):
         for name, value in (("num_blocks", num_blocks), ("num_scales", num_scales)):
             if value < 1:
                 raise ConfigError(f"GIN: {name} must be at least 1, got {value}.")
-        require_num_classes("GIN", conditional, num_classes)
-        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes}
+        context_spec("GIN", conditional, num_classes, context_features)  # checks the choice
+        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
+                                  "context_features": context_features}
         if len(shape) == 1:
             common.update(conditioner="mlp", hidden=256 if hidden is None else hidden,
                           num_hidden=num_hidden)

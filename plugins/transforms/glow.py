@@ -19,16 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, MultiScale, Sequential
+from flowkit.context import append_context, context_spec, context_width
 from flowkit.conv import conv2d
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.actnorm import ActNorm
-from flowkit.plugins.transforms.conditioners import (
-    MLP,
-    append_labels,
-    channels_last,
-    one_hot_labels,
-    require_num_classes,
-)
+from flowkit.plugins.transforms.conditioners import MLP, channels_last
 from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
@@ -100,21 +95,19 @@ class _HalfConditioned(Transform):
 
     net: nn.Module
 
-    def _setup(self, owner: str, split: int, conditional: bool,
-               num_classes: int | None) -> tuple[int, int]:
-        """Record the split point and labels; return the network's input and output channels."""
-        require_num_classes(owner, conditional, num_classes)
+    def _setup(self, owner: str, split: int, conditional: bool | None,
+               num_classes: int | None, context_features: int | None) -> tuple[int, int]:
+        """Record the split point and context; return the network's input and output channels."""
+        self.context_spec = context_spec(owner, conditional, num_classes, context_features)
         self.split = split
-        self.conditional = bool(conditional)
+        self.conditional = self.context_spec is not None
         self.num_classes = num_classes
-        extra = int(num_classes) if conditional and num_classes is not None else 0
-        return split + extra, 2 * (self.event_shape[0] - split)
+        return split + context_width(self.context_spec), 2 * (self.event_shape[0] - split)
 
     def _params(self, h: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """The network's two outputs (channels interleaved ``0::2`` and ``1::2``, as Glow)."""
-        if self.conditional:
-            assert self.num_classes is not None
-            h = append_labels(h, one_hot_labels(context, self.num_classes, h, type(self).__name__))
+        if self.context_spec is not None:
+            h = append_context(h, self.context_spec.features(context, h, type(self).__name__))
         out = self.net(h)
         return out[:, 0::2], out[:, 1::2]
 
@@ -149,8 +142,9 @@ class GlowCoupling(_HalfConditioned):
         event_shape: Shape,
         *,
         hidden: int = 256,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         require_rank("GlowCoupling", self.event_shape, self.input_ranks,
@@ -164,7 +158,7 @@ class GlowCoupling(_HalfConditioned):
             )
         _require_at_least("GlowCoupling", "hidden", hidden)
         n_in, n_out = self._setup("GlowCoupling", self.event_shape[0] // 2, conditional,
-                                  num_classes)
+                                  num_classes, context_features)
         self.net = GlowConvNet(n_in, n_out, hidden) if len(self.event_shape) == 3 else \
             MLP(n_in, n_out, hidden, num_hidden=2)
 
@@ -212,7 +206,8 @@ class SplitPrior(_HalfConditioned):
     test_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
-        self, event_shape: Shape, *, conditional: bool = False, num_classes: int | None = None,
+        self, event_shape: Shape, *, conditional: bool | None = None,
+        num_classes: int | None = None, context_features: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         require_rank("SplitPrior", self.event_shape, self.input_ranks,
@@ -224,7 +219,8 @@ class SplitPrior(_HalfConditioned):
                 f"input has shape {self.event_shape}; squeeze the image first."
             )
         kept = channels - channels // 2
-        self.net = ZeroConv2d(*self._setup("SplitPrior", kept, conditional, num_classes))
+        self.net = ZeroConv2d(*self._setup("SplitPrior", kept, conditional, num_classes,
+                                                  context_features))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(h, z) ↦ (h, (z − μ(h)) ⊙ exp(−log σ(h)))`` and ``−Σ log σ``."""
@@ -244,14 +240,15 @@ class SplitPrior(_HalfConditioned):
 
 
 def flow_step(
-    shape: Shape, *, hidden: int, lu: bool, init_seed: int, conditional: bool,
-    num_classes: int | None,
+    shape: Shape, *, hidden: int, lu: bool, init_seed: int, conditional: bool | None,
+    num_classes: int | None, context_features: int | None = None,
 ) -> list[Transform]:
     """One step of flow, ``actnorm → invconv1x1 → glow-coupling`` (Glow §3, Fig. 2a)."""
     return [
         ActNorm(shape),
         InvConv1x1(shape, lu=lu, init_seed=init_seed),
-        GlowCoupling(shape, hidden=hidden, conditional=conditional, num_classes=num_classes),
+        GlowCoupling(shape, hidden=hidden, conditional=conditional, num_classes=num_classes,
+                     context_features=context_features),
     ]
 
 
@@ -302,8 +299,9 @@ class Glow(Architecture):
         hidden: int = 256,
         lu: bool = True,
         init_seed: int = 0,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("Glow", shape, self.input_ranks,
@@ -315,13 +313,14 @@ class Glow(Architecture):
         for name, value in (("num_levels", num_levels), ("num_steps", num_steps),
                             ("hidden", hidden)):
             _require_at_least("Glow", name, value)
-        require_num_classes("Glow", conditional, num_classes)
+        spec = context_spec("Glow", conditional, num_classes, context_features)
         _check_divisible(shape, num_levels)
         self.num_levels = num_levels
         self.num_steps = num_steps
-        self.conditional = bool(conditional)
+        self.conditional = spec is not None
         common: dict[str, Any] = {"hidden": hidden, "lu": lu, "conditional": conditional,
-                                  "num_classes": num_classes}
+                                  "num_classes": num_classes,
+                                  "context_features": context_features}
         levels: list[Transform] = []
         c, h, w = shape
         for level in range(num_levels):
@@ -333,7 +332,8 @@ class Glow(Architecture):
                                    **common)
             if level < num_levels - 1:
                 steps.append(SplitPrior((c, h, w), conditional=conditional,
-                                        num_classes=num_classes))
+                                        num_classes=num_classes,
+                                        context_features=context_features))
                 c -= c // 2  # MultiScale factors out the second half
             levels.append(Sequential(steps))
         self.flow = MultiScale(levels)

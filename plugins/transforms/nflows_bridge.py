@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
+from flowkit.context import context_spec, context_width
 from flowkit.errors import ConfigError, PluginError, ShapeError
-from flowkit.plugins.transforms.conditioners import one_hot_labels, require_num_classes
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -55,10 +55,11 @@ class NflowsTransform(Transform):
 
     ``event_shape`` is the per-example shape the nflows transform takes (most nflows transforms
     take vectors ``(D,)``; flatten images first with :func:`flowkit.composition.Flatten`) and
-    ``output_shape`` the one it returns (default: the same). With ``conditional=True`` the nflows
-    transform must have been built with ``context_features=num_classes``: flowkit's class labels
-    (a ``LongTensor`` of shape ``(B,)``) are passed to it one-hot, as a ``(B, num_classes)`` float
-    tensor in the input's dtype; otherwise it gets ``context=None``. Set
+    ``output_shape`` the one it returns (default: the same). A conditional bridge passes nflows
+    the context as a float tensor in the input's dtype: class labels (``conditional=True`` with
+    ``num_classes``; the nflows transform must take ``context_features=num_classes``) one-hot as
+    ``(B, num_classes)``, a real-valued context (``context_features=k``) as it is, ``(B, k)``;
+    an unconditional one gives nflows ``context=None``. Set
     ``volume_preserving=True`` only if the nflows transform's log-det is identically zero
     (permutations); the log-det is then returned as exact zeros.
 
@@ -75,9 +76,10 @@ class NflowsTransform(Transform):
         nflows_transform: nn.Module,
         *,
         output_shape: Shape | None = None,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
         volume_preserving: bool = False,
+        context_features: int | None = None,
     ) -> None:
         nflows = require_nflows("the nflows bridge (NflowsTransform)")
         base = nflows.transforms.base.Transform
@@ -94,9 +96,10 @@ class NflowsTransform(Transform):
                 f"{self.output_shape} hold different numbers of scalars; an invertible transform "
                 f"preserves the dimension."
             )
-        require_num_classes("NflowsTransform", conditional, num_classes)
+        self.context_spec = context_spec("NflowsTransform", conditional, num_classes,
+                                         context_features)
         self.nflows_transform = nflows_transform
-        self.conditional = conditional
+        self.conditional = self.context_spec is not None
         self.num_classes = num_classes
         self.volume_preserving = volume_preserving  # type: ignore[misc]
 
@@ -109,11 +112,10 @@ class NflowsTransform(Transform):
         return self._call_nflows(y, context, "inverse")
 
     def _nflows_context(self, inp: Tensor, context: Tensor | None) -> Tensor | None:
-        """The context nflows expects: one-hot labels ``(B, num_classes)``, or ``None``."""
-        if not self.conditional:
+        """The context nflows expects: one-hot labels, the real-valued context, or ``None``."""
+        if self.context_spec is None:
             return None
-        assert self.num_classes is not None  # checked in __init__
-        return one_hot_labels(context, self.num_classes, like=inp, owner=self._owner())
+        return self.context_spec.features(context, inp, self._owner())
 
     def _owner(self) -> str:
         return f"NflowsTransform({type(self.nflows_transform).__name__})"
@@ -166,7 +168,7 @@ class NflowsTransform(Transform):
         return out, logdet
 
     def extra_repr(self) -> str:
-        extra = f", conditional=True, num_classes={self.num_classes}" if self.conditional else ""
+        extra = f", context={self.context_spec}" if self.context_spec is not None else ""
         return super().extra_repr() + extra
 
 
@@ -179,13 +181,17 @@ class _NflowsVectorFlow(Architecture):
 
     input_ranks = (1, 3)
 
-    def __init__(self, event_shape: Shape, owner: str, conditional: bool,
-                 num_classes: int | None, **sizes: int) -> None:
+    def __init__(self, event_shape: Shape, owner: str, conditional: bool | None,
+                 num_classes: int | None, context_features: int | None, **sizes: int) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank(owner, shape, self.input_ranks)
         dim = math.prod(shape)
         super().__init__(shape, (dim,))
-        require_num_classes(owner, conditional, num_classes)
+        spec = context_spec(owner, conditional, num_classes, context_features)
+        #: the context arguments of the wrapped transform, and the width its networks read
+        self._context_args = {"conditional": spec is not None, "num_classes": num_classes,
+                              "context_features": context_features}
+        self.context_width = context_width(spec) or None
         if dim < self.min_channels:
             raise ShapeError(
                 f"{owner} needs at least {self.min_channels} scalars per example (its couplings "
@@ -195,13 +201,11 @@ class _NflowsVectorFlow(Architecture):
             if value < 1:
                 raise ConfigError(f"{owner}: {name} must be at least 1, got {value}.")
 
-    def _assemble(self, nflows_transform: nn.Module, conditional: bool,
-                  num_classes: int | None) -> None:
+    def _assemble(self, nflows_transform: nn.Module) -> None:
         """Store ``[Flatten] → NflowsTransform(nflows_transform)`` as ``self.flow``."""
         dim = self.output_shape[0]
         steps: list[Transform] = [] if len(self.event_shape) == 1 else [Flatten(self.event_shape)]
-        steps.append(NflowsTransform((dim,), nflows_transform, conditional=conditional,
-                                     num_classes=num_classes))
+        steps.append(NflowsTransform((dim,), nflows_transform, **self._context_args))
         self.flow = Sequential(steps)
 
 
@@ -288,11 +292,13 @@ class NflowsRQCoupling(_NflowsVectorFlow):
         num_bins: int = 8,
         tail_bound: float = 3.0,
         lu_linear: bool = True,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         owner = "NflowsRQCoupling"
-        super().__init__(event_shape, owner, conditional, num_classes, num_layers=num_layers,
+        super().__init__(event_shape, owner, conditional, num_classes, context_features,
+                         num_layers=num_layers,
                          hidden=hidden, num_bins=num_bins)
         if not tail_bound > 0:
             raise ConfigError(f"{owner}: tail_bound must be positive, got {tail_bound}.")
@@ -307,7 +313,7 @@ class NflowsRQCoupling(_NflowsVectorFlow):
         from nflows.utils.torchutils import create_alternating_binary_mask
 
         dim = self.output_shape[0]
-        factory = ResidualNetFactory(hidden, num_blocks, num_classes if conditional else None)
+        factory = ResidualNetFactory(hidden, num_blocks, self.context_width)
         layers: list[nn.Module] = []
         for k in range(num_layers):
             if k and lu_linear:
@@ -317,7 +323,7 @@ class NflowsRQCoupling(_NflowsVectorFlow):
                 transform_net_create_fn=factory, num_bins=num_bins, tails="linear",
                 tail_bound=float(tail_bound),
             ))
-        self._assemble(CompositeTransform(layers), conditional, num_classes)
+        self._assemble(CompositeTransform(layers))
 
 
 class NflowsMAF(_NflowsVectorFlow):
@@ -356,11 +362,13 @@ class NflowsMAF(_NflowsVectorFlow):
         num_layers: int = 5,
         hidden: int = 64,
         num_blocks: int = 2,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         owner = "NflowsMAF"
-        super().__init__(event_shape, owner, conditional, num_classes, num_layers=num_layers,
+        super().__init__(event_shape, owner, conditional, num_classes, context_features,
+                         num_layers=num_layers,
                          hidden=hidden)
         if num_blocks < 0:
             raise ConfigError(f"{owner}: num_blocks must be at least 0, got {num_blocks}.")
@@ -378,9 +386,9 @@ class NflowsMAF(_NflowsVectorFlow):
                 layers.append(ReversePermutation(dim))
             layers.append(MaskedAffineAutoregressiveTransform(
                 features=dim, hidden_features=hidden,
-                context_features=num_classes if conditional else None, num_blocks=num_blocks,
+                context_features=self.context_width, num_blocks=num_blocks,
             ))
-        self._assemble(CompositeTransform(layers), conditional, num_classes)
+        self._assemble(CompositeTransform(layers))
 
 
 class NflowsRealNVP(_NflowsVectorFlow):
@@ -419,12 +427,12 @@ class NflowsRealNVP(_NflowsVectorFlow):
         batch_norm: bool = False,
     ) -> None:
         owner = "NflowsRealNVP"
-        super().__init__(event_shape, owner, False, None, num_layers=num_layers, hidden=hidden,
-                         num_blocks=num_blocks)
+        super().__init__(event_shape, owner, False, None, None, num_layers=num_layers,
+                         hidden=hidden, num_blocks=num_blocks)
         require_nflows(f"nflows-realnvp ({owner})")
         from nflows.flows.realnvp import SimpleRealNVP
 
         flow = SimpleRealNVP(features=self.output_shape[0], hidden_features=hidden,
                              num_layers=num_layers, num_blocks_per_layer=num_blocks,
                              batch_norm_between_layers=batch_norm)
-        self._assemble(flow._transform, False, None)
+        self._assemble(flow._transform)

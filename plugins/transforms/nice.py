@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
+from flowkit.context import context_spec
 from flowkit.errors import ConfigError
-from flowkit.plugins.transforms.conditioners import require_num_classes
 from flowkit.plugins.transforms.coupling import AdditiveCoupling
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -68,8 +68,9 @@ class NICE(Architecture):
         num_couplings: int = 4,
         hidden: int = 1000,
         num_hidden: int = 5,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("NICE", shape, self.input_ranks)
@@ -77,7 +78,7 @@ class NICE(Architecture):
         super().__init__(shape, (dim,))
         if num_couplings < 1:
             raise ConfigError(f"NICE: num_couplings must be at least 1, got {num_couplings}.")
-        require_num_classes("NICE", conditional, num_classes)
+        context_spec("NICE", conditional, num_classes, context_features)  # checks the choice
         steps: list[Transform] = []
         if len(shape) != 1:
             steps.append(Flatten(shape))
@@ -85,6 +86,7 @@ class NICE(Architecture):
             AdditiveCoupling(
                 (dim,), mask="alternate", parity=bool(k % 2), conditioner="mlp", hidden=hidden,
                 num_hidden=num_hidden, conditional=conditional, num_classes=num_classes,
+                context_features=context_features,
             )
             for k in range(num_couplings)
         ]

@@ -6,8 +6,8 @@ import math
 from typing import Any, ClassVar
 
 from flowkit.composition import Architecture, MultiScale, Sequential
+from flowkit.context import context_spec
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.plugins.transforms.conditioners import require_num_classes
 from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
@@ -49,17 +49,19 @@ class RealNVP(Architecture):
         hidden: int | None = None,
         num_blocks: int = 4,
         num_hidden: int = 2,
-        conditional: bool = False,
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("RealNVP", shape, self.input_ranks)
         super().__init__(shape, (math.prod(shape),))
-        require_num_classes("RealNVP", conditional, num_classes)
+        context_spec("RealNVP", conditional, num_classes, context_features)  # checks the choice
         for name, value in (("num_scales", num_scales), ("num_layers", num_layers)):
             if value < 1:
                 raise ConfigError(f"RealNVP: {name} must be at least 1, got {value}.")
-        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes}
+        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
+                                  "context_features": context_features}
         self.flow: Transform
         if len(shape) == 1:
             self.flow = Sequential(

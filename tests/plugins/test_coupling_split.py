@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from transform_test_utils import perturb
 
-from flowkit.plugins.transforms.conditioners import MLP, ConvNet, append_labels
+from flowkit.context import append_context as append_labels
+from flowkit.plugins.transforms.conditioners import MLP, ConvNet
 from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling
 
 SMALL = {"hidden": 8, "num_hidden": 2, "num_blocks": 1}

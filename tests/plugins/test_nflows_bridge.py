@@ -247,7 +247,7 @@ def test_nflows_results_are_normalised_or_rejected() -> None:
 def test_user_mistakes_are_flowkit_errors() -> None:
     with pytest.raises(PluginError, match=r"instance of nflows\.transforms\.base\.Transform"):
         NflowsTransform((3,), nn.Linear(3, 3))
-    with pytest.raises(ConfigError, match="conditional=true needs the number of classes"):
+    with pytest.raises(ConfigError, match="conditional=true needs a context"):
         NflowsMAF((3,), conditional=True)
     with pytest.raises(ShapeError, match=r"needs at least 2 scalars per example"):
         NflowsRQCoupling((1,))

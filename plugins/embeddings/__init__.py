@@ -1,0 +1,1 @@
+"""Built-in context embeddings (entry-point group ``flowkit.embeddings``)."""

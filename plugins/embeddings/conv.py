@@ -1,0 +1,51 @@
+"""A convolutional embedding for image contexts."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.embedding import Embedding
+from flowkit.errors import ConfigError, ShapeError
+from flowkit.transform import Shape
+
+
+class ConvEmbedding(Embedding):
+    """``h = W · mean_{pixels}(CNN(c)) + b`` for an image context ``c`` of shape ``(C, H, W)``.
+
+    ``num_layers`` 3×3 convolutions with ReLU, each halving the height and width (stride 2),
+    ``hidden`` channels, then global average pooling and a linear layer to ``features`` outputs:
+    the conditioning network of conditional INNs for images (Ardizzone et al. 2019, "Guided image
+    generation with conditional invertible neural networks", §3.2), here small by default.
+
+    Arguments: ``features ≥ 1``, ``hidden ≥ 1``, ``num_layers ≥ 1``.
+    """
+
+    test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 4, "num_layers": 1}
+
+    def __init__(self, context_shape: Shape, *, features: int = 32, hidden: int = 32,
+                 num_layers: int = 3) -> None:
+        shape = tuple(int(s) for s in context_shape)
+        if len(shape) != 3:
+            raise ShapeError(
+                f"[embedding] conv takes image contexts (C, H, W), but the context has shape "
+                f"{shape}; use embedding 'mlp' or 'identity' for vectors, 'deepset' for sets"
+            )
+        for name, value in (("features", features), ("hidden", hidden),
+                            ("num_layers", num_layers)):
+            if value < 1:
+                raise ConfigError(f"[embedding] conv: {name} must be at least 1, got {value}")
+        super().__init__(shape, features)
+        layers: list[nn.Module] = []
+        channels = shape[0]
+        for _ in range(num_layers):
+            layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), nn.ReLU()]
+            channels = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden, features)
+
+    def forward(self, context: Tensor) -> Tensor:
+        h = self.body(context)
+        return self.out(torch.mean(h, dim=(2, 3)))

@@ -1,0 +1,47 @@
+"""A permutation-invariant embedding of sets of observations (Deep Sets)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+
+from flowkit.embedding import Embedding
+from flowkit.errors import ConfigError, ShapeError
+from flowkit.plugins.transforms.conditioners import MLP
+from flowkit.transform import Shape
+
+
+class DeepSetEmbedding(Embedding):
+    """``h = ρ(mean_i φ(c_i))`` for a set of ``N`` i.i.d. observations ``c_i ∈ ℝᵈ``.
+
+    The context has shape ``(N, d)`` per example; ``φ`` (``num_hidden`` ReLU layers of
+    ``hidden`` units → ``hidden`` outputs) embeds each observation, the mean pools them, and
+    ``ρ`` (the same sizes → ``features``) maps the pooled vector. The result does not depend on
+    the order of the observations, and sets of any size ``N ≥ 1`` are accepted (Zaheer et al.
+    2017, "Deep Sets", Theorem 2; the summary network of BayesFlow for i.i.d. data, Radev et al.
+    2020, §2.3).
+
+    Arguments: ``features ≥ 1``, ``hidden ≥ 1``, ``num_hidden ≥ 1``.
+    """
+
+    variable_leading = True
+    test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
+
+    def __init__(self, context_shape: Shape, *, features: int = 16, hidden: int = 64,
+                 num_hidden: int = 2) -> None:
+        shape = tuple(int(s) for s in context_shape)
+        if len(shape) != 2:
+            raise ShapeError(
+                f"[embedding] deepset takes a set of observations per example, shape (N, d), but "
+                f"the context has shape {shape}; give sets as (N, d), or use 'mlp' for vectors"
+            )
+        if features < 1:
+            raise ConfigError(f"[embedding] deepset: features must be at least 1, got {features}")
+        super().__init__(shape, features)
+        self.phi = MLP(shape[1], hidden, hidden, num_hidden, zero_init=False)
+        self.rho = MLP(hidden, features, hidden, num_hidden, zero_init=False)
+
+    def forward(self, context: Tensor) -> Tensor:
+        pooled = self.phi(context).mean(dim=1)  # (B, N, d) → (B, N, hidden) → (B, hidden)
+        return self.rho(pooled)

@@ -1,0 +1,57 @@
+"""Embeddings of real vectors: the identity and a multilayer perceptron."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from torch import Tensor
+
+from flowkit.embedding import Embedding
+from flowkit.errors import ConfigError
+from flowkit.plugins.transforms.conditioners import MLP
+from flowkit.transform import Shape
+
+
+class IdentityEmbedding(Embedding):
+    """``h = flatten(c)``: conditioners read the (standardised) context as it is.
+
+    The default embedding: for a context vector ``c ∈ ℝᵏ`` every conditioner reads ``h = c``
+    (``features = k``), as in the conditional MAF of Papamakarios et al. 2017, "Masked
+    Autoregressive Flow for Density Estimation", §3.4. Contexts of higher rank are flattened.
+
+    Example::
+
+        emb = IdentityEmbedding((3,))
+        emb(torch.randn(8, 3)).shape  # (8, 3)
+    """
+
+    def __init__(self, context_shape: Shape) -> None:
+        super().__init__(context_shape, math.prod(tuple(context_shape)))
+
+    def forward(self, context: Tensor) -> Tensor:
+        return context.reshape(context.shape[0], -1)
+
+
+class MLPEmbedding(Embedding):
+    """``h = MLP(flatten(c))``: a learned summary of the context, trained with the flow.
+
+    ``num_hidden`` ReLU layers of ``hidden`` units, then a linear layer to ``features`` outputs
+    (a summary network in the sense of Radev et al. 2020, "BayesFlow", §2.3, for fixed-size
+    observations). Contexts of higher rank are flattened.
+
+    Arguments: ``features ≥ 1`` (output width), ``hidden ≥ 1``, ``num_hidden ≥ 1``.
+    """
+
+    test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
+
+    def __init__(self, context_shape: Shape, *, features: int = 16, hidden: int = 64,
+                 num_hidden: int = 2) -> None:
+        if features < 1:
+            raise ConfigError(f"[embedding] mlp: features must be at least 1, got {features}")
+        super().__init__(context_shape, features)
+        self.net = MLP(math.prod(self.context_shape), features, hidden, num_hidden,
+                       zero_init=False)
+
+    def forward(self, context: Tensor) -> Tensor:
+        return self.net(context.reshape(context.shape[0], -1))
