@@ -231,13 +231,13 @@ def revnet_rule(
     g_y1, g_y2 = block._as_image(grad_y).chunk(2, dim=1)
     with torch.enable_grad():
         y1_leaf = _leaf(y1)
-        g_out = block.g(y1_leaf)
+        g_out = block.residual_g(y1_leaf, context)
         grads_g = _vjp([g_out], [g_y2], [y1_leaf, *params])
         grad_y1 = _add(g_y1, grads_g[0])
         assert grad_y1 is not None
         a = y2 - g_out.detach()
         a_leaf = _leaf(a, need_input_grad)
-        f_out = block.f(a_leaf)
+        f_out = block.residual_f(a_leaf, context)
         grads_f = _vjp([f_out], [grad_y1], [a_leaf, *params] if need_input_grad else params)
         b = y1 - f_out.detach()
     x = torch.cat([a, b], dim=1).reshape(y.shape)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
+from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
 from flowkit.transform import Shape, Transform, require_rank
@@ -38,11 +39,12 @@ def _check_kernel(owner: str, name: str, value: int) -> None:
         )
 
 
-def _residual_net(channels: int, hidden: int, kernel_size: int, init: str) -> nn.Sequential:
-    """``conv(C→h, k×k) → ReLU → conv(h→C, k×k)``, zero padding ``k//2``, with biases."""
+def _residual_net(channels: int, hidden: int, kernel_size: int, init: str,
+                  extra: int = 0) -> nn.Sequential:
+    """``conv(C+extra→h, k×k) → ReLU → conv(h→C, k×k)``, zero padding ``k//2``, with biases."""
     pad = kernel_size // 2
     net = nn.Sequential(
-        nn.Conv2d(channels, hidden, kernel_size, padding=pad),
+        nn.Conv2d(channels + extra, hidden, kernel_size, padding=pad),
         nn.ReLU(),
         nn.Conv2d(hidden, channels, kernel_size, padding=pad),
     )
@@ -73,7 +75,13 @@ class RevNetBlock(Transform):
 
     Vectors ``(D,)`` are treated as ``(D, 1, 1)`` images: F and G act as two-layer MLPs, and
     only the centre taps of the kernels matter, so ``kernel_size = 1`` is the natural choice.
-    C (or D) must be even. Class labels (``context``) are accepted and ignored.
+    C (or D) must be even.
+
+    Conditional (a real-valued context ``h``, ``context_features = k``, or class labels with
+    ``conditional = true``): ``F`` and ``G`` read ``h`` as ``k`` extra constant input channels,
+    ``y1 = b + F(a, h)``, ``y2 = a + G(y1, h)``; the inverse is unchanged in form, so the block
+    stays exactly invertible and volume preserving for every context. Without
+    ``conditional = true`` class labels are ignored, as before.
     """
 
     volume_preserving = True
@@ -91,7 +99,9 @@ class RevNetBlock(Transform):
         hidden: int = 64,
         kernel_size: int = 3,
         init: InitKind = "default",
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("RevNetBlock", shape, self.input_ranks,
@@ -108,32 +118,48 @@ class RevNetBlock(Transform):
         _check_kernel("RevNetBlock", "kernel_size", kernel_size)
         if init not in ("xavier", "default"):
             raise ConfigError(f"RevNetBlock: init must be 'xavier' or 'default', got {init!r}.")
+        spec = context_spec("RevNetBlock", conditional, num_classes, context_features)
         super().__init__(shape)
+        self.context_spec = spec
         self.hidden = int(hidden)
         self.kernel_size = int(kernel_size)
         self.init = init
         half = shape[0] // 2
-        self.f = _residual_net(half, self.hidden, self.kernel_size, init)
-        self.g = _residual_net(half, self.hidden, self.kernel_size, init)
+        extra = context_width(spec)
+        self.f = _residual_net(half, self.hidden, self.kernel_size, init, extra)
+        self.g = _residual_net(half, self.hidden, self.kernel_size, init, extra)
 
     def _as_image(self, x: Tensor) -> Tensor:
         """Vectors ``(B, D)`` as ``(B, D, 1, 1)``; images unchanged."""
         return x.reshape(x.shape[0], -1, 1, 1) if len(self.event_shape) == 1 else x
 
+    def residual_f(self, a: Tensor, context: Tensor | None = None) -> Tensor:
+        """``F(a)`` (``F(a, h)`` when conditional) on the image-shaped half ``a``."""
+        return self.f(self._with_context(a, context))
+
+    def residual_g(self, y1: Tensor, context: Tensor | None = None) -> Tensor:
+        """``G(y1)`` (``G(y1, h)`` when conditional) on the image-shaped half ``y1``."""
+        return self.g(self._with_context(y1, context))
+
+    def _with_context(self, h: Tensor, context: Tensor | None) -> Tensor:
+        if self.context_spec is None:
+            return h
+        return append_context(h, self.context_spec.features(context, h, "RevNetBlock"))
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(a, b) ↦ (y1, y2) = (b + F(a), a + G(y1))``, log-det 0."""
         self.check_input(x)
         a, b = self._as_image(x).chunk(2, dim=1)
-        y1 = b + self.f(a)
-        y2 = a + self.g(y1)
+        y1 = b + self.residual_f(a, context)
+        y2 = a + self.residual_g(y1, context)
         return torch.cat([y1, y2], dim=1).reshape(x.shape), self.zero_logdet(x)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y1, y2) ↦ (a, b) = (y2 − G(y1), y1 − F(a))``, log-det 0."""
         self.check_input(y, "inverse")
         y1, y2 = self._as_image(y).chunk(2, dim=1)
-        a = y2 - self.g(y1)
-        b = y1 - self.f(a)
+        a = y2 - self.residual_g(y1, context)
+        b = y1 - self.residual_f(a, context)
         return torch.cat([a, b], dim=1).reshape(y.shape), self.zero_logdet(y)
 
     def extra_repr(self) -> str:
@@ -207,7 +233,9 @@ class RevNet(Architecture):
         pad_to: int = 0,
         chunk_first_at_first: bool = True,
         init: InitKind = "default",
+        conditional: bool | None = None,
         num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("RevNet", shape, self.input_ranks,
@@ -224,6 +252,9 @@ class RevNet(Architecture):
         for k in kernels:
             _check_kernel("RevNet", "every entry of kernel_sizes", k)
         _check_at_least("RevNet", "pad_to", pad_to, minimum=0)
+        context_spec("RevNet", conditional, num_classes, context_features)  # checks the choice
+        context = {"conditional": conditional, "num_classes": num_classes,
+                   "context_features": context_features}
 
         steps: list[Transform] = []
         if pad_to and (shape[1], shape[2]) != (pad_to, pad_to):
@@ -234,8 +265,8 @@ class RevNet(Architecture):
             chunk = chunk_first_at_first if stage == 0 else True
             steps.append(GRNSubsample(current, chunk_first=chunk))
             current = steps[-1].output_shape
-            steps.extend(RevNetBlock(current, hidden=width, kernel_size=kernel, init=init)
-                         for _ in range(count))
+            steps.extend(RevNetBlock(current, hidden=width, kernel_size=kernel, init=init,
+                                     **context) for _ in range(count))
         steps.append(Flatten(current))
         super().__init__(shape, steps[-1].output_shape)
         self.flow = Sequential(steps)
