@@ -15,7 +15,8 @@ import click
                    "$FLOWKIT_DATA).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A specific checkpoint file (default: the newest).")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True, help="val: the validation split (datasets that have one).")
 @click.option("--max-examples", type=int, default=0, show_default=True,
               help="Evaluate only the first N examples (0 = all).")
 @click.option("--sample-accuracy", "per_class", type=int, default=0, metavar="N",
@@ -24,6 +25,7 @@ import click
 def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
              max_examples: int, per_class: int) -> None:
     """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json."""
+    from flowkit.errors import ConfigError
     from flowkit.metrics import (
         class_sample_accuracy,
         evaluate_nll,
@@ -34,6 +36,9 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
 
     run = load_run(run_dir, checkpoint)
     data = run.load_data(data_dir)
+    if getattr(data, split) is None:
+        raise ConfigError(f"--split {split}: dataset {data.name!r} of this run has no {split} "
+                          f"split; use --split test")
     metrics = evaluate_nll(run.model, data, split=split,
                            batch_size=run.config["eval"]["batch_size"], max_examples=max_examples,
                            dequantize_data=bool(run.config["data"]["dequantize"]),

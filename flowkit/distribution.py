@@ -19,7 +19,7 @@ pass, ``log p(x) = log p_Z(z) − log|det ∂x/∂z|``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Size, Tensor
@@ -39,7 +39,7 @@ class FlowDistribution(Distribution):
     ``(B, k)`` for a batch of them).
     """
 
-    arg_constraints: dict[str, constraints.Constraint] = {}
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
     support = constraints.real
     has_rsample = True
 
@@ -97,22 +97,22 @@ class FlowDistribution(Distribution):
         x = value.reshape(math.prod(lead), *self.event_shape)
         return self.flow.log_prob(x, self._flat_context(sample_shape)).reshape(lead)
 
-    def rsample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         """Reparameterised samples ``(*sample, *batch, *event)`` and their log-densities."""
         sample_shape = Size(sample_shape)
         lead = (*sample_shape, *self.batch_shape)
         x, log_p = self.flow.sample_and_log_prob(math.prod(lead), self._flat_context(sample_shape))
         return x.reshape(*lead, *self.event_shape), log_p.reshape(lead)
 
-    def rsample(self, sample_shape: Size | tuple[int, ...] = Size()) -> Tensor:
+    def rsample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
         """Reparameterised samples: gradients reach the flow's parameters (and the context)."""
         return self.rsample_and_log_prob(sample_shape)[0]
 
-    def sample(self, sample_shape: Size | tuple[int, ...] = Size()) -> Tensor:
+    def sample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
-    def sample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = Size()) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             return self.rsample_and_log_prob(sample_shape)
 

@@ -50,7 +50,12 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -
 @torch.inference_mode()
 def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 2000,
             resolution: int = 200) -> Path:
-    """Three panels for 2-D data: test data, the model's density, and model samples."""
+    """Three panels for 2-D data: test data, the model's density, and model samples.
+
+    For a model with a real-valued context the density is drawn at the first test example's
+    context and the samples at the test examples' own contexts (one each), so they compare with
+    the test data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,9 +73,18 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
     gx, gy = np.meshgrid(xs, ys)
     grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
     dtype = next(iter(model.parameters()), model.prior._anchor).dtype
-    dens = torch.cat([model.log_prob(chunk.to(model.device, dtype)).exp().cpu()
-                      for chunk in grid.split(10000)]).reshape(resolution, resolution)
-    samples = model.sample(n_samples).float().cpu().numpy()
+    contexts = data.test_context[:n_samples] if model.context_shape is not None else None
+
+    def at_first_context(chunk: Tensor) -> Tensor | None:
+        return None if contexts is None else contexts[:1].expand(chunk.shape[0],
+                                                                 *contexts.shape[1:])
+
+    dens = torch.cat([model.log_prob(chunk.to(model.device, dtype), at_first_context(chunk))
+                      .exp().cpu() for chunk in grid.split(10000)]).reshape(resolution, resolution)
+    if contexts is None:
+        samples = model.sample(n_samples).float().cpu().numpy()
+    else:
+        samples = model.sample(contexts.shape[0], contexts).float().cpu().numpy()
     model.train(was_training)
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
@@ -78,9 +92,9 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
     axes[0].set_title(f"{data.name}: test data")
     axes[1].imshow(dens.numpy(), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
                    aspect="auto", cmap="viridis")
-    axes[1].set_title("model density")
+    axes[1].set_title("model density" + ("" if contexts is None else " (test context 0)"))
     axes[2].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, color="tab:orange")
-    axes[2].set_title("model samples")
+    axes[2].set_title("model samples" + ("" if contexts is None else " (test contexts)"))
     for ax in axes:
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
@@ -154,12 +168,13 @@ def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int =
         if model.prior.conditional and model.num_classes:
             paths.append(save_image_grid(class_sample_grid(model, 10, temperature),
                                          folder / f"{prefix}class-samples.png", nrow=10))
-        trav = latent_traversals(model)
+        trav = latent_traversals(model) if model.context_shape is None else None
         if trav is not None:
             paths.append(save_image_grid(trav, folder / f"{prefix}traversals.png", nrow=9))
         k = min(16, data.test.shape[0])
         x = data.test[:k].to(model.device, next(model.parameters()).dtype)
-        ctx = data.test_labels[:k].to(model.device) if data.test_labels is not None else None
+        cond = data.conditioning("test")
+        ctx = cond[:k].to(model.device) if cond is not None else None
         paths.append(save_image_grid(reconstructions(model, x, ctx),
                                      folder / f"{prefix}reconstructions.png", nrow=k))
     model.train(was_training)
@@ -173,7 +188,9 @@ def save_samples_figure(model: Flow, data: DataSplits, path: str | Path, n: int 
     if data.is_image:
         was_training = model.training
         model.eval()
-        samples = model.sample(n, temperature=temperature)
+        contexts = data.test_context[:n] if model.context_shape is not None else None
+        samples = model.sample(n if contexts is None else contexts.shape[0], contexts,
+                               temperature=temperature)
         model.train(was_training)
         return save_image_grid(samples, path)
     if data.dim == 2:

@@ -1,7 +1,8 @@
 """Plugin registry over Python entry points.
 
 Five groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
-``flowkit.datasets`` and ``flowkit.embeddings`` (context embedding networks) — hold every plugin, flowkit's own included. A third-party package adds one
+``flowkit.datasets`` and ``flowkit.embeddings`` (context embedding networks) — hold every
+plugin, flowkit's own included. A third-party package adds one
 by declaring, in its ``pyproject.toml``::
 
     [project.entry-points."flowkit.transforms"]

@@ -307,21 +307,23 @@ class Trainer:
         """The checkpoint of the best validation NLL (kept apart from the rotated step-*.pt)."""
         return self.run_dir / "checkpoints" / "best.pt"
 
-    def _after_validation(self, val_nll: float) -> bool:
-        """Track the best model; whether training should stop early (every process agrees)."""
+    def _stop_early(self, val_nll: float) -> bool:
+        """Track the best validation NLL (``best.pt`` when it improves); whether to stop now.
+
+        Every process calls it with the same value (rank 0's evaluation), so all agree.
+        """
         stopper = self.early_stopping
         if stopper.update(self.step, val_nll):
             self._resync()
             state = self.state()
             if dist.is_main():
                 save_checkpoint(self.best_path, state)
-            return False
-        if stopper.exhausted:
+        elif stopper.exhausted and self.step < self.config["train"]["steps"]:
             self.log(f"early stopping at step {self.step}: best val NLL {stopper.best:.4f} at "
                      f"step {stopper.best_step} (no improvement in {stopper.patience} "
                      f"evaluations)")
-            return True
-        return False
+            self.stopped_early = True
+        return self.stopped_early
 
     def _read_best(self) -> dict[str, Any] | None:
         """Model and objective state of ``best.pt`` (rank 0), ``None`` when it cannot be used."""
@@ -433,8 +435,7 @@ class Trainer:
                     and (self.step < tc["steps"] or self.early_stopping.active):
                 metrics = dist.on_main(self._log_evaluation, ec["max_examples"])  # others wait
                 self.model.train()
-                if self.early_stopping.active and self._after_validation(metrics["val_nll"]):
-                    self.stopped_early = True
+                if self.early_stopping.active and self._stop_early(metrics["val_nll"]):
                     break
             if tc["sample_every"] and self.step % tc["sample_every"] == 0 \
                     and self.step < tc["steps"]:
@@ -456,13 +457,14 @@ class Trainer:
         report it.
         """
         best = self._best_state()
-        if best is not None or dist.on_main(self._needs_final_checkpoint):
-            self.save(best)
         if best is not None:
+            self.save(best)
             self.model.load_state_dict(best["model"])
             self.objective.load_state_dict(best["objective"])
             self.log(f"final model: the best one, from step {self.early_stopping.best_step} "
                      f"(val NLL {self.early_stopping.best:.4f})")
+        elif dist.on_main(self._needs_final_checkpoint):
+            self.save()
         return dist.on_main(self._summarize)
 
     def _needs_final_checkpoint(self) -> bool:

@@ -90,7 +90,7 @@ def test_a_conditional_flow_learns_a_conditional_gaussian() -> None:
     x = c @ a.T + 0.5 * torch.randn(4000, 2)
     flow = flows.MAF(features=2, context=2, transforms=2, hidden=32)
     opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
-    for step in range(400):
+    for _ in range(400):
         idx = torch.randint(0, 4000, (256,))
         loss = -flow(c[idx]).log_prob(x[idx]).mean()
         opt.zero_grad()
@@ -254,3 +254,23 @@ def test_memory_free_backprop_gives_autograd_gradients_with_a_context(name, shap
         model.log_prob(x, c).sum().backward()
     for (n, p), q in zip(flow.named_parameters(), wrapped.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=n)
+
+
+def test_a_run_on_two_columns_with_a_context_ends_with_its_figure(tmp_path) -> None:
+    """`flowkit run` on 2-D data with a context: the density panel is drawn at a test context."""
+    import numpy as np
+
+    import flowkit
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(300, 1))
+    table = np.concatenate([c, np.sin(2 * c) + 0.1 * rng.normal(size=(300, 1)),
+                            rng.normal(size=(300, 1))], axis=1)
+    np.savetxt(tmp_path / "t.csv", table, delimiter=",")
+    config = flowkit.load_config(None, [f"data.path={tmp_path / 't.csv'}", "data.context_columns=[0]",
+                                        "train.steps=6", "train.log_every=3", "transform.num_layers=2",
+                                        "transform.hidden=8"], transform="maf", data="table")
+    summary = flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert summary["status"] == "completed" and math.isfinite(summary["test_nll"])
+    assert summary["figures"] == ["samples.png"]
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 1000

@@ -289,6 +289,125 @@ class BatchMixing(Transform):
 
 
 # ---------------------------------------------------------------------------------------------
+# toys with a real-valued context (B, k): one correct, and one defect each
+# ---------------------------------------------------------------------------------------------
+
+
+class ContextAffine(Transform):
+    """Elementwise ``y = x·exp(s(c)) + t(c)``; ``s``, ``t`` come from a linear layer of the context.
+
+    ``s(c) = s₀ + W_s c`` and ``t(c) = t₀ + W_t c`` per scalar, so ``log|det J| = Σ s(c)``.
+    Without ``context_features`` it is a plain elementwise affine map. The linear layer starts at
+    zero (the usual identity initialisation of conditioners), so a fresh instance ignores ``c``.
+    """
+
+    def __init__(self, event_shape: Shape, *, context_features: int | None = None,
+                 conditional: bool | None = None) -> None:
+        super().__init__(event_shape)
+        self.context_features = context_features if conditional is not False else None
+        self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
+        self.shift = nn.Parameter(torch.zeros(self.event_shape))
+        self.net: nn.Linear | None = None
+        if self.context_features is not None:
+            self.net = nn.Linear(self.context_features, 2 * self.event_dim)
+            nn.init.zeros_(self.net.weight)
+            nn.init.zeros_(self.net.bias)
+
+    def _context(self, context: Tensor | None, like: Tensor) -> Tensor:
+        k, batch = self.context_features, like.shape[0]
+        if context is None or not context.is_floating_point() \
+                or tuple(context.shape) != (batch, k):
+            got = None if context is None else f"{context.dtype} {tuple(context.shape)}"
+            raise ShapeError(f"{type(self).__name__} needs a float context of shape ({batch}, "
+                             f"{k}), got {got}")
+        return context
+
+    def _coefficients(self, like: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(s, t)``, each ``(B, *event_shape)`` (or unbatched without a context)."""
+        if self.net is None:
+            return self.log_scale, self.shift
+        s, t = self.net(self._context(context, like)).chunk(2, dim=1)
+        shape = (like.shape[0], *self.event_shape)
+        return self.log_scale + s.reshape(shape), self.shift + t.reshape(shape)
+
+    def _logdet(self, s: Tensor, like: Tensor) -> Tensor:
+        return sum_except_batch(s.expand_as(like))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        s, t = self._coefficients(x, context)
+        return x * s.exp() + t, self._logdet(s, x)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_input(y, "inverse")
+        s, t = self._coefficients(y, context)
+        return (y - t) * torch.exp(-s), -self._logdet(s, y)
+
+
+class ContextBlindAffine(ContextAffine):
+    """Declares ``context_features`` and validates the context, but never reads its values."""
+
+    def __init__(self, event_shape: Shape, *, context_features: int | None = None,
+                 conditional: bool | None = None) -> None:
+        super().__init__(event_shape)  # no conditioner at all
+        self.context_features = context_features
+
+    def _coefficients(self, like: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.context_features is not None:
+            self._context(context, like)
+        return self.log_scale, self.shift
+
+
+class ContextFreeLogdetAffine(ContextAffine):
+    """Scales by ``exp(s(c))`` but reports ``Σ s₀``: the log-det misses the context's share."""
+
+    def _logdet(self, s: Tensor, like: Tensor) -> Tensor:
+        return sum_except_batch(self.log_scale.expand_as(like))
+
+
+class UncheckedContextAffine(ContextAffine):
+    """Feeds whatever context it gets to the linear layer: a bad one fails deep inside torch."""
+
+    def _context(self, context: Tensor | None, like: Tensor) -> Tensor:
+        return context  # type: ignore[return-value]
+
+
+class TruncatingContextAffine(ContextAffine):
+    """Reads the first ``k`` columns of any context: a too-wide one is silently accepted."""
+
+    def _context(self, context: Tensor | None, like: Tensor) -> Tensor:
+        k = self.context_features
+        if context is None or context.shape[0] != like.shape[0]:
+            raise ShapeError(f"needs a context of shape ({like.shape[0]}, {k})")
+        return context[:, :k].to(like.dtype)
+
+
+class LabelsAndContextAffine(ContextAffine):
+    """Takes class labels (``num_classes``) or a real-valued context (``context_features``)."""
+
+    def __init__(self, event_shape: Shape, *, num_classes: int | None = None,
+                 conditional: bool | None = None,
+                 context_features: int | None = None) -> None:
+        vector = context_features is not None
+        super().__init__(event_shape, context_features=context_features if vector else None,
+                         conditional=conditional)
+        self.embedding: nn.Embedding | None = None
+        if conditional and not vector:
+            if num_classes is None:
+                raise ConfigError("conditional=True needs num_classes or context_features")
+            self.embedding = nn.Embedding(num_classes, 2 * self.event_dim)
+
+    def _coefficients(self, like: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.embedding is None:
+            return super()._coefficients(like, context)
+        if context is None or context.is_floating_point():
+            raise ShapeError("this transform is conditional: pass the labels as context")
+        s, t = self.embedding(context).chunk(2, dim=1)
+        shape = (like.shape[0], *self.event_shape)
+        return self.log_scale + s.reshape(shape), self.shift + t.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
 # correct transforms pass
 # ---------------------------------------------------------------------------------------------
 
@@ -430,9 +549,11 @@ def test_check_plugin_and_run_checks_use_the_registry() -> None:
         shapes = {r.shape for r in results}
         assert shapes == set(example_shapes(ToyAffine))
         assert {r.conditional for r in results} == {False, True}  # it takes `conditional`
-        assert {r.check for r in results if r.conditional} == set(testing.CHECKS)
+        assert {r.context_features for r in results} == {None}  # but not `context_features`
+        assert {r.check for r in results if r.conditional} == \
+            set(testing.CHECKS) - {"context-shape"}
         assert {r.check for r in results if not r.conditional} == \
-            set(testing.CHECKS) - {"context"}
+            set(testing.CHECKS) - {"context", "context-shape"}
 
         failed = run_checks("toy-signflip-for-tests", shapes=[(4,)], conditional=False)
         by_check = {r.check: r for r in failed}
@@ -460,6 +581,209 @@ def test_params_are_validated() -> None:
 def test_build_failure_is_reported() -> None:
     with pytest.raises(AssertionError, match=r"\[toy_multiscale\] build failed .*\(4,\).*unpack"):
         check_transform(toy_multiscale, (4,))
+
+
+# ---------------------------------------------------------------------------------------------
+# transforms with a real-valued context
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, k", [((4,), 2), ((1,), 1), ((2, 3, 3), 4)])
+def test_context_affine_passes(shape: Shape, k: int) -> None:
+    check_transform(ContextAffine, shape, context_features=k, seed=2, input_scale=1.5)
+
+
+def test_context_affine_passes_with_a_given_context() -> None:
+    context = torch.tensor([[0.0, -2.5], [3.0, 0.5], [1.0, 1.0], [-0.1, 2.0]])
+    check_transform(ContextAffine, (3,), context_features=2, context=context, batch_size=4)
+
+
+@given(data=st.data())
+def test_context_affine_passes_on_drawn_contexts(data: st.DataObject) -> None:
+    k = data.draw(testing.context_features_for(), label="context_features")
+    context = data.draw(testing.contexts(3, k), label="context")
+    check_transform(ContextAffine, (3,), context_features=k, context=context)
+
+
+def test_context_is_drawn_finite_moderate_and_float() -> None:
+    @given(k=testing.context_features_for(), data=st.data())
+    def drawn(k: int, data: st.DataObject) -> None:
+        assert 1 <= k <= testing.MAX_CONTEXT_FEATURES
+        context = data.draw(testing.contexts(5, k))
+        assert context.shape == (5, k) and context.dtype == torch.float32
+        assert torch.isfinite(context).all() and context.abs().max() <= 3.0
+
+    drawn()
+
+
+def test_a_context_that_is_ignored_is_caught() -> None:
+    with pytest.raises(AssertionError, match=r"\[ContextBlindAffine\] context check failed .*"
+                                             r"do not depend on the context.*ignores its context"):
+        check_transform(ContextBlindAffine, (4,), context_features=2)
+    check_transform(ContextBlindAffine, (4,))  # fine as an unconditional transform
+
+
+def test_a_logdet_that_forgets_the_context_is_caught() -> None:
+    with pytest.raises(AssertionError, match=r"\[ContextFreeLogdetAffine\] log-det check failed "
+                                             r"for input shape \(3, 4\) \(float64.*slogdet"):
+        check_transform(ContextFreeLogdetAffine, (4,), context_features=2)
+    check_transform(ContextFreeLogdetAffine, (4,))  # right without a context: the context matters
+
+
+@pytest.mark.parametrize("cls, pattern", [
+    (UncheckedContextAffine, r"forward with no context \(None\) raised TypeError.*ShapeError"),
+    (TruncatingContextAffine, r"forward with a context of width 3 instead of 2 returned normally"),
+])
+def test_a_bad_context_must_raise_a_shape_error(cls: type[Transform], pattern: str) -> None:
+    with pytest.raises(AssertionError, match=rf"context-shape check failed .*{pattern}"):
+        check_transform(cls, (4,), context_features=2)
+
+
+def test_the_context_check_needs_perturbed_parameters() -> None:
+    """A zero-initialised conditioner ignores any context: perturbation is what makes it speak."""
+    with pytest.raises(AssertionError, match="do not depend on the context"):
+        check_transform(ContextAffine, (4,), context_features=2, perturbation=0.0)
+
+
+def test_context_checks_can_be_called_directly() -> None:
+    module = ContextAffine((4,), context_features=3)
+    gen = torch.Generator().manual_seed(0)
+    perturb_parameters(module, generator=gen)
+    x, context = torch.randn(3, 4, generator=gen), torch.randn(3, 3, generator=gen)
+    testing.check_output_contract(module, x, context=context)
+    testing.check_round_trip(module, x, context=context)
+    testing.check_logdet(module, x, context=context)  # float32 context, float64 Jacobian
+    testing.check_state_dict(module, lambda: ContextAffine((4,), context_features=3), x,
+                             context=context)
+    testing.check_dtype_device(module, x, context, devices=["cpu", "meta"])
+    testing.check_gradients(module, x, context)
+    testing.check_pickle(module, x, context)
+    testing.check_context(module, x, context)  # no num_classes for a real-valued context
+    testing.check_context_shape(module, x, context)
+    with pytest.raises(AssertionError, match="round-trip check failed"):  # another context
+        testing.check_round_trip(_MismatchedContext(module), x, context=context)
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        testing.check_context(module, x, torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="float context"):
+        testing.check_context_shape(module, x, torch.tensor([0, 1, 0]))
+
+
+class _MismatchedContext(Transform):
+    """Wraps a conditional transform but inverts with the context shifted (a test double)."""
+
+    def __init__(self, inner: Transform) -> None:
+        super().__init__(inner.event_shape)
+        self.inner = inner
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.inner(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        assert context is not None
+        return self.inner.inverse(y, context + 0.5)
+
+
+def test_supports_context_reads_the_signature() -> None:
+    assert testing.supports_context(ContextAffine)
+    assert testing.supports_context(LabelsAndContextAffine)
+    assert not testing.supports_context(ToyAffine)
+    assert not testing.supports_context(toy_stack)
+    # `conditional` without `num_classes` cannot take labels: no label variant
+    assert not testing.supports_conditional(ContextAffine)
+    assert testing.supports_conditional(LabelsAndContextAffine)
+
+
+def test_context_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="no context_features parameter"):
+        check_transform(ToyAffine, (4,), context_features=2)
+    with pytest.raises(ValueError, match=r"float tensor of shape \(3, 2\)"):
+        check_transform(ContextAffine, (4,), context_features=2, context=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"float tensor of shape \(3, 2\)"):
+        check_transform(ContextAffine, (4,), context_features=2,
+                        context=torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="finite"):
+        check_transform(ContextAffine, (4,), context_features=2,
+                        context=torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match="need conditional=True"):
+        check_transform(ContextAffine, (4,), {"conditional": False}, context_features=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_transform(ContextAffine, (4,), context_features=0)
+
+
+@pytest.fixture
+def _context_toys() -> Iterator[tuple[str, str, str]]:
+    names = ("toy-context-for-tests", "toy-both-for-tests", "toy-blind-for-tests")
+    for name, cls in zip(names, (ContextAffine, LabelsAndContextAffine, ContextBlindAffine)):
+        transforms.register(name, cls)
+    yield names
+    for name in names:
+        transforms.unregister(name)
+
+
+def test_run_checks_covers_the_context_variant(_context_toys: tuple[str, str, str]) -> None:
+    context_only, both, blind = _context_toys
+    results = run_checks(context_only, shapes=[(4,), (2, 2, 2)])
+    assert all(r.passed for r in results), [r.message for r in results if not r.passed]
+    assert {r.variant for r in results} == {"unconditional", f"context k={testing.CONTEXT_FEATURES}"}
+    vector = [r for r in results if r.context_features is not None]
+    assert all(r.conditional for r in vector)
+    assert {r.check for r in vector} == set(testing.CHECKS)
+    assert {r.shape for r in vector} == {(4,), (2, 2, 2)}
+
+    results = run_checks(both, shapes=[(4,)], context_features=3)
+    assert all(r.passed for r in results), [r.message for r in results if not r.passed]
+    assert {r.variant for r in results} == {"unconditional", "labels", "context k=3"}
+    assert [r.variant for r in run_checks(both, shapes=[(4,)], conditional=False)] == \
+        ["unconditional"] * (len(testing.CHECKS) - 2)
+    assert {r.variant for r in run_checks(both, shapes=[(4,)], conditional=True)} == \
+        {"labels", f"context k={testing.CONTEXT_FEATURES}"}
+
+    failed = {r.check: r for r in run_checks(blind, shapes=[(4,)]) if not r.passed}
+    assert list(failed) == ["context"]
+    assert "ignores its context" in failed["context"].message
+    assert failed["context"].context_features == testing.CONTEXT_FEATURES
+
+
+def test_flowkit_check_runs_the_context_checks(_context_toys: tuple[str, str, str]) -> None:
+    from click.testing import CliRunner
+
+    from flowkit.cli.main import cli
+
+    context_only, _, blind = _context_toys
+    result = CliRunner().invoke(cli, ["check", context_only, "--shape", "3",
+                                      "--context-features", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"'{context_only}' takes a real-valued context" in result.output
+    assert "(batch, 3) float context" in result.output
+    lines = result.output.splitlines()
+    assert any("context-shape" in ln and "[context k=3]" in ln for ln in lines), result.output
+    assert any(ln.split()[1] == "context" and "[context k=3]" in ln for ln in lines[1:])
+    assert "checks passed" in lines[-1] and "context k=3" in lines[-1]
+
+    result = CliRunner().invoke(cli, ["check", blind, "--shape", "3"])
+    assert result.exit_code != 0
+    assert "FAIL context" in result.output and "ignores its context" in result.output
+    assert "1 of" in result.output
+
+    result = CliRunner().invoke(cli, ["check", "toy-both-for-tests", "--shape", "2"])
+    assert result.exit_code == 0, result.output
+    assert "[labels]" in result.output and "[context k=2]" in result.output
+
+
+def test_flowkit_check_refuses_a_context_width_for_a_plugin_without_context() -> None:
+    from click.testing import CliRunner
+
+    from flowkit.cli.main import cli
+
+    transforms.register("toy-affine-no-context", ToyAffine)
+    try:
+        result = CliRunner().invoke(cli, ["check", "toy-affine-no-context",
+                                          "--context-features", "2"])
+    finally:
+        transforms.unregister("toy-affine-no-context")
+    assert result.exit_code != 0
+    assert "does not take a real-valued context" in result.output
+    assert "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------------------------------------

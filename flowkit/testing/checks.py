@@ -36,7 +36,8 @@ CONTEXT_FEATURES = 2
 #: the context" in :func:`check_context`.
 CONTEXT_DEPENDENCE_RTOL = 1e-6
 
-#: The checks, in the order :func:`check_transform` runs them.
+#: The checks, in the order :func:`check_transform` runs them (``context`` only with a context,
+#: labels or real-valued; ``context-shape`` only with a real-valued context).
 CHECKS: tuple[str, ...] = (
     "output-contract",
     "round-trip",
@@ -451,7 +452,8 @@ def check_dtype_device(
     the input's dtype on the input's device, and the float64 outputs on every device must match
     those on the first within ``atol + rtol·|expected|``. Without a GPU, ``devices=["cpu",
     "meta"]`` still catches tensors created on a fixed device (values are not compared on
-    ``meta``; transforms that branch on data cannot run there).
+    ``meta``; transforms that branch on data cannot run there). A context goes with the input: a
+    real-valued one is moved to each device and dtype as well, labels to each device.
     """
     name = name or _plugin_name(transform)
     check = "dtype-device"
@@ -538,6 +540,26 @@ def check_pickle(
                       "some state does not survive pickling", name, check, x)
 
 
+def _other_contexts(context: Tensor, num_classes: int | None) -> tuple[list[Tensor], str]:
+    """Contexts to compare ``context`` with, and how they were made (for the message).
+
+    Labels: shifted by one, ``(c + 1) mod num_classes``. Real-valued contexts: ``c ± 1`` and
+    ``c ± d`` with a fixed pattern ``d`` of entries of both signs (``|d| ≤ 3``) — several,
+    because a small ReLU conditioner can be dead for some example at ``c`` and at ``c + 1``
+    alike, and a uniform shift cannot move a unit whose context weights sum to zero.
+    """
+    if is_vector_context(context):
+        k = context.shape[-1]
+        pattern = torch.randn(k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        pattern = (3.0 * pattern / pattern.abs().max()).to(context)
+        others = [context + 1.0, context - 1.0, context + pattern, context - pattern]
+        return others, "every context entry is shifted by ±1, and by ±a fixed pattern"
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"check_context needs num_classes >= 2 for class labels, got "
+                         f"{num_classes}")
+    return [(context + 1) % num_classes], "every label is shifted by one"
+
+
 def check_context(
     transform: Transform, x: Tensor, context: Tensor, num_classes: int | None = None,
     *, name: str | None = None, y: Tensor | None = None,
@@ -545,34 +567,33 @@ def check_context(
     """Check that a conditional transform's outputs depend on its context, both directions.
 
     Class labels are shifted, ``c' = (c + 1) mod num_classes`` (``num_classes`` is required
-    for labels); a real-valued context ``(B, k)`` is shifted by one in every entry,
-    ``c' = c + 1``. With ``x`` (and the inverse's ``y``) held fixed, the outputs or log-dets must
-    change by more than ``1e-6·max(1, max|out|)``. Run it on perturbed parameters
-    (:func:`perturb_parameters`): a zero-initialised conditioner ignores any context.
+    for labels); a real-valued context ``(B, k)`` is compared with ``c ± 1`` and ``c ± d`` for a
+    fixed pattern ``d`` (:func:`_other_contexts`). With ``x`` (and the inverse's ``y``) held fixed,
+    the outputs or log-dets must change, for at least one of these contexts, by more than
+    ``1e-6·max(1, max|out|)``. Run it on perturbed parameters (:func:`perturb_parameters`): a
+    zero-initialised conditioner ignores any context.
     """
     name = name or _plugin_name(transform)
     check = "context"
+    others, how = _other_contexts(context, num_classes)
     if is_vector_context(context):
-        other = context + 1.0
-        what = "context (max change {change:.3e} <= {tol:.3e} when 1 is added to every context " \
-               "entry) although the transform takes context_features={k}: it ignores its " \
-               "context; feed the context to the conditioner"
+        what = (f"context although the transform takes context_features={context.shape[-1]}: it "
+                f"ignores its context; feed the context to the conditioner")
     else:
-        if num_classes is None or num_classes < 2:
-            raise ValueError(f"check_context needs num_classes >= 2 for class labels, got "
-                             f"{num_classes}")
-        other = (context + 1) % num_classes
-        what = "labels (max change {change:.3e} <= {tol:.3e} when every label is shifted by " \
-               "one) although the transform was built with conditional=True"
+        what = "labels although the transform was built with conditional=True"
     y = _default_output_sample(transform, x) if y is None else y
     for direction, inp in (("forward", x), ("inverse", y)):
         a_out, a_ld = _outputs(transform, inp, context, direction, name, check)
-        b_out, b_ld = _outputs(transform, inp, other, direction, name, check)
-        change = max(_max_abs(a_out - b_out), _max_abs(a_ld - b_ld))
         tol = CONTEXT_DEPENDENCE_RTOL * max(1.0, _max_abs(a_out))
-        if not change > tol:
-            detail = what.format(change=change, tol=tol, k=context.shape[-1])
-            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the {detail}")
+        change = 0.0
+        for other in others:
+            b_out, b_ld = _outputs(transform, inp, other, direction, name, check)
+            change = max(change, _max_abs(a_out - b_out), _max_abs(a_ld - b_ld))
+            if change > tol:
+                break
+        else:
+            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the {what} "
+                                          f"(max change {change:.3e} <= {tol:.3e} when {how})")
 
 
 def _bad_contexts(context: Tensor) -> Iterator[tuple[str, Tensor | None]]:

@@ -13,8 +13,9 @@ from flowkit.transform import Shape
 
 
 class ConvEmbedding(Embedding):
-    """``h = W · mean_{pixels}(CNN(c)) + b`` for an image context ``c`` of shape ``(C, H, W)``.
+    """Image contexts (C, H, W): a strided CNN, global average pooling and a linear layer.
 
+    ``h = W · mean_{pixels}(CNN(c)) + b``.
     ``num_layers`` 3×3 convolutions with ReLU, each halving the height and width (stride 2),
     ``hidden`` channels, then global average pooling and a linear layer to ``features`` outputs:
     the conditioning network of conditional INNs for images (Ardizzone et al. 2019, "Guided image

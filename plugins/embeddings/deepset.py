@@ -13,7 +13,7 @@ from flowkit.transform import Shape
 
 
 class DeepSetEmbedding(Embedding):
-    """``h = ρ(mean_i φ(c_i))`` for a set of ``N`` i.i.d. observations ``c_i ∈ ℝᵈ``.
+    """Sets of N i.i.d. observations (N, d): h = ρ(mean_i φ(c_i)), permutation invariant.
 
     The context has shape ``(N, d)`` per example; ``φ`` (``num_hidden`` ReLU layers of
     ``hidden`` units → ``hidden`` outputs) embeds each observation, the mean pools them, and

@@ -14,7 +14,7 @@ from flowkit.transform import Shape
 
 
 class IdentityEmbedding(Embedding):
-    """``h = flatten(c)``: conditioners read the (standardised) context as it is.
+    """The context as it is (flattened, standardised): h = c. The default.
 
     The default embedding: for a context vector ``c ∈ ℝᵏ`` every conditioner reads ``h = c``
     (``features = k``), as in the conditional MAF of Papamakarios et al. 2017, "Masked
@@ -34,7 +34,7 @@ class IdentityEmbedding(Embedding):
 
 
 class MLPEmbedding(Embedding):
-    """``h = MLP(flatten(c))``: a learned summary of the context, trained with the flow.
+    """A learned summary of the context, h = MLP(flatten(c)), trained with the flow.
 
     ``num_hidden`` ReLU layers of ``hidden`` units, then a linear layer to ``features`` outputs
     (a summary network in the sense of Radev et al. 2020, "BayesFlow", §2.3, for fixed-size

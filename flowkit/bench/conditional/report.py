@@ -1,0 +1,214 @@
+"""``results.json``, ``results.csv`` and ``report.md`` of the conditional benchmark.
+
+The report has one table per task: a row per flow, per simulation budget its C2ST accuracy
+(0.5 is perfect, 1.0 means the flow's samples are told apart from the reference every time)
+and test NLL (nats, lower is better; for ``gaussian-linear`` the true posterior's NLL on the
+same test set is the floor), for ``inverse-kinematics`` the re-simulation error; then the
+median training-step time on this machine and its ratio to the fastest peer of the row's family
+(measured in the same run; compare ratios, not milliseconds across machines). The command that
+produced it, the machine (CPU model, threads, torch) and the date head the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowkit.atomic import atomic_write_text
+from flowkit.bench.conditional.models import FAMILIES, ROWS
+
+CSV_COLUMNS = ("task", "row", "library", "family", "sims", "status", "c2st", "nll",
+               "resim_error", "step_ms", "step_ratio", "train_s", "best_step", "params",
+               "nonfinite_samples", "note", "reason")
+
+
+def machine() -> dict[str, Any]:
+    from flowkit.bench.report import machine_info
+
+    info = machine_info()
+    info["threads"] = torch.get_num_threads()
+    return info
+
+
+def step_ratios(step_ms: dict[str, float]) -> dict[str, float | None]:
+    """Each row's step time over the fastest peer (not flowkit) of its family, if any."""
+    out: dict[str, float | None] = {}
+    for row, ms in step_ms.items():
+        family = ROWS[row].family
+        peers = [v for r, v in step_ms.items()
+                 if ROWS[r].family == family and ROWS[r].library != "flowkit"]
+        out[row] = ms / min(peers) if peers else None
+    return out
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _cells_by_key(cells: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {(c["task"], c["row"], c["sims"]): c for c in cells}
+
+
+def _fmt_sims(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 and n >= 1000 else str(n)
+
+
+def render(state: dict[str, Any], info: dict[str, Any]) -> str:
+    settings = state["settings"]
+    cells = _cells_by_key(state["cells"])
+    budgets = list(settings.sims)
+    lines = ["# Conditional density benchmark: flowkit vs zuko and nflows", "",
+             "Posterior estimation `q(θ | x)` on simulation-based-inference tasks (no download): "
+             "each flow learns θ given the observation x as context from a budget of "
+             "simulations, with the same steps, batch size and optimiser for every row. "
+             "See [README.md](README.md) for the tasks, reference posteriors and metrics.", "",
+             f"Command: `{settings.command()}`", "",
+             f"Machine: {info['machine'].get('cpu_model')} ({info['machine'].get('cpus')} CPUs, "
+             f"{info['machine'].get('threads')} torch threads), torch "
+             f"{info['machine'].get('torch')}, accelerator: "
+             f"{info['machine'].get('cuda') or 'none'}. Date: {info['date']}.", "",
+             f"Training: {settings.steps} Adam steps (lr {settings.lr:g}), batch "
+             f"{settings.batch_size}, gradient norm clipped at {settings.clip:g}, "
+             f"{settings.val_fraction:.0%} of the simulations held out for validation, best of "
+             f"{settings.evals} validation checks kept. Flows: {settings.arch.transforms} layers, "
+             f"conditioners {settings.arch.num_hidden} × {settings.arch.hidden} hidden units. "
+             f"C2ST: {settings.c2st_samples} flow vs {settings.c2st_samples} reference samples at "
+             f"each of {settings.observations} observations, {settings.c2st_folds}-fold CV. NLL: "
+             f"mean over {settings.test_size} test simulations.", ""]
+    # overview: mean C2ST over tasks
+    tasks = [t for t in settings.tasks if t in state["tasks"]]
+    if tasks:
+        lines += ["## Overview: mean C2ST over tasks (0.5 is perfect)", ""]
+        header = ["row"] + [f"{_fmt_sims(n)} sims" for n in budgets]
+        rows = []
+        for row in settings.rows:
+            vals = []
+            for n in budgets:
+                got = [cells[(t, row, n)]["c2st"] for t in tasks
+                       if (t, row, n) in cells and cells[(t, row, n)].get("c2st") is not None]
+                vals.append(_num(statistics.fmean(got)) + (f" ({len(got)}/{len(tasks)} tasks)"
+                                                           if 0 < len(got) < len(tasks) else "")
+                            if got else "–")
+            rows.append([ROWS[row].label] + vals)
+        lines += _md_table(header, rows) + [""]
+    for task in tasks:
+        t = state["tasks"][task]
+        ratios = step_ratios(t.get("step_ms", {}))
+        is_ik = task == "inverse-kinematics"
+        lines += [f"## {task}", "", f"{t['description']} ({t['paper']}).", "",
+                  f"Reference posterior: {t['reference']}. " + _reference_note(t), ""]
+        header = (["row"] + [f"C2ST {_fmt_sims(n)}" for n in budgets]
+                  + [f"NLL {_fmt_sims(n)}" for n in budgets]
+                  + ([f"resim {_fmt_sims(n)}" for n in budgets] if is_ik else [])
+                  + ["step ms", "× fastest peer"])
+        rows = []
+        for row in settings.rows:
+            c2s, nlls, resims = [], [], []
+            status_note = ""
+            for n in budgets:
+                c = cells.get((task, row, n))
+                if c is None:
+                    c2s.append("…")
+                    nlls.append("…")
+                    resims.append("…")
+                elif c.get("status") not in ("ok", "diverged"):
+                    status_note = c.get("status", "")
+                    c2s.append(status_note)
+                    nlls.append("–")
+                    resims.append("–")
+                else:
+                    mark = " (diverged)" if c["status"] == "diverged" else ""
+                    c2s.append(_num(c.get("c2st")) + mark)
+                    nlls.append(_num(c.get("nll")))
+                    resims.append(_num(c.get("resim_error")))
+            ms = t.get("step_ms", {}).get(row)
+            rows.append([ROWS[row].label] + c2s + nlls + (resims if is_ik else [])
+                        + [_num(ms, 2), _num(ratios.get(row), 2) if ms is not None else "–"])
+        if "nll_reference" in t:
+            rows.append(["*true posterior*"] + ["0.5"] * len(budgets)
+                        + [_num(t["nll_reference"])] * len(budgets) + ["", ""])
+        lines += _md_table(header, rows) + [""]
+    notes = sorted({(ROWS[c["row"]].label, c.get("note")) for c in state["cells"] if c.get("note")})
+    if notes:
+        lines += ["## Row notes", "", *[f"- {label}: {note}" for label, note in notes], ""]
+    problems = [c for c in state["cells"] if c.get("status") not in ("ok",)]
+    if problems:
+        lines += ["## Cells that did not complete normally", ""]
+        seen = set()
+        for c in problems:
+            key = (c["row"], c.get("status"), c.get("reason"))
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"- {ROWS[c['row']].label} ({c['task']}, {c['sims']} sims): "
+                         f"{c.get('status')}" + (f" — {c['reason']}" if c.get("reason") else ""))
+        lines.append("")
+    lines += ["Families for the step-time ratio: "
+              + "; ".join(f"`{k}` = {v}" for k, v in FAMILIES.items())
+              + ". The ratio is against the fastest peer (zuko, nflows) of the same family, "
+                "measured interleaved in this run.", ""]
+    return "\n".join(lines)
+
+
+def _reference_note(t: dict[str, Any]) -> str:
+    infos = t.get("reference_info") or []
+    if not infos:
+        return ""
+    method = infos[0].get("method")
+    if method == "mcmc":
+        acc = ", ".join(f"{i['acceptance']:.2f}" for i in infos)
+        rhat = ", ".join(f"{i['rhat_max']:.3f}" for i in infos)
+        i0 = infos[0]
+        return (f"MCMC per observation: acceptance {acc}; split R-hat (worst dimension) {rhat}; "
+                f"{i0['chains']} chains × {i0['draws_per_chain']} draws, thinning {i0['thin']}, "
+                f"{i0['warmup']} warm-up steps.")
+    if method == "rejection":
+        err = ", ".join(f"{i['resim_error_mean']:.1e}" for i in infos)
+        return f"Re-simulation error of the reference samples: {err} (ε = {infos[0]['epsilon']:g})."
+    return ""
+
+
+def results_csv(state: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for c in state["cells"]:
+        t = state["tasks"].get(c["task"], {})
+        ms = t.get("step_ms", {})
+        writer.writerow({**c, "step_ms": ms.get(c["row"]),
+                         "step_ratio": step_ratios(ms).get(c["row"]) if c["row"] in ms else None})
+    return buf.getvalue()
+
+
+def write_outputs(state: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and ``report.md`` into ``out_dir``."""
+    settings = state["settings"]
+    info = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    tasks = {}
+    for name, t in state["tasks"].items():
+        tasks[name] = {**t, "step_ratio": step_ratios(t.get("step_ms", {}))}
+    payload = {"suite": "conditional", "command": settings.command(),
+               "settings": asdict(settings), **info, "tasks": tasks, "cells": state["cells"]}
+    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv",
+             "report": out_dir / "report.md"}
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str))
+    atomic_write_text(paths["csv"], results_csv(state))
+    atomic_write_text(paths["report"], render(state, info))
+    return paths
