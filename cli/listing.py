@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "presets"]
+KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "embeddings", "presets"]
 
 
 @click.command("list")
 @click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
 @click.option("--params", "show_params", is_flag=True, help="Also list each plugin's parameters.")
 def list_plugins(kind: str | None, show_params: bool) -> None:
-    """List registered transforms, priors, objectives and datasets (and the shipped presets)."""
+    """List registered transforms, priors, objectives, datasets and context embeddings (and the
+    shipped presets). With --params, plugins that read a real-valued context say so."""
     from flowkit.config import available_presets
     from flowkit.params import describe_parameters
     from flowkit.registry import KINDS, PluginLoadError, registry
@@ -31,7 +32,20 @@ def list_plugins(kind: str | None, show_params: bool) -> None:
                     rows = []
                 for pname, ptype, default in rows:
                     click.echo(f"  {'':<{width}}    {pname}: {ptype} = {default}")
+                if _takes_context(entry):
+                    click.echo(f"  {'':<{width}}    (reads a real-valued context: injected "
+                               f"context_features)")
         click.echo()
     if kind in (None, "presets"):
         click.secho("presets (flowkit run --config NAME)", bold=True)
         click.echo("  " + ", ".join(available_presets()))
+
+
+def _takes_context(entry) -> bool:
+    """Whether a plugin's constructor takes ``context_features`` (a real-valued context)."""
+    import inspect
+
+    try:
+        return "context_features" in inspect.signature(entry.load()).parameters
+    except Exception:  # a plugin that fails to load is reported by its own row
+        return False
