@@ -31,7 +31,7 @@ from flowkit.data.base import DataMeta
 from flowkit.model import Flow, build_model
 from flowkit.transform import Shape
 
-__all__ = ["GIN", "IAF", "MAF", "NICE", "RealNVP", "build"]
+__all__ = ["GIN", "IAF", "MAF", "NICE", "NSF", "RealNVP", "build"]
 
 
 def _shape(value: int | Shape | None) -> Shape | None:
@@ -124,3 +124,18 @@ def GIN(features: int | Shape, context: int | Shape | None = None, *, transforms
     """Volume-preserving affine couplings (Sorrenson et al. 2020): registered transform ``gin``."""
     return build("gin", features, context, num_blocks=transforms, hidden=hidden,
                  num_hidden=num_hidden, **options)
+
+
+def NSF(features: int | Shape, context: int | Shape | None = None, *, transforms: int = 5,
+        bins: int = 8, hidden: int = 64, num_hidden: int = 2, coupling: bool = False,
+        tail_bound: float = 5.0, **options: Any) -> Flow:
+    """Neural spline flow (Durkan et al. 2019): monotone rational-quadratic splines.
+
+    Autoregressive by default (registered transform ``rq-autoregressive``, like zuko's ``NSF``:
+    one-pass density, ``D`` passes to sample); ``coupling=True`` gives the coupling version
+    (``nsf``: one pass both ways). ``bins`` bins on ``[−tail_bound, tail_bound]``, identity
+    outside.
+    """
+    name = "nsf" if coupling else "rq-autoregressive"
+    return build(name, features, context, num_layers=transforms, num_bins=bins,
+                 tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden, **options)

@@ -1,0 +1,126 @@
+"""Monotone rational-quadratic splines with linear tails (Durkan et al. 2019), as pure functions.
+
+On ``[−B, B]`` the map is a monotone rational-quadratic spline through ``K + 1`` knots
+``(x_k, y_k)`` with positive derivatives ``δ_k`` at the knots (Gregory & Delbourgo 1982; Durkan,
+Bekasov, Murray & Papamakarios 2019, "Neural Spline Flows", §3.1). In bin ``k``, with
+``w_k = x_{k+1} − x_k``, ``h_k = y_{k+1} − y_k``, ``s_k = h_k / w_k`` and
+``ξ = (x − x_k) / w_k ∈ [0, 1]``::
+
+    y = y_k + h_k [s_k ξ² + δ_k ξ(1 − ξ)] / [s_k + (δ_{k+1} + δ_k − 2 s_k) ξ(1 − ξ)]          (eq. 4)
+    dy/dx = s_k² [δ_{k+1} ξ² + 2 s_k ξ(1 − ξ) + δ_k (1 − ξ)²] / [s_k + (δ_{k+1} + δ_k − 2 s_k) ξ(1 − ξ)]²
+
+Outside ``[−B, B]`` it is the identity (the "linear tails" of §3.3), so the boundary derivatives
+are ``δ_0 = δ_K = 1`` and the map is continuously differentiable everywhere. The inverse solves
+the quadratic ``a ξ² + b ξ + c = 0`` of Appendix A,
+
+    a = h_k (s_k − δ_k) + (y − y_k) Δ,   b = h_k δ_k − (y − y_k) Δ,   c = −s_k (y − y_k),
+    Δ = δ_{k+1} + δ_k − 2 s_k,
+
+by its numerically stable root ``ξ = 2c / (−b − √(b² − 4ac))`` (no cancellation: ``−b`` and the
+root have the same sign, and ``b² − 4ac ≥ 0`` is clamped at zero against round-off).
+
+Parameters per scalar: ``K`` unnormalised widths, ``K`` unnormalised heights and ``K − 1``
+unnormalised interior derivatives, ``3K − 1`` in all. Widths and heights are a softmax scaled to
+``2B`` with a floor (``min_bin``), derivatives ``min_derivative + (1 − min_derivative)·softplus(u +
+log(e − 1))``: all-zero parameters give equal bins and unit derivatives, i.e. the identity, so a
+zero-initialised conditioner starts every spline flow at the identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flowkit.errors import ConfigError
+
+#: ``softplus(_UNIT_SHIFT) = 1``: zero parameters give unit derivatives.
+_UNIT_SHIFT = math.log(math.e - 1.0)
+MIN_BIN = 1e-3
+MIN_DERIVATIVE = 1e-3
+
+
+def spline_param_count(num_bins: int) -> int:
+    """Parameters per scalar of a ``num_bins``-bin spline: ``3K − 1``."""
+    return 3 * num_bins - 1
+
+
+def check_spline_args(owner: str, num_bins: int, tail_bound: float) -> None:
+    """:class:`ConfigError` unless ``num_bins ≥ 1`` and ``tail_bound > 0`` (and the floors fit)."""
+    if num_bins < 1 or num_bins * MIN_BIN >= 1.0:
+        raise ConfigError(f"{owner}: num_bins must be in [1, {int(1 / MIN_BIN) - 1}], got "
+                          f"{num_bins}.")
+    if not (tail_bound > 0 and math.isfinite(tail_bound)):
+        raise ConfigError(f"{owner}: tail_bound must be a positive number (the spline acts on "
+                          f"[-tail_bound, tail_bound]), got {tail_bound}.")
+
+
+def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """Bin sizes (``…, K``) and knot positions (``…, K + 1``) from ``−bound`` to ``bound``."""
+    k = raw.shape[-1]
+    sizes = MIN_BIN + (1.0 - MIN_BIN * k) * torch.softmax(raw, dim=-1)
+    knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
+    knots = 2.0 * bound * knots - bound
+    # exact end points (the cumulative sum may miss 1 by round-off)
+    knots = torch.cat([knots[..., :1].clamp(min=-bound, max=-bound), knots[..., 1:-1],
+                       knots[..., -1:].clamp(min=bound, max=bound)], dim=-1)
+    return knots[..., 1:] - knots[..., :-1], knots
+
+
+def _gather(t: Tensor, index: Tensor) -> Tensor:
+    return t.gather(-1, index).squeeze(-1)
+
+
+def rational_quadratic_spline(
+    x: Tensor, params: Tensor, *, inverse: bool = False, tail_bound: float = 5.0,
+) -> tuple[Tensor, Tensor]:
+    """The spline ``y = g(x)`` (or ``x = g⁻¹(y)``) and ``log|dout/din|`` elementwise.
+
+    ``x``: any shape ``S``; ``params``: ``S + (3K − 1,)``. Returns two tensors of shape ``S``.
+    Inputs outside ``[−tail_bound, tail_bound]`` pass unchanged with log-derivative 0.
+    """
+    num_bins = (params.shape[-1] + 1) // 3
+    if params.shape[-1] != spline_param_count(num_bins) or params.shape[:-1] != x.shape:
+        raise ValueError(f"spline parameters of shape {tuple(params.shape)} do not fit inputs of "
+                         f"shape {tuple(x.shape)} (expected (..., 3K - 1))")
+    bound = float(tail_bound)
+    widths, x_knots = _knots(params[..., :num_bins], bound)
+    heights, y_knots = _knots(params[..., num_bins:2 * num_bins], bound)
+    inner = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * F.softplus(params[..., 2 * num_bins:]
+                                                                  + _UNIT_SHIFT)
+    ones = torch.ones_like(inner[..., :1])
+    derivs = torch.cat([ones, inner, ones], dim=-1)  # δ_0 = δ_K = 1: C¹ joins with the tails
+
+    inside = (x >= -bound) & (x <= bound)
+    v = x.clamp(-bound, bound)  # the spline branch sees finite, in-range values only
+    search = y_knots if inverse else x_knots
+    # interior knots only: v at ±bound lands in the first/last bin without an epsilon
+    index = torch.searchsorted(search[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous())
+    index = index.clamp(0, num_bins - 1)
+    x_k, w = _gather(x_knots, index), _gather(widths, index)
+    y_k, h = _gather(y_knots, index), _gather(heights, index)
+    d_k, d_k1 = _gather(derivs, index), _gather(derivs, index + 1)
+    s = h / w
+    delta = d_k1 + d_k - 2.0 * s
+
+    if inverse:
+        dy = v - y_k
+        a = h * (s - d_k) + dy * delta
+        b = h * d_k - dy * delta
+        c = -s * dy
+        disc = (b * b - 4.0 * a * c).clamp(min=0.0)
+        xi = (2.0 * c / (-b - torch.sqrt(disc))).clamp(0.0, 1.0)
+        out = x_k + xi * w
+    else:
+        xi = ((v - x_k) / w).clamp(0.0, 1.0)
+        t = xi * (1.0 - xi)
+        out = y_k + h * (s * xi * xi + d_k * t) / (s + delta * t)
+    t = xi * (1.0 - xi)
+    denom = s + delta * t
+    log_slope = (2.0 * torch.log(s) + torch.log(d_k1 * xi * xi + 2.0 * s * t
+                                                 + d_k * (1.0 - xi) ** 2)
+                 - 2.0 * torch.log(denom))
+    log_det = -log_slope if inverse else log_slope
+    return torch.where(inside, out, x), torch.where(inside, log_det, torch.zeros_like(log_det))
