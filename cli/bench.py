@@ -7,6 +7,28 @@ from pathlib import Path
 
 import click
 
+CONDITIONAL = "conditional"  # the built-in conditional-density benchmark (no TOML suite)
+
+
+def _run_conditional(out_dir: Path | None, force: bool, dry_run: bool, publish: Path | None,
+                     quiet: bool, sims: str | None, steps: int | None, tasks: str | None,
+                     rows: str | None, threads: int | None) -> None:
+    from flowkit.bench.conditional.run import dry_run as list_cells
+    from flowkit.bench.conditional.run import run_conditional, settings_from_cli
+
+    settings = settings_from_cli(sims, steps, tasks, rows, threads)
+    out_dir = out_dir or Path("bench-results") / CONDITIONAL
+    if dry_run:
+        list_cells(settings, out_dir, log=click.echo)
+        return
+    run_conditional(settings, out_dir, force=force, log=(lambda _: None) if quiet else click.echo)
+    click.echo(f"report: {out_dir / 'report.md'}")
+    if publish is not None:
+        from flowkit.bench.publish import publish as publish_report
+
+        written = publish_report(out_dir, publish)
+        click.echo(f"published: {written[-1]}")
+
 
 def _search_dirs(suites_dir: Path | None) -> tuple[Path, ...]:
     dirs = [suites_dir] if suites_dir else []
@@ -39,10 +61,22 @@ def _search_dirs(suites_dir: Path | None) -> tuple[Path, ...]:
               help="Also copy report.md and the images it embeds into this folder (e.g. "
                    "docs/bench/<suite>).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--sims", metavar="N[,N]",
+              help="conditional only: simulation budgets (default 1000,10000; 1k/1e4 work).")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="conditional only: training steps of every flow (default 2000).")
+@click.option("--tasks", metavar="NAME[,NAME]",
+              help="conditional only: gaussian-linear, two-moons, slcp, inverse-kinematics.")
+@click.option("--rows", metavar="ROW[,ROW]",
+              help="conditional only: flows to compare, e.g. flowkit-maf,zuko-maf (default all).")
+@click.option("--threads", type=click.IntRange(min=0),
+              help="conditional only: torch threads (default 1; 0 = every core).")
 def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
           filters: tuple[str, ...], jobs: int, data_dir: Path | None, force: bool,
           dry_run: bool, list_suites: bool, suites_dir: Path | None, publish: Path | None,
-          quiet: bool) -> None:
+          quiet: bool, sims: str | None = None, steps: int | None = None,
+          tasks: str | None = None, rows: str | None = None,
+          threads: int | None = None) -> None:
     """Run a benchmark SUITE (a name or a TOML file) and write results.json, results.csv,
     report.md and figures.
 
@@ -53,12 +87,32 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
       flowkit bench benchmarks/suites/mnist.toml --jobs 2 --data-dir ../data
       flowkit bench toy2d --filter transform=realnvp,glow --only '*moons*'
       flowkit bench peers --publish docs/bench/peers
+      flowkit bench conditional --sims 1000,10000 --steps 2000   # built in, see below
+
+    \b
+    `conditional` is built in (no TOML): conditional flows p(θ | x) of flowkit, zuko and
+    nflows on simulation-based-inference tasks, scored by C2ST, test NLL and step time;
+    options marked "conditional only" apply to it.
     """
     from flowkit.bench.runner import run_suite, stored_result
     from flowkit.bench.suite import load_suite
 
+    conditional_only = {"--sims": sims, "--steps": steps, "--tasks": tasks, "--rows": rows,
+                        "--threads": threads}
+    if suite == CONDITIONAL and not list_suites:
+        if only or filters:
+            raise click.UsageError("--only/--filter do not apply to `conditional`; use --tasks "
+                                   "and --rows")
+        _run_conditional(out_dir, force, dry_run, publish, quiet, sims, steps, tasks, rows,
+                         threads)
+        return
+    given = [k for k, v in conditional_only.items() if v is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply to `flowkit bench conditional`")
     search = _search_dirs(suites_dir)
     if list_suites:
+        click.echo(f"  {CONDITIONAL:<14} built-in  Conditional flows p(θ | x) on SBI tasks: "
+                   f"flowkit vs zuko and nflows  [flowkit.bench.conditional]")
         found = [(p.stem, p) for d in search if d.is_dir() for p in sorted(d.glob("*.toml"))]
         if not found:
             click.echo(f"no suites in {', '.join(map(str, search))}")

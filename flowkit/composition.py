@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError
+from flowkit.reconstruction import reindex_rule
 from flowkit.transform import Shape, Transform
 
 
@@ -98,6 +99,7 @@ class Reshape(Transform):
     """Reshape each example from ``event_shape`` to ``output_shape`` (log-det 0)."""
 
     volume_preserving = True
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(self, event_shape: Shape, output_shape: Shape) -> None:
         if math.prod(event_shape) != math.prod(output_shape):

@@ -22,17 +22,23 @@ output), so a training step costs about what per-block checkpointing costs, ``2F
 whose transpose is their inverse, so their input gradient is the inverse applied to the output
 gradient: no recomputation at all.
 
-Which blocks are reconstructed: types on the built-in allow-list (:func:`_builtin_rules`), and any
-:class:`~flowkit.transform.Transform` subclass with the class attribute ``exact_inverse = True``
-(third-party plugins opt in that way; ``exact_inverse = False`` opts a subclass of an allowed type
-out). Such a block must have an ``inverse`` that recovers its input to round-off and a
-deterministic ``forward`` (no dropout or other randomness, no batch statistics). Containers are
-entered: :class:`~flowkit.composition.Sequential`, :class:`~flowkit.composition.Architecture`
-(its ``flow``) and :class:`~flowkit.composition.MultiScale` (the factor-out between levels runs
-under ordinary autograd, which stores nothing for it). Every other block — an iterative or
-sequential inverse (MAF/IAF layers, planar flows, the nflows bridge), or a container that
-overrides ``forward`` — runs with ordinary autograd inside the stack; :func:`enable_invertible_backprop`
-logs their names.
+Which blocks are reconstructed: every block says so itself, through the
+:class:`~flowkit.transform.Transform` interface. Its class declares ``inversion_rule``, one of the
+core's generic rules (:func:`~flowkit.reconstruction.generic_rule`: inverse, then recomputation;
+:func:`~flowkit.reconstruction.reindex_rule`: pure re-indexings) or a rule of its own module (the
+couplings, the Glow coupling and the RevNet block share their conditioner evaluations); or it sets
+the older switch ``exact_inverse = True`` (the generic rule). This module names no block type:
+built-in plugins declare their rules exactly as third-party ones do. A rule is read from the
+class's own body only, never inherited, so a subclass that changes the maths is not trusted
+silently; ``exact_inverse = False`` opts a class out. See :func:`rule_for`. A reconstructed block
+must have an ``inverse`` that recovers its input to round-off and a deterministic ``forward`` (no
+dropout or other randomness, no batch statistics). Containers are entered:
+:class:`~flowkit.composition.Sequential`, :class:`~flowkit.composition.Architecture` (its
+``flow``) and :class:`~flowkit.composition.MultiScale` (the factor-out between levels runs under
+ordinary autograd, which stores nothing for it); ``Inverse(t)`` is reconstructed when ``t`` is.
+Every other block — an iterative or sequential inverse (MAF/IAF layers, planar flows, the nflows
+bridge), or a container that overrides ``forward`` — runs with ordinary autograd inside the stack;
+:func:`enable_invertible_backprop` logs their names.
 
 Data-dependent initialisation still works: while any block with an ``initialized`` buffer (e.g.
 actnorm) is uninitialised in training mode, the wrapper runs the ordinary forward. Without
@@ -43,274 +49,66 @@ Double backward (``create_graph=True``) is not supported through the reconstruct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from flowkit.composition import Architecture, Inverse, MultiScale, Reshape, Sequential
-from flowkit.transform import Transform, sum_except_batch
+from flowkit.composition import Architecture, Inverse, MultiScale, Sequential
+from flowkit.reconstruction import (
+    Rule,
+    RuleResult,
+    add_grads,
+    declared_rule,
+    generic_rule,
+    reindex_rule,
+)
+from flowkit.transform import Transform
 from flowkit.wrapper import TransparentWrapper
 
 __all__ = [
     "InvertibleBackprop",
+    "Rule",
+    "RuleResult",
     "enable_invertible_backprop",
     "generic_rule",
     "is_exact",
     "register_rule",
+    "reindex_rule",
     "rule_for",
 ]
 
-#: ``(x, ∂L/∂x or None, parameter gradients)`` returned by a reconstruction rule.
-RuleResult = tuple[Tensor, Tensor | None, list[Tensor | None]]
-#: ``rule(block, y, context, grad_y, grad_logdet, need_input_grad, params) -> RuleResult``.
-Rule = Callable[[Transform, Tensor, Tensor | None, Tensor, Tensor, bool, list[Tensor]], RuleResult]
-
-
-# -- gradient helpers ----------------------------------------------------------------------------
-def _vjp(
-    outputs: Sequence[Tensor], grads: Sequence[Tensor], inputs: Sequence[Tensor],
-) -> list[Tensor | None]:
-    """``Σ_i grads_i · ∂outputs_i/∂inputs`` (``None`` where an input is unused)."""
-    pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
-    if not pairs or not inputs:
-        return [None] * len(inputs)
-    out = torch.autograd.grad([o for o, _ in pairs], list(inputs), [g for _, g in pairs],
-                              allow_unused=True)
-    return list(out)
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    """Sum of two optional gradients."""
-    if a is None:
-        return b
-    return a if b is None else a + b
-
-
-def _leaf(t: Tensor, requires_grad: bool = True) -> Tensor:
-    """A fresh autograd leaf holding ``t``'s values (shares storage; never modified)."""
-    return t.detach().requires_grad_(requires_grad)
-
-
-# -- reconstruction rules ------------------------------------------------------------------------
-def generic_rule(
-    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """Any exact block: ``x = f⁻¹(y)`` without a graph, then ``f(x)`` with one, then its VJP."""
-    with torch.no_grad():
-        x, _ = block.inverse(y, context)
-    with torch.enable_grad():
-        x_leaf = _leaf(x, need_input_grad)
-        out, logdet = block(x_leaf, context)
-        inputs = [x_leaf, *params] if need_input_grad else params
-        grads = _vjp([out, logdet], [grad_y, grad_logdet], inputs)
-    if need_input_grad:
-        return x, grads[0], grads[1:]
-    return x, None, grads
-
-
-def reindex_rule(
-    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """Parameter-free re-indexing ``y = P x`` with ``Pᵀ = P⁻¹``: ``x = P⁻¹ y``, ``∂L/∂x = P⁻¹ ∂L/∂y``.
-
-    Holds for permutations of the entries (squeeze, subsample, channel permutations, reshapes)
-    and for the zero-padding embedding, whose transpose (a crop) is its left inverse.
-    """
-    with torch.no_grad():
-        x, _ = block.inverse(y, context)
-        grad_x = block.inverse(grad_y, context)[0] if need_input_grad else None
-    return x, grad_x, [None] * len(params)
-
-
-def masked_coupling_rule(
-    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """Masked coupling (additive/affine): one conditioner pass serves inverse and recomputation.
-
-    The conditioner reads ``m ⊙ x = m ⊙ y``; with its outputs ``θ`` (graph kept) the input is
-    ``x = g⁻¹(y; θ)`` and ``g(x; θ)`` is recomputed with a graph (Dinh et al. 2017, "Real NVP",
-    eq. (9)). ``∂L/∂x`` collects the direct path and ``m ⊙ ∂L/∂(m ⊙ x)`` through the conditioner.
-    Blocks whose forward takes the sliced fast path are reconstructed on the slices
-    (:func:`_sliced_coupling`); the checkerboard with the masked formulation.
-    """
-    if getattr(block, "_fast", False):
-        return _sliced_coupling(block, y, context, grad_y, grad_logdet, need_input_grad, params)
-    mask = block.mask.to(dtype=y.dtype)
-    free = 1.0 - mask
-    with torch.enable_grad():
-        masked = _leaf(mask * y, need_input_grad)
-        theta = block._conditioner(masked, context)
-        with torch.no_grad():
-            x, _ = block._couple(y, tuple(t.detach() for t in theta), free, inverse=True)
-        x_leaf = _leaf(x, need_input_grad)
-        out, logdet = block._couple(x_leaf, theta, free, inverse=False)
-        leaves = [x_leaf, masked] if need_input_grad else []
-        grads = _vjp([out, logdet], [grad_y, grad_logdet], [*leaves, *params])
-    if not need_input_grad:
-        return x, None, grads
-    grad_x = _add(grads[0], None if grads[1] is None else mask * grads[1])
-    return x, grad_x, grads[2:]
-
-
-def _sliced_coupling(
-    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """:func:`masked_coupling_rule` on the slices ``x_A = y[:, cond]`` and ``y[:, free]``.
-
-    ``θ = net(y_A)`` (graph kept) gives ``x_B = g⁻¹(y_B; θ)``; ``g(x_B; θ)`` is recomputed with a
-    graph. ``∂L/∂x_B`` is its VJP, ``∂L/∂x_A = ∂L/∂y_A + ∂L/∂θ · ∂θ/∂x_A``.
-    """
-    cond, free = block.slices
-    y_a, y_b = y[:, cond], y[:, free]
-    with torch.enable_grad():
-        a_leaf = _leaf(y_a, need_input_grad)
-        theta = block._net_outputs(a_leaf, context).chunk(block.num_params, dim=1)
-        with torch.no_grad():
-            x_b, _ = block._couple_part(y_b, tuple(t.detach() for t in theta), inverse=True)
-        b_leaf = _leaf(x_b, need_input_grad)
-        out_b, logdet = block._couple_part(b_leaf, theta, inverse=False)
-        leaves = [b_leaf, a_leaf] if need_input_grad else []
-        grads = _vjp([out_b, logdet], [grad_y[:, free], grad_logdet], [*leaves, *params])
-    x = torch.empty_like(y)
-    x[:, cond] = y_a
-    x[:, free] = x_b
-    if not need_input_grad:
-        return x, None, grads
-    grad_x = torch.empty_like(y)
-    grad_x[:, free] = grads[0] if grads[0] is not None else 0.0
-    grad_x[:, cond] = grad_y[:, cond] if grads[1] is None else grad_y[:, cond] + grads[1]
-    return x, grad_x, grads[2:]
-
-
-def glow_coupling_rule(
-    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """Glow coupling ``y_b = (x_b + t(x_a)) ⊙ s(x_a)``: the conditioner runs once on ``x_a = y_a``.
-
-    Kingma & Dhariwal 2018, "Glow", §3.3: ``x_b = y_b / s − t``; ``y_b`` is recomputed from the
-    leaf ``x_b`` with the same ``(t, log s)`` (graph kept), so one backward gives every gradient.
-    """
-    split = block.split
-    y_a, y_b = y[:, :split], y[:, split:]
-    with torch.enable_grad():
-        x_a = _leaf(y_a)
-        shift, log_scale = block._scale(x_a, context)
-        with torch.no_grad():
-            x_b = y_b * torch.exp(-log_scale) - shift
-        x_b_leaf = _leaf(x_b)
-        out_b = (x_b_leaf + shift) * torch.exp(log_scale)
-        grads = _vjp([out_b, sum_except_batch(log_scale)], [grad_y[:, split:], grad_logdet],
-                     [x_a, x_b_leaf, *params])
-    grad_x = None
-    if need_input_grad:
-        grad_a = _add(grad_y[:, :split], grads[0])
-        grad_b = grads[1] if grads[1] is not None else torch.zeros_like(x_b)
-        grad_x = torch.cat([grad_a, grad_b], dim=1)
-    return torch.cat([y_a, x_b], dim=1), grad_x, grads[2:]
-
-
-def revnet_rule(
-    block: Any, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """RevNet block ``y1 = b + F(a), y2 = a + G(y1)``: Algorithm 1 of Gomez et al. 2017.
-
-    ``G(y1)`` (graph kept) gives ``a = y2 − G(y1)`` and ``∂L/∂y1 += Gᵀ ∂L/∂y2``; then ``F(a)``
-    gives ``b = y1 − F(a)``, ``∂L/∂a = ∂L/∂y2 + Fᵀ ∂L/∂y1`` and ``∂L/∂b = ∂L/∂y1``. Each residual
-    function runs once, as in the forward pass.
-    """
-    y1, y2 = block._as_image(y).chunk(2, dim=1)
-    g_y1, g_y2 = block._as_image(grad_y).chunk(2, dim=1)
-    with torch.enable_grad():
-        y1_leaf = _leaf(y1)
-        g_out = block.residual_g(y1_leaf, context)
-        grads_g = _vjp([g_out], [g_y2], [y1_leaf, *params])
-        grad_y1 = _add(g_y1, grads_g[0])
-        assert grad_y1 is not None
-        a = y2 - g_out.detach()
-        a_leaf = _leaf(a, need_input_grad)
-        f_out = block.residual_f(a_leaf, context)
-        grads_f = _vjp([f_out], [grad_y1], [a_leaf, *params] if need_input_grad else params)
-        b = y1 - f_out.detach()
-    x = torch.cat([a, b], dim=1).reshape(y.shape)
-    grad_x = None
-    if need_input_grad:
-        grad_x = torch.cat([_add(g_y2, grads_f.pop(0)), grad_y1], dim=1).reshape(y.shape)
-    return x, grad_x, [_add(p, q) for p, q in zip(grads_g[1:], grads_f)]
-
-
-def _builtin_rules() -> dict[type, Rule]:
-    """The built-in exact block types and how each is reconstructed."""
-    from flowkit.plugins.transforms.actnorm import ActNorm
-    from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling
-    from flowkit.plugins.transforms.glow import GlowCoupling, SplitPrior
-    from flowkit.plugins.transforms.invconv import InvConv1x1
-    from flowkit.plugins.transforms.nice import DiagonalScaling
-    from flowkit.plugins.transforms.permutation import RandomPermutation, ReversePermutation
-    from flowkit.plugins.transforms.revnet import RevNetBlock
-    from flowkit.plugins.transforms.squeeze import Squeeze
-    from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
-
-    rules: dict[type, Rule] = {
-        AdditiveCoupling: masked_coupling_rule, AffineCoupling: masked_coupling_rule,
-        GlowCoupling: glow_coupling_rule, RevNetBlock: revnet_rule,
-        ActNorm: generic_rule, InvConv1x1: generic_rule, SplitPrior: generic_rule,
-        DiagonalScaling: generic_rule,
-    }
-    for cls in (Squeeze, GRNSubsample, ZeroPad, RandomPermutation, ReversePermutation, Reshape):
-        rules[cls] = reindex_rule
-    return rules
-
-
-_RULES: dict[type, Rule] | None = None
-
-
-def _rules() -> dict[type, Rule]:
-    global _RULES
-    if _RULES is None:
-        _RULES = _builtin_rules()
-    return _RULES
 
 
 def rule_for(block: nn.Module) -> Rule | None:
     """How ``block`` is reconstructed, or ``None`` when it must keep ordinary autograd.
 
-    The class attribute ``exact_inverse`` decides when a class sets it (``True``: the generic
-    rule, inverse then recomputation; ``False``: never); otherwise the built-in allow-list
-    (exact types only, so a subclass that changes the maths is not trusted silently).
-    ``Inverse(t)`` is exact when ``t`` is.
+    ``exact_inverse = False`` (the class's or inherited) means never. Otherwise the rule the
+    block's class declares in its own body (``inversion_rule``; an inherited one does not count,
+    so a subclass that changes the maths is not trusted silently), else the generic rule when
+    ``exact_inverse`` is true. ``Inverse(t)`` is exact when ``t`` is.
     """
-    flag = getattr(type(block), "exact_inverse", None)
+    cls = type(block)
+    flag = getattr(cls, "exact_inverse", None)
     if flag is False:
         return None
-    rule = _rules().get(type(block))
+    rule = declared_rule(cls)
     if rule is not None:
         return rule
-    if flag or (type(block) is Inverse and rule_for(block.base) is not None):
+    if flag or (cls is Inverse and rule_for(block.base) is not None):
         return generic_rule
     return None
 
 
 def register_rule(cls: type, rule: Rule = generic_rule) -> None:
-    """Reconstruct blocks of exactly type ``cls`` with ``rule`` (a plugin's own, cheaper rule).
+    """Reconstruct blocks of exactly type ``cls`` with ``rule``: sets ``cls.inversion_rule``.
 
-    ``rule(block, y, context, grad_y, grad_logdet, need_input_grad, params)`` returns the block's
-    input ``x``, ``∂L/∂x`` (``None`` when ``need_input_grad`` is false) and the gradients of
-    ``params`` (the block's trainable parameters, in order; ``None`` for unused ones), for the
-    output ``y`` and the gradients ``∂L/∂y`` and ``∂L/∂logdet``. :func:`generic_rule` (inverse,
-    then recomputation) is always correct for an exact block; :func:`masked_coupling_rule` shows
-    how a coupling shares one conditioner pass between the two. With ``chunks > 1`` the rule is
-    called once per slice of the batch (``y``, the gradients and ``context`` sliced alike).
+    For a class one cannot edit; a class of one's own declares ``inversion_rule = rule`` in its
+    body instead. See :mod:`flowkit.reconstruction` for what a rule computes.
     """
-    _rules()[cls] = rule
+    cls.inversion_rule = rule  # type: ignore[attr-defined]
 
 
 def is_exact(block: nn.Module) -> bool:
@@ -348,7 +146,7 @@ def _run_rule(
             grad_x[part] = 0.0 if grad_part is None else grad_part
         del x_part, grad_part
         # out of place: a gradient may alias ``grad_y`` (e.g. of a parameter added to the output)
-        param_grads = [_add(a, g) for a, g in zip(param_grads, grads)]
+        param_grads = [add_grads(a, g) for a, g in zip(param_grads, grads)]
     assert x is not None
     return x, grad_x, param_grads
 
@@ -422,7 +220,7 @@ class _ChainFunction(torch.autograd.Function):
             y, grad, grads = _run_rule(rule, block, y, context, grad, grad_logdet, need,
                                        [params[i] for i in idx], chain.chunks)
             for i, g in zip(idx, grads):
-                param_grads[i] = _add(param_grads[i], g)
+                param_grads[i] = add_grads(param_grads[i], g)
         return (None, None, grad, None, *param_grads)
 
 

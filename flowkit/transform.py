@@ -19,11 +19,14 @@ transform; unconditional ones ignore it.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError
+
+if TYPE_CHECKING:
+    from flowkit.reconstruction import Rule
 
 Shape = tuple[int, ...]
 
@@ -47,6 +50,19 @@ class Transform(nn.Module):
         of / at least these; used by the conformance suite to draw valid shapes.
     ``test_params``
         Small hyper-parameters for the conformance suite; a list value means "draw one of these".
+    ``inversion_rule``
+        How memory-free backprop (:mod:`flowkit.invertible_backprop`) reconstructs this block's
+        input and gradients from its output, instead of storing its activations: a rule of
+        :mod:`flowkit.reconstruction` — ``generic_rule`` (inverse, then recomputation: any block
+        whose ``inverse`` recovers the input to round-off and whose ``forward`` is deterministic),
+        ``reindex_rule`` (parameter-free re-indexings) — or the block's own, cheaper rule.
+        ``None`` (the default): the block keeps ordinary autograd. It is read from the class's own
+        body only, never inherited: a subclass may change the maths a rule relies on, so it is
+        reconstructed only if it declares a rule too (``inversion_rule = Parent.inversion_rule``).
+    ``exact_inverse``
+        The older, coarser switch, inherited like any attribute: ``True`` means the generic rule
+        when the class declares no ``inversion_rule``; ``False`` means never (it overrides any
+        rule); ``None`` (the default) leaves the decision to ``inversion_rule``.
     """
 
     volume_preserving: ClassVar[bool] = False
@@ -56,6 +72,8 @@ class Transform(nn.Module):
     min_channels: ClassVar[int] = 1
     min_size: ClassVar[int] = 1
     test_params: ClassVar[dict[str, Any]] = {}
+    inversion_rule: ClassVar[Rule | None] = None
+    exact_inverse: ClassVar[bool | None] = None
 
     def __init__(self, event_shape: Shape, output_shape: Shape | None = None) -> None:
         super().__init__()

@@ -20,11 +20,13 @@ from flowkit.invertible_backprop import (
     generic_rule,
     is_exact,
     register_rule,
+    reindex_rule,
+    rule_for,
 )
 from flowkit.model import build_model
 from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.autoregressive import AutoregressiveAffine
-from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling
+from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling, masked_coupling_rule
 from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.transform import Shape, Transform
 
@@ -247,6 +249,112 @@ def test_exact_inverse_attribute_opts_in_and_out() -> None:
     assert not is_exact(Inverse(_Untrusted((4,), hidden=4, num_hidden=1)))
     wrapped = _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64))
     assert wrapped.fallback_names == ["steps.1 (_Untrusted)"]
+
+
+def test_every_built_in_exact_block_declares_its_rule() -> None:
+    """The blocks of the former built-in allow-list declare the same rules themselves."""
+    from flowkit.composition import Reshape
+    from flowkit.plugins.transforms.glow import GlowCoupling, SplitPrior, glow_coupling_rule
+    from flowkit.plugins.transforms.nice import DiagonalScaling
+    from flowkit.plugins.transforms.permutation import RandomPermutation, ReversePermutation
+    from flowkit.plugins.transforms.revnet import RevNetBlock, revnet_rule
+    from flowkit.plugins.transforms.squeeze import Squeeze
+    from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
+
+    expected = {
+        AdditiveCoupling: masked_coupling_rule, AffineCoupling: masked_coupling_rule,
+        GlowCoupling: glow_coupling_rule, RevNetBlock: revnet_rule, ActNorm: generic_rule,
+        InvConv1x1: generic_rule, SplitPrior: generic_rule, DiagonalScaling: generic_rule,
+        Squeeze: reindex_rule, GRNSubsample: reindex_rule, ZeroPad: reindex_rule,
+        RandomPermutation: reindex_rule, ReversePermutation: reindex_rule, Reshape: reindex_rule,
+    }
+    for cls, rule in expected.items():
+        assert vars(cls)["inversion_rule"] is rule, cls.__name__
+        block = object.__new__(cls)  # rule_for reads only the class
+        assert rule_for(block) is rule, cls.__name__
+
+
+def test_the_core_names_no_plugin() -> None:
+    """Wrapping and training a stack of third-party blocks imports no built-in plugin."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from flowkit.composition import Flatten, Sequential\n"
+        "from flowkit.invertible_backprop import InvertibleBackprop\n"
+        "from flowkit.reconstruction import generic_rule\n"
+        "from flowkit.transform import Transform\n"
+        "class Shift(Transform):\n"
+        "    inversion_rule = generic_rule\n"
+        "    def __init__(self, shape):\n"
+        "        super().__init__(shape)\n"
+        "        self.b = torch.nn.Parameter(torch.ones(shape))\n"
+        "    def forward(self, x, context=None):\n"
+        "        return x + self.b, self.zero_logdet(x)\n"
+        "    def inverse(self, y, context=None):\n"
+        "        return y - self.b, self.zero_logdet(y)\n"
+        "t = InvertibleBackprop(Sequential([Shift((2, 3)), Flatten((2, 3)), Shift((6,))]))\n"
+        "y, _ = t(torch.randn(4, 2, 3, requires_grad=True))\n"
+        "y.sum().backward()\n"
+        "assert t.fallback_names == [], t.fallback_names\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('flowkit.plugins', 'flowkit.cli')))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+class _Shifted(AdditiveCoupling):
+    """Changes the maths (the forward adds 1) and declares no rule: never reconstructed."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y, logdet = super().forward(x, context)
+        return y + 1.0, logdet
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return super().inverse(y - 1.0, context)
+
+
+class _Redeclared(AdditiveCoupling):
+    """Same maths, and trusts its parent's rule explicitly."""
+
+    inversion_rule = AdditiveCoupling.inversion_rule
+
+
+class _OwnRule(_Exp):
+    """A third-party block with its own rule, declared as a static method."""
+
+    calls: ClassVar[int] = 0
+
+    @staticmethod
+    def inversion_rule(block: Any, *args: Any) -> Any:
+        _OwnRule.calls += 1
+        return generic_rule(block, *args)
+
+
+class _OptedOut(_Redeclared):
+    """``exact_inverse = False`` wins over an inherited (and over a declared) rule."""
+
+    exact_inverse = False
+    inversion_rule = AdditiveCoupling.inversion_rule
+
+
+def test_rules_are_declared_per_class_and_not_inherited() -> None:
+    """A subclass of a block with a rule keeps ordinary autograd unless it declares one itself;
+    ``exact_inverse = True`` (the generic rule) is inherited; ``False`` always opts out."""
+    torch.manual_seed(0)
+    kw: dict[str, Any] = {"hidden": 4, "num_hidden": 1}
+    t = Sequential([_Shifted((4,), **kw), _Redeclared((4,), parity=True, **kw), _OwnRule((4,)),
+                    type("_ExpChild", (_Exp,), {})((4,)), _OptedOut((4,), **kw)]).double()
+    _perturb(t, 0.1)
+    assert [rule_for(b) for b in t] == [None, masked_coupling_rule, _OwnRule.inversion_rule,
+                                        generic_rule, None]
+    assert not is_exact(Inverse(_Shifted((4,), **kw))) and is_exact(Inverse(_Redeclared((4,), **kw)))
+    _OwnRule.calls = 0
+    wrapped = _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64), chunks=1)
+    assert wrapped.fallback_names == ["steps.0 (_Shifted)", "steps.4 (_OptedOut)"]
+    assert _OwnRule.calls == 1
 
 
 def test_the_callers_input_is_never_touched() -> None:

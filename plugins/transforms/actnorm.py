@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError
+from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -34,6 +35,7 @@ class ActNorm(Transform):
 
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {}
+    inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
         self, event_shape: Shape, *, eps: float = 1e-6, num_classes: int | None = None,

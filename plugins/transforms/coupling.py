@@ -34,6 +34,7 @@ from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ShapeError
 from flowkit.plugins.transforms.conditioners import MLP, ConvNet, Narrowed
 from flowkit.plugins.transforms.masks import build_mask, slice_indices, split_slices
+from flowkit.reconstruction import RuleResult, add_grads, leaf, vjp
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
 MaskKind = Literal["half", "alternate", "checkerboard", "channel"]
@@ -74,6 +75,12 @@ class _Coupling(Transform):
     full-size map) and, for the fast path on sliceable masks, :meth:`_couple_part` (the same map
     on ``x_B`` alone). A subclass that overrides only :meth:`_couple` (e.g. a different maths on
     the full tensors) automatically runs the masked formula.
+
+    The public face of the mechanism — :attr:`sliced`, :attr:`slices`, :attr:`mask`,
+    :meth:`conditioner_params` and :meth:`elementwise` — is what :func:`masked_coupling_rule`
+    (memory-free backprop) uses. The two built-in couplings declare that rule; a subclass is
+    reconstructed only if it declares it too (``inversion_rule = masked_coupling_rule``), which is
+    correct whenever its ``_couple``/``_couple_part`` are exact inverses in their two directions.
     """
 
     num_params: ClassVar[int] = 1
@@ -157,6 +164,38 @@ class _Coupling(Transform):
                                                    *self.event_shape[1:])
         return full.unbind(1)
 
+    # -- the public face of the mechanism -----------------------------------------------------
+    @property
+    def sliced(self) -> bool:
+        """``True`` when forward and inverse run on the slices ``x[:, cond]`` and ``x[:, free]``
+        (:attr:`slices`); ``False`` when they run the masked formula with :attr:`mask`."""
+        return self._fast
+
+    def conditioner_params(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """The conditioner's ``num_params`` outputs (a shift; or a raw log-scale and a shift).
+
+        ``x_a`` is the conditioning side as this block's formulation sees it: ``x[:, cond]`` when
+        :attr:`sliced`, and then each output has the shape of ``x[:, free]``; otherwise the masked
+        input ``m ⊙ x``, and each output has the input's full shape (only its transformed entries
+        are used).
+        """
+        if self._fast:
+            return self._net_outputs(x_a, context).chunk(self.num_params, dim=1)
+        return self._conditioner(x_a, context)
+
+    def elementwise(
+        self, x_b: Tensor, params: tuple[Tensor, ...], inverse: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The element-wise map ``g(x_b; params)`` (or ``g⁻¹``) and its log-determinant.
+
+        ``params`` are :meth:`conditioner_params`'s outputs. ``x_b`` is the transformed side,
+        ``x[:, free]``, when :attr:`sliced`; otherwise the whole input, whose conditioning
+        entries pass unchanged.
+        """
+        if self._fast:
+            return self._couple_part(x_b, params, inverse)
+        return self._couple(x_b, params, 1.0 - self.mask.to(dtype=x_b.dtype), inverse)
+
     # -- the element-wise maps ---------------------------------------------------------------
     def _couple(
         self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
@@ -234,6 +273,70 @@ class _Coupling(Transform):
                 f"conditioner={self.conditioner_kind!r}, conditional={self.conditional}")
 
 
+def masked_coupling_rule(
+    block: _Coupling, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Memory-free backprop of a coupling: one conditioner pass serves inverse and recomputation.
+
+    The conditioner reads ``m ⊙ x = m ⊙ y``; with its outputs ``θ`` (graph kept) the input is
+    ``x = g⁻¹(y; θ)`` and ``g(x; θ)`` is recomputed with a graph (Dinh et al. 2017, "Real NVP",
+    eq. (9)). ``∂L/∂x`` collects the direct path and ``m ⊙ ∂L/∂(m ⊙ x)`` through the conditioner.
+    Blocks whose forward takes the sliced path are reconstructed on the slices
+    (:func:`_sliced_coupling_rule`); the checkerboard with the masked formulation. A rule of
+    :mod:`flowkit.reconstruction`'s protocol, using only the block's public methods.
+    """
+    if block.sliced:
+        return _sliced_coupling_rule(block, y, context, grad_y, grad_logdet, need_input_grad,
+                                     params)
+    mask = block.mask.to(dtype=y.dtype)
+    with torch.enable_grad():
+        masked = leaf(mask * y, need_input_grad)
+        theta = block.conditioner_params(masked, context)
+        with torch.no_grad():
+            x, _ = block.elementwise(y, tuple(t.detach() for t in theta), inverse=True)
+        x_leaf = leaf(x, need_input_grad)
+        out, logdet = block.elementwise(x_leaf, theta, inverse=False)
+        leaves = [x_leaf, masked] if need_input_grad else []
+        grads = vjp([out, logdet], [grad_y, grad_logdet], [*leaves, *params])
+    if not need_input_grad:
+        return x, None, grads
+    grad_x = add_grads(grads[0], None if grads[1] is None else mask * grads[1])
+    return x, grad_x, grads[2:]
+
+
+def _sliced_coupling_rule(
+    block: _Coupling, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """:func:`masked_coupling_rule` on the slices ``x_A = y[:, cond]`` and ``y[:, free]``.
+
+    ``θ = net(y_A)`` (graph kept) gives ``x_B = g⁻¹(y_B; θ)``; ``g(x_B; θ)`` is recomputed with a
+    graph. ``∂L/∂x_B`` is its VJP, ``∂L/∂x_A = ∂L/∂y_A + ∂L/∂θ · ∂θ/∂x_A``.
+    """
+    assert block.slices is not None
+    cond, free = block.slices
+    y_a, y_b = y[:, cond], y[:, free]
+    with torch.enable_grad():
+        a_leaf = leaf(y_a, need_input_grad)
+        theta = block.conditioner_params(a_leaf, context)
+        with torch.no_grad():
+            x_b, _ = block.elementwise(y_b, tuple(t.detach() for t in theta), inverse=True)
+        b_leaf = leaf(x_b, need_input_grad)
+        out_b, logdet = block.elementwise(b_leaf, theta, inverse=False)
+        leaves = [b_leaf, a_leaf] if need_input_grad else []
+        grads = vjp([out_b, logdet], [grad_y[:, free], grad_logdet], [*leaves, *params])
+    x = torch.empty_like(y)
+    x[:, cond] = y_a
+    x[:, free] = x_b
+    if not need_input_grad:
+        return x, None, grads
+    grad_x = torch.empty_like(y)
+    grad_x[:, free] = grads[0] if grads[0] is not None else 0.0
+    grad_x[:, cond] = grad_y[:, cond] if grads[1] is None else grad_y[:, cond] + grads[1]
+    return x, grad_x, grads[2:]
+
+
 class AdditiveCoupling(_Coupling):
     """Additive coupling layer y_B = x_B + t(x_A) (NICE, Dinh et al. 2015); volume preserving.
 
@@ -247,6 +350,7 @@ class AdditiveCoupling(_Coupling):
 
     num_params = 1
     volume_preserving = True
+    inversion_rule = masked_coupling_rule  # memory-free backprop: one conditioner pass
 
     def _couple(
         self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
@@ -286,6 +390,7 @@ class AffineCoupling(_Coupling):
     """
 
     num_params = 2
+    inversion_rule = masked_coupling_rule  # memory-free backprop: one conditioner pass
 
     def _init_parameters(self) -> None:
         scale_shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)

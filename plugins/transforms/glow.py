@@ -26,10 +26,11 @@ from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.conditioners import MLP, channels_last
 from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.plugins.transforms.squeeze import Squeeze
+from flowkit.reconstruction import RuleResult, add_grads, generic_rule, leaf, vjp
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
 __all__ = ["ActNorm", "Glow", "GlowConvNet", "GlowCoupling", "InvConv1x1", "SplitPrior",
-           "ZeroConv2d", "flow_step"]
+           "ZeroConv2d", "flow_step", "glow_coupling_rule"]
 
 #: Added to the raw scale before the sigmoid, so a fresh coupling scales by sigmoid(2) ≈ 0.88.
 SCALE_OFFSET = 2.0
@@ -115,6 +116,37 @@ class _HalfConditioned(Transform):
         return f"{super().extra_repr()}, conditional={self.conditional}"
 
 
+def glow_coupling_rule(
+    block: GlowCoupling, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Memory-free backprop of ``y_b = (x_b + t(x_a)) ⊙ s(x_a)``: the conditioner runs once.
+
+    Kingma & Dhariwal 2018, "Glow", §3.3: ``x_a = y_a`` gives ``(t, log s)`` (graph kept), then
+    ``x_b = y_b / s − t``; ``y_b`` is recomputed from the leaf ``x_b`` with the same
+    ``(t, log s)``, so one backward gives every gradient. A rule of
+    :mod:`flowkit.reconstruction`'s protocol, using only the block's public ``split`` and
+    :meth:`GlowCoupling.conditioner_params`.
+    """
+    split = block.split
+    y_a, y_b = y[:, :split], y[:, split:]
+    with torch.enable_grad():
+        x_a = leaf(y_a)
+        shift, log_scale = block.conditioner_params(x_a, context)
+        with torch.no_grad():
+            x_b = y_b * torch.exp(-log_scale) - shift
+        x_b_leaf = leaf(x_b)
+        out_b = (x_b_leaf + shift) * torch.exp(log_scale)
+        grads = vjp([out_b, sum_except_batch(log_scale)], [grad_y[:, split:], grad_logdet],
+                    [x_a, x_b_leaf, *params])
+    grad_x = None
+    if need_input_grad:
+        grad_a = add_grads(grad_y[:, :split], grads[0])
+        grad_b = grads[1] if grads[1] is not None else torch.zeros_like(x_b)
+        grad_x = torch.cat([grad_a, grad_b], dim=1)
+    return torch.cat([y_a, x_b], dim=1), grad_x, grads[2:]
+
+
 class GlowCoupling(_HalfConditioned):
     """Glow affine coupling y_b = (x_b + t(x_a)) ⊙ sigmoid(r(x_a) + 2) on channel halves (§3.3).
 
@@ -136,6 +168,7 @@ class GlowCoupling(_HalfConditioned):
     input_ranks = (1, 3)
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {"hidden": [8, 16]}
+    inversion_rule = glow_coupling_rule  # memory-free backprop: one conditioner pass
 
     def __init__(
         self,
@@ -162,8 +195,8 @@ class GlowCoupling(_HalfConditioned):
         self.net = GlowConvNet(n_in, n_out, hidden) if len(self.event_shape) == 3 else \
             MLP(n_in, n_out, hidden, num_hidden=2)
 
-    def _scale(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(t, log s)`` with ``log s = log sigmoid(r + 2)``."""
+    def conditioner_params(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(t, log s)`` with ``log s = log sigmoid(r + 2)``, from the first ``split`` channels."""
         shift, raw = self._params(x_a, context)
         return shift, F.logsigmoid(raw + SCALE_OFFSET)
 
@@ -171,7 +204,7 @@ class GlowCoupling(_HalfConditioned):
         """``y = (x_a, (x_b + t) ⊙ s)`` and ``Σ log s``."""
         self.check_input(x)
         x_a, x_b = x[:, :self.split], x[:, self.split:]
-        shift, log_scale = self._scale(x_a, context)
+        shift, log_scale = self.conditioner_params(x_a, context)
         y_b = (x_b + shift) * torch.exp(log_scale)
         return torch.cat([x_a, y_b], dim=1), sum_except_batch(log_scale)
 
@@ -179,7 +212,7 @@ class GlowCoupling(_HalfConditioned):
         """``x = (y_a, y_b / s − t)`` and ``−Σ log s``."""
         self.check_input(y, "inverse")
         y_a, y_b = y[:, :self.split], y[:, self.split:]
-        shift, log_scale = self._scale(y_a, context)
+        shift, log_scale = self.conditioner_params(y_a, context)
         x_b = y_b * torch.exp(-log_scale) - shift
         return torch.cat([y_a, x_b], dim=1), -sum_except_batch(log_scale)
 
@@ -204,6 +237,7 @@ class SplitPrior(_HalfConditioned):
     input_ranks = (3,)
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {}
+    inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
         self, event_shape: Shape, *, conditional: bool | None = None,

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -46,6 +47,7 @@ class InvConv1x1(Transform):
 
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {"lu": [True, False], "init_seed": [0, 1]}
+    inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
         self, event_shape: Shape, *, lu: bool = True, init_seed: int = 0,

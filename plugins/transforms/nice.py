@@ -12,6 +12,7 @@ from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec
 from flowkit.errors import ConfigError
 from flowkit.plugins.transforms.coupling import AdditiveCoupling
+from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -24,6 +25,7 @@ class DiagonalScaling(Transform):
     """
 
     input_ranks = (1,)
+    inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(self, event_shape: Shape) -> None:
         super().__init__(event_shape)

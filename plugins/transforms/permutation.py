@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from flowkit.reconstruction import reindex_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 _HINT = "Give vectors as (D,) or images as (C, H, W)."
@@ -29,6 +30,7 @@ class RandomPermutation(Transform):
     volume_preserving = True
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {"permutation_seed": [0, 1, 2]}
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(
         self, event_shape: Shape, *, permutation_seed: int = 0, num_classes: int | None = None,
@@ -61,6 +63,7 @@ class ReversePermutation(Transform):
 
     volume_preserving = True
     input_ranks = (1, 3)
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(self, event_shape: Shape, *, num_classes: int | None = None) -> None:
         super().__init__(event_shape)

@@ -19,9 +19,10 @@ from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
+from flowkit.reconstruction import RuleResult, add_grads, leaf, vjp
 from flowkit.transform import Shape, Transform, require_rank
 
-__all__ = ["GRNSubsample", "RevNet", "RevNetBlock", "ZeroPad"]
+__all__ = ["GRNSubsample", "RevNet", "RevNetBlock", "ZeroPad", "revnet_rule"]
 
 InitKind = Literal["xavier", "default"]
 
@@ -54,6 +55,38 @@ def _residual_net(channels: int, hidden: int, kernel_size: int, init: str,
                 nn.init.xavier_uniform_(layer.weight, gain=1.0)
                 nn.init.zeros_(layer.bias)
     return net
+
+
+def revnet_rule(
+    block: RevNetBlock, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
+    need_input_grad: bool, params: list[Tensor],
+) -> RuleResult:
+    """Memory-free backprop of ``y1 = b + F(a), y2 = a + G(y1)``: Algorithm 1 of Gomez et al. 2017.
+
+    ``G(y1)`` (graph kept) gives ``a = y2 − G(y1)`` and ``∂L/∂y1 += Gᵀ ∂L/∂y2``; then ``F(a)``
+    gives ``b = y1 − F(a)``, ``∂L/∂a = ∂L/∂y2 + Fᵀ ∂L/∂y1`` and ``∂L/∂b = ∂L/∂y1``. Each residual
+    function runs once, as in the forward pass. A rule of :mod:`flowkit.reconstruction`'s
+    protocol, using only the block's public :meth:`~RevNetBlock.as_image`,
+    :meth:`~RevNetBlock.residual_f` and :meth:`~RevNetBlock.residual_g`.
+    """
+    y1, y2 = block.as_image(y).chunk(2, dim=1)
+    g_y1, g_y2 = block.as_image(grad_y).chunk(2, dim=1)
+    with torch.enable_grad():
+        y1_leaf = leaf(y1)
+        g_out = block.residual_g(y1_leaf, context)
+        grads_g = vjp([g_out], [g_y2], [y1_leaf, *params])
+        grad_y1 = add_grads(g_y1, grads_g[0])
+        assert grad_y1 is not None
+        a = y2 - g_out.detach()
+        a_leaf = leaf(a, need_input_grad)
+        f_out = block.residual_f(a_leaf, context)
+        grads_f = vjp([f_out], [grad_y1], [a_leaf, *params] if need_input_grad else params)
+        b = y1 - f_out.detach()
+    x = torch.cat([a, b], dim=1).reshape(y.shape)
+    grad_x = None
+    if need_input_grad:
+        grad_x = torch.cat([add_grads(g_y2, grads_f.pop(0)), grad_y1], dim=1).reshape(y.shape)
+    return x, grad_x, [add_grads(p, q) for p, q in zip(grads_g[1:], grads_f)]
 
 
 class RevNetBlock(Transform):
@@ -91,6 +124,7 @@ class RevNetBlock(Transform):
     test_params: ClassVar[dict[str, Any]] = {
         "hidden": [4, 8], "kernel_size": [3, 1], "init": ["default", "xavier"],
     }
+    inversion_rule = revnet_rule  # memory-free backprop: each residual function runs once
 
     def __init__(
         self,
@@ -129,8 +163,8 @@ class RevNetBlock(Transform):
         self.f = _residual_net(half, self.hidden, self.kernel_size, init, extra)
         self.g = _residual_net(half, self.hidden, self.kernel_size, init, extra)
 
-    def _as_image(self, x: Tensor) -> Tensor:
-        """Vectors ``(B, D)`` as ``(B, D, 1, 1)``; images unchanged."""
+    def as_image(self, x: Tensor) -> Tensor:
+        """Vectors ``(B, D)`` as ``(B, D, 1, 1)``; images unchanged (the halves are channels)."""
         return x.reshape(x.shape[0], -1, 1, 1) if len(self.event_shape) == 1 else x
 
     def residual_f(self, a: Tensor, context: Tensor | None = None) -> Tensor:
@@ -149,7 +183,7 @@ class RevNetBlock(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(a, b) ↦ (y1, y2) = (b + F(a), a + G(y1))``, log-det 0."""
         self.check_input(x)
-        a, b = self._as_image(x).chunk(2, dim=1)
+        a, b = self.as_image(x).chunk(2, dim=1)
         y1 = b + self.residual_f(a, context)
         y2 = a + self.residual_g(y1, context)
         return torch.cat([y1, y2], dim=1).reshape(x.shape), self.zero_logdet(x)
@@ -157,7 +191,7 @@ class RevNetBlock(Transform):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y1, y2) ↦ (a, b) = (y2 − G(y1), y1 − F(a))``, log-det 0."""
         self.check_input(y, "inverse")
-        y1, y2 = self._as_image(y).chunk(2, dim=1)
+        y1, y2 = self.as_image(y).chunk(2, dim=1)
         a = y2 - self.residual_g(y1, context)
         b = y1 - self.residual_f(a, context)
         return torch.cat([a, b], dim=1).reshape(y.shape), self.zero_logdet(y)

@@ -49,13 +49,13 @@ class RQCoupling(_Coupling):
     ``mask``, ``parity``, the conditioner (``mlp``/``conv``, ``hidden``, ``num_hidden``,
     ``num_blocks``) and the context are as in ``affine-coupling``.
 
-    Arguments: ``num_bins ≥ 1`` (default 8), ``tail_bound > 0`` (default 5: standardised data
+    Arguments: ``num_bins ≥ 2`` (default 8), ``tail_bound > 0`` (default 5: standardised data
     lie mostly inside).
     """
 
     test_params: ClassVar[dict[str, Any]] = {
         "hidden": [4, 8], "num_hidden": [1], "num_blocks": [1], "parity": [False, True],
-        "num_bins": [1, 3], "tail_bound": [2.0, 5.0],
+        "num_bins": [2, 3], "tail_bound": [2.0, 5.0],
     }
 
     def __init__(
@@ -162,7 +162,7 @@ class AutoregressiveSpline(Transform):
     input_ranks = (1,)
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [8], "num_hidden": [1, 2], "num_bins": [1, 4], "reverse_order": [False, True],
+        "hidden": [8], "num_hidden": [1, 2], "num_bins": [2, 4], "reverse_order": [False, True],
     }
 
     def __init__(

@@ -48,10 +48,14 @@ def spline_param_count(num_bins: int) -> int:
 
 
 def check_spline_args(owner: str, num_bins: int, tail_bound: float) -> None:
-    """:class:`ConfigError` unless ``num_bins ≥ 1`` and ``tail_bound > 0`` (and the floors fit)."""
-    if num_bins < 1 or num_bins * MIN_BIN >= 1.0:
-        raise ConfigError(f"{owner}: num_bins must be in [1, {int(1 / MIN_BIN) - 1}], got "
-                          f"{num_bins}.")
+    """:class:`ConfigError` unless ``num_bins ≥ 2`` and ``tail_bound > 0`` (and the floors fit).
+
+    One bin with the unit end derivatives that join the identity tails is the identity itself,
+    whatever its parameters: a layer of it would learn nothing.
+    """
+    if num_bins < 2 or num_bins * MIN_BIN >= 1.0:
+        raise ConfigError(f"{owner}: num_bins must be in [2, {int(1 / MIN_BIN) - 1}] (one bin "
+                          f"with identity tails is the identity), got {num_bins}.")
     if not (tail_bound > 0 and math.isfinite(tail_bound)):
         raise ConfigError(f"{owner}: tail_bound must be a positive number (the spline acts on "
                           f"[-tail_bound, tail_bound]), got {tail_bound}.")
@@ -90,15 +94,18 @@ def rational_quadratic_spline(
     heights, y_knots = _knots(params[..., num_bins:2 * num_bins], bound)
     inner = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * F.softplus(params[..., 2 * num_bins:]
                                                                   + _UNIT_SHIFT)
-    ones = torch.ones_like(inner[..., :1])
+    ones = params.new_ones(params.shape[:-1] + (1,))
     derivs = torch.cat([ones, inner, ones], dim=-1)  # δ_0 = δ_K = 1: C¹ joins with the tails
 
     inside = (x >= -bound) & (x <= bound)
     v = x.clamp(-bound, bound)  # the spline branch sees finite, in-range values only
     search = y_knots if inverse else x_knots
     # interior knots only: v at ±bound lands in the first/last bin without an epsilon
-    index = torch.searchsorted(search[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous())
-    index = index.clamp(0, num_bins - 1)
+    if num_bins == 1:
+        index = torch.zeros(v.shape + (1,), dtype=torch.long, device=v.device)
+    else:
+        index = torch.searchsorted(search[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous())
+        index = index.clamp(0, num_bins - 1)
     x_k, w = _gather(x_knots, index), _gather(widths, index)
     y_k, h = _gather(y_knots, index), _gather(heights, index)
     d_k, d_k1 = _gather(derivs, index), _gather(derivs, index + 1)

@@ -6,6 +6,7 @@ from einops import rearrange
 from torch import Tensor
 
 from flowkit.errors import ShapeError
+from flowkit.reconstruction import reindex_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -24,6 +25,7 @@ class Squeeze(Transform):
     volume_preserving = True
     input_ranks = (3,)
     size_multiple = 2
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(self, event_shape: Shape, *, num_classes: int | None = None) -> None:
         require_rank("Squeeze", tuple(event_shape), self.input_ranks,

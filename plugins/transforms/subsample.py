@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor
 
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.reconstruction import reindex_rule
 from flowkit.transform import Shape, Transform, require_rank
 
 #: The 2×2 phases ``(i, j)`` (row offset, column offset), numbered ``2i + j``, in the order the
@@ -60,6 +61,7 @@ class GRNSubsample(Transform):
     input_ranks = (3,)
     size_multiple = 2
     test_params: ClassVar[dict[str, Any]] = {"chunk_first": [True, False]}
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(
         self, event_shape: Shape, *, chunk_first: bool = True, num_classes: int | None = None,
@@ -114,6 +116,7 @@ class ZeroPad(Transform):
 
     volume_preserving = True
     input_ranks = (3,)
+    inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(self, event_shape: Shape, *, size: int) -> None:
         shape = tuple(int(s) for s in event_shape)

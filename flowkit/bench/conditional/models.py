@@ -86,6 +86,9 @@ def _flowkit_row(spec: RowSpec, features: int, context: int, arch: Arch) -> Cond
         raise Unavailable(f"flowkit.flows has no {cls_name} yet")
     flow = cls(features=features, context=context, transforms=arch.transforms,
                hidden=arch.hidden, num_hidden=arch.num_hidden)
+    note = {"maf": "order reversed between layers",
+            "coupling": "alternating halves",
+            "spline": "autoregressive, 8 bins on [-5, 5], identity tails"}[spec.family]
 
     def log_prob(theta: Tensor, x: Tensor) -> Tensor:
         return flow(x).log_prob(theta)
@@ -93,7 +96,7 @@ def _flowkit_row(spec: RowSpec, features: int, context: int, arch: Arch) -> Cond
     def sample(x: Tensor, n: int) -> Tensor:
         return flow(x).sample((n,))
 
-    return ConditionalModel(flow, log_prob, sample)
+    return ConditionalModel(flow, log_prob, sample, note)
 
 
 def peers_module():

@@ -15,10 +15,10 @@
   :func:`slcp_mcmc` samples that restriction by differential-evolution Metropolis (ter Braak
   2006, "A Markov chain Monte Carlo version of the genetic algorithm Differential Evolution")
   with up to 100 chains vectorised in torch, initialised by importance resampling of 20 000
-  prior draws, 2 000 warm-up steps, thinning 100, and flips the signs of ``θ3`` and ``θ4`` of
-  every kept draw by independent fair coins. Acceptance rate and split R-hat (Gelman et al.
-  2013, BDA3 §11.4) are returned with the samples (thinning 100 gives R-hat ≈ 1.01–1.03 on the
-  default observations; thinning 10 gave 1.1–1.5).
+  prior draws, 2 000 warm-up steps (stuck outlier chains restarted), thinning 100, and flips
+  the signs of ``θ3`` and ``θ4`` of every kept draw by independent fair coins. Acceptance rate
+  and split R-hat (Gelman et al. 2013, BDA3 §11.4) are returned with the samples (thinning 100
+  gives R-hat ≈ 1.01–1.1 on the default observations; thinning 10 gave 1.1–1.5).
 * ``inverse-kinematics`` — the observation is noise-free, so the posterior lives on the 2-d
   manifold ``f(θ) = y*``. For ``u = (h, α1, α2)`` let ``P2(u)`` be the second joint and
   ``w = y* − P2 = ρ (cos β, sin β)``. Integrating ``δ²(f(θ) − y*)`` over ``α3`` gives the exact
@@ -166,7 +166,10 @@ def slcp_mcmc(task: SLCP, x: Tensor, n: int, gen: torch.Generator, *, chains: in
     ``θ_i + γ (θ_a − θ_b) + e`` (``a ≠ b`` drawn from the other half, which is held fixed, so
     the proposal is symmetric and each update leaves the product target invariant;
     ``γ = 2.38/√(2d)``, ``γ = 1`` every 10th step to jump between distant regions,
-    ``e ~ N(0, 10⁻⁸ I)``). Chains start from importance resampling of ``init_draws`` prior draws.
+    ``e ~ N(0, 10⁻⁸ I)``). Chains start from importance resampling of ``init_draws`` prior draws;
+    during warm-up, every 100 steps, chains whose mean log-density over those steps lies below
+    ``Q1 − 2·IQR`` of all chains' are moved to the state of a random other chain (ter Braak's
+    outlier-chain rule; warm-up only, so the kept draws are a valid MCMC).
     """
     x = x.to(DTYPE)
     d = task.theta_dim
@@ -187,7 +190,19 @@ def slcp_mcmc(task: SLCP, x: Tensor, n: int, gen: torch.Generator, *, chains: in
     gamma0 = 2.38 / math.sqrt(2 * d)
     kept: list[Tensor] = []
     accepted = proposed = 0
+    window = torch.zeros(chains, dtype=DTYPE)
     for t in range(warmup + keep * thin):
+        if t < warmup:
+            window += logp
+            if t % 100 == 99:  # outlier chains (ter Braak 2006, §3): restart from a good one
+                q1, q3 = torch.quantile(window / 100, torch.tensor([0.25, 0.75], dtype=DTYPE))
+                bad = window / 100 < q1 - 2 * (q3 - q1)
+                if bad.any():
+                    good = torch.nonzero(~bad).flatten()
+                    pick = good[torch.randint(good.numel(), (int(bad.sum()),), generator=gen)]
+                    state[bad] = state[pick]
+                    logp[bad] = logp[pick]
+                window.zero_()
         gamma = 1.0 if t % 10 == 9 else gamma0
         for me, other in (halves, halves[::-1]):
             m, k = me.numel(), other.numel()

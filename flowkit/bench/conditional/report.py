@@ -17,7 +17,7 @@ import json
 import math
 import statistics
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,8 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
                 vals.append(_num(statistics.fmean(got)) + (f" ({len(got)}/{len(tasks)} tasks)"
                                                            if 0 < len(got) < len(tasks) else "")
                             if got else "–")
-            rows.append([ROWS[row].label] + vals)
-        lines += _md_table(header, rows) + [""]
+            rows.append([ROWS[row].label, *vals])
+        lines += [*_md_table(header, rows), ""]
     for task in tasks:
         t = state["tasks"][task]
         ratios = step_ratios(t.get("step_ms", {}))
@@ -144,10 +144,10 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
         if "nll_reference" in t:
             rows.append(["*true posterior*"] + ["0.5"] * len(budgets)
                         + [_num(t["nll_reference"])] * len(budgets) + ["", ""])
-        lines += _md_table(header, rows) + [""]
-    notes = sorted({(ROWS[c["row"]].label, c.get("note")) for c in state["cells"] if c.get("note")})
+        lines += [*_md_table(header, rows), ""]
+    notes = {ROWS[c["row"]].label: c["note"] for c in state["cells"] if c.get("note")}  # latest
     if notes:
-        lines += ["## Row notes", "", *[f"- {label}: {note}" for label, note in notes], ""]
+        lines += ["## Row notes", "", *[f"- {label}: {note}" for label, note in notes.items()], ""]
     problems = [c for c in state["cells"] if c.get("status") not in ("ok",)]
     if problems:
         lines += ["## Cells that did not complete normally", ""]
@@ -200,7 +200,7 @@ def results_csv(state: dict[str, Any]) -> str:
 def write_outputs(state: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``report.md`` into ``out_dir``."""
     settings = state["settings"]
-    info = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    info = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     tasks = {}
     for name, t in state["tasks"].items():
         tasks[name] = {**t, "step_ratio": step_ratios(t.get("step_ms", {}))}

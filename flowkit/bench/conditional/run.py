@@ -20,6 +20,8 @@ Step time is measured separately, once per task, with every row's model on the s
 rounds of ``timing_steps`` training steps (forward, backward, clipping, Adam), the rows'
 order rotating every round, ``timing_rounds`` rounds after a warm-up; a row's ``step_ms`` is the
 median, and its ratio is against the fastest *peer* (not flowkit) of the same family.
+Everything runs on ``threads`` torch threads (default 1: these conditioners are 64 units wide,
+too small for intra-op parallelism to pay, and on a busy machine extra threads spin-wait).
 
 A cell (task × row × budget) leaves ``cells/<task>__<row>__<n>.json``; a re-run skips cells
 whose fingerprint (everything that determines the result) is unchanged, and rewrites
@@ -95,7 +97,7 @@ class Settings:
     evals: int = 20
     timing_rounds: int = 20
     timing_steps: int = 5
-    threads: int = 0
+    threads: int = 1
     arch: Arch = field(default_factory=Arch)
 
     def __post_init__(self) -> None:
@@ -121,7 +123,7 @@ class Settings:
             parts.append("--tasks " + ",".join(self.tasks))
         if self.rows != tuple(ROWS):
             parts.append("--rows " + ",".join(self.rows))
-        if self.threads:
+        if self.threads != 1:
             parts.append(f"--threads {self.threads}")
         defaults = Settings()
         extra = {k: v for k, v in asdict(self).items()
@@ -181,7 +183,7 @@ class Standardizer:
 
 def _split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     perm = torch.randperm(n, generator=gen)
-    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     return perm[n_val:], perm[:n_val]
 
 
@@ -272,7 +274,7 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
             finite = torch.isfinite(samples).all(-1)
             nonfinite += int((~finite).sum())
             c2sts.append(c2st(reference[i], samples, folds=settings.c2st_folds,
-                              seed=settings.seed))
+                              seed=settings.seed, threads=settings.threads or None))
             if isinstance(task, InverseKinematics):
                 err = (task.forward(samples[finite]) - x.double()).norm(dim=-1)
                 resims.append(float(err.mean()) if err.numel() else float("nan"))
@@ -336,16 +338,17 @@ def stored_cell(out_dir: Path, settings: Settings, task: str, row: str,
 
 
 def _availability(task: Task, rows: Sequence[str], settings: Settings) -> dict[str, str | None]:
-    """``None`` for rows that build here, else the reason (``not installed: …``)."""
+    """``None`` for rows that build here, else ``"<status>|<reason>"`` (status ``not
+    installed`` or ``unavailable``)."""
     out: dict[str, str | None] = {}
     for row in rows:
         try:
             build_row(row, task.theta_dim, task.x_dim, settings.arch)
             out[row] = None
         except MissingLibrary as exc:
-            out[row] = f"not installed: {exc}"
+            out[row] = f"not installed|{exc}"
         except Unavailable as exc:
-            out[row] = f"unavailable: {exc}"
+            out[row] = f"unavailable|{exc}"
     return out
 
 
@@ -356,7 +359,7 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
+    if settings.threads > 0:  # 0: torch's default (every core)
         torch.set_num_threads(settings.threads)
     state: dict[str, Any] = {"settings": settings, "tasks": {}, "cells": []}
 
@@ -409,8 +412,8 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
                         "family": ROWS[row].family, "sims": sims,
                         "fingerprint": settings.cell_fingerprint(task.name, row, sims)}
                 if record is None and availability[row] is not None:
-                    record = {**base, "status": availability[row].split(":", 1)[0],
-                              "reason": availability[row]}
+                    status, reason = availability[row].split("|", 1)
+                    record = {**base, "status": status, "reason": reason}
                 elif record is None:
                     if train is None:
                         train = task.joint(sims, generator("train", task.name, sims,
@@ -481,7 +484,7 @@ def settings_from_cli(sims: str | None, steps: int | None, tasks: str | None,
         given["tasks"] = t
     if (r := parse_list(rows, "--rows")) is not None:
         given["rows"] = r
-    if threads:
+    if threads is not None:
         given["threads"] = threads
     return replace(Settings(), **given) if given else Settings()
 

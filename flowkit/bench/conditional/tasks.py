@@ -98,7 +98,7 @@ class GaussianLinear(Task):
             name="gaussian-linear", theta_dim=dim, x_dim=dim,
             description=f"θ ∈ R^{dim}, θ ~ N(0, 0.1 I), x | θ ~ N(θ, 0.1 I)",
             reference="analytic Gaussian posterior N(x/2, 0.05 I), sampled exactly",
-            paper="Lueckmann et al. 2021 (sbibm gaussian_linear)")
+            paper="Lueckmann et al. 2021; sbibm gaussian_linear")
 
     def sample_prior(self, n: int, gen: torch.Generator) -> Tensor:
         return math.sqrt(self.prior_var) * torch.randn(n, self.theta_dim, generator=gen, dtype=DTYPE)
