@@ -94,7 +94,7 @@ def rational_quadratic_spline(
     heights, y_knots = _knots(params[..., num_bins:2 * num_bins], bound)
     inner = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * F.softplus(params[..., 2 * num_bins:]
                                                                   + _UNIT_SHIFT)
-    ones = params.new_ones(params.shape[:-1] + (1,))
+    ones = params.new_ones((*params.shape[:-1], 1))
     derivs = torch.cat([ones, inner, ones], dim=-1)  # δ_0 = δ_K = 1: C¹ joins with the tails
 
     inside = (x >= -bound) & (x <= bound)
@@ -102,7 +102,7 @@ def rational_quadratic_spline(
     search = y_knots if inverse else x_knots
     # interior knots only: v at ±bound lands in the first/last bin without an epsilon
     if num_bins == 1:
-        index = torch.zeros(v.shape + (1,), dtype=torch.long, device=v.device)
+        index = torch.zeros((*v.shape, 1), dtype=torch.long, device=v.device)
     else:
         index = torch.searchsorted(search[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous())
         index = index.clamp(0, num_bins - 1)

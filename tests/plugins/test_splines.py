@@ -143,7 +143,7 @@ def test_one_bin_is_the_identity_and_is_refused() -> None:
     """With unit end slopes (to join the tails) a single bin is the identity: a useless layer."""
     x = torch.linspace(-6, 6, 101, dtype=torch.float64)
     params = torch.tensor([0.3, -0.2], dtype=torch.float64).expand(101, 2)
-    y, log_det = rational_quadratic_spline(x, params)
+    y, _ = rational_quadratic_spline(x, params)
     torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
     with pytest.raises(ConfigError, match="one bin"):
         flows.NSF(features=3, bins=1)
