@@ -8,7 +8,10 @@ says so and what to do.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,65 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"upgrade flowkit to read it"
         )
     return state
+
+
+#: The config keys that define a model (the rest — training, evaluation, the data folder — may
+#: change between a checkpoint and the run that reads it).
+_MODEL_SECTIONS = ("transform", "embedding", "prior")
+
+
+def model_fingerprint(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """A short hash of what a checkpoint's weights belong to: model sections, data, data shape.
+
+    Covers ``[transform]``, ``[embedding]``, ``[prior]``, ``[data]`` (without ``data_dir``, which
+    may move) and the :class:`~flowkit.data.DataMeta` (shape, levels, classes, context,
+    standardisation). Two configs with the same fingerprint build the same model for the same
+    data; a checkpoint whose fingerprint differs from its run's belongs to another run.
+    """
+    from flowkit.config import DEFAULT_EMBEDDING
+
+    what = {section: config.get(section, DEFAULT_EMBEDDING if section == "embedding" else {})
+            for section in _MODEL_SECTIONS}
+    what["data"] = {k: v for k, v in config.get("data", {}).items() if k != "data_dir"}
+    what["meta"] = dict(meta)
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_fingerprint(state: Mapping[str, Any], config: Mapping[str, Any], path: Any) -> None:
+    """Raise :class:`CheckpointError` when checkpoint ``state`` was not written for ``config``.
+
+    Checkpoints from before fingerprints (no ``fingerprint`` key) pass; their model state must
+    still fit the model when it is loaded.
+    """
+    saved = state.get("fingerprint")
+    if saved is None or "meta" not in state:
+        return
+    expected = model_fingerprint(config, state["meta"])
+    if saved != expected:
+        theirs = _describe(state.get("config"))
+        ours = _describe(config)
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was not written by this run: it belongs to a model of "
+            f"{theirs}, but the run folder's config.toml describes {ours} (fingerprint {saved} "
+            f"!= {expected}). Use the checkpoint with the run folder it came from, or start a "
+            f"new run."
+        )
+
+
+def _describe(config: Any) -> str:
+    """``transform 'x' on data 'y'`` from a config (or its TOML text)."""
+    if isinstance(config, str):
+        import tomllib
+
+        try:
+            config = tomllib.loads(config)
+        except tomllib.TOMLDecodeError:
+            return "another config"
+    if not isinstance(config, Mapping):
+        return "another config"
+    return (f"transform {config.get('transform', {}).get('name')!r} on data "
+            f"{config.get('data', {}).get('name')!r}")
 
 
 def drop_mismatched_optimizer_state(optimizer: torch.optim.Optimizer) -> int:

@@ -12,6 +12,7 @@
       traversals.png     latent traversals along the largest-σ dimensions (Gaussian-type priors)
       reconstructions.png  test images and decode(encode(x))
       summary.json       final test NLL / bits-per-dim, speed, status
+      .lock              held by the run that writes the folder (:mod:`flowkit.runlock`)
 
 Under torchrun only rank 0 writes in the run folder (:mod:`flowkit.distributed`).
 :func:`load_run` rebuilds the trained model from a run folder without needing the data.
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from flowkit.checkpoint import load_checkpoint
+from flowkit.checkpoint import check_fingerprint, load_checkpoint
 from flowkit.data.base import DataMeta, DataSplits, resolve_data_dir
 from flowkit.errors import CheckpointError, ConfigError
 from flowkit.model import Flow, build_model
@@ -97,17 +98,22 @@ def load_dataset(config: dict[str, Any]) -> DataSplits:
 def new_run_dir(out_dir: str | Path, config: dict[str, Any], name: str | None = None) -> Path:
     """A fresh folder ``out_dir/<transform>-<objective>-<data>-<timestamp>`` (or ``out_dir/name``)."""
     out = Path(out_dir)
+    reuse_empty = name is not None  # a generated name always gets a folder of its own
     if name is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         objective = re.sub(r"[^\w.-]+", "", config["objective"]["name"].replace("*", "x"))
         name = f"{config['transform']['name']}-{objective}-{config['data']['name']}-{stamp}"
-    path = out / name
-    suffix = 1
-    while path.exists() and any(path.iterdir()):
+    out.mkdir(parents=True, exist_ok=True)
+    path, suffix = out / name, 1
+    while True:  # mkdir is atomic: two runs started in the same second get different folders
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if reuse_empty and not any(path.iterdir()):  # an empty folder made for this run
+                return path
         suffix += 1
         path = out / f"{name}-{suffix}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -164,6 +170,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
             raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoints yet")
         checkpoint = ckpts[-1]
     state = load_checkpoint(checkpoint)
+    check_fingerprint(state, config, checkpoint)
     meta = DataMeta.from_dict(state["meta"])
     model = build_model(config, meta)
     try:

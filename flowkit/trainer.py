@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 
 from flowkit import __version__
 from flowkit import distributed as dist
-from flowkit.checkpoint import drop_mismatched_optimizer_state, load_checkpoint, save_checkpoint
+from flowkit import runlock
+from flowkit.checkpoint import (
+    check_fingerprint,
+    drop_mismatched_optimizer_state,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+)
 from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
@@ -195,6 +202,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "config": dumps(self.config),
             "meta": self.data.meta.to_dict(),
+            "fingerprint": model_fingerprint(self.config, self.data.meta.to_dict()),
             "early_stopping": self.early_stopping.state_dict(),
             "flowkit_version": __version__,
         }
@@ -205,6 +213,7 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
+        check_fingerprint(state, self.config, state.get("path", "the newest checkpoint"))
         # a final checkpoint that holds the best model keeps the last step's training state apart
         training = state.get("last", state)
         try:
@@ -513,17 +522,25 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, *, out_dir:
     """
     dist.init()
     run_dir = dist.on_main(_prepare_run_dir, config, run_dir, out_dir)  # rank 0 names the folder
-    trainer = Trainer(config, run_dir, progress=progress, log=log)
-    summary = trainer.fit()
+    try:
+        trainer = Trainer(config, run_dir, progress=progress, log=log)
+        summary = trainer.fit()
+    finally:
+        runlock.release(run_dir)
     summary["run_dir"] = str(trainer.run_dir)
     return summary
 
 
 def _prepare_run_dir(config: dict[str, Any], run_dir: str | Path | None,
                      out_dir: str | Path) -> Path:
+    """Choose (or check) the run folder and lock it for this run (rank 0)."""
     if run_dir is None:
-        return new_run_dir(out_dir, config)
+        path = new_run_dir(out_dir, config)
+        runlock.acquire(path)
+        return path
+    runlock.acquire(run_dir)  # before looking inside: another writer may be starting
     if Path(run_dir).exists() and list_checkpoints(run_dir):
+        runlock.release(run_dir)
         raise ConfigError(
             f"{str(run_dir)!r} already holds a run; resume it with `flowkit run --resume "
             f"{run_dir}` or choose another folder"
@@ -571,13 +588,17 @@ def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
             )
         config = requested
     dist.on_main(_require_checkpoint, run_dir)  # fail before building the model
-    trainer = Trainer(config, run_dir, progress=progress, log=log)
-    # under torchrun rank 0 reads the checkpoint on the CPU and sends it to every process
-    where = trainer.device if dist.world_size() == 1 else "cpu"
-    state = dist.on_main(_newest_state, run_dir, where, trainer.log)
-    trainer.load_state(state)
-    trainer.log(f"resuming {run_dir} from step {trainer.step}")
-    summary = trainer.fit()
+    dist.on_main(runlock.acquire, run_dir)  # a run still training in it keeps it
+    try:
+        trainer = Trainer(config, run_dir, progress=progress, log=log)
+        # under torchrun rank 0 reads the checkpoint on the CPU and sends it to every process
+        where = trainer.device if dist.world_size() == 1 else "cpu"
+        state = dist.on_main(_newest_state, run_dir, where, trainer.log)
+        trainer.load_state(state)
+        trainer.log(f"resuming {run_dir} from step {trainer.step}")
+        summary = trainer.fit()
+    finally:
+        runlock.release(run_dir)
     summary["run_dir"] = str(run_dir)
     return summary
 

@@ -215,6 +215,7 @@ def test_runner_end_to_end_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             continue
         assert cells[row]["status"] == "ok", cells[row]
         assert 0.3 <= cells[row]["c2st"] <= 1.0 and math.isfinite(cells[row]["nll"])
+        assert cells[row]["nll_median"] <= cells[row]["nll_max"]
         assert cells[row]["resim_error"] >= 0 and cells[row]["best_step"] in (3, 6)
     task = result["tasks"]["inverse-kinematics"]
     assert set(task["step_ms"]) <= set(rows[:2]) and result["machine"]["threads"] >= 1

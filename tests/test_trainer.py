@@ -261,3 +261,62 @@ def test_resume_a_run_saved_with_full_size_coupling_conditioners(tmp_path: Path)
     summary = resume(tmp_path / "run", longer, progress=False, log=messages.append)
     assert summary["steps"] == 8
     assert any(f"optimiser state of {widened} parameter tensor(s)" in m for m in messages)
+
+
+def test_a_foreign_checkpoint_is_refused(tmp_path: Path):
+    """A moons checkpoint copied into a digits run folder must not sample moons and exit 0."""
+    import shutil
+
+    from flowkit.runs import load_run
+
+    moons = flowkit.load_config("realnvp-moons", ["train.steps=2", "transform.num_layers=2",
+                                                  "transform.hidden=8"])
+    flowkit.train(moons, run_dir=tmp_path / "moons", progress=False, log=lambda _: None)
+    digits = flowkit.load_config(None, ["train.steps=2", "transform.num_scales=1",
+                                        "transform.hidden=4", "transform.num_blocks=1"],
+                                 data="digits")
+    flowkit.train(digits, run_dir=tmp_path / "digits", progress=False, log=lambda _: None)
+    foreign = list_checkpoints(tmp_path / "moons")[-1]
+    target = tmp_path / "digits" / "checkpoints" / "step-99999999.pt"
+    shutil.copy(foreign, target)
+    with pytest.raises(CheckpointError, match=r"not written by this run.*on data 'moons'"):
+        load_run(tmp_path / "digits")
+    with pytest.raises(CheckpointError, match="not written by this run"):
+        flowkit.trainer.resume(tmp_path / "digits", progress=False, log=lambda _: None)
+    target.unlink()
+    assert load_run(tmp_path / "digits").step == 2  # its own checkpoints still load
+
+
+def test_one_writer_per_run_folder(tmp_path: Path):
+    """A second writer of a folder that a run holds gets a clear error naming the holder."""
+    import os
+
+    from flowkit import runlock
+    from flowkit.errors import ConfigError
+
+    config = flowkit.load_config(None, [*TINY, "train.steps=2"], data="moons")
+    flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    # another process holds the folder: simulate with a second open file description
+    import fcntl
+
+    with open(tmp_path / "run" / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.seek(0)
+        fh.truncate()
+        fh.write('{"pid": 4242, "host": "elsewhere", "started": "2026-12-04T05:00:00"}')
+        fh.flush()
+        with pytest.raises(ConfigError, match="in use by another flowkit run.*process 4242"):
+            flowkit.trainer.resume(tmp_path / "run", progress=False, log=lambda _: None)
+        with pytest.raises(ConfigError, match="in use"):
+            flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    # released: resuming works, and the lock is given back afterwards
+    flowkit.trainer.resume(tmp_path / "run", progress=False, log=lambda _: None)
+    assert not runlock._HELD and os.path.exists(tmp_path / "run" / ".lock")
+
+
+def test_generated_run_names_never_collide(tmp_path: Path):
+    from flowkit.runs import new_run_dir
+
+    config = flowkit.load_config(None, [], data="digits")
+    folders = {new_run_dir(tmp_path, config) for _ in range(5)}
+    assert len(folders) == 5

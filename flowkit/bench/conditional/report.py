@@ -27,8 +27,8 @@ from flowkit.atomic import atomic_write_text
 from flowkit.bench.conditional.models import FAMILIES, ROWS
 
 CSV_COLUMNS = ("task", "row", "library", "family", "sims", "status", "c2st", "nll",
-               "resim_error", "step_ms", "step_ratio", "train_s", "best_step", "params",
-               "nonfinite_samples", "note", "reason")
+               "nll_median", "nll_max", "resim_error", "step_ms", "step_ratio", "train_s",
+               "best_step", "params", "nonfinite_samples", "note", "reason")
 
 
 def machine() -> dict[str, Any]:
@@ -48,6 +48,15 @@ def step_ratios(step_ms: dict[str, float]) -> dict[str, float | None]:
                  if ROWS[r].family == family and ROWS[r].library != "flowkit"]
         out[row] = ms / min(peers) if peers else None
     return out
+
+
+OUTLIER_NATS = 3.0
+
+
+def _outlier_dominated(cell: dict[str, Any]) -> bool:
+    """Whether the cell's mean test NLL exceeds its median by more than :data:`OUTLIER_NATS`."""
+    mean, median = cell.get("nll"), cell.get("nll_median")
+    return mean is not None and median is not None and mean - median > OUTLIER_NATS
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -119,6 +128,7 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
                   + ([f"resim {_fmt_sims(n)}" for n in budgets] if is_ik else [])
                   + ["step ms", "× fastest peer"])
         rows = []
+        flagged = False
         for row in settings.rows:
             c2s, nlls, resims = [], [], []
             status_note = ""
@@ -136,7 +146,8 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
                 else:
                     mark = " (diverged)" if c["status"] == "diverged" else ""
                     c2s.append(_num(c.get("c2st")) + mark)
-                    nlls.append(_num(c.get("nll")))
+                    nlls.append(_num(c.get("nll")) + ("†" if _outlier_dominated(c) else ""))
+                    flagged |= _outlier_dominated(c)
                     resims.append(_num(c.get("resim_error")))
             ms = t.get("step_ms", {}).get(row)
             rows.append([ROWS[row].label] + c2s + nlls + (resims if is_ik else [])
@@ -145,6 +156,10 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
             rows.append(["*true posterior*"] + ["0.5"] * len(budgets)
                         + [_num(t["nll_reference"])] * len(budgets) + ["", ""])
         lines += [*_md_table(header, rows), ""]
+        if flagged:
+            lines += [f"† The mean is dominated by a few test simulations: it exceeds the median "
+                      f"by more than {OUTLIER_NATS:g} nats (median and worst example per cell in "
+                      f"`results.json` as `nll_median`, `nll_max`).", ""]
     notes = {ROWS[c["row"]].label: c["note"] for c in state["cells"] if c.get("note")}  # latest
     if notes:
         lines += ["## Row notes", "", *[f"- {label}: {note}" for label, note in notes.items()], ""]

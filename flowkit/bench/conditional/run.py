@@ -11,7 +11,8 @@ every row. Each row (:mod:`.models`) then trains on it with the same recipe:
   ``batch_size`` examples drawn with replacement in the same order for every row, gradient norm
   clipped to ``clip``; the validation loss is computed ``evals`` times and the best parameters
   are kept (early stopping without stopping, so every row costs the same steps);
-* metrics: test NLL ``−(1/N) Σ log q(θ_i | x_i)`` over the test simulations; C2ST accuracy
+* metrics: test NLL ``−(1/N) Σ log q(θ_i | x_i)`` over the test simulations (and its median
+  and worst example: a few tail simulations can dominate the mean); C2ST accuracy
   (:mod:`.c2st`) between ``c2st_samples`` flow samples and as many reference samples at each
   observation (mean over observations, and per observation in ``results.json``); for
   ``inverse-kinematics`` the re-simulation error ``mean_j ‖f(θ_j) − y*‖`` of the flow samples.
@@ -73,7 +74,7 @@ from flowkit.errors import ConfigError
 
 SUITE = "conditional"
 #: Bump when the training or evaluation recipe changes: stored cells of older versions re-run.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_SIMS = (1000, 10000)
 
 
@@ -206,11 +207,13 @@ def _train_step(model: ConditionalModel, opt: torch.optim.Optimizer, theta: Tens
 
 
 @torch.no_grad()
-def _mean_log_prob(model: ConditionalModel, theta: Tensor, x: Tensor, chunk: int = 4096) -> float:
-    total = 0.0
-    for i in range(0, theta.shape[0], chunk):
-        total += float(model.log_prob(theta[i:i + chunk], x[i:i + chunk]).double().sum())
-    return total / theta.shape[0]
+def _log_probs(model: ConditionalModel, theta: Tensor, x: Tensor, chunk: int = 4096) -> Tensor:
+    return torch.cat([model.log_prob(theta[i:i + chunk], x[i:i + chunk]).double()
+                      for i in range(0, theta.shape[0], chunk)])
+
+
+def _mean_log_prob(model: ConditionalModel, theta: Tensor, x: Tensor) -> float:
+    return float(_log_probs(model, theta, x).mean())
 
 
 def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Tensor, Tensor],
@@ -261,8 +264,11 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
         "train_step_ms_inline": 1000 * statistics.median(step_times[min(10, len(step_times) - 1):]),
         "note": model.note,
     }
-    nll = -(_mean_log_prob(model, std.theta(th_te), std.x(x_te)) - std.log_det)
+    nlls = -(_log_probs(model, std.theta(th_te), std.x(x_te)) - std.log_det)
+    nll = float(nlls.mean())
     record["nll"] = nll if math.isfinite(nll) else None
+    for key, value in (("nll_median", float(nlls.median())), ("nll_max", float(nlls.max()))):
+        record[key] = value if math.isfinite(value) else None
     c2sts, resims, nonfinite = [], [], 0
     with torch.no_grad():
         for i, x in enumerate(x_obs):
