@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flowkit import __version__
+from flowkit import __version__, runlock
 from flowkit import distributed as dist
-from flowkit import runlock
 from flowkit.checkpoint import (
     check_fingerprint,
     drop_mismatched_optimizer_state,

@@ -305,7 +305,7 @@ def test_one_writer_per_run_folder(tmp_path: Path):
         fh.truncate()
         fh.write('{"pid": 4242, "host": "elsewhere", "started": "2026-12-04T05:00:00"}')
         fh.flush()
-        with pytest.raises(ConfigError, match="in use by another flowkit run.*process 4242"):
+        with pytest.raises(ConfigError, match=r"in use by another flowkit run.*process 4242"):
             flowkit.trainer.resume(tmp_path / "run", progress=False, log=lambda _: None)
         with pytest.raises(ConfigError, match="in use"):
             flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
