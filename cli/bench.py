@@ -137,12 +137,19 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
                 "done" if stored_result(out_dir, cell) else "to run")
             click.echo(f"  {cell.id:<60} {cell.kind:<6} {state}")
         return
-    run_suite(loaded, out_dir, only=only, filters=filters, jobs=jobs,
-              data_dir=str(data_dir) if data_dir else None, force=force, progress=not quiet,
-              log=click.echo)
+    results = run_suite(loaded, out_dir, only=only, filters=filters, jobs=jobs,
+                        data_dir=str(data_dir) if data_dir else None, force=force,
+                        progress=not quiet, log=click.echo)
     click.echo(f"report: {out_dir / 'report.md'}")
     if publish is not None:
         from flowkit.bench.publish import publish as publish_report
 
         written = publish_report(out_dir, publish)
         click.echo(f"published: {written[-1]} and {len(written) - 1} image(s)")
+    failed = [r for r in results if r.get("status") == "failed"]
+    if failed:  # a benchmark with broken cells must not look like a finished one
+        listed = "; ".join(f"{r['id']}: {str(r.get('reason', ''))[:120]}" for r in failed[:3])
+        raise click.ClickException(
+            f"{len(failed)} of {len(results)} cell(s) failed ({listed}{' …' if len(failed) > 3 else ''}). "
+            f"The report marks them; see each cell's stderr.txt/log.txt, fix the cause and re-run "
+            f"(finished cells are kept).")

@@ -303,3 +303,28 @@ def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
     kept = _set_aside_other_run(tmp_path / "run", wider)
     assert kept is not None and kept.name.startswith("run.previous-")
     assert (kept / "config.toml").is_file() and not (tmp_path / "run").exists()
+
+
+def test_a_failed_cell_makes_the_bench_exit_non_zero(tmp_path: Path) -> None:
+    """Every cell failing must not end with exit status 0; the report names the failure."""
+    suite = tmp_path / "broken.toml"
+    suite.write_text('[suite]\ndescription = "a broken python cell"\npython_path = ["."]\n\n'
+                     '[[python]]\nname = "boom"\ncallable = "boom_cell:measure"\n')
+    (tmp_path / "boom_cell.py").write_text(
+        "def measure(seed: int) -> list[dict]:\n    raise RuntimeError('the cell broke')\n")
+    # a folder holding another `flowkit/` must not change what the cells import
+    (tmp_path / "flowkit").mkdir()
+    (tmp_path / "flowkit" / "__init__.py").write_text("raise ImportError('wrong flowkit')\n")
+    out = tmp_path / "results"
+    import os
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        result = CliRunner().invoke(cli, ["bench", str(suite), "--out", str(out), "--quiet"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code != 0
+    assert "1 of 1 cell(s) failed" in result.output and "the cell broke" in result.output
+    assert "wrong flowkit" not in (out / "cells" / "boom__s0" / "stderr.txt").read_text()
+    assert "the cell broke" in (out / "report.md").read_text()

@@ -116,9 +116,12 @@ def run_suite(
         spec_path = folder / "spec.json"
         atomic_write_text(spec_path, json.dumps(cell_spec(suite, cell, out_dir, data_dir,
                                                           threads), indent=2))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=_parent_import_path())
         with open(folder / "stderr.txt", "w", encoding="utf-8") as err:
-            proc = subprocess.run([sys.executable, "-m", "flowkit.bench.cell", str(spec_path)],
+            # -P: the working folder is not put first on the child's import path (a `flowkit/`
+            # checkout there would otherwise replace the flowkit this process runs)
+            proc = subprocess.run([sys.executable, "-P", "-m", "flowkit.bench.cell",
+                                   str(spec_path)],
                                   stdout=err, stderr=subprocess.STDOUT, env=env, check=False)
         path = folder / RESULT
         if path.is_file():
@@ -147,6 +150,11 @@ def run_suite(
     results = collect(suite, out_dir)
     write_outputs(suite, results, out_dir)
     return results
+
+
+def _parent_import_path() -> str:
+    """This process's ``sys.path`` as ``PYTHONPATH``: a cell imports the same flowkit as its parent."""
+    return os.pathsep.join(str(Path(p).resolve()) if p else os.getcwd() for p in sys.path)
 
 
 def collect(suite: Suite, out_dir: Path) -> list[dict[str, Any]]:
