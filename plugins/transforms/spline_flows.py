@@ -103,7 +103,32 @@ class RQCoupling(_Coupling):
         return f"{super().extra_repr()}, num_bins={self.num_bins}, tail_bound={self.tail_bound}"
 
 
-class NSF(Architecture):
+class _SplineStack(Architecture):
+    """``num_layers`` spline layers over the flattened input; subclasses choose the layer."""
+
+    input_ranks = (1, 3)
+    min_channels = 2  # D ≥ 2: two halves to couple, or an autoregressive order
+
+    def __init__(self, event_shape: Shape, *, num_layers: int, **layer_args: Any) -> None:
+        owner = type(self).__name__
+        shape = tuple(int(s) for s in event_shape)
+        require_rank(owner, shape, self.input_ranks)
+        dim = math.prod(shape)
+        super().__init__(shape, (dim,))
+        if num_layers < 1:
+            raise ConfigError(f"{owner}: num_layers must be at least 1, got {num_layers}.")
+        if dim < 2:
+            raise ShapeError(f"{owner} needs at least 2 scalars per example (two halves, or an "
+                             f"order to follow), but the data has shape {shape}.")
+        steps: list[Transform] = [] if len(shape) == 1 else [Flatten(shape)]
+        steps += [self._layer(dim, k, **layer_args) for k in range(num_layers)]
+        self.flow = Sequential(steps)
+
+    def _layer(self, dim: int, k: int, **layer_args: Any) -> Transform:
+        raise NotImplementedError
+
+
+class NSF(_SplineStack):
     """Neural spline flow of ``num_layers`` rational-quadratic couplings (Durkan et al. 2019).
 
     ``num_layers`` ``rq-coupling`` layers on the "half" split with alternating parity, MLP
@@ -112,8 +137,6 @@ class NSF(Architecture):
     Flows", RQ-NSF (C)). Images are flattened; the latent has shape ``(D,)``, ``D ≥ 2``.
     """
 
-    input_ranks = (1, 3)
-    min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [2, 3], "hidden": [8], "num_hidden": [1], "num_bins": [2, 4],
     }
@@ -131,23 +154,14 @@ class NSF(Architecture):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        shape = tuple(int(s) for s in event_shape)
-        require_rank("NSF", shape, self.input_ranks)
-        dim = math.prod(shape)
-        super().__init__(shape, (dim,))
-        if num_layers < 1:
-            raise ConfigError(f"NSF: num_layers must be at least 1, got {num_layers}.")
-        if dim < 2:
-            raise ShapeError(f"NSF couples two halves of the features, so it needs D ≥ 2, but the "
-                             f"data has shape {shape}.")
-        context_spec("NSF", conditional, num_classes, context_features)  # checks the choice
-        steps: list[Transform] = [] if len(shape) == 1 else [Flatten(shape)]
-        steps += [RQCoupling((dim,), num_bins=num_bins, tail_bound=tail_bound, mask="half",
-                             parity=bool(k % 2), conditioner="mlp", hidden=hidden,
-                             num_hidden=num_hidden, conditional=conditional,
-                             num_classes=num_classes, context_features=context_features)
-                  for k in range(num_layers)]
-        self.flow = Sequential(steps)
+        super().__init__(event_shape, num_layers=num_layers, num_bins=num_bins,
+                         tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden,
+                         conditional=conditional, num_classes=num_classes,
+                         context_features=context_features)
+
+    def _layer(self, dim: int, k: int, **layer_args: Any) -> Transform:
+        return RQCoupling((dim,), mask="half", parity=bool(k % 2), conditioner="mlp",
+                          **layer_args)
 
 
 class AutoregressiveSpline(Transform):
@@ -225,7 +239,7 @@ class AutoregressiveSpline(Transform):
                 f"tail_bound={self.tail_bound}, reverse_order={self.reverse_order}")
 
 
-class RQAutoregressive(Architecture):
+class RQAutoregressive(_SplineStack):
     """Autoregressive neural spline flow: ``num_layers`` MADE spline layers (Durkan et al. 2019).
 
     ``num_layers`` :class:`AutoregressiveSpline` layers, ``w_d = g_d(z_d; θ_d(z_<d))`` with
@@ -236,8 +250,6 @@ class RQAutoregressive(Architecture):
     sampling in ``D``. Images are flattened; the latent has shape ``(D,)``, ``D ≥ 2``.
     """
 
-    input_ranks = (1, 3)
-    min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
         # one layer: D sequential passes per inverse make the float64 Jacobian checks the
         # suite's most expensive; stacks (and the reversed order) are tested in test_splines.py
@@ -257,16 +269,10 @@ class RQAutoregressive(Architecture):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        shape = tuple(int(s) for s in event_shape)
-        require_rank("RQAutoregressive", shape, self.input_ranks)
-        dim = math.prod(shape)
-        super().__init__(shape, (dim,))
-        if num_layers < 1:
-            raise ConfigError(f"RQAutoregressive: num_layers must be at least 1, got {num_layers}.")
-        steps: list[Transform] = [] if len(shape) == 1 else [Flatten(shape)]
-        steps += [AutoregressiveSpline((dim,), num_bins=num_bins, tail_bound=tail_bound,
-                                       reverse_order=bool(k % 2), hidden=hidden,
-                                       num_hidden=num_hidden, conditional=conditional,
-                                       num_classes=num_classes, context_features=context_features)
-                  for k in range(num_layers)]
-        self.flow = Sequential(steps)
+        super().__init__(event_shape, num_layers=num_layers, num_bins=num_bins,
+                         tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden,
+                         conditional=conditional, num_classes=num_classes,
+                         context_features=context_features)
+
+    def _layer(self, dim: int, k: int, **layer_args: Any) -> Transform:
+        return AutoregressiveSpline((dim,), reverse_order=bool(k % 2), **layer_args)
