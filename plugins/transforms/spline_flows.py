@@ -104,12 +104,32 @@ class RQCoupling(_Coupling):
 
 
 class _SplineStack(Architecture):
-    """``num_layers`` spline layers over the flattened input; subclasses choose the layer."""
+    """``num_layers`` spline layers over the flattened input; subclasses choose the layer.
+
+    The parameters (shared by ``nsf`` and ``rq-autoregressive``): ``num_layers ≥ 1``,
+    ``num_bins ≥ 2`` bins on ``[−tail_bound, tail_bound]``, conditioners of ``num_hidden`` ×
+    ``hidden`` units, and the context arguments of every conditional transform.
+    """
 
     input_ranks = (1, 3)
     min_channels = 2  # D ≥ 2: two halves to couple, or an autoregressive order
 
-    def __init__(self, event_shape: Shape, *, num_layers: int, **layer_args: Any) -> None:
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        num_layers: int = 5,
+        num_bins: int = 8,
+        tail_bound: float = 5.0,
+        hidden: int = 64,
+        num_hidden: int = 2,
+        conditional: bool | None = None,
+        num_classes: int | None = None,
+        context_features: int | None = None,
+    ) -> None:
+        layer_args = {"num_bins": num_bins, "tail_bound": tail_bound, "hidden": hidden,
+                      "num_hidden": num_hidden, "conditional": conditional,
+                      "num_classes": num_classes, "context_features": context_features}
         owner = type(self).__name__
         shape = tuple(int(s) for s in event_shape)
         require_rank(owner, shape, self.input_ranks)
@@ -140,24 +160,6 @@ class NSF(_SplineStack):
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [2, 3], "hidden": [8], "num_hidden": [1], "num_bins": [2, 4],
     }
-
-    def __init__(
-        self,
-        event_shape: Shape,
-        *,
-        num_layers: int = 6,
-        num_bins: int = 8,
-        tail_bound: float = 5.0,
-        hidden: int = 64,
-        num_hidden: int = 2,
-        conditional: bool | None = None,
-        num_classes: int | None = None,
-        context_features: int | None = None,
-    ) -> None:
-        super().__init__(event_shape, num_layers=num_layers, num_bins=num_bins,
-                         tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden,
-                         conditional=conditional, num_classes=num_classes,
-                         context_features=context_features)
 
     def _layer(self, dim: int, k: int, **layer_args: Any) -> Transform:
         return RQCoupling((dim,), mask="half", parity=bool(k % 2), conditioner="mlp",
@@ -255,24 +257,6 @@ class RQAutoregressive(_SplineStack):
         # suite's most expensive; stacks (and the reversed order) are tested in test_splines.py
         "num_layers": [1], "hidden": [8], "num_hidden": [1], "num_bins": [2, 4],
     }
-
-    def __init__(
-        self,
-        event_shape: Shape,
-        *,
-        num_layers: int = 5,
-        num_bins: int = 8,
-        tail_bound: float = 5.0,
-        hidden: int = 64,
-        num_hidden: int = 2,
-        conditional: bool | None = None,
-        num_classes: int | None = None,
-        context_features: int | None = None,
-    ) -> None:
-        super().__init__(event_shape, num_layers=num_layers, num_bins=num_bins,
-                         tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden,
-                         conditional=conditional, num_classes=num_classes,
-                         context_features=context_features)
 
     def _layer(self, dim: int, k: int, **layer_args: Any) -> Transform:
         return AutoregressiveSpline((dim,), reverse_order=bool(k % 2), **layer_args)
