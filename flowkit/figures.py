@@ -125,7 +125,7 @@ def latent_traversals(model: Flow, n_dims: int = 4, steps: int = 9,
     ``(rows·steps, C, H, W)`` with one row per (class, dimension), or ``None`` when the prior has
     no Gaussian moments.
     """
-    if context is None and model.prior.conditional and model.num_classes:
+    if context is None and model.class_conditional:
         context = torch.arange(model.num_classes, device=model.device)
     n = 1 if context is None else context.numel()
     moments = model.prior.moments(n, context)
@@ -165,7 +165,7 @@ def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int =
     model.eval()
     paths = [save_samples_figure(model, data, folder / f"{prefix}samples.png", n, temperature)]
     if data.is_image:
-        if model.prior.conditional and model.num_classes:
+        if model.class_conditional:
             paths.append(save_image_grid(class_sample_grid(model, 10, temperature),
                                          folder / f"{prefix}class-samples.png", nrow=10))
         trav = latent_traversals(model) if model.context_shape is None else None

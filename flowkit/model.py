@@ -208,10 +208,21 @@ class Flow(nn.Module):
         return nll / math.log(2.0)
 
     def default_context(self, n: int) -> Tensor | None:
-        """Labels ``0, 1, …, K−1, 0, …`` for class-conditional models, else ``None``."""
-        if self.prior.conditional and self.num_classes:
+        """Labels ``0, 1, …, K−1, 0, …`` for class-conditional models, else ``None``.
+
+        A model is class-conditional when its prior is, or when one of its blocks reads class
+        labels (a conditional coupling with an unconditional prior).
+        """
+        if self.class_conditional:
             return torch.arange(n, device=self.device) % self.num_classes
         return None
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the prior or a block of the transform reads class labels."""
+        return bool(self.num_classes) and (self.prior.conditional or any(
+            getattr(getattr(m, "context_spec", None), "kind", None) == "labels"
+            for m in self.transform.modules()))
 
     def sample(
         self, n: int, context: Tensor | None = None, temperature: float = 1.0

@@ -274,3 +274,19 @@ def test_a_run_on_two_columns_with_a_context_ends_with_its_figure(tmp_path) -> N
     assert summary["status"] == "completed" and math.isfinite(summary["test_nll"])
     assert summary["figures"] == ["samples.png"]
     assert (tmp_path / "run" / "samples.png").stat().st_size > 1000
+
+
+def test_label_conditional_couplings_with_an_unconditional_prior_sample_every_class(tmp_path) -> None:
+    """Sampling cycles through the classes when only the transform reads labels (it raised)."""
+    import flowkit
+
+    config = flowkit.load_config(None, ["train.steps=2", "transform.num_scales=1",
+                                        "transform.hidden=4", "transform.num_blocks=1",
+                                        "transform.conditional=true"], data="digits")
+    summary = flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert summary["status"] == "completed"
+    from flowkit.runs import load_run
+
+    run = load_run(tmp_path / "run")
+    assert run.model.default_context(12).tolist() == [*range(10), 0, 1]
+    assert run.model.sample(12).shape == (12, 1, 8, 8)
