@@ -17,9 +17,9 @@ import click
               help="A specific checkpoint file (default: the newest).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True, help="val: the validation split (datasets that have one).")
-@click.option("--max-examples", type=int, default=0, show_default=True,
+@click.option("--max-examples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Evaluate only the first N examples (0 = all).")
-@click.option("--sample-accuracy", "per_class", type=int, default=0, metavar="N",
+@click.option("--sample-accuracy", "per_class", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also classify N samples per class with flowkit's own classifier for the "
                    "dataset (class-conditional models).")
 def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,

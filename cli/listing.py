@@ -1,23 +1,27 @@
-"""``flowkit list``: every registered plugin with its summary and provider."""
+"""``flowkit list``: every registered plugin with its summary and provider, and the config keys."""
 
 from __future__ import annotations
 
 import click
 
-KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "embeddings", "presets"]
+KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "embeddings", "presets", "config"]
 
 
 @click.command("list")
 @click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
-@click.option("--params", "show_params", is_flag=True, help="Also list each plugin's parameters.")
+@click.option("--params", "show_params", is_flag=True,
+              help="Also list each plugin's parameters: type, allowed range, default.")
 def list_plugins(kind: str | None, show_params: bool) -> None:
     """List registered transforms, priors, objectives, datasets and context embeddings (and the
-    shipped presets). With --params, plugins that read a real-valued context say so."""
+    shipped presets). With --params, each parameter as `name: type range = default` (e.g.
+    `hidden: int ≥ 1 = 64`), and plugins that read a real-valued context say so. `flowkit list
+    config` lists the keys of [train], [eval] and [data] the same way (also shown by --params)."""
     from flowkit.config import available_presets
     from flowkit.params import describe_parameters
     from flowkit.registry import KINDS, PluginLoadError, registry
 
-    kinds = [kind[:-1]] if kind and kind != "presets" else ([] if kind else list(KINDS))
+    plugin_kind = kind not in ("presets", "config")
+    kinds = [kind[:-1]] if kind and plugin_kind else ([] if kind else list(KINDS))
     for k in kinds:
         reg = registry(k)
         entries = reg.entries()
@@ -36,9 +40,24 @@ def list_plugins(kind: str | None, show_params: bool) -> None:
                     click.echo(f"  {'':<{width}}    (reads a real-valued context: injected "
                                f"context_features)")
         click.echo()
+    if kind == "config" or (kind is None and show_params):
+        _list_config_keys()
     if kind in (None, "presets"):
         click.secho("presets (flowkit run --config NAME)", bold=True)
         click.echo("  " + ", ".join(available_presets()))
+
+
+def _list_config_keys() -> None:
+    """The keys of ``[train]``, ``[eval]`` and ``[data]``: type, allowed range, default."""
+    from flowkit.config import DataConfig, EvalConfig, TrainConfig
+    from flowkit.params import describe_parameters
+
+    for section, cls in (("train", TrainConfig), ("eval", EvalConfig), ("data", DataConfig)):
+        suffix = " (and the dataset's parameters)" if section == "data" else ""
+        click.secho(f"[{section}]{suffix}", bold=True)
+        for name, type_s, default in describe_parameters(cls, reserved=frozenset()):
+            click.echo(f"  {name}: {type_s} = {default}")
+        click.echo()
 
 
 def _takes_context(entry) -> bool:

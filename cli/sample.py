@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """``--temperature``: click's ``FloatRange`` lets ``nan`` and ``inf`` through."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.", ctx, param)
+    return value
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-n", "num", default=64, show_default=True, type=click.IntRange(min=1),
@@ -15,16 +22,17 @@ import click
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file: .png (grid or scatter plot), .pt (tensor), .npy (array) or "
                    ".csv (vector data, one sample per row). Default: RUN_DIR/samples.png")
-@click.option("--temperature", "-T", default=1.0, show_default=True, type=float,
-              help="Scale of the prior noise (Glow §5).")
-@click.option("--label", type=int, default=None,
+@click.option("--temperature", "-T", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.0, min_open=True), callback=_finite,
+              help="Scale of the prior noise (Glow §5), a finite number > 0.")
+@click.option("--label", type=click.IntRange(min=0), default=None,
               help="Class label for class-conditional models (default: cycle through classes).")
 @click.option("--context", "context_spec", default=None, metavar="VALUES|FILE.npy",
               help="The context of a conditional model: comma-separated numbers (one context "
                    "for every sample, e.g. \"0.3,1.2\") or a .npy file with one row per sample.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A specific checkpoint file (default: the newest).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label: int | None,
            context_spec: str | None, checkpoint: Path | None, seed: int) -> None:
     """Sample from the model of RUN_DIR and write a PNG grid (images) or plot (2-D), or the

@@ -31,18 +31,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
 
 from flowkit.errors import ConfigError, did_you_mean
-from flowkit.params import user_parameters, validate_parameters
+from flowkit.params import Range, Seed, check_fields, user_parameters, validate_parameters
 
 SECTIONS = ("transform", "embedding", "prior", "objective", "data", "train", "eval")
 PLUGIN_SECTIONS = {"transform": "transform", "embedding": "embedding", "prior": "prior",
                    "objective": "objective", "data": "dataset"}
 #: The embedding of configs written before the section existed (and of unconditional data).
 DEFAULT_EMBEDDING = {"name": "identity"}
+#: An Adam coefficient β₁ or β₂.
+Beta = Annotated[float, Range(0, 1, max_inclusive=False)]
+#: A sampling temperature: the scale of the prior's noise (Glow §5); ``Flow.sample`` checks it too.
+Temperature = Annotated[float, Range(0, min_inclusive=False, note="the scale of the prior's noise")]
 
 
 @dataclass
@@ -65,36 +69,34 @@ class TrainConfig:
     evaluations in a row; the best model's checkpoint is kept and evaluated at the end.
     """
 
-    steps: int = 2000
-    batch_size: int = 128
+    steps: Annotated[int, Range(1)] = 2000
+    batch_size: Annotated[int, Range(1)] = 128
     sampler: Literal["random", "class-balanced"] = "random"
-    lr: float = 1e-3
+    lr: Annotated[float, Range(0, min_inclusive=False)] = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    grad_clip: Annotated[float, Range(0, note="max gradient L2 norm; 0: off")] = 0.0
     scheduler: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    max_minutes: float = 0.0
-    seed: int = 0
+    warmup_steps: Annotated[int, Range(0)] = 0
+    max_minutes: Annotated[float, Range(0, note="0: no time budget")] = 0.0
+    seed: Seed = 0
     device: str = "auto"
-    threads: int = 0
-    log_every: int = 25
-    eval_every: int = 500
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    init_examples: int = 512
+    threads: Annotated[int, Range(0, note="0: torch's default")] = 0
+    log_every: Annotated[int, Range(1)] = 25
+    eval_every: Annotated[int, Range(0, note="0: off")] = 500
+    sample_every: Annotated[int, Range(0, note="0: off")] = 500
+    checkpoint_every: Annotated[int, Range(0, note="0: only at the end")] = 500
+    keep_checkpoints: Annotated[int, Range(1)] = 2
+    init_examples: Annotated[int, Range(1)] = 512
     invertible_backprop: bool = False
-    invertible_backprop_chunks: int = 2
+    invertible_backprop_chunks: Annotated[int, Range(1, note="1: the whole batch at once")] = 2
     compile: bool = False
-    patience: int = 0
+    patience: Annotated[int, Range(0, note="0: no early stopping")] = 0
 
     def __post_init__(self) -> None:
-        """Checks that involve more than one key (each key's type is checked before)."""
-        if self.invertible_backprop_chunks < 1:
-            raise ConfigError(f"train.invertible_backprop_chunks must be at least 1 (1: the whole "
-                              f"batch at once), got {self.invertible_backprop_chunks}")
+        """Each key's declared range, then the checks that involve more than one key."""
+        check_fields(self, "[train]")
         if self.compile and self.invertible_backprop:
             raise ConfigError(
                 "train.compile and train.invertible_backprop cannot be combined: torch.compile "
@@ -106,11 +108,14 @@ class TrainConfig:
 class EvalConfig:
     """``[eval]``: evaluation during and after training."""
 
-    batch_size: int = 500
-    max_examples: int = 2000
-    final_max_examples: int = 0
-    n_samples: int = 64
-    temperature: float = 1.0
+    batch_size: Annotated[int, Range(1)] = 500
+    max_examples: Annotated[int, Range(0, note="0: all")] = 2000
+    final_max_examples: Annotated[int, Range(0, note="0: the whole test set")] = 0
+    n_samples: Annotated[int, Range(1)] = 64
+    temperature: Temperature = 1.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "[eval]")
 
 
 @dataclass
@@ -120,8 +125,11 @@ class DataConfig:
     name: str = "digits"
     data_dir: str = ""
     preprocess: Literal["auto", "none", "logit", "center", "standardize"] = "auto"
-    alpha: float = 0.05
+    alpha: Annotated[float, Range(0, 0.5, max_inclusive=False, note="the logit's α")] = 0.05
     dequantize: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "[data]")
 
 
 DATA_KEYS = tuple(f.name for f in fields(DataConfig))

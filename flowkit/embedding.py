@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError
+from flowkit.params import CheckedParameters
 from flowkit.transform import Shape
 
 
-class Embedding(nn.Module):
+class Embedding(CheckedParameters, nn.Module):
     """Base class of every context embedding (plugins subclass it).
 
     ``forward(context)`` maps ``(B, *context_shape)`` to ``(B, features)``; call

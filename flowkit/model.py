@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from flowkit.config import Temperature
 from flowkit.data.base import DataMeta
 from flowkit.data.preprocess import build_preprocess
 from flowkit.embedding import ContextStandardize, Embedding
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.params import check_constraints
 from flowkit.prior import Prior
 from flowkit.transform import Shape, Transform
 
@@ -177,6 +179,7 @@ class Flow(nn.Module):
         domain (a clamp would change their density). With ``temperature ≠ 1`` the samples come
         from the tempered prior but the log-density is still that of the model.
         """
+        check_constraints(temperature, Temperature, "Flow.sample_and_log_prob: temperature", 1.0)
         if context is None:
             context = self.default_context(n)
         h = self.embed_context(context, n if context is not None else None)
@@ -229,7 +232,9 @@ class Flow(nn.Module):
     ) -> Tensor:
         """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
         images); class-conditional models cycle through the classes when ``context`` is None.
-        A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``."""
+        A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``.
+        ``temperature`` must be a finite number > 0 (:class:`ConfigError` otherwise)."""
+        check_constraints(temperature, Temperature, "Flow.sample: temperature", 1.0)
         if context is None:
             context = self.default_context(n)
         h = self.embed_context(context, n if context is not None else None)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
 
+from flowkit.params import CheckedParameters
+
 if TYPE_CHECKING:
     from flowkit.data.base import DataSplits
     from flowkit.model import Flow
@@ -53,7 +55,7 @@ class LossOutput:
     terms: dict[str, float] = field(default_factory=dict)
 
 
-class Objective(nn.Module):
+class Objective(CheckedParameters, nn.Module):
     """Base class of every training objective (plugins subclass it)."""
 
     def bind_data(self, data: DataSplits) -> None:

@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError
+from flowkit.params import CheckedParameters
 from flowkit.transform import Shape
 
 
-class Prior(nn.Module):
+class Prior(CheckedParameters, nn.Module):
     """Base class of every prior (plugins subclass it).
 
     ``shape`` is the per-example latent shape (the transform's ``output_shape``);

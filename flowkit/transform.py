@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from flowkit.errors import ShapeError
+from flowkit.params import CheckedParameters
 
 if TYPE_CHECKING:
     from flowkit.reconstruction import Rule
@@ -31,11 +32,13 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 
 
-class Transform(nn.Module):
+class Transform(CheckedParameters, nn.Module):
     """Base class of every invertible transform (plugins subclass it).
 
     Subclasses implement :meth:`forward` and :meth:`inverse`, both returning ``(out, logabsdet)``
-    with ``logabsdet`` of shape ``(batch,)`` on the input's device and dtype.
+    with ``logabsdet`` of shape ``(batch,)`` on the input's device and dtype. Their constructor's
+    numbers declare their ranges (``hidden: Annotated[int, Range(1)] = 64``,
+    :mod:`flowkit.params`): every call checks them, from a config or from Python.
 
     Class attributes that describe the transform to flowkit's tooling:
 

@@ -58,7 +58,50 @@ def test_list_shows_every_kind_with_provider():
 def test_list_params():
     result = invoke("list", "transforms", "--params")
     ok(result)
-    assert "num_layers: int = 8" in result.output
+    assert "num_layers: int ≥ 1 = 8" in result.output  # the declared range of the parameter
+    assert "tail_bound: float > 0 = 5.0" in result.output
+    assert "kernel_size: int ≥ 1, odd = 3" in result.output
+
+
+def test_list_config_shows_the_keys_with_their_ranges():
+    result = invoke("list", "config")
+    ok(result)
+    for line in ("steps: int ≥ 1 = 2000", "lr: float > 0 = 0.001",
+                 "betas: tuple[float in [0, 1), float in [0, 1)] = (0.9, 0.999)",
+                 "seed: int in [0, 4294967295] = 0", "temperature: float > 0 = 1.0",
+                 "alpha: float in [0, 0.5) = 0.05"):
+        assert line in result.output, line
+
+
+def test_out_of_range_values_stop_a_dry_run_with_one_line():
+    user_error(invoke("run", "--config", "realnvp-moons", "--set", "train.lr=0", "--dry-run"),
+               "[train] lr must be greater than 0, got 0.0; the default is 0.001.")
+    user_error(invoke("run", "--config", "realnvp-moons", "--set", "train.max_minutes=inf",
+                      "--dry-run"), "[train] max_minutes must be a finite number at least 0")
+    user_error(invoke("run", "--config", "realnvp-moons", "--set", "transform.num_layers=0",
+                      "--dry-run"), "[transform] realnvp num_layers must be at least 1, got 0")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["sample", "-n", "0"], "0 is not in the range x>=1"),
+    (["sample", "-T", "0"], "0.0 is not in the range x>0"),
+    (["sample", "-T", "-1.5"], "-1.5 is not in the range x>0"),
+    (["sample", "-T", "nan"], "nan is not a finite number"),
+    (["sample", "-T", "inf"], "inf is not a finite number"),
+    (["sample", "--label", "-1"], "-1 is not in the range x>=0"),
+    (["sample", "--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
+    (["eval", "--max-examples", "-1"], "-1 is not in the range x>=0"),
+    (["eval", "--sample-accuracy", "-2"], "-2 is not in the range x>=0"),
+])
+def test_cli_numbers_are_checked_by_the_option_parser(tmp_path: Path, args, needle):
+    """Out of range: a usage error (exit 2) naming the option, before the run is even read."""
+    command, *options = args
+    result = invoke(command, str(tmp_path), *options)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"Invalid value for '{options[0]}'" in result.output or "Invalid value for '--" \
+        in result.output, result.output
+    assert needle in result.output, result.output
 
 
 def test_run_writes_a_complete_run_folder(moons_run: Path):

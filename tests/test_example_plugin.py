@@ -52,8 +52,8 @@ def test_shown_by_flowkit_list() -> None:
 def test_parameters_are_listed() -> None:
     result = CliRunner().invoke(cli, ["list", "transforms", "--params"])
     assert result.exit_code == 0, result.output
-    assert "min_tailweight: float = 0.1" in result.output
-    assert "init_scale: float = 0.0" in result.output
+    assert "min_tailweight: float in (0, 1) = 0.1" in result.output
+    assert "init_scale: float ≥ 0 = 0.0" in result.output
 
 
 @pytest.mark.parametrize("event_shape", [(5,), (2, 4, 4)], ids=["vector", "image"])

@@ -517,7 +517,8 @@ def test_train_invertible_backprop_chunks_key(tmp_path) -> None:
     trainer = Trainer(cfg, tmp_path / "ok", progress=False, log=lambda _: None)
     assert isinstance(trainer.model.transform, InvertibleBackprop)
     assert trainer.model.transform.chunks == 3
-    with pytest.raises(ConfigError, match=r"train\.invertible_backprop_chunks must be at least 1"):
+    with pytest.raises(ConfigError, match=r"\[train\] invertible_backprop_chunks must be at least 1 "
+                                          r"\(1: the whole batch at once\), got 0"):
         flowkit.load_config("realnvp-digits", [*common, "train.invertible_backprop_chunks=0"])
 
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import pytest
 
 from flowkit.errors import ConfigError
 from flowkit.params import (
     INJECTED,
+    Odd,
+    Range,
     check_value,
+    checked,
     describe_parameters,
     user_parameters,
     validate_parameters,
 )
+from flowkit.transform import Transform
 
 WHERE = "[transform] dummy"
 
@@ -247,3 +253,118 @@ def test_describe_parameters() -> None:
     assert describe_parameters(dataset_factory) == [("n", "int", "10"),
                                                     ("root", "Path | None", "None")]
     assert describe_parameters(open_plugin) == [("size", "int", "1")]
+
+
+# ---------------------------------------------------------------------------------------------
+# declared ranges
+# ---------------------------------------------------------------------------------------------
+Hidden = Annotated[int, Range(1)]
+Rate = Annotated[float, Range(0, min_inclusive=False, note="a step size")]
+Alpha = Annotated[float, Range(0, 0.5, max_inclusive=False)]
+Kernel = Annotated[int, Range(1), Odd(note="k//2 padding keeps the size")]
+
+
+class Ranged(Transform):
+    """A transform whose numbers declare their ranges (checked from configs and from Python)."""
+
+    def __init__(self, event_shape: tuple[int, ...], *, hidden: Hidden = 4, rate: Rate = 0.1,
+                 alpha: Alpha = 0.05, kernel: Kernel = 3, width: Hidden | None = None,
+                 sizes: list[Hidden] | None = None, scale: float = 1.0,
+                 anything: Annotated[float, Range(finite=False)] = 0.0) -> None:
+        super().__init__(event_shape)
+        self.built_with = hidden
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"hidden": 0}, "[transform] ranged hidden must be at least 1, got 0; the default is 4."),
+    ({"rate": 0}, "[transform] ranged rate must be greater than 0 (a step size), got 0.0; "
+                  "the default is 0.1."),
+    ({"rate": math.nan}, "[transform] ranged rate must be a finite number greater than 0 "
+                         "(a step size), got nan; the default is 0.1."),
+    ({"alpha": 0.5}, "[transform] ranged alpha must be in [0, 0.5), got 0.5; the default is 0.05."),
+    ({"kernel": 4}, "[transform] ranged kernel must be an odd number (k//2 padding keeps the "
+                    "size), got 4; the default is 3."),
+    ({"kernel": -1}, "[transform] ranged kernel must be at least 1, got -1; the default is 3."),
+    ({"width": 0}, "[transform] ranged width must be at least 1, got 0."),
+    ({"sizes": [2, 0]}, "[transform] ranged sizes[1] must be at least 1, got 0."),
+    ({"scale": -math.inf}, "[transform] ranged scale must be a finite number, got -inf; "
+                           "the default is 1.0."),
+])
+def test_declared_ranges_are_enforced_with_the_range_in_the_message(params, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_parameters(Ranged, params, "[transform] ranged")
+    assert str(info.value) == message
+
+
+def test_values_inside_the_ranges_pass() -> None:
+    kwargs = validate_parameters(Ranged, {"hidden": 1, "rate": 1e-9, "alpha": 0, "kernel": 1,
+                                          "width": None, "sizes": [1, 5], "scale": -3,
+                                          "anything": math.nan}, "[transform] ranged")
+    assert kwargs["hidden"] == 1 and kwargs["alpha"] == 0.0 and math.isnan(kwargs["anything"])
+    assert check_value(0.49, Alpha, "k") == 0.49
+    with pytest.raises(ConfigError, match=r"k must be int ≥ 1 \| None, got 'a'"):
+        check_value("a", Hidden | None, "k")  # a type error still names the type (and range)
+
+
+def test_python_calls_are_checked_too() -> None:
+    """A Transform subclass needs nothing more than the annotations; types are not converted."""
+    with pytest.raises(ConfigError, match=r"^Ranged: hidden must be at least 1, got 0; the "
+                                          r"default is 4\.$"):
+        Ranged((2,), hidden=0)
+    with pytest.raises(ConfigError, match=r"Ranged: rate must be a finite number"):
+        Ranged((2,), rate=math.inf)
+    with pytest.raises(ConfigError, match=r"Ranged: sizes\[0\] must be at least 1"):
+        Ranged((2,), sizes=[0])
+    with pytest.raises(ConfigError, match=r"Ranged: scale must be a finite number"):
+        Ranged((2,), scale=math.nan)
+    assert Ranged((2,), hidden=np.int64(3), width=None, anything=math.inf).built_with == 3
+
+    class Sub(Ranged):  # inherits the checked __init__; messages name the class built
+        pass
+
+    with pytest.raises(ConfigError, match=r"^Sub: kernel must be an odd number"):
+        Sub((2,), kernel=2)
+
+
+def test_checked_decorates_functions() -> None:
+    @checked
+    def blobs(*, n: Hidden = 100, spread: Rate = 1.0) -> int:
+        """A dataset-like factory."""
+        return n
+
+    assert blobs(n=3) == 3 and blobs.__doc__ == "A dataset-like factory."
+    with pytest.raises(ConfigError, match=r"^blobs: n must be at least 1, got 0; the default is 100"):
+        blobs(n=0)
+    assert list(user_parameters(blobs)) == ["n", "spread"]  # the signature is the function's
+    assert describe_parameters(blobs) == [("n", "int ≥ 1", "100"), ("spread", "float > 0", "1.0")]
+
+
+def test_describe_parameters_shows_the_ranges() -> None:
+    assert describe_parameters(Ranged) == [
+        ("hidden", "int ≥ 1", "4"),
+        ("rate", "float > 0", "0.1"),
+        ("alpha", "float in [0, 0.5)", "0.05"),
+        ("kernel", "int ≥ 1, odd", "3"),
+        ("width", "int ≥ 1 | None", "None"),
+        ("sizes", "list[int ≥ 1] | None", "None"),
+        ("scale", "float", "1.0"),
+        ("anything", "float (nan/inf allowed)", "0.0"),
+    ]
+
+
+def test_range_words_and_symbols() -> None:
+    cases = [
+        (Range(1), "at least 1", "≥ 1"),
+        (Range(0, min_inclusive=False), "greater than 0", "> 0"),
+        (Range(None, 10), "at most 10", "≤ 10"),
+        (Range(None, 0.5, max_inclusive=False), "less than 0.5", "< 0.5"),
+        (Range(1, 89), "between 1 and 89", "in [1, 89]"),
+        (Range(0, 1, min_inclusive=False, max_inclusive=False), "strictly between 0 and 1",
+         "in (0, 1)"),
+        (Range(0, 1, max_inclusive=False), "in [0, 1)", "in [0, 1)"),
+        (Range(1e-6), "at least 1e-06", "≥ 1e-06"),
+    ]
+    for constraint, words, symbol in cases:
+        assert (constraint.words(), constraint.symbol()) == (words, symbol)
+    assert Range(0, 1).accepts(1) and not Range(0, 1, max_inclusive=False).accepts(1)
+    assert not Range(0).accepts(math.nan) and Range(0, finite=False).accepts(math.nan)

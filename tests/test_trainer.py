@@ -115,7 +115,7 @@ def test_objective_owns_its_schedule(tmp_path: Path, plugins):
 
 
 def test_data_dependent_prior_init_runs_once_and_survives_reload(tmp_path: Path, plugins):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=2", "train.lr=0.0"],
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=2", "train.lr=1e-12"],
                               prior="data-init")
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     run = flowkit.load_run(summary["run_dir"])

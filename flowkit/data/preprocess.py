@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.transform import Shape, Transform, sum_except_batch
 
 PREPROCESS_CHOICES = ("auto", "none", "logit", "center", "standardize")
@@ -70,10 +72,11 @@ class Logit(Transform):
 
     domain = (0.0, 1.0)
 
-    def __init__(self, event_shape: Shape, alpha: float = 0.05) -> None:
+    def __init__(
+        self, event_shape: Shape,
+        alpha: Annotated[float, Range(0, 0.5, max_inclusive=False, note="data.alpha, the logit's α")] = 0.05,
+    ) -> None:
         super().__init__(event_shape)
-        if not 0.0 <= alpha < 0.5:
-            raise ConfigError(f"data.alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

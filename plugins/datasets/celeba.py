@@ -27,7 +27,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from flowkit.atomic import atomic_write
 from flowkit.data.base import DataSplits, cache_dir, resolve_data_dir
 from flowkit.data.files import DataFile, DatasetFiles, require_files
 from flowkit.errors import ConfigError, DataError
+from flowkit.params import Range, checked
 
 ZIP_NAME = "celeba_align_first10k_89x109.zip"
 #: md5 of the zip (patched by tests that use a small fake zip)
@@ -178,9 +179,13 @@ def load_images(path: Path, zip_md5: str, size: int) -> np.ndarray:
 
 
 # -- the plugin ----------------------------------------------------------------------------------
+@checked
 def celeba(
-    *, data_dir: Path | None = None, size: int = 64, n_train: int | None = None,
-    n_test: int = 1000,
+    *, data_dir: Path | None = None,
+    size: Annotated[int, Range(1, CROP_BOX[2] - CROP_BOX[0],
+                               note="the square crop is 89x89 pixels; use e.g. 64 or 32")] = 64,
+    n_train: Annotated[int, Range(1, note="unset: every image but the test ones")] | None = None,
+    n_test: Annotated[int, Range(1)] = 1000,
 ) -> DataSplits:
     """CelebA faces, first 10k aligned images, centre-cropped to a square, size×size RGB, 256 levels.
 
@@ -192,14 +197,6 @@ def celeba(
     cached under ``$FLOWKIT_CACHE`` (Liu, Luo, Wang & Tang 2015, "Deep Learning Face Attributes
     in the Wild", ICCV, §4 "Large-scale CelebFaces Attributes (CelebA) Dataset").
     """
-    if not 1 <= size <= CROP_BOX[2] - CROP_BOX[0]:
-        raise ConfigError(
-            f"[dataset] celeba size must be between 1 and {CROP_BOX[2] - CROP_BOX[0]} (the square "
-            f"crop is 89x89 pixels), got {size}; use e.g. 64 or 32"
-        )
-    for key, n in (("n_train", n_train), ("n_test", n_test)):
-        if n is not None and n < 1:
-            raise ConfigError(f"[dataset] celeba {key} must be at least 1, got {n}")
     spec = celeba_files()
     path = require_files(spec, resolve_data_dir(data_dir))[ZIP_NAME]
     images = load_images(path, ZIP_MD5, size)

@@ -7,28 +7,29 @@ scikit-learn wheel as ``sklearn/datasets/data/digits.csv.gz``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError
+from flowkit.params import Range, Seed, checked
 
 LEVELS = 17  # pixel values 0..16
 
 
-def digits(*, test_fraction: float = 0.15, seed: int = 0) -> DataSplits:
+@checked
+def digits(
+    *, test_fraction: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False)] = 0.15,
+    seed: Seed = 0,
+) -> DataSplits:
     """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels, 10 classes).
 
     Pixels ``k ∈ {0, …, 16}`` are stored as ``k / 17`` (``levels = 17``), shape ``(N, 1, 8, 8)``;
     the split into train and test is stratified by class and drawn from ``seed``
     (Alpaydin & Kaynak 1998, "Optical Recognition of Handwritten Digits", UCI repository).
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(
-            f"[dataset] digits test_fraction must be strictly between 0 and 1, got {test_fraction}"
-        )
-    if seed < 0:
-        raise ConfigError(f"[dataset] digits: the seed must be >= 0, got {seed}")
     # imported here so that `flowkit list` does not pay for importing scikit-learn
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -31,6 +31,7 @@ trainer's data-dependent initialisation (e.g. actnorm) and evaluation see them.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ from torch import Tensor
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError
-from flowkit.plugins.datasets.toy2d import toy_splits
+from flowkit.params import Range, Seed, checked
+from flowkit.plugins.datasets.toy2d import Size, toy_splits
 
 _REFERENCE = (
     "Rezende & Mohamed 2015, Variational Inference with Normalizing Flows, §6.1, Table 1"
@@ -49,6 +51,8 @@ WALL_WIDTH = 0.2
 CELL = 0.01
 #: half-width of the quadrature box in z₂ (and the minimum in z₁): U₃/U₄ reach z₂ ≈ −5
 _HALF_WIDTH = 7.0
+#: ``|z₁|`` beyond which the wall of ``U₂``–``U₄`` makes the density proper.
+Bound = Annotated[float, Range(0, min_inclusive=False)]
 
 
 def _w1(z1: Tensor) -> Tensor:
@@ -68,6 +72,7 @@ def _two_bumps(a: Tensor, b: Tensor, sa: float, sb: float) -> Tensor:
     return torch.logaddexp(-0.5 * (a / sa) ** 2, -0.5 * (b / sb) ** 2)
 
 
+@checked
 class EnergyTarget:
     """Unnormalised log-density ``log p̃(z) = −U_k(z)`` of Rezende & Mohamed (2015), Table 1.
 
@@ -78,12 +83,9 @@ class EnergyTarget:
     by grid quadrature; ``extent`` is a square window holding the mass, for plots.
     """
 
-    def __init__(self, index: int, bound: float = 4.0) -> None:
+    def __init__(self, index: int, bound: Bound = 4.0) -> None:
         if index not in (1, 2, 3, 4):
             raise ConfigError(f"energy target index must be 1, 2, 3 or 4, got {index}")
-        if not (math.isfinite(bound) and bound > 0):
-            raise ConfigError(f"[dataset] energy{index} bound must be a finite number > 0, "
-                              f"got {bound}")
         self.index = int(index)
         self.bound = float(bound)
         self._log_z: float | None = None
@@ -175,7 +177,8 @@ def _energy_splits(index: int, n_train: int, n_test: int, bound: float, seed: in
     return splits
 
 
-def energy1(*, n_train: int = 20000, n_test: int = 5000, seed: int = 0) -> DataSplits:
+@checked
+def energy1(*, n_train: Size = 20000, n_test: Size = 5000, seed: Seed = 0) -> DataSplits:
     """U₁ of Rezende & Mohamed 2015 (Table 1): a ring of radius 2 cut into two arcs, 2-D.
 
     ``U₁(z) = ½((‖z‖ − 2)/0.4)² − log(e^{−½((z₁−2)/0.6)²} + e^{−½((z₁+2)/0.6)²})``;
@@ -184,8 +187,9 @@ def energy1(*, n_train: int = 20000, n_test: int = 5000, seed: int = 0) -> DataS
     return _energy_splits(1, n_train, n_test, 4.0, seed)
 
 
-def energy2(*, n_train: int = 20000, n_test: int = 5000, bound: float = 4.0,
-            seed: int = 0) -> DataSplits:
+@checked
+def energy2(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
+            seed: Seed = 0) -> DataSplits:
     """U₂ of Rezende & Mohamed 2015 (Table 1): a sine wave, 2-D.
 
     ``U₂(z) = ½((z₂ − sin(πz₁/2))/0.4)²`` plus a wall ``½((|z₁| − bound)₊/0.2)²`` that makes it
@@ -194,8 +198,9 @@ def energy2(*, n_train: int = 20000, n_test: int = 5000, bound: float = 4.0,
     return _energy_splits(2, n_train, n_test, bound, seed)
 
 
-def energy3(*, n_train: int = 20000, n_test: int = 5000, bound: float = 4.0,
-            seed: int = 0) -> DataSplits:
+@checked
+def energy3(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
+            seed: Seed = 0) -> DataSplits:
     """U₃ of Rezende & Mohamed 2015 (Table 1): a sine wave and a branch split off by a bump, 2-D.
 
     ``U₃(z) = −log(e^{−½((z₂−w₁)/0.35)²} + e^{−½((z₂−w₁+w₂)/0.35)²})``, ``w₁ = sin(πz₁/2)``,
@@ -204,8 +209,9 @@ def energy3(*, n_train: int = 20000, n_test: int = 5000, bound: float = 4.0,
     return _energy_splits(3, n_train, n_test, bound, seed)
 
 
-def energy4(*, n_train: int = 20000, n_test: int = 5000, bound: float = 4.0,
-            seed: int = 0) -> DataSplits:
+@checked
+def energy4(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
+            seed: Seed = 0) -> DataSplits:
     """U₄ of Rezende & Mohamed 2015 (Table 1): a sine wave and a branch shifted by a step, 2-D.
 
     ``U₄(z) = −log(e^{−½((z₂−w₁)/0.4)²} + e^{−½((z₂−w₁+w₃)/0.35)²})``, ``w₁ = sin(πz₁/2)``,

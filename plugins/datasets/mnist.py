@@ -8,6 +8,7 @@ names, and are checked against the md5 sums their authors published before being
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -15,9 +16,12 @@ import torch
 from flowkit.data.base import DataSplits, resolve_data_dir
 from flowkit.data.files import DataFile, DatasetFiles, read_idx_gz, require_files
 from flowkit.errors import ConfigError, DataError
+from flowkit.params import Range, Seed, checked
 
 LEVELS = 256
 NUM_CLASSES = 10
+#: A number of examples to keep (a seeded class-balanced subset); ``None``: all of them.
+Subset = Annotated[int, Range(1, note="unset: all of them")] | None
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
@@ -106,11 +110,6 @@ def load_idx_dataset(
     Pixels ``k ∈ {0, …, 255}`` become ``k / 256`` (``levels = 256``), shape ``(N, 1, 28, 28)``;
     ``n_train``/``n_test`` take a seeded, class-balanced subset (see :func:`balanced_subset`).
     """
-    for key, n in (("n_train", n_train), ("n_test", n_test)):
-        if n is not None and n < 1:
-            raise ConfigError(f"[dataset] {spec.dataset} {key} must be at least 1, got {n}")
-    if seed < 0:
-        raise ConfigError(f"[dataset] {spec.dataset}: the seed must be >= 0, got {seed}")
     paths = require_files(spec, resolve_data_dir(data_dir))
     train_images, train_labels = _read_pair(spec, paths, TRAIN_IMAGES, TRAIN_LABELS)
     test_images, test_labels = _read_pair(spec, paths, TEST_IMAGES, TEST_LABELS)
@@ -139,9 +138,10 @@ def load_idx_dataset(
     )
 
 
+@checked
 def mnist(
-    *, data_dir: Path | None = None, n_train: int | None = None, n_test: int | None = None,
-    seed: int = 0,
+    *, data_dir: Path | None = None, n_train: Subset = None, n_test: Subset = None,
+    seed: Seed = 0,
 ) -> DataSplits:
     """MNIST handwritten digits, 28×28, 256 grey levels, 10 classes (from the data folder).
 
@@ -153,9 +153,10 @@ def mnist(
     return load_idx_dataset(MNIST_FILES, data_dir, n_train, n_test, seed)
 
 
+@checked
 def fashion_mnist(
-    *, data_dir: Path | None = None, n_train: int | None = None, n_test: int | None = None,
-    seed: int = 0,
+    *, data_dir: Path | None = None, n_train: Subset = None, n_test: Subset = None,
+    seed: Seed = 0,
 ) -> DataSplits:
     """Fashion-MNIST clothing images, 28×28, 256 grey levels, 10 classes (from the data folder).
 

@@ -14,23 +14,24 @@ densities of the raw data.
 from __future__ import annotations
 
 import csv
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError, DataError
+from flowkit.params import Range, Seed, checked
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 ARRAY_SUFFIXES = (".npy", ".npz")
 _MAX_LISTED = 5  # problem cells named in one message
 
 
+@checked
 def table(
     *,
     path: str,
@@ -38,10 +39,12 @@ def table(
     x_columns: Sequence[int] = (),
     delimiter: str = ",",
     header: Literal["auto", "yes", "no"] = "auto",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    max_rows: int = 0,
-    seed: int = 0,
+    val_fraction: Annotated[float, Range(0, 1, max_inclusive=False,
+                                         note="0: no validation split")] = 0.1,
+    test_fraction: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False,
+                                          note="the final evaluation needs test rows")] = 0.1,
+    max_rows: Annotated[int, Range(0, note="0: every row")] = 0,
+    seed: Seed = 0,
     data_dir: Path | None = None,
 ) -> DataSplits:
     """Your own data: rows of a .csv/.tsv/.txt table or a .npy/.npz array, with optional context.
@@ -55,7 +58,7 @@ def table(
     ``max_rows`` > 0 reads only the first rows. Statistics for ``standardize`` come from the
     training split only.
     """
-    _check_options(val_fraction, test_fraction, max_rows, seed)
+    _check_fractions(val_fraction, test_fraction)
     file = _resolve_path(path, data_dir)
     suffix = file.suffix.lower()
     info: dict[str, object] = {"path": str(file), "format": suffix.lstrip(".")}
@@ -130,27 +133,14 @@ def table(
 
 
 # -- options and the file ----------------------------------------------------------------------
-def _check_options(val_fraction: float, test_fraction: float, max_rows: int, seed: int) -> None:
-    if not (math.isfinite(test_fraction) and 0.0 < test_fraction < 1.0):
-        raise ConfigError(
-            f"[dataset] table test_fraction must be strictly between 0 and 1 (the final "
-            f"evaluation needs test rows), got {test_fraction}"
-        )
-    if not (math.isfinite(val_fraction) and 0.0 <= val_fraction < 1.0):
-        raise ConfigError(
-            f"[dataset] table val_fraction must be in [0, 1) (0: no validation split), got "
-            f"{val_fraction}"
-        )
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Each fraction is checked by its declared range; together they must leave training rows."""
     if val_fraction + test_fraction >= 1.0:
         raise ConfigError(
             f"[dataset] table: val_fraction ({val_fraction}) + test_fraction ({test_fraction}) "
             f"= {val_fraction + test_fraction:g} leaves no training data; keep their sum well "
             f"below 1 (e.g. 0.1 and 0.1)"
         )
-    if max_rows < 0:
-        raise ConfigError(f"[dataset] table max_rows must be >= 0 (0: every row), got {max_rows}")
-    if seed < 0:
-        raise ConfigError(f"[dataset] table: the seed must be >= 0, got {seed}")
 
 
 def _resolve_path(path: str, data_dir: Path | None) -> Path:

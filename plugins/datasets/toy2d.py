@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from flowkit.data.base import DataSplits
-from flowkit.errors import ConfigError
+from flowkit.params import Range, Seed, checked
 
 Sampler = Callable[[np.random.Generator, int, float], np.ndarray]
+#: A number of examples.
+Size = Annotated[int, Range(1)]
+#: The standard deviation of the Gaussian noise added to the points.
+Noise = Annotated[float, Range(0)]
 
 _REFERENCE = (
     "Grathwohl et al. 2019, FFJORD: Free-form Continuous Dynamics for Scalable Reversible "
@@ -29,14 +34,10 @@ _REFERENCE = (
 def toy_splits(
     name: str, sampler: Sampler, n_train: int, n_test: int, noise: float, seed: int
 ) -> DataSplits:
-    """Draw train and test sets of a toy density from independent streams of ``seed``."""
-    for key, n in (("n_train", n_train), ("n_test", n_test)):
-        if n < 1:
-            raise ConfigError(f"[dataset] {name} {key} must be at least 1, got {n}")
-    if not math.isfinite(noise) or noise < 0:
-        raise ConfigError(f"[dataset] {name} noise must be a finite number >= 0, got {noise}")
-    if seed < 0:
-        raise ConfigError(f"[dataset] {name}: the seed must be >= 0, got {seed}")
+    """Draw train and test sets of a toy density from independent streams of ``seed``.
+
+    The sizes, the noise and the seed are checked by the public datasets' declared ranges.
+    """
     train_rng, test_rng = (np.random.default_rng(s)
                            for s in np.random.SeedSequence(seed).spawn(2))
     train = sampler(train_rng, n_train, noise).astype(np.float32)
@@ -98,8 +99,9 @@ def _sample_spirals(rng: np.random.Generator, n: int, noise: float) -> np.ndarra
     return sign * arm / 3.0 + noise * rng.standard_normal((n, 2))
 
 
+@checked
 def moons(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.1, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
 ) -> DataSplits:
     """Two interleaving half circles ("moons"), 2-D.
 
@@ -110,8 +112,9 @@ def moons(
     return toy_splits("moons", _sample_moons, n_train, n_test, noise, seed)
 
 
+@checked
 def circles(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.08, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.08, seed: Seed = 0
 ) -> DataSplits:
     """Two concentric circles of radii 3 and 1.5, 2-D.
 
@@ -122,8 +125,9 @@ def circles(
     return toy_splits("circles", _sample_circles, n_train, n_test, noise, seed)
 
 
+@checked
 def eight_gaussians(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.35, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.35, seed: Seed = 0
 ) -> DataSplits:
     """A mixture of 8 Gaussians evenly spaced on a circle of radius 2√2, 2-D.
 
@@ -133,8 +137,9 @@ def eight_gaussians(
     return toy_splits("8gaussians", _sample_eight_gaussians, n_train, n_test, noise, seed)
 
 
+@checked
 def checkerboard(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.0, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.0, seed: Seed = 0
 ) -> DataSplits:
     """A 4×4 checkerboard on [-4, 4]², uniform on 8 of its 16 squares, 2-D.
 
@@ -144,8 +149,9 @@ def checkerboard(
     return toy_splits("checkerboard", _sample_checkerboard, n_train, n_test, noise, seed)
 
 
+@checked
 def pinwheel(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.1, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
 ) -> DataSplits:
     """A pinwheel of 5 curved arms, 2-D.
 
@@ -156,8 +162,9 @@ def pinwheel(
     return toy_splits("pinwheel", _sample_pinwheel, n_train, n_test, noise, seed)
 
 
+@checked
 def spirals(
-    *, n_train: int = 20000, n_test: int = 5000, noise: float = 0.1, seed: int = 0
+    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
 ) -> DataSplits:
     """Two interleaved spirals, 2-D.
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.embedding import Embedding
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.transform import Shape
 
 
@@ -26,18 +27,15 @@ class ConvEmbedding(Embedding):
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 4, "num_layers": 1}
 
-    def __init__(self, context_shape: Shape, *, features: int = 32, hidden: int = 32,
-                 num_layers: int = 3) -> None:
+    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 32,
+                 hidden: Annotated[int, Range(1)] = 32,
+                 num_layers: Annotated[int, Range(1)] = 3) -> None:
         shape = tuple(int(s) for s in context_shape)
         if len(shape) != 3:
             raise ShapeError(
                 f"[embedding] conv takes image contexts (C, H, W), but the context has shape "
                 f"{shape}; use embedding 'mlp' or 'identity' for vectors, 'deepset' for sets"
             )
-        for name, value in (("features", features), ("hidden", hidden),
-                            ("num_layers", num_layers)):
-            if value < 1:
-                raise ConfigError(f"[embedding] conv: {name} must be at least 1, got {value}")
         super().__init__(shape, features)
         layers: list[nn.Module] = []
         channels = shape[0]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from torch import Tensor
 
 from flowkit.embedding import Embedding
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.conditioners import MLP
 from flowkit.transform import Shape
 
@@ -28,16 +29,15 @@ class DeepSetEmbedding(Embedding):
     variable_leading = True
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
 
-    def __init__(self, context_shape: Shape, *, features: int = 16, hidden: int = 64,
-                 num_hidden: int = 2) -> None:
+    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 16,
+                 hidden: Annotated[int, Range(1)] = 64,
+                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
         shape = tuple(int(s) for s in context_shape)
         if len(shape) != 2:
             raise ShapeError(
                 f"[embedding] deepset takes a set of observations per example, shape (N, d), but "
                 f"the context has shape {shape}; give sets as (N, d), or use 'mlp' for vectors"
             )
-        if features < 1:
-            raise ConfigError(f"[embedding] deepset: features must be at least 1, got {features}")
         super().__init__(shape, features)
         self.phi = MLP(shape[1], hidden, hidden, num_hidden, zero_init=False)
         self.rho = MLP(hidden, features, hidden, num_hidden, zero_init=False)

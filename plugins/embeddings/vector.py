@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from torch import Tensor
 
 from flowkit.embedding import Embedding
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.conditioners import MLP
 from flowkit.transform import Shape
 
@@ -45,10 +45,9 @@ class MLPEmbedding(Embedding):
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
 
-    def __init__(self, context_shape: Shape, *, features: int = 16, hidden: int = 64,
-                 num_hidden: int = 2) -> None:
-        if features < 1:
-            raise ConfigError(f"[embedding] mlp: features must be at least 1, got {features}")
+    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 16,
+                 hidden: Annotated[int, Range(1)] = 64,
+                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
         super().__init__(context_shape, features)
         self.net = MLP(math.prod(self.context_shape), features, hidden, num_hidden,
                        zero_init=False)

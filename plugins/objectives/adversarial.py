@@ -19,7 +19,7 @@ Reversible Networks"; Makhzani et al. 2016, "Adversarial Autoencoders", §2).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,19 @@ from torch import Tensor
 from flowkit.distributed import average_gradients
 from flowkit.errors import ConfigError
 from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.params import Range
 from flowkit.plugins.objectives.critic import LatentCritic
 
 if TYPE_CHECKING:
     from flowkit.model import Flow
 
 GanLoss = Literal["hinge", "non-saturating"]
+#: A loss weight (0: the term is off).
+NonNegative = Annotated[float, Range(0)]
+#: A clamp, a learning rate, a clipping norm.
+Positive = Annotated[float, Range(0, min_inclusive=False)]
+#: An Adam coefficient of the critic's optimiser.
+Beta = Annotated[float, Range(0, 1, max_inclusive=False)]
 
 _NEEDS_RESTRICTED = (
     'the adversarial objective needs the restricted prior: set [prior] name = "restricted" '
@@ -100,42 +107,22 @@ class AdversarialLatent(Objective):
     def __init__(
         self,
         *,
-        adversary_start: int = 0,
+        adversary_start: Annotated[int, Range(0)] = 0,
         schedule: Literal["alternate"] = "alternate",
-        critic_steps: int = 1,
+        critic_steps: Annotated[int, Range(1, note="critic steps per generator step")] = 1,
         loss: GanLoss = "hinge",
-        recon_weight: float = 10.0,
-        oob_weight: float = 10.0,
-        adv_weight: float = 1.0,
-        phase1_clamp: float = 200.0,
-        phase2_clamp: float = 20.0,
-        critic_samples: int = 750,
-        critic_hidden: tuple[int, int] = (200, 400),
-        critic_lr: float = 1e-3,
-        critic_betas: tuple[float, float] = (0.0, 0.9),
-        critic_grad_clip: float = 1000.0,
+        recon_weight: NonNegative = 10.0,
+        oob_weight: NonNegative = 10.0,
+        adv_weight: NonNegative = 1.0,
+        phase1_clamp: Positive = 200.0,
+        phase2_clamp: Positive = 20.0,
+        critic_samples: Annotated[int, Range(1)] = 750,
+        critic_hidden: tuple[Annotated[int, Range(1)], Annotated[int, Range(1)]] = (200, 400),
+        critic_lr: Positive = 1e-3,
+        critic_betas: tuple[Beta, Beta] = (0.0, 0.9),
+        critic_grad_clip: Positive = 1000.0,
     ) -> None:
         super().__init__()
-        where = "[objective] adversarial"
-        if adversary_start < 0:
-            raise ConfigError(f"{where} adversary_start must be >= 0, got {adversary_start}")
-        if critic_steps < 1:
-            raise ConfigError(
-                f"{where} critic_steps must be >= 1 (critic steps per generator step), "
-                f"got {critic_steps}"
-            )
-        if critic_samples < 1:
-            raise ConfigError(f"{where} critic_samples must be >= 1, got {critic_samples}")
-        for key, value in (("recon_weight", recon_weight), ("oob_weight", oob_weight),
-                           ("adv_weight", adv_weight)):
-            if value < 0:
-                raise ConfigError(f"{where} {key} must be >= 0, got {value}")
-        for key, value in (("phase1_clamp", phase1_clamp), ("phase2_clamp", phase2_clamp),
-                           ("critic_lr", critic_lr), ("critic_grad_clip", critic_grad_clip)):
-            if not value > 0:
-                raise ConfigError(f"{where} {key} must be > 0, got {value}")
-        if not all(0.0 <= b < 1.0 for b in critic_betas):
-            raise ConfigError(f"{where} critic_betas must lie in [0, 1), got {critic_betas}")
         self.adversary_start = int(adversary_start)
         self.schedule = schedule
         self.critic_steps = int(critic_steps)

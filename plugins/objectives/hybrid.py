@@ -9,7 +9,7 @@ on the weighted joint log-likelihood ``log p(y | f(x)) + λ log p(x)``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from flowkit.data.preprocess import dequantize
 from flowkit.errors import ConfigError
 from flowkit.metrics import model_dtype
 from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.params import Range
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -47,14 +48,11 @@ class Hybrid(Objective):
     #: chosen with --objective hybrid: the density p(x) needs an unconditional prior
     config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"prior": {"name": "gaussian"}}
 
-    def __init__(self, *, lam: float = 1.0, eval_batch_size: int = 500) -> None:
+    def __init__(
+        self, *, lam: Annotated[float, Range(0, note="λ, the weight of log p(x)")] = 1.0,
+        eval_batch_size: Annotated[int, Range(1)] = 500,
+    ) -> None:
         super().__init__()
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ConfigError(f"[objective] hybrid lam (λ, the weight of log p(x)) must be a "
-                              f"finite number >= 0, got {lam}")
-        if eval_batch_size < 1:
-            raise ConfigError(f"[objective] hybrid eval_batch_size must be >= 1, "
-                              f"got {eval_batch_size}")
         self.lam = float(lam)
         self.eval_batch_size = int(eval_batch_size)
         self.head: nn.Linear | None = None

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
 from flowkit.model import Flow
 from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.params import Range
 from flowkit.plugins.objectives.matching import (
     CostKind,
     exact_plan,
@@ -80,23 +81,13 @@ class OptimalTransport(Objective):
         solver: Literal["auto", "emd", "lsa", "sinkhorn"] = "auto",
         cost: Literal["euclidean", "sqeuclidean"] = "euclidean",
         space: Literal["latent", "data"] = "latent",
-        smoothness_weight: float = 15.0,
-        smoothness_noise: float = 0.01,
+        smoothness_weight: Annotated[float, Range(0, note="0: no smoothness term")] = 15.0,
+        smoothness_noise: Annotated[float, Range(0)] = 0.01,
         reduction: Literal["sum", "mean"] = "sum",
-        sinkhorn_blur: float = 0.05,
-        sinkhorn_scaling: float = 0.5,
+        sinkhorn_blur: Annotated[float, Range(0, min_inclusive=False)] = 0.05,
+        sinkhorn_scaling: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False)] = 0.5,
     ) -> None:
         super().__init__()
-        if smoothness_weight < 0 or smoothness_noise < 0:
-            raise ConfigError(
-                f"ot: smoothness_weight and smoothness_noise must be >= 0, got "
-                f"{smoothness_weight} and {smoothness_noise}"
-            )
-        if sinkhorn_blur <= 0 or not 0.0 < sinkhorn_scaling < 1.0:
-            raise ConfigError(
-                f"ot: sinkhorn_blur must be > 0 and sinkhorn_scaling in (0, 1), got "
-                f"{sinkhorn_blur} and {sinkhorn_scaling}"
-            )
         self.solver = solver
         self.cost: CostKind = cost
         self.space = space

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch import Tensor
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.metrics import model_dtype
 from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.params import Range
 
 if TYPE_CHECKING:
     from flowkit.data.base import DataSplits
@@ -74,18 +75,12 @@ class ReverseKL(Objective):
         "data": {"preprocess": "none", "dequantize": False},
     }
 
-    def __init__(self, *, anneal_steps: int = 0, eval_samples: int = 20000,
-                 figure_resolution: int = 200) -> None:
+    def __init__(
+        self, *, anneal_steps: Annotated[int, Range(0, note="0: no annealing")] = 0,
+        eval_samples: Annotated[int, Range(2)] = 20000,
+        figure_resolution: Annotated[int, Range(10)] = 200,
+    ) -> None:
         super().__init__()
-        where = "[objective] reverse-kl"
-        if anneal_steps < 0:
-            raise ConfigError(f"{where} anneal_steps must be >= 0 (0: no annealing), "
-                              f"got {anneal_steps}")
-        if eval_samples < 2:
-            raise ConfigError(f"{where} eval_samples must be at least 2, got {eval_samples}")
-        if figure_resolution < 10:
-            raise ConfigError(f"{where} figure_resolution must be at least 10, "
-                              f"got {figure_resolution}")
         self.anneal_steps = int(anneal_steps)
         self.eval_samples = int(eval_samples)
         self.figure_resolution = int(figure_resolution)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.params import Range
 from flowkit.prior import Prior
 from flowkit.transform import Shape, sum_except_batch
 
@@ -42,15 +43,13 @@ class ClassGaussian(Prior):
     needs_data_init: ClassVar[bool] = True
 
     def __init__(self, shape: Shape, num_classes: int | None = None, *,
-                 min_scale: float = 1e-4) -> None:
+                 min_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-4) -> None:
         super().__init__(shape, num_classes)
         if num_classes is None or num_classes < 1:
             raise ConfigError(
                 "the class-gaussian prior needs a labelled dataset (one Gaussian per class); "
                 "choose a dataset with labels, or an unconditional prior such as 'diag-gaussian'"
             )
-        if not min_scale > 0:
-            raise ConfigError(f"class-gaussian: min_scale must be > 0, got {min_scale}")
         self.min_scale = float(min_scale)
         self.loc = nn.Parameter(torch.zeros(num_classes, *self.shape))
         self.scale = nn.Parameter(torch.ones(num_classes, *self.shape))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor
 
 from flowkit.context import ContextSpec
 from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.conditioners import MLP
 from flowkit.prior import Prior
 from flowkit.transform import Shape, sum_except_batch
@@ -33,8 +34,9 @@ class ConditionalGaussian(Prior):
 
     vector_conditional: ClassVar[bool] = True
 
-    def __init__(self, shape: Shape, context_features: int | None = None, *, hidden: int = 64,
-                 num_hidden: int = 2) -> None:
+    def __init__(self, shape: Shape, context_features: int | None = None, *,
+                 hidden: Annotated[int, Range(1)] = 64,
+                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
         super().__init__(shape)
         if context_features is None:
             raise ConfigError(

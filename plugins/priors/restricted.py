@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor
 
 from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.prior import Prior
 from flowkit.transform import Shape, sum_except_batch
 
@@ -41,15 +42,14 @@ class RestrictedGaussian(Prior):
     needs_data_init: ClassVar[bool] = True
 
     def __init__(self, shape: Shape, num_classes: int | None = None, *,
-                 num_selected: int = 64, off_scale: float = 1e-2) -> None:
+                 num_selected: Annotated[int, Range(1)] = 64,
+                 off_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-2) -> None:
         super().__init__(shape, num_classes)
         if not 1 <= num_selected <= self.dim:
             raise ConfigError(
                 f"restricted: num_selected must be between 1 and the latent size {self.dim} "
                 f"(latent shape {self.shape}), got {num_selected}; lower prior.num_selected"
             )
-        if not off_scale > 0:
-            raise ConfigError(f"restricted: off_scale must be > 0, got {off_scale}")
         self.num_selected = int(num_selected)
         self.off_scale = float(off_scale)
         self.register_buffer("selected", torch.arange(self.num_selected))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -38,14 +38,15 @@ class ActNorm(Transform):
     inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
-        self, event_shape: Shape, *, eps: float = 1e-6, num_classes: int | None = None,
+        self,
+        event_shape: Shape,
+        *,
+        eps: Annotated[float, Range(0, min_inclusive=False, note="it keeps 1/(std + eps) finite")] = 1e-6,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         require_rank("ActNorm", self.event_shape, self.input_ranks,
                      "Flatten the data for vectors, or give images as (C, H, W).")
-        if not eps > 0.0:
-            raise ConfigError(f"ActNorm: eps must be positive (it keeps 1/(std + eps) finite), "
-                              f"got {eps}; the default is 1e-6.")
         self.eps = float(eps)
         param_shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)
         self.bias = nn.Parameter(torch.zeros(param_shape))

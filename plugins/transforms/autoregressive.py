@@ -18,7 +18,7 @@ run backwards (Papamakarios et al. 2017, §3.2).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from torch import Tensor
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.made import MADE
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 
@@ -84,8 +85,8 @@ class AutoregressiveAffine(Transform):
         *,
         direction: Direction = "maf",
         reverse_order: bool = False,
-        hidden: int = 64,
-        num_hidden: int = 2,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -171,9 +172,9 @@ class _AutoregressiveFlow(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_layers: int = 5,
-        hidden: int = 64,
-        num_hidden: int = 2,
+        num_layers: Annotated[int, Range(1)] = 5,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -185,8 +186,6 @@ class _AutoregressiveFlow(Architecture):
         dim = math.prod(shape)
         super().__init__(shape, (dim,))
         _require_vector_size(owner, dim)
-        if num_layers < 1:
-            raise ConfigError(f"{owner}: num_layers must be at least 1, got {num_layers}.")
         context_spec(owner, conditional, num_classes, context_features)  # checks the choice
         steps: list[Transform] = []
         if len(shape) != 1:

@@ -9,12 +9,14 @@ output must depend on each example alone for the coupling to be invertible examp
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from flowkit.conv import conv2d
-from flowkit.errors import ConfigError
 from flowkit.linear import linear
+from flowkit.params import Range, checked
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -31,9 +33,8 @@ def channels_last(x: Tensor) -> Tensor:
     return x
 
 
-def _check_positive(name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+#: A layer width or count of at least one.
+Positive = Annotated[int, Range(1)]
 
 
 #: What :meth:`MLP.narrow` / :meth:`ConvNet.narrow` kept: parameter name → (dimension, indices).
@@ -67,6 +68,7 @@ def narrow_layers(first: nn.Module, last: nn.Module, inputs: list[int], outputs:
             f"{last_name}.bias": (0, outputs)}
 
 
+@checked
 class MLP(nn.Module):
     """Fully connected ReLU network ``in_features → hidden × num_hidden → out_features``.
 
@@ -80,12 +82,10 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, hidden: int, num_hidden: int,
+        self, in_features: int, out_features: int, hidden: Positive, num_hidden: Positive,
         zero_init: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive("hidden", hidden)
-        _check_positive("num_hidden", num_hidden)
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_hidden):
@@ -134,6 +134,7 @@ class ResidualBlock(nn.Module):
         return conv2d(r, self.conv2, residual=h, relu=relu, overwrite_residual=overwrite_input)
 
 
+@checked
 class ConvNet(nn.Module):
     """Small ResNet conditioner: conv in → ``num_blocks`` residual blocks → ReLU → conv out.
 
@@ -145,13 +146,10 @@ class ConvNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, hidden: int, num_blocks: int,
-        kernel_size: int = 3, zero_init: bool = True,
+        self, in_channels: int, out_channels: int, hidden: Positive,
+        num_blocks: Annotated[int, Range(0)], kernel_size: Positive = 3, zero_init: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive("hidden", hidden)
-        _check_positive("num_blocks", num_blocks, minimum=0)
-        _check_positive("kernel_size", kernel_size)
         self.conv_in = nn.Conv2d(in_channels, hidden, kernel_size, padding="same")
         self.blocks = nn.Sequential(*(ResidualBlock(hidden, kernel_size)
                                       for _ in range(num_blocks)))

@@ -25,13 +25,14 @@ checkpoints of full-size conditioners still load (the unused rows and columns ar
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.conditioners import MLP, ConvNet, Narrowed
 from flowkit.plugins.transforms.masks import build_mask, slice_indices, split_slices
 from flowkit.reconstruction import RuleResult, add_grads, leaf, vjp
@@ -98,9 +99,9 @@ class _Coupling(Transform):
         mask: MaskKind | None = None,
         parity: bool = False,
         conditioner: ConditionerKind | None = None,
-        hidden: int = 64,
-        num_hidden: int = 2,
-        num_blocks: int = 2,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+        num_blocks: Annotated[int, Range(0)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,

@@ -11,14 +11,15 @@ additive (NICE) coupling, which has no scaling at all.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind, scaled_tanh
 from flowkit.plugins.transforms.permutation import RandomPermutation
 from flowkit.plugins.transforms.squeeze import Squeeze
@@ -100,11 +101,11 @@ class GIN(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_blocks: int = 8,
-        num_scales: int = 2,
-        hidden: int | None = None,
-        num_hidden: int = 2,
-        res_blocks: int = 2,
+        num_blocks: Annotated[int, Range(1)] = 8,
+        num_scales: Annotated[int, Range(1)] = 2,
+        hidden: Annotated[int, Range(1, note="None: 256 for vectors, 64 for images")] | None = None,
+        num_hidden: Annotated[int, Range(1)] = 2,
+        res_blocks: Annotated[int, Range(0)] = 2,
         permute: bool = True,
         conditional: bool | None = None,
         num_classes: int | None = None,
@@ -114,9 +115,6 @@ class GIN(Architecture):
         require_rank("GIN", shape, self.input_ranks,
                      "Give vectors as (D,) or images as (C, H, W).")
         super().__init__(shape, (math.prod(shape),))
-        for name, value in (("num_blocks", num_blocks), ("num_scales", num_scales)):
-            if value < 1:
-                raise ConfigError(f"GIN: {name} must be at least 1, got {value}.")
         context_spec("GIN", conditional, num_classes, context_features)  # checks the choice
         common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
                                   "context_features": context_features}

@@ -12,7 +12,7 @@ the kept half (Fig. 2b, and ``split2d`` in the authors' code). Here that prior i
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from flowkit.composition import Architecture, MultiScale, Sequential
 from flowkit.context import append_context, context_spec, context_width
 from flowkit.conv import conv2d
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range, Seed
 from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.conditioners import MLP, channels_last
 from flowkit.plugins.transforms.invconv import InvConv1x1
@@ -36,11 +37,6 @@ __all__ = ["ActNorm", "Glow", "GlowConvNet", "GlowCoupling", "InvConv1x1", "Spli
 SCALE_OFFSET = 2.0
 #: Gain of the zero-initialised convolutions: ``out · exp(LOGSCALE_FACTOR · logs)``.
 LOGSCALE_FACTOR = 3.0
-
-
-def _require_at_least(owner: str, name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{owner}: {name} must be at least {minimum}, got {value}.")
 
 
 class ZeroConv2d(nn.Module):
@@ -174,7 +170,7 @@ class GlowCoupling(_HalfConditioned):
         self,
         event_shape: Shape,
         *,
-        hidden: int = 256,
+        hidden: Annotated[int, Range(1)] = 256,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -189,7 +185,6 @@ class GlowCoupling(_HalfConditioned):
                 f"input has shape {self.event_shape}; squeeze images first (Glow does), or use "
                 f"vectors with D ≥ 2."
             )
-        _require_at_least("GlowCoupling", "hidden", hidden)
         n_in, n_out = self._setup("GlowCoupling", self.event_shape[0] // 2, conditional,
                                   num_classes, context_features)
         self.net = GlowConvNet(n_in, n_out, hidden) if len(self.event_shape) == 3 else \
@@ -328,11 +323,11 @@ class Glow(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_levels: int | None = None,
-        num_steps: int = 8,
-        hidden: int = 256,
+        num_levels: Annotated[int, Range(1, note="None: up to 3, as the image allows")] | None = None,
+        num_steps: Annotated[int, Range(1)] = 8,
+        hidden: Annotated[int, Range(1)] = 256,
         lu: bool = True,
-        init_seed: int = 0,
+        init_seed: Seed = 0,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -344,9 +339,6 @@ class Glow(Architecture):
         super().__init__(shape, (math.prod(shape),))
         if num_levels is None:  # the paper's 3 levels, or as many as the image size allows
             num_levels = min(3, max(1, _levels_that_fit(shape)))
-        for name, value in (("num_levels", num_levels), ("num_steps", num_steps),
-                            ("hidden", hidden)):
-            _require_at_least("Glow", name, value)
         spec = context_spec("Glow", conditional, num_classes, context_features)
         _check_divisible(shape, num_levels)
         self.num_levels = num_levels

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from flowkit.params import Range
 from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -50,7 +51,8 @@ class InvConv1x1(Transform):
     inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
-        self, event_shape: Shape, *, lu: bool = True, init_seed: int = 0,
+        self, event_shape: Shape, *, lu: bool = True,
+        init_seed: Annotated[int, Range(0, 2**64 - 1, note="a torch.Generator seed")] = 0,
         num_classes: int | None = None,
     ) -> None:
         super().__init__(event_shape)

@@ -11,7 +11,7 @@ the log-determinant is exactly 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -67,7 +68,7 @@ class IRevNetBlock(Transform):
     channel_multiple = 2
     min_channels = 2
 
-    def __init__(self, event_shape: Shape, *, width: int = 32) -> None:
+    def __init__(self, event_shape: Shape, *, width: Annotated[int, Range(1)] = 32) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank("IRevNetBlock", shape, self.input_ranks,
                      "i-RevNet blocks act on images (C, H, W).")
@@ -76,8 +77,6 @@ class IRevNetBlock(Transform):
                 f"IRevNetBlock splits the channels into two equal halves, so their number must "
                 f"be even, but the input has shape {shape}; squeeze first (C → 4C)."
             )
-        if width < 1:
-            raise ConfigError(f"IRevNetBlock: width must be at least 1, got {width}.")
         super().__init__(shape)
         self.width = int(width)
         self.f = Bottleneck(shape[0] // 2, self.width)
@@ -113,10 +112,6 @@ def _stage_lists(
             f"one block count and one width per stage (e.g. depths = [2, 2], widths = [32, 64]), "
             f"or a single width for every stage (widths = 32)."
         )
-    for name, values in (("depths", depths_t), ("widths", widths_t)):
-        if min(values) < 1:
-            raise ConfigError(f"IRevNet: every entry of {name} must be at least 1, got "
-                              f"{list(values)}.")
     return depths_t, widths_t
 
 
@@ -152,8 +147,8 @@ class IRevNet(Architecture):
         self,
         event_shape: Shape,
         *,
-        depths: list[int] | None = None,
-        widths: int | list[int] | None = None,
+        depths: list[Annotated[int, Range(1)]] | None = None,
+        widths: Annotated[int, Range(1)] | list[Annotated[int, Range(1)]] | None = None,
         downsample_first: bool = True,
         num_classes: int | None = None,
     ) -> None:

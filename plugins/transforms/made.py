@@ -15,12 +15,14 @@ lower-triangular in the autoregressive order, and one pass gives every condition
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.linear import linear
+from flowkit.params import Range, checked
 
 
 def input_degrees(num_inputs: int, order: Sequence[int] | None = None) -> Tensor:
@@ -91,6 +93,7 @@ class MaskedLinear(nn.Linear):
         return linear(x, self.weight * self.mask, self.bias)
 
 
+@checked
 class MADE(nn.Module):
     """Masked autoencoder: D inputs → num_outputs autoregressive outputs per input (Germain 2015).
 
@@ -110,22 +113,17 @@ class MADE(nn.Module):
 
     def __init__(
         self,
-        num_inputs: int,
-        hidden: int,
-        num_hidden: int,
-        num_outputs: int = 1,
+        num_inputs: Annotated[int, Range(1)],
+        hidden: Annotated[int, Range(1)],
+        num_hidden: Annotated[int, Range(1)],
+        num_outputs: Annotated[int, Range(1)] = 1,
         *,
         order: Sequence[int] | None = None,
-        context_features: int = 0,
+        context_features: Annotated[int, Range(0)] = 0,
         degree_seed: int | None = None,
         zero_init: bool = True,
     ) -> None:
         super().__init__()
-        for name, value, minimum in (("num_inputs", num_inputs, 1), ("hidden", hidden, 1),
-                                     ("num_hidden", num_hidden, 1), ("num_outputs", num_outputs, 1),
-                                     ("context_features", context_features, 0)):
-            if value < minimum:
-                raise ConfigError(f"MADE: {name} must be at least {minimum}, got {value}.")
         self.num_inputs = int(num_inputs)
         self.num_outputs = int(num_outputs)
         self.context_features = int(context_features)

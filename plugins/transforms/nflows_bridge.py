@@ -23,14 +23,15 @@ from __future__ import annotations
 import importlib
 import math
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
-from flowkit.errors import ConfigError, PluginError, ShapeError
+from flowkit.errors import PluginError, ShapeError
+from flowkit.params import Range
 from flowkit.transform import Shape, Transform, require_rank
 
 
@@ -182,7 +183,7 @@ class _NflowsVectorFlow(Architecture):
     input_ranks = (1, 3)
 
     def __init__(self, event_shape: Shape, owner: str, conditional: bool | None,
-                 num_classes: int | None, context_features: int | None, **sizes: int) -> None:
+                 num_classes: int | None, context_features: int | None) -> None:
         shape = tuple(int(s) for s in event_shape)
         require_rank(owner, shape, self.input_ranks)
         dim = math.prod(shape)
@@ -197,9 +198,6 @@ class _NflowsVectorFlow(Architecture):
                 f"{owner} needs at least {self.min_channels} scalars per example (its couplings "
                 f"split the features in two), but the data has shape {shape}."
             )
-        for name, value in sizes.items():
-            if value < 1:
-                raise ConfigError(f"{owner}: {name} must be at least 1, got {value}.")
 
     def _assemble(self, nflows_transform: nn.Module) -> None:
         """Store ``[Flatten] → NflowsTransform(nflows_transform)`` as ``self.flow``."""
@@ -286,24 +284,18 @@ class NflowsRQCoupling(_NflowsVectorFlow):
         self,
         event_shape: Shape,
         *,
-        num_layers: int = 4,
-        hidden: int = 64,
-        num_blocks: int = 2,
-        num_bins: int = 8,
-        tail_bound: float = 3.0,
+        num_layers: Annotated[int, Range(1)] = 4,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_blocks: Annotated[int, Range(0)] = 2,
+        num_bins: Annotated[int, Range(1)] = 8,
+        tail_bound: Annotated[float, Range(0, min_inclusive=False)] = 3.0,
         lu_linear: bool = True,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
         owner = "NflowsRQCoupling"
-        super().__init__(event_shape, owner, conditional, num_classes, context_features,
-                         num_layers=num_layers,
-                         hidden=hidden, num_bins=num_bins)
-        if not tail_bound > 0:
-            raise ConfigError(f"{owner}: tail_bound must be positive, got {tail_bound}.")
-        if num_blocks < 0:
-            raise ConfigError(f"{owner}: num_blocks must be at least 0, got {num_blocks}.")
+        super().__init__(event_shape, owner, conditional, num_classes, context_features)
         require_nflows(f"nflows-rq-coupling ({owner})")
         from nflows.transforms import (
             CompositeTransform,
@@ -359,19 +351,15 @@ class NflowsMAF(_NflowsVectorFlow):
         self,
         event_shape: Shape,
         *,
-        num_layers: int = 5,
-        hidden: int = 64,
-        num_blocks: int = 2,
+        num_layers: Annotated[int, Range(1)] = 5,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_blocks: Annotated[int, Range(0)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
         owner = "NflowsMAF"
-        super().__init__(event_shape, owner, conditional, num_classes, context_features,
-                         num_layers=num_layers,
-                         hidden=hidden)
-        if num_blocks < 0:
-            raise ConfigError(f"{owner}: num_blocks must be at least 0, got {num_blocks}.")
+        super().__init__(event_shape, owner, conditional, num_classes, context_features)
         require_nflows(f"nflows-maf ({owner})")
         from nflows.transforms import (
             CompositeTransform,
@@ -421,14 +409,13 @@ class NflowsRealNVP(_NflowsVectorFlow):
         self,
         event_shape: Shape,
         *,
-        num_layers: int = 4,
-        hidden: int = 64,
-        num_blocks: int = 2,
+        num_layers: Annotated[int, Range(1)] = 4,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_blocks: Annotated[int, Range(1)] = 2,
         batch_norm: bool = False,
     ) -> None:
         owner = "NflowsRealNVP"
-        super().__init__(event_shape, owner, False, None, None, num_layers=num_layers,
-                         hidden=hidden, num_blocks=num_blocks)
+        super().__init__(event_shape, owner, False, None, None)
         require_nflows(f"nflows-realnvp ({owner})")
         from nflows.flows.realnvp import SimpleRealNVP
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.coupling import AdditiveCoupling
 from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
@@ -67,9 +67,9 @@ class NICE(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_couplings: int = 4,
-        hidden: int = 1000,
-        num_hidden: int = 5,
+        num_couplings: Annotated[int, Range(1)] = 4,
+        hidden: Annotated[int, Range(1)] = 1000,
+        num_hidden: Annotated[int, Range(1)] = 5,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -78,8 +78,6 @@ class NICE(Architecture):
         require_rank("NICE", shape, self.input_ranks)
         dim = math.prod(shape)
         super().__init__(shape, (dim,))
-        if num_couplings < 1:
-            raise ConfigError(f"NICE: num_couplings must be at least 1, got {num_couplings}.")
         context_spec("NICE", conditional, num_classes, context_features)  # checks the choice
         steps: list[Transform] = []
         if len(shape) != 1:

@@ -8,11 +8,12 @@ zero in both directions.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from flowkit.params import Range
 from flowkit.reconstruction import reindex_rule
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -33,7 +34,9 @@ class RandomPermutation(Transform):
     inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(
-        self, event_shape: Shape, *, permutation_seed: int = 0, num_classes: int | None = None,
+        self, event_shape: Shape, *,
+        permutation_seed: Annotated[int, Range(0, 2**64 - 1, note="a torch.Generator seed")] = 0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(event_shape)
         require_rank(type(self).__name__, self.event_shape, self.input_ranks, _HINT)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Sequential
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.root_finding import (
     newton_step,
     softplus_inverse,
@@ -48,7 +48,7 @@ class PlanarLayer(Transform):
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, event_shape: Shape, *, init_scale: float = 0.1) -> None:
+    def __init__(self, event_shape: Shape, *, init_scale: Annotated[float, Range(0)] = 0.1) -> None:
         super().__init__(event_shape)
         require_rank("PlanarLayer", self.event_shape, self.input_ranks,
                      "Planar flows act on flat vectors: flatten the data first.")
@@ -114,12 +114,12 @@ class PlanarFlow(Architecture):
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
 
-    def __init__(self, event_shape: Shape, *, num_layers: int = 8, init_scale: float = 0.1) -> None:
+    def __init__(
+        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
+        init_scale: Annotated[float, Range(0)] = 0.1,
+    ) -> None:
         super().__init__(event_shape)
         require_rank("planar", self.event_shape, self.input_ranks,
                      "Planar flows act on flat vectors: flatten the data first.")
-        if num_layers < 1:
-            raise ConfigError(f"[transform] planar: num_layers must be at least 1, got "
-                              f"{num_layers}; the default is 8.")
         self.flow = Sequential(PlanarLayer(self.event_shape, init_scale=init_scale)
                                for _ in range(num_layers))

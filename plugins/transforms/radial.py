@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Sequential
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.root_finding import softplus_inverse
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -41,7 +41,7 @@ class RadialLayer(Transform):
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, event_shape: Shape, *, init_scale: float = 0.1) -> None:
+    def __init__(self, event_shape: Shape, *, init_scale: Annotated[float, Range(0)] = 0.1) -> None:
         super().__init__(event_shape)
         require_rank("RadialLayer", self.event_shape, self.input_ranks,
                      "Radial flows act on flat vectors: flatten the data first.")
@@ -104,12 +104,12 @@ class RadialFlow(Architecture):
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
 
-    def __init__(self, event_shape: Shape, *, num_layers: int = 8, init_scale: float = 0.1) -> None:
+    def __init__(
+        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
+        init_scale: Annotated[float, Range(0)] = 0.1,
+    ) -> None:
         super().__init__(event_shape)
         require_rank("radial", self.event_shape, self.input_ranks,
                      "Radial flows act on flat vectors: flatten the data first.")
-        if num_layers < 1:
-            raise ConfigError(f"[transform] radial: num_layers must be at least 1, got "
-                              f"{num_layers}; the default is 8.")
         self.flow = Sequential(RadialLayer(self.event_shape, init_scale=init_scale)
                                for _ in range(num_layers))

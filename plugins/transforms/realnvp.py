@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from flowkit.composition import Architecture, MultiScale, Sequential
 from flowkit.context import context_spec
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
@@ -44,11 +45,11 @@ class RealNVP(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_scales: int = 2,
-        num_layers: int = 8,
-        hidden: int | None = None,
-        num_blocks: int = 4,
-        num_hidden: int = 2,
+        num_scales: Annotated[int, Range(1)] = 2,
+        num_layers: Annotated[int, Range(1)] = 8,
+        hidden: Annotated[int, Range(1, note="None: 256 for vectors, 64 for images")] | None = None,
+        num_blocks: Annotated[int, Range(0)] = 4,
+        num_hidden: Annotated[int, Range(1)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -57,9 +58,6 @@ class RealNVP(Architecture):
         require_rank("RealNVP", shape, self.input_ranks)
         super().__init__(shape, (math.prod(shape),))
         context_spec("RealNVP", conditional, num_classes, context_features)  # checks the choice
-        for name, value in (("num_scales", num_scales), ("num_layers", num_layers)):
-            if value < 1:
-                raise ConfigError(f"RealNVP: {name} must be at least 1, got {value}.")
         common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
                                   "context_features": context_features}
         self.flow: Transform

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import append_context, context_spec, context_width
 from flowkit.errors import ConfigError, ShapeError
+from flowkit.params import Odd, Range
 from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
 from flowkit.reconstruction import RuleResult, add_grads, leaf, vjp
 from flowkit.transform import Shape, Transform, require_rank
@@ -27,17 +28,10 @@ __all__ = ["GRNSubsample", "RevNet", "RevNetBlock", "ZeroPad", "revnet_rule"]
 InitKind = Literal["xavier", "default"]
 
 
-def _check_at_least(owner: str, name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{owner}: {name} must be at least {minimum}, got {value}.")
-
-
-def _check_kernel(owner: str, name: str, value: int) -> None:
-    if value < 1 or value % 2 == 0:
-        raise ConfigError(
-            f"{owner}: {name} must be a positive odd number (padding k//2 keeps the image size), "
-            f"got {value}; use e.g. 1 or 3."
-        )
+#: A convolution's kernel size: odd, so that zero padding ``k // 2`` keeps the image size.
+KernelSize = Annotated[int, Range(1), Odd(note="padding k//2 keeps the image size; use e.g. 1 or 3")]
+#: A width or a block count of at least one.
+Positive = Annotated[int, Range(1)]
 
 
 def _residual_net(channels: int, hidden: int, kernel_size: int, init: str,
@@ -130,8 +124,8 @@ class RevNetBlock(Transform):
         self,
         event_shape: Shape,
         *,
-        hidden: int = 64,
-        kernel_size: int = 3,
+        hidden: Positive = 64,
+        kernel_size: KernelSize = 3,
         init: InitKind = "default",
         conditional: bool | None = None,
         num_classes: int | None = None,
@@ -148,8 +142,6 @@ class RevNetBlock(Transform):
                 f"(grn-subsample, squeeze) before it to get 4C channels, or use the 'revnet' "
                 f"architecture, which does."
             )
-        _check_at_least("RevNetBlock", "hidden", hidden)
-        _check_kernel("RevNetBlock", "kernel_size", kernel_size)
         if init not in ("xavier", "default"):
             raise ConfigError(f"RevNetBlock: init must be 'xavier' or 'default', got {init!r}.")
         spec = context_spec("RevNetBlock", conditional, num_classes, context_features)
@@ -261,10 +253,10 @@ class RevNet(Architecture):
         self,
         event_shape: Shape,
         *,
-        widths: tuple[int, ...] = (16, 32, 64),
-        blocks_per_stage: int | list[int] = 2,
-        kernel_sizes: int | list[int] = 3,
-        pad_to: int = 0,
+        widths: tuple[Positive, ...] = (16, 32, 64),
+        blocks_per_stage: Positive | list[Positive] = 2,
+        kernel_sizes: KernelSize | list[KernelSize] = 3,
+        pad_to: Annotated[int, Range(0, note="0: no padding")] = 0,
         chunk_first_at_first: bool = True,
         init: InitKind = "default",
         conditional: bool | None = None,
@@ -277,15 +269,8 @@ class RevNet(Architecture):
         widths = tuple(int(w) for w in widths)
         if not widths:
             raise ConfigError("RevNet: widths must list at least one stage width, e.g. [16, 32].")
-        for w in widths:
-            _check_at_least("RevNet", "every entry of widths", w)
         blocks = _per_stage("blocks_per_stage", blocks_per_stage, len(widths))
         kernels = _per_stage("kernel_sizes", kernel_sizes, len(widths))
-        for b in blocks:
-            _check_at_least("RevNet", "every entry of blocks_per_stage", b)
-        for k in kernels:
-            _check_kernel("RevNet", "every entry of kernel_sizes", k)
-        _check_at_least("RevNet", "pad_to", pad_to, minimum=0)
         context_spec("RevNet", conditional, num_classes, context_features)  # checks the choice
         context = {"conditional": conditional, "num_classes": num_classes,
                    "context_features": context_features}

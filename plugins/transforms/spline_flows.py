@@ -20,18 +20,20 @@ The log-determinant is the sum of the splines' log-derivatives; inputs outside
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
+from flowkit.params import Range
 from flowkit.plugins.transforms.coupling import ConditionerKind, MaskKind, _Coupling
 from flowkit.plugins.transforms.made import MADE
 from flowkit.plugins.transforms.splines import (
-    check_spline_args,
+    NumBins,
+    TailBound,
     rational_quadratic_spline,
     spline_param_count,
 )
@@ -62,19 +64,18 @@ class RQCoupling(_Coupling):
         self,
         event_shape: Shape,
         *,
-        num_bins: int = 8,
-        tail_bound: float = 5.0,
+        num_bins: NumBins = 8,
+        tail_bound: TailBound = 5.0,
         mask: MaskKind | None = None,
         parity: bool = False,
         conditioner: ConditionerKind | None = None,
-        hidden: int = 64,
-        num_hidden: int = 2,
-        num_blocks: int = 2,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+        num_blocks: Annotated[int, Range(0)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        check_spline_args("RQCoupling", num_bins, tail_bound)
         self.num_bins = int(num_bins)  # plain attributes, read by _Coupling.__init__
         self.tail_bound = float(tail_bound)
         self.num_params = spline_param_count(self.num_bins)
@@ -118,11 +119,11 @@ class _SplineStack(Architecture):
         self,
         event_shape: Shape,
         *,
-        num_layers: int = 5,
-        num_bins: int = 8,
-        tail_bound: float = 5.0,
-        hidden: int = 64,
-        num_hidden: int = 2,
+        num_layers: Annotated[int, Range(1)] = 5,
+        num_bins: NumBins = 8,
+        tail_bound: TailBound = 5.0,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -135,8 +136,6 @@ class _SplineStack(Architecture):
         require_rank(owner, shape, self.input_ranks)
         dim = math.prod(shape)
         super().__init__(shape, (dim,))
-        if num_layers < 1:
-            raise ConfigError(f"{owner}: num_layers must be at least 1, got {num_layers}.")
         if dim < 2:
             raise ShapeError(f"{owner} needs at least 2 scalars per example (two halves, or an "
                              f"order to follow), but the data has shape {shape}.")
@@ -185,11 +184,11 @@ class AutoregressiveSpline(Transform):
         self,
         event_shape: Shape,
         *,
-        num_bins: int = 8,
-        tail_bound: float = 5.0,
+        num_bins: NumBins = 8,
+        tail_bound: TailBound = 5.0,
         reverse_order: bool = False,
-        hidden: int = 64,
-        num_hidden: int = 2,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -200,7 +199,6 @@ class AutoregressiveSpline(Transform):
         if self.event_dim < 2:
             raise ShapeError(f"{owner} needs at least 2 scalars per example (an autoregressive "
                              f"order), but the data has {self.event_dim}.")
-        check_spline_args(owner, num_bins, tail_bound)
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
         self.num_bins = int(num_bins)
         self.tail_bound = float(tail_bound)

@@ -29,12 +29,13 @@ zero-initialised conditioner starts every spline flow at the identity.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 
 #: ``softplus(_UNIT_SHIFT) = 1``: zero parameters give unit derivatives.
 _UNIT_SHIFT = math.log(math.e - 1.0)
@@ -47,18 +48,14 @@ def spline_param_count(num_bins: int) -> int:
     return 3 * num_bins - 1
 
 
-def check_spline_args(owner: str, num_bins: int, tail_bound: float) -> None:
-    """:class:`ConfigError` unless ``num_bins ≥ 2`` and ``tail_bound > 0`` (and the floors fit).
-
-    One bin with the unit end derivatives that join the identity tails is the identity itself,
-    whatever its parameters: a layer of it would learn nothing.
-    """
-    if num_bins < 2 or num_bins * MIN_BIN >= 1.0:
-        raise ConfigError(f"{owner}: num_bins must be in [2, {int(1 / MIN_BIN) - 1}] (one bin "
-                          f"with identity tails is the identity), got {num_bins}.")
-    if not (tail_bound > 0 and math.isfinite(tail_bound)):
-        raise ConfigError(f"{owner}: tail_bound must be a positive number (the spline acts on "
-                          f"[-tail_bound, tail_bound]), got {tail_bound}.")
+#: A spline's number of bins: at least 2, since one bin with the unit end derivatives that join
+#: the identity tails is the identity itself, whatever its parameters (a layer that learns
+#: nothing); at most what the floor ``MIN_BIN`` on every bin's share leaves room for.
+NumBins = Annotated[int, Range(2, int(1 / MIN_BIN) - 1,
+                               note="one bin with identity tails is the identity")]
+#: The half-width ``B`` of the interval ``[−B, B]`` the spline acts on (identity outside).
+TailBound = Annotated[float, Range(0, min_inclusive=False,
+                                   note="the spline acts on [-tail_bound, tail_bound]")]
 
 
 def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:

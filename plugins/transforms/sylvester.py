@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Sequential
 from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.plugins.transforms.root_finding import (
     TOL_ULPS,
     solve_tanh_equation,
@@ -70,14 +71,16 @@ class SylvesterLayer(Transform):
     test_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
-        self, event_shape: Shape, *, variant: Variant = "orthogonal", num_columns: int | None = None,
-        num_householder: int = 8, reverse: bool = False, init_scale: float = 0.1,
+        self, event_shape: Shape, *, variant: Variant = "orthogonal",
+        num_columns: Annotated[int, Range(1)] | None = None,
+        num_householder: Annotated[int, Range(1)] = 8, reverse: bool = False,
+        init_scale: Annotated[float, Range(0)] = 0.1,
     ) -> None:
         super().__init__(event_shape)
         require_rank("SylvesterLayer", self.event_shape, self.input_ranks,
                      "Sylvester flows act on flat vectors: flatten the data first.")
         dim = self.event_shape[0]
-        m = _check_options(dim, variant, num_columns, num_householder)
+        m = _check_options(dim, variant, num_columns)
         self.variant = variant
         self.num_columns = m
         self.r_raw = nn.Parameter(torch.randn(m, m) * init_scale)
@@ -190,7 +193,7 @@ def _back_substitute(target: Tensor, r: Tensor, r_tilde: Tensor, bias: Tensor) -
     return v
 
 
-def _check_options(dim: int, variant: str, num_columns: int | None, num_householder: int) -> int:
+def _check_options(dim: int, variant: str, num_columns: int | None) -> int:
     """Validate the layer options; return ``M``."""
     if variant not in VARIANTS:
         raise ConfigError(f"[transform] sylvester: variant must be one of "
@@ -199,9 +202,6 @@ def _check_options(dim: int, variant: str, num_columns: int | None, num_househol
     if not 1 <= m <= dim:
         raise ConfigError(f"[transform] sylvester: num_columns (M) must be between 1 and the data "
                           f"dimension D = {dim}, got {num_columns}; leave it unset for M = D.")
-    if variant == "householder" and num_householder < 1:
-        raise ConfigError(f"[transform] sylvester: num_householder must be at least 1 for the "
-                          f"householder variant, got {num_householder}.")
     return m
 
 
@@ -226,16 +226,14 @@ class SylvesterFlow(Architecture):
     }
 
     def __init__(
-        self, event_shape: Shape, *, num_layers: int = 8, variant: Variant = "orthogonal",
-        num_columns: int | None = None, num_householder: int = 8, init_scale: float = 0.1,
+        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
+        variant: Variant = "orthogonal", num_columns: Annotated[int, Range(1)] | None = None,
+        num_householder: Annotated[int, Range(1)] = 8, init_scale: Annotated[float, Range(0)] = 0.1,
     ) -> None:
         super().__init__(event_shape)
         require_rank("sylvester", self.event_shape, self.input_ranks,
                      "Sylvester flows act on flat vectors: flatten the data first.")
-        if num_layers < 1:
-            raise ConfigError(f"[transform] sylvester: num_layers must be at least 1, got "
-                              f"{num_layers}; the default is 8.")
-        _check_options(self.event_shape[0], variant, num_columns, num_householder)
+        _check_options(self.event_shape[0], variant, num_columns)
         self.flow = Sequential(
             SylvesterLayer(self.event_shape, variant=variant, num_columns=num_columns,
                            num_householder=num_householder, reverse=k % 2 == 1,

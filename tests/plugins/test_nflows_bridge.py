@@ -253,7 +253,8 @@ def test_user_mistakes_are_flowkit_errors() -> None:
         NflowsRQCoupling((1,))
     with pytest.raises(ShapeError, match=r"needs at least 2 scalars per example"):
         NflowsRealNVP((1, 1, 1))
-    with pytest.raises(ConfigError, match="tail_bound must be positive"):
+    with pytest.raises(ConfigError, match=r"NflowsRQCoupling: tail_bound must be greater than 0, "
+                                          r"got 0\.0; the default is 3\.0"):
         NflowsRQCoupling((2,), tail_bound=0.0)
     with pytest.raises(ConfigError, match="num_layers must be at least 1"):
         NflowsRealNVP((2,), num_layers=0)

@@ -349,10 +349,13 @@ def test_revnet_size_errors_suggest_padding_or_fewer_stages(
 
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     ({"widths": []}, "at least one stage"),
-    ({"widths": [4, 0]}, "widths must be at least 1"),
+    ({"widths": [4, 0]}, r"RevNet: widths\[1\] must be at least 1, got 0"),
     ({"widths": [4, 4], "blocks_per_stage": [2]}, "blocks_per_stage has 1 entries"),
     ({"widths": [4, 4], "kernel_sizes": [3, 3, 1]}, "kernel_sizes has 3 entries"),
-    ({"widths": [4], "kernel_sizes": 4}, "odd"),
+    ({"widths": [4], "kernel_sizes": 4}, r"kernel_sizes must be an odd number \(padding k//2 "
+                                         r"keeps the image size; use e\.g\. 1 or 3\), got 4"),
+    ({"widths": [4], "kernel_sizes": [0]}, r"kernel_sizes\[0\] must be at least 1, got 0"),
+    ({"widths": [4], "blocks_per_stage": 0}, r"blocks_per_stage must be at least 1, got 0"),
     ({"widths": [4], "pad_to": 2}, "at least the image height"),
     ({"widths": [4], "pad_to": -1}, "pad_to must be at least 0"),
 ])

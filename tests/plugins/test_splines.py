@@ -7,9 +7,9 @@ import torch
 
 from flowkit import flows
 from flowkit.errors import ConfigError
+from flowkit.plugins.transforms.spline_flows import AutoregressiveSpline, RQCoupling
 from flowkit.plugins.transforms.splines import (
     _knots,
-    check_spline_args,
     rational_quadratic_spline,
     spline_param_count,
 )
@@ -92,11 +92,18 @@ def test_gradients_are_finite_at_knots_and_bounds() -> None:
         assert bool(torch.isfinite(gx).all()) and bool(torch.isfinite(gp).all())
 
 
-def test_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="num_bins"):
-        check_spline_args("T", 0, 3.0)
-    with pytest.raises(ConfigError, match="tail_bound"):
-        check_spline_args("T", 4, -1.0)
+@pytest.mark.parametrize("layer", [RQCoupling, AutoregressiveSpline])
+def test_bad_arguments(layer: type) -> None:
+    name = layer.__name__
+    with pytest.raises(ConfigError, match=rf"{name}: num_bins must be between 2 and 999 .*got 0"):
+        layer((4,), num_bins=0)
+    with pytest.raises(ConfigError, match=rf"{name}: num_bins must be between 2 and 999 .*got 1000"):
+        layer((4,), num_bins=1000)
+    with pytest.raises(ConfigError, match=rf"{name}: tail_bound must be greater than 0 .*got -1.0"):
+        layer((4,), tail_bound=-1.0)
+    with pytest.raises(ConfigError, match=rf"{name}: tail_bound must be a finite number greater "
+                                          rf"than 0 .*got inf"):
+        layer((4,), tail_bound=float("inf"))
     with pytest.raises(ValueError, match="3K - 1"):
         rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 4))
 

@@ -10,10 +10,10 @@ it adds skew and heavy tails that affine layers cannot express.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
-from flowkit.errors import ConfigError
+from flowkit.params import Range
 from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -57,17 +57,17 @@ class SinhArcsinh(Transform):
     test_params: ClassVar[dict[str, Any]] = {"min_tailweight": [0.1, 0.5], "init_scale": [0.0, 0.5]}
 
     def __init__(
-        self, event_shape: Shape, *, min_tailweight: float = 0.1, init_scale: float = 0.0,
+        self,
+        event_shape: Shape,
+        *,
+        # the ranges are checked by flowkit, from a config and from Python alike
+        min_tailweight: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False,
+                                               note="so that the layer can start as the "
+                                                    "identity, tail weight 1")] = 0.1,
+        init_scale: Annotated[float, Range(0, note="std of the initial noise")] = 0.0,
     ) -> None:
         super().__init__(event_shape)
         require_rank("sinh-arcsinh", self.event_shape, self.input_ranks)
-        if not 0.0 < min_tailweight < 1.0:
-            raise ConfigError(
-                f"sinh-arcsinh: min_tailweight must be in (0, 1) so that the layer can start as "
-                f"the identity (tail weight 1); got {min_tailweight}."
-            )
-        if init_scale < 0.0:
-            raise ConfigError(f"sinh-arcsinh: init_scale must be >= 0, got {init_scale}.")
         self.min_tailweight = float(min_tailweight)
         identity = inverse_softplus(1.0 - self.min_tailweight)  # softplus(ρ) + min = 1
         self.skew = nn.Parameter(torch.randn(self.event_shape) * init_scale)
