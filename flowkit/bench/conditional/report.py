@@ -90,7 +90,7 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
              "See [README.md](README.md) for the tasks, reference posteriors and metrics.", "",
              f"Command: `{settings.command()}`", "",
              f"Machine: {info['machine'].get('cpu_model')} ({info['machine'].get('cpus')} CPUs, "
-             f"{info['machine'].get('threads')} torch threads), torch "
+             f"torch threads: {info['machine'].get('threads')}), torch "
              f"{info['machine'].get('torch')}, accelerator: "
              f"{info['machine'].get('cuda') or 'none'}. Date: {info['date']}.", "",
              f"Training: {settings.steps} Adam steps (lr {settings.lr:g}), batch "

@@ -56,7 +56,7 @@ from flowkit.bench.conditional.models import (
     build_row,
 )
 from flowkit.bench.conditional.reference import (
-    VERSION as REFERENCE_VERSION,
+    VERSIONS as REFERENCE_VERSIONS,
 )
 from flowkit.bench.conditional.reference import (
     gaussian_linear_log_posterior,
@@ -139,7 +139,7 @@ class Settings:
         for k in ("tasks", "rows", "sims", "threads", "timing_rounds", "timing_steps"):
             keep.pop(k)
         keep.update(task=task, row=row, sims=sims, recipe=RECIPE_VERSION,
-                    reference=REFERENCE_VERSION)
+                    reference=REFERENCE_VERSIONS.get(task, 1))
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def timing_fingerprint(self, task: str, rows: Sequence[str]) -> str:
