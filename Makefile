@@ -26,20 +26,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # lint-imports checks [tool.importlinter] in pyproject.toml (the core imports no plugin and no CLI).
-# It builds the import graph from the directory where `import flowkit` finds the package, and the
-# editable install maps flowkit.plugins to plugins/ and flowkit.cli to cli/ through an import hook
-# that the graph builder cannot see. So it runs on a tree of links with the installed layout
-# (keep it in step with [tool.setuptools] package-dir); links, so it is never stale.
-IMPORT_TREE := build/import-graph
-
+# flowkit/plugins and flowkit/cli are links to plugins/ and cli/, so the import graph of the source
+# tree has the installed layout (flowkit.plugins, flowkit.cli) that package-dir gives wheels.
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/flowkit
-	ln -s $(CURDIR)/flowkit/* $(IMPORT_TREE)/flowkit/
-	ln -s $(CURDIR)/plugins $(IMPORT_TREE)/flowkit/plugins
-	ln -s $(CURDIR)/cli $(IMPORT_TREE)/flowkit/cli
-	ln -s $(CURDIR)/pyproject.toml $(IMPORT_TREE)/pyproject.toml
-	cd $(IMPORT_TREE) && $(abspath $(BIN))/lint-imports --no-cache
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
