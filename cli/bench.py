@@ -31,11 +31,15 @@ def _run_conditional(out_dir: Path | None, force: bool, dry_run: bool, publish: 
 
 
 def _search_dirs(suites_dir: Path | None) -> tuple[Path, ...]:
+    """Where a suite name is looked up: --suites-dir, $FLOWKIT_SUITES, ./benchmarks/suites (a
+    checkout's own suites, e.g. peers), then the suites shipped inside the package."""
+    from flowkit.bench.suite import BUILTIN_SUITES
+
     dirs = [suites_dir] if suites_dir else []
     env = os.environ.get("FLOWKIT_SUITES")
     if env:
         dirs.append(Path(env))
-    dirs.append(Path("benchmarks") / "suites")
+    dirs += [Path("benchmarks") / "suites", BUILTIN_SUITES]
     return tuple(dirs)
 
 
@@ -55,8 +59,8 @@ def _search_dirs(suites_dir: Path | None) -> tuple[Path, ...]:
 @click.option("--dry-run", is_flag=True, help="List the cells and their state; run nothing.")
 @click.option("--list", "list_suites", is_flag=True, help="List the suites found and exit.")
 @click.option("--suites-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where suite names are looked up (also $FLOWKIT_SUITES; then "
-                   "./benchmarks/suites).")
+              help="Where suite names are looked up first (also $FLOWKIT_SUITES; then "
+                   "./benchmarks/suites, then the suites built into flowkit).")
 @click.option("--publish", type=click.Path(file_okay=False, path_type=Path),
               help="Also copy report.md and the images it embeds into this folder (e.g. "
                    "docs/bench/<suite>).")
@@ -84,7 +88,8 @@ def bench(suite: str | None, out_dir: Path | None, only: tuple[str, ...],
     A re-run skips finished cells and resumes a cut-off one. Examples:
       flowkit bench --list
       flowkit bench quick
-      flowkit bench benchmarks/suites/mnist.toml --jobs 2 --data-dir ../data
+      flowkit bench mnist --jobs 2 --data-dir ../data
+      flowkit bench my-suite.toml
       flowkit bench toy2d --filter transform=realnvp,glow --only '*moons*'
       flowkit bench peers --publish docs/bench/peers
       flowkit bench conditional --sims 1000,10000 --steps 2000   # built in, see below

@@ -25,6 +25,7 @@ import click
 def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
              max_examples: int, per_class: int) -> None:
     """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json."""
+    from flowkit.atomic import atomic_write_text
     from flowkit.errors import ConfigError
     from flowkit.metrics import (
         class_sample_accuracy,
@@ -50,7 +51,7 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
         classifier, accuracy = train_classifier(data)
         result["classifier_test_accuracy"] = accuracy
         result["sample_accuracy"] = class_sample_accuracy(run.model, classifier, per_class)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     if not run.model.exact_density:

@@ -35,6 +35,11 @@ def cli(block: tuple[str, ...]) -> None:
     Every model is prior ∘ transform, trained by an objective, on a dataset; each is a plugin
     found by name (see `flowkit list`).
     """
+    from flowkit.extras import clash_message, clashing_distribution
+
+    clash = clashing_distribution()  # the unrelated `flowkit` shares our import name
+    if clash is not None:
+        click.echo(f"warning: {clash_message(clash)}", err=True)
     if block:
         from flowkit.registry import block as block_plugins
 

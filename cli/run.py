@@ -24,7 +24,9 @@ import click
               type=click.Path(file_okay=False, path_type=Path), help="Parent folder of run folders.")
 @click.option("--name", help="Run folder name (default: <transform>-<objective>-<data>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="Continue the run in this folder from its newest checkpoint.")
+              help="Continue the run in this folder from its newest good checkpoint; --set may "
+                   "change train.steps, the schedule (train.lr, scheduler, warmup_steps, "
+                   "grad_clip), logging and [eval] settings (recorded in config-history.jsonl).")
 @click.option("--dry-run", is_flag=True,
               help="Validate, build the model and print the resolved config; do not train.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -40,6 +42,7 @@ def run(config_source: str | None, transform: str | None, objective: str | None,
       flowkit run --transform realnvp --objective mle --data moons
       flowkit run --config realnvp-mnist --data-dir ../data --set train.steps=200
       flowkit run --resume runs/realnvp-mle-moons-20261122-101500
+      flowkit run --resume runs/realnvp-mle-moons-20261122-101500 --set train.lr=1e-4
       torchrun --nproc_per_node=4 -m flowkit.cli run --config realnvp-mnist   # 4 processes
     """
     from flowkit import distributed
@@ -98,13 +101,14 @@ def _requested_config(config_source: str | None, overrides: tuple[str, ...], res
 
 
 def _dry_run(config: dict) -> None:
+    from flowkit.builder import build_model, build_objective, record_effective_values
     from flowkit.config import dumps
-    from flowkit.model import build_model
     from flowkit.runs import load_dataset
 
     data = load_dataset(config)
     model = build_model(config, data.meta)
-    click.echo(dumps(config), nl=False)
+    build_objective(config["objective"]).bind_data(data)  # its checks, before any training
+    click.echo(dumps(record_effective_values(config, model)), nl=False)
     click.echo(f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
                f"{data.test.shape[0]} test; model: "
                f"{sum(p.numel() for p in model.parameters()):,} parameters")

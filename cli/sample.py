@@ -40,6 +40,7 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
     import numpy as np
     import torch
 
+    from flowkit.atomic import atomic_write
     from flowkit.errors import ConfigError
     from flowkit.figures import save_image_grid
     from flowkit.metrics.likelihood import model_dtype
@@ -83,15 +84,16 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
     if out.suffix == ".csv" and len(run.meta.shape) != 1:
         raise ConfigError(f"--out .csv writes vectors, one per row; data of shape "
                           f"{run.meta.shape} needs .npy or .pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         x = run.model.sample(num, context, temperature=temperature).cpu()
+    # every output is written atomically: a full disk or a crash leaves no partial file
     if out.suffix == ".pt":
-        torch.save(x, out)
+        atomic_write(out, lambda fh: torch.save(x, fh))
     elif out.suffix == ".npy":
-        np.save(out, x.numpy())
+        atomic_write(out, lambda fh: np.save(fh, x.numpy()))
     elif out.suffix == ".csv":
-        np.savetxt(out, x.double().numpy(), delimiter=",", fmt="%.9g")
+        atomic_write(out, lambda fh: np.savetxt(fh, x.double().numpy(), delimiter=",",
+                                                 fmt="%.9g"))
     elif len(run.meta.shape) == 3:
         save_image_grid(x, out)
     else:
@@ -161,9 +163,13 @@ def _scatter(x, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from flowkit.atomic import atomic_write
+
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=3, alpha=0.6)
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    finally:
+        plt.close(fig)

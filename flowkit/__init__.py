@@ -8,13 +8,15 @@ four is a plugin found by name through Python entry points. The public API::
     result = flowkit.train(config, run_dir="runs/moons")      # same as `flowkit run`
     run = flowkit.load_run("runs/moons")                        # a trained Flow and its data
     run.model.log_prob(x); run.model.sample(64); run.model.encode(x); run.model.decode(z)
+    model = flowkit.build_model(config, meta)                 # a config becomes a Flow
+    flowkit.train(config, callbacks=[MySink()])                # a flowkit.Callback per concern
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from flowkit._version import __version__  # the one place the version is written
 
 # Heavy modules (torch) load on first attribute access, so `flowkit --help` stays fast.
 _LAZY = {
@@ -24,7 +26,9 @@ _LAZY = {
     "LossOutput": "flowkit.objective",
     "Batch": "flowkit.objective",
     "Flow": "flowkit.model",
-    "build_model": "flowkit.model",
+    "build_model": "flowkit.builder",
+    "build_objective": "flowkit.builder",
+    "Callback": "flowkit.callbacks",
     "load_config": "flowkit.config",
     "train": "flowkit.trainer",
     "load_run": "flowkit.runs",
@@ -33,6 +37,7 @@ _LAZY = {
 
 __all__ = [
     "Batch",
+    "Callback",
     "Flow",
     "LossOutput",
     "Objective",
@@ -40,6 +45,7 @@ __all__ = [
     "Transform",
     "__version__",
     "build_model",
+    "build_objective",
     "load_config",
     "load_run",
     "registry",
@@ -47,8 +53,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from flowkit.builder import build_model, build_objective
+    from flowkit.callbacks import Callback
     from flowkit.config import load_config
-    from flowkit.model import Flow, build_model
+    from flowkit.model import Flow
     from flowkit.objective import Batch, LossOutput, Objective
     from flowkit.prior import Prior
     from flowkit.registry import registry

@@ -28,7 +28,7 @@ import inspect
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -133,13 +133,46 @@ class DataConfig:
 
 
 DATA_KEYS = tuple(f.name for f in fields(DataConfig))
-#: ``[train]`` keys that may differ when a run is resumed (everything else must match).
-RESUMABLE_KEYS = {"train.steps", "train.max_minutes", "train.threads", "train.log_every",
-                  "train.eval_every", "train.sample_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.device", "train.invertible_backprop",
-                  "train.invertible_backprop_chunks", "train.compile", "train.patience",
-                  "eval.batch_size", "eval.max_examples", "eval.final_max_examples",
-                  "eval.n_samples", "eval.temperature", "data.data_dir"}
+#: Keys of the learning-rate schedule and the update: they may change when a run is resumed
+#: (``flowkit run --resume RUN --set train.lr=1e-4`` after a divergence), because the trainer
+#: applies them afresh at every step. (``betas``, ``weight_decay`` and ``optimizer`` are not among
+#: them: the optimiser's saved state would silently keep the old values.)
+SCHEDULE_KEYS = {"train.steps", "train.lr", "train.scheduler", "train.warmup_steps",
+                 "train.grad_clip", "train.max_minutes", "train.patience"}
+#: Keys that may differ when a run is resumed: the schedule, bookkeeping, execution strategy and
+#: evaluation settings. Everything else defines the model, its data or the optimiser's state and
+#: must match the run's ``config.toml``.
+RESUMABLE_KEYS = SCHEDULE_KEYS | {
+    "train.threads", "train.log_every", "train.eval_every", "train.sample_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.device",
+    "train.invertible_backprop", "train.invertible_backprop_chunks", "train.compile",
+    "eval.batch_size", "eval.max_examples", "eval.final_max_examples", "eval.n_samples",
+    "eval.temperature", "data.data_dir"}
+#: The sections whose plugin may record effective values (see :func:`with_recorded_values`).
+MODEL_SECTIONS = ("transform", "embedding", "prior")
+
+
+def train_config(config: Mapping[str, Any]) -> TrainConfig:
+    """The ``[train]`` section of a config as a checked :class:`TrainConfig`."""
+    return typed_section(TrainConfig, config.get("train", {}), "train")
+
+
+def eval_config(config: Mapping[str, Any]) -> EvalConfig:
+    """The ``[eval]`` section of a config as a checked :class:`EvalConfig`."""
+    return typed_section(EvalConfig, config.get("eval", {}), "eval")
+
+
+def data_config(config: Mapping[str, Any]) -> DataConfig:
+    """The generic keys of ``[data]`` as a checked :class:`DataConfig` (plugin keys left out)."""
+    section = config.get("data", {})
+    return typed_section(DataConfig, {k: v for k, v in section.items() if k in DATA_KEYS}, "data")
+
+
+def typed_section(cls: type, section: Mapping[str, Any], where: str) -> Any:
+    """``cls(**section)`` after checking every key, type and declared range (values coerced)."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    return cls(**validate_parameters(cls, section, f"[{where}]", reserved=frozenset()))
 
 
 def defaults() -> dict[str, Any]:
@@ -265,7 +298,7 @@ def apply_recommendations(config: dict[str, Any], section: str, name: str) -> di
     """
     from flowkit import registry
 
-    names = [n for n, _ in parse_objective_expression(name)] if section == "objective" else [name]
+    names = [t.name for t in parse_objective(name)] if section == "objective" else [name]
     recommended: dict[str, Any] = {}
     for plugin in names:
         recommended = merge(recommended, getattr(registry.registry(PLUGIN_SECTIONS[section])
@@ -325,8 +358,66 @@ def _unknown_section_message(key: str) -> str:
             f"Sections: {', '.join(SECTIONS)}.")
 
 
+@dataclass(frozen=True)
+class ObjectiveTerm:
+    """One term ``weight · name(**params)`` of an ``[objective]``: what the builder consumes."""
+
+    name: str
+    weight: float = 1.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_objective(section: Mapping[str, Any] | str) -> tuple[ObjectiveTerm, ...]:
+    """The terms of an ``[objective]`` section (or of a bare expression), parsed once.
+
+    ``name = "mle"`` with parameters beside it is one term of weight 1; ``name = "mle + 0.1*ot"``
+    is a weighted sum whose terms take their parameters from sub-tables ``[objective.ot]``. A key
+    beside a sum's name that is not one of its terms is an error.
+    """
+    if isinstance(section, str):
+        section = {"name": section}
+    expr = section.get("name")
+    if not isinstance(expr, str):
+        raise ConfigError('[objective] needs a name, e.g. name = "mle" or "mle + 0.1*ot"')
+    parsed = _parse_expression(expr)
+    if len(parsed) == 1 and parsed[0][1] == 1.0:
+        params = {k: v for k, v in section.items() if k != "name"}
+        return (ObjectiveTerm(parsed[0][0], 1.0, params),)
+    names = {n for n, _ in parsed}
+    for key in section:
+        if key != "name" and key not in names:
+            raise ConfigError(
+                f"[objective] {key!r} is not a term of {expr!r}: parameters of a weighted sum "
+                f"go in a sub-table per term, e.g. [objective.{parsed[0][0]}]"
+            )
+    terms = []
+    for name, weight in parsed:
+        sub = section.get(name, {})
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"[objective.{name}] must be a table of parameters")
+        terms.append(ObjectiveTerm(name, weight, dict(sub)))
+    return tuple(terms)
+
+
+def is_weighted_sum(terms: tuple[ObjectiveTerm, ...]) -> bool:
+    """Whether ``terms`` make a weighted sum (several terms, or one with a weight other than 1)."""
+    return len(terms) != 1 or terms[0].weight != 1.0
+
+
+def objective_section(terms: tuple[ObjectiveTerm, ...]) -> dict[str, Any]:
+    """The ``[objective]`` section that :func:`parse_objective` reads back as ``terms``."""
+    if not is_weighted_sum(terms):
+        return {"name": terms[0].name, **terms[0].params}
+    return {"name": " + ".join(f"{t.weight:g}*{t.name}" for t in terms),
+            **{t.name: dict(t.params) for t in terms}}
+
+
 def parse_objective_expression(expr: str) -> list[tuple[str, float]]:
-    """``"mle + 0.1*ot"`` → ``[("mle", 1.0), ("ot", 0.1)]``."""
+    """``"mle + 0.1*ot"`` → ``[("mle", 1.0), ("ot", 0.1)]`` (names and weights only)."""
+    return [(t.name, t.weight) for t in parse_objective(expr)]
+
+
+def _parse_expression(expr: str) -> list[tuple[str, float]]:
     terms = []
     for part in expr.split("+"):
         part = part.strip()
@@ -336,7 +427,10 @@ def parse_objective_expression(expr: str) -> list[tuple[str, float]]:
                 f"objective {expr!r}: cannot read term {part!r}; write terms like "
                 f"'mle + 0.1*ot'"
             )
-        weight = float(m.group(1)) if m.group(1) else 1.0
+        try:
+            weight = float(m.group(1)) if m.group(1) else 1.0
+        except ValueError:
+            raise ConfigError(f"objective {expr!r}: {m.group(1)!r} is not a number") from None
         terms.append((m.group(2), weight))
     names = [n for n, _ in terms]
     if len(set(names)) != len(names):
@@ -365,34 +459,18 @@ def _resolve_plugin(kind: str, section: Mapping[str, Any], where: str,
 
 
 def _resolve_objective(section: Mapping[str, Any]) -> dict[str, Any]:
-    name = section.get("name")
-    if not isinstance(name, str):
-        raise ConfigError('[objective] needs a name, e.g. name = "mle" or "mle + 0.1*ot"')
-    terms = parse_objective_expression(name)
-    if len(terms) == 1 and terms[0][1] == 1.0:
-        return _resolve_plugin("objective", section, "objective")
-    resolved: dict[str, Any] = {"name": " + ".join(f"{w:g}*{n}" for n, w in terms)}
-    term_names = {n for n, _ in terms}
-    for key in section:
-        if key != "name" and key not in term_names:
-            raise ConfigError(
-                f"[objective] {key!r} is not a term of {name!r}: parameters of a weighted sum "
-                f"go in a sub-table per term, e.g. [objective.{terms[0][0]}]"
-            )
-    for term, _ in terms:
-        sub = section.get(term, {})
-        if not isinstance(sub, Mapping):
-            raise ConfigError(f"[objective.{term}] must be a table of parameters")
-        resolved[term] = {k: v for k, v in _resolve_plugin(
-            "objective", {**sub, "name": term}, f"objective.{term}").items() if k != "name"}
-    return resolved
+    terms = parse_objective(section)
+    where = (lambda t: "objective") if not is_weighted_sum(terms) else \
+        (lambda t: f"objective.{t.name}")
+    resolved = tuple(
+        ObjectiveTerm(t.name, t.weight, {k: v for k, v in _resolve_plugin(
+            "objective", {**t.params, "name": t.name}, where(t)).items() if k != "name"})
+        for t in terms)
+    return objective_section(resolved)
 
 
 def _resolve_dataclass(cls: type, section: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"[{where}] must be a table")
-    checked = validate_parameters(cls, section, f"[{where}]", reserved=frozenset())
-    return _plain(asdict(cls(**checked)))
+    return _plain(asdict(typed_section(cls, section, where)))
 
 
 def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,3 +509,60 @@ def diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[s
         elif _plain(va) != _plain(vb):
             out.append(path)
     return out
+
+
+# -- resuming ----------------------------------------------------------------------------------
+def with_recorded_values(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, Any]:
+    """``requested`` with the values ``saved`` recorded for parameters it leaves unset.
+
+    A run folder's ``config.toml`` records the values its plugins chose at build time for
+    parameters left unset (e.g. Real NVP's ``hidden`` width; see
+    :func:`flowkit.builder.record_effective_values`). A config resolved afresh leaves them unset
+    again, which would rebuild the model with whatever the default is *today*; for the same
+    plugin, such keys take the run's recorded values.
+    """
+    out = copy.deepcopy(dict(requested))
+    for section in MODEL_SECTIONS:
+        ours, theirs = out.get(section), saved.get(section)
+        if not isinstance(ours, dict) or not isinstance(theirs, Mapping) \
+                or ours.get("name") != theirs.get("name"):
+            continue
+        for key, value in theirs.items():
+            if key not in ours:
+                ours[key] = copy.deepcopy(value)
+    return out
+
+
+def resume_conflicts(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Dotted keys in which ``requested`` differs from a run's ``saved`` config but may not.
+
+    Only :data:`RESUMABLE_KEYS` may change when a run is resumed; values the run recorded for
+    parameters ``requested`` leaves unset are not differences (:func:`with_recorded_values`).
+    """
+    return [k for k in diff(saved, with_recorded_values(saved, requested))
+            if k not in RESUMABLE_KEYS]
+
+
+def resume_conflict_message(run_dir: Any, saved: Mapping[str, Any],
+                            requested: Mapping[str, Any], conflicts: list[str]) -> str:
+    """What is wrong with resuming ``run_dir`` with ``requested``, and what to do instead."""
+    def lookup(config: Mapping[str, Any], dotted: str) -> Any:
+        node: Any = config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return node
+
+    details = "; ".join(f"{k}: run has {lookup(saved, k)!r}, given {lookup(requested, k)!r}"
+                        for k in conflicts[:5])
+    defining = [k for k in conflicts if k.split(".")[0] not in ("train", "eval")]
+    why = ("the model and its data define what the checkpoint's weights mean"
+           if defining else
+           "these keys shape the data stream or the optimiser's saved state")
+    return (
+        f"--resume {run_dir}: the given config conflicts with the run's config.toml ({details}); "
+        f"{why}, so they cannot change on resume. Keys that may change: the schedule "
+        f"({', '.join(sorted(k.split('.', 1)[1] for k in SCHEDULE_KEYS))}), logging, "
+        f"checkpointing and [eval] settings. Resume with the run's own config plus such "
+        f"changes, or start a new run (e.g. flowkit run --config {run_dir}/config.toml "
+        f"--set ...)."
+    )

@@ -15,12 +15,16 @@ accumulates the convolution into ``r``'s buffer (its in-place variant,
 convolution, against 0.4 ms for the out-of-place addition. It applies to float32 CPU batches
 of ``nn.Conv2d`` layers with zero padding, when the kernel is present and matches the ordinary
 ops on a probe; everything else — and every call that needs a gradient — runs the ordinary ops,
-with the same values. ``FLOWKIT_ONEDNN=0`` (or :func:`flowkit.linear.set_onednn_linear`)
-switches it off together with the fused linear layers.
+with the same values. The kernels are private PyTorch operators: a build that lacks them (or
+whose signature changed) fails the probe and runs the ordinary ops, and a kernel that raises on a
+real call switches the process to the ordinary ops with one
+:class:`~flowkit.linear.OneDNNFallbackWarning`. ``FLOWKIT_ONEDNN=0`` (or
+:func:`flowkit.linear.set_onednn_linear`) switches it off together with the fused linear layers.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +46,9 @@ def _kernels() -> tuple[Any, Any, Any]:
 def _probe() -> bool:
     """Whether the fused kernels exist and match the ordinary ops on a small channels-last batch."""
     try:
+        if not (_linear.has_mkldnn_op("_convolution_pointwise")
+                and _linear.has_mkldnn_op("_convolution_pointwise_")):
+            return False
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
         w = torch.randn(4, 3, 3, 3, generator=gen)
@@ -60,8 +67,17 @@ def _probe() -> bool:
                     and torch.allclose(got_res, want, atol=1e-5)
                     and got_into.data_ptr() == into.data_ptr()
                     and torch.allclose(into, want, atol=1e-5))
-    except (RuntimeError, AttributeError, NotImplementedError):
+    except Exception:  # a changed signature or a broken build: the ordinary ops
         return False
+
+
+def _fall_back(exc: BaseException) -> None:
+    """Switch this process to the ordinary ops after a fused kernel failed on a real call."""
+    global _probed
+    _probed = False
+    warnings.warn(f"flowkit: the fused oneDNN convolution failed ({type(exc).__name__}: {exc}); "
+                  f"using the ordinary PyTorch ops from now on", _linear.OneDNNFallbackWarning,
+                  stacklevel=3)
 
 
 def _active() -> bool:
@@ -119,14 +135,18 @@ def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
     again. Calls that need a gradient never overwrite it.
     """
     if _fusable(x, conv, residual):
-        unary, binary, binary_ = _kernels()
-        args = (conv.weight, conv.bias, _padding(conv), list(conv.stride), list(conv.dilation),
-                conv.groups)
-        if residual is None:
-            return unary(x, *args, "relu" if relu else "none", [], "")
-        if overwrite_residual:
-            return binary_(residual, x, *args, "add", None, "relu" if relu else None, [], None)
-        return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
+        try:
+            unary, binary, binary_ = _kernels()
+            args = (conv.weight, conv.bias, _padding(conv), list(conv.stride),
+                    list(conv.dilation), conv.groups)
+            if residual is None:
+                return unary(x, *args, "relu" if relu else "none", [], "")
+            if overwrite_residual:
+                return binary_(residual, x, *args, "add", None, "relu" if relu else None, [],
+                               None)
+            return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
+        except Exception as exc:  # the private kernel failed: the ordinary ops, from now on
+            _fall_back(exc)
     y = conv(x)
     if residual is not None:
         # in place into the fresh convolution output (autograd saves the convolution's input and

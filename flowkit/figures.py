@@ -1,4 +1,9 @@
-"""Figures: sample grids for images, density and sample plots for 2-D data (PNG)."""
+"""Figures: sample grids for images, density and sample plots for 2-D data (PNG).
+
+Every figure is written atomically (:func:`flowkit.atomic.atomic_write`): a crash or a full disk
+never leaves a truncated or zero-byte PNG that looks complete (a full disk is a
+:class:`~flowkit.atomic.DiskFullError` naming the file).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from flowkit.atomic import atomic_write
 from flowkit.data.base import DataSplits
 from flowkit.model import Flow
 
@@ -41,10 +47,8 @@ def image_grid(images: Tensor, nrow: int | None = None, min_tile: int = 32, pad:
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write :func:`image_grid` of ``images`` to ``path`` (PNG)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow).save(path)
-    return path
+    image = image_grid(images, nrow)
+    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 @torch.inference_mode()
@@ -100,11 +104,10 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal", adjustable="box")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Flows for your own code: build a model from Python, no config file, no training run.
 
 Each function returns a :class:`~flowkit.model.Flow` — the very object ``flowkit run`` builds
-from a config (it goes through the same :func:`~flowkit.model.build_model`), so its registered
+from a config (it goes through the same :func:`~flowkit.builder.build_model`), so its registered
 plugins, checks and checkpoints are the ones the command line uses. ``flow(c)`` is
 ``p(x | c)`` as a ``torch.distributions.Distribution``::
 
@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flowkit.builder import build_model, record_effective_values
 from flowkit.data.base import DataMeta
-from flowkit.model import Flow, build_model
+from flowkit.model import Flow
 from flowkit.transform import Shape
 
 __all__ = ["GIN", "IAF", "MAF", "NICE", "NSF", "RealNVP", "build"]
@@ -75,7 +76,7 @@ def build(
     config["embedding"] = section
     resolved = resolve(config)
     flow = build_model(resolved, DataMeta(shape=shape, context_shape=_shape(context)))
-    flow.config = resolved
+    flow.config = record_effective_values(resolved, flow)
     return flow
 
 

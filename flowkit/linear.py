@@ -14,6 +14,13 @@ with :func:`torch.nn.functional.linear` on a probe, for layers big enough to gai
 double backward, small layers) goes through the ordinary ops. The parameters are the ordinary
 ``nn.Linear`` ones, so models and checkpoints do not change.
 
+The kernel is a private PyTorch operator, so it is feature-detected, never assumed: the first
+eligible call checks that ``torch.ops.mkldnn`` has it and that it agrees with the ordinary ops on
+a probe (:func:`onednn_linear_active`). A build without it, or one whose kernel changed its
+signature, runs the ordinary ops; a kernel that raises on a real call switches the process to
+the ordinary ops for good, with one :class:`OneDNNFallbackWarning`, and that call is answered by
+the ordinary ops too.
+
 Set ``FLOWKIT_ONEDNN=0`` (or call :func:`set_onednn_linear`) to use the ordinary ops everywhere,
 for instance to compare the two; the switch also covers the fused convolutions of
 :mod:`flowkit.conv`.
@@ -22,13 +29,14 @@ for instance to compare the two; the switch also covers the fused convolutions o
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear", "onednn_linear_active", "set_onednn_linear"]
+__all__ = ["OneDNNFallbackWarning", "linear", "onednn_linear_active", "set_onednn_linear"]
 
 _ENV = "FLOWKIT_ONEDNN"
 _enabled: bool = os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -46,14 +54,35 @@ def set_onednn_linear(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
+class OneDNNFallbackWarning(RuntimeWarning):
+    """A private oneDNN kernel failed on a real call; the ordinary ops are used from then on."""
+
+
+def has_mkldnn_op(name: str) -> bool:
+    """Whether this PyTorch build has the operator ``torch.ops.mkldnn.<name>`` (private API)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, name)
+    except Exception:  # an unexpected torch.ops layout counts as "missing"
+        return False
+
+
 def _kernel() -> Any:
     return torch.ops.mkldnn._linear_pointwise
+
+
+def _fall_back(exc: BaseException) -> None:
+    """Switch this process to the ordinary ops after the kernel failed on a real call."""
+    global _probed
+    _probed = False
+    warnings.warn(f"flowkit: the oneDNN linear kernel failed ({type(exc).__name__}: {exc}); "
+                  f"using the ordinary PyTorch ops from now on", OneDNNFallbackWarning,
+                  stacklevel=3)
 
 
 def _probe() -> bool:
     """Whether the oneDNN kernel exists and matches ``F.linear`` (+ ReLU) on a small input."""
     try:
-        if not torch.backends.mkldnn.is_available():
+        if not has_mkldnn_op("_linear_pointwise"):
             return False
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(5, 7, generator=gen)
@@ -65,7 +94,7 @@ def _probe() -> bool:
             back = _gemm(g.t(), x.t())  # strided operands, as in the weight gradient
         return bool(torch.allclose(got, F.relu(F.linear(x, w, b)), atol=1e-5)
                     and torch.allclose(back, g.t() @ x, atol=1e-5))
-    except (RuntimeError, AttributeError, NotImplementedError):
+    except Exception:  # a changed signature or a broken build: the ordinary ops
         return False
 
 
@@ -126,12 +155,17 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.relu:
             grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: differentiable ops for double backward
+        fused = not torch.is_grad_enabled() and onednn_linear_active()
+        if fused:
+            try:
+                grad_x = _gemm(grad_y, weight.t()) if need_x else None
+                grad_w = _gemm(grad_y.t(), x.t()) if need_w else None
+            except Exception as exc:  # the private kernel failed: the ordinary ops below
+                _fall_back(exc)
+                fused = False
+        if not fused:  # create_graph=True (differentiable ops for double backward), or fallback
             grad_x = grad_y @ weight if need_x else None
             grad_w = grad_y.t() @ x if need_w else None
-        else:
-            grad_x = _gemm(grad_y, weight.t()) if need_x else None
-            grad_w = _gemm(grad_y.t(), x.t()) if need_w else None
         grad_b = grad_y.sum(0) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b, None
 
@@ -144,9 +178,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
     ``(out,)``.
     """
     if x.dim() == 2 and _eligible(x, weight, bias):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad)):
-            return _OneDNNLinear.apply(x, weight, bias, relu)
-        return _kernel()(_rows(x), weight, bias, "relu" if relu else "none", [], "")
+        try:
+            if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad)):
+                return _OneDNNLinear.apply(x, weight, bias, relu)
+            return _kernel()(_rows(x), weight, bias, "relu" if relu else "none", [], "")
+        except Exception as exc:  # the private kernel failed: the ordinary ops, from now on
+            _fall_back(exc)
     y = F.linear(x, weight, bias)
     return F.relu(y) if relu else y

@@ -1,4 +1,4 @@
-"""The :class:`Flow` model — ``prior ∘ transform`` with preprocessing — and :func:`build_model`.
+"""The :class:`Flow` model — ``prior ∘ transform`` with preprocessing.
 
 For data ``x``, preprocessing ``g`` (e.g. logit) and transform ``f``::
 
@@ -11,12 +11,15 @@ A conditional flow ``p(x | c)`` reads a real-valued context ``c`` through its em
 ``h = E(standardize(c))``, computed once per call and passed to every conditioner and to a
 context-aware prior; class labels are passed on as they are. ``flow(c)`` is the model as a
 :class:`torch.distributions.Distribution` (:class:`~flowkit.distribution.FlowDistribution`).
+
+A config becomes a :class:`Flow` in :func:`flowkit.builder.build_model` (also
+``flowkit.build_model``); ``flowkit.model.build_model`` still works for one release, with a
+:class:`DeprecationWarning`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,9 +27,8 @@ from torch import Tensor, nn
 
 from flowkit.config import Temperature
 from flowkit.data.base import DataMeta
-from flowkit.data.preprocess import build_preprocess
 from flowkit.embedding import ContextStandardize, Embedding
-from flowkit.errors import ConfigError, ShapeError
+from flowkit.errors import ShapeError
 from flowkit.params import check_constraints
 from flowkit.prior import Prior
 from flowkit.transform import Shape, Transform
@@ -34,7 +36,7 @@ from flowkit.transform import Shape, Transform
 if TYPE_CHECKING:
     from flowkit.distribution import FlowDistribution
 
-__all__ = ["DataMeta", "Flow", "build_model"]
+__all__ = ["DataMeta", "Flow"]
 
 
 class Flow(nn.Module):
@@ -256,89 +258,15 @@ class Flow(nn.Module):
             self.prior.initialize(z, h)
 
 
-def _split(section: Mapping[str, Any], generic: tuple[str, ...] = ()) -> tuple[str, dict]:
-    params = {k: v for k, v in section.items() if k != "name" and k not in generic}
-    return section["name"], params
+def __getattr__(name: str) -> Any:
+    """``flowkit.model.build_model``: moved to :mod:`flowkit.builder` (kept for one release)."""
+    if name == "build_model":
+        import warnings
 
+        warnings.warn("flowkit.model.build_model moved to flowkit.builder.build_model (also "
+                      "flowkit.build_model); the old import path goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        from flowkit.builder import build_model
 
-def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
-    """Build the :class:`Flow` a resolved config describes for data described by ``meta``."""
-    from flowkit import registry
-    from flowkit.config import DEFAULT_EMBEDDING
-
-    data_cfg = config["data"]
-    preprocess = build_preprocess(
-        data_cfg.get("preprocess", "auto"), meta.shape, data_cfg.get("alpha", 0.05),
-        meta.default_preprocess, meta.standardization,
-    )
-    embedding, context_norm = _build_context(config.get("embedding", DEFAULT_EMBEDDING), meta)
-    features = None if embedding is None else embedding.features
-    t_name, t_params = _split(config["transform"])
-    _require_context_support("transform", t_name, registry.transforms.get(t_name), t_params,
-                             meta)
-    transform = registry.transforms.build(
-        t_name, t_params,
-        injected={"event_shape": preprocess.output_shape, "num_classes": meta.num_classes,
-                  "context_features": features},
-        expect=Transform,
-    )
-    p_name, p_params = _split(config["prior"])
-    prior = registry.priors.build(
-        p_name, p_params,
-        injected={"shape": transform.output_shape, "num_classes": meta.num_classes,
-                  "context_features": features},
-        expect=Prior,
-    )
-    if prior.conditional and not meta.num_classes:
-        raise ConfigError(
-            f"prior '{p_name}' is class-conditional but dataset '{data_cfg['name']}' has no "
-            f"labels; choose an unconditional prior such as 'gaussian'"
-            + (" or the context-aware 'conditional-gaussian'" if meta.context_shape else "")
-        )
-    return Flow(transform, prior, preprocess, levels=meta.levels, num_classes=meta.num_classes,
-                embedding=embedding, context_norm=context_norm)
-
-
-def _build_context(
-    section: Mapping[str, Any], meta: DataMeta,
-) -> tuple[Embedding | None, ContextStandardize | None]:
-    """The embedding network (and the context standardisation) for a real-valued context."""
-    from flowkit import registry
-
-    if meta.context_shape is None:
-        return None, None
-    name, params = _split(section)
-    embedding = registry.embeddings.build(name, params,
-                                          injected={"context_shape": meta.context_shape},
-                                          expect=Embedding)
-    stats = meta.standardization or {}
-    norm = None
-    if "context_mean" in stats and "context_std" in stats:
-        norm = ContextStandardize(meta.context_shape, stats["context_mean"], stats["context_std"])
-    return embedding, norm
-
-
-def _require_context_support(kind: str, name: str, factory: Any, params: Mapping[str, Any],
-                             meta: DataMeta) -> None:
-    """A plugin that cannot read a real-valued context says so before anything is built."""
-    if meta.context_shape is None:
-        return
-    import inspect
-
-    try:
-        accepted = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        accepted = {}
-    if "context_features" not in accepted:
-        raise ConfigError(
-            f"{kind} '{name}' cannot take a context, but the data has a real-valued context of "
-            f"shape {tuple(meta.context_shape)}. Choose a conditional {kind} (for example maf, "
-            f"realnvp, affine-coupling, glow, nice, gin; `flowkit list transforms` shows which "
-            f"take context_features), or use data without a context."
-        )
-    if params.get("conditional") is False:
-        raise ConfigError(
-            f"[{kind}] {name}: conditional=false would ignore the data's context of shape "
-            f"{tuple(meta.context_shape)}; remove conditional=false (a dataset with a context "
-            f"makes conditional transforms condition on it), or use data without a context."
-        )
+        return build_model
+    raise AttributeError(f"module 'flowkit.model' has no attribute {name!r}")

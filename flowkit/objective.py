@@ -18,6 +18,10 @@ Four optional hooks let an objective reach beyond the model without special case
 :meth:`Objective.joint_parameters` (modules trained *with* the model by the model's optimiser, e.g.
 the classifier head of a hybrid model), :meth:`Objective.evaluate` (extra test metrics, e.g. a
 classification accuracy) and :meth:`Objective.figures` (extra figures at the end of a run).
+
+The ``[objective]`` section of a config (one plugin, or a sum ``"mle + 0.1*ot"``) is parsed into
+:class:`~flowkit.config.ObjectiveTerm` s and built by :func:`flowkit.builder.build_objective`; this
+module is the interface only.
 """
 
 from __future__ import annotations
@@ -154,14 +158,15 @@ class WeightedSum(Objective):
         return LossOutput(total, logged)
 
 
-def build_objective(section: dict[str, Any]) -> Objective:
-    """Build the objective of a resolved ``[objective]`` section (one plugin or a weighted sum)."""
-    from flowkit import registry
-    from flowkit.config import parse_objective_expression
+def __getattr__(name: str) -> Any:
+    """``flowkit.objective.build_objective``: moved to :mod:`flowkit.builder` (for one release)."""
+    if name == "build_objective":
+        import warnings
 
-    terms = parse_objective_expression(section["name"])
-    if len(terms) == 1 and terms[0][1] == 1.0:
-        params = {k: v for k, v in section.items() if k != "name"}
-        return registry.objectives.build(terms[0][0], params)
-    built = {name: registry.objectives.build(name, section.get(name, {})) for name, _ in terms}
-    return WeightedSum(built, dict(terms))
+        warnings.warn("flowkit.objective.build_objective moved to "
+                      "flowkit.builder.build_objective; the old import path goes in the next "
+                      "release", DeprecationWarning, stacklevel=2)
+        from flowkit.builder import build_objective
+
+        return build_objective
+    raise AttributeError(f"module 'flowkit.objective' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Plugin registry over Python entry points.
 
-Five groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
-``flowkit.datasets`` and ``flowkit.embeddings`` (context embedding networks) — hold every
+Six groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
+``flowkit.datasets``, ``flowkit.embeddings`` (context embedding networks) and
+``flowkit.elementwise`` (the maps of couplings and autoregressive layers) — hold every
 plugin, flowkit's own included. A third-party package adds one
 by declaring, in its ``pyproject.toml``::
 
@@ -13,8 +14,9 @@ Behaviour:
 * **Lazy.** Entry points are read on first use; a plugin module is imported only when its name
   is asked for (``flowkit list`` imports them to show summaries).
 * **Provenance.** Each entry records the distribution (name and version) that provides it.
-* **Contained failure.** A plugin that fails to import raises :class:`PluginLoadError` naming
-  the plugin, its distribution and the error — only when that plugin is used.
+* **Contained failure.** A plugin that fails to import — any exception, ``sys.exit()`` or another
+  ``BaseException`` (but Ctrl-C) — raises :class:`PluginLoadError` naming the plugin, its
+  distribution and the error, only when that plugin is used.
 * **Collisions** warn and say which distribution won (flowkit's own plugins win; otherwise the
   first distribution in alphabetical order).
 * **Blocklist.** ``$FLOWKIT_BLOCK`` (comma-separated names, optionally ``group:name``) and the
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from flowkit._version import DISTRIBUTION
 from flowkit.errors import (
     BlockedPluginError,
     ConfigError,
@@ -41,9 +44,10 @@ from flowkit.errors import (
 )
 from flowkit.params import validate_parameters
 
-KINDS = ("transform", "prior", "objective", "dataset", "embedding")
-GROUPS = {kind: f"flowkit.{kind}s" for kind in KINDS}
-BUILTIN_DISTRIBUTION = "flowkit"
+KINDS = ("transform", "prior", "objective", "dataset", "embedding", "elementwise")
+# elementwise maps of couplings and autoregressive layers (flowkit.elementwise): no plural "s"
+GROUPS = {kind: f"flowkit.{kind}" + ("" if kind == "elementwise" else "s") for kind in KINDS}
+BUILTIN_DISTRIBUTION = DISTRIBUTION  # "torch-flowkit": the distribution of the built-in plugins
 
 
 class PluginCollisionWarning(UserWarning):
@@ -78,11 +82,15 @@ class PluginEntry:
                     obj = getattr(obj, part)
                 self._obj = obj
                 return obj
-            except Exception as exc:  # any import-time failure of third-party code
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # any import-time failure, sys.exit() included
                 self._error = exc
+        exited = " (the plugin called sys.exit() while being imported)" \
+            if isinstance(self._error, SystemExit) else ""
         raise PluginLoadError(
             f"{self.kind} plugin '{self.name}' (from {self.provider}, {self.target}) failed to "
-            f"load: {type(self._error).__name__}: {self._error}. Fix or reinstall "
+            f"load: {type(self._error).__name__}: {self._error}{exited}. Fix or reinstall "
             f"'{self.distribution}', or disable the plugin with FLOWKIT_BLOCK={self.name}."
         ) from self._error
 
@@ -241,9 +249,10 @@ priors = Registry("prior")
 objectives = Registry("objective")
 datasets = Registry("dataset")
 embeddings = Registry("embedding")
+elementwise = Registry("elementwise")
 
 _REGISTRIES = {"transform": transforms, "prior": priors, "objective": objectives,
-               "dataset": datasets, "embedding": embeddings}
+               "dataset": datasets, "embedding": embeddings, "elementwise": elementwise}
 
 
 def registry(kind: str) -> Registry:

@@ -12,7 +12,12 @@
       traversals.png     latent traversals along the largest-σ dimensions (Gaussian-type priors)
       reconstructions.png  test images and decode(encode(x))
       summary.json       final test NLL / bits-per-dim, speed, status
+      config-history.jsonl  config changes made on resume (e.g. a lower train.lr), one per line
       .lock              held by the run that writes the folder (:mod:`flowkit.runlock`)
+
+Every file is written atomically (:mod:`flowkit.atomic`) except the append-only JSONL logs; when
+a run (re)starts in the folder it removes the temporary files an interrupted write left, and a
+resume drops the ``metrics.jsonl`` records beyond the checkpoint it continues from.
 
 Under torchrun only rank 0 writes in the run folder (:mod:`flowkit.distributed`).
 :func:`load_run` rebuilds the trained model from a run folder without needing the data.
@@ -29,10 +34,11 @@ from typing import Any
 
 import torch
 
+from flowkit.builder import build_model
 from flowkit.checkpoint import check_fingerprint, load_checkpoint
 from flowkit.data.base import DataMeta, DataSplits, resolve_data_dir
 from flowkit.errors import CheckpointError, ConfigError
-from flowkit.model import Flow, build_model
+from flowkit.model import Flow
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
 

@@ -1,13 +1,21 @@
 """One training engine for every transform, prior and objective.
 
-Per step: a batch (addressed by step, so resumed runs see the same data), uniform
-dequantization, the objective's auxiliary update (e.g. a critic), the objective's loss,
-backward, gradient clipping, the optimiser and schedule, the prior's post-step hook. Around it:
-seeding, device choice, a tqdm progress bar, JSONL metrics, periodic evaluation and samples,
-atomic checkpoints, resume, and a NaN/Inf guard that stops with a clear message and keeps the last
-good checkpoint. With a validation split, periodic evaluation reads it; ``train.patience`` > 0
-then keeps the best model (``checkpoints/best.pt``), stops after that many evaluations without
-improvement, and evaluates the best model at the end.
+:meth:`Trainer.fit` is a loop of :meth:`Trainer.train_step` followed by callbacks
+(:mod:`flowkit.callbacks`). A step: a batch (addressed by step, so resumed runs see the same
+data), uniform dequantization, the objective's auxiliary update (e.g. a critic), the objective's
+loss, backward, gradient clipping, the optimiser and schedule, the prior's post-step hook. After
+it, in order, the callbacks: JSONL metrics and the progress bar, periodic evaluation (the
+validation split when the dataset has one), early stopping (``train.patience`` > 0: keeps the best
+model in ``checkpoints/best.pt``, stops after that many evaluations without improvement and makes
+the best model the final one), sample figures, the caller's own callbacks
+(``train(config, callbacks=[...])``), atomic checkpoints and the time budget. Around it: seeding,
+device choice, resume, and a NaN/Inf guard that stops with a clear message and keeps the last good
+checkpoint — a checkpoint is written only when every tensor of its state is finite and the model
+gives a finite NLL, so the checkpoint the message names is one to resume from.
+
+The trainer reads the resolved config through its typed sections (:class:`TrainConfig`,
+:class:`EvalConfig`, :class:`DataConfig`) and writes it, with the values plugins chose at build
+time (:func:`flowkit.builder.record_effective_values`), to the run folder's ``config.toml``.
 
 Under torchrun (:mod:`flowkit.distributed`) every process trains on its slice of the same global
 batch, gradients are averaged before clipping, and rank 0 alone writes files; each ``dist.`` call
@@ -16,10 +24,12 @@ below is a no-op under one process.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +38,60 @@ from tqdm.auto import tqdm
 
 from flowkit import __version__, runlock
 from flowkit import distributed as dist
+from flowkit.atomic import (
+    DiskFullError,
+    atomic_write_text,
+    disk_full_is_an_error,
+    remove_stale_temporaries,
+)
+from flowkit.builder import build_model, build_objective, record_effective_values
+from flowkit.callbacks import (
+    Callback,
+    Checkpointing,
+    EarlyStopping,
+    Evaluation,
+    MetricsLog,
+    SampleFigures,
+    StepOutput,
+    TimeBudget,
+)
 from flowkit.checkpoint import (
     check_fingerprint,
     drop_mismatched_optimizer_state,
     load_checkpoint,
     model_fingerprint,
+    non_finite_tensors,
     save_checkpoint,
 )
-from flowkit.config import RESUMABLE_KEYS, diff, dumps, resolve
+from flowkit.config import (
+    TrainConfig,
+    data_config,
+    diff,
+    dumps,
+    eval_config,
+    parse_objective,
+    resolve,
+    resume_conflict_message,
+    resume_conflicts,
+    train_config,
+    with_recorded_values,
+)
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
 from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from flowkit.figures import save_run_figures, save_samples_figure
 from flowkit.metrics import evaluate_nll, latent_scale_stats
-from flowkit.model import build_model
-from flowkit.objective import Batch, build_objective
+from flowkit.metrics import likelihood as _likelihood
+from flowkit.objective import Batch
 from flowkit.optim import build_optimizer
 from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
+
+__all__ = ["Callback", "EarlyStopping", "StepOutput", "Trainer", "resume", "train"]
+
+#: Training examples whose NLL must be finite before a checkpoint is written.
+PROBE_EXAMPLES = 64
+#: The run folder's record of config changes made on resume (one JSON object per line).
+HISTORY_NAME = "config-history.jsonl"
 
 
 class _Schedule:
@@ -62,16 +109,16 @@ class _Schedule:
         return 1.0
 
 
-def _batch_stream(data: DataSplits, tc: dict[str, Any],
+def _batch_stream(data: DataSplits, tc: TrainConfig,
                   log: Callable[[str], None]) -> BatchStream | ClassBalancedStream:
-    if tc["sampler"] == "class-balanced":
+    if tc.sampler == "class-balanced":
         if data.train_labels is None or not data.num_classes:
             log(f"note: train.sampler = 'class-balanced' but '{data.name}' has no labels; "
                 f"drawing batches at random")
-            return BatchStream(data.train, None, tc["batch_size"], tc["seed"])
-        return ClassBalancedStream(data.train, data.train_labels, tc["batch_size"], tc["seed"],
+            return BatchStream(data.train, None, tc.batch_size, tc.seed)
+        return ClassBalancedStream(data.train, data.train_labels, tc.batch_size, tc.seed,
                                    data.num_classes)
-    return BatchStream(data.train, data.conditioning("train"), tc["batch_size"], tc["seed"])
+    return BatchStream(data.train, data.conditioning("train"), tc.batch_size, tc.seed)
 
 
 def _shard(stream: BatchStream | ClassBalancedStream) -> torch.Tensor | None:
@@ -88,107 +135,81 @@ def _discard(message: str) -> None:
     """The log of processes other than rank 0: only rank 0 prints."""
 
 
-class EarlyStopping:
-    """The best validation NLL so far and how many evaluations have passed without beating it.
+class Trainer:
+    """Trains the model a resolved config describes, in ``run_dir``.
 
-    ``patience`` > 0 turns it on: training stops once ``patience`` evaluations in a row did not
-    improve on the best. Its state travels in checkpoints, so a resumed run stops where an
-    uninterrupted one would.
+    ``callbacks`` (:class:`flowkit.Callback`) run at every step after the built-in logging,
+    evaluation, early stopping and sample figures, before the checkpoint and the time budget.
     """
 
-    def __init__(self, patience: int) -> None:
-        self.patience = int(patience)
-        self.best = math.inf
-        self.best_step: int | None = None
-        self.since_best = 0
-
-    @property
-    def active(self) -> bool:
-        return self.patience > 0
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether ``patience`` evaluations in a row brought no improvement."""
-        return self.active and self.since_best >= self.patience
-
-    def update(self, step: int, nll: float) -> bool:
-        """Record the validation NLL of ``step``; whether it is a new best (NaN never is)."""
-        if nll < self.best:
-            self.best, self.best_step, self.since_best = float(nll), int(step), 0
-            return True
-        self.since_best += 1
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = float(state["best"])
-        self.best_step = None if state["best_step"] is None else int(state["best_step"])
-        self.since_best = int(state["since_best"])
-
-    def summary(self, stopped_early: bool) -> dict[str, Any]:
-        best = self.best if math.isfinite(self.best) else None
-        return {"best_step": self.best_step, "best_val_nll": best, "stopped_early": stopped_early}
-
-
-class Trainer:
-    """Trains the model a resolved config describes, in ``run_dir``."""
-
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 callbacks: Iterable[Callback] = ()) -> None:
         dist.init()  # joins torchrun's process group, if any (idempotent)
-        self.config = config
         self.run_dir = Path(run_dir)
         self.progress = progress and dist.is_main()
         self.log = log if dist.is_main() else _discard
-        tc = config["train"]
-        self.device = select_device(tc["device"])
-        if tc["threads"] > 0:
-            torch.set_num_threads(tc["threads"])
-        torch.manual_seed(tc["seed"])
+        self.train_config = tc = train_config(config)
+        self.eval_config = eval_config(config)
+        self.device = select_device(tc.device)
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
         with dist.local_main_first():  # one process per node fills the dataset cache
             self.data = load_dataset(config)
         self.model = build_model(config, self.data.meta).to(self.device)
-        if tc["invertible_backprop"]:
+        #: the resolved config plus the values plugins chose at build time (config.toml)
+        self.config = record_effective_values(config, self.model)
+        if tc.invertible_backprop:
             from flowkit.invertible_backprop import enable_invertible_backprop
 
             enable_invertible_backprop(self.model, log=self.log,
-                                       chunks=tc["invertible_backprop_chunks"])
-        if tc["compile"]:  # TrainConfig refuses it together with invertible_backprop
+                                       chunks=tc.invertible_backprop_chunks)
+        if tc.compile:  # TrainConfig refuses it together with invertible_backprop
             from flowkit.compiled import enable_compile
 
             enable_compile(self.model, log=self.log, device=self.device)
-        self.objective = build_objective(config["objective"]).to(self.device)
+        self.objective = build_objective(parse_objective(config["objective"])).to(self.device)
         self.objective.bind_data(self.data)
         self.objective.setup(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.params += [p for p in self.objective.joint_parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, tc)
-        self.schedule = _Schedule(tc["scheduler"], tc["warmup_steps"], tc["steps"])
+        self.optimizer = build_optimizer(self.params, dataclasses.asdict(tc))
+        self.schedule = _Schedule(tc.scheduler, tc.warmup_steps, tc.steps)
         self.stream = _batch_stream(self.data, tc, self.log)
         self.shard = _shard(self.stream)
-        self.dequantize = bool(config["data"]["dequantize"]) and self.data.levels is not None
+        self.dequantize = data_config(config).dequantize and self.data.levels is not None
         self.eval_split = "val" if self.data.val is not None else "test"
-        self.early_stopping = EarlyStopping(tc["patience"])
-        if self.early_stopping.active:
-            self._check_early_stopping(tc)
-        self.stopped_early = False
+        self.early_stopping: EarlyStopping | None = None
+        if tc.patience > 0:
+            EarlyStopping.check(self)
+            self.early_stopping = EarlyStopping(tc.patience)
+        self.callbacks: list[Callback] = self._with_builtin_callbacks(list(callbacks))
+        self.stop_reason: str | None = None
+        self.progress_bar: Any = None
         self.step = 0
         self.elapsed = 0.0
+        #: the newest checkpoint known to be good: written by this trainer, or resumed from
+        self.last_checkpoint: Path | None = None
 
-    def _check_early_stopping(self, tc: dict[str, Any]) -> None:
-        if self.data.val is None:
-            raise ConfigError(
-                f"train.patience = {tc['patience']} stops training on the validation NLL, but "
-                f"dataset {self.data.name!r} has no validation split; use a dataset with one "
-                f"(e.g. data = \"table\" with data.val_fraction > 0) or set train.patience = 0"
-            )
-        if not tc["eval_every"]:
-            raise ConfigError(
-                f"train.patience = {tc['patience']} counts evaluations, but train.eval_every = 0 "
-                f"turns them off; set train.eval_every (e.g. 100) or train.patience = 0"
-            )
+    def _with_builtin_callbacks(self, user: list[Callback]) -> list[Callback]:
+        """The callbacks of a step, in order: log, evaluate, early stopping, sample figure, the
+        caller's own (so a checkpoint holds their state of its step), checkpoint, time budget."""
+        tc, ec = self.train_config, self.eval_config
+        out: list[Callback] = [MetricsLog(tc.log_every)]
+        if tc.eval_every:
+            out.append(Evaluation(tc.eval_every, ec.max_examples,
+                                  evaluate_last=self.early_stopping is not None))
+        if self.early_stopping is not None:
+            out.append(self.early_stopping)
+        if tc.sample_every:
+            out.append(SampleFigures(tc.sample_every))
+        out.extend(user)
+        if tc.checkpoint_every:
+            out.append(Checkpointing(tc.checkpoint_every))
+        if tc.max_minutes > 0:
+            out.append(TimeBudget(tc.max_minutes))
+        return out
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -202,9 +223,11 @@ class Trainer:
             "config": dumps(self.config),
             "meta": self.data.meta.to_dict(),
             "fingerprint": model_fingerprint(self.config, self.data.meta.to_dict()),
-            "early_stopping": self.early_stopping.state_dict(),
             "flowkit_version": __version__,
         }
+        for callback in self.callbacks:
+            if callback.state_key:
+                state[callback.state_key] = callback.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if dist.world_size() > 1:  # every process's random stream, so resume is exact
@@ -212,7 +235,8 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        check_fingerprint(state, self.config, state.get("path", "the newest checkpoint"))
+        where = state.get("path", "the newest checkpoint")
+        check_fingerprint(state, self.config, where)
         # a final checkpoint that holds the best model keeps the last step's training state apart
         training = state.get("last", state)
         try:
@@ -230,18 +254,25 @@ class Trainer:
                      f"another shape (a checkpoint from an older flowkit); their moments restart")
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
-        if "early_stopping" in state:
-            self.early_stopping.load_state_dict(state["early_stopping"])
+        for callback in self.callbacks:
+            if callback.state_key and callback.state_key in state:
+                callback.load_state_dict(state[callback.state_key])
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        note = dist.restore_rng_states(state.get("rank_rng"), self.config["train"]["seed"],
+        note = dist.restore_rng_states(state.get("rank_rng"), self.train_config.seed,
                                        self.step, self.device)
         if note:
             self.log(note)
+        if "path" in state:
+            self.last_checkpoint = Path(state["path"])
 
     def save(self, best: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint (rank 0); under torchrun every process must call it.
+
+        A state with a NaN/inf tensor, or whose model gives a non-finite NLL on the first
+        training examples, is not written: training stops (:class:`TrainingDiverged`) naming the
+        last good checkpoint instead.
 
         ``best`` (model and objective state of the best validation step) makes it the final
         checkpoint of an early-stopping run: ``model`` then holds the best weights, which
@@ -252,13 +283,50 @@ class Trainer:
         if best is not None:
             last = {k: state[k] for k in ("model", "objective", "optimizer")}
             state.update(model=best["model"], objective=best["objective"], last=last,
-                         best_step=self.early_stopping.best_step)
+                         best_step=self.early_stopping.best_step if self.early_stopping else None)
+        problem = dist.on_main(self._unhealthy, state, best is None)
+        if problem is not None:
+            raise self._diverged(*problem)
         path = self.run_dir / "checkpoints" / f"step-{self.step:08d}.pt"
         if dist.is_main():
             save_checkpoint(path, state)
-            for old in list_checkpoints(self.run_dir)[:-max(1, self.config["train"]["keep_checkpoints"])]:
+            keep = max(1, self.train_config.keep_checkpoints)
+            for old in list_checkpoints(self.run_dir)[:-keep]:
                 old.unlink(missing_ok=True)
+        self.last_checkpoint = path
         return path
+
+    def save_to(self, path: Path) -> None:
+        """Write the current state to ``path`` (rank 0; every process must call it)."""
+        self._resync()
+        state = self.state()
+        if dist.is_main():
+            save_checkpoint(path, state)
+
+    def _unhealthy(self, state: dict[str, Any], probe: bool) -> tuple[str, str] | None:
+        """``(what, detail)`` when ``state`` must not be a checkpoint, else ``None`` (rank 0)."""
+        bad = [*non_finite_tensors(state["model"], "model."),
+               *non_finite_tensors(state["objective"], "objective."),
+               *non_finite_tensors(state["optimizer"].get("state", {}), "optimizer.")]
+        if bad:
+            more = ", ..." if len(bad) > 3 else ""
+            return "the parameters", f"{len(bad)} tensor(s): {', '.join(bad[:3])}{more}"
+        if probe:
+            n = min(PROBE_EXAMPLES, self.data.train.shape[0])
+            nll = self._probe_nll(n) if n else 0.0
+            if not math.isfinite(nll):
+                return (f"the model's NLL on the first {n} training examples",
+                        f"train_nll={nll}")
+        return None
+
+    def _probe_nll(self, n: int) -> float:
+        """NLL of the first ``n`` training examples, without touching any random stream."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = _likelihood.evaluate_nll(
+                self.model, self.data, split="train", batch_size=n, max_examples=n,
+                dequantize_data=self.dequantize, seed=self.train_config.seed)
+        return metrics["train_nll"]
 
     def _resync(self) -> None:
         """Check that the processes still hold the same parameters; then copy rank 0's to all."""
@@ -274,7 +342,7 @@ class Trainer:
     def _batch(self, step: int) -> Batch:
         x, y = self.stream(step)
         if self.dequantize:
-            gen = torch.Generator().manual_seed(self.config["train"]["seed"] * 7919 + step)
+            gen = torch.Generator().manual_seed(self.train_config.seed * 7919 + step)
             x = dequantize(x, self.data.levels, gen)
         if self.shard is not None:  # this process's slice of the global batch and of its noise
             x, y = x[self.shard], (None if y is None else y[self.shard])
@@ -283,7 +351,7 @@ class Trainer:
 
     def initialize(self) -> None:
         """Data-dependent initialisation from the untrained network (first batch of examples)."""
-        n = min(self.config["train"]["init_examples"], self.data.train.shape[0])
+        n = min(self.train_config.init_examples, self.data.train.shape[0])
         x = self.data.train[:n]
         if self.dequantize:
             x = dequantize(x, self.data.levels, torch.Generator().manual_seed(0))
@@ -291,187 +359,136 @@ class Trainer:
         y = cond[:n] if cond is not None else None
         self.model.initialize(x.to(self.device), None if y is None else y.to(self.device))
 
-    def _write_metrics(self, record: dict[str, Any]) -> None:
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and hand it to the callbacks (rank 0)."""
         if not dist.is_main():
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        path = self.run_dir / "metrics.jsonl"
+        with disk_full_is_an_error(path), open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        for callback in self.callbacks:
+            callback.on_metrics(self, record)
 
     def evaluate(self, max_examples: int, split: str = "test") -> dict[str, float]:
-        ec = self.config["eval"]
-        return evaluate_nll(self.model, self.data, split=split, batch_size=ec["batch_size"],
-                            max_examples=max_examples, dequantize_data=self.dequantize,
-                            seed=self.config["train"]["seed"])
+        return evaluate_nll(self.model, self.data, split=split,
+                            batch_size=self.eval_config.batch_size, max_examples=max_examples,
+                            dequantize_data=self.dequantize, seed=self.train_config.seed)
 
-    def _log_evaluation(self, max_examples: int) -> dict[str, float]:
+    def log_evaluation(self, max_examples: int) -> dict[str, float]:
         """Periodic evaluation, on the validation split when the dataset has one."""
         metrics = self.evaluate(max_examples, self.eval_split)
-        self._write_metrics({"step": self.step, "kind": "eval", **metrics})
+        self.log_metrics({"step": self.step, "kind": "eval", **metrics})
         return metrics
 
-    # -- early stopping ------------------------------------------------------------------------
-    @property
-    def best_path(self) -> Path:
-        """The checkpoint of the best validation NLL (kept apart from the rotated step-*.pt)."""
-        return self.run_dir / "checkpoints" / "best.pt"
-
-    def _stop_early(self, val_nll: float) -> bool:
-        """Track the best validation NLL (``best.pt`` when it improves); whether to stop now.
-
-        Every process calls it with the same value (rank 0's evaluation), so all agree.
-        """
-        stopper = self.early_stopping
-        if stopper.update(self.step, val_nll):
-            self._resync()
-            state = self.state()
-            if dist.is_main():
-                save_checkpoint(self.best_path, state)
-        elif stopper.exhausted and self.step < self.config["train"]["steps"]:
-            self.log(f"early stopping at step {self.step}: best val NLL {stopper.best:.4f} at "
-                     f"step {stopper.best_step} (no improvement in {stopper.patience} "
-                     f"evaluations)")
-            self.stopped_early = True
-        return self.stopped_early
-
-    def _read_best(self) -> dict[str, Any] | None:
-        """Model and objective state of ``best.pt`` (rank 0), ``None`` when it cannot be used."""
-        try:
-            state = load_checkpoint(self.best_path, map_location="cpu")
-        except CheckpointError as exc:
-            self.log(f"warning: cannot restore the best model ({exc}); the final model is the "
-                     f"last one")
-            return None
-        if int(state.get("step", -1)) != self.early_stopping.best_step:
-            self.log(f"warning: {self.best_path} holds step {state.get('step')}, not the best "
-                     f"step {self.early_stopping.best_step}; the final model is the last one")
-            return None
-        return {"model": state["model"], "objective": state["objective"]}
-
-    def _best_state(self) -> dict[str, Any] | None:
-        """The best model's state when it is not the current one (early stopping only)."""
-        best_step = self.early_stopping.best_step
-        if not self.early_stopping.active or best_step is None or best_step == self.step:
-            return None
-        return dist.on_main(self._read_best)
-
-    def _figure(self, path: Path) -> None:
-        ec = self.config["eval"]
+    def figure(self, path: Path) -> None:
+        """The sample figure of the current model at ``path`` (images and 2-D data only)."""
+        ec = self.eval_config
         if self.data.is_image or self.data.dim == 2:
-            save_samples_figure(self.model, self.data, path, ec["n_samples"], ec["temperature"])
+            save_samples_figure(self.model, self.data, path, ec.n_samples, ec.temperature)
 
     def _final_figures(self) -> list[str]:
-        ec = self.config["eval"]
+        ec = self.eval_config
         if not (self.data.is_image or self.data.dim == 2):
             return []
-        paths = save_run_figures(self.model, self.data, self.run_dir, ec["n_samples"],
-                                 ec["temperature"])
+        paths = save_run_figures(self.model, self.data, self.run_dir, ec.n_samples,
+                                 ec.temperature)
         return [p.name for p in paths]
 
-    def _diverged(self, what: str, terms: dict[str, float]) -> TrainingDiverged:
-        ckpts = list_checkpoints(self.run_dir)
-        kept = (f"the last good checkpoint is kept: {ckpts[-1]}" if ckpts
-                else "no checkpoint had been written yet")
+    def _diverged(self, what: str, detail: str) -> TrainingDiverged:
         if dist.world_size() > 1:
             what += f" (on at least one of the {dist.world_size()} processes)"
-        message = (
-            f"training stopped at step {self.step}: {what} became NaN or infinite "
-            f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); {kept}. Try a lower "
-            f"train.lr, set train.grad_clip (e.g. 5.0), or a larger data.alpha."
-        )
+        lower = f"{self.train_config.lr / 10:g}"
+        if self.last_checkpoint is not None:
+            advice = (f"the last good checkpoint is kept: {self.last_checkpoint} (finite, with a "
+                      f"finite NLL). Resume from it with a lower learning rate: flowkit run "
+                      f"--resume {self.run_dir} --set train.lr={lower} (and e.g. --set "
+                      f"train.grad_clip=5.0 to clip gradients)")
+        else:
+            advice = (f"no checkpoint had been written yet. Start again with a lower "
+                      f"learning rate (--set train.lr={lower}) or gradient clipping (--set "
+                      f"train.grad_clip=5.0)")
+        message = (f"training stopped at step {self.step}: {what} became NaN or infinite "
+                   f"({detail}); {advice}. A larger data.alpha (a new run) can also help.")
         if dist.is_main():
-            (self.run_dir / "summary.json").write_text(json.dumps(
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(
                 {"status": "diverged", "step": self.step, "message": message}, indent=2))
         return dist.mark_every_rank(TrainingDiverged(message))  # every process stops here
 
     # -- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> StepOutput:
+        """One optimiser step at ``self.step`` (then ``self.step`` is one more)."""
+        tc = self.train_config
+        t0 = time.perf_counter()
+        lr = tc.lr * self.schedule(self.step)  # a pure function of the step: exact on resume
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self._batch(self.step)
+        terms = dict(self.objective.auxiliary_update(self.model, batch, self.step))
+        out = self.objective.loss(self.model, batch, self.step)
+        terms.update(out.terms)
+        if out.total is not None:
+            if not dist.all_true(bool(torch.isfinite(out.total))):
+                raise self._diverged("the loss", _format_terms(terms))
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            dist.average_gradients(self.params)  # the global batch's gradient, on every rank
+            clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            if not math.isfinite(grad_norm):
+                raise self._diverged("the gradient",
+                                     _format_terms({**terms, "grad_norm": grad_norm}))
+            self.optimizer.step()
+            self.model.prior.after_step()
+            terms["grad_norm"] = grad_norm
+        self.step += 1
+        examples = batch.x.shape[0] * dist.world_size()
+        self.elapsed += time.perf_counter() - t0
+        return StepOutput(step=self.step, terms=terms, lr=lr, examples=examples)
+
+    def stop(self, reason: str) -> None:
+        """End training after this step (callbacks call it); ``reason`` is logged."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.log(reason)
+
     def fit(self) -> dict[str, Any]:
-        """Train until ``train.steps``; returns (and writes) ``summary.json``."""
-        tc, ec = self.config["train"], self.config["eval"]
+        """Train until ``train.steps`` (or a callback stops); returns (and writes) the summary."""
+        tc = self.train_config
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(dumps(self.config), encoding="utf-8")
+            atomic_write_text(self.run_dir / "config.toml", dumps(self.config))
         if self.step == 0:
             self.initialize()
-            dist.seed_rank_stream(tc["seed"])  # ranks > 0: their own prior samples and noise
+            dist.seed_rank_stream(tc.seed)  # ranks > 0: their own prior samples and noise
         dist.broadcast_modules(self.model, self.objective)  # every process starts from rank 0's
         self.model.train()
-        bar = tqdm(total=tc["steps"], initial=self.step, disable=not self.progress,
-                   desc=f"{self.config['transform']['name']} on {self.data.name}",
-                   dynamic_ncols=True)
-        seen, t_window = 0, time.perf_counter()
-        if self.early_stopping.exhausted:  # a resumed run that had stopped early
-            self.stopped_early = True
-            self.log(f"this run stopped early (best val NLL at step "
-                     f"{self.early_stopping.best_step}); raise train.patience to train on")
-        while self.step < tc["steps"] and not self.stopped_early:
-            t0 = time.perf_counter()
-            lr = tc["lr"] * self.schedule(self.step)  # a pure function of the step: exact on resume
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            batch = self._batch(self.step)
-            terms = dict(self.objective.auxiliary_update(self.model, batch, self.step))
-            out = self.objective.loss(self.model, batch, self.step)
-            terms.update(out.terms)
-            if out.total is not None:
-                if not dist.all_true(bool(torch.isfinite(out.total))):
-                    raise self._diverged("the loss", terms)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                dist.average_gradients(self.params)  # the global batch's gradient, on every rank
-                clip = tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-                if not math.isfinite(grad_norm):
-                    raise self._diverged("the gradient", {**terms, "grad_norm": grad_norm})
-                self.optimizer.step()
-                self.model.prior.after_step()
-                terms["grad_norm"] = grad_norm
-            self.step += 1
-            seen += batch.x.shape[0] * dist.world_size()
-            self.elapsed += time.perf_counter() - t0
-            bar.update(1)
-            if self.step % tc["log_every"] == 0 or self.step == tc["steps"]:
-                terms = dist.average_terms(terms)  # the global batch's loss under torchrun
-                now = time.perf_counter()
-                record = {"step": self.step, **terms, "lr": lr,
-                          "examples_per_s": seen / max(now - t_window, 1e-9)}
-                self._write_metrics(record)
-                seen, t_window = 0, now
-                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()
-                                 if k in ("loss", "nll_per_dim", "bpd")} or None)
-            # early stopping also evaluates the last step, so it can be the best one
-            if tc["eval_every"] and self.step % tc["eval_every"] == 0 \
-                    and (self.step < tc["steps"] or self.early_stopping.active):
-                metrics = dist.on_main(self._log_evaluation, ec["max_examples"])  # others wait
-                self.model.train()
-                if self.early_stopping.active and self._stop_early(metrics["val_nll"]):
+        self.progress_bar = tqdm(total=tc.steps, initial=self.step, disable=not self.progress,
+                                 desc=f"{self.config['transform']['name']} on {self.data.name}",
+                                 dynamic_ncols=True)
+        self.stop_reason = None
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        while self.step < tc.steps and self.stop_reason is None:
+            out = self.train_step()
+            self.progress_bar.update(1)
+            for callback in self.callbacks:
+                callback.after_step(self, out)
+                if self.stop_reason is not None:
                     break
-            if tc["sample_every"] and self.step % tc["sample_every"] == 0 \
-                    and self.step < tc["steps"]:
-                dist.on_main(self._figure, self.run_dir / "samples" / f"step-{self.step:08d}.png")
-                self.model.train()
-            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
-                self.save()
-            if tc["max_minutes"] > 0 and dist.any_true(self.elapsed >= 60.0 * tc["max_minutes"]):
-                self.log(f"time budget of {tc['max_minutes']} min reached at step {self.step}")
-                break
-        bar.close()
+        self.progress_bar.close()
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint, full evaluation, figure and ``summary.json`` (on rank 0).
+        """Callbacks' end of training, final checkpoint, full evaluation, figures and
+        ``summary.json`` (on rank 0).
 
         With early stopping the best model replaces the current one first (and is what the final
         checkpoint's ``model`` holds), so the summary, ``flowkit eval`` and ``flowkit sample``
         report it.
         """
-        best = self._best_state()
-        if best is not None:
-            self.save(best)
-            self.model.load_state_dict(best["model"])
-            self.objective.load_state_dict(best["objective"])
-            self.log(f"final model: the best one, from step {self.early_stopping.best_step} "
-                     f"(val NLL {self.early_stopping.best:.4f})")
-        elif dist.on_main(self._needs_final_checkpoint):
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        if dist.on_main(self._needs_final_checkpoint):
             self.save()
         return dist.on_main(self._summarize)
 
@@ -480,14 +497,13 @@ class Trainer:
         return not ckpts or not ckpts[-1].name.endswith(f"{self.step:08d}.pt")
 
     def _summarize(self) -> dict[str, Any]:
-        metrics = self.evaluate(self.config["eval"]["final_max_examples"])
+        ec, tc = self.eval_config, self.train_config
+        metrics = self.evaluate(ec.final_max_examples)
         self.model.eval()
-        metrics.update(self.objective.evaluate(self.model, self.data,
-                                               self.config["eval"]["final_max_examples"]))
-        self._write_metrics({"step": self.step, "kind": "final", **metrics})
+        metrics.update(self.objective.evaluate(self.model, self.data, ec.final_max_examples))
+        self.log_metrics({"step": self.step, "kind": "final", **metrics})
         figures = self._final_figures()
         figures += [p.name for p in self.objective.figures(self.model, self.data, self.run_dir)]
-        tc = self.config["train"]
         summary = {
             "status": "completed",
             "steps": self.step,
@@ -500,34 +516,65 @@ class Trainer:
             **latent_scale_stats(self.model),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "train_time_s": round(self.elapsed, 2),
-            "train_examples_per_s": round(self.step * tc["batch_size"] / max(self.elapsed, 1e-9),
+            "train_examples_per_s": round(self.step * tc.batch_size / max(self.elapsed, 1e-9),
                                           1),
             "device": str(self.device),
             **({"processes": dist.world_size()} if dist.world_size() > 1 else {}),
-            **(self.early_stopping.summary(self.stopped_early)
-               if self.early_stopping.active else {}),
             "figures": figures,
             "flowkit_version": __version__,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for callback in self.callbacks:
+            callback.on_summary(self, summary)
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 
+def _format_terms(terms: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "no terms logged"
+
+
 def train(config: dict[str, Any], run_dir: str | Path | None = None, *, out_dir: str | Path = "runs",
-          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+          progress: bool = True, log: Callable[[str], None] = print,
+          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
     """Train a resolved config in a new run folder; returns the summary (``summary.json``).
 
-    Under torchrun every process calls it with the same config (:mod:`flowkit.distributed`).
+    ``callbacks`` (:class:`flowkit.Callback`) run at every step, before the checkpoint (see
+    :class:`Trainer`). Under torchrun every process calls it with the same config
+    (:mod:`flowkit.distributed`).
     """
     dist.init()
     run_dir = dist.on_main(_prepare_run_dir, config, run_dir, out_dir)  # rank 0 names the folder
+    trainer = None
     try:
-        trainer = Trainer(config, run_dir, progress=progress, log=log)
-        summary = trainer.fit()
+        dist.on_main(_clean_run_dir, run_dir, log)
+        trainer = Trainer(config, run_dir, progress=progress, log=log, callbacks=callbacks)
+        summary = _fit(trainer)
     finally:
         runlock.release(run_dir)
     summary["run_dir"] = str(trainer.run_dir)
     return summary
+
+
+def _fit(trainer: Trainer) -> dict[str, Any]:
+    """``trainer.fit()``, with a full disk reported in one line that says how to go on."""
+    try:
+        return trainer.fit()
+    except DiskFullError as exc:
+        if trainer.last_checkpoint is not None:
+            then = (f"the last complete checkpoint is {trainer.last_checkpoint}; free space and "
+                    f"run `flowkit run --resume {trainer.run_dir}`")
+        else:
+            then = "no checkpoint was written yet; free space and start the run again"
+        raise DiskFullError(f"no space left on device while writing {exc.path}; {then}",
+                            exc.path) from None
+
+
+def _clean_run_dir(run_dir: Path, log: Callable[[str], None]) -> None:
+    """Remove the temporary files of writes that a crash interrupted (rank 0, under the lock)."""
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+            f"{', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
 
 
 def _prepare_run_dir(config: dict[str, Any], run_dir: str | Path | None,
@@ -553,57 +600,122 @@ def _require_checkpoint(run_dir: Path) -> None:
 
 
 def _newest_state(run_dir: Path, map_location: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """The newest readable checkpoint of ``run_dir`` (unreadable ones are left in place)."""
+    """The newest readable checkpoint of ``run_dir`` whose state is finite (others are left in
+    place: a checkpoint written by an older flowkit after a divergence may hold NaN)."""
     errors = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return load_checkpoint(path, map_location=map_location)
+            state = load_checkpoint(path, map_location=map_location)
         except CheckpointError as exc:
             errors.append(str(exc))
             log(f"warning: skipping unreadable checkpoint {path.name}")
+            continue
+        bad = list(non_finite_tensors(state.get("last", state).get("model", {})))
+        if bad:
+            errors.append(f"{path.name} holds NaN/inf parameters ({bad[0]}, ...)")
+            log(f"warning: skipping checkpoint {path.name}: it holds NaN/inf parameters")
+            continue
+        state["path"] = str(path)
+        return state
     raise CheckpointError("no readable checkpoint to resume from: " + " | ".join(errors))
 
 
-def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
-           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Continue a run from its newest checkpoint.
+def _truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the ``metrics.jsonl`` records a resume from ``step`` writes again: those of later
+    steps, the final evaluation and a line torn by a crash. Returns how many were dropped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = int(record["step"]) <= step and record.get("kind") != "final"
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped
 
-    ``requested`` (a resolved config) may change only :data:`flowkit.config.RESUMABLE_KEYS`
-    (e.g. ``train.steps`` to train longer); any other difference is an error.
+
+def _record_history(run_dir: Path, saved: dict[str, Any], config: dict[str, Any],
+                    step: int) -> None:
+    """Append the keys a resume changed to ``config-history.jsonl`` (rank 0)."""
+    changed = diff(saved, config)
+    if not changed:
+        return
+
+    def lookup(cfg: dict[str, Any], dotted: str) -> Any:
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    record = {"time": _dt.datetime.now().isoformat(timespec="seconds"), "event": "resume",
+              "step": step,
+              "changes": {k: {"from": lookup(saved, k), "to": lookup(config, k)} for k in changed}}
+    path = run_dir / HISTORY_NAME
+    with disk_full_is_an_error(path), open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
+
+
+def _check_steps(trainer: Trainer, run_dir: Path) -> None:
+    """A resume that asks for fewer steps than the run has done is an error; as many, a note."""
+    steps, done = trainer.train_config.steps, trainer.step
+    if steps < done:
+        raise ConfigError(
+            f"--resume {run_dir}: the run has already trained {done} steps, more than "
+            f"train.steps = {steps}; a run cannot be shortened. To train longer set "
+            f"train.steps above {done} (--set train.steps={2 * done}); to use it as it is, "
+            f"`flowkit eval {run_dir}` or `flowkit sample {run_dir}`."
+        )
+    stopped = trainer.early_stopping is not None and trainer.early_stopping.exhausted
+    if steps == done and not stopped:
+        trainer.log(f"the run has already trained all {done} steps (train.steps = {steps}); "
+                    f"nothing to train, the final evaluation is repeated. Set train.steps "
+                    f"above {done} to train longer.")
+
+
+def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
+           progress: bool = True, log: Callable[[str], None] = print,
+           callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+    """Continue a run from its newest good checkpoint.
+
+    ``requested`` (a resolved config) may change only :data:`flowkit.config.RESUMABLE_KEYS`:
+    ``train.steps`` to train longer, the schedule (``train.lr`` — e.g. lower after a
+    divergence —, ``scheduler``, ``warmup_steps``, ``grad_clip``), logging and evaluation
+    settings; any other difference is an error. Changes are appended to the run's
+    ``config-history.jsonl``; records of ``metrics.jsonl`` beyond the checkpoint's step (and the
+    old final evaluation) are dropped, since the resumed run writes them again.
     """
     run_dir = Path(run_dir)
     dist.init()
     saved = resolve(dist.on_main(read_run_config, run_dir))  # rank 0 reads; all get it
     config = saved
     if requested is not None:
-        conflicts = [k for k in diff(saved, requested) if k not in RESUMABLE_KEYS]
+        conflicts = resume_conflicts(saved, requested)
         if conflicts:
-            details = "; ".join(f"{k}: run has {_lookup(saved, k)!r}, given {_lookup(requested, k)!r}"
-                                for k in conflicts[:5])
-            raise ConfigError(
-                f"--resume {run_dir}: the given config conflicts with the run's config.toml "
-                f"({details}). Resume with the run's own config (only train.steps and the "
-                f"logging/eval settings may change), or start a new run."
-            )
-        config = requested
+            raise ConfigError(resume_conflict_message(run_dir, saved, requested, conflicts))
+        config = with_recorded_values(saved, requested)
     dist.on_main(_require_checkpoint, run_dir)  # fail before building the model
     dist.on_main(runlock.acquire, run_dir)  # a run still training in it keeps it
     try:
-        trainer = Trainer(config, run_dir, progress=progress, log=log)
+        dist.on_main(_clean_run_dir, run_dir, log)
+        trainer = Trainer(config, run_dir, progress=progress, log=log, callbacks=callbacks)
         # under torchrun rank 0 reads the checkpoint on the CPU and sends it to every process
         where = trainer.device if dist.world_size() == 1 else "cpu"
         state = dist.on_main(_newest_state, run_dir, where, trainer.log)
         trainer.load_state(state)
+        _check_steps(trainer, run_dir)
+        dist.on_main(_truncate_metrics, run_dir, trainer.step)
+        dist.on_main(_record_history, run_dir, saved, config, trainer.step)
         trainer.log(f"resuming {run_dir} from step {trainer.step}")
-        summary = trainer.fit()
+        summary = _fit(trainer)
     finally:
         runlock.release(run_dir)
     summary["run_dir"] = str(run_dir)
     return summary
-
-
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowkit.bench.report import fmt
-from flowkit.bench.suite import Budget, load_suite, parse_filters
+from flowkit.bench.suite import BUILTIN_SUITES, Budget, load_suite, parse_filters
 from flowkit.cli.main import cli
 from flowkit.errors import ConfigError
 
@@ -111,7 +111,7 @@ def test_bad_suites_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_suite(bad)
     with pytest.raises(ConfigError, match="Did you mean 'quick'"):
-        load_suite("quik", (ROOT / "benchmarks" / "suites",))
+        load_suite("quik", (BUILTIN_SUITES,))
     with pytest.raises(ConfigError, match="AXIS=VALUE"):
         parse_filters(("tranform=glow",))
 
@@ -184,17 +184,25 @@ def test_bench_list_and_dry_run(suite_file: Path, tmp_path: Path) -> None:
 
 
 def test_shipped_suites_parse() -> None:
-    folder = ROOT / "benchmarks" / "suites"
-    for path in sorted(folder.glob("*.toml")):
+    builtin = sorted(BUILTIN_SUITES.glob("*.toml"))
+    assert {p.stem for p in builtin} >= {"quick", "toy2d", "mnist", "ood", "parallelism"}
+    checkout = sorted((ROOT / "benchmarks" / "suites").glob("*.toml"))
+    # one source: a suite is either built in or a checkout-only one, never both
+    assert not {p.stem for p in builtin} & {p.stem for p in checkout}
+    for path in builtin + checkout:
         suite = load_suite(path)
         assert suite.cells, path
+    for path in builtin:  # built-in suites run from a wheel: no code outside the package
+        suite = load_suite(path)
+        assert not suite.meta["python_path"], path
+        assert all(c.callable.startswith("flowkit.") for c in suite.cells if c.kind == "python")
+        assert suite.ref == path.stem
 
 
 def test_quick_suite_smoke(tmp_path: Path) -> None:
     """The shipped CI-sized suite runs and produces a well-formed report (issue: CI smoke test)."""
     out = tmp_path / "quick"
-    result = CliRunner().invoke(cli, ["bench", str(ROOT / "benchmarks" / "suites" / "quick.toml"),
-                                      "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(cli, ["bench", "quick", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     status = {c["id"]: c["status"] for c in payload["cells"]}
@@ -207,6 +215,8 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
         assert section in report, section
     assert (out / "figures" / "ranking.png").is_file()
     assert (out / "figures" / "samples-grid.png").is_file()
+    # a built-in suite is named, not given by a path into site-packages
+    assert "by `flowkit bench quick`" in report and "flowkit bench quick --only cost-asymmetry" in report
 
 
 def test_cell_command_is_one_line_and_runs():

@@ -175,6 +175,55 @@ def test_step_ratios_are_against_the_fastest_peer_of_the_family():
                       "flowkit-realnvp": None, "zuko-nsf": 1.0}
 
 
+def test_targets_compare_best_flowkit_with_best_peer_and_step_ratios():
+    from flowkit.bench.conditional.report import render, target_verdicts
+
+    def cell(row: str, sims: int, c2st_value: float) -> dict:
+        return {"task": "slcp", "row": row, "sims": sims, "status": "ok", "c2st": c2st_value,
+                "nll": 1.0, "nll_median": 1.0, "library": ROWS[row].library}
+
+    settings = Settings(tasks=("slcp",), sims=(1000, 10000, 100000),
+                        rows=("flowkit-maf", "flowkit-nsf", "zuko-maf", "zuko-nsf"))
+    state = {"settings": settings, "cells": [
+        cell("flowkit-maf", 1000, 0.90), cell("zuko-maf", 1000, 0.70),     # 1k: extra column
+        cell("flowkit-nsf", 10000, 0.81), cell("zuko-nsf", 10000, 0.80),   # within 0.02
+        cell("flowkit-maf", 100000, 0.75), cell("zuko-maf", 100000, 0.72),  # 0.03 behind
+    ], "tasks": {"slcp": {"description": "d", "reference": "r", "paper": "p",
+                          "step_ms": {"flowkit-maf": 8.0, "zuko-maf": 10.0,
+                                      "flowkit-nsf": 19.0, "zuko-nsf": 20.0},
+                          "optimizer": {"flowkit-maf": "fused", "zuko-maf": "foreach"},
+                          "timing_load_average": [3.1, 3.4]}}}
+    v = target_verdicts(state)["slcp"]
+    assert v["c2st"][1000]["met"] is False and not v["c2st"][1000]["target"]
+    assert v["c2st"][10000]["met"] is True and v["c2st"][10000]["flowkit"] == (0.81, "flowkit-nsf")
+    assert v["c2st"][100000]["met"] is False
+    assert v["step_ratio"]["maf"] == {"ratio": 0.8, "met": True}
+    assert v["step_ratio"]["spline"]["met"] is False
+    assert v["unmet"] == ["C2ST 100k", "spline step"]
+    text = render(state, {"machine": {"cpus": 2, "threads": 1}, "date": "today"})
+    assert "## Targets" in text and "not met: C2ST 100k, spline step" in text
+    assert "0.810 vs 0.800 ✓" in text and "0.900 vs 0.700 |" in text  # no verdict for 1k
+    assert "here **fused**" in text and "**foreach**" in text and "load average 3.1–3.4" in text
+
+
+def test_flowkit_rows_build_adam_through_flowkit_optim_and_peers_torch_default(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from flowkit import optim
+    from flowkit.bench.conditional.run import row_optimizer
+
+    monkeypatch.setattr(optim, "_memo", {})
+    monkeypatch.setattr(optim, "measure_implementations",
+                        lambda *a, **k: {"fused": 3.0, "foreach": 2.0, "for-loop": 1.0})
+    params = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(3))]
+    mine = row_optimizer("flowkit-maf", params, 1e-3)
+    assert optim.implementation_of(mine) == "for-loop"  # the measured fastest, however odd
+    peer = row_optimizer("zuko-maf", params, 1e-3)
+    assert type(peer) is torch.optim.Adam and peer.defaults["foreach"] is None  # torch's default
+    assert not peer.defaults["fused"] and peer.defaults["lr"] == mine.defaults["lr"] == 1e-3
+    assert peer.defaults["betas"] == mine.defaults["betas"]
+
+
 def test_settings_and_parsing():
     assert parse_sims("1000,1e4,100k") == (1000, 10000, 100000)
     with pytest.raises(ConfigError, match="did you mean 'two-moons'"):
@@ -220,8 +269,10 @@ def test_runner_end_to_end_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert 0.3 <= cells[row]["c2st"] <= 1.0 and math.isfinite(cells[row]["nll"])
         assert cells[row]["nll_median"] <= cells[row]["nll_max"]
         assert cells[row]["resim_error"] >= 0 and cells[row]["best_step"] in (3, 6)
+    assert cells["flowkit-maf"]["optimizer"] in ("fused", "foreach", "for-loop")
     task = result["tasks"]["inverse-kinematics"]
     assert set(task["step_ms"]) <= set(rows[:2]) and result["machine"]["threads"] >= 1
+    assert task["optimizer"]["flowkit-maf"] == cells["flowkit-maf"]["optimizer"]
     with open(out / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 3
     report = (out / "report.md").read_text()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import flowkit
 from flowkit.cli.main import cli
 
 TINY_MOONS = ["--data", "moons", "--set", "data.n_train=512", "--set", "data.n_test=256",
@@ -51,7 +52,7 @@ def test_list_shows_every_kind_with_provider():
     for name in ("realnvp", "nice", "affine-coupling", "gaussian", "logistic", "mle", "moons",
                  "digits", "mnist", "realnvp-digits"):
         assert name in result.output
-    assert "[flowkit 0.1.0]" in result.output
+    assert f"[torch-flowkit {flowkit.__version__}]" in result.output
     assert "Real NVP" in result.output or "Real-NVP" in result.output
 
 
@@ -145,8 +146,16 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path):
 
 
 def test_resume_with_conflicting_config_is_refused(moons_run: Path):
-    user_error(invoke("run", "--resume", str(moons_run), "--set", "train.lr=0.5"),
-               "conflicts", "train.lr")
+    """Model and data keys, and keys that shape the data stream or the optimiser's state, cannot
+    change on resume; the message says why and which keys may."""
+    user_error(invoke("run", "--resume", str(moons_run), "--set", "transform.hidden=32"),
+               "conflicts", "transform.hidden: run has 16, given 32",
+               "define what the checkpoint's weights mean", "cannot change on resume",
+               "Keys that may change", "lr", "start a new run")
+    user_error(invoke("run", "--resume", str(moons_run), "--set", "data.n_train=100"),
+               "data.n_train", "define what the checkpoint's weights mean")
+    user_error(invoke("run", "--resume", str(moons_run), "--set", "train.batch_size=7"),
+               "train.batch_size", "data stream or the optimiser's saved state")
     user_error(invoke("run", "--resume", str(moons_run), "--transform", "nice"), "conflicts")
 
 
@@ -194,8 +203,8 @@ def test_corrupt_checkpoint_is_a_clean_error(moons_run: Path, tmp_path: Path):
     bad = tmp_path / "step-00000001.pt"
     good = sorted((moons_run / "checkpoints").iterdir())[-1]
     bad.write_bytes(good.read_bytes()[:1000])  # truncated
-    user_error(invoke("sample", str(moons_run), "--checkpoint", str(bad)), "corrupt or truncated")
-    user_error(invoke("eval", str(moons_run), "--checkpoint", str(bad)), "corrupt or truncated")
+    user_error(invoke("sample", str(moons_run), "--checkpoint", str(bad)), "truncated or corrupt")
+    user_error(invoke("eval", str(moons_run), "--checkpoint", str(bad)), "truncated or corrupt")
 
 
 def test_not_a_run_folder(tmp_path: Path):

@@ -25,7 +25,7 @@ from flowkit.invertible_backprop import (
 )
 from flowkit.model import build_model
 from flowkit.plugins.transforms.actnorm import ActNorm
-from flowkit.plugins.transforms.autoregressive import AutoregressiveAffine
+from flowkit.plugins.transforms.autoregressive import MAF_MAP, AutoregressiveLayer
 from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling, masked_coupling_rule
 from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.transform import Shape, Transform
@@ -194,15 +194,15 @@ def test_fallback_blocks_use_autograd_and_are_reported() -> None:
     torch.manual_seed(0)
     t = Sequential([
         AdditiveCoupling((6,), hidden=8, num_hidden=1),
-        AutoregressiveAffine((6,), hidden=8, num_hidden=1),
+        AutoregressiveLayer((6,), map=MAF_MAP, hidden=8, num_hidden=1),
         AffineCoupling((6,), parity=True, hidden=8, num_hidden=1),
-        AutoregressiveAffine((6,), direction="iaf", hidden=8, num_hidden=1),
+        AutoregressiveLayer((6,), map=MAF_MAP, direction="iaf", hidden=8, num_hidden=1),
     ]).double()
     _perturb(t, 0.1)
     assert [is_exact(b) for b in t] == [True, False, True, False]
     wrapped = _assert_same_gradients(t, torch.randn(5, 6, dtype=torch.float64))
-    assert wrapped.fallback_names == ["steps.1 (AutoregressiveAffine)",
-                                      "steps.3 (AutoregressiveAffine)"]
+    assert wrapped.fallback_names == ["steps.1 (AutoregressiveLayer)",
+                                      "steps.3 (AutoregressiveLayer)"]
 
     class Holder(nn.Module):
         def __init__(self, transform: Transform) -> None:
@@ -213,7 +213,7 @@ def test_fallback_blocks_use_autograd_and_are_reported() -> None:
     holder = Holder(t)
     names = enable_invertible_backprop(holder, lines.append)
     assert names == wrapped.fallback_names and isinstance(holder.transform, InvertibleBackprop)
-    assert len(lines) == 1 and "steps.1 (AutoregressiveAffine)" in lines[0]
+    assert len(lines) == 1 and "steps.1 (AutoregressiveLayer)" in lines[0]
     assert enable_invertible_backprop(holder, lines.append) == names  # idempotent
     assert holder.transform.base is t
 
@@ -264,7 +264,7 @@ def test_every_built_in_exact_block_declares_its_rule() -> None:
     expected = {
         AdditiveCoupling: masked_coupling_rule, AffineCoupling: masked_coupling_rule,
         GlowCoupling: glow_coupling_rule, RevNetBlock: revnet_rule, ActNorm: generic_rule,
-        InvConv1x1: generic_rule, SplitPrior: generic_rule, DiagonalScaling: generic_rule,
+        InvConv1x1: generic_rule, SplitPrior: glow_coupling_rule, DiagonalScaling: generic_rule,
         Squeeze: reindex_rule, GRNSubsample: reindex_rule, ZeroPad: reindex_rule,
         RandomPermutation: reindex_rule, ReversePermutation: reindex_rule, Reshape: reindex_rule,
     }

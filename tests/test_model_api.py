@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import flowkit
+from flowkit.builder import build_model
 from flowkit.data import DataMeta
 from flowkit.errors import ShapeError
-from flowkit.model import build_model
 
 
 @pytest.fixture

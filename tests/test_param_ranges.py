@@ -107,7 +107,7 @@ def plugin_cases() -> list[Case]:
     out = []
     for kind, section in SECTION.items():
         for entry in registry.registry(kind).entries():
-            if entry.distribution != "flowkit":
+            if entry.distribution != registry.BUILTIN_DISTRIBUTION:
                 continue
             try:
                 target = entry.load()

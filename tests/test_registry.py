@@ -142,7 +142,7 @@ def test_provenance_names_the_distribution_and_version(site: FakeSite) -> None:
     assert entry.target == f"{module}:Shift"
     assert registry.datasets.entry("fake-data").distribution == "fk-provenance"
     assert "fake-data" not in registry.transforms.names()  # groups are separate
-    assert registry.transforms.entry("realnvp").distribution == "flowkit"
+    assert registry.transforms.entry("realnvp").distribution == registry.BUILTIN_DISTRIBUTION
     result = CliRunner().invoke(cli, ["list", "transforms"])
     assert result.exit_code == 0, result.output
     assert "Fake plugin: adds one to every scalar.  [fk-provenance 1.2.3]" in result.output
@@ -185,6 +185,45 @@ def test_broken_plugin_is_a_clean_cli_error(site: FakeSite, tmp_path: Path) -> N
     assert "Traceback" not in result.output
 
 
+EXITING_SOURCE = 'import sys\nsys.exit(3)\n'
+BASE_EXCEPTION_SOURCE = ('class GiveUp(BaseException):\n    pass\n\n'
+                         'raise GiveUp("the plugin gave up (error 7)")\n')
+
+
+def test_plugin_that_exits_or_raises_a_base_exception_is_contained(site: FakeSite) -> None:
+    """``sys.exit()`` or any ``BaseException`` at import is contained like an ``ImportError``:
+    reported by name when the plugin is used, never ending the CLI or breaking the others."""
+    good = site.module()
+    exiting, giving_up = site.module(EXITING_SOURCE), site.module(BASE_EXCEPTION_SOURCE)
+    site.distribution("fk-exiting", "0.2", {"flowkit.transforms": {
+        "exiting-flow": f"{exiting}:Flow", "give-up-flow": f"{giving_up}:Flow",
+        "shift": f"{good}:Shift"}})
+    activate()
+    with pytest.raises(PluginLoadError, match=r"SystemExit: 3 \(the plugin called sys.exit\(\) "
+                                              r"while being imported\)") as info:
+        registry.transforms.get("exiting-flow")
+    assert "FLOWKIT_BLOCK=exiting-flow" in str(info.value)
+    with pytest.raises(PluginLoadError, match=r"GiveUp: the plugin gave up \(error 7\)"):
+        registry.transforms.get("give-up-flow")
+    assert registry.transforms.get("shift").__name__ == "Shift"
+
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "failed to load" in next(ln for ln in result.output.splitlines() if "exiting-flow" in ln)
+    result = CliRunner().invoke(cli, ["run", "--transform", "exiting-flow", "--dry-run"])
+    assert result.exit_code == 1 and "fk-exiting" in result.output  # not the plugin's exit 3
+    assert "Traceback" not in result.output
+
+
+def test_ctrl_c_while_a_plugin_imports_is_not_swallowed(site: FakeSite) -> None:
+    interrupted = site.module("raise KeyboardInterrupt\n")
+    site.distribution("fk-interrupted", "0.1", {"flowkit.transforms": {
+        "interrupted-flow": f"{interrupted}:Flow"}})
+    activate()
+    with pytest.raises(KeyboardInterrupt):
+        registry.transforms.get("interrupted-flow")
+
+
 def test_collision_between_third_parties_warns_and_names_the_winner(site: FakeSite) -> None:
     first, second = site.module(), site.module()
     site.distribution("fk-zeta", "2.0", {"flowkit.transforms": {"twin": f"{second}:Shift"}})
@@ -203,11 +242,11 @@ def test_third_party_cannot_shadow_a_builtin(site: FakeSite) -> None:
     module = site.module()
     site.distribution("fk-impostor", "9.9", {"flowkit.transforms": {"realnvp": f"{module}:Shift"}})
     activate()
-    with pytest.warns(PluginCollisionWarning, match=r"'realnvp'.*using the one from flowkit") \
+    with pytest.warns(PluginCollisionWarning, match=r"'realnvp'.*using the one from torch-flowkit") \
             as record:
         entry = registry.transforms.entry("realnvp")
     assert "fk-impostor 9.9" in str(record[0].message)
-    assert entry.distribution == "flowkit"
+    assert entry.distribution == registry.BUILTIN_DISTRIBUTION
     assert registry.transforms.get("realnvp").__module__ == "flowkit.plugins.transforms.realnvp"
     assert module not in sys.modules
 
@@ -359,7 +398,7 @@ def test_builtin_entry_point_loads_with_a_summary(group: str, name: str, target:
         f"reinstall: pip install -e ."
     )
     entry = reg.entry(name)
-    assert (entry.distribution, entry.target) == ("flowkit", target), (
+    assert (entry.distribution, entry.target) == (registry.BUILTIN_DISTRIBUTION, target), (
         "the installed entry points differ from pyproject.toml; reinstall: pip install -e ."
     )
     obj = reg.get(name)

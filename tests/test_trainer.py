@@ -145,15 +145,34 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
 def test_checkpoint_refuses_pickled_objects(tmp_path: Path):
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "model": {}, "obj": Alternating}, path)
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="is pickle-bearing") as info:
         load_checkpoint(path)
+    assert "Alternating" in str(info.value) and "arbitrary code" in str(info.value)
+    assert "weights_only" not in str(info.value)  # never torch's hint to unpickle anyway
 
 
 def test_checkpoint_that_is_not_flowkit(tmp_path: Path):
     path = tmp_path / "other.pt"
     torch.save({"weights": torch.ones(1)}, path)
-    with pytest.raises(CheckpointError, match="not a flowkit checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a flowkit checkpoint.*weights.*foreign"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("content", "kind"), [
+    (lambda good: good[:1000], r"is truncated or corrupt \(1000 bytes\)"),
+    (lambda good: good[:-40], "is truncated or corrupt"),
+    (lambda good: b"", r"is empty \(0 bytes\)"),
+    (lambda good: b"not a pytorch file at all", "is truncated or corrupt"),
+])
+def test_a_refused_checkpoint_says_which_kind_it_is(tmp_path: Path, content, kind):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(1000)}, "step": 1})
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content(good.read_bytes()))
+    with pytest.raises(CheckpointError, match=kind) as info:
+        load_checkpoint(bad)
+    assert "weights_only" not in str(info.value) and "pickle" not in str(info.value)
+    assert "checkpoints/step-*.pt" in str(info.value)  # what to do instead
 
 
 def test_resume_skips_an_unreadable_newest_checkpoint(tmp_path: Path):
@@ -320,3 +339,103 @@ def test_generated_run_names_never_collide(tmp_path: Path):
     config = flowkit.load_config(None, [], data="digits")
     folders = {new_run_dir(tmp_path, config) for _ in range(5)}
     assert len(folders) == 5
+
+
+# -- the loop: typed config, callbacks, exact resume --------------------------------------------
+class Recorder(flowkit.Callback):
+    """Test callback: sees every hook, keeps a count in checkpoints, and may stop training."""
+
+    state_key = "recorder"
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at = stop_at
+        self.steps_seen = 0
+        self.events: list[tuple[str, int]] = []
+        self.records: list[dict] = []
+
+    def on_fit_start(self, trainer) -> None:
+        self.events.append(("start", trainer.step))
+
+    def after_step(self, trainer, out) -> None:
+        self.steps_seen += 1
+        assert out.step == trainer.step and out.examples == 32 and "grad_norm" in out.terms
+        if out.step == self.stop_at:
+            trainer.stop("recorder: enough")
+
+    def on_metrics(self, trainer, record) -> None:
+        self.records.append(record)
+
+    def on_fit_end(self, trainer) -> None:
+        self.events.append(("end", trainer.step))
+
+    def on_summary(self, trainer, summary) -> None:
+        summary["recorder_steps"] = self.steps_seen
+
+    def state_dict(self) -> dict:
+        return {"steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_seen = state["steps_seen"]
+
+
+def test_the_trainer_reads_typed_sections(tmp_path: Path):
+    from flowkit.config import EvalConfig, TrainConfig
+    from flowkit.trainer import Trainer
+
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=3", "eval.n_samples=7"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert isinstance(trainer.train_config, TrainConfig) and trainer.train_config.steps == 3
+    assert isinstance(trainer.eval_config, EvalConfig) and trainer.eval_config.n_samples == 7
+    assert trainer.train_config.betas == (0.9, 0.999)  # TOML's list, typed back to a tuple
+
+
+def test_callbacks_plug_into_fit_and_their_state_resumes(tmp_path: Path):
+    from flowkit.trainer import resume
+
+    def config(steps: int) -> dict:
+        return flowkit.load_config("realnvp-moons", [*TINY, f"train.steps={steps}",
+                                                     "train.log_every=2", "train.eval_every=4",
+                                                     "train.checkpoint_every=3"])
+
+    recorder, messages = Recorder(stop_at=6), []
+    summary = flowkit.train(config(10), tmp_path / "run", progress=False, log=messages.append,
+                            callbacks=[recorder])
+    assert summary["steps"] == 6 and summary["recorder_steps"] == 6
+    assert "recorder: enough" in messages
+    assert recorder.events == [("start", 0), ("end", 6)]
+    assert [(r["step"], r.get("kind")) for r in recorder.records] == [
+        (2, None), (4, None), (4, "eval"), (6, None), (6, "final")]
+    written = [json.loads(line) for line in
+               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert written == recorder.records
+    # the checkpoint of step 6 holds the callback's state of step 6; resume restores it
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["recorder"] == {"steps_seen": 6}
+    again = Recorder()
+    resume(tmp_path / "run", config(8), progress=False, log=lambda _: None, callbacks=[again])
+    assert again.steps_seen == 8 and again.events == [("start", 6), ("end", 8)]
+
+
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path: Path):
+    """A weighted sum with OT (prior samples: the global random stream), evaluations, sample
+    figures and checkpoints (each checks the state's NLL) in between: the resumed run ends with
+    the very same parameters."""
+    from flowkit.trainer import resume
+
+    def config(steps: int) -> dict:
+        return flowkit.load_config("realnvp-moons", [
+            *TINY, f"train.steps={steps}", "train.scheduler=constant", "train.checkpoint_every=3",
+            "train.eval_every=2", "train.sample_every=4", "train.log_every=1"],
+            objective="mle+0.1*ot",
+            prior="diag-gaussian")
+
+    flowkit.train(config(8), tmp_path / "straight", progress=False, log=lambda _: None)
+    flowkit.train(config(5), tmp_path / "cut", progress=False, log=lambda _: None)
+    resume(tmp_path / "cut", config(8), progress=False, log=lambda _: None)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / name)[-1]) for name in ("straight", "cut"))
+    assert a["step"] == b["step"] == 8
+    for part in ("model", "objective"):
+        for key, value in a[part].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[part][key]), (part, key)
+    for key, value in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][key][k]) for k, v in value.items())

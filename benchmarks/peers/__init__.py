@@ -35,7 +35,7 @@ LIBRARIES: tuple[str, ...] = ("flowkit", "plain", "nflows", "normflows", "zuko",
 PEERS: tuple[str, ...] = ("nflows", "normflows", "zuko", "freia")
 #: The import name of each library, to tell "not installed" from "broken adapter".
 IMPORT_NAMES = {"nflows": "nflows", "normflows": "normflows", "zuko": "zuko", "freia": "FrEIA"}
-INSTALL_HINT = "pip install 'flowkit[bench]'"
+INSTALL_HINT = "pip install 'torch-flowkit[bench]'"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from flowkit.bench.conditional.models import Arch, ConditionalModel, MissingLibrary, RowSpec
 
-INSTALL_HINT = "pip install 'flowkit[bench]'"
+INSTALL_HINT = "pip install 'torch-flowkit[bench]'"
 
 
 def _require(library: str) -> None:

@@ -102,15 +102,14 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 def _set_aside_other_run(run_dir: Path, config: dict[str, Any]) -> Path | None:
     """Rename a run folder whose config differs from ``config`` beyond what resuming may change
     (so it cannot be resumed) to ``run.previous-<time>``; returns the new path, or ``None``."""
-    from flowkit.config import RESUMABLE_KEYS, diff, resolve
+    from flowkit.config import resolve, resume_conflicts
     from flowkit.errors import FlowkitError
     from flowkit.runs import read_run_config
 
     if not run_dir.exists():
         return None
     try:
-        conflicts = [k for k in diff(resolve(read_run_config(run_dir)), config)
-                     if k not in RESUMABLE_KEYS]
+        conflicts = resume_conflicts(resolve(read_run_config(run_dir)), config)
     except FlowkitError:
         conflicts = ["config.toml"]  # unreadable or missing: not resumable either
     return set_aside(run_dir) if conflicts else None
@@ -131,8 +130,7 @@ def set_aside(run_dir: Path) -> Path:
 
 def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> dict[str, Any]:
     """Train (or resume) the cell's run and measure it; returns the result record."""
-    from flowkit.model import build_model
-    from flowkit.objective import build_objective
+    from flowkit.builder import build_model, build_objective
     from flowkit.runs import list_checkpoints, load_dataset
     from flowkit.trainer import resume, train
 
@@ -213,7 +211,7 @@ def run_python_cell(spec: dict[str, Any]) -> dict[str, Any]:
     rows = out if isinstance(out, list) else [out]
     return {"status": "completed", "rows": [_finite(dict(r)) for r in rows],
             "metrics": {"wall_time_s": time.perf_counter() - t0, **_peak_memory()},
-            "command": f"flowkit bench {spec['suite_path']} --only {cell.id}"}
+            "command": f"flowkit bench {spec.get('suite_ref', spec['suite_path'])} --only {cell.id}"}
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:

@@ -43,12 +43,19 @@ def sample_quality(run: Run, data: DataSplits, switches: dict[str, Any], cell_di
 
 def frechet(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
             data_dir: str | None) -> dict[str, Any]:
-    """Fréchet distance in the feature space of flowkit's own classifier for the dataset."""
-    from flowkit.metrics import frechet_distance, frechet_skip_reason
+    """Fréchet distance and, from the same samples and features, quality and variety apart:
+    improved precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al.
+    2020), per class too for class-conditional models — in the feature space of flowkit's own
+    classifier for the dataset (the data space for 2-D sets); :func:`flowkit.metrics.sample_metrics`.
+    """
+    from flowkit.metrics import frechet_skip_reason, sample_metrics
 
     if frechet_skip_reason(data) is not None:
         return {}
-    return frechet_distance(run.model, data, n=_n(switches), seed=int(run.config["train"]["seed"]))
+    out = sample_metrics(run.model, data, n=_n(switches), seed=int(run.config["train"]["seed"]))
+    out["fd_examples"] = out.pop("sample_examples")
+    out.pop("sample_accuracy", None)  # the class_accuracy switch reports its own
+    return out
 
 
 def class_accuracy(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,

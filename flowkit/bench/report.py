@@ -31,6 +31,13 @@ TABLES: list[tuple[str, list[str], str]] = [
      "sliced-Wasserstein and debiased Sinkhorn distances between samples and test data, Fréchet "
      "distance `fd` in the feature space of flowkit's own classifier (data space for 2-D sets) — "
      "lower is better; class-conditional sample accuracy by that classifier — higher is better"),
+    ("Sample variety", ["precision", "recall", "density", "coverage", "class_precision",
+                        "class_recall", "class_recall_min", "class_coverage"],
+     "quality and variety apart, in the Fréchet distance's feature space: improved precision "
+     "(samples on the data's k-NN manifold, k = 3) and recall (data on the samples' manifold; "
+     "Kynkäänniemi et al. 2019), density and coverage (k = 5; Naeem et al. 2020); `class_*`: "
+     "within each class, mean over classes (class-conditional models) — higher is better "
+     "(density ≈ 1 for a perfect model)"),
     ("Reconstruction", ["recon_mean_abs", "recon_max_abs"],
      "|decode(encode(x)) − x| on test data"),
     ("Cost", ["steps", "train_time_s", "train_examples_per_s", "density_samples_per_s",
@@ -174,7 +181,7 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
     out += [f"{done} of {len(suite.cells)} cells completed; machine: {machine.get('cpu_model')} "
             f"({machine.get('cpus')} CPUs), torch {machine.get('torch')}, "
             f"accelerator: {machine.get('cuda') or 'none'}. Generated "
-            f"{time.strftime('%Y-%m-%d %H:%M')} by `flowkit bench {suite.path}`.", ""]
+            f"{time.strftime('%Y-%m-%d %H:%M')} by `flowkit bench {suite.ref}`.", ""]
     key = suite.meta["rank_by"]
     if groups:
         ranked = ranking(suite, groups)

@@ -57,6 +57,7 @@ def cell_spec(suite: Suite, cell: Cell, out_dir: Path, data_dir: str | None,
         "data_dir": data_dir,
         "threads": threads,
         "suite_path": str(suite.path),
+        "suite_ref": suite.ref,
         "python_path": [str((folder / p).resolve()) for p in suite.meta["python_path"]],
     }
 
@@ -88,7 +89,7 @@ def run_suite(
     cells = suite.select(only, filters)
     if not cells:
         raise ConfigError(f"no cell of suite '{suite.name}' matches --only {list(only)} "
-                          f"--filter {list(filters)}; see `flowkit bench {suite.path} --dry-run`")
+                          f"--filter {list(filters)}; see `flowkit bench {suite.ref} --dry-run`")
     jobs = jobs or int(suite.meta.get("jobs", 1)) or 1
     threads = _threads_per_job(jobs)
     todo = []

@@ -1,6 +1,9 @@
 """Benchmark suites: a TOML matrix of training cells and Python measurement cells.
 
-A suite file (see ``benchmarks/suites/*.toml`` and ``docs/benchmarks.md``)::
+The built-in suites (``quick``, ``toy2d``, ``mnist``, ``ood``, ``parallelism``) ship inside the
+package, in ``flowkit/bench/suites/`` (:data:`BUILTIN_SUITES`), so ``flowkit bench quick`` works
+from an installed wheel; a name is looked up in the folders the command line is given first (see
+``flowkit bench --help``). A suite file (see ``docs/benchmarks.md``)::
 
     [suite]
     description = "Real NVP vs Glow on moons"
@@ -67,6 +70,8 @@ METRICS = {
     "ood": [],                 # other datasets whose test bits/dim are reported (same shape)
     "figures": True,           # per-cell figures (samples / 2-D density)
 }
+#: The folder of the suites shipped with flowkit (package data of ``flowkit.bench``).
+BUILTIN_SUITES = Path(__file__).resolve().parent / "suites"
 SUITE_META = {"description": "", "rank_by": "test_nll", "higher_is_better": [], "baseline": {},
               "python_path": [], "jobs": 1}
 
@@ -150,6 +155,11 @@ class Suite:
     metrics: dict[str, Any]
     cells: list[Cell]
     report: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        """How a command names this suite: its name when built in, else its file's path."""
+        return self.name if self.path.resolve().parent == BUILTIN_SUITES else str(self.path)
 
     def select(self, only: tuple[str, ...] = (), filters: tuple[str, ...] = ()) -> list[Cell]:
         """Cells whose id matches one of the ``only`` globs and every ``key=value`` filter."""

@@ -25,6 +25,15 @@ hyper-parameters and contexts from the class attributes a transform declares (``
 ``channel_multiple``, ``min_channels``, ``size_multiple``, ``test_params``); hypothesis is imported
 only when a strategy is asked for.
 
+An elementwise map of couplings and autoregressive layers (:mod:`flowkit.elementwise`) is
+checked with :func:`check_elementwise`: on its own against autograd (:func:`check_map`), then
+through the registered ``coupling`` and ``autoregressive`` transforms with every check above::
+
+    from flowkit.testing import check_elementwise
+
+    def test_my_map() -> None:
+        check_elementwise(MyMap, {"bound": 3.0})   # or the registered name, or an instance
+
 Every check raises :class:`AssertionError` whose message starts with
 ``[plugin] check-name check failed for input shape (...) (dtype, device):`` and gives the largest
 error next to the tolerance.
@@ -47,6 +56,7 @@ from flowkit.testing.checks import (
     check_state_dict,
     perturb_parameters,
 )
+from flowkit.testing.elementwise import check_elementwise, check_map
 from flowkit.testing.runner import (
     CheckResult,
     check_plugin,
@@ -74,8 +84,10 @@ __all__ = [
     "check_context",
     "check_context_shape",
     "check_dtype_device",
+    "check_elementwise",
     "check_gradients",
     "check_logdet",
+    "check_map",
     "check_output_contract",
     "check_pickle",
     "check_plugin",

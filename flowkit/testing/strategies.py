@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 from flowkit.testing.checks import MAX_EVENT_SIZE, _plugin_name
 
 
+def _strategies() -> Any:
+    """``hypothesis.strategies``, or a :class:`~flowkit.extras.MissingExtraError` naming the
+    ``testing`` extra (hypothesis is not a dependency of the plain install)."""
+    from flowkit.extras import require
+
+    return require("hypothesis.strategies", extra="testing",
+                   feature="flowkit.testing's hypothesis strategies")
+
+
 # ---------------------------------------------------------------------------------------------
 # shapes and hyper-parameters (deterministic, and hypothesis strategies)
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +89,7 @@ def shapes_for(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> SearchStra
     ``size_multiple`` (and ``≥ min_size`` when the class declares that optional attribute).
     Shrinks towards the smallest shapes.
     """
-    from hypothesis import strategies as st
+    st = _strategies()
 
     cons = _Constraints.of(transform_cls)
     options: list[SearchStrategy[Shape]] = []
@@ -107,7 +116,7 @@ def params_for(transform_cls: Any) -> SearchStrategy[dict[str, Any]]:
 
     Non-list values of ``test_params`` are passed as they are.
     """
-    from hypothesis import strategies as st
+    st = _strategies()
 
     test_params: Mapping[str, Any] = getattr(transform_cls, "test_params", {}) or {}
     return st.fixed_dictionaries({
@@ -124,7 +133,7 @@ CONTEXT_BOUND = 3.0
 
 def context_features_for(max_features: int = MAX_CONTEXT_FEATURES) -> SearchStrategy[int]:
     """Hypothesis strategy of context widths ``k`` in ``[1, max_features]`` (shrinks to 1)."""
-    from hypothesis import strategies as st
+    st = _strategies()
 
     return st.integers(1, max_features)
 
@@ -135,7 +144,7 @@ def contexts(batch_size: int, features: int,
 
     Entries are finite, in ``[-bound, bound]`` and not subnormal; shrinks towards zeros.
     """
-    from hypothesis import strategies as st
+    st = _strategies()
 
     size = batch_size * features
     values = st.floats(-bound, bound, allow_nan=False, allow_infinity=False,

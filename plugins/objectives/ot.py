@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from flowkit.data.base import DataSplits
 from flowkit.errors import ShapeError
 from flowkit.model import Flow
 from flowkit.objective import Batch, LossOutput, Objective
@@ -86,6 +87,9 @@ class OptimalTransport(Objective):
         reduction: Literal["sum", "mean"] = "sum",
         sinkhorn_blur: Annotated[float, Range(0, min_inclusive=False)] = 0.05,
         sinkhorn_scaling: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False)] = 0.5,
+        debias: Literal["none", "prior", "full"] = "none",
+        prior_samples: Annotated[int, Range(1)] = 1,
+        eval_samples: Annotated[int, Range(0, note="0: no sample metrics in the summary")] = 2000,
     ) -> None:
         super().__init__()
         self.solver = solver
@@ -96,10 +100,26 @@ class OptimalTransport(Objective):
         self.reduction = reduction
         self.sinkhorn_blur = float(sinkhorn_blur)
         self.sinkhorn_scaling = float(sinkhorn_scaling)
+        self.debias = debias
+        self.prior_samples = int(prior_samples)
+        self.eval_samples = int(eval_samples)
 
     def setup(self, model: Flow) -> None:
         """Import the solver's library up front, so ``match_ms`` of step 0 times the matching."""
         preload(self.solver)
+
+    def evaluate(self, model: Flow, data: DataSplits, max_examples: int) -> dict[str, float]:
+        """Sample metrics for the run summary: an OT-trained model fits no density, so it is judged
+        by its samples (:func:`~flowkit.metrics.variety.sample_metrics`: precision, recall,
+        density, coverage, Fréchet distance and class accuracy, in flowkit's own classifier's
+        feature space), from ``min(eval_samples, max_examples or ∞, N_test)`` samples; nothing
+        when ``eval_samples = 0`` or the data has no feature space."""
+        from flowkit.metrics import frechet_skip_reason, sample_metrics
+
+        if self.eval_samples <= 0 or frechet_skip_reason(data) is not None:
+            return {}
+        n = min(self.eval_samples, max_examples) if max_examples > 0 else self.eval_samples
+        return sample_metrics(model, data, n=n, seed=0)
 
     # -- pieces ---------------------------------------------------------------------------------
     def transport_cost(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -135,6 +155,33 @@ class OptimalTransport(Objective):
         diff = (x_hat - x_noisy).flatten(1)
         return diff.pow(2).mean(1) + diff.abs().mean(1)
 
+    def _targets(self, model: Flow, m: int, labels: Tensor | None) -> Tensor:
+        """``m`` reparameterised prior samples of the group's class, in the matching space."""
+        lab = None if labels is None else labels[:1].expand(m)
+        samples = model.prior.sample(m, lab)
+        return samples if self.space == "latent" else model.decode(samples, lab)
+
+    def _class_cost(self, model: Flow, source: Tensor,
+                    labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(L_OT, self term)`` of one class: the (debiased) minibatch transport cost between
+        the class's points and prior samples, and the subtracted self-transport part (0 for
+        ``debias = "none"``)."""
+        n = source.shape[0]
+        zero = source.new_zeros(())
+        if self.debias == "full" and n >= 2:
+            h = n // 2
+            a, b = source[:h], source[h:2 * h]
+            sa, sb = self._targets(model, h, labels), self._targets(model, h, labels)
+            cross = 0.5 * (self.transport_cost(a, sa)[0] + self.transport_cost(b, sb)[0])
+            own = 0.5 * (self.transport_cost(a, b)[0] + self.transport_cost(sa, sb)[0])
+            return cross - own, own
+        target = self._targets(model, self.prior_samples * n, labels)
+        cross = self.transport_cost(source, target)[0]
+        if self.debias == "prior":
+            own = 0.5 * self.transport_cost(target, self._targets(model, target.shape[0], labels))[0]
+            return cross - own, own
+        return cross, zero
+
     # -- the objective --------------------------------------------------------------------------
     def loss(self, model: Flow, batch: Batch, step: int) -> LossOutput:
         x, context = batch.x, batch.context
@@ -145,30 +192,28 @@ class OptimalTransport(Objective):
         per_example = self._smoothness(model, z, context) if smooth and z is not None else None
         ot_total = x.new_zeros(())
         smooth_total = x.new_zeros(())
+        self_total = x.new_zeros(())
         match_s = 0.0
         groups = self._groups(model, batch)
         for idx, labels in groups:
-            n = int(idx.numel())
-            samples = model.prior.sample(n, labels)
-            if self.space == "latent":
-                assert z is not None
-                source, target = z[idx], samples
-            else:
-                source, target = x[idx], model.decode(samples, labels)
+            source = z[idx] if self.space == "latent" else x[idx]
             t0 = time.perf_counter()
-            ot_c, _ = self.transport_cost(source, target)
+            ot_c, self_c = self._class_cost(model, source, labels)
             match_s += time.perf_counter() - t0
             ot_total = ot_total + ot_c
+            self_total = self_total + self_c
             if per_example is not None:
                 smooth_total = smooth_total + per_example[idx].mean()
         if self.reduction == "mean":
             ot_total = ot_total / len(groups)
             smooth_total = smooth_total / len(groups)
+            self_total = self_total / len(groups)
         total = ot_total + self.smoothness_weight * smooth_total if smooth else ot_total
         terms = {
             "loss": float(total.detach()),
             "ot": float(ot_total.detach()),
             "smoothness": float(smooth_total.detach()),
+            **({"ot_self": float(self_total.detach())} if self.debias != "none" else {}),
             "match_ms": 1000.0 * match_s,
             "classes": float(len(groups)),
         }

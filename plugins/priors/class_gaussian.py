@@ -43,7 +43,8 @@ class ClassGaussian(Prior):
     needs_data_init: ClassVar[bool] = True
 
     def __init__(self, shape: Shape, num_classes: int | None = None, *,
-                 min_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-4) -> None:
+                 min_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-4,
+                 learn_scale: bool = True) -> None:
         super().__init__(shape, num_classes)
         if num_classes is None or num_classes < 1:
             raise ConfigError(
@@ -52,7 +53,8 @@ class ClassGaussian(Prior):
             )
         self.min_scale = float(min_scale)
         self.loc = nn.Parameter(torch.zeros(num_classes, *self.shape))
-        self.scale = nn.Parameter(torch.ones(num_classes, *self.shape))
+        self.learn_scale = bool(learn_scale)
+        self.scale = nn.Parameter(torch.ones(num_classes, *self.shape), requires_grad=self.learn_scale)
 
     def _labels(self, context: Tensor | None, n: int) -> Tensor:
         labels = self.check_context(context, n)
@@ -109,4 +111,5 @@ class ClassGaussian(Prior):
         return self.scale.detach().mean(0)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, num_classes={self.num_classes}, min_scale={self.min_scale}"
+        return (f"shape={self.shape}, num_classes={self.num_classes}, min_scale={self.min_scale}, "
+                f"learn_scale={self.learn_scale}")

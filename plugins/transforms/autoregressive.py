@@ -1,88 +1,89 @@
-"""Masked autoregressive flows: MAF and IAF, built on one MADE affine autoregressive layer.
+"""Autoregressive flows: one MADE conditioner × any elementwise map (MAF, IAF, spline, …).
 
-One layer is the affine autoregressive map and its inverse (Papamakarios, Pavlakou & Murray 2017,
-"Masked Autoregressive Flow for Density Estimation", §3.1, eq. (2)-(3))::
+One layer applies an elementwise monotone map (:mod:`flowkit.elementwise`) to every coordinate,
+its parameters a :class:`~flowkit.plugins.transforms.made.MADE` output of the coordinates before
+it in the order (Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density
+Estimation", §3.1; Germain et al. 2015, "MADE")::
 
-    parallel:    w_d = (z_d − μ_d(z_<d)) · exp(−α_d(z_<d)),      log|det ∂w/∂z| = −Σ_d α_d
-    sequential:  z_d = w_d · exp(α_d(z_<d)) + μ_d(z_<d),          log|det ∂z/∂w| = +Σ_d α_d
+    parallel:    w_d = g(z_d; θ_d(z_<d))        one MADE pass: every z_<d is known
+    sequential:  z_d = g⁻¹(w_d; θ_d(z_<d))      D passes: z_d is known once z_<d is
 
-with ``(μ, α)`` the two outputs of a :class:`~flowkit.plugins.transforms.made.MADE` run on ``z``.
-The parallel direction needs one MADE pass (every ``z_<d`` is known); the sequential one needs
-``D`` passes, because ``z_d`` is only known once ``z_<d`` is. MAF uses the parallel map as
-flowkit's ``forward`` (data → latent: fast density, slow sampling); IAF (Kingma et al. 2016,
-"Improving Variational Inference with Inverse Autoregressive Flow", §4) uses it as ``inverse``
-(latent → data: fast sampling, slow density). With the same weights an IAF layer *is* a MAF layer
-run backwards (Papamakarios et al. 2017, §3.2).
+and ``log|det ∂w/∂z| = Σ_d log g'(z_d; θ_d)`` (the Jacobian is triangular in the order).
+``direction="maf"`` makes the parallel map flowkit's ``forward`` (data → latent: fast density,
+slow sampling); ``"iaf"`` makes it ``inverse`` (latent → data: fast sampling, slow density;
+Kingma et al. 2016, "Improving Variational Inference with Inverse Autoregressive Flow", §4). With
+the same weights an IAF layer *is* a MAF layer run backwards (Papamakarios et al. 2017, §3.2).
+
+MAF and IAF use the inverse of the affine map with the soft-clamped log-scale, so the parallel
+map is ``w_d = (z_d − μ_d) · exp(−α_d)`` with ``α = 5 tanh(α_raw / 5)`` (eq. (3) of Papamakarios
+et al.); ``rq-autoregressive`` uses the rational-quadratic spline (Durkan et al. 2019, "Neural
+Spline Flows", RQ-NSF (AR)); the registered ``autoregressive`` takes any map by name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
+from flowkit.elementwise import ElementwiseMap, Inverted, build_map
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.params import Range
+from flowkit.plugins.elementwise import LOG_SCALE_BOUND, Affine, soft_clamp
 from flowkit.plugins.transforms.made import MADE
-from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
+from flowkit.transform import Shape, Transform, require_rank
+
+__all__ = ["IAF", "LOG_SCALE_BOUND", "MAF", "MAF_MAP", "Autoregressive", "AutoregressiveLayer",
+           "FlatStack", "soft_clamp"]
 
 Direction = Literal["maf", "iaf"]
 
-#: Soft bound on the log-scale: ``α = B · tanh(α_raw / B)`` keeps ``|α| < B`` (so one layer scales
-#: a coordinate by at most ``e^B``) while ``α ≈ α_raw`` for ``|α_raw| ≪ B``.
-LOG_SCALE_BOUND = 5.0
-
-
-def soft_clamp(t: Tensor, bound: float) -> Tensor:
-    """``bound · tanh(t / bound)``: smooth, odd, identity near 0, with values in ``(−bound, bound)``."""
-    return bound * torch.tanh(t / bound)
+#: MAF's and IAF's map: ``w = (z − μ) ⊙ exp(−α)``, ``α = 5 tanh(α_raw / 5)``, parameters ``(μ, α_raw)``.
+MAF_MAP = Inverted(Affine(scale="soft-clamp", shift_first=False))
 
 
 def _require_vector_size(owner: str, dim: int) -> None:
     if dim < 2:
         raise ShapeError(
-            f"{owner} needs at least 2 scalars per example (an autoregressive order over D ≥ 2 "
-            f"variables), but the data has {dim}. Use a transform for 1-d data, e.g. a "
-            f"diagonal scaling."
+            f"{owner} needs at least 2 scalars per example (two halves to couple, or an "
+            f"autoregressive order over D ≥ 2 variables), but the data has {dim}. Use a "
+            f"transform for 1-d data, e.g. a diagonal scaling."
         )
 
 
-class AutoregressiveAffine(Transform):
-    """MADE affine autoregressive layer w = (z − μ(z_<d)) ⊙ exp(−α(z_<d)); MAF or IAF direction.
+class AutoregressiveLayer(Transform):
+    """One MADE autoregressive layer w_d = g(z_d; θ_d(z_<d)) with any elementwise map g.
 
-    Parallel map (one MADE pass): ``w_d = (z_d − μ_d(z_<d)) exp(−α_d(z_<d))``, log-det
-    ``−Σ α_d``; sequential inverse (``D`` passes): ``z_d = w_d exp(α_d(z_<d)) + μ_d(z_<d)``, log-det
-    ``+Σ α_d`` (Papamakarios et al. 2017, "Masked Autoregressive Flow for Density Estimation",
-    §3.1, eq. (2)-(5)). ``direction="maf"`` makes the parallel map ``forward`` (``z = x``, the data;
-    ``w = u``, the latent); ``direction="iaf"`` makes it ``inverse`` (``z = u``, ``w = x``), i.e. the
-    IAF sampling step ``x = (u − μ(u)) ⊙ exp(−α(u))`` — Kingma et al. 2016, "Improving Variational
-    Inference with Inverse Autoregressive Flow", eq. (10), ``x = u ⊙ exp(α') + μ'`` with
-    ``α' = −α``, ``μ' = −μ exp(−α)``: the same family, parameterised so that an IAF layer is
-    exactly a MAF layer with ``forward``/``inverse`` swapped.
-
-    ``α = 5 tanh(α_raw / 5)`` (soft bound, :data:`LOG_SCALE_BOUND`). ``reverse_order`` reverses the
-    autoregressive order (MADE input degrees ``D..1``), used between stacked layers. The sequential
-    direction is a loop of ``D`` full MADE passes over the whole batch: pass ``i`` fixes the
-    ``i``-th coordinate in the order (its ``μ, α`` depend only on coordinates already fixed), so
-    after ``D`` passes every coordinate and the log-det are exact. With ``conditional=true``
-    one-hot labels enter the MADE as an unmasked context.
+    Parallel map (one MADE pass): ``w_d = g(z_d; θ_d(z_<d))``, log-det ``Σ_d log g'(z_d)``;
+    sequential inverse (``D`` passes): pass ``i`` fixes the ``i``-th coordinate in the order,
+    ``z_d = g⁻¹(w_d; θ_d(z_<d))``, so after ``D`` passes every coordinate and the log-det are
+    exact (Papamakarios et al. 2017, "MAF", §3.1-3.2; Kingma et al. 2016, "IAF", §4; MADE:
+    Germain et al. 2015). ``direction="maf"`` makes the parallel map ``forward``, ``"iaf"``
+    ``inverse``. ``map`` names an elementwise map (``map_params`` its arguments) or is an
+    ``ElementwiseMap`` whose scalars are independent given their parameters (``autoregressive``).
+    The MADE has ``num_hidden`` masked layers of ``hidden`` ReLU units and a zero-initialised
+    output; ``reverse_order`` reverses the order (input degrees ``D..1``), used between stacked
+    layers. A context (one-hot labels or a real vector) enters the MADE unmasked.
     """
 
     input_ranks = (1,)
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [8], "num_hidden": [1, 2], "direction": ["maf", "iaf"],
-        "reverse_order": [False, True],
+        "map": ["affine", "rq-spline"], "hidden": [8], "num_hidden": [1, 2],
+        "direction": ["maf", "iaf"], "reverse_order": [False, True],
     }
 
     def __init__(
         self,
         event_shape: Shape,
         *,
+        map: str | ElementwiseMap = "affine",
+        map_params: dict[str, Any] | None = None,
         direction: Direction = "maf",
         reverse_order: bool = False,
         hidden: Annotated[int, Range(1)] = 64,
@@ -95,45 +96,62 @@ class AutoregressiveAffine(Transform):
         owner = type(self).__name__
         require_rank(owner, self.event_shape, self.input_ranks, "Flatten the data first.")
         _require_vector_size(owner, self.event_dim)
+        elementwise = build_map(map, map_params, owner)
+        if not elementwise.autoregressive:
+            raise ConfigError(f"{owner}: the map {elementwise!r} couples the scalars of an example "
+                              f"through its parameters, so it cannot be autoregressive; use it in "
+                              f"a coupling.")
         if direction not in ("maf", "iaf"):
             raise ConfigError(f"{owner}: direction must be 'maf' or 'iaf', got {direction!r}.")
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
+        self.elementwise_map = elementwise
+        self.volume_preserving = elementwise.volume_preserving  # type: ignore[misc]
         self.direction: Direction = direction
         self.reverse_order = bool(reverse_order)
         self.conditional = self.context_spec is not None
         self.num_classes = num_classes
         dim = self.event_dim
         order = list(range(dim - 1, -1, -1)) if self.reverse_order else None
-        extra = context_width(self.context_spec)
-        self.made = MADE(dim, hidden, num_hidden, num_outputs=2, order=order,
-                         context_features=extra)
+        self.made = MADE(dim, hidden, num_hidden, num_outputs=elementwise.num_params, order=order,
+                         context_features=context_width(self.context_spec))
+        for name, value in elementwise.feature_params.items():
+            if hasattr(self, name):
+                raise ConfigError(f"{owner}: the map {elementwise!r} declares a feature parameter "
+                                  f"{name!r}, a name the layer already uses; rename it.")
+            self.register_parameter(name, nn.Parameter(torch.full((dim,), float(value))))
+        self._feature_names = tuple(elementwise.feature_params)
 
-    # -- the two maps --------------------------------------------------------------------------
-    def _shift_log_scale(self, z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        """One MADE pass on ``z``: ``(μ(z_<d), α(z_<d))``, each ``(B, D)``."""
-        mu, raw = self.made(z, labels).unbind(1)
-        return mu, soft_clamp(raw, LOG_SCALE_BOUND)
-
-    def _labels(self, z: Tensor, context: Tensor | None) -> Tensor | None:
+    # -- the conditioner -----------------------------------------------------------------------
+    def _features(self, z: Tensor, context: Tensor | None) -> Tensor | None:
         """The MADE's context input: one-hot labels or the real-valued context (or ``None``)."""
         if self.context_spec is None:
             return None
         return self.context_spec.features(context, z, type(self).__name__)
 
+    def _params(self, z: Tensor, features: Tensor | None) -> tuple[Tensor, ...]:
+        """One MADE pass: the map's parameters of every coordinate from ``z_<d``, then the
+        map's feature parameters."""
+        made = self.made(z, features).unbind(1)
+        return (*made, *(getattr(self, name) for name in self._feature_names))
+
+    def conditioner_params(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """The map's parameters ``θ_d(z_<d)`` of every coordinate, each ``(B, D)``, and its
+        feature parameters."""
+        return self._params(z, self._features(z, context))
+
+    # -- the two maps --------------------------------------------------------------------------
     def _parallel(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``w = (z − μ(z)) ⊙ exp(−α(z))`` in one MADE pass; log-det ``−Σ α``."""
-        mu, alpha = self._shift_log_scale(z, self._labels(z, context))
-        return (z - mu) * torch.exp(-alpha), -sum_except_batch(alpha)
+        """``w = g(z; θ(z))`` in one MADE pass."""
+        return self.elementwise_map.forward(z, self.conditioner_params(z, context))
 
     def _sequential(self, w: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Solve ``z = w ⊙ exp(α(z)) + μ(z)`` with ``D`` MADE passes; log-det ``+Σ α``."""
-        labels = self._labels(w, context)
+        """Solve ``w = g(z; θ(z))`` for ``z`` with ``D`` MADE passes."""
+        features = self._features(w, context)
         z = torch.zeros_like(w)
-        alpha = z
+        logdet = w.new_zeros(w.shape[0])
         for _ in range(self.event_dim):  # pass i fixes the i-th coordinate in the order
-            mu, alpha = self._shift_log_scale(z, labels)
-            z = w * torch.exp(alpha) + mu
-        return z, sum_except_batch(alpha)
+            z, logdet = self.elementwise_map.inverse(w, self._params(z, features))
+        return z, logdet
 
     # -- the Transform interface ---------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -151,19 +169,40 @@ class AutoregressiveAffine(Transform):
         return self._parallel(y, context)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, direction={self.direction!r}, "
-                f"reverse_order={self.reverse_order}, conditional={self.conditional}")
+        return (f"{super().extra_repr()}, map={self.elementwise_map!r}, "
+                f"direction={self.direction!r}, reverse_order={self.reverse_order}, "
+                f"conditional={self.conditional}")
 
 
-class _AutoregressiveFlow(Architecture):
-    """A stack of :class:`AutoregressiveAffine` layers in one direction, alternating the order.
+class FlatStack(Architecture):
+    """``num_layers`` layers on the flattened input (``Flatten`` first for images; ``D ≥ 2``).
 
-    Images are flattened first; the latent has shape ``(D,)``. Subclasses set ``direction``.
+    The shell of the stacked flows (``maf``, ``iaf``, ``nsf``, ``rq-autoregressive``,
+    ``autoregressive``): ``layer(dim, k)`` builds the ``k``-th layer on vectors ``(D,)``. The
+    latent has shape ``(D,)`` with ``D`` the number of input scalars.
     """
 
-    direction: ClassVar[Direction] = "maf"
     input_ranks = (1, 3)
     min_channels = 2  # vectors need D ≥ 2 (images only need C·H·W ≥ 2)
+
+    def __init__(self, event_shape: Shape, num_layers: int,
+                 layer: Callable[[int, int], Transform]) -> None:
+        owner = type(self).__name__
+        shape = tuple(int(s) for s in event_shape)
+        require_rank(owner, shape, self.input_ranks,
+                     "Give vectors as (D,) or images as (C, H, W); images are flattened.")
+        dim = math.prod(shape)
+        super().__init__(shape, (dim,))
+        _require_vector_size(owner, dim)
+        steps: list[Transform] = [] if len(shape) == 1 else [Flatten(shape)]
+        steps += [layer(dim, k) for k in range(num_layers)]
+        self.flow = Sequential(steps)
+
+
+class _AffineAutoregressive(FlatStack):
+    """A stack of MADE affine layers in one direction, alternating the order (MAF, IAF)."""
+
+    direction: ClassVar[Direction] = "maf"
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [2, 3], "hidden": [8], "num_hidden": [1, 2],
     }
@@ -179,30 +218,14 @@ class _AutoregressiveFlow(Architecture):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        owner = type(self).__name__
-        shape = tuple(int(s) for s in event_shape)
-        require_rank(owner, shape, self.input_ranks,
-                     "Give vectors as (D,) or images as (C, H, W); images are flattened.")
-        dim = math.prod(shape)
-        super().__init__(shape, (dim,))
-        _require_vector_size(owner, dim)
-        context_spec(owner, conditional, num_classes, context_features)  # checks the choice
-        steps: list[Transform] = []
-        if len(shape) != 1:
-            steps.append(Flatten(shape))
-        steps += [
-            AutoregressiveAffine(
-                (dim,), direction=self.direction, reverse_order=bool(k % 2), hidden=hidden,
-                num_hidden=num_hidden, conditional=conditional, num_classes=num_classes,
-                context_features=context_features,
-            )
-            for k in range(num_layers)
-        ]
-        self.flow = Sequential(steps)
+        context_spec(type(self).__name__, conditional, num_classes, context_features)  # checks it
+        super().__init__(event_shape, num_layers, lambda dim, k: AutoregressiveLayer(
+            (dim,), map=MAF_MAP, direction=self.direction, reverse_order=bool(k % 2),
+            hidden=hidden, num_hidden=num_hidden, conditional=conditional,
+            num_classes=num_classes, context_features=context_features))
 
 
-
-class MAF(_AutoregressiveFlow):
+class MAF(_AffineAutoregressive):
     """Masked Autoregressive Flow: MADE affine layers, one-pass density (Papamakarios et al. 2017).
 
     ``num_layers`` layers ``u_d = (x_d − μ_d(x_<d)) · exp(−α_d(x_<d))``, ``log|det J| = −Σ_d α_d``,
@@ -217,7 +240,7 @@ class MAF(_AutoregressiveFlow):
     direction = "maf"
 
 
-class IAF(_AutoregressiveFlow):
+class IAF(_AffineAutoregressive):
     """Inverse Autoregressive Flow: MADE affine layers, one-pass sampling (Kingma et al. 2016).
 
     The MAF layers run the other way: ``inverse`` (latent → data, sampling) is the parallel map
@@ -231,3 +254,44 @@ class IAF(_AutoregressiveFlow):
     """
 
     direction = "iaf"
+
+
+class Autoregressive(FlatStack):
+    """Autoregressive flow with any elementwise map: MADE layers w_d = g(z_d; θ_d(z_<d)).
+
+    ``num_layers`` :class:`AutoregressiveLayer` layers with the order reversed between them
+    (Papamakarios et al. 2017, "MAF", §3.1-3.2; MADE: Germain et al. 2015), each with its own
+    MADE of ``num_hidden`` × ``hidden`` units and the elementwise map ``map`` (``flowkit list``:
+    ``affine``, ``additive``, ``rq-spline``, or a third party's), built with ``map_params``. In
+    ``direction="maf"`` the map's forward is the density direction (one pass per layer;
+    sampling takes ``D``), in ``"iaf"`` it is the sampling direction. Images are flattened; the
+    latent has shape ``(D,)``, ``D ≥ 2``. ``conditional=true`` feeds the context to every MADE.
+    """
+
+    test_params: ClassVar[dict[str, Any]] = {
+        "map": ["affine", "rq-spline", "additive"], "num_layers": [2, 1], "hidden": [8],
+        "num_hidden": [1], "direction": ["maf", "iaf"],
+    }
+
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        map: str | ElementwiseMap = "affine",
+        map_params: dict[str, Any] | None = None,
+        direction: Direction = "maf",
+        num_layers: Annotated[int, Range(1)] = 5,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+        conditional: bool | None = None,
+        num_classes: int | None = None,
+        context_features: int | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        context_spec(owner, conditional, num_classes, context_features)  # checks the choice
+        elementwise = build_map(map, map_params, owner)
+        super().__init__(event_shape, num_layers, lambda dim, k: AutoregressiveLayer(
+            (dim,), map=elementwise, direction=direction, reverse_order=bool(k % 2),
+            hidden=hidden, num_hidden=num_hidden, conditional=conditional,
+            num_classes=num_classes, context_features=context_features))
+        self.volume_preserving = elementwise.volume_preserving  # type: ignore[misc]

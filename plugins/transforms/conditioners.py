@@ -1,20 +1,29 @@
 """Conditioner networks for coupling layers (their context input: :mod:`flowkit.context`).
 
-A coupling layer's conditioner computes the shift (and log-scale) of the transformed side from
-the conditioning side. It never needs to be inverted, so it can be any network (Dinh et al. 2015,
-"NICE", §3.2; Dinh et al. 2017, "Real NVP", §3.3). Both networks here zero-initialise their last
-layer, so a fresh coupling layer is exactly the identity. Neither uses batch normalisation: the
-output must depend on each example alone for the coupling to be invertible example by example.
+A coupling layer's conditioner computes the parameters of the elementwise map of the transformed
+side from the conditioning side. It never needs to be inverted, so it can be any network (Dinh
+et al. 2015, "NICE", §3.2; Dinh et al. 2017, "Real NVP", §3.3). The built-in networks
+zero-initialise their last layer, so a fresh coupling layer is the identity (up to Glow's
+constant scale). None uses batch normalisation: the output must depend on each example alone
+for the coupling to be invertible example by example.
+
+A coupling takes its conditioner by name — ``"mlp"`` (vectors), ``"conv"`` or its synonym
+``"resnet"`` (Real NVP's residual network), ``"glow"`` (Glow's three convolutions), or any name
+added with :func:`register_conditioner` — or, from Python, as a factory
+``(in_channels, out_channels) -> nn.Module`` of the user's own (:class:`ConditionerFactory`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.conv import conv2d
+from flowkit.errors import ConfigError, ShapeError
 from flowkit.linear import linear
 from flowkit.params import Range, checked
 
@@ -173,3 +182,155 @@ class ConvNet(nn.Module):
         Same contract as :meth:`MLP.narrow`, for ``conv_in`` and ``conv_out``.
         """
         return narrow_layers(self.conv_in, self.conv_out, inputs, outputs, "conv_in", "conv_out")
+
+
+#: Gain of the zero-initialised convolutions: ``out · exp(LOGSCALE_FACTOR · logs)``.
+LOGSCALE_FACTOR = 3.0
+
+
+class ZeroConv2d(nn.Module):
+    """Zero-initialised 3×3 convolution with a learned per-channel gain (Glow's ``Conv2dZeros``).
+
+    ``out = (conv(x) + bias) ⊙ exp(3·logs)`` with the weights, bias and ``logs`` all starting at
+    zero, so the layer first outputs zeros and the flow step it feeds starts near the identity
+    (Kingma & Dhariwal 2018, "Glow", §3.3, "Zero initialization"; the factor 3 is the authors'
+    ``logscale_factor``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding="same")
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
+        return self.conv(channels_last(x)) * torch.exp(LOGSCALE_FACTOR * self.logs)
+
+
+class GlowConvNet(nn.Module):
+    """Glow's coupling network: conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3.
+
+    ``hidden`` channels in both hidden layers, 'same' zero padding (Kingma & Dhariwal 2018,
+    "Glow", §3.3 and §5: "the first and last convolutions are 3×3, the center convolution is 1×1";
+    the last one is a :class:`ZeroConv2d`). The authors' code puts actnorm after the hidden
+    convolutions; this network uses biases instead, so it has no data-dependent initialisation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding="same"),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+        )
+        self.out = ZeroConv2d(hidden, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last;
+        without autograd each ReLU is fused into its convolution, :func:`flowkit.conv.conv2d`)."""
+        h = conv2d(channels_last(x), self.body[0], relu=True)
+        return self.out(conv2d(h, self.body[2], relu=True))
+
+
+# -- choosing a conditioner ---------------------------------------------------------------------
+class ConditionerFactory(Protocol):
+    """A user's own conditioner: ``factory(in_channels, out_channels)`` returns the network.
+
+    The network maps ``(B, in_channels)`` (vectors) or ``(B, in_channels, H, W)`` (images) to
+    ``out_channels`` features or channels of the same size. ``in_channels`` counts the
+    conditioning side and the context's features; ``out_channels`` is the map's number of
+    parameters times the number of transformed features (channels). It should process examples
+    independently (no batch normalisation); zero-initialising its last layer starts the coupling
+    as the identity.
+    """
+
+    def __call__(self, in_channels: int, out_channels: int, /) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class ConditionerKind:
+    """A named conditioner: ``build(in, out, hidden=, num_hidden=, num_blocks=)``, the input
+    ranks it takes (1: vectors, 3: images), and whether its networks have ``narrow(inputs,
+    outputs)`` (:meth:`MLP.narrow`)."""
+
+    build: Callable[..., nn.Module]
+    ranks: tuple[int, ...]
+    narrowable: bool = False
+
+
+def _mlp(n_in: int, n_out: int, *, hidden: int, num_hidden: int, num_blocks: int) -> nn.Module:
+    return MLP(n_in, n_out, hidden, num_hidden)
+
+
+def _resnet(n_in: int, n_out: int, *, hidden: int, num_hidden: int, num_blocks: int) -> nn.Module:
+    return ConvNet(n_in, n_out, hidden, num_blocks)
+
+
+def _glow(n_in: int, n_out: int, *, hidden: int, num_hidden: int, num_blocks: int) -> nn.Module:
+    return GlowConvNet(n_in, n_out, hidden)
+
+
+CONDITIONERS: dict[str, ConditionerKind] = {
+    "mlp": ConditionerKind(_mlp, (1,), narrowable=True),
+    "conv": ConditionerKind(_resnet, (3,), narrowable=True),
+    "resnet": ConditionerKind(_resnet, (3,), narrowable=True),
+    "glow": ConditionerKind(_glow, (3,)),
+}
+
+
+def register_conditioner(name: str, build: Callable[..., nn.Module],
+                         ranks: tuple[int, ...] = (1, 3)) -> None:
+    """Make ``build(in, out, *, hidden, num_hidden, num_blocks)`` a conditioner named ``name``.
+
+    Every coupling then accepts ``conditioner=name`` (this process only; register it where your
+    package is imported). ``ranks`` are the input ranks it takes.
+    """
+    CONDITIONERS[name] = ConditionerKind(build, tuple(ranks))
+
+
+def conditioner_factory(
+    kind: str | ConditionerFactory, rank: int, owner: str, *, hidden: int, num_hidden: int,
+    num_blocks: int,
+) -> ConditionerFactory:
+    """``(in_channels, out_channels) -> nn.Module`` for a conditioner name or a user's factory.
+
+    Raises :class:`ConfigError` for an unknown name, :class:`ShapeError` when the named network
+    does not take inputs of this rank.
+    """
+    if not isinstance(kind, str):
+        if not callable(kind):
+            raise ConfigError(f"{owner}: conditioner must be a name ({', '.join(CONDITIONERS)}) "
+                              f"or a factory (in_channels, out_channels) -> nn.Module, got "
+                              f"{kind!r}.")
+        return kind
+    if kind not in CONDITIONERS:
+        raise ConfigError(f"{owner}: unknown conditioner {kind!r}; choose one of "
+                          f"{', '.join(map(repr, CONDITIONERS))}, or pass a factory from Python.")
+    spec = CONDITIONERS[kind]
+    if rank not in spec.ranks:
+        takes = "vectors (D,)" if spec.ranks == (1,) else "images (C, H, W)"
+        raise ShapeError(f"{owner}: conditioner={kind!r} takes {takes}; choose another "
+                         f"conditioner for inputs of rank {rank}.")
+    return _Named(spec, hidden, num_hidden, num_blocks)
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A named conditioner with its sizes filled in (a picklable factory)."""
+
+    kind: ConditionerKind
+    hidden: int
+    num_hidden: int
+    num_blocks: int
+
+    @property
+    def narrowable(self) -> bool:
+        """Whether the networks it builds can be narrowed to a split (``narrow``)."""
+        return self.kind.narrowable
+
+    def __call__(self, in_channels: int, out_channels: int) -> nn.Module:
+        return self.kind.build(in_channels, out_channels, hidden=self.hidden,
+                               num_hidden=self.num_hidden, num_blocks=self.num_blocks)

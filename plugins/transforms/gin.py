@@ -13,56 +13,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar
 
-import torch
-from torch import Tensor
-
 from flowkit.composition import Architecture, Flatten, Sequential
-from flowkit.context import context_spec
 from flowkit.errors import ShapeError
 from flowkit.params import Range
-from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind, scaled_tanh
+from flowkit.plugins.transforms.coupling import GINCoupling, MaskKind
 from flowkit.plugins.transforms.permutation import RandomPermutation
+from flowkit.plugins.transforms.realnvp import check_scales, coupling_args
 from flowkit.plugins.transforms.squeeze import Squeeze
-from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
+from flowkit.transform import Shape, Transform, require_rank
 
-
-def zero_sum_log_scale(raw: Tensor, free: Tensor) -> Tensor:
-    """Centre log-scales on the transformed entries: ``s = free ⊙ (ŝ − mean_{free}(ŝ))``.
-
-    ``raw`` is ``(B, *event_shape)``; ``free`` (0/1, broadcastable to one example) marks the
-    transformed entries. The mean is taken per example over those entries only, so
-    ``Σ_j s_j = 0`` for every example (Sorrenson et al. 2020, "GIN", §3) and the entries where
-    ``free == 0`` stay exactly 0.
-    """
-    count = free.expand(raw.shape[1:]).sum()
-    masked = free * raw
-    mean = sum_except_batch(masked) / count
-    return free * (masked - mean.reshape(-1, *([1] * (raw.dim() - 1))))
-
-
-class GINCoupling(AffineCoupling):
-    """GIN coupling: affine coupling with zero-sum log-scales, so log|det J| = 0 (GIN §3).
-
-    ``y_A = x_A``, ``y_B = x_B ⊙ exp(s(x_A)) + t(x_A)`` with
-    ``s = ŝ − mean(ŝ)`` over the transformed entries ``B`` and ``ŝ = scale ⊙ tanh(raw)`` the
-    bounded log-scale of ``affine-coupling``; hence ``Σ_j s_j = 0`` and
-    ``log|det J| = Σ_j s_j = 0`` exactly (Sorrenson, Rother & Köthe 2020, "Disentanglement by
-    Nonlinear ICA with General Incompressible-flow Networks (GIN)", §3; the affine coupling is
-    Dinh et al. 2017, "Real NVP", eq. (6)-(9)). Masks, conditioners and ``conditional`` are as in
-    ``affine-coupling``. When only one entry is transformed, ``s = 0`` and the block is additive.
-    """
-
-    volume_preserving = True
-
-    def _couple(
-        self, x: Tensor, params: tuple[Tensor, ...], free: Tensor, inverse: bool,
-    ) -> tuple[Tensor, Tensor]:
-        raw_log_scale, shift = params
-        log_scale = zero_sum_log_scale(scaled_tanh(raw_log_scale, self.scale), free)
-        shift = free * shift
-        if inverse:
-            return (x - shift) * torch.exp(-log_scale), self.zero_logdet(x)
-        return x * torch.exp(log_scale) + shift, self.zero_logdet(x)
+__all__ = ["GIN", "GINCoupling"]
 
 
 class GIN(Architecture):
@@ -115,21 +75,22 @@ class GIN(Architecture):
         require_rank("GIN", shape, self.input_ranks,
                      "Give vectors as (D,) or images as (C, H, W).")
         super().__init__(shape, (math.prod(shape),))
-        context_spec("GIN", conditional, num_classes, context_features)  # checks the choice
-        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
-                                  "context_features": context_features}
+        common = coupling_args("GIN", shape, hidden, num_hidden, res_blocks, conditional,
+                               num_classes, context_features)
+        self._effective = {"hidden": common["hidden"]}
         if len(shape) == 1:
-            common.update(conditioner="mlp", hidden=256 if hidden is None else hidden,
-                          num_hidden=num_hidden)
             steps = _blocks(shape, "half", num_blocks, permute, seed=0, common=common)
         else:
-            common.update(conditioner="conv", hidden=64 if hidden is None else hidden,
-                          num_blocks=res_blocks)
             steps = _image_steps(shape, num_blocks, num_scales, permute, common)
             steps.append(Flatten(steps[-1].output_shape))
         self.flow = Sequential(steps)
         self.num_blocks = int(num_blocks)
         self.num_scales = int(num_scales) if len(shape) == 3 else 1
+
+    def effective_params(self) -> dict[str, Any]:
+        """The values chosen at build time for unset keys: ``hidden`` (256 for vectors, 64 for
+        images when unset)."""
+        return dict(self._effective)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_blocks={self.num_blocks}, num_scales={self.num_scales}"
@@ -151,17 +112,8 @@ def _image_steps(
     shape: Shape, num_blocks: int, num_scales: int, permute: bool, common: dict[str, Any],
 ) -> list[Transform]:
     """Checkerboard stage, then (squeeze → channel-mask stage) ``num_scales − 1`` times."""
+    check_scales("GIN", shape, num_scales)
     _, h, w = shape
-    factor = 2 ** (num_scales - 1)
-    if h % factor or w % factor:
-        fits = 1
-        while h % 2**fits == 0 and w % 2**fits == 0:
-            fits += 1
-        raise ShapeError(
-            f"GIN with num_scales={num_scales} squeezes {num_scales - 1} time(s), so the image "
-            f"height and width must be divisible by {factor}, but the input has shape {shape}. "
-            f"Use num_scales <= {fits} for this shape, or crop/pad the images."
-        )
     if h * w < 2:
         raise ShapeError(
             f"GIN's first stage uses checkerboard masks, which need at least 2 pixels, but the "

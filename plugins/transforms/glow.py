@@ -14,136 +14,35 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 from flowkit.composition import Architecture, MultiScale, Sequential
-from flowkit.context import append_context, context_spec, context_width
-from flowkit.conv import conv2d
+from flowkit.context import context_spec
+from flowkit.elementwise import Inverted
 from flowkit.errors import ShapeError
 from flowkit.params import Range, Seed
+from flowkit.plugins.elementwise import SCALE_OFFSET, Affine
 from flowkit.plugins.transforms.actnorm import ActNorm
-from flowkit.plugins.transforms.conditioners import MLP, channels_last
+from flowkit.plugins.transforms.conditioners import LOGSCALE_FACTOR, GlowConvNet, ZeroConv2d
+from flowkit.plugins.transforms.coupling import Coupling, coupling_rule
 from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.plugins.transforms.squeeze import Squeeze
-from flowkit.reconstruction import RuleResult, add_grads, generic_rule, leaf, vjp
-from flowkit.transform import Shape, Transform, require_rank, sum_except_batch
+from flowkit.transform import Shape, Transform, require_rank
 
-__all__ = ["ActNorm", "Glow", "GlowConvNet", "GlowCoupling", "InvConv1x1", "SplitPrior",
-           "ZeroConv2d", "flow_step", "glow_coupling_rule"]
+__all__ = ["LOGSCALE_FACTOR", "SCALE_OFFSET", "ActNorm", "Glow", "GlowConvNet", "GlowCoupling",
+           "InvConv1x1", "SplitPrior", "ZeroConv2d", "flow_step", "glow_coupling_rule"]
 
-#: Added to the raw scale before the sigmoid, so a fresh coupling scales by sigmoid(2) ≈ 0.88.
-SCALE_OFFSET = 2.0
-#: Gain of the zero-initialised convolutions: ``out · exp(LOGSCALE_FACTOR · logs)``.
-LOGSCALE_FACTOR = 3.0
+#: The former name of the coupling rule Glow's couplings and split priors declare.
+glow_coupling_rule = coupling_rule
 
 
-class ZeroConv2d(nn.Module):
-    """Zero-initialised 3×3 convolution with a learned per-channel gain (Glow's ``Conv2dZeros``).
-
-    ``out = (conv(x) + bias) ⊙ exp(3·logs)`` with the weights, bias and ``logs`` all starting at
-    zero, so the layer first outputs zeros and the flow step it feeds starts near the identity
-    (Kingma & Dhariwal 2018, "Glow", §3.3, "Zero initialization"; the factor 3 is the authors'
-    ``logscale_factor``).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding="same")
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
-        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
-        return self.conv(channels_last(x)) * torch.exp(LOGSCALE_FACTOR * self.logs)
+def _need_two_channels(owner: str, shape: Shape, fix: str) -> None:
+    """Raise :class:`ShapeError` unless there are two features (channels) to split."""
+    if shape[0] < 2:
+        kind = "features" if len(shape) == 1 else "channels"
+        raise ShapeError(f"{owner} splits the {kind} in two halves, so it needs at least 2, but "
+                         f"the input has shape {shape}; {fix}.")
 
 
-class GlowConvNet(nn.Module):
-    """Glow's coupling network: conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3.
-
-    ``hidden`` channels in both hidden layers, 'same' zero padding (Kingma & Dhariwal 2018,
-    "Glow", §3.3 and §5: "the first and last convolutions are 3×3, the center convolution is 1×1";
-    the last one is a :class:`ZeroConv2d`). The authors' code puts actnorm after the hidden
-    convolutions; this network uses biases instead, so it has no data-dependent initialisation.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding="same"),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(inplace=True),
-        )
-        self.out = ZeroConv2d(hidden, out_channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last;
-        without autograd each ReLU is fused into its convolution, :func:`flowkit.conv.conv2d`)."""
-        h = conv2d(channels_last(x), self.body[0], relu=True)
-        return self.out(conv2d(h, self.body[2], relu=True))
-
-
-class _HalfConditioned(Transform):
-    """Shared plumbing: a network ``net`` reads the first ``split`` channels (plus one-hot labels)
-    and outputs two tensors of the remaining channels' shape; subclasses build ``net``."""
-
-    net: nn.Module
-
-    def _setup(self, owner: str, split: int, conditional: bool | None,
-               num_classes: int | None, context_features: int | None) -> tuple[int, int]:
-        """Record the split point and context; return the network's input and output channels."""
-        self.context_spec = context_spec(owner, conditional, num_classes, context_features)
-        self.split = split
-        self.conditional = self.context_spec is not None
-        self.num_classes = num_classes
-        return split + context_width(self.context_spec), 2 * (self.event_shape[0] - split)
-
-    def _params(self, h: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The network's two outputs (channels interleaved ``0::2`` and ``1::2``, as Glow)."""
-        if self.context_spec is not None:
-            h = append_context(h, self.context_spec.features(context, h, type(self).__name__))
-        out = self.net(h)
-        return out[:, 0::2], out[:, 1::2]
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, conditional={self.conditional}"
-
-
-def glow_coupling_rule(
-    block: GlowCoupling, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
-) -> RuleResult:
-    """Memory-free backprop of ``y_b = (x_b + t(x_a)) ⊙ s(x_a)``: the conditioner runs once.
-
-    Kingma & Dhariwal 2018, "Glow", §3.3: ``x_a = y_a`` gives ``(t, log s)`` (graph kept), then
-    ``x_b = y_b / s − t``; ``y_b`` is recomputed from the leaf ``x_b`` with the same
-    ``(t, log s)``, so one backward gives every gradient. A rule of
-    :mod:`flowkit.reconstruction`'s protocol, using only the block's public ``split`` and
-    :meth:`GlowCoupling.conditioner_params`.
-    """
-    split = block.split
-    y_a, y_b = y[:, :split], y[:, split:]
-    with torch.enable_grad():
-        x_a = leaf(y_a)
-        shift, log_scale = block.conditioner_params(x_a, context)
-        with torch.no_grad():
-            x_b = y_b * torch.exp(-log_scale) - shift
-        x_b_leaf = leaf(x_b)
-        out_b = (x_b_leaf + shift) * torch.exp(log_scale)
-        grads = vjp([out_b, sum_except_batch(log_scale)], [grad_y[:, split:], grad_logdet],
-                    [x_a, x_b_leaf, *params])
-    grad_x = None
-    if need_input_grad:
-        grad_a = add_grads(grad_y[:, :split], grads[0])
-        grad_b = grads[1] if grads[1] is not None else torch.zeros_like(x_b)
-        grad_x = torch.cat([grad_a, grad_b], dim=1)
-    return torch.cat([y_a, x_b], dim=1), grad_x, grads[2:]
-
-
-class GlowCoupling(_HalfConditioned):
+class GlowCoupling(Coupling):
     """Glow affine coupling y_b = (x_b + t(x_a)) ⊙ sigmoid(r(x_a) + 2) on channel halves (§3.3).
 
     The first ``⌊C/2⌋`` channels ``x_a`` pass unchanged and condition the rest ``x_b``
@@ -154,17 +53,21 @@ class GlowCoupling(_HalfConditioned):
         y_a = x_a,   y_b = (x_b + t) ⊙ s,   log|det J| = Σ log s
         inverse:  x_b = y_b / s − t
 
-    ``NN`` is :class:`GlowConvNet` for images (conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised
-    conv3×3, ``hidden`` channels) and a two-hidden-layer ReLU MLP with a zero-initialised output
-    for vectors ``(D,)``. Zero initialisation makes a fresh coupling ``y_b = sigmoid(2)·x_b`` —
-    the identity up to a constant scale. The sigmoid keeps the scale in ``(0, 1)``, which
-    stabilises training. With ``conditional=true`` one-hot class labels are fed to ``NN``.
+    A :class:`~flowkit.plugins.transforms.coupling.Coupling` with the ``affine`` map (``sigmoid``
+    scale, shift first) and ``(t, r)`` interleaved in ``NN``'s output channels. ``NN`` is
+    :class:`GlowConvNet` for images (conv3×3 → ReLU → conv1×1 → ReLU → zero-initialised conv3×3,
+    ``hidden`` channels) and a two-hidden-layer ReLU MLP with a zero-initialised output for
+    vectors ``(D,)``. Zero initialisation makes a fresh coupling ``y_b = sigmoid(2)·x_b`` — the
+    identity up to a constant scale. The sigmoid keeps the scale in ``(0, 1)``, which stabilises
+    training. With ``conditional=true`` one-hot class labels are fed to ``NN``.
     """
 
-    input_ranks = (1, 3)
     min_channels = 2
+    min_size = 1
     test_params: ClassVar[dict[str, Any]] = {"hidden": [8, 16]}
-    inversion_rule = glow_coupling_rule  # memory-free backprop: one conditioner pass
+    inversion_rule = coupling_rule  # memory-free backprop: one conditioner pass
+    output_layout = "interleaved"
+    full_size_init = False
 
     def __init__(
         self,
@@ -175,44 +78,20 @@ class GlowCoupling(_HalfConditioned):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        super().__init__(event_shape)
-        require_rank("GlowCoupling", self.event_shape, self.input_ranks,
+        shape = tuple(int(s) for s in event_shape)
+        require_rank("GlowCoupling", shape, self.input_ranks,
                      "Flatten the data for vectors, or give images as (C, H, W).")
-        if self.event_shape[0] < 2:
-            kind = "features" if len(self.event_shape) == 1 else "channels"
-            raise ShapeError(
-                f"GlowCoupling splits the {kind} in two halves, so it needs at least 2, but the "
-                f"input has shape {self.event_shape}; squeeze images first (Glow does), or use "
-                f"vectors with D ≥ 2."
-            )
-        n_in, n_out = self._setup("GlowCoupling", self.event_shape[0] // 2, conditional,
-                                  num_classes, context_features)
-        self.net = GlowConvNet(n_in, n_out, hidden) if len(self.event_shape) == 3 else \
-            MLP(n_in, n_out, hidden, num_hidden=2)
-
-    def conditioner_params(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(t, log s)`` with ``log s = log sigmoid(r + 2)``, from the first ``split`` channels."""
-        shift, raw = self._params(x_a, context)
-        return shift, F.logsigmoid(raw + SCALE_OFFSET)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``y = (x_a, (x_b + t) ⊙ s)`` and ``Σ log s``."""
-        self.check_input(x)
-        x_a, x_b = x[:, :self.split], x[:, self.split:]
-        shift, log_scale = self.conditioner_params(x_a, context)
-        y_b = (x_b + shift) * torch.exp(log_scale)
-        return torch.cat([x_a, y_b], dim=1), sum_except_batch(log_scale)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x = (y_a, y_b / s − t)`` and ``−Σ log s``."""
-        self.check_input(y, "inverse")
-        y_a, y_b = y[:, :self.split], y[:, self.split:]
-        shift, log_scale = self.conditioner_params(y_a, context)
-        x_b = y_b * torch.exp(-log_scale) - shift
-        return torch.cat([y_a, x_b], dim=1), -sum_except_batch(log_scale)
+        _need_two_channels("GlowCoupling", shape,
+                           "squeeze images first (Glow does), or use vectors with D ≥ 2")
+        super().__init__(shape, map=Affine(scale="sigmoid", shift_first=True),
+                         mask=list(range(shape[0] // 2)),
+                         conditioner="glow" if len(shape) == 3 else "mlp", hidden=hidden,
+                         num_hidden=2, conditional=conditional, num_classes=num_classes,
+                         context_features=context_features)
+        self.split = shape[0] // 2
 
 
-class SplitPrior(_HalfConditioned):
+class SplitPrior(Coupling):
     """Glow's learned prior of a factored-out half, as a flow step ε = (z − μ(h)) ⊙ exp(−log σ(h)).
 
     Of the input ``(C, H, W)``, the first ``C − ⌊C/2⌋`` channels ``h`` are kept (they continue to
@@ -225,47 +104,32 @@ class SplitPrior(_HalfConditioned):
         (μ, log σ) = ZeroConv2d(h),   ε = (z − μ) ⊙ exp(−log σ),   h passes unchanged
         log|det J| = −Σ log σ,   so  log N(ε; 0, I) − Σ log σ = log N(z; μ, σ²)
 
-    which is exactly Glow's conditional prior ``log p(z | h)``. With ``conditional=true`` the
-    one-hot class labels are appended to ``h``. Images only.
+    which is exactly Glow's conditional prior ``log p(z | h)``: a
+    :class:`~flowkit.plugins.transforms.coupling.Coupling` on the ``channel`` split whose map is
+    the inverse of the ``affine`` map (``exp`` scale), ``(μ, log σ)`` interleaved. With
+    ``conditional=true`` the one-hot class labels are appended to ``h``. Images only.
     """
 
     input_ranks = (3,)
     min_channels = 2
+    min_size = 1
     test_params: ClassVar[dict[str, Any]] = {}
-    inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
+    inversion_rule = coupling_rule  # memory-free backprop: one conditioner pass
+    output_layout = "interleaved"
+    full_size_init = False
 
     def __init__(
         self, event_shape: Shape, *, conditional: bool | None = None,
         num_classes: int | None = None, context_features: int | None = None,
     ) -> None:
-        super().__init__(event_shape)
-        require_rank("SplitPrior", self.event_shape, self.input_ranks,
+        shape = tuple(int(s) for s in event_shape)
+        require_rank("SplitPrior", shape, self.input_ranks,
                      "It conditions the factored-out channels of an image on the kept ones.")
-        channels = self.event_shape[0]
-        if channels < 2:
-            raise ShapeError(
-                f"SplitPrior factors out half of the channels, so it needs at least 2, but the "
-                f"input has shape {self.event_shape}; squeeze the image first."
-            )
-        kept = channels - channels // 2
-        self.net = ZeroConv2d(*self._setup("SplitPrior", kept, conditional, num_classes,
-                                                  context_features))
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(h, z) ↦ (h, (z − μ(h)) ⊙ exp(−log σ(h)))`` and ``−Σ log σ``."""
-        self.check_input(x)
-        h, z = x[:, :self.split], x[:, self.split:]
-        mean, log_std = self._params(h, context)
-        eps = (z - mean) * torch.exp(-log_std)
-        return torch.cat([h, eps], dim=1), -sum_except_batch(log_std)
-
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(h, ε) ↦ (h, μ(h) + σ(h) ⊙ ε)`` and ``+Σ log σ``."""
-        self.check_input(y, "inverse")
-        h, eps = y[:, :self.split], y[:, self.split:]
-        mean, log_std = self._params(h, context)
-        z = mean + eps * torch.exp(log_std)
-        return torch.cat([h, z], dim=1), sum_except_batch(log_std)
+        _need_two_channels("SplitPrior", shape, "squeeze the image first")
+        super().__init__(shape, map=Inverted(Affine(scale="exp")), mask="channel",
+                         conditioner=ZeroConv2d, conditional=conditional,
+                         num_classes=num_classes, context_features=context_features)
+        self.split = shape[0] - shape[0] // 2
 
 
 def flow_step(
@@ -343,6 +207,7 @@ class Glow(Architecture):
         _check_divisible(shape, num_levels)
         self.num_levels = num_levels
         self.num_steps = num_steps
+        self._effective = {"num_levels": num_levels}
         self.conditional = spec is not None
         common: dict[str, Any] = {"hidden": hidden, "lu": lu, "conditional": conditional,
                                   "num_classes": num_classes,
@@ -364,6 +229,9 @@ class Glow(Architecture):
             levels.append(Sequential(steps))
         self.flow = MultiScale(levels)
 
+    def effective_params(self) -> dict[str, Any]:
+        """The values chosen at build time for unset keys: ``num_levels`` (None: up to 3)."""
+        return dict(self._effective)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_levels={self.num_levels}, "

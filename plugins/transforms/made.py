@@ -15,7 +15,7 @@ lower-triangular in the autoregressive order, and one pass gives every condition
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
@@ -88,9 +88,32 @@ class MaskedLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype).clone())
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, in_features)`` to ``(B, out_features)`` with the masked weight."""
-        return linear(x, self.weight * self.mask, self.bias)
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """Map ``(B, in_features)`` to ``(B, out_features)`` with the masked weight.
+
+        ``relu=True`` returns ``ReLU((W ⊙ M) x + b)``, fused into the GEMM where
+        :func:`flowkit.linear.linear` can.
+        """
+        return linear(x, self.weight * self.mask, self.bias, relu=relu)
+
+
+def _init_columns(layer: nn.Linear, start: int, stop: int) -> None:
+    """Re-draw ``weight[:, start:stop]`` as a fresh ``nn.Linear`` of that fan-in would draw it.
+
+    ``U(−1/√fan_in, 1/√fan_in)`` with ``fan_in = stop − start`` (PyTorch's default
+    ``kaiming_uniform_(a=√5)``), so a block of inputs merged into a wider layer keeps the scale it
+    had as a layer of its own.
+    """
+    bound = 1.0 / max(stop - start, 1) ** 0.5
+    with torch.no_grad():
+        layer.weight[:, start:stop].uniform_(-bound, bound)
+
+
+def _with_context_columns(mask: Tensor, context_features: int) -> Tensor:
+    """``[M, 1]``: the mask with ``context_features`` unmasked columns appended."""
+    if not context_features:
+        return mask
+    return torch.cat([mask, mask.new_ones(mask.shape[0], context_features)], dim=1)
 
 
 @checked
@@ -107,8 +130,17 @@ class MADE(nn.Module):
     connected without masks to every first-layer hidden unit (``V``) and to every output
     (``U``): conditioning on it keeps the autoregressive property in ``x`` (Germain et al. 2015,
     §4.3; Papamakarios et al. 2017, "MAF", §3.4). The direct ``U`` term lets the first variable
-    in the order, which sees no hidden unit, depend on the context too. With ``zero_init`` the
-    output layer and ``U`` start at zero, so every output starts at zero.
+    in the order, which sees no hidden unit, depend on the context too. ``V`` and ``U`` are
+    stored as extra, always-open mask columns of the first and the output layer, which then read
+    ``[x, c]`` and ``[h_L, c]``: ``[W_1 V] ⊙ [M_1 1]`` is one weight tensor, one GEMM, where
+    separate context layers would be two more parameter tensors (for the optimiser and gradient
+    clipping) and two more GEMMs and additions per pass. A MADE therefore has
+    ``2 · (num_hidden + 1)`` parameter tensors with or without a context. Their initial values
+    are drawn block by block as separate layers would be (``U(±1/√fan_in)`` of the ``x`` and of
+    the ``c`` columns); with ``zero_init`` the output layer, ``U`` included, starts at zero, so
+    every output starts at zero. State dicts written before the merge (with
+    ``context_hidden.weight`` and ``context_out.weight``) load into the merged layout and give
+    the same outputs.
     """
 
     def __init__(
@@ -130,49 +162,78 @@ class MADE(nn.Module):
         generator = None if degree_seed is None else torch.Generator().manual_seed(degree_seed)
         degrees_in = input_degrees(self.num_inputs, order)
         self.register_buffer("input_degrees", degrees_in)
-        layers: list[nn.Module] = []
+        extra = self.context_features
+        layers: list[MaskedLinear] = []
         previous = degrees_in
         for _ in range(num_hidden):
-            low = 1 if previous is degrees_in else int(previous.min())
+            first = previous is degrees_in
+            low = 1 if first else int(previous.min())
             current = hidden_degrees(self.num_inputs, hidden, low, generator)
-            layers.append(MaskedLinear(hidden_mask(current, previous)))
+            mask = hidden_mask(current, previous)
+            layers.append(MaskedLinear(_with_context_columns(mask, extra) if first else mask))
             previous = current
         self.hidden_layers = nn.ModuleList(layers)
         self.activation = nn.ReLU()
-        self.out = MaskedLinear(output_mask(degrees_in, previous).repeat(self.num_outputs, 1))
-        self.context_hidden: nn.Linear | None = None
-        self.context_out: nn.Linear | None = None
-        if self.context_features:
-            self.context_hidden = nn.Linear(self.context_features, hidden, bias=False)
-            self.context_out = nn.Linear(self.context_features, self.out.out_features, bias=False)
+        out_mask = output_mask(degrees_in, previous).repeat(self.num_outputs, 1)
+        self.out = MaskedLinear(_with_context_columns(out_mask, extra))
+        if extra:  # the x (or h) block and the context block at their own fan-ins
+            first_layer = self.hidden_layers[0]
+            _init_columns(first_layer, 0, self.num_inputs)
+            _init_columns(first_layer, self.num_inputs, self.num_inputs + extra)
+            _init_columns(self.out, 0, hidden)
+            _init_columns(self.out, hidden, hidden + extra)
+            with torch.no_grad():  # the biases at the x (h) block's fan-in, as before the merge
+                first_layer.bias.uniform_(-self.num_inputs ** -0.5, self.num_inputs ** -0.5)
+                self.out.bias.uniform_(-hidden ** -0.5, hidden ** -0.5)
         if zero_init:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
-            if self.context_out is not None:
-                nn.init.zeros_(self.context_out.weight)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Map ``(B, D)`` (and a ``(B, context_features)`` context) to ``(B, num_outputs, D)``."""
         if x.dim() != 2 or x.shape[1] != self.num_inputs:
             raise ShapeError(f"MADE expects inputs of shape (batch, {self.num_inputs}), got "
                              f"{tuple(x.shape)}.")
-        if self.context_features and (
-            context is None or tuple(context.shape) != (x.shape[0], self.context_features)
-        ):
-            got = None if context is None else tuple(context.shape)
-            raise ShapeError(f"MADE was built with context_features={self.context_features} and "
-                             f"needs a context of shape ({x.shape[0]}, {self.context_features}), "
-                             f"got {got}.")
-        h = x
-        for i, layer in enumerate(self.hidden_layers):
-            h = layer(h)
-            if i == 0 and self.context_hidden is not None:
-                h = h + self.context_hidden(context)
-            h = self.activation(h)
-        out = self.out(h)
-        if self.context_out is not None:
-            out = out + self.context_out(context)
+        if not self.context_features:
+            h = x
+            for layer in self.hidden_layers:
+                h = layer(h, relu=True)
+            out = self.out(h)
+        else:
+            if context is None or tuple(context.shape) != (x.shape[0], self.context_features):
+                got = None if context is None else tuple(context.shape)
+                raise ShapeError(f"MADE was built with context_features={self.context_features} "
+                                 f"and needs a context of shape ({x.shape[0]}, "
+                                 f"{self.context_features}), got {got}.")
+            context = context.to(x.dtype)
+            h = torch.cat([x, context], dim=1)
+            for layer in self.hidden_layers:
+                h = layer(h, relu=True)
+            out = self.out(torch.cat([h, context], dim=1))
         return out.reshape(x.shape[0], self.num_outputs, self.num_inputs)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load a state dict, merging the separate context weights of flowkit ≤ 0.1 first.
+
+        Before the merge a conditional MADE kept ``V`` in ``context_hidden.weight``
+        ``(hidden, c)`` and ``U`` in ``context_out.weight`` ``(outputs, c)``; they become the
+        context columns of ``hidden_layers.0`` and ``out`` (weight, and mask columns of ones), so
+        the loaded MADE computes exactly the function the old one did.
+        """
+        for old, layer in (("context_hidden.weight", "hidden_layers.0."),
+                           ("context_out.weight", "out.")):
+            block = state_dict.pop(prefix + old, None)
+            if block is None:
+                continue
+            weight_key, mask_key = prefix + layer + "weight", prefix + layer + "mask"
+            weight = state_dict.get(weight_key)
+            if weight is None:  # leave the missing key for load_state_dict to report
+                continue
+            state_dict[weight_key] = torch.cat([weight, block.to(weight.dtype)], dim=1)
+            mask = state_dict.get(mask_key)
+            if mask is not None and mask.shape[1] == weight.shape[1]:
+                state_dict[mask_key] = _with_context_columns(mask, block.shape[1])
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (f"num_inputs={self.num_inputs}, num_outputs={self.num_outputs}, "

@@ -14,12 +14,17 @@ the two sides, so consecutive layers with alternating parity transform every ent
 
 Every mask but the checkerboard selects whole entries along dimension 1 (features or channels)
 in a regular pattern, so :func:`split_slices` gives the two sides as slices: a coupling layer can
-then cut the input in two views instead of multiplying full-size tensors by the mask.
+then cut the input in two views instead of multiplying full-size tensors by the mask. An explicit
+list of conditioning indices along dimension 1 (:func:`index_split`) is a split too; it becomes
+slices where the indices are evenly spaced. :func:`build_split` gives any of them as a
+:class:`Split`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -119,10 +124,11 @@ def build_mask(kind: str, event_shape: Shape, invert: bool = False, owner: str =
 
 
 class SplitSlices(NamedTuple):
-    """The conditioning (``cond``) and transformed (``free``) entries along dimension 1."""
+    """The conditioning (``cond``) and transformed (``free``) entries along dimension 1: slices,
+    or lists of indices for an explicit split that is not evenly spaced."""
 
-    cond: slice
-    free: slice
+    cond: slice | list[int]
+    free: slice | list[int]
 
 
 def split_slices(kind: str, event_shape: Shape, invert: bool = False) -> SplitSlices | None:
@@ -144,6 +150,71 @@ def split_slices(kind: str, event_shape: Shape, invert: bool = False) -> SplitSl
     return SplitSlices(second, first) if invert else SplitSlices(first, second)
 
 
-def slice_indices(part: slice, size: int) -> list[int]:
-    """The indices a slice selects from ``range(size)``."""
-    return list(range(size))[part]
+def slice_indices(part: slice | list[int], size: int) -> list[int]:
+    """The indices a slice (or an index list) selects from ``range(size)``."""
+    return list(part) if isinstance(part, list) else list(range(size))[part]
+
+
+def _as_slice(indices: list[int]) -> slice | list[int]:
+    """``indices`` (sorted, distinct) as a slice when evenly spaced, else unchanged."""
+    steps = {b - a for a, b in zip(indices, indices[1:])}
+    if len(steps) > 1:
+        return indices
+    step = steps.pop() if steps else 1
+    return slice(indices[0], indices[-1] + 1, step if step != 1 else None)
+
+
+def index_split(cond: Sequence[int], size: int, invert: bool = False,
+                owner: str = "split") -> SplitSlices:
+    """An explicit split along dimension 1: ``cond`` condition, the other indices are transformed.
+
+    ``size`` is the number of features (vectors) or channels (images); ``invert`` swaps the two
+    sides. Raises :class:`ConfigError` unless ``cond`` holds distinct indices in ``[0, size)``
+    and leaves at least one on each side.
+    """
+    chosen = sorted(int(i) for i in cond)
+    if len(set(chosen)) != len(chosen) or any(i < 0 or i >= size for i in chosen):
+        raise ConfigError(f"{owner}: the conditioning indices {list(cond)} must be distinct and "
+                          f"in [0, {size}) (features, or channels of an image).")
+    if not chosen or len(chosen) == size:
+        raise ConfigError(f"{owner}: the conditioning indices {list(cond)} must leave at least "
+                          f"one of the {size} entries on each side of the split.")
+    free = [i for i in range(size) if i not in set(chosen)]
+    first, second = _as_slice(chosen), _as_slice(free)
+    return SplitSlices(second, first) if invert else SplitSlices(first, second)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A split of one example into a conditioning side ``A`` and a transformed side ``B``.
+
+    ``kind`` is a mask kind (:data:`MASK_RANKS`) or ``"indices"``; ``mask`` is 1 on ``A`` and
+    broadcasts against one example; ``slices`` gives both sides along dimension 1, or is
+    ``None`` for the checkerboard, whose sides are the pixels :attr:`free_positions` of every
+    channel.
+    """
+
+    kind: str
+    mask: Tensor
+    slices: SplitSlices | None
+
+    @property
+    def free_positions(self) -> Tensor | None:
+        """Flat ``H·W`` positions of the transformed pixels (checkerboard only)."""
+        if self.slices is not None:
+            return None
+        return (self.mask.flatten() == 0).nonzero().squeeze(1)
+
+
+def build_split(mask: str | Sequence[int], event_shape: Shape, invert: bool = False,
+                owner: str = "split") -> Split:
+    """The :class:`Split` of a mask kind (:func:`build_mask`) or of explicit conditioning indices
+    along dimension 1 (:func:`index_split`); ``invert`` swaps the sides."""
+    shape = tuple(event_shape)
+    if isinstance(mask, str):
+        return Split(mask, build_mask(mask, shape, invert, owner),
+                     split_slices(mask, shape, invert))
+    slices = index_split(mask, shape[0], invert, owner)
+    ones = torch.zeros(shape[0])
+    ones[slices.cond] = 1.0
+    return Split("indices", ones.reshape(shape[0], *([1] * (len(shape) - 1))), slices)

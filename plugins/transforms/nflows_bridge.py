@@ -31,18 +31,20 @@ from torch import Tensor, nn
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
 from flowkit.errors import PluginError, ShapeError
+from flowkit.extras import install_hint
 from flowkit.params import Range
 from flowkit.transform import Shape, Transform, require_rank
 
 
 def require_nflows(owner: str) -> ModuleType:
-    """Import and return the ``nflows`` package, or raise :class:`PluginError` naming the fix."""
+    """Import and return the ``nflows`` package, or raise :class:`PluginError` naming the fix
+    (the ``nflows`` extra: ``pip install 'torch-flowkit[nflows]'``)."""
     try:
         return importlib.import_module("nflows")
     except ImportError as exc:
         raise PluginError(
-            f"install nflows (pip install nflows) to use {owner}; it is an optional dependency "
-            f"of flowkit ({type(exc).__name__}: {exc})."
+            f"install nflows ({install_hint('nflows')}, or pip install nflows) to use {owner}; "
+            f"it is an optional dependency of flowkit ({type(exc).__name__}: {exc})."
         ) from exc
 
 

@@ -13,6 +13,42 @@ from flowkit.plugins.transforms.coupling import AffineCoupling, MaskKind
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
 
+#: The conditioner width when ``hidden`` is unset: MLP units for vectors, channels for images.
+DEFAULT_HIDDEN = {1: 256, 3: 64}
+
+
+def coupling_args(
+    owner: str, shape: Shape, hidden: int | None, num_hidden: int, num_blocks: int,
+    conditional: bool | None, num_classes: int | None, context_features: int | None,
+) -> dict[str, Any]:
+    """The keyword arguments every coupling of a Real NVP-style architecture shares.
+
+    An MLP conditioner (``num_hidden`` layers) for vectors, a residual conv net (``num_blocks``
+    blocks) for images, ``hidden`` wide (:data:`DEFAULT_HIDDEN` when unset), and the context
+    arguments, checked once here.
+    """
+    context_spec(owner, conditional, num_classes, context_features)  # checks the choice
+    width = DEFAULT_HIDDEN[len(shape)] if hidden is None else hidden
+    net: dict[str, Any] = {"conditioner": "mlp", "num_hidden": num_hidden} if len(shape) == 1 \
+        else {"conditioner": "conv", "num_blocks": num_blocks}
+    return {**net, "hidden": width, "conditional": conditional, "num_classes": num_classes,
+            "context_features": context_features}
+
+
+def check_scales(owner: str, shape: Shape, num_scales: int) -> None:
+    """Raise :class:`ShapeError` unless H and W survive ``num_scales − 1`` squeezes."""
+    _, h, w = shape
+    factor = 2 ** (num_scales - 1)
+    if h % factor or w % factor:
+        fits = 1
+        while h % 2**fits == 0 and w % 2**fits == 0:
+            fits += 1
+        raise ShapeError(
+            f"{owner} with num_scales={num_scales} squeezes {num_scales - 1} time(s), so the "
+            f"image height and width must be divisible by {factor}, but the input has shape "
+            f"{shape}. Use num_scales <= {fits} for this shape, or crop/pad the images."
+        )
+
 
 class RealNVP(Architecture):
     """Real NVP: affine couplings, multi-scale with squeeze and factor-out (Dinh et al. 2017).
@@ -57,22 +93,19 @@ class RealNVP(Architecture):
         shape = tuple(int(s) for s in event_shape)
         require_rank("RealNVP", shape, self.input_ranks)
         super().__init__(shape, (math.prod(shape),))
-        context_spec("RealNVP", conditional, num_classes, context_features)  # checks the choice
-        common: dict[str, Any] = {"conditional": conditional, "num_classes": num_classes,
-                                  "context_features": context_features}
+        common = coupling_args("RealNVP", shape, hidden, num_hidden, num_blocks, conditional,
+                               num_classes, context_features)
+        self._effective = {"hidden": common["hidden"]}
         self.flow: Transform
         if len(shape) == 1:
-            self.flow = Sequential(
-                AffineCoupling(shape, mask="half", parity=bool(k % 2), conditioner="mlp",
-                               hidden=256 if hidden is None else hidden,
-                               num_hidden=num_hidden, **common)
-                for k in range(num_layers)
-            )
+            self.flow = Sequential(_couplings(shape, "half", num_layers, common))
         else:
-            common.update(conditioner="conv", hidden=64 if hidden is None else hidden,
-                          num_blocks=num_blocks)
             self.flow = MultiScale(_image_levels(shape, num_scales, common))
 
+    def effective_params(self) -> dict[str, Any]:
+        """The values chosen at build time for unset keys: ``hidden`` (256 for vectors, 64 for
+        images when unset)."""
+        return dict(self._effective)
 
 
 def _couplings(
@@ -84,17 +117,8 @@ def _couplings(
 
 def _image_levels(shape: Shape, num_scales: int, common: dict[str, Any]) -> list[Transform]:
     """The levels of the multi-scale image architecture (Dinh et al. 2017, §3.6)."""
+    check_scales("RealNVP", shape, num_scales)
     c, h, w = shape
-    factor = 2 ** (num_scales - 1)
-    if h % factor or w % factor:
-        fits = 1
-        while h % 2**fits == 0 and w % 2**fits == 0:
-            fits += 1
-        raise ShapeError(
-            f"RealNVP with num_scales={num_scales} squeezes {num_scales - 1} time(s), so the "
-            f"height and width must be divisible by {factor}, but the input has shape {shape}. "
-            f"Use a smaller num_scales (at most {fits} for this shape), or crop/pad the images."
-        )
     levels: list[Transform] = []
     for _ in range(num_scales - 1):
         squeeze = Squeeze((c, h, w))

@@ -14,7 +14,8 @@ from torch.autograd.functional import jacobian
 
 import flowkit
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.plugins.transforms.autoregressive import IAF, MAF, AutoregressiveAffine
+from flowkit.plugins.elementwise import soft_clamp
+from flowkit.plugins.transforms.autoregressive import IAF, MAF, MAF_MAP, AutoregressiveLayer
 from flowkit.plugins.transforms.made import (
     MADE,
     MaskedLinear,
@@ -126,8 +127,8 @@ def test_conformance_on_images_and_conditional(cls: type) -> None:
 
 @pytest.mark.parametrize("direction", ["maf", "iaf"])
 def test_single_layer_conforms(direction: str) -> None:
-    check_transform(AutoregressiveAffine, (5,), {"direction": direction, "reverse_order": True,
-                                                 "hidden": 8})
+    check_transform(AutoregressiveLayer, (5,), {"map": MAF_MAP, "direction": direction,
+                                                "reverse_order": True, "hidden": 8})
 
 
 def test_image_input_is_flattened_and_fresh_flow_is_identity() -> None:
@@ -202,17 +203,21 @@ def test_iaf_with_maf_weights_swaps_forward_and_inverse() -> None:
 
 
 def test_sequential_pass_matches_a_coordinate_by_coordinate_reference() -> None:
-    layer = AutoregressiveAffine((4,), reverse_order=True, hidden=8).double()
+    layer = AutoregressiveLayer((4,), map=MAF_MAP, reverse_order=True, hidden=8).double()
     _randomise(layer, scale=0.3)
     u = torch.randn(3, 4, dtype=torch.float64)
     x, logdet = layer.inverse(u)
     ref = torch.zeros_like(u)
+    def shift_log_scale(z: Tensor) -> tuple[Tensor, Tensor]:  # (μ, α), α = 5 tanh(α_raw / 5)
+        mu, raw = layer.conditioner_params(z, None)
+        return mu, soft_clamp(raw)
+
     for d in reversed(range(4)):  # reversed order: coordinate 3 first
-        mu, alpha = layer._shift_log_scale(ref, None)
+        mu, alpha = shift_log_scale(ref)
         ref = ref.clone()
         ref[:, d] = u[:, d] * torch.exp(alpha[:, d]) + mu[:, d]
     torch.testing.assert_close(x, ref)
-    torch.testing.assert_close(logdet, layer._shift_log_scale(ref, None)[1].sum(dim=1))
+    torch.testing.assert_close(logdet, shift_log_scale(ref)[1].sum(dim=1))
 
 
 # -- user errors ----------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ def test_user_mistakes_raise_flowkit_errors() -> None:
     with pytest.raises(ShapeError, match="at least 2 scalars"):
         MAF((1,))
     with pytest.raises(ShapeError, match="vectors"):
-        AutoregressiveAffine((1, 2, 2))
+        AutoregressiveLayer((1, 2, 2))
     with pytest.raises(ConfigError, match="num_layers"):
         IAF((3,), num_layers=0)
     with pytest.raises(ConfigError, match="num_classes"):

@@ -9,22 +9,26 @@ from transform_test_utils import jacobian_logdet, perturb
 import flowkit
 from flowkit import registry
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.plugins.transforms.gin import GIN, GINCoupling, zero_sum_log_scale
+from flowkit.plugins.elementwise import VolumePreservingAffine
+from flowkit.plugins.transforms.gin import GIN, GINCoupling
 from flowkit.plugins.transforms.irevnet import IRevNet, IRevNetBlock
 from flowkit.plugins.transforms.permutation import RandomPermutation
 from flowkit.plugins.transforms.squeeze import Squeeze
 
 
 # -- GIN ---------------------------------------------------------------------------------------
-def test_zero_sum_log_scale_sums_to_zero_on_the_transformed_entries():
+def test_volume_preserving_map_log_scales_sum_to_zero_over_the_transformed_entries():
     gen = torch.Generator().manual_seed(0)
-    raw = torch.randn(5, 3, 4, 4, generator=gen, dtype=torch.float64)
-    free = (torch.rand(1, 4, 4, generator=gen) < 0.5).double()
-    s = zero_sum_log_scale(raw, free)
-    assert torch.allclose(s.sum(dim=(1, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-12)
-    assert torch.equal(s * (1 - free), torch.zeros_like(s))  # conditioning side untouched
+    x, t, raw = torch.randn(3, 5, 3, 8, generator=gen, dtype=torch.float64).unbind(0)
+    vp = VolumePreservingAffine(scale="exp")
+    s = vp.log_scale((t, raw))
+    assert torch.allclose(s.sum(dim=(1, 2)), torch.zeros(5, dtype=torch.float64), atol=1e-12)
     # centred, not zeroed: it still rescales the transformed entries
     assert s.abs().max() > 0.1
+    y, logdet = vp.forward(x, (t, raw))
+    torch.testing.assert_close(y, x * torch.exp(s) + t)
+    assert torch.equal(logdet, torch.zeros(5, dtype=torch.float64))
+    assert not vp.autoregressive and vp.volume_preserving
 
 
 @pytest.mark.parametrize(("shape", "mask"), [((6,), "half"), ((2, 4, 4), "checkerboard"),

@@ -281,9 +281,10 @@ def test_missing_nflows_is_a_clear_plugin_error(monkeypatch: pytest.MonkeyPatch)
     for name in PLUGINS:
         cls = getattr(module, PLUGINS[name].__name__)
         assert cls.__doc__ and cls.__doc__.splitlines()[0]
-        with pytest.raises(PluginError, match=rf"install nflows \(pip install nflows\) to use {name}"):
+        hint = r"install nflows \(pip install 'torch-flowkit\[nflows\]', or pip install nflows\)"
+        with pytest.raises(PluginError, match=rf"{hint} to use {name}"):
             cls((4,))
-    with pytest.raises(PluginError, match=r"install nflows \(pip install nflows\) to use the nflows"):
+    with pytest.raises(PluginError, match=r"pip install 'torch-flowkit\[nflows\]'.*\) to use the nflows"):
         module.NflowsTransform((4,), nn.Identity())
 
 

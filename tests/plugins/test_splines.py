@@ -7,7 +7,7 @@ import torch
 
 from flowkit import flows
 from flowkit.errors import ConfigError
-from flowkit.plugins.transforms.spline_flows import AutoregressiveSpline, RQCoupling
+from flowkit.plugins.transforms.spline_flows import RQAutoregressive, RQCoupling
 from flowkit.plugins.transforms.splines import (
     _knots,
     rational_quadratic_spline,
@@ -92,7 +92,7 @@ def test_gradients_are_finite_at_knots_and_bounds() -> None:
         assert bool(torch.isfinite(gx).all()) and bool(torch.isfinite(gp).all())
 
 
-@pytest.mark.parametrize("layer", [RQCoupling, AutoregressiveSpline])
+@pytest.mark.parametrize("layer", [RQCoupling, RQAutoregressive])
 def test_bad_arguments(layer: type) -> None:
     name = layer.__name__
     with pytest.raises(ConfigError, match=rf"{name}: num_bins must be between 2 and 999 .*got 0"):

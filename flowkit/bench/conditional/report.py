@@ -26,9 +26,11 @@ import torch
 from flowkit.atomic import atomic_write_text
 from flowkit.bench.conditional.models import FAMILIES, ROWS
 
+#: Short family names for the targets table.
+FAMILY_LABELS = {"maf": "MAF", "coupling": "Real NVP", "spline": "NSF"}
 CSV_COLUMNS = ("task", "row", "library", "family", "sims", "status", "c2st", "nll",
                "nll_median", "nll_max", "resim_error", "step_ms", "step_ratio", "train_s",
-               "best_step", "params", "nonfinite_samples", "note", "reason")
+               "best_step", "params", "optimizer", "nonfinite_samples", "note", "reason")
 
 
 def machine() -> dict[str, Any]:
@@ -51,6 +53,11 @@ def step_ratios(step_ms: dict[str, float]) -> dict[str, float | None]:
 
 
 OUTLIER_NATS = 3.0
+#: The issue's targets: flowkit's best flow within this C2ST of the best peer's (or better) at the
+#: target budgets, and each flowkit family's step time at most this multiple of the fastest peer's.
+C2ST_MARGIN = 0.02
+STEP_RATIO_TARGET = 0.9
+TARGET_BUDGETS = (10000, 100000)
 
 
 def _outlier_dominated(cell: dict[str, Any]) -> bool:
@@ -100,7 +107,8 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
              f"conditioners {settings.arch.num_hidden} × {settings.arch.hidden} hidden units. "
              f"C2ST: {settings.c2st_samples} flow vs {settings.c2st_samples} reference samples at "
              f"each of {settings.observations} observations, {settings.c2st_folds}-fold CV. NLL: "
-             f"mean over {settings.test_size} test simulations.", ""]
+             f"mean over {settings.test_size} test simulations.", "",
+             *_optimizer_lines(state), *_load_lines(state, info)]
     # overview: mean C2ST over tasks
     tasks = [t for t in settings.tasks if t in state["tasks"]]
     if tasks:
@@ -117,6 +125,8 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
                             if got else "–")
             rows.append([ROWS[row].label, *vals])
         lines += [*_md_table(header, rows), ""]
+    if tasks:
+        lines += _target_lines(state, tasks, cells)
     for task in tasks:
         t = state["tasks"][task]
         ratios = step_ratios(t.get("step_ms", {}))
@@ -180,6 +190,148 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
               + ". The ratio is against the fastest peer (zuko, nflows) of the same family, "
                 "measured interleaved in this run.", ""]
     return "\n".join(lines)
+
+
+def _optimizer_lines(state: dict[str, Any]) -> list[str]:
+    """How each library's Adam was built, and the measurement behind flowkit's implementation."""
+    impls: dict[str, set[str]] = {}
+    for c in state["cells"]:
+        if c.get("optimizer"):
+            impls.setdefault(ROWS[c["row"]].library, set()).add(c["optimizer"])
+    for t in state["tasks"].values():
+        for row, impl in (t.get("optimizer") or {}).items():
+            impls.setdefault(ROWS[row].library, set()).add(impl)
+    if not impls:
+        return []
+    flowkit = ", ".join(sorted(impls.get("flowkit", ()))) or "–"
+    peers = ", ".join(sorted(set().union(*(v for k, v in impls.items() if k != "flowkit"))))
+    measured = {}
+    for t in state["tasks"].values():
+        measured.update(t.get("optimizer_choice") or {})
+    detail = ""
+    if measured:
+        parts = []
+        for key, ms in sorted(measured.items()):
+            if not ms:
+                continue
+            times = ", ".join(f"{k} {v:.3f}" for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
+            parts.append(f"{_size_class(key)}: {times} ms")
+        if parts:
+            detail = (" The measurement behind it (median Adam step on stand-ins of the "
+                      "parameters, per model size class): " + "; ".join(parts) + ".")
+    return [f"Optimiser: the same Adam update (lr {state['settings'].lr:g}, betas (0.9, 0.999)) for "
+            "every row, each library's Adam built the way its users build it. flowkit rows: "
+            "`flowkit.optim.build_optimizer`, as `flowkit run` does, which picks PyTorch's Adam "
+            "implementation by a one-off timing on this machine (cached in "
+            f"`$FLOWKIT_CACHE/optimizer-choice.json`): here **{flowkit}**. Peer rows: "
+            "`torch.optim.Adam(params, lr=1e-3)` as zuko's and nflows' documentation show, i.e. "
+            f"PyTorch's default implementation: **{peers}**. The implementations compute the same "
+            "update up to float round-off; the step times below include it, so part of flowkit's "
+            "step-time advantage is this measured choice." + detail, ""]
+
+
+def _size_class(key: str) -> str:
+    """``"16–31 tensors, 32768–65535 elements"`` from a :func:`flowkit.optim.choice_key`."""
+    out = []
+    for part in key.rsplit("|", 2)[1:]:
+        name, _, power = part.partition(" 2^")
+        if not power.isdigit():
+            return key
+        low = 2 ** int(power)
+        out.append(f"{low}–{2 * low - 1} {name}")
+    return ", ".join(out)
+
+
+def _load_lines(state: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    loads = [t["timing_load_average"] for t in state["tasks"].values()
+             if t.get("timing_load_average")]
+    values = [v for pair in loads for v in pair if v is not None]
+    if not values:
+        return []
+    cpus = info["machine"].get("cpus")
+    return [f"Machine load: 1-minute load average {min(values):.1f}–{max(values):.1f} during the "
+            f"step-time measurements ({cpus} CPUs; other jobs shared the machine when it exceeds "
+            "the thread count). The rows are timed interleaved, so load hits them alike; compare "
+            "ratios, not milliseconds.", ""]
+
+
+def _best(cells: dict[tuple[str, str, int], dict[str, Any]], task: str, rows: list[str],
+          n: int, flowkit: bool) -> tuple[float, str] | None:
+    got = [(c["c2st"], r) for r in rows
+           if (ROWS[r].library == "flowkit") == flowkit
+           and (c := cells.get((task, r, n))) is not None and c.get("status") == "ok"
+           and c.get("c2st") is not None]
+    return min(got) if got else None
+
+
+def target_verdicts(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task: each budget's best flowkit and best peer C2ST, each family's step ratio, and
+    whether the issue's targets (:data:`C2ST_MARGIN` at :data:`TARGET_BUDGETS`,
+    :data:`STEP_RATIO_TARGET` per family) are met; ``None`` where a value is missing."""
+    settings = state["settings"]
+    cells = _cells_by_key(state["cells"])
+    rows = list(settings.rows)
+    out: dict[str, dict[str, Any]] = {}
+    for task, t in state["tasks"].items():
+        entry: dict[str, Any] = {"c2st": {}, "step_ratio": {}, "unmet": []}
+        for n in settings.sims:
+            fk, peer = _best(cells, task, rows, n, True), _best(cells, task, rows, n, False)
+            ok = None if fk is None or peer is None else fk[0] <= peer[0] + C2ST_MARGIN + 1e-12
+            entry["c2st"][n] = {"flowkit": fk, "peer": peer, "met": ok,
+                                "target": n in TARGET_BUDGETS}
+            if n in TARGET_BUDGETS and ok is not True:
+                entry["unmet"].append(f"C2ST {_fmt_sims(n)}")
+        ratios = step_ratios(t.get("step_ms", {}))
+        for family in FAMILIES:
+            fk_rows = [r for r in ratios if ROWS[r].family == family
+                       and ROWS[r].library == "flowkit" and ratios[r] is not None]
+            if not fk_rows:
+                continue
+            ratio = min(ratios[r] for r in fk_rows)
+            met = ratio <= STEP_RATIO_TARGET
+            entry["step_ratio"][family] = {"ratio": ratio, "met": met}
+            if not met:
+                entry["unmet"].append(f"{family} step")
+        missing = [n for n in TARGET_BUDGETS if n not in settings.sims]
+        entry["complete"] = not missing and all(
+            v["met"] is not None for n, v in entry["c2st"].items() if n in TARGET_BUDGETS)
+        out[task] = entry
+    return out
+
+
+def _target_lines(state: dict[str, Any], tasks: list[str],
+                  cells: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
+    verdicts = target_verdicts(state)
+    budgets = list(state["settings"].sims)
+    families = [f for f in FAMILIES if any(f in verdicts[t]["step_ratio"] for t in tasks)]
+    header = (["task"] + [f"C2ST {_fmt_sims(n)}" + ("" if n in TARGET_BUDGETS else " (extra)")
+                          for n in budgets]
+              + [f"step {FAMILY_LABELS.get(f, f)}" for f in families] + ["targets"])
+    rows = []
+    for task in tasks:
+        v = verdicts[task]
+        row = [task]
+        for n in budgets:
+            c = v["c2st"][n]
+            if c["met"] is None:
+                row.append("–")
+                continue
+            mark = ("✓" if c["met"] else "✗") if c["target"] else ""
+            row.append(f"{c['flowkit'][0]:.3f} vs {c['peer'][0]:.3f} {mark}".rstrip())
+        for f in families:
+            s = v["step_ratio"].get(f)
+            row.append("–" if s is None else f"{s['ratio']:.2f} {'✓' if s['met'] else '✗'}")
+        if v["unmet"]:
+            row.append("not met: " + ", ".join(v["unmet"]))
+        else:
+            row.append("met" if v["complete"] else "met so far (budgets missing)")
+        rows.append(row)
+    return ["## Targets", "",
+            f"flowkit's best flow against the best peer flow (C2ST, lower is better; target: within "
+            f"{C2ST_MARGIN:g} or better at {', '.join(_fmt_sims(n) for n in TARGET_BUDGETS)} "
+            f"simulations), and flowkit's step time over the fastest peer of the same family "
+            f"(target ≤ {STEP_RATIO_TARGET:g}×). ✓ met, ✗ not met.", "",
+            *_md_table(header, rows), ""]
 
 
 def _reference_note(t: dict[str, Any]) -> str:

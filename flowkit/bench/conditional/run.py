@@ -11,6 +11,12 @@ every row. Each row (:mod:`.models`) then trains on it with the same recipe:
   ``batch_size`` examples drawn with replacement in the same order for every row, gradient norm
   clipped to ``clip``; the validation loss is computed ``evals`` times and the best parameters
   are kept (early stopping without stopping, so every row costs the same steps);
+* each library's Adam is built the way its users build it (:func:`row_optimizer`): flowkit's
+  rows through :func:`flowkit.optim.build_optimizer`, as flowkit's trainer does — the same Adam
+  update in the implementation (fused, foreach or for-loop) that a one-off measurement found
+  fastest on this machine — and the peers' rows with ``torch.optim.Adam(params, lr=lr)``, as
+  their documentation shows (PyTorch's default implementation: foreach on CPU). The update is
+  the same up to floating-point round-off; each cell records its implementation;
 * metrics: test NLL ``−(1/N) Σ log q(θ_i | x_i)`` over the test simulations (and its median
   and worst example: a few tail simulations can dominate the mean); C2ST accuracy
   (:mod:`.c2st`) between ``c2st_samples`` flow samples and as many reference samples at each
@@ -35,6 +41,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -71,10 +78,11 @@ from flowkit.bench.conditional.tasks import (
     get_task,
 )
 from flowkit.errors import ConfigError
+from flowkit.optim import build_optimizer, implementation_of, last_measurements
 
 SUITE = "conditional"
 #: Bump when the training or evaluation recipe changes: stored cells of older versions re-run.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: flowkit rows build Adam with flowkit.optim (measured implementation)
 DEFAULT_SIMS = (1000, 10000)
 
 
@@ -193,6 +201,22 @@ def _seed_of(*keys: object) -> int:
 
 
 # -- training and evaluation -----------------------------------------------------------------------
+def row_optimizer(row: str, params: Sequence[torch.nn.Parameter],
+                  lr: float) -> torch.optim.Optimizer:
+    """Adam with learning rate ``lr`` for ``row``, built as the row's library is used.
+
+    flowkit rows: :func:`flowkit.optim.build_optimizer` (the implementation flowkit's trainer
+    would use on this machine: measured once and cached, see :mod:`flowkit.optim`); peer rows:
+    ``torch.optim.Adam(params, lr=lr)`` with PyTorch's defaults, as zuko's and nflows'
+    documentation train their flows.
+    """
+    params = list(params)
+    if ROWS[row].library == "flowkit":
+        return build_optimizer(params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999),
+                                        "weight_decay": 0.0})
+    return torch.optim.Adam(params, lr=lr)
+
+
 def _train_step(model: ConditionalModel, opt: torch.optim.Optimizer, theta: Tensor, x: Tensor,
                 clip: float) -> float:
     loss = -model.log_prob(theta, x).mean()
@@ -230,7 +254,7 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
     torch.manual_seed(_seed_of("init", task.name, row, settings.seed))
     model = build_row(row, task.theta_dim, task.x_dim, settings.arch)
     params = sum(p.numel() for p in model.module.parameters())
-    opt = torch.optim.Adam(model.module.parameters(), lr=settings.lr)
+    opt = row_optimizer(row, model.module.parameters(), settings.lr)
     batch_gen = generator("batches", task.name, sims, settings.seed)
     eval_every = max(1, settings.steps // max(1, settings.evals))
     best = (-math.inf, 0, copy.deepcopy(model.module.state_dict()))
@@ -262,7 +286,7 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
         "val_nll": -best[0] + std.log_det if math.isfinite(best[0]) else None,
         "skipped_steps": skipped,
         "train_step_ms_inline": 1000 * statistics.median(step_times[min(10, len(step_times) - 1):]),
-        "note": model.note,
+        "note": model.note, "optimizer": implementation_of(opt),
     }
     nlls = -(_log_probs(model, std.theta(th_te), std.x(x_te)) - std.log_det)
     nll = float(nlls.mean())
@@ -298,14 +322,21 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
 
 
 def measure_step_times(task: Task, rows: Sequence[str], settings: Settings,
-                       batch: tuple[Tensor, Tensor]) -> dict[str, float]:
-    """Median training-step time (ms) per row, interleaved round-robin (see the docstring)."""
+                       batch: tuple[Tensor, Tensor],
+                       implementations: dict[str, str] | None = None) -> dict[str, float]:
+    """Median training-step time (ms) per row, interleaved round-robin (see the docstring).
+
+    ``implementations``, if given, receives each row's Adam implementation
+    (:func:`row_optimizer`).
+    """
     theta, x = batch
     models: dict[str, tuple[ConditionalModel, torch.optim.Optimizer]] = {}
     for row in rows:
         torch.manual_seed(_seed_of("timing", task.name, row))
         model = build_row(row, task.theta_dim, task.x_dim, settings.arch)
-        models[row] = (model, torch.optim.Adam(model.module.parameters(), lr=settings.lr))
+        models[row] = (model, row_optimizer(row, model.module.parameters(), settings.lr))
+        if implementations is not None:
+            implementations[row] = implementation_of(models[row][1])
     for model, opt in models.values():  # warm-up
         for _ in range(3):
             _train_step(model, opt, theta, x, settings.clip)
@@ -325,6 +356,14 @@ def measure_step_times(task: Task, rows: Sequence[str], settings: Settings,
 # -- the benchmark ---------------------------------------------------------------------------------
 def cell_path(out_dir: Path, task: str, row: str, sims: int) -> Path:
     return out_dir / "cells" / f"{task}__{row}__{sims}.json"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes; compare with the CPU count), if known."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -402,12 +441,19 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
             batch_theta, batch_x = task.joint(settings.batch_size,
                                               generator("timing", task.name))
             std = Standardizer.fit(batch_theta, batch_x)
+            impls: dict[str, str] = {}
+            load_before = _load_average()
             step_ms = (measure_step_times(task, usable, settings,
-                                          (std.theta(batch_theta), std.x(batch_x)))
+                                          (std.theta(batch_theta), std.x(batch_x)), impls)
                        if usable else {})
-            timing = {"fingerprint": fp, "step_ms": step_ms, "threads": torch.get_num_threads()}
+            timing = {"fingerprint": fp, "step_ms": step_ms, "threads": torch.get_num_threads(),
+                      "optimizer": impls, "load_average": [load_before, _load_average()],
+                      "optimizer_choice": {k: dict(v) for k, v in last_measurements.items()}}
             atomic_write_text(timing_path, json.dumps(timing, indent=2))
         info["step_ms"] = timing["step_ms"]
+        info["optimizer"] = timing.get("optimizer", {})
+        info["optimizer_choice"] = timing.get("optimizer_choice", {})
+        info["timing_load_average"] = timing.get("load_average")
         save()
 
         for sims in settings.sims:

@@ -1,0 +1,1 @@
+"""The built-in ``flowkit bench`` suites (TOML files; package data, found by name)."""
