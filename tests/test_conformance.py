@@ -15,6 +15,12 @@ For each transform:
   checks with the context passed through, plus context dependence and a ``ShapeError`` for a
   malformed context.
 
+Every registered elementwise map (``flowkit.elementwise``, third-party ones included) is checked
+on its own against autograd, and through the registered ``coupling`` and ``autoregressive``
+transforms with every check above (:func:`flowkit.testing.check_elementwise`), with its
+``example_params``; a hypothesis-driven test draws its parameters, inputs and seed for the
+map-level checks.
+
 The hypothesis profile comes from ``$FLOWKIT_HYPOTHESIS_PROFILE`` (``ci`` by default, see
 ``conftest.py``).
 """
@@ -29,10 +35,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowkit.errors import FlowkitError
-from flowkit.registry import transforms
+from flowkit.registry import elementwise, transforms
 from flowkit.testing import (
     CONTEXT_FEATURES,
     MAX_EVENT_SIZE,
+    check_elementwise,
+    check_map,
     check_plugin,
     context_features_for,
     contexts,
@@ -47,6 +55,7 @@ from flowkit.testing import (
 NUM_CLASSES = 3
 BATCH_SIZE = 3
 NAMES = transforms.names()
+MAP_NAMES = elementwise.names()
 
 
 def _names_where(supports: Callable[[Any], bool]) -> list[str]:
@@ -165,3 +174,17 @@ def test_only_transforms_declaring_context_features_are_checked_with_a_context()
     assert "conformance-plain-toy" not in with_context
     assert "conformance-plain-toy" in with_labels and "conformance-vector-toy" not in with_labels
     assert set(with_context) == {*CONTEXT_NAMES, "conformance-vector-toy"}
+
+
+@pytest.mark.parametrize("name", MAP_NAMES)
+def test_elementwise_map_conforms_in_a_coupling_and_an_autoregressive_flow(name: str) -> None:
+    check_elementwise(name, example_params(elementwise.get(name)))
+
+
+@pytest.mark.parametrize("name", MAP_NAMES)
+@given(data=st.data())
+def test_elementwise_map_conforms_on_drawn_inputs(name: str, data: st.DataObject) -> None:
+    params = data.draw(params_for(elementwise.get(name)), label="params")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    scale = data.draw(st.floats(0.1, 3.0), label="input_scale")
+    check_map(name, params, seed=seed, input_scale=scale)

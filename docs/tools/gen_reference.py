@@ -422,8 +422,9 @@ def test_count() -> str:
 
 
 def results_page(text: str) -> str:
-    return text.replace("<!-- test-count -->", test_count(), 1) if "<!-- test-count -->" in text \
-        else text
+    """results.md with the current test count in place of its placeholder."""
+    pattern = re.compile(r"<!-- test-count -->.*?<!-- /test-count -->", re.DOTALL)
+    return pattern.sub(lambda _: test_count(), text, count=1) if pattern.search(text) else text
 
 
 # -- mkdocs-gen-files entry point --------------------------------------------------------------

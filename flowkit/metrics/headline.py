@@ -17,7 +17,6 @@ lines; :func:`density_verdict` is the rule behind the one line.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 

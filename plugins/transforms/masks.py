@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -157,7 +158,7 @@ def slice_indices(part: slice | list[int], size: int) -> list[int]:
 
 def _as_slice(indices: list[int]) -> slice | list[int]:
     """``indices`` (sorted, distinct) as a slice when evenly spaced, else unchanged."""
-    steps = {b - a for a, b in zip(indices, indices[1:])}
+    steps = {b - a for a, b in pairwise(indices)}
     if len(steps) > 1:
         return indices
     step = steps.pop() if steps else 1
@@ -179,7 +180,8 @@ def index_split(cond: Sequence[int], size: int, invert: bool = False,
     if not chosen or len(chosen) == size:
         raise ConfigError(f"{owner}: the conditioning indices {list(cond)} must leave at least "
                           f"one of the {size} entries on each side of the split.")
-    free = [i for i in range(size) if i not in set(chosen)]
+    taken = set(chosen)
+    free = [i for i in range(size) if i not in taken]
     first, second = _as_slice(chosen), _as_slice(free)
     return SplitSlices(second, first) if invert else SplitSlices(first, second)
 
@@ -215,6 +217,6 @@ def build_split(mask: str | Sequence[int], event_shape: Shape, invert: bool = Fa
         return Split(mask, build_mask(mask, shape, invert, owner),
                      split_slices(mask, shape, invert))
     slices = index_split(mask, shape[0], invert, owner)
-    ones = torch.zeros(shape[0])
-    ones[slices.cond] = 1.0
-    return Split("indices", ones.reshape(shape[0], *([1] * (len(shape) - 1))), slices)
+    marks = torch.zeros(shape[0])
+    marks[slices.cond] = 1.0
+    return Split("indices", marks.reshape(shape[0], *([1] * (len(shape) - 1))), slices)

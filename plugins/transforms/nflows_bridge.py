@@ -179,13 +179,16 @@ class _NflowsVectorFlow(Architecture):
     """Shared shell of the registered nflows plugins: flatten, then one wrapped nflows flow.
 
     Images ``(C, H, W)`` are flattened to ``D = C·H·W`` features first (the nflows transforms
-    used here take vectors); the latent has shape ``(D,)``.
+    used here take vectors); the latent has shape ``(D,)``. The constructor checks the shape and
+    the context, then that nflows is installed (naming the registered ``plugin``).
     """
 
     input_ranks = (1, 3)
+    plugin: ClassVar[str]
 
-    def __init__(self, event_shape: Shape, owner: str, conditional: bool | None,
+    def __init__(self, event_shape: Shape, conditional: bool | None,
                  num_classes: int | None, context_features: int | None) -> None:
+        owner = type(self).__name__
         shape = tuple(int(s) for s in event_shape)
         require_rank(owner, shape, self.input_ranks)
         dim = math.prod(shape)
@@ -200,6 +203,7 @@ class _NflowsVectorFlow(Architecture):
                 f"{owner} needs at least {self.min_channels} scalars per example (its couplings "
                 f"split the features in two), but the data has shape {shape}."
             )
+        require_nflows(f"{self.plugin} ({owner})")
 
     def _assemble(self, nflows_transform: nn.Module) -> None:
         """Store ``[Flatten] → NflowsTransform(nflows_transform)`` as ``self.flow``."""
@@ -277,6 +281,7 @@ class NflowsRQCoupling(_NflowsVectorFlow):
     """
 
     min_channels = 2  # two halves to couple
+    plugin = "nflows-rq-coupling"
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [2, 3], "hidden": [8], "num_blocks": [1], "num_bins": [4, 8],
         "tail_bound": [5.0], "lu_linear": [False],
@@ -296,9 +301,7 @@ class NflowsRQCoupling(_NflowsVectorFlow):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        owner = "NflowsRQCoupling"
-        super().__init__(event_shape, owner, conditional, num_classes, context_features)
-        require_nflows(f"nflows-rq-coupling ({owner})")
+        super().__init__(event_shape, conditional, num_classes, context_features)
         from nflows.transforms import (
             CompositeTransform,
             LULinear,
@@ -345,6 +348,7 @@ class NflowsMAF(_NflowsVectorFlow):
     scale 1 in the plugin's own tests.
     """
 
+    plugin = "nflows-maf"
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [1], "hidden": [8], "num_blocks": [1, 2],
     }
@@ -360,9 +364,7 @@ class NflowsMAF(_NflowsVectorFlow):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        owner = "NflowsMAF"
-        super().__init__(event_shape, owner, conditional, num_classes, context_features)
-        require_nflows(f"nflows-maf ({owner})")
+        super().__init__(event_shape, conditional, num_classes, context_features)
         from nflows.transforms import (
             CompositeTransform,
             MaskedAffineAutoregressiveTransform,
@@ -403,6 +405,7 @@ class NflowsRealNVP(_NflowsVectorFlow):
     """
 
     min_channels = 2  # two halves to couple
+    plugin = "nflows-realnvp"
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": [2, 3], "hidden": [8], "num_blocks": [1, 2],
     }
@@ -416,9 +419,7 @@ class NflowsRealNVP(_NflowsVectorFlow):
         num_blocks: Annotated[int, Range(1)] = 2,
         batch_norm: bool = False,
     ) -> None:
-        owner = "NflowsRealNVP"
-        super().__init__(event_shape, owner, False, None, None)
-        require_nflows(f"nflows-realnvp ({owner})")
+        super().__init__(event_shape, False, None, None)
         from nflows.flows.realnvp import SimpleRealNVP
 
         flow = SimpleRealNVP(features=self.output_shape[0], hidden_features=hidden,

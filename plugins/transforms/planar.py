@@ -98,7 +98,31 @@ class PlanarLayer(Transform):
         return z, -self._logdet(wu, alpha)
 
 
-class PlanarFlow(Architecture):
+class LayerStack(Architecture):
+    """``num_layers`` fresh copies of one vector layer composed, f_K ∘ … ∘ f_1 (planar, radial).
+
+    Subclasses name the layer class (``layer``, built as ``layer(event_shape,
+    init_scale=init_scale)``) and the family in messages (``family``); the log-dets add up
+    (Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", eq. 13).
+    """
+
+    input_ranks = (1,)
+    test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
+    layer: ClassVar[type[Transform]]
+    family: ClassVar[str]
+
+    def __init__(
+        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
+        init_scale: Annotated[float, Range(0)] = 0.1,
+    ) -> None:
+        super().__init__(event_shape)
+        require_rank(self.family.lower(), self.event_shape, self.input_ranks,
+                     f"{self.family} flows act on flat vectors: flatten the data first.")
+        self.flow = Sequential(self.layer(self.event_shape, init_scale=init_scale)
+                               for _ in range(num_layers))
+
+
+class PlanarFlow(LayerStack):
     """A stack of planar layers f_K ∘ … ∘ f_1 (Rezende & Mohamed 2015, §4.1 eqs. 10–13).
 
     Each layer is a :class:`PlanarLayer`, ``f_k(z) = z + û_k·tanh(w_kᵀz + b_k)``, with ``û_k``
@@ -111,15 +135,5 @@ class PlanarFlow(Architecture):
     random part of std ``init_scale``.
     """
 
-    input_ranks = (1,)
-    test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
-
-    def __init__(
-        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
-        init_scale: Annotated[float, Range(0)] = 0.1,
-    ) -> None:
-        super().__init__(event_shape)
-        require_rank("planar", self.event_shape, self.input_ranks,
-                     "Planar flows act on flat vectors: flatten the data first.")
-        self.flow = Sequential(PlanarLayer(self.event_shape, init_scale=init_scale)
-                               for _ in range(num_layers))
+    layer = PlanarLayer
+    family = "Planar"

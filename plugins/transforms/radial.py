@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowkit.composition import Architecture, Sequential
 from flowkit.params import Range
+from flowkit.plugins.transforms.planar import LayerStack
 from flowkit.plugins.transforms.root_finding import softplus_inverse
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -89,7 +89,7 @@ class RadialLayer(Transform):
         return z, -self._logdet(r, alpha, beta)
 
 
-class RadialFlow(Architecture):
+class RadialFlow(LayerStack):
     """A stack of radial layers f_K ∘ … ∘ f_1 (Rezende & Mohamed 2015, §4.1 eqs. 12–14).
 
     Each layer is a :class:`RadialLayer`, ``f_k(z) = z + β_k·(z − z₀ₖ)/(α_k + ‖z − z₀ₖ‖)``, with
@@ -101,15 +101,5 @@ class RadialFlow(Architecture):
     up to noise of std ``init_scale``.
     """
 
-    input_ranks = (1,)
-    test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
-
-    def __init__(
-        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
-        init_scale: Annotated[float, Range(0)] = 0.1,
-    ) -> None:
-        super().__init__(event_shape)
-        require_rank("radial", self.event_shape, self.input_ranks,
-                     "Radial flows act on flat vectors: flatten the data first.")
-        self.flow = Sequential(RadialLayer(self.event_shape, init_scale=init_scale)
-                               for _ in range(num_layers))
+    layer = RadialLayer
+    family = "Radial"

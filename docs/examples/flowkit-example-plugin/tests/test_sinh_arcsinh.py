@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from flowkit.errors import ConfigError
-from flowkit.testing import check_plugin, check_transform
+from flowkit.testing import check_elementwise, check_plugin, check_transform
 
-from flowkit_example import SinhArcsinh
+from flowkit_example import SinhArcsinh, SinhArcsinhMap
 
 
 @pytest.mark.parametrize("event_shape", [(5,), (2, 4, 4)])
@@ -51,3 +51,8 @@ def test_stable_far_in_the_tails() -> None:
 def test_bad_parameters_are_config_errors(bad: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SinhArcsinh((3,), **bad)
+
+
+def test_the_elementwise_map_in_a_coupling_and_an_autoregressive_flow() -> None:
+    check_elementwise(SinhArcsinhMap)        # the class, before packaging
+    check_elementwise("sinh-arcsinh")        # through the flowkit.elementwise entry point
