@@ -30,6 +30,7 @@ EXTRAS = {
     "testing": "the hypothesis strategies of flowkit.testing (shapes_for, params_for, ...), for "
                "property tests of a plugin",
     "dev": "the test and lint tools",
+    "docs": "the documentation site (make docs)",
 }
 
 

@@ -77,6 +77,16 @@ def test_release_files_agree_with_the_metadata() -> None:
     assert (REPO / "flowkit" / "py.typed").is_file()
 
 
+def test_the_declared_torch_floor_is_the_tested_torch() -> None:
+    """pyproject's lowest torch is the one constraints.txt pins (what make and CI install)."""
+    pins = re.findall(r"^torch==(\d+)\.(\d+)\.\d+\s*$",
+                      (REPO / "constraints.txt").read_text(encoding="utf-8"), re.M)
+    assert len(pins) == 1, "constraints.txt must pin exactly one torch"
+    (declared,) = [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"torch\b", d)]
+    floor = re.search(r">=(\d+)\.(\d+)(?:\.0)?(?=,|$)", declared)
+    assert floor and floor.groups() == pins[0], (declared, pins)
+
+
 # -- extras ---------------------------------------------------------------------------------------
 def test_extras_are_declared_where_they_are_named() -> None:
     assert set(extras.EXTRAS) == set(PYPROJECT["project"]["optional-dependencies"])

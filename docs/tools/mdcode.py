@@ -25,6 +25,9 @@ and anywhere on a page:
     counts (``train.steps=2000 => train.steps=40``); an OLD that no block contains is an error.
 ``<!-- test-env: NAME=VALUE -->``
     in the test run only, set an environment variable (``{cwd}`` is the working folder).
+``<!-- harness-replace: OLD => NEW -->``, ``<!-- harness-env: NAME=VALUE -->``
+    the same in every run by this harness, full runs included: for what must not touch the
+    environment it runs in (``pip install -e pkg`` becomes an install into the working folder).
 
 A tutorial's figures are the images it links under ``figures/``: the run must create each of
 them in its working folder (``figures/NAME.png``), and ``--write-figures`` copies them next to
@@ -78,6 +81,8 @@ class Page:
     replacements: list[tuple[str, str]]
     env: dict[str, str]
     figures: list[str]
+    harness_replacements: list[tuple[str, str]] = field(default_factory=list)
+    harness_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def tutorial(self) -> bool:
@@ -103,6 +108,8 @@ def parse(path: Path) -> Page:
     blocks: list[Block] = []
     replacements: list[tuple[str, str]] = []
     env: dict[str, str] = {}
+    harness_replacements: list[tuple[str, str]] = []
+    harness_env: dict[str, str] = {}
     skip: str | None = None
     setup: list[tuple[str, str]] = []
     i = 0
@@ -121,14 +128,15 @@ def parse(path: Path) -> Page:
                     raise ValueError(f"{_display(path)}:{i + 1}: skip-test needs a reason")
             elif head.startswith("test-setup:"):
                 setup.append((head.split(":", 1)[1].strip() or "python", rest))
-            elif head.startswith("test-replace:"):
+            elif head.startswith(("test-replace:", "harness-replace:")):
                 old, sep, new = head.split(":", 1)[1].partition("=>")
                 if not sep:
-                    raise ValueError(f"{_display(path)}:{i + 1}: test-replace needs OLD => NEW")
-                replacements.append((old.strip(), new.strip()))
-            elif head.startswith("test-env:"):
+                    raise ValueError(f"{_display(path)}:{i + 1}: {head.split(':')[0]} needs OLD => NEW")
+                target = replacements if head.startswith("test") else harness_replacements
+                target.append((old.strip(), new.strip()))
+            elif head.startswith(("test-env:", "harness-env:")):
                 name, _, value = head.split(":", 1)[1].strip().partition("=")
-                env[name.strip()] = value.strip()
+                (env if head.startswith("test") else harness_env)[name.strip()] = value.strip()
             i = j + 1
             continue
         match = _FENCE.match(line)
@@ -156,7 +164,7 @@ def parse(path: Path) -> Page:
             skip, setup = None, []
         i += 1
     figures = list(dict.fromkeys(_FIGURE.findall("\n".join(lines))))
-    return Page(path, blocks, replacements, env, figures)
+    return Page(path, blocks, replacements, env, figures, harness_replacements, harness_env)
 
 
 def steps(page: Page, full: bool = False) -> list[dict]:
@@ -164,10 +172,10 @@ def steps(page: Page, full: bool = False) -> list[dict]:
     out: list[dict] = []
     used = set()
 
+    active = page.harness_replacements + ([] if full else page.replacements)
+
     def edit(code: str) -> str:
-        if full:
-            return code
-        for k, (old, new) in enumerate(page.replacements):
+        for k, (old, new) in enumerate(active):
             if old in code:
                 used.add(k)
                 code = code.replace(old, new)
@@ -186,10 +194,9 @@ def steps(page: Page, full: bool = False) -> list[dict]:
             kind = "python" if block.lang in PYTHON_LANGS else "shell"
         out.append({"kind": kind, "page": block.page, "line": block.line, "code": edit(block.code),
                     "title": block.title, "what": block.lang or "text"})
-    if not full:
-        unused = [page.replacements[k][0] for k in range(len(page.replacements)) if k not in used]
-        if unused:
-            raise ValueError(f"{_display(page.path)}: test-replace text found in no block: {unused}")
+    unused = [active[k][0] for k in range(len(active)) if k not in used]
+    if unused:
+        raise ValueError(f"{_display(page.path)}: test-replace text found in no block: {unused}")
     return out
 
 
@@ -205,6 +212,8 @@ def environment(page: Page, workdir: Path, full: bool = False) -> dict[str, str]
         env.setdefault("MKL_NUM_THREADS", "1")
         for name, value in page.env.items():
             env[name] = value.replace("{cwd}", str(workdir))
+    for name, value in page.harness_env.items():
+        env[name] = value.replace("{cwd}", str(workdir))
     return env
 
 

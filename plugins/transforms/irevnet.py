@@ -172,6 +172,11 @@ class IRevNet(Architecture):
         self.widths = stage_widths
         self.downsample_first = bool(downsample_first)
 
+    def effective_params(self) -> dict[str, Any]:
+        """The values chosen at build time for unset keys: ``depths`` ([2, 2]) and ``widths``
+        ([32, 64]), one entry per stage."""
+        return {"depths": list(self.depths), "widths": list(self.widths)}
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, depths={list(self.depths)}, widths={list(self.widths)}, "
                 f"downsample_first={self.downsample_first}")

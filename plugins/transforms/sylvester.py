@@ -233,10 +233,15 @@ class SylvesterFlow(Architecture):
         super().__init__(event_shape)
         require_rank("sylvester", self.event_shape, self.input_ranks,
                      "Sylvester flows act on flat vectors: flatten the data first.")
-        _check_options(self.event_shape[0], variant, num_columns)
+        self._effective = {"num_columns": _check_options(self.event_shape[0], variant,
+                                                         num_columns)}
         self.flow = Sequential(
             SylvesterLayer(self.event_shape, variant=variant, num_columns=num_columns,
                            num_householder=num_householder, reverse=k % 2 == 1,
                            init_scale=init_scale)
             for k in range(num_layers)
         )
+
+    def effective_params(self) -> dict[str, Any]:
+        """The values chosen at build time for unset keys: ``num_columns`` (``M = D``)."""
+        return dict(self._effective)
