@@ -355,7 +355,8 @@ def test_plugin_reference_covers_every_builtin_plugin() -> None:
     for kind in KINDS:
         for entry in registry(kind).entries():
             if entry.target.startswith("flowkit.plugins."):
-                page = pages[f"reference/plugins/{kind}s/{entry.name}.md"]
+                folder = registry(kind).group.removeprefix("flowkit.")
+                page = pages[f"reference/plugins/{folder}/{entry.name}.md"]
                 assert f"# `{entry.name}`" in page
     realnvp = pages["reference/plugins/transforms/realnvp.md"]
     assert "| `hidden` | `int ≥ 1 | None` | at least 1" in realnvp  # type, range, default

@@ -196,10 +196,21 @@ FLAG = {"transform": "--transform", "prior": "--prior", "objective": "--objectiv
         "dataset": "--data"}
 
 
+def _group(kind: str) -> str:
+    from flowkit.registry import registry
+
+    return registry(kind).group
+
+
+def _folder(kind: str) -> str:
+    """``transforms``, ``priors``, … : the entry-point group without ``flowkit.``."""
+    return _group(kind).removeprefix("flowkit.")
+
+
 def plugin_page(kind: str, entry: Any) -> str:
     from flowkit.registry import PluginLoadError
 
-    section = SECTION.get(kind, kind)
+    section = SECTION.get(kind)
     try:
         obj = entry.load()
     except PluginLoadError as exc:
@@ -207,29 +218,29 @@ def plugin_page(kind: str, entry: Any) -> str:
                 f"built: {exc}\n")
     rows = parameter_rows(obj)
     injected = _injected(obj)
-    use = f'`[{section}] name = "{entry.name}"`'
-    if kind in FLAG:
-        use += f", or `flowkit run {FLAG[kind]} {entry.name}`"
     lines = [
         f"# `{entry.name}`",
         "",
         f"*{kind} plugin* — {_first_line(inspect.getdoc(obj) or '')}",
         "",
-        "| | |",
-        "| --- | --- |",
-        f"| entry point | `{entry.name} = \"{entry.target}\"` in `flowkit.{kind}s` |",
-        f"| use | {use} |",
+        f"- **Entry point:** `{entry.name} = \"{entry.target}\"` in the group `{_group(kind)}`.",
     ]
+    if section:
+        use = f'`[{section}] name = "{entry.name}"`'
+        if kind in FLAG:
+            use += f", or `flowkit run {FLAG[kind]} {entry.name}`"
+        lines.append(f"- **Use:** {use}.")
     if injected:
-        lines.append("| injected by flowkit | " + ", ".join(f"`{p}`" for p in injected) + " |")
+        lines.append("- **Injected by flowkit** (never set in a config): "
+                     + ", ".join(f"`{p}`" for p in injected) + ".")
     if "context_features" in injected:
-        lines.append("| context | reads a real-valued context "
-                     "([conditional flows](../../../conditional.md)) |")
+        lines.append("- **Context:** reads a real-valued context "
+                     "([conditional flows](../../../conditional.md)).")
     lines += ["", "## Parameters", ""]
     if rows:
+        where = (f"Set in `[{section}]` or with `--set {section}.NAME=VALUE`. " if section else "")
         lines += [
-            f"Set in `[{section}]` or with `--set {section}.NAME=VALUE`; every value is checked "
-            "against its type and range before anything runs.",
+            f"{where}Every value is checked against its type and range before anything runs.",
             "",
             "| name | type | allowed values | default |",
             "| --- | --- | --- | --- |",
@@ -258,10 +269,13 @@ def plugin_pages() -> Iterator[tuple[str, str]]:
         entries = builtin_entries(kind)
         if not entries:
             continue
-        index += [f"## {kind.capitalize()}s", "", "| name | what |", "| --- | --- |"]
-        summary.append(f"    * {kind.capitalize()}s")
+        folder = _folder(kind)
+        title = folder.capitalize()
+        index += [f"## {title}", "", f"Entry-point group `{_group(kind)}`.", "",
+                  "| name | what |", "| --- | --- |"]
+        summary.append(f"    * {title}")
         for entry in entries:
-            path = f"{kind}s/{entry.name}.md"
+            path = f"{folder}/{entry.name}.md"
             index.append(f"| [`{entry.name}`]({path}) | {_cell(entry.summary())} |")
             summary.append(f"        * [{entry.name}](plugins/{path})")
             yield f"reference/plugins/{path}", plugin_page(kind, entry)

@@ -26,7 +26,10 @@ every row. Each row (:mod:`.models`) then trains on it with the same recipe:
 Step time is measured separately, once per task, with every row's model on the same batch:
 rounds of ``timing_steps`` training steps (forward, backward, clipping, Adam), the rows'
 order rotating every round, ``timing_rounds`` rounds after a warm-up; a row's ``step_ms`` is the
-median, and its ratio is against the fastest *peer* (not flowkit) of the same family.
+median wall time, and its ratio is against the fastest *peer* (not flowkit) of the same family.
+``step_cpu_ms`` is the median CPU time of the process per step over the same rounds: on an idle
+machine with one thread the two agree; on a shared one wall time also counts the time other jobs
+held the CPU, and CPU time shows whether a ratio is the code's or the scheduler's.
 Everything runs on ``threads`` torch threads (default 1: these conditioners are 64 units wide,
 too small for intra-op parallelism to pay, and on a busy machine extra threads spin-wait).
 
@@ -83,6 +86,8 @@ from flowkit.optim import build_optimizer, implementation_of, last_measurements
 SUITE = "conditional"
 #: Bump when the training or evaluation recipe changes: stored cells of older versions re-run.
 RECIPE_VERSION = 3  # 3: flowkit rows build Adam with flowkit.optim (measured implementation)
+#: Bump when what the step-time measurement records changes (2: CPU time too): timings re-run.
+TIMING_VERSION = 2
 DEFAULT_SIMS = (1000, 10000)
 
 
@@ -153,7 +158,7 @@ class Settings:
     def timing_fingerprint(self, task: str, rows: Sequence[str]) -> str:
         keep = {"task": task, "rows": list(rows), "batch": self.batch_size, "clip": self.clip,
                 "arch": asdict(self.arch), "rounds": self.timing_rounds,
-                "steps": self.timing_steps, "recipe": RECIPE_VERSION}
+                "steps": self.timing_steps, "recipe": RECIPE_VERSION, "timing": TIMING_VERSION}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -323,11 +328,13 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
 
 def measure_step_times(task: Task, rows: Sequence[str], settings: Settings,
                        batch: tuple[Tensor, Tensor],
-                       implementations: dict[str, str] | None = None) -> dict[str, float]:
-    """Median training-step time (ms) per row, interleaved round-robin (see the docstring).
+                       implementations: dict[str, str] | None = None,
+                       cpu_ms: dict[str, float] | None = None) -> dict[str, float]:
+    """Median training-step wall time (ms) per row, interleaved round-robin (module docstring).
 
     ``implementations``, if given, receives each row's Adam implementation
-    (:func:`row_optimizer`).
+    (:func:`row_optimizer`); ``cpu_ms`` the median CPU time of the process per step
+    (``time.process_time``: unlike wall time, not inflated while other jobs hold the CPU).
     """
     theta, x = batch
     models: dict[str, tuple[ConditionalModel, torch.optim.Optimizer]] = {}
@@ -341,15 +348,19 @@ def measure_step_times(task: Task, rows: Sequence[str], settings: Settings,
         for _ in range(3):
             _train_step(model, opt, theta, x, settings.clip)
     times: dict[str, list[float]] = {row: [] for row in rows}
+    cpu: dict[str, list[float]] = {row: [] for row in rows}
     order = list(rows)
     for r in range(settings.timing_rounds):
         k = r % len(order)
         for row in order[k:] + order[:k]:
             model, opt = models[row]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(settings.timing_steps):
                 _train_step(model, opt, theta, x, settings.clip)
+            cpu[row].append((time.process_time() - c0) / settings.timing_steps)
             times[row].append((time.perf_counter() - t0) / settings.timing_steps)
+    if cpu_ms is not None:
+        cpu_ms.update({row: 1000 * statistics.median(t) for row, t in cpu.items()})
     return {row: 1000 * statistics.median(t) for row, t in times.items()}
 
 
@@ -442,15 +453,19 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
                                               generator("timing", task.name))
             std = Standardizer.fit(batch_theta, batch_x)
             impls: dict[str, str] = {}
+            cpu_ms: dict[str, float] = {}
             load_before = _load_average()
             step_ms = (measure_step_times(task, usable, settings,
-                                          (std.theta(batch_theta), std.x(batch_x)), impls)
+                                          (std.theta(batch_theta), std.x(batch_x)), impls,
+                                          cpu_ms)
                        if usable else {})
-            timing = {"fingerprint": fp, "step_ms": step_ms, "threads": torch.get_num_threads(),
+            timing = {"fingerprint": fp, "step_ms": step_ms, "step_cpu_ms": cpu_ms,
+                      "threads": torch.get_num_threads(),
                       "optimizer": impls, "load_average": [load_before, _load_average()],
                       "optimizer_choice": {k: dict(v) for k, v in last_measurements.items()}}
             atomic_write_text(timing_path, json.dumps(timing, indent=2))
         info["step_ms"] = timing["step_ms"]
+        info["step_cpu_ms"] = timing.get("step_cpu_ms", {})
         info["optimizer"] = timing.get("optimizer", {})
         info["optimizer_choice"] = timing.get("optimizer_choice", {})
         info["timing_load_average"] = timing.get("load_average")
