@@ -2,7 +2,7 @@
 
 For each preset the script builds the run's trainer (model, objective, optimiser, data), performs
 the data-dependent initialisation, then compiles the transform's forward pass as
-:class:`flowkit.compiled.CompiledTraining` does and times full training steps (batch, loss,
+:class:`flowkit.execution.compiled.CompiledTraining` does and times full training steps (batch, loss,
 backward, optimiser step) of the eager and the compiled model in turns, in one process, so that a
 change of load hits both alike. It reports the compilation time (the first two compiled steps)
 and the median step of each, with their ratio::

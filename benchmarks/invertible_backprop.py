@@ -12,7 +12,7 @@ their identity initialisation. Three variants train the same model:
     every block under ``torch.utils.checkpoint.checkpoint`` (non-reentrant): only block inputs
     are stored, and each block's forward runs again during backward.
 ``invertible``
-    :class:`flowkit.invertible_backprop.InvertibleBackprop` (``train.invertible_backprop``) as
+    :class:`flowkit.execution.invertible_backprop.InvertibleBackprop` (``train.invertible_backprop``) as
     it comes: only the output is stored; inputs are reconstructed by inversion during backward,
     each block on two halves of the batch in turn (``chunks=2``).
 ``invertible-c1``
@@ -89,8 +89,8 @@ from torch.utils._pytree import tree_flatten
 
 from flowkit import registry
 from flowkit.composition import Sequential
-from flowkit.invertible_backprop import InvertibleBackprop
-from flowkit.linear import onednn_linear_active, set_onednn_linear
+from flowkit.execution.invertible_backprop import InvertibleBackprop
+from flowkit.execution.onednn_linear import onednn_linear_active, set_onednn_linear
 from flowkit.transform import Transform
 
 #: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2); ``memcnn``

@@ -1,7 +1,7 @@
 """Reconstruction rules: how memory-free backprop rebuilds a block's input and gradients.
 
-:class:`~flowkit.invertible_backprop.InvertibleBackprop` keeps no activations; in the backward
-pass it asks each block's *rule* for the block's input and gradients, given its output::
+:class:`~flowkit.execution.invertible_backprop.InvertibleBackprop` keeps no activations; in the
+backward pass it asks each block's *rule* for the block's input and gradients, given its output::
 
     rule(block, y, context, grad_y, grad_logdet, need_input_grad, params) -> (x, grad_x, grads)
 

@@ -161,12 +161,12 @@ class Trainer:
         #: the resolved config plus the values plugins chose at build time (config.toml)
         self.config = record_effective_values(config, self.model)
         if tc.invertible_backprop:
-            from flowkit.invertible_backprop import enable_invertible_backprop
+            from flowkit.execution.invertible_backprop import enable_invertible_backprop
 
             enable_invertible_backprop(self.model, log=self.log,
                                        chunks=tc.invertible_backprop_chunks)
         if tc.compile:  # TrainConfig refuses it together with invertible_backprop
-            from flowkit.compiled import enable_compile
+            from flowkit.execution.compiled import enable_compile
 
             enable_compile(self.model, log=self.log, device=self.device)
         self.objective = build_objective(parse_objective(config["objective"])).to(self.device)

@@ -54,8 +54,8 @@ class Transform(CheckedParameters, nn.Module):
     ``test_params``
         Small hyper-parameters for the conformance suite; a list value means "draw one of these".
     ``inversion_rule``
-        How memory-free backprop (:mod:`flowkit.invertible_backprop`) reconstructs this block's
-        input and gradients from its output, instead of storing its activations: a rule of
+        How memory-free backprop (:mod:`flowkit.execution.invertible_backprop`) reconstructs this
+        block's input and gradients from its output, instead of storing its activations: a rule of
         :mod:`flowkit.reconstruction` — ``generic_rule`` (inverse, then recomputation: any block
         whose ``inverse`` recovers the input to round-off and whose ``forward`` is deterministic),
         ``reindex_rule`` (parameter-free re-indexings) — or the block's own, cheaper rule.

@@ -191,18 +191,21 @@ def test_targets_compare_best_flowkit_with_best_peer_and_step_ratios():
     ], "tasks": {"slcp": {"description": "d", "reference": "r", "paper": "p",
                           "step_ms": {"flowkit-maf": 8.0, "zuko-maf": 10.0,
                                       "flowkit-nsf": 19.0, "zuko-nsf": 20.0},
+                          "step_cpu_ms": {"flowkit-maf": 7.0, "zuko-maf": 10.0},
                           "optimizer": {"flowkit-maf": "fused", "zuko-maf": "foreach"},
                           "timing_load_average": [3.1, 3.4]}}}
     v = target_verdicts(state)["slcp"]
     assert v["c2st"][1000]["met"] is False and not v["c2st"][1000]["target"]
     assert v["c2st"][10000]["met"] is True and v["c2st"][10000]["flowkit"] == (0.81, "flowkit-nsf")
     assert v["c2st"][100000]["met"] is False
-    assert v["step_ratio"]["maf"] == {"ratio": 0.8, "met": True}
+    assert v["step_ratio"]["maf"] == {"ratio": 0.8, "met": True, "cpu_ratio": 0.7}
+    assert v["step_ratio"]["spline"]["cpu_ratio"] is None
     assert v["step_ratio"]["spline"]["met"] is False
     assert v["unmet"] == ["C2ST 100k", "spline step"]
     text = render(state, {"machine": {"cpus": 2, "threads": 1}, "date": "today"})
     assert "## Targets" in text and "not met: C2ST 100k, spline step" in text
     assert "0.810 vs 0.800 ✓" in text and "0.900 vs 0.700 |" in text  # no verdict for 1k
+    assert "0.80 ✓ (CPU 0.70)" in text and "| 0.95 ✗ |" in text and "CPU × peer" in text
     assert "here **fused**" in text and "**foreach**" in text and "load average 3.1–3.4" in text
 
 

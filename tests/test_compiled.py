@@ -14,8 +14,8 @@ import torch
 
 import flowkit
 from flowkit import registry
-from flowkit.compiled import CompiledTraining, enable_compile, require_cpu_compiler
 from flowkit.errors import ConfigError
+from flowkit.execution.compiled import CompiledTraining, enable_compile, require_cpu_compiler
 from flowkit.transform import Transform
 
 pytestmark = [  # raised inside torch by Dynamo's and Inductor's own imports, not by flowkit

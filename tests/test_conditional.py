@@ -241,7 +241,7 @@ def test_memory_free_backprop_gives_autograd_gradients_with_a_context(name, shap
     """Reconstructing blocks pass the real-valued context to their conditioners too."""
     import copy
 
-    from flowkit.invertible_backprop import enable_invertible_backprop
+    from flowkit.execution.invertible_backprop import enable_invertible_backprop
 
     torch.manual_seed(0)
     flow = perturbed(flows.build(name, shape, 3, **params)).double()

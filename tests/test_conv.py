@@ -1,4 +1,4 @@
-"""flowkit.conv: fused inference convolutions compute the ordinary ops' values."""
+"""flowkit.execution.onednn_conv: fused inference convolutions compute the ordinary ops' values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import flowkit.conv as fc
-import flowkit.linear as fl
+import flowkit.execution.onednn_conv as fc
+import flowkit.execution.onednn_linear as fl
 
 
 def _reference(x, conv, relu, residual):

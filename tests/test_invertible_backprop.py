@@ -14,7 +14,7 @@ import flowkit
 from flowkit import registry
 from flowkit.composition import Inverse, Sequential
 from flowkit.data import DataMeta
-from flowkit.invertible_backprop import (
+from flowkit.execution.invertible_backprop import (
     InvertibleBackprop,
     enable_invertible_backprop,
     generic_rule,
@@ -282,7 +282,7 @@ def test_the_core_names_no_plugin() -> None:
     code = (
         "import sys, torch\n"
         "from flowkit.composition import Flatten, Sequential\n"
-        "from flowkit.invertible_backprop import InvertibleBackprop\n"
+        "from flowkit.execution.invertible_backprop import InvertibleBackprop\n"
         "from flowkit.reconstruction import generic_rule\n"
         "from flowkit.transform import Transform\n"
         "class Shift(Transform):\n"

@@ -88,5 +88,5 @@ def test_convolution_flops_are_counted_with_the_fused_path_on(bench) -> None:
     assert flops == 2 * per_pixel * 16 * 16 * 4 * 3
     assert widest == 2 * 9 * 12 * 8 * 16 * 16 * 4
     assert x_shape == (4, 12, 16, 16) and w_shape == (8, 12, 3, 3)  # conv in: 12 → 8 channels
-    from flowkit.linear import onednn_linear_active
+    from flowkit.execution.onednn_linear import onednn_linear_active
     assert onednn_linear_active()  # the switch is restored

@@ -1,4 +1,4 @@
-"""flowkit.linear: the oneDNN path computes F.linear (+ ReLU) and its gradients."""
+"""flowkit.execution.onednn_linear: the oneDNN path computes F.linear (+ ReLU) and its gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import flowkit.linear as fl
+import flowkit.execution.onednn_linear as fl
 from flowkit.plugins.transforms.conditioners import MLP
 
 needs_onednn = pytest.mark.skipif(not fl.onednn_linear_active(),

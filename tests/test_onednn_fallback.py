@@ -1,4 +1,4 @@
-"""The private oneDNN kernels of flowkit.linear and flowkit.conv are feature-detected.
+"""The private oneDNN kernels of flowkit.execution.onednn_linear and .onednn_conv are probed.
 
 Each test forces the portable path — the operators taken away from ``torch.ops.mkldnn``, or a
 kernel that raises on a real call — and checks that the ordinary ops give the same values and
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import flowkit.conv as fc
-import flowkit.linear as fl
+import flowkit.execution.onednn_conv as fc
+import flowkit.execution.onednn_linear as fl
 
 
 @pytest.fixture(autouse=True)

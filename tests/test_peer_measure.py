@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import flowkit.linear as flowkit_linear
+import flowkit.execution.onednn_linear as flowkit_linear
 
 
 @pytest.fixture(scope="module")

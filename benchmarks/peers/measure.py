@@ -23,8 +23,8 @@ achieved FLOP/s (MLP FLOPs counted analytically, 3× forward) relative to what t
 multiplications alone reach on this machine in this run with ``torch.mm`` (what ``nn.Linear``
 runs), and ``model_flops_fraction_of_matmul`` the same for the forward and backward passes alone.
 A second pseudo-library runs the same GEMMs on PyTorch's oneDNN kernel (the one
-:mod:`flowkit.linear` uses): the ``*_onednn_matmul`` fractions are against that, the faster of
-the two on some processors (AMD EPYC: about 2×).
+:mod:`flowkit.execution.onednn_linear` uses): the ``*_onednn_matmul`` fractions are against that,
+the faster of the two on some processors (an AVX-512 AMD EPYC: about 2×).
 
 :func:`equal_steps` trains every library's ``realnvp-moons`` for the same steps on the same
 batches of flowkit's ``moons`` data (Adam 1e-3, cosine decay) and reports the test NLL.
@@ -203,8 +203,8 @@ class MatmulReference:
     """The training step's GEMMs alone: forward, grad-input and grad-weight of every layer.
 
     ``backend="mm"`` runs them with ``torch.mm`` (MKL on x86: what ``nn.Linear`` uses);
-    ``backend="onednn"`` with the oneDNN kernel that :mod:`flowkit.linear` uses, the faster of
-    the two on some processors, so the fraction against it says how close a library comes to
+    ``backend="onednn"`` with the oneDNN kernel that :mod:`flowkit.execution.onednn_linear` uses,
+    the faster of the two on some processors, so the fraction against it says how close a library comes to
     the best GEMM rate PyTorch reaches here.
     """
 
@@ -237,7 +237,7 @@ class MatmulReference:
 
 def _references(arch: str, batch: int) -> dict[str, MatmulReference]:
     """The GEMM references of a Real NVP architecture (oneDNN where PyTorch has it)."""
-    from flowkit.linear import onednn_linear_active
+    from flowkit.execution.onednn_linear import onednn_linear_active
 
     refs = {MATMUL: MatmulReference(arch, batch)}
     if onednn_linear_active():

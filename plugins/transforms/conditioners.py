@@ -22,9 +22,9 @@ from typing import Annotated, Protocol
 import torch
 from torch import Tensor, nn
 
-from flowkit.conv import conv2d
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.linear import linear
+from flowkit.execution.onednn_conv import conv2d
+from flowkit.execution.onednn_linear import linear
 from flowkit.params import Range, checked
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.linear import linear
+from flowkit.execution.onednn_linear import linear
 from flowkit.params import Range, checked
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.errors import ConfigError
-from flowkit.wrapper import TransparentWrapper
+from flowkit.execution.wrapper import TransparentWrapper
 
 Activation = Literal["softplus", "tanh", "silu"]
 ACTIVATIONS: tuple[str, ...] = ("softplus", "tanh", "silu")

@@ -9,9 +9,9 @@ import torch
 
 import flowkit
 from flowkit import registry
-from flowkit.compiled import CompiledTraining
 from flowkit.data.preprocess import Identity
 from flowkit.errors import ConfigError
+from flowkit.execution.compiled import CompiledTraining
 from flowkit.model import Flow
 from flowkit.objective import Batch
 from flowkit.plugins.objectives.flow_matching import FlowMatching, sinkhorn_plan
