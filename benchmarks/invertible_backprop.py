@@ -90,7 +90,7 @@ from torch.utils._pytree import tree_flatten
 from flowkit import registry
 from flowkit.composition import Sequential
 from flowkit.execution.invertible_backprop import InvertibleBackprop
-from flowkit.execution.onednn_linear import onednn_linear_active, set_onednn_linear
+from flowkit.execution.onednn_linear import onednn_mode, set_onednn_linear
 from flowkit.transform import Transform
 
 #: ``invertible-c1`` is ``InvertibleBackprop(stack, chunks=1)`` (the default is 2); ``memcnn``
@@ -394,7 +394,7 @@ def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, float, tuple[tuple[
 
     handles = [m.register_forward_hook(hook) for m in stack.modules()
                if isinstance(m, nn.Conv2d)]
-    was = onednn_linear_active()
+    was = onednn_mode()
     set_onednn_linear(False)
     try:
         with torch.no_grad():

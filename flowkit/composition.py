@@ -49,7 +49,8 @@ class Sequential(Transform):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         total = self.zero_logdet(y)
-        for step in reversed(self.steps):
+        # a list first: ``reversed`` on an nn.ModuleList looks each step up by its string index
+        for step in reversed(list(self.steps)):
             y, logdet = step.inverse(y, context)
             total = total + logdet
         return y, total

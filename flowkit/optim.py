@@ -285,3 +285,23 @@ def build_optimizer(
                 pass
         return cls(params, **options)
     return cls(params, **options, **_OPTIONS[impl])
+
+
+def load_state_or_restart(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> bool:
+    """Load a saved optimiser state; ``False`` (moments left fresh) when its layout differs.
+
+    A checkpoint from an older flowkit may hold a model whose parameters were split into more
+    tensors (e.g. a conditional MADE before its context weights were merged into its masked
+    layers: 8 tensors per MADE, now 6). The model loads such a checkpoint (its
+    ``load_state_dict`` merges the old tensors), but the optimiser's per-tensor moments cannot be
+    mapped, and ``Optimizer.load_state_dict`` refuses groups of another size. Then the optimiser
+    keeps its fresh state and this returns ``False``, so a caller can resume with restarted
+    moments (and say so) instead of failing; any other error is raised.
+    """
+    saved = state.get("param_groups", [])
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if len(saved) != len(sizes) or any(len(g["params"]) != n for g, n in zip(saved, sizes,
+                                                                            strict=True)):
+        return False
+    optimizer.load_state_dict(state)
+    return True

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+# The autotune's measured choices (flowkit.execution.autotune) go to a folder of this test session,
+# never into the user's ~/.cache/flowkit (child processes inherit it).
+os.environ.setdefault("FLOWKIT_CACHE_DIR", tempfile.mkdtemp(prefix="flowkit-test-cache-"))
 
 # Test tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine their
 # spin-waiting made the conformance suite 10-50x slower. One thread is faster in every case here.

@@ -144,6 +144,13 @@ def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
     assert report.startswith("# Benchmark suite `mini`")
     assert "## Ranking" in report and "## Cells that did not run" in report
     assert "Glow takes images" in report and "flowkit run --transform realnvp" in report
+    # the machine and each cell's threads and execution paths (issue 21)
+    from flowkit.execution.autotune import cpu_info
+
+    assert payload["machine"]["isa_flags"] == cpu_info()["flags"]
+    assert f"instruction-set flags: {' '.join(cpu_info()['flags'])}" in report
+    assert "| probe__s0 | " in report.split("## Ranking")[0]  # threads and paths of each cell
+    assert all("threads" in c["execution"] for c in payload["cells"] if c["status"] == "completed")
     assert (out / "figures" / "ranking.png").stat().st_size > 0
     # every reported command is a valid flowkit run command
     cmd = group["command"].split()
@@ -295,6 +302,13 @@ def test_publish_copies_the_report_and_its_images(tmp_path):
         publish(out, tmp_path / "docs")
     with pytest.raises(FlowkitError, match="run the suite first"):
         publish(tmp_path / "nothing", tmp_path / "docs")
+    # with the machine in results.json, a copy named after the machine is kept too
+    (out / "report.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({"machine": {"cpu_model": "AMD EPYC 9R14",
+                                                              "cpu_capability": "AVX512"}}))
+    written = publish(out, tmp_path / "docs")
+    assert (tmp_path / "docs" / "report-amd-epyc-9r14-avx512.md").read_text() == report
+    assert len(written) == 4
 
 
 def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
@@ -338,3 +352,32 @@ def test_a_failed_cell_makes_the_bench_exit_non_zero(tmp_path: Path) -> None:
     assert "1 of 1 cell(s) failed" in result.output and "the cell broke" in result.output
     assert "wrong flowkit" not in (out / "cells" / "boom__s0" / "stderr.txt").read_text()
     assert "the cell broke" in (out / "report.md").read_text()
+
+
+def test_report_names_each_cells_threads_and_execution_paths():
+    """The path each measured operation took, per cell (issue 21), and a forced setting."""
+    from flowkit.bench.report import _paths_detail, _paths_summary, machine_line
+
+    results = [
+        {"id": "realnvp784__s0", "status": "completed", "execution": {
+            "threads": 2, "overrides": {},
+            "ops": {"linear.train": [
+                {"signature": "256|392|512|True|True|False", "choice": "onednn",
+                 "source": "measured", "ms": {"onednn": 1.25, "aten": 2.5}},
+                {"signature": "256|512|512|True|True|True", "choice": "aten", "source": "cache"}],
+            }}},
+        {"id": "glow28__s0", "status": "completed", "execution": {
+            "threads": 1, "overrides": {"conv2d.infer": "aten (FLOWKIT_ONEDNN=0)"}, "ops": {}}},
+        {"id": "old__s0", "status": "completed"},  # a result from before the record existed
+    ]
+    summary = "\n".join(_paths_summary(results))
+    assert "| realnvp784__s0 | 2 | linear.train: aten ×1, onednn ×1 |" in summary
+    assert "| glow28__s0 | 1 | conv2d.infer: aten (FLOWKIT_ONEDNN=0) |" in summary
+    detail = "\n".join(_paths_detail(results))
+    assert "| realnvp784__s0 | linear.train | `256, 392, 512, True, True, False` | onednn | " \
+           "measured | onednn 1.25, aten 2.5 |" in detail
+    assert "| glow28__s0 | conv2d.infer | all | aten (FLOWKIT_ONEDNN=0) | set | – |" in detail
+    line = machine_line({"cpu_model": "AMD EPYC", "cpus": 2, "cpu_capability": "AVX2",
+                         "isa_flags": ["avx", "avx2", "fma"]})
+    assert line == ("AMD EPYC (2 CPUs; PyTorch CPU kernels AVX2; instruction-set flags: "
+                    "avx avx2 fma)")

@@ -119,10 +119,11 @@ def test_unsupported_layers_fall_back(conv):
 def test_switched_off_with_the_linear_switch():
     conv = nn.Conv2d(3, 3, 3, padding="same")
     x = torch.randn(2, 3, 6, 6)
+    was = fl.onednn_mode()
     fl.set_onednn_linear(False)
     try:
         assert not fc._active()
         with torch.no_grad():
             assert torch.equal(fc.conv2d(x, conv, relu=True), _reference(x, conv, True, None))
     finally:
-        fl.set_onednn_linear(True)
+        fl.set_onednn_linear(was)

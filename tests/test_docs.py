@@ -327,14 +327,16 @@ def test_readme_command_line_section_runs(tmp_path: Path) -> None:
             continue
         command = command.split(" #", 1)[0].strip()
         if command.startswith("flowkit run") and "--dry-run" not in command:
-            command += " --set train.steps=15 --set train.eval_every=0 --out runs --name readme -q"
+            command += (" --set train.steps=15 --set train.eval_every=0 "
+                        "--set eval.final_max_examples=200 --out runs --name readme -q")
         command = command.replace("RUN_DIR", run_dir)
         if command.startswith("flowkit check"):
             pytest.importorskip("flowkit_example", reason="the example plugin is not installed")
         sh(command)
     # inpaint needs an image model: the digits, briefly
     sh("flowkit run --transform nice --data digits --set transform.hidden=32 --set train.steps=5 "
-       "--set train.eval_every=0 --set train.sample_every=0 --out runs --name digits -q")
+       "--set train.eval_every=0 --set train.sample_every=0 --set eval.final_max_examples=100 "
+       "--out runs --name digits -q")
     inpaint = next(c for c in commands if c.startswith("flowkit inpaint"))
     sh(inpaint.split(" #", 1)[0].replace("RUN_DIR", "runs/digits") + " --steps 5")
     assert any(c.startswith("flowkit sample") for c in ran) and any("eval" in c for c in ran)

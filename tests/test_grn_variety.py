@@ -2,7 +2,7 @@
 
 With ``n`` encodings matched to ``n`` samples in ``d`` dimensions, the expected minibatch transport
 cost ``E[W_n(Z, σE)]`` is minimised by a σ well below the encodings' own spread when ``n`` is
-small against the resolution ``d`` needs (docs/grn.md, "Why the samples collapsed"): the plain
+small against the resolution ``d`` needs (docs/grn.md, "Why the OT samples collapsed"): the plain
 loss pulls σ down even when the prior already matches the encodings. Subtracting the
 self-transport of independent batches (``debias``) removes that pull.
 """
@@ -88,3 +88,21 @@ def test_frozen_scale_is_not_trained():
     assert not prior.scale.requires_grad and prior.loc.requires_grad
     prior.initialize(torch.randn(10, 4), torch.arange(10) % 2)
     assert prior.scale.min() > 0
+
+
+def test_the_ot_objective_puts_sample_metrics_into_the_summary(monkeypatch):
+    from flowkit import metrics, registry
+
+    digits = registry.datasets.build("digits", {}, injected={"seed": 0, "data_dir": None})
+    toy_unlabelled_images = type(digits)("blank", torch.rand(10, 1, 4, 4), torch.rand(10, 1, 4, 4),
+                                         levels=256)
+    calls = []
+    monkeypatch.setattr(metrics, "sample_metrics",
+                        lambda model, data, *, n, seed: calls.append((n, seed)) or {"recall": 0.5})
+    model = _identity_flow(3)
+    assert OptimalTransport().evaluate(model, digits, 0) == {"recall": 0.5}
+    assert OptimalTransport(eval_samples=300).evaluate(model, digits, 100) == {"recall": 0.5}
+    assert calls == [(2000, 0), (100, 0)]
+    assert OptimalTransport(eval_samples=0).evaluate(model, digits, 0) == {}
+    assert OptimalTransport().evaluate(model, toy_unlabelled_images, 0) == {}  # no feature space
+    assert len(calls) == 2

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 import flowkit
 from flowkit import registry
+from flowkit.builder import build_model
 from flowkit.composition import Inverse, Sequential
 from flowkit.data import DataMeta
 from flowkit.execution.invertible_backprop import (
@@ -23,7 +24,6 @@ from flowkit.execution.invertible_backprop import (
     reindex_rule,
     rule_for,
 )
-from flowkit.model import build_model
 from flowkit.plugins.transforms.actnorm import ActNorm
 from flowkit.plugins.transforms.autoregressive import MAF_MAP, AutoregressiveLayer
 from flowkit.plugins.transforms.coupling import AdditiveCoupling, AffineCoupling, masked_coupling_rule

@@ -82,11 +82,13 @@ def test_memory_free_variants_need_less_memory(bench) -> None:
 
 
 def test_convolution_flops_are_counted_with_the_fused_path_on(bench) -> None:
+    from flowkit.execution.onednn_linear import onednn_mode
+
+    was = onednn_mode()
     state = bench.Bench(_args("autograd"))  # 3 couplings, hidden 8, 1 residual block, batch 4
     flops, widest, (x_shape, w_shape) = bench.conv_flops(state.stack, state.x)
     per_pixel = 9 * (12 * 8 + 2 * 8 * 8 + 8 * 12)  # conv in, one residual block, conv out
     assert flops == 2 * per_pixel * 16 * 16 * 4 * 3
     assert widest == 2 * 9 * 12 * 8 * 16 * 16 * 4
     assert x_shape == (4, 12, 16, 16) and w_shape == (8, 12, 3, 3)  # conv in: 12 → 8 channels
-    from flowkit.execution.onednn_linear import onednn_linear_active
-    assert onednn_linear_active()  # the switch is restored
+    assert onednn_mode() == was  # the switch is restored

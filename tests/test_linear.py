@@ -1,4 +1,7 @@
-"""flowkit.execution.onednn_linear: the oneDNN path computes F.linear (+ ReLU) and its gradients."""
+"""flowkit.execution.onednn_linear: the oneDNN path computes F.linear (+ ReLU) and its gradients.
+
+The path is forced on here (``FLOWKIT_ONEDNN=1``'s mode), so that the oneDNN kernels really run
+whatever the autotune would choose on this machine; tests/test_autotune.py tests the choice."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ needs_onednn = pytest.mark.skipif(not fl.onednn_linear_active(),
 
 @pytest.fixture(autouse=True)
 def _any_size(monkeypatch):
-    """The small test layers take the oneDNN path too (it is size-gated for speed)."""
+    """The small test layers take the oneDNN path too (it is size-gated for speed), without
+    measuring (forced on)."""
     monkeypatch.setattr(fl, "MIN_MACS", 0)
+    monkeypatch.setattr(fl, "_mode", "on")
 
 
 def _reference(x, w, b, relu):
@@ -102,12 +107,22 @@ def test_other_dtypes_use_the_ordinary_ops(dtype):
 
 def test_switch_off_gives_the_ordinary_ops():
     x, w, b = _operands()
+    was = fl.onednn_mode()
     fl.set_onednn_linear(False)
     try:
-        assert not fl.onednn_linear_active()
+        assert fl.onednn_mode() == "off" and not fl.onednn_linear_active()
         assert torch.equal(fl.linear(x, w, b, relu=True), _reference(x, w, b, True))
     finally:
-        fl.set_onednn_linear(True)
+        fl.set_onednn_linear(was)
+    assert fl.onednn_mode() == was
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "auto"), ("", "auto"), ("auto", "auto"),
+                                             ("1", "on"), ("true", "on"), ("0", "off"),
+                                             ("off", "off"), ("No", "off")])
+def test_the_environment_switch(value, mode):
+    """FLOWKIT_ONEDNN: unset or auto measures; 1 forces the oneDNN path; 0 switches it off."""
+    assert fl._mode_from(value) == mode
 
 
 @needs_onednn

@@ -26,7 +26,7 @@ def _fresh_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     are eligible."""
     monkeypatch.setattr(fl, "_probed", None)
     monkeypatch.setattr(fc, "_probed", None)
-    monkeypatch.setattr(fl, "_enabled", True)
+    monkeypatch.setattr(fl, "_mode", "on")  # forced on: no measuring
     monkeypatch.setattr(fl, "MIN_MACS", 0)
 
 

@@ -115,3 +115,23 @@ def test_falls_back_where_fused_kernels_do_not_apply(cache: Path) -> None:
         opt = build_optimizer(meta, {**TRAIN, "optimizer": "adam"}, implementation=impl)
         assert not opt.defaults.get("fused")
     assert optim.candidates([torch.zeros(2, dtype=torch.int64)]) == ("foreach", "for-loop")
+
+
+def test_an_optimiser_state_of_another_layout_restarts_the_moments(cache: Path) -> None:
+    from flowkit.optim import load_state_or_restart
+
+    train = {**TRAIN, "optimizer": "adam"}
+    old_params = [*_params(), torch.nn.Parameter(torch.zeros(5, 2))]  # one tensor more
+    old = build_optimizer(old_params, train)
+    for p in old_params:
+        p.grad = torch.ones_like(p)
+    old.step()
+    new = build_optimizer(_params(), train)
+    assert load_state_or_restart(new, old.state_dict()) is False and not new.state
+    same = build_optimizer(_params(), train)
+    donor_params = _params()
+    donor = build_optimizer(donor_params, train)
+    for p in donor_params:
+        p.grad = torch.ones_like(p)
+    donor.step()
+    assert load_state_or_restart(same, donor.state_dict()) is True and len(same.state) == 3

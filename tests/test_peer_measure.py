@@ -32,6 +32,8 @@ def test_speed_rows_have_every_column(measure):
         if flowkit_linear.onednn_linear_active():
             assert row["flops_fraction_of_onednn_matmul"] > 0
             assert row["matmul_onednn_gflops"] > 0
+    # flowkit's row names its execution paths (autotune choices) and its Adam implementation
+    assert "adam: " in by_lib["flowkit"]["paths"] and "paths" not in by_lib["plain"]
     # no peer in this run, so no ratio to a fastest peer
     assert not any(k.endswith("_ratio_vs_fastest_peer") for r in rows for k in r)
 

@@ -200,7 +200,7 @@ GRN = {"objective": "ot", "prior": "class-gaussian", "test_bpd": 129233.7, "exac
 
 def test_headline_of_a_collapsed_ot_run_leads_with_samples():
     lines = summary_headline(GRN)
-    assert lines[0].startswith("samples (270 samples vs test data")
+    assert lines[0].startswith("samples (270 vs test data, in the features of flowkit")
     assert "class accuracy 0.980" in lines[0] and "recall 0.120" in lines[0]
     assert "Fréchet 40.000" in lines[0]
     assert lines[1].startswith("within each class") and "recall 0.050" in lines[1]
@@ -220,10 +220,14 @@ def test_headline_of_a_likelihood_run_leads_with_bits_per_dim():
     lines = summary_headline(mle | {k: GRN[k] for k in ("precision", "recall", "fd")}
                              | {"exact_density": False})
     assert lines[0].startswith("test bits/dim 1.234 (latent density at the zero-padded image")
-    assert lines[1].startswith("samples (samples vs test data)")
+    assert lines[1].startswith("samples (vs test data)")
     # a weighted sum with a likelihood term is a likelihood model; OT without collapse keeps bpd
     assert density_verdict(GRN | {"objective": "mle + 0.1 * ot"})[0] is True
-    assert density_verdict(GRN | {"latent_collapsed_share": 0.0})[0] is True
+    healthy = GRN | {"latent_collapsed_share": 0.0, "test_bpd": 697.0}
+    assert density_verdict(healthy)[0] is True
+    # an OT model without collapse still leads with its samples; its bpd follow, marked
+    lines = summary_headline(healthy)
+    assert lines[0].startswith("samples (") and lines[2].startswith("test bits/dim 697.0 (an exact")
 
 
 def test_headline_of_the_restricted_prior_and_of_adversarial_training():

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.peers import ARCHS, Adapter
+from flowkit.builder import build_model
 from flowkit.data import DataMeta
-from flowkit.model import Flow, build_model
+from flowkit.model import Flow
 from flowkit.optim import build_optimizer
 
 #: The ``[transform]`` section of each architecture (the prior is ``gaussian``, no preprocessing).

@@ -24,7 +24,10 @@ multiplications alone reach on this machine in this run with ``torch.mm`` (what 
 runs), and ``model_flops_fraction_of_matmul`` the same for the forward and backward passes alone.
 A second pseudo-library runs the same GEMMs on PyTorch's oneDNN kernel (the one
 :mod:`flowkit.execution.onednn_linear` uses): the ``*_onednn_matmul`` fractions are against that,
-the faster of the two on some processors (an AVX-512 AMD EPYC: about 2×).
+the faster of the two on some processors (an AVX-512 AMD EPYC: about 2×). flowkit's row names
+the execution path each of its operations took (``paths``: what
+:mod:`flowkit.execution.autotune` chose on this machine, or ``FLOWKIT_ONEDNN``'s setting) and
+its Adam implementation.
 
 :func:`equal_steps` trains every library's ``realnvp-moons`` for the same steps on the same
 batches of flowkit's ``moons`` data (Adam 1e-3, cosine decay) and reports the test NLL.
@@ -332,6 +335,8 @@ def speed(
             context = _inference_context(a, fn)
             tasks[lib] = (lambda fn=fn, context=context: _call_in(context, fn))
         _round_robin(tasks, repeats, 1, rows, key)
+    if "flowkit" in ok:
+        rows["flowkit"]["paths"] = _flowkit_paths(optimizers["flowkit"])
     if matmul:
         flops = training_flops(arch, batch)
         for name, ref_ms in matmul.items():
@@ -348,6 +353,15 @@ def speed(
                 rows[lib][f"{name}_gflops"] = round(flops / ref_ms / 1e6, 2)
     return _finish(rows, _setup_info(batch_size=batch, steps=steps, repeats=repeats,
                                      warmup=warmup, seed=seed))
+
+
+def _flowkit_paths(optimizer: torch.optim.Optimizer) -> str:
+    """The execution paths flowkit's model took in this process (the autotune's choices, or the
+    ``FLOWKIT_ONEDNN`` setting) and its optimiser's implementation."""
+    from flowkit.execution.autotune import paths_text
+    from flowkit.optim import implementation_of
+
+    return f"{paths_text()}; adam: {implementation_of(optimizer)}"
 
 
 def _call_in(context: Callable[[], AbstractContextManager[Any]], fn: Callable[[], Any]) -> Any:
@@ -474,6 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         if row.get("note"):
             print(f"{row['library']}: {row['note']}")
+        if row.get("paths"):
+            print(f"{row['library']} execution paths: {row['paths']}")
+    from flowkit.bench.report import machine_info, machine_line
+
+    print(f"machine: {machine_line(machine_info())}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)

@@ -239,8 +239,20 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
     record = {"id": cell.id, "group": cell.group, "kind": cell.kind, "axes": cell.axes,
               "fingerprint": cell.fingerprint()} | result
+    record["execution"] = _execution()
     atomic_write_text(cell_dir / RESULT, json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def _execution() -> dict[str, Any]:
+    """The cell's thread count and the path each same-function-different-cost operation took
+    (:func:`flowkit.execution.autotune.summary`), for the report."""
+    try:
+        from flowkit.execution import autotune
+
+        return autotune.summary()
+    except Exception as exc:  # never lose a result over its bookkeeping
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """The outputs of a suite: ``results.json``, ``results.csv``, ``report.md`` and figures.
 
-``report.md`` leads with the ranking table (groups of cells that differ only by seed, as
-mean ± standard deviation over seeds), then one table per question (likelihood, sample quality,
-reconstruction, cost, out-of-distribution, and every Python cell's rows), the cells that did not
-run and why, and the command that reproduces each cell. Cost is given as ratios against the
+``report.md`` names the machine (CPU model, instruction-set flags, the kernels PyTorch uses, each
+cell's thread count and the execution path each operation took, :mod:`flowkit.execution`), so a
+ratio is never read off a machine it was not measured on. It leads with the ranking table (groups
+of cells that differ only by seed, as mean ± standard deviation over seeds), then one table per
+question (likelihood, sample quality, reconstruction, cost, out-of-distribution, and every Python
+cell's rows), the cells that did not run and why, the command that reproduces each cell, and the
+execution paths in detail. Cost is given as ratios against the
 suite's baseline measured in the same run, next to the absolute numbers of this machine.
 """
 
@@ -52,22 +55,28 @@ RATIO_METRICS = ("train_examples_per_s", "density_samples_per_s", "sampling_samp
 
 
 def machine_info() -> dict[str, Any]:
-    """Where the suite ran: platform, CPU count, torch version, accelerator."""
+    """Where the suite ran: platform, CPU model and instruction-set flags (AVX2, AVX-512, AMX...),
+    the kernels PyTorch dispatches to, CPU count, torch and flowkit versions, accelerator."""
     import os
 
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh
-                          if line.startswith("model name")), None)
-        info["cpu_model"] = model
-    except OSError:
-        pass
-    return info
+    from flowkit._version import __version__
+    from flowkit.execution.autotune import cpu_info
+
+    cpu = cpu_info()
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "flowkit": __version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_model": cpu["model"], "isa_flags": cpu["flags"],
+            "cpu_capability": cpu["capability"]}
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """``AMD EPYC (2 CPUs; PyTorch kernels AVX512; flags avx2 avx512f ...)``."""
+    flags = " ".join(machine.get("isa_flags") or []) or "not known"
+    return (f"{machine.get('cpu_model')} ({machine.get('cpus')} CPUs; PyTorch CPU kernels "
+            f"{machine.get('cpu_capability', '?')}; instruction-set flags: {flags})")
 
 
 def fmt(value: float, std: float | None = None, n: int = 1) -> str:
@@ -178,10 +187,11 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
     if suite.meta.get("description"):
         out += [suite.meta["description"], ""]
     done = sum(r["status"] == "completed" for r in results)
-    out += [f"{done} of {len(suite.cells)} cells completed; machine: {machine.get('cpu_model')} "
-            f"({machine.get('cpus')} CPUs), torch {machine.get('torch')}, "
+    out += [f"{done} of {len(suite.cells)} cells completed; machine: {machine_line(machine)}, "
+            f"torch {machine.get('torch')}, flowkit {machine.get('flowkit', '?')}, "
             f"accelerator: {machine.get('cuda') or 'none'}. Generated "
             f"{time.strftime('%Y-%m-%d %H:%M')} by `flowkit bench {suite.ref}`.", ""]
+    out += _paths_summary(results)
     key = suite.meta["rank_by"]
     if groups:
         ranked = ranking(suite, groups)
@@ -218,12 +228,57 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
     out += _python_sections(results)
     out += _figure_sections(groups, vary)
     out += _not_run(results)
+    out += _paths_detail(results)
     if groups:
         out += ["## Commands", "", "Each row trains the cell's model with `flowkit run` (seed "
                 "from the suite; add `--set train.seed=N` for the others).", ""]
         out += [f"- **{_label(g['axes'], vary)}**: `{g['command']}`" for g in groups]
         out.append("")
     return "\n".join(out)
+
+
+def _paths_summary(results: list[dict[str, Any]]) -> list[str]:
+    """Per cell: its thread count and the path each same-function-different-cost operation took
+    (what :mod:`flowkit.execution.autotune` chose in the cell's process)."""
+    from flowkit.execution.autotune import paths_text
+
+    rows = [[r["id"], str(r["execution"].get("threads", "–")), paths_text(r["execution"])]
+            for r in results if r.get("status") == "completed"
+            and isinstance(r.get("execution"), dict) and "error" not in r["execution"]]
+    if not rows:
+        return []
+    return ["Threads and execution paths of each cell (fused oneDNN or ordinary ops, chosen by "
+            "measurement on this machine unless set; details under *Execution paths*):", "",
+            _md_table(["cell", "threads", "paths"], rows), ""]
+
+
+def _paths_detail(results: list[dict[str, Any]]) -> list[str]:
+    """Every operation signature each cell decided, its path, why, and the times behind it."""
+    rows = []
+    for r in results:
+        info = r.get("execution") if r.get("status") == "completed" else None
+        if not isinstance(info, dict):
+            continue
+        for op, decisions in (info.get("ops") or {}).items():
+            for d in decisions:
+                times = ", ".join(f"{k} {v:.3g}" for k, v in (d.get("ms") or {}).items())
+                signature = str(d["signature"]).replace("|", ", ")
+                rows.append([r["id"], op, f"`{signature}`", d["choice"], d["source"],
+                             times or "–"])
+        for op, choice in (info.get("overrides") or {}).items():
+            rows.append([r["id"], op, "all", choice, "set", "–"])
+    if not rows:
+        return []
+    return ["## Execution paths", "",
+            "The path each operation took per shape signature: `measured` (timed on first use "
+            "in this run; ms per call, the least disturbed of the timed calls), `cache` (an "
+            "earlier measurement on this machine, "
+            "reused), `set` (an explicit setting, e.g. `FLOWKIT_ONEDNN`), `default` (measuring "
+            "off). Signatures: linear `batch, in, out, bias, relu, contiguous input`; conv2d "
+            "`input shape, channels-last, weight shape, stride, padding, dilation, groups, bias, "
+            "relu, residual`.", "",
+            _md_table(["cell", "operation", "signature", "path", "source", "ms per call"], rows),
+            ""]
 
 
 def _python_sections(results: list[dict[str, Any]]) -> list[str]:

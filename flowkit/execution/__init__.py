@@ -35,16 +35,17 @@ REMOVED_IN = "0.4"
 def _caller_stacklevel(old: str) -> int:
     """The ``stacklevel`` that points a warning at the code that wrote ``import old``.
 
-    Skips this module and the deprecated module's body (:func:`warnings.warn` itself skips the
-    import machinery's ``<frozen importlib._bootstrap>`` frames), so the default warning filters
-    attribute the warning to the importing module.
+    Skips this module, the deprecated module's body and :func:`importlib.import_module`
+    (:func:`warnings.warn` itself skips the import machinery's ``<frozen importlib._bootstrap>``
+    frames), so the default warning filters attribute the warning to the importing module.
     """
     frame = sys._getframe(1)
     level = 1
     while frame is not None:
         name = frame.f_code.co_filename
         internal = "importlib" in name and "_bootstrap" in name
-        if not (internal or name == __file__ or frame.f_globals.get("__name__") == old):
+        caller = frame.f_globals.get("__name__")
+        if not (internal or name == __file__ or caller in (old, "importlib")):
             break
         if not internal:  # warnings.warn skips the import machinery's frames itself
             level += 1

@@ -13,8 +13,11 @@ Learning") and TorchInductor's ``max-autotune`` chooses GEMM templates:
 1. The first time an operation meets a *signature* — its shapes, dtype, device and whatever else
    changes the cost — :meth:`Autotuner.choose` runs every candidate a few times, interleaved
    round-robin (the order rotating each round, so a load change hits all alike), and keeps the
-   one with the smallest median time. A candidate that raises is dropped; if all raise, the
-   default (the portable path) is used. The measurement is bounded: at most :data:`ROUNDS`
+   one with the smallest time per call — the minimum over the rounds, the least disturbed
+   call, which on a shared machine estimates a kernel's own cost far better than the median
+   (preemption only ever adds time; the ``timeit`` documentation recommends the minimum for
+   the same reason). A candidate that raises is dropped; if all raise, the default (the
+   portable path) is used. The measurement is bounded: at most :data:`ROUNDS`
    timed rounds after one warm-up call each, and no more rounds once :data:`BUDGET_S` seconds
    have passed (at least :data:`MIN_ROUNDS`, unless :data:`HARD_LIMIT_S` has passed). A
    candidate other than the default is chosen only when it is faster by more than
@@ -36,9 +39,13 @@ representative inputs; anything that computes one function in several ways can u
 :meth:`Autotuner.choose`, :meth:`Autotuner.lookup` and :meth:`Autotuner.record` for a choice
 measured elsewhere). :func:`summary` lists the choices this process made, for benchmark reports.
 
-Settings: ``FLOWKIT_CACHE_DIR`` (the cache folder; also ``FLOWKIT_CACHE``, the older name of
-:mod:`flowkit.optim`), else ``$XDG_CACHE_HOME/flowkit``, else ``~/.cache/flowkit``;
-``FLOWKIT_AUTOTUNE=0`` (no measuring).
+Settings: ``FLOWKIT_CACHE_DIR`` (the folder of this cache), else ``FLOWKIT_CACHE`` (flowkit's
+cache folder for datasets and the optimiser choice, :func:`flowkit.data.base.cache_dir`), else
+``$XDG_CACHE_HOME/flowkit``, else ``~/.cache/flowkit``; ``FLOWKIT_AUTOTUNE=0`` (no measuring).
+
+A measured choice makes results depend on the machine at the level of floating-point round-off
+(as cuDNN's benchmark mode does); the candidates' inputs never touch the global random state, so
+a seeded run draws the same numbers whether or not it measured.
 """
 
 from __future__ import annotations
@@ -48,7 +55,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -66,6 +72,7 @@ __all__ = [
     "cpu_info",
     "default_tuner",
     "machine_key",
+    "register_setting",
     "set_override",
     "summary",
 ]
@@ -74,7 +81,7 @@ CACHE_FILE = "autotune.json"
 #: The cache file's layout version (a different one is ignored and rewritten).
 FORMAT = 1
 #: Timed rounds at most, and at least (the budget stops measuring between the two).
-ROUNDS = 7
+ROUNDS = 15
 MIN_ROUNDS = 3
 #: Seconds of measuring per signature after which no further round starts.
 BUDGET_S = 0.25
@@ -152,13 +159,34 @@ def measuring_enabled() -> bool:
 
 
 # -- the file ------------------------------------------------------------------------------------
+_held = threading.local()
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[bool]:
     """An exclusive lock on ``path`` + ``.lock`` (yields whether it was acquired in time).
 
     ``filelock`` (a dependency of torch) where importable, else ``fcntl.flock``; on a folder that
-    cannot be written, no lock (and no cache file either).
+    cannot be written, no lock (and no cache file either). Reentrant within a thread: a
+    candidate that itself calls :meth:`Autotuner.choose` does not wait for its own lock.
     """
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield True
+        finally:
+            _held.depth -= 1
+        return
+    with _acquire(path, timeout) as acquired:
+        _held.depth = 1 if acquired else 0
+        try:
+            yield acquired
+        finally:
+            _held.depth = 0
+
+
+@contextlib.contextmanager
+def _acquire(path: Path, timeout: float) -> Iterator[bool]:
     lock_file = path.with_name(path.name + ".lock")
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +272,8 @@ def _flat(value: Any) -> Iterator[Any]:
 @dataclass
 class Choice:
     """One decision: the ``choice`` for ``op`` on ``signature``, where it came from (``source``:
-    ``measured``, ``cache``, ``override``, ``default``) and the median times (ms) behind it."""
+    ``measured``, ``cache``, ``override``, ``default``) and the times (ms per call, the minimum
+    over the timed rounds) behind it."""
 
     op: str
     signature: Hashable
@@ -328,10 +357,11 @@ class Autotuner:
 
         ``candidates`` maps names to zero-argument callables that each run one call of that
         implementation (or is a function returning that mapping, called only when a measurement
-        is needed, so a cached choice builds no inputs). ``default`` is the portable candidate:
-        used when measuring is off or every candidate fails, and kept unless another is faster by
-        more than :attr:`margin`. The thread count (``torch.get_num_threads()``) is part of the
-        key. Cost on a hit: one dictionary lookup.
+        is needed, so a cached choice builds no inputs); on an asynchronous device (CUDA) each
+        callable must synchronise before it returns, since the time taken is wall time.
+        ``default`` is the portable candidate: used when measuring is off or every candidate
+        fails, and kept unless another is faster by more than :attr:`margin`. The thread count
+        (``torch.get_num_threads()``) is part of the key. Cost on a hit: one dictionary lookup.
         """
         threads = torch.get_num_threads()
         key = (op, signature, threads)
@@ -438,7 +468,7 @@ class Autotuner:
             spent = self.timer() - start
             if (r + 1 >= self.min_rounds and spent > self.budget_s) or spent > HARD_LIMIT_S:
                 break
-        ms = {name: 1000 * statistics.median(times[name]) for name in runs if times[name]}
+        ms = {name: 1000 * min(times[name]) for name in runs if times[name]}
         choice = default if default in ms or not ms else min(ms, key=ms.__getitem__)
         if ms and default in ms:
             fastest = min(ms, key=ms.__getitem__)
@@ -470,20 +500,33 @@ def set_override(op: str, choice: str | None) -> None:
     default_tuner().set_override(op, choice)
 
 
+_settings: list[Callable[[], Mapping[str, str]]] = []
+
+
+def register_setting(provider: Callable[[], Mapping[str, str]]) -> None:
+    """Add a function that names the operations an explicit setting of its own forces (e.g.
+    ``FLOWKIT_ONEDNN``), ``{op: "path (why)"}``; :func:`summary` reports them as overrides."""
+    _settings.append(provider)
+
+
 def summary(tuner: Autotuner | None = None) -> dict[str, Any]:
-    """What this process chose, for reports: thread count, and per operation the signatures
-    decided with their choice, source and times."""
+    """What this process chose, for reports: thread count, the overrides in force (the tuner's
+    and those of :func:`register_setting`), and per operation the signatures decided with their
+    choice, source and times."""
     tuner = tuner or default_tuner()
+    overrides = dict(tuner._overrides)
+    for provider in _settings:
+        overrides.update(provider())
     ops: dict[str, list[dict[str, Any]]] = {}
     for d in tuner.decisions:
         ops.setdefault(d.op, []).append({
             "signature": d.signature if isinstance(d.signature, str)
-            else "|".join(map(str, _flat(d.signature))),
+            else ", ".join(map(str, _flat(d.signature))),
             "choice": d.choice, "source": d.source,
             **({"ms": {k: round(v, 4) for k, v in d.ms.items()}} if d.ms else {}),
             **({"failed": d.failed} if d.failed else {}),
             **({"measure_s": round(d.seconds, 4)} if d.seconds else {})})
-    return {"threads": torch.get_num_threads(), "overrides": dict(tuner._overrides), "ops": ops}
+    return {"threads": torch.get_num_threads(), "overrides": overrides, "ops": ops}
 
 
 def paths_text(info: Mapping[str, Any] | None = None) -> str:
@@ -498,5 +541,5 @@ def paths_text(info: Mapping[str, Any] | None = None) -> str:
         parts.append(f"{op}: " + ", ".join(f"{c} ×{n}" for c, n in sorted(counts.items())))
     for op, choice in (info.get("overrides") or {}).items():
         if op not in (info.get("ops") or {}):
-            parts.append(f"{op}: {choice} (set)")
+            parts.append(f"{op}: {choice}" + ("" if "(" in choice else " (set)"))
     return "; ".join(parts) or "–"

@@ -23,7 +23,8 @@ real call switches the process to the ordinary ops with one
 Whether the fused call is the default is measured per shape, as for the linear layers: the first
 call for each (input shape and memory format, weight shape, stride, padding, dilation, groups,
 ReLU, residual kind, thread count) times the fused call against the ordinary ops on that call's
-own inputs (:mod:`flowkit.execution.autotune`, cached on disk) and keeps the faster.
+own inputs (:mod:`flowkit.execution.autotune`, cached on disk) and keeps the faster (calls
+below :data:`MIN_MACS_MEASURED` multiply-adds take the fused call unmeasured).
 ``FLOWKIT_ONEDNN=1`` forces the fused call where it applies and ``FLOWKIT_ONEDNN=0`` (or
 :func:`flowkit.execution.onednn_linear.set_onednn_linear`) switches it off together with the
 fused linear layers.
@@ -47,6 +48,10 @@ __all__ = ["conv2d"]
 #: The autotune operation name and candidates (the ordinary ops are the portable default).
 OP = "conv2d.infer"
 ONEDNN, ATEN = _linear.ONEDNN, _linear.ATEN
+#: Below this many multiply-adds (batch × output pixels × weight size) the fused call is used
+#: without measuring: one kernel call instead of three (convolution, addition, ReLU) costs less
+#: Python and dispatch overhead, and timing so small a call is mostly noise.
+MIN_MACS_MEASURED = 1 << 20
 
 _probed: bool | None = None
 
@@ -184,6 +189,9 @@ def _use_fused(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
     """Whether this fusable call takes the fused path: forced, or measured faster here."""
     if _linear.onednn_mode() == "on" or torch.compiler.is_compiling():
         return True
+    w = conv.weight.shape
+    if x.shape[0] * x.shape[2] * x.shape[3] * w[0] * w[1] * w[2] * w[3] < MIN_MACS_MEASURED:
+        return True  # one call instead of three; too small to be worth timing
     kind = "none" if residual is None else ("add-into" if overwrite_residual else "add")
     signature = (tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last),
                  tuple(conv.weight.shape), tuple(conv.stride), str(conv.padding),

@@ -23,12 +23,12 @@ the ordinary ops too.
 
 Whether this path is the default is *measured*, not assumed: oneDNN's GEMM is about twice as
 fast as MKL's on an AVX-512 AMD EPYC but 15% slower on an AVX2 one (issue 21). The first call
-for each (training or inference, batch × in → out, ReLU, bias, thread count) times both paths on
-that call's shapes (:mod:`flowkit.execution.autotune`: a few interleaved calls, a fraction of a
-second, cached in ``autotune.json`` for later runs on the machine) and keeps the faster; the
-ordinary ops stay unless oneDNN is clearly faster. ``FLOWKIT_ONEDNN=1`` forces the oneDNN path
-wherever it applies, ``FLOWKIT_ONEDNN=0`` (or :func:`set_onednn_linear`) the ordinary ops
-everywhere, without measuring; the switch also covers the fused convolutions of
+for each (training or inference, batch × in → out, bias, ReLU, contiguous input, thread count)
+times both paths on that call's shapes (:mod:`flowkit.execution.autotune`: a few interleaved
+calls, a fraction of a second, cached in ``autotune.json`` for later runs on the machine) and
+keeps the faster; the ordinary ops stay unless oneDNN is clearly faster. ``FLOWKIT_ONEDNN=1``
+forces the oneDNN path wherever it applies, ``FLOWKIT_ONEDNN=0`` (or :func:`set_onednn_linear`)
+the ordinary ops everywhere, without measuring; the switch also covers the fused convolutions of
 :mod:`flowkit.execution.onednn_conv`. Under ``torch.compile`` tracing nothing is measured: the
 oneDNN path is used where it applies, as before the autotune.
 """
@@ -82,6 +82,15 @@ def set_onednn_linear(enabled: bool | str | None) -> None:
         _mode = _mode_from(enabled)
     else:
         _mode = "on" if enabled else "off"
+
+
+def _setting() -> dict[str, str]:
+    """The forced path of each oneDNN operation (none in ``auto`` mode), for
+    :func:`flowkit.execution.autotune.summary` and so the benchmark reports."""
+    if _mode == "auto":
+        return {}
+    choice = f"{ONEDNN if _mode == 'on' else ATEN} (FLOWKIT_ONEDNN={int(_mode == 'on')})"
+    return {op: choice for op in (OP_TRAIN, OP_INFER, "conv2d.infer")}
 
 
 def onednn_mode() -> str:
@@ -146,10 +155,11 @@ def onednn_linear_active() -> bool:
 
 
 def _eligible(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.device.type == "cpu" and x.shape[-1] == weight.shape[1]
-            and (bias is None or bias.dtype == torch.float32)
-            and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
+    # the size first: it settles most small layers with integer arithmetic alone
+    return (x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.shape[-1] == weight.shape[1] and (bias is None or bias.dtype == torch.float32)
             and onednn_linear_active())
 
 
@@ -216,7 +226,8 @@ def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool, trai
     """Whether this eligible call takes the oneDNN path: forced, or measured faster here."""
     if _mode == "on" or torch.compiler.is_compiling():
         return True
-    signature = (x.shape[0], weight.shape[1], weight.shape[0], bias is not None, relu)
+    signature = (x.shape[0], weight.shape[1], weight.shape[0], bias is not None, relu,
+                 x.is_contiguous())
     op = OP_TRAIN if train else OP_INFER
     return autotune.default_tuner().choose(
         op, signature, lambda: _candidates(x, weight, bias, relu, train), default=ATEN) == ONEDNN
@@ -237,8 +248,7 @@ def _candidates(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
 
         def aten() -> Tensor:
             with torch.no_grad():
-                y = F.linear(xd, wd, bd)
-                return F.relu_(y) if relu else y
+                return _ordinary(xd, wd, bd, relu)
 
         return {ONEDNN: onednn, ATEN: aten}
     leaves = [xd.requires_grad_(x.requires_grad), wd.requires_grad_(weight.requires_grad)]
@@ -256,11 +266,7 @@ def _candidates(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
     def fused() -> Tensor:
         return _OneDNNLinear.apply(xd, wd, bd, relu)
 
-    def ordinary() -> Tensor:
-        y = F.linear(xd, wd, bd)
-        return F.relu(y) if relu else y
-
-    return {ONEDNN: step(fused), ATEN: step(ordinary)}
+    return {ONEDNN: step(fused), ATEN: step(lambda: _ordinary(xd, wd, bd, relu))}
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
@@ -270,7 +276,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
     float32 CPU tensors run on oneDNN where that was measured faster (module docstring).
     ``weight`` is ``(out, in)``, ``bias`` ``(out,)``.
     """
-    if x.dim() == 2 and _eligible(x, weight, bias):
+    if (x.dim() == 2 and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
+            and _eligible(x, weight, bias)):  # the size first: no further call for small layers
         train = _training(x, weight, bias)
         if _use_onednn(x, weight, bias, relu, train):
             try:
@@ -279,5 +286,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
                 return _kernel()(_rows(x), weight, bias, "relu" if relu else "none", [], "")
             except Exception as exc:  # the private kernel failed: the ordinary ops, from now on
                 _fall_back(exc)
+    return _ordinary(x, weight, bias, relu)
+
+
+def _ordinary(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """The portable path: ``F.linear``, and the ReLU in place on its fresh output (as
+    ``nn.ReLU(inplace=True)`` after ``nn.Linear``: no second activation buffer; autograd keeps
+    the ReLU's output, which the GEMM's backward does not need)."""
     y = F.linear(x, weight, bias)
-    return F.relu(y) if relu else y
+    return F.relu_(y) if relu else y
+
+
+autotune.register_setting(_setting)

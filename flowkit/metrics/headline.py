@@ -6,9 +6,10 @@ density, most of its prior's σ collapse towards 0 (the "discovered" dimensions 
 keep theirs), and the likelihood of test data under a prior with near-zero σ is degenerate —
 bits/dim in the hundreds of thousands that say nothing about the samples. The restricted prior of
 the adversarial recipe has no density on the latent space at all (its ``log_prob`` is a
-surrogate). For those runs the summary leads with the sample metrics of
+surrogate). For runs trained without a likelihood the summary leads with the sample metrics of
 :func:`~flowkit.metrics.variety.sample_metrics` (class accuracy, precision/recall,
-density/coverage, Fréchet distance) and says in one line why bits/dim are left out.
+density/coverage, Fréchet distance), and, when the latent has collapsed, says in one line why
+bits/dim are left out.
 
 :func:`summary_headline` turns a summary dictionary (``summary.json``, ``eval.json``) into those
 lines; :func:`density_verdict` is the rule behind the one line.
@@ -85,10 +86,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def summary_headline(metrics: Mapping[str, Any]) -> list[str]:
     """The lines a run summary leads with, most important first (plain text, no trailing newline).
 
-    * Density-free, collapsed models (:func:`density_verdict`): the sample line first (class
-      accuracy, precision/recall, density/coverage, Fréchet distance), the per-class variety
-      line, then the one line that says why bits/dim are left out.
-    * Otherwise: test bits/dim first (with the padded-model caveat when
+    * Models trained without a likelihood (``ot``, ``adversarial``, or a ``restricted`` prior):
+      the sample line first (class accuracy, precision/recall, density/coverage, Fréchet
+      distance), the per-class variety line, then one line on bits/dim — why they are left out
+      when :func:`density_verdict` says they are degenerate, else the value marked as a density the
+      model was not trained for — and the latent line.
+    * Likelihood-trained models: test bits/dim first (with the padded-model caveat when
       ``exact_density`` is false), then the sample lines when sample metrics are present.
 
     Keys read (all optional): ``test_bpd``, ``test_nll``, ``exact_density``, ``objective``,
@@ -96,6 +99,9 @@ def summary_headline(metrics: Mapping[str, Any]) -> list[str]:
     :func:`~flowkit.metrics.variety.sample_metrics`.
     """
     meaningful, why = density_verdict(metrics)
+    objective = str(metrics.get("objective", ""))
+    terms = _objective_terms(objective)
+    density_free = (bool(terms) and terms <= DENSITY_FREE_OBJECTIVES) or not meaningful
     num = {k: _num(metrics, k) for k in (
         "sample_accuracy", "precision", "recall", "density", "coverage", "fd", "sample_examples",
         "fd_classifier_accuracy", "class_precision", "class_recall", "class_coverage",
@@ -110,29 +116,35 @@ def summary_headline(metrics: Mapping[str, Any]) -> list[str]:
         parts.append(f"density {_fmt(num['density'])}")
         parts.append(f"coverage {_fmt(num['coverage'])}")
         parts.append(f"Fréchet {_fmt(num['fd'])}")
-        where = (f"{int(num['sample_examples'])} samples vs test data"
-                 if num["sample_examples"] is not None else "samples vs test data")
+        where = (f"{int(num['sample_examples'])} vs test data"
+                 if num["sample_examples"] is not None else "vs test data")
         if num["fd_classifier_accuracy"] is not None:
-            where += f", classifier features (classifier test accuracy {_fmt(num['fd_classifier_accuracy'])})"
+            where += (f", in the features of flowkit's classifier, test accuracy "
+                      f"{_fmt(num['fd_classifier_accuracy'])}")
         samples.append(f"samples ({where}): " + " · ".join(parts))
         if num["class_recall"] is not None:
             samples.append(
                 f"within each class (mean over classes): precision {_fmt(num['class_precision'])}"
                 f" · recall {_fmt(num['class_recall'])} (worst class {_fmt(num['class_recall_min'])})"
                 f" · coverage {_fmt(num['class_coverage'])}")
-    latent = ""
+    latent = []
     if num["latent_collapsed_share"] is not None:
-        latent = (f"latent: {num['latent_collapsed_share']:.0%} of dimensions collapsed "
-                  f"(σ < 0.01), largest σ {_fmt(num['latent_sigma_max'])}")
+        latent = [f"latent: {num['latent_collapsed_share']:.0%} of dimensions collapsed "
+                  f"(σ < 0.01), largest σ {_fmt(num['latent_sigma_max'])}"]
+    density: list[str] = []
     if not meaningful:
-        return [*samples, why, *([latent] if latent else [])]
-    lines: list[str] = []
-    if num["test_bpd"] is not None:
+        density = [why]
+    elif num["test_bpd"] is not None:
         line = f"test bits/dim {_fmt(num['test_bpd'])}"
         if metrics.get("exact_density") is False:
             line += (" (latent density at the zero-padded image, not a density of the data; "
                      "not comparable with published numbers)")
-        lines.append(line)
+        if density_free:
+            line += (f" (an exact density, but {objective} training does not fit it: not "
+                     f"comparable with likelihood-trained flows)")
+        density = [line]
     elif num["test_nll"] is not None:
-        lines.append(f"test NLL {_fmt(num['test_nll'])} nats")
-    return [*lines, *samples, *([latent] if latent and samples else [])]
+        density = [f"test NLL {_fmt(num['test_nll'])} nats"]
+    if density_free:
+        return [*samples, *density, *latent]
+    return [*density, *samples, *(latent if samples else [])]

@@ -22,10 +22,12 @@ class StandardGaussian(Prior):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         self.check_latent(z)
-        return -0.5 * sum_except_batch(z.pow(2) + _LOG_2PI)
+        # the constant added once per example, not to every scalar: one pass over z fewer
+        return -0.5 * (sum_except_batch(z.square()) + math.prod(z.shape[1:]) * _LOG_2PI)
 
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        return temperature * torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
+        eps = torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
+        return eps if temperature == 1.0 else eps.mul_(temperature)
 
     def moments(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         zeros = torch.zeros(n, *self.shape, device=self.device, dtype=self.dtype)
