@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt docs/examples/flowkit-example-plugin/py
 	@# a distribution named `flowkit` (flowkit before its rename to torch-flowkit, or the unrelated
 	@# flow-cytometry package) would share the import name: never keep one beside torch-flowkit
 	$(BIN)/python -m pip uninstall --quiet --yes flowkit 2>/dev/null || true
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,docs]"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e docs/examples/flowkit-example-plugin
 	touch $(STAMP)
 
