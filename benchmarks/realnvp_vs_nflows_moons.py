@@ -21,8 +21,8 @@ import time
 import torch
 
 import flowkit
+from flowkit.builder import build_model
 from flowkit.data import DataMeta
-from flowkit.model import build_model
 from flowkit.runs import load_dataset
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "embeddings", "presets", "config"]
+# the plural a user types (and the heading printed) for each plugin kind of flowkit.registry.KINDS
+PLURALS = {"transform": "transforms", "prior": "priors", "objective": "objectives",
+           "dataset": "datasets", "embedding": "embeddings", "elementwise": "elementwise"}
+KIND_CHOICES = [*PLURALS.values(), "presets", "config"]
 
 
 @click.command("list")
@@ -12,20 +15,23 @@ KIND_CHOICES = ["transforms", "priors", "objectives", "datasets", "embeddings", 
 @click.option("--params", "show_params", is_flag=True,
               help="Also list each plugin's parameters: type, allowed range, default.")
 def list_plugins(kind: str | None, show_params: bool) -> None:
-    """List registered transforms, priors, objectives, datasets and context embeddings (and the
-    shipped presets). With --params, each parameter as `name: type range = default` (e.g.
-    `hidden: int ≥ 1 = 64`), and plugins that read a real-valued context say so. `flowkit list
-    config` lists the keys of [train], [eval] and [data] the same way (also shown by --params)."""
+    """List registered transforms, priors, objectives, datasets, context embeddings and the
+    elementwise maps of couplings and autoregressive flows (and the shipped presets). With
+    --params, each parameter as `name: type range = default` (e.g. `hidden: int ≥ 1 = 64`), and
+    plugins that read a real-valued context say so. `flowkit list config` lists the keys of
+    [train], [eval] and [data] the same way (also shown by --params)."""
     from flowkit.config import available_presets
     from flowkit.params import describe_parameters
     from flowkit.registry import KINDS, PluginLoadError, registry
 
     plugin_kind = kind not in ("presets", "config")
-    kinds = [kind[:-1]] if kind and plugin_kind else ([] if kind else list(KINDS))
+    singular = {plural: k for k, plural in PLURALS.items()}
+    kinds = [singular[kind]] if kind and plugin_kind else ([] if kind else list(KINDS))
     for k in kinds:
         reg = registry(k)
         entries = reg.entries()
-        click.secho(f"{k}s ({reg.group})", bold=True)
+        heading = "elementwise maps" if k == "elementwise" else PLURALS.get(k, f"{k}s")
+        click.secho(f"{heading} ({reg.group})", bold=True)
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             click.echo(f"  {entry.name:<{width}}  {entry.summary()}  [{entry.provider}]")

@@ -115,7 +115,13 @@ def _dry_run(config: dict) -> None:
 
 
 def _report(summary: dict) -> None:
+    """The run folder, the lines that judge the model (:func:`summary_headline`: samples first for
+    a GRN trained by OT, bits/dim first for a likelihood-trained flow), then the raw numbers."""
+    from flowkit.metrics.headline import summary_headline
+
     click.echo(f"run folder: {summary['run_dir']}")
+    for line in summary_headline(summary):
+        click.echo(line)
     keys = [k for k in ("test_bpd", "test_nll", "train_time_s", "train_examples_per_s")
             if k in summary]
     click.echo(json.dumps({k: summary[k] for k in keys}))

@@ -55,6 +55,9 @@ class TrainConfig:
 
     ``max_minutes`` > 0 stops training after that much training time (a wall-clock budget; the
     run then finishes normally). ``threads`` > 0 sets ``torch.set_num_threads``.
+    ``optimizer_impl`` chooses how the optimiser's update runs (:mod:`flowkit.optim`): ``auto``
+    measures the fused, foreach and for-loop updates once per machine, parameter layout and
+    device and keeps the fastest (cached); the others force one (same values up to round-off).
     ``sampler = "class-balanced"`` draws ``batch_size // num_classes`` examples of every class per
     step (labelled datasets only). ``invertible_backprop = true`` trains without storing the
     activations of blocks with an exact inverse: they are reconstructed from the outputs during
@@ -74,6 +77,7 @@ class TrainConfig:
     sampler: Literal["random", "class-balanced"] = "random"
     lr: Annotated[float, Range(0, min_inclusive=False)] = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     weight_decay: Annotated[float, Range(0)] = 0.0
     grad_clip: Annotated[float, Range(0, note="max gradient L2 norm; 0: off")] = 0.0
@@ -146,6 +150,7 @@ RESUMABLE_KEYS = SCHEDULE_KEYS | {
     "train.threads", "train.log_every", "train.eval_every", "train.sample_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.device",
     "train.invertible_backprop", "train.invertible_backprop_chunks", "train.compile",
+    "train.optimizer_impl",
     "eval.batch_size", "eval.max_examples", "eval.final_max_examples", "eval.n_samples",
     "eval.temperature", "data.data_dir"}
 #: The sections whose plugin may record effective values (see :func:`with_recorded_values`).

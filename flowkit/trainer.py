@@ -83,7 +83,7 @@ from flowkit.figures import save_run_figures, save_samples_figure
 from flowkit.metrics import evaluate_nll, latent_scale_stats
 from flowkit.metrics import likelihood as _likelihood
 from flowkit.objective import Batch
-from flowkit.optim import build_optimizer
+from flowkit.optim import build_optimizer, load_state_or_restart
 from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
 
 __all__ = ["Callback", "EarlyStopping", "StepOutput", "Trainer", "resume", "train"]
@@ -242,12 +242,16 @@ class Trainer:
         try:
             self.model.load_state_dict(training["model"])
             self.objective.load_state_dict(training["objective"])
-            self.optimizer.load_state_dict(training["optimizer"])
+            restored = load_state_or_restart(self.optimizer, training["optimizer"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"the checkpoint does not fit the model its run's config.toml describes: "
                 f"{str(exc).splitlines()[0]}"
             ) from exc
+        if not restored:
+            self.log("resume: the checkpoint's optimiser state groups its parameters differently "
+                     "(a checkpoint from an older flowkit, e.g. a MADE before its context weights "
+                     "were merged); the model resumes exactly, the optimiser's moments restart")
         reset = drop_mismatched_optimizer_state(self.optimizer)
         if reset:
             self.log(f"resume: the optimiser state of {reset} parameter tensor(s) was saved at "

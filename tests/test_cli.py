@@ -56,6 +56,18 @@ def test_list_shows_every_kind_with_provider():
     assert "Real NVP" in result.output or "Real-NVP" in result.output
 
 
+def test_list_one_kind_by_its_plural_including_elementwise_maps():
+    result = invoke("list", "elementwise")
+    ok(result)
+    assert result.output.startswith("elementwise maps (flowkit.elementwise)")
+    for name in ("additive", "affine", "rq-spline", "volume-preserving-affine"):
+        assert f"  {name} " in result.output
+    assert "transforms (" not in result.output
+    embeddings = invoke("list", "embeddings")
+    ok(embeddings)
+    assert embeddings.output.startswith("embeddings (flowkit.embeddings)")
+
+
 def test_list_params():
     result = invoke("list", "transforms", "--params")
     ok(result)

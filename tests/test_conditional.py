@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from flowkit import flows
+from flowkit.builder import build_model
 from flowkit.data.base import DataMeta
 from flowkit.distribution import FlowDistribution
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.model import build_model
 
 CONDITIONAL_BUILDERS = [flows.MAF, flows.IAF, flows.RealNVP, flows.NICE, flows.GIN]
 

@@ -240,3 +240,34 @@ def test_eval_on_the_validation_split(conditional_run: Path, tmp_path: Path):
     summary = json.loads((conditional_run / "summary.json").read_text())
     assert json.loads((conditional_run / "eval.json").read_text())["val_nll"] == pytest.approx(
         summary["best_val_nll"], abs=1e-5)
+
+
+def test_eval_scores_samples_drawn_at_the_test_contexts(conditional_run: Path):
+    result = invoke("eval", str(conditional_run), "--samples", "200")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((conditional_run / "eval.json").read_text())
+    # each sample is drawn with its test example's context, so a fitted p(x | c) matches the test
+    # data's joint spread; samples ignoring the context would miss the x0 ≈ 3c trend
+    n = int(scores["sample_examples"])  # min(200, size of the test split)
+    assert n >= 10
+    assert scores["precision"] > 0.6 and scores["recall"] > 0.6, scores
+    assert f"samples ({n} vs test data): precision" in result.output
+
+
+def test_sample_scores_of_a_context_model_see_the_context(conditional_run: Path, monkeypatch):
+    """Samples drawn at the wrong contexts have the right marginal but the wrong joint (x, c):
+    the scores must drop, so they judge p(x | c), not p(x)."""
+    import flowkit.metrics.variety as variety
+    from flowkit.runs import load_run
+
+    run = load_run(conditional_run)
+    data = run.load_data()
+    right = variety.sample_metrics(run.model, data, n=200)
+    draw = variety.draw_samples
+
+    def at_wrong_contexts(model, n, labels, **kw):
+        return draw(model, n, labels.flip(0), **kw)
+
+    monkeypatch.setattr(variety, "draw_samples", at_wrong_contexts)
+    wrong = variety.sample_metrics(run.model, data, n=200)
+    assert right["precision"] - wrong["precision"] > 0.2, (right, wrong)

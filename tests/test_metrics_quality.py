@@ -14,6 +14,7 @@ import torch
 
 import flowkit
 from flowkit import registry
+from flowkit.builder import build_model
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError
 from flowkit.metrics import (
@@ -34,7 +35,7 @@ from flowkit.metrics import (
 )
 from flowkit.metrics.sample_quality import random_directions
 from flowkit.metrics.sampling import draw_samples, reference_batch
-from flowkit.model import Flow, build_model
+from flowkit.model import Flow
 
 
 @pytest.fixture(scope="module")

@@ -266,3 +266,19 @@ class _keep_open:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+def test_an_optimiser_state_of_another_layout_resumes_with_fresh_moments(tmp_path: Path):
+    """A checkpoint whose optimiser grouped the parameters into more tensors (an older flowkit's
+    conditional MADE: 8 tensors, now 6) resumes: the model exactly, the moments restarted."""
+    run_dir = tmp_path / "run"
+    flowkit.train(config("train.steps=4"), run_dir, progress=False, log=lambda _: None)
+    path = list_checkpoints(run_dir)[-1]
+    state = torch.load(path, weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = [*group["params"], max(group["params"]) + 1]  # one tensor more than now
+    torch.save(state, path)
+    messages: list[str] = []
+    summary = resume(run_dir, config("train.steps=6"), progress=False, log=messages.append)
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert any("the optimiser's moments restart" in m for m in messages), messages

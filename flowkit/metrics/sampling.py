@@ -56,8 +56,11 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def reference_batch(data: DataSplits, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
     """``min(n, N_test)`` dequantized test examples drawn without replacement from ``seed``.
 
-    Returns the examples (CPU, float32 as stored) and their labels (``None`` for unlabelled data).
-    The subset and the dequantization noise are both functions of ``seed``.
+    Returns the examples (CPU, float32 as stored) and what each was observed with: its class
+    label, or its real-valued context row for a dataset with ``test_context`` (``None`` when it
+    has neither). :func:`draw_samples` draws each sample with that same label or context, so a
+    conditional model is compared with the test data at the contexts the data came from. The
+    subset and the dequantization noise are both functions of ``seed``.
     """
     if n < 1:
         raise ConfigError(f"the number of samples for a sample-quality metric must be >= 1, got {n}")
@@ -65,8 +68,10 @@ def reference_batch(data: DataSplits, n: int, seed: int) -> tuple[Tensor, Tensor
     total = data.test.shape[0]
     idx = torch.randperm(total, generator=gen)[:min(n, total)]
     x = dequantize(data.test[idx], data.levels, gen)
-    labels = data.test_labels[idx] if data.test_labels is not None else None
-    return x, labels
+    if data.test_labels is not None:
+        return x, data.test_labels[idx]
+    context = getattr(data, "test_context", None)
+    return x, (context[idx] if context is not None else None)
 
 
 @torch.inference_mode()
@@ -82,12 +87,16 @@ def draw_samples(
     """``n`` model samples on the model's device, deterministic given ``seed`` and ``batch_size``.
 
     With ``labels`` (shape ``(n,)``) and a model that knows classes, sample ``i`` is drawn with
-    class ``labels[i]`` as context; otherwise the model's default context is used. Drawn in
+    class ``labels[i]`` as context; with a float ``labels`` of shape ``(n, *context_shape)`` and
+    a model on a real-valued context, with the context row ``labels[i]``; otherwise the model's
+    default context is used. Drawn in
     batches of ``batch_size`` in eval mode; the caller's random state is left untouched.
     """
-    if labels is not None and labels.shape != (n,):
+    real_context = getattr(model, "context_shape", None) is not None
+    if labels is not None and (labels.shape[:1] != (n,) or (labels.dim() != 1 and not real_context)):
         raise ConfigError(f"draw_samples: expected {n} labels, got shape {tuple(labels.shape)}")
-    use_labels = labels is not None and bool(model.num_classes)
+    use_labels = labels is not None and (real_context if labels.is_floating_point()
+                                         else bool(model.num_classes))
     device = model.device
     chunks = []
     with eval_mode(model), seeded(seed, device):

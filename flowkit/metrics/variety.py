@@ -204,6 +204,8 @@ def sample_metrics(
     * ``fd`` — the Fréchet distance in the same features (equal to ``frechet_distance``'s);
     * ``sample_examples`` — ``n'``; with the classifier also ``fd_classifier_accuracy`` (its
       test accuracy);
+    * for models of a real-valued context ``p(x | c)`` on tabular data, every score is computed
+      on the joint ``(x, c)``: the sample drawn at test context ``c_i`` is paired with ``c_i``;
     * for class-conditional models on labelled data: ``sample_accuracy`` (share of samples the
       classifier assigns to the class they were drawn with; labelled images only) and the
       per-class means of :func:`per_class_variety`.
@@ -233,6 +235,12 @@ def sample_metrics(
         out["fd_classifier_accuracy"] = float(accuracy)
     else:
         fake, real = samples.flatten(1).double(), reference.flatten(1).double()
+        if labels is not None and labels.is_floating_point():
+            # a model of p(x | c) is judged on the joint (x, c): each sample sits beside the
+            # context it was drawn with, so samples that ignore c score low even when their
+            # marginal matches the data's
+            c = labels.flatten(1).double()
+            fake, real = torch.cat([fake, c], 1), torch.cat([real, c], 1)
     out.update(variety_scores(real, fake, k_pr=k_pr, k_dc=k_dc))
     out["fd"] = frechet_distance_features(fake, real)
     out["sample_examples"] = float(m)
