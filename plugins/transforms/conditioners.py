@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Annotated, Protocol
 
 import torch
@@ -109,7 +110,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_features)`` to ``(B, out_features)``."""
         h = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        for layer in self.body[::2]:  # nn.Linear at even positions, nn.ReLU after each
+        for layer in islice(self.body, 0, None, 2):  # nn.Linear at even positions, then nn.ReLU
             h = linear(h, layer.weight, layer.bias, relu=True)
         out = linear(h, self.out.weight, self.out.bias)
         return out.reshape(*x.shape[:-1], out.shape[-1]) if x.dim() != 2 else out
