@@ -15,7 +15,7 @@ export FLOWKIT_DATA
 RUN_NAME := realnvp-mle-digits-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS ?=
 
-.PHONY: train test lint install dist clean
+.PHONY: train test lint format install dist clean
 
 $(STAMP): pyproject.toml constraints.txt docs/examples/flowkit-example-plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,13 @@ test: $(STAMP)
 # tree has the installed layout (flowkit.plugins, flowkit.cli) that package-dir gives wheels.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+
+# the house style: ruff format (checked by make lint and the pre-commit hooks)
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # sdist first, then the wheel built from the unpacked sdist (so a file missing from the sdist
 # fails here, not on a user's machine); twine check when twine is installed

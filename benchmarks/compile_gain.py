@@ -32,8 +32,7 @@ def measure(preset: str, data_dir: str | None, threads: int, repeats: int) -> di
     """Compilation time and median eager and compiled step times of one preset."""
     overrides = [f"train.threads={threads}"] if threads else []
     cfg = load_config(preset, overrides, data_dir=data_dir)
-    trainer = Trainer(cfg, tempfile.mkdtemp(prefix="flowkit-compile-"), progress=False,
-                      log=lambda _: None)
+    trainer = Trainer(cfg, tempfile.mkdtemp(prefix="flowkit-compile-"), progress=False, log=lambda _: None)
     trainer.initialize()
     trainer.model.train()
     transform = trainer.model.transform
@@ -65,8 +64,12 @@ def measure(preset: str, data_dir: str | None, threads: int, repeats: int) -> di
             times[name].append(time.perf_counter() - t)
     transform.forward = eager
     eager_s, compiled_s = statistics.median(times["eager"]), statistics.median(times["compiled"])
-    return {"compile_s": compile_s, "eager_ms": 1e3 * eager_s, "compiled_ms": 1e3 * compiled_s,
-            "ratio": compiled_s / eager_s}
+    return {
+        "compile_s": compile_s,
+        "eager_ms": 1e3 * eager_s,
+        "compiled_ms": 1e3 * compiled_s,
+        "ratio": compiled_s / eager_s,
+    }
 
 
 def main() -> None:
@@ -85,8 +88,11 @@ def main() -> None:
             warnings.simplefilter("ignore", FutureWarning)
             r = measure(preset, args.data_dir, args.threads, args.repeats)
         torch._dynamo.reset()
-        print(f"{preset:<18}{r['compile_s']:>10.1f}{r['eager_ms']:>10.1f}"
-              f"{r['compiled_ms']:>13.1f}{r['ratio']:>8.3f}", flush=True)
+        print(
+            f"{preset:<18}{r['compile_s']:>10.1f}{r['eager_ms']:>10.1f}"
+            f"{r['compiled_ms']:>13.1f}{r['ratio']:>8.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

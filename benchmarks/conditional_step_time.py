@@ -34,8 +34,7 @@ def measure(tasks: list[str], repeats: int, rounds: int, threads: int) -> dict[s
     """Per task and flowkit row: median (min, max) over repeats of the wall and CPU ratios."""
     torch.set_num_threads(threads)
     settings = replace(Settings(), timing_rounds=rounds, threads=threads)
-    out: dict[str, object] = {"threads": threads, "repeats": repeats, "rounds": rounds,
-                              "tasks": {}}
+    out: dict[str, object] = {"threads": threads, "repeats": repeats, "rounds": rounds, "tasks": {}}
     for name in tasks:
         task = get_task(name)
         theta, x = task.joint(settings.batch_size, generator("timing", task.name))
@@ -53,9 +52,14 @@ def measure(tasks: list[str], repeats: int, rounds: int, threads: int) -> dict[s
                     if row.startswith("flowkit") and ratio is not None:
                         store.setdefault(row, []).append(ratio)
         out["tasks"][name] = {
-            row: {kind: {"median": round(statistics.median(v), 3),
-                         "range": [round(min(v), 3), round(max(v), 3)]}
-                  for kind, v in (("wall", wall[row]), ("cpu", cpu.get(row, []))) if v}
+            row: {
+                kind: {
+                    "median": round(statistics.median(v), 3),
+                    "range": [round(min(v), 3), round(max(v), 3)],
+                }
+                for kind, v in (("wall", wall[row]), ("cpu", cpu.get(row, [])))
+                if v
+            }
             for row in wall
         } | {"load_average": [round(v, 2) for v in loads]}
         print(name, json.dumps(out["tasks"][name]), flush=True)

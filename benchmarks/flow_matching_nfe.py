@@ -37,18 +37,22 @@ from flowkit.runs import load_run
 from flowkit.trainer import train
 
 
-def train_one(data: str, coupling: str, steps: int, seed: int, threads: int,
-              out: Path) -> dict[str, Any]:
+def train_one(data: str, coupling: str, steps: int, seed: int, threads: int, out: Path) -> dict[str, Any]:
     """Train ``cnf-fm-<data>`` with ``coupling``; return the summary and the run folder."""
-    overrides = [f"objective.coupling={coupling}", f"train.steps={steps}",
-                 f"train.seed={seed}", f"train.threads={threads}", "train.eval_every=0",
-                 "train.sample_every=0", f"train.checkpoint_every={steps}"]
+    overrides = [
+        f"objective.coupling={coupling}",
+        f"train.steps={steps}",
+        f"train.seed={seed}",
+        f"train.threads={threads}",
+        "train.eval_every=0",
+        "train.sample_every=0",
+        f"train.checkpoint_every={steps}",
+    ]
     config = flowkit.load_config(f"cnf-fm-{data}", overrides)
     run_dir = out / f"{data}-{coupling}-s{seed}"
     t0 = time.perf_counter()
     summary = train(config, run_dir=run_dir, progress=False, log=lambda _: None)
-    return {"run_dir": run_dir, "test_nll": summary["test_nll"],
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    return {"run_dir": run_dir, "test_nll": summary["test_nll"], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 @torch.no_grad()
@@ -67,10 +71,12 @@ def measure_nfe(run_dir: Path, tol: float, batch: int, singles: int, seed: int) 
     sample_batch = cnf.last_nfe
     test = run.load_data().test[:batch]
     model.encode(test)
-    return {"nfe_sample_1": statistics.mean(per_sample),
-            "nfe_sample_1_max": max(per_sample),
-            "nfe_sample_batch": sample_batch,
-            "nfe_encode_batch": cnf.last_nfe}
+    return {
+        "nfe_sample_1": statistics.mean(per_sample),
+        "nfe_sample_1_max": max(per_sample),
+        "nfe_sample_batch": sample_batch,
+        "nfe_encode_batch": cnf.last_nfe,
+    }
 
 
 def main() -> None:
@@ -90,20 +96,30 @@ def main() -> None:
         for seed in args.seeds:
             for coupling in ("independent", "ot"):
                 trained = train_one(args.data, coupling, args.steps, seed, args.threads, Path(tmp))
-                nfe = measure_nfe(trained.pop("run_dir"), args.tol, args.batch, args.singles,
-                                  seed)
-                row = {"data": args.data, "coupling": coupling, "seed": seed,
-                       "steps": args.steps, "tol": args.tol, **trained, **nfe}
+                nfe = measure_nfe(trained.pop("run_dir"), args.tol, args.batch, args.singles, seed)
+                row = {
+                    "data": args.data,
+                    "coupling": coupling,
+                    "seed": seed,
+                    "steps": args.steps,
+                    "tol": args.tol,
+                    **trained,
+                    **nfe,
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\n{args.data}, {args.steps} steps, dopri5 atol = rtol = {args.tol:g}\n")
-    print("| coupling | seed | NFE / sample (mean, max) | NFE, batch of "
-          f"{args.batch} samples | NFE, encode {args.batch} | test NLL | train s |")
+    print(
+        "| coupling | seed | NFE / sample (mean, max) | NFE, batch of "
+        f"{args.batch} samples | NFE, encode {args.batch} | test NLL | train s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['coupling']} | {r['seed']} | {r['nfe_sample_1']:.1f}, {r['nfe_sample_1_max']} "
-              f"| {r['nfe_sample_batch']} | {r['nfe_encode_batch']} | {r['test_nll']:.3f} "
-              f"| {r['wall_s']} |")
+        print(
+            f"| {r['coupling']} | {r['seed']} | {r['nfe_sample_1']:.1f}, {r['nfe_sample_1_max']} "
+            f"| {r['nfe_sample_batch']} | {r['nfe_encode_batch']} | {r['test_nll']:.3f} "
+            f"| {r['wall_s']} |"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -109,11 +109,19 @@ def build_stack(blocks: int, hidden: int, num_blocks: int, seed: int) -> Sequent
     squeeze = registry.transforms.build("squeeze", {}, injected={"event_shape": (3, 32, 32)})
     steps: list[Transform] = [squeeze]
     for k in range(blocks):
-        steps.append(registry.transforms.build(
-            "additive-coupling",
-            {"mask": "checkerboard", "parity": bool(k % 2), "conditioner": "conv",
-             "hidden": hidden, "num_blocks": num_blocks},
-            injected={"event_shape": squeeze.output_shape}))
+        steps.append(
+            registry.transforms.build(
+                "additive-coupling",
+                {
+                    "mask": "checkerboard",
+                    "parity": bool(k % 2),
+                    "conditioner": "conv",
+                    "hidden": hidden,
+                    "num_blocks": num_blocks,
+                },
+                injected={"event_shape": squeeze.output_shape},
+            )
+        )
     stack = Sequential(steps)
     with torch.no_grad():  # off the identity initialisation, without blowing the stack up
         for p in stack.parameters():
@@ -150,9 +158,12 @@ class MemCNNStack(nn.Module):
         memcnn = _import_memcnn()
         steps = list(stack.steps)
         self.squeeze = steps[0]
-        self.blocks = nn.Sequential(*(
-            memcnn.InvertibleModuleWrapper(_MemCNNAdapter(b), keep_input=False,
-                                           keep_input_inverse=False) for b in steps[1:]))
+        self.blocks = nn.Sequential(
+            *(
+                memcnn.InvertibleModuleWrapper(_MemCNNAdapter(b), keep_input=False, keep_input_inverse=False)
+                for b in steps[1:]
+            )
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, _ = self.squeeze(x)
@@ -281,8 +292,7 @@ class Bench:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = torch.device(args.device)
-        self.stack = build_stack(args.blocks, args.hidden, args.num_blocks,
-                                 args.seed).to(self.device).train()
+        self.stack = build_stack(args.blocks, args.hidden, args.num_blocks, args.seed).to(self.device).train()
         self.optimizer = torch.optim.Adam(self.stack.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(args.seed + 1)
         self.x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(self.device)
@@ -365,9 +375,14 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
             cpu[name].append(time.process_time() - c0)
             faults[name].append(_minor_faults() - f0)
     out: dict[str, Any] = {
-        v: {"step_s": statistics.median(wall[v]), "cpu_s": statistics.median(cpu[v]),
+        v: {
+            "step_s": statistics.median(wall[v]),
+            "cpu_s": statistics.median(cpu[v]),
             "faults": statistics.median(faults[v]),
-            "step_s_all": [round(t, 4) for t in wall[v]]} for v in runs}
+            "step_s_all": [round(t, 4) for t in wall[v]],
+        }
+        for v in runs
+    }
     out[FORWARD]["gflop"] = flops / 1e9
     out[REFERENCE]["gflop"] = widest_flops / 1e9
     return out
@@ -392,8 +407,7 @@ def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, float, tuple[tuple[
         if f > widest[0]:
             widest = (f, (tuple(inputs[0].shape), tuple(w.shape)))
 
-    handles = [m.register_forward_hook(hook) for m in stack.modules()
-               if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in stack.modules() if isinstance(m, nn.Conv2d)]
     was = onednn_mode()
     set_onednn_linear(False)
     try:
@@ -408,11 +422,30 @@ def conv_flops(stack: Sequential, x: Tensor) -> tuple[float, float, tuple[tuple[
 
 def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") -> dict[str, Any]:
     """Run one measurement in a fresh subprocess (memory with the mmap threshold fixed)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--measure", measure, "--variant", variant,
-           "--device", args.device, "--batch", str(args.batch), "--blocks", str(args.blocks),
-           "--hidden", str(args.hidden), "--num-blocks", str(args.num_blocks),
-           "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--measure",
+        measure,
+        "--variant",
+        variant,
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--blocks",
+        str(args.blocks),
+        "--hidden",
+        str(args.hidden),
+        "--num-blocks",
+        str(args.num_blocks),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
     env = dict(os.environ)
     if measure == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -422,16 +455,20 @@ def _spawn(args: argparse.Namespace, measure: str, variant: str = "autograd") ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", choices=("memory", "time"),
-                        help="take one measurement in this process (internal)")
-    parser.add_argument("--variant", choices=VARIANTS, default="autograd",
-                        help="the variant --measure memory measures (internal)")
+    parser.add_argument(
+        "--measure", choices=("memory", "time"), help="take one measurement in this process (internal)"
+    )
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="autograd",
+        help="the variant --measure memory measures (internal)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--num-blocks", type=int, default=2,
-                        help="residual blocks per conditioner")
+    parser.add_argument("--num-blocks", type=int, default=2, help="residual blocks per conditioner")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -449,17 +486,23 @@ def main() -> None:
             if row.get(key) is not None and base.get(key):
                 row[f"{key}_ratio"] = round(row[key] / base[key], 3)
     forward = times[FORWARD]
-    naive = {"variant": "autograd+fwd", "forward_no_graph_s": forward["step_s"],
-             "step_s": base["step_s"] + forward["step_s"],
-             "cpu_s": base["cpu_s"] + forward["cpu_s"]}
+    naive = {
+        "variant": "autograd+fwd",
+        "forward_no_graph_s": forward["step_s"],
+        "step_s": base["step_s"] + forward["step_s"],
+        "cpu_s": base["cpu_s"] + forward["cpu_s"],
+    }
     naive["step_s_ratio"] = round(naive["step_s"] / base["step_s"], 3)
     naive["cpu_s_ratio"] = round(naive["cpu_s"] / base["cpu_s"], 3)
     ref = times[REFERENCE]
-    rates = {"forward_gflop": round(forward["gflop"], 2),
-             "forward_gflops": round(forward["gflop"] / forward["step_s"], 1),
-             "reference_conv_gflops": round(ref["gflop"] / ref["step_s"], 1)}
+    rates = {
+        "forward_gflop": round(forward["gflop"], 2),
+        "forward_gflops": round(forward["gflop"] / forward["step_s"], 1),
+        "reference_conv_gflops": round(ref["gflop"] / ref["step_s"], 1),
+    }
     rates["forward_fraction_of_reference"] = round(
-        rates["forward_gflops"] / rates["reference_conv_gflops"], 3)
+        rates["forward_gflops"] / rates["reference_conv_gflops"], 3
+    )
     # convolution work per step in forward passes: autograd 3 (forward, input and weight
     # gradients), any method that keeps no activations 4 (one forward more)
     rates["autograd_conv_gflops"] = round(3 * forward["gflop"] / base["step_s"], 1)
@@ -467,25 +510,35 @@ def main() -> None:
     if args.json:
         print(json.dumps([*rows, naive], indent=2))
         return
-    print(f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
-          f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)")
-    print(f"{'variant':<15}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
-          f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}{'faults':>9}")
+    print(
+        f"{args.blocks} additive couplings on 12×16×16, hidden {args.hidden}, batch {args.batch},"
+        f" device {rows[0]['device']}, {rows[0]['threads']} thread(s)"
+    )
+    print(
+        f"{'variant':<15}{'tensor peak MB':>16}{'ratio':>8}{'RSS peak MB':>13}{'ratio':>8}"
+        f"{'step s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}{'faults':>9}"
+    )
     nan = float("nan")
     for row in rows:
         rss = row.get("rss_peak")
-        print(f"{row['variant']:<15}{row['tensor_peak'] / 2**20:>16.1f}"
-              f"{row.get('tensor_peak_ratio', nan):>8.3f}"
-              f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
-              f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"
-              f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}{row['faults']:>9.0f}")
-    print(f"{'autograd+fwd':<15}{'':>16}{'':>8}{'':>13}{'':>8}{naive['step_s']:>9.3f}"
-          f"{naive['step_s_ratio']:>8.3f}{naive['cpu_s']:>9.3f}{naive['cpu_s_ratio']:>8.3f}"
-          f"   (autograd step + the stack's forward without a graph, {forward['step_s']:.3f} s)")
-    print(f"convolutions: {rates['forward_gflop']:.1f} GFLOP a forward pass; without a graph at "
-          f"{rates['forward_gflops']:.0f} GFLOP/s = {rates['forward_fraction_of_reference']:.2f}× "
-          f"the widest convolution alone ({rates['reference_conv_gflops']:.0f} GFLOP/s); an "
-          f"autograd step (3 passes' worth) at {rates['autograd_conv_gflops']:.0f} GFLOP/s")
+        print(
+            f"{row['variant']:<15}{row['tensor_peak'] / 2**20:>16.1f}"
+            f"{row.get('tensor_peak_ratio', nan):>8.3f}"
+            f"{(rss or 0) / 2**20:>13.1f}{row.get('rss_peak_ratio', nan):>8.3f}"
+            f"{row['step_s']:>9.3f}{row.get('step_s_ratio', nan):>8.3f}"
+            f"{row['cpu_s']:>9.3f}{row.get('cpu_s_ratio', nan):>8.3f}{row['faults']:>9.0f}"
+        )
+    print(
+        f"{'autograd+fwd':<15}{'':>16}{'':>8}{'':>13}{'':>8}{naive['step_s']:>9.3f}"
+        f"{naive['step_s_ratio']:>8.3f}{naive['cpu_s']:>9.3f}{naive['cpu_s_ratio']:>8.3f}"
+        f"   (autograd step + the stack's forward without a graph, {forward['step_s']:.3f} s)"
+    )
+    print(
+        f"convolutions: {rates['forward_gflop']:.1f} GFLOP a forward pass; without a graph at "
+        f"{rates['forward_gflops']:.0f} GFLOP/s = {rates['forward_fraction_of_reference']:.2f}× "
+        f"the widest convolution alone ({rates['reference_conv_gflops']:.0f} GFLOP/s); an "
+        f"autograd step (3 passes' worth) at {rates['autograd_conv_gflops']:.0f} GFLOP/s"
+    )
     if "memcnn" not in available_variants():
         print("memcnn: not installed (pip install --no-deps memcnn), not measured")
 

@@ -33,11 +33,21 @@ def main() -> None:
     for data in args.datasets:
         row = {"data": data}
         for transform in ("maf", "nflows-maf"):
-            config = flowkit.load_config(None, [
-                f"train.steps={args.steps}", "train.batch_size=256", "train.scheduler=cosine",
-                "transform.num_layers=5", "transform.hidden=64", "train.eval_every=0",
-                "train.sample_every=0", "train.checkpoint_every=0"],
-                transform=transform, data=data)
+            config = flowkit.load_config(
+                None,
+                [
+                    f"train.steps={args.steps}",
+                    "train.batch_size=256",
+                    "train.scheduler=cosine",
+                    "transform.num_layers=5",
+                    "transform.hidden=64",
+                    "train.eval_every=0",
+                    "train.sample_every=0",
+                    "train.checkpoint_every=0",
+                ],
+                transform=transform,
+                data=data,
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 summary = flowkit.train(config, f"{tmp}/run", progress=False, log=lambda _: None)
             row[f"{transform} test NLL"] = round(summary["test_nll"], 4)

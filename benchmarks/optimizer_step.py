@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.peers.flowkit_models import build_flow
 
-VARIANTS = {"foreach": {"foreach": True}, "per-tensor": {"foreach": False},
-            "fused": {"fused": True}}
+VARIANTS = {"foreach": {"foreach": True}, "per-tensor": {"foreach": False}, "fused": {"fused": True}}
 ARCHS = ("realnvp784", "glow28", "maf-conditional", "nsf-conditional")
 
 
@@ -48,8 +47,9 @@ def _parameters(arch: str) -> list[torch.Tensor]:
     return [p.detach() for p in model.parameters() if p.requires_grad]
 
 
-def measure(arch: str = "realnvp784", steps: int = 30, warmup: int = 3,
-            threads: int | None = None) -> dict[str, object]:
+def measure(
+    arch: str = "realnvp784", steps: int = 30, warmup: int = 3, threads: int | None = None
+) -> dict[str, object]:
     """Median ``step()`` time of each Adam implementation on ``arch``'s parameters."""
     if threads:
         torch.set_num_threads(threads)
@@ -65,22 +65,27 @@ def measure(arch: str = "realnvp784", steps: int = 30, warmup: int = 3,
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(warmup + steps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             runs[name][1].step()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     medians = {name: 1000 * statistics.median(t) for name, t in times.items()}
     base = runs["foreach"][0]
-    max_diff = max(float((a - b).detach().abs().max()) for name, (params, _) in runs.items()
-                   for a, b in zip(params, base, strict=True))
+    max_diff = max(
+        float((a - b).detach().abs().max())
+        for name, (params, _) in runs.items()
+        for a, b in zip(params, base, strict=True)
+    )
     from flowkit.optim import choose_implementation
 
     return {
-        "arch": arch, "parameters": sum(p.numel() for p in reference),
+        "arch": arch,
+        "parameters": sum(p.numel() for p in reference),
         "tensors": len(reference),
         "build_optimizer_choice": choose_implementation(reference, "adam", {"lr": 1e-4}),
-        "threads": torch.get_num_threads(), "steps": steps,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
         "step_ms": {k: round(v, 3) for k, v in medians.items()},
         "ratio_vs_foreach": {k: round(v / medians["foreach"], 3) for k, v in medians.items()},
         "max_param_difference": max_diff,

@@ -36,8 +36,9 @@ from flowkit.runs import load_run
 from flowkit.trainer import train
 
 
-def compare_exact_solvers(run_dir: Path, data_dir: str | None, per_class: int,
-                          repeats: int = 3) -> dict[str, float]:
+def compare_exact_solvers(
+    run_dir: Path, data_dir: str | None, per_class: int, repeats: int = 3
+) -> dict[str, float]:
     """Median time (ms) of each exact solver over the same per-class cost matrices, interleaved.
 
     The matrices are those the objective builds: Euclidean costs between the run's encodings of
@@ -55,7 +56,7 @@ def compare_exact_solvers(run_dir: Path, data_dir: str | None, per_class: int,
             costs.append(matching.pairwise_cost(z, run.model.prior.sample(len(idx), labels)))
     times: dict[str, list[float]] = {"lsa": [], "emd": []}
     for r in range(repeats):
-        for solver in (("lsa", "emd") if r % 2 else ("emd", "lsa")):
+        for solver in ("lsa", "emd") if r % 2 else ("emd", "lsa"):
             t0 = time.perf_counter()
             for cost in costs:
                 matching.exact_plan(cost, solver)
@@ -63,51 +64,77 @@ def compare_exact_solvers(run_dir: Path, data_dir: str | None, per_class: int,
     return {k: round(statistics.median(v), 1) for k, v in times.items()}
 
 
-def measure(solver: str, steps: int, threads: int, data_dir: str | None,
-            batch_size: int | None, compare: bool = False) -> dict[str, Any]:
+def measure(
+    solver: str, steps: int, threads: int, data_dir: str | None, batch_size: int | None, compare: bool = False
+) -> dict[str, Any]:
     """Train ``steps`` steps of grn-ot-mnist with ``solver``; medians after the first step.
 
     With ``compare``, also time both exact solvers on the trained model's cost matrices.
     """
-    overrides = [f"objective.solver={solver}", f"train.steps={steps}", "train.log_every=1",
-                 "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0",
-                 f"train.threads={threads}", "eval.final_max_examples=100", "eval.n_samples=10"]
+    overrides = [
+        f"objective.solver={solver}",
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.sample_every=0",
+        "train.checkpoint_every=0",
+        f"train.threads={threads}",
+        "eval.final_max_examples=100",
+        "eval.n_samples=10",
+    ]
     if batch_size:
         overrides.append(f"train.batch_size={batch_size}")
     config = flowkit.load_config("grn-ot-mnist", overrides, data_dir=data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         train(config, run_dir, progress=False, log=lambda _msg: None)
-        records = [json.loads(line) for line in
-                   (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        records = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         batch = config["train"]["batch_size"]
         exact = compare_exact_solvers(run_dir, data_dir, max(batch // 10, 2)) if compare else {}
     steps_logged = [r for r in records if "match_ms" in r and r.get("kind") != "final"]
     timed = steps_logged[1:] or steps_logged
     step_ms = statistics.median(1000.0 * batch / r["examples_per_s"] for r in timed)
     match_ms = statistics.median(r["match_ms"] for r in timed)
-    return {"solver": solver, "match_ms": round(match_ms, 1), "step_ms": round(step_ms, 1),
-            "match_share": round(match_ms / step_ms, 4), "classes": timed[-1].get("classes"),
-            "batch_size": batch, "steps_timed": len(timed),
-            **({"exact_solver_ms": exact} if exact else {})}
+    return {
+        "solver": solver,
+        "match_ms": round(match_ms, 1),
+        "step_ms": round(step_ms, 1),
+        "match_share": round(match_ms / step_ms, 4),
+        "classes": timed[-1].get("classes"),
+        "batch_size": batch,
+        "steps_timed": len(timed),
+        **({"exact_solver_ms": exact} if exact else {}),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("FLOWKIT_DATA"),
-                        help="folder with mnist/ (default: $FLOWKIT_DATA)")
-    parser.add_argument("--solvers", nargs="+", default=["auto", "emd"],
-                        choices=["auto", "lsa", "emd", "sinkhorn"])
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("FLOWKIT_DATA"),
+        help="folder with mnist/ (default: $FLOWKIT_DATA)",
+    )
+    parser.add_argument(
+        "--solvers", nargs="+", default=["auto", "emd"], choices=["auto", "lsa", "emd", "sinkhorn"]
+    )
     parser.add_argument("--steps", type=int, default=3, help="training steps per solver (≥ 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="override the preset's 6500 (for a quick check)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="override the preset's 6500 (for a quick check)"
+    )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    rows = [measure(s, max(args.steps, 2), args.threads, args.data_dir, args.batch_size,
-                    compare=i == 0) for i, s in enumerate(args.solvers)]
-    setup = {"threads": args.threads, "torch": torch.__version__,
-             "load_avg_1min": round(os.getloadavg()[0], 2)}
+    rows = [
+        measure(s, max(args.steps, 2), args.threads, args.data_dir, args.batch_size, compare=i == 0)
+        for i, s in enumerate(args.solvers)
+    ]
+    setup = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps({"rows": rows, "setup": setup}, indent=2))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

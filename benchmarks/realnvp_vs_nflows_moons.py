@@ -84,8 +84,7 @@ def main() -> None:
     theirs = nflows_realnvp(2, config["transform"]["hidden"], config["transform"]["num_layers"])
     models = {"flowkit": (ours, ours.log_prob), "nflows": (theirs, theirs.log_prob)}
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, (m, _) in models.items()}
-    schedulers = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, args.steps)
-                  for k, o in optimizers.items()}
+    schedulers = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, args.steps) for k, o in optimizers.items()}
     times = {k: 0.0 for k in models}
     gen = torch.Generator().manual_seed(args.seed)
     n = data.train.shape[0]
@@ -107,10 +106,16 @@ def main() -> None:
         }
         for name, (model, log_prob) in models.items()
     }
-    results["time_ratio_flowkit_over_nflows"] = (results["flowkit"]["ms_per_step"]
-                                                 / results["nflows"]["ms_per_step"])
-    results["setup"] = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-                        "torch": torch.__version__, "threads": torch.get_num_threads()}
+    results["time_ratio_flowkit_over_nflows"] = (
+        results["flowkit"]["ms_per_step"] / results["nflows"]["ms_per_step"]
+    )
+    results["setup"] = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

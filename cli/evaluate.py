@@ -10,24 +10,60 @@ import click
 
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Dataset folder, if it moved since training (default: the run's, or "
-                   "$FLOWKIT_DATA).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A specific checkpoint file (default: the newest).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
-              show_default=True, help="val: the validation split (datasets that have one).")
-@click.option("--max-examples", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Evaluate only the first N examples (0 = all).")
-@click.option("--sample-accuracy", "per_class", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also classify N samples per class with flowkit's own classifier for the "
-                   "dataset (class-conditional models).")
-@click.option("--samples", "num_samples", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also score N samples against as many test examples: precision, recall, "
-                   "density, coverage, Fréchet distance (and class accuracy and per-class "
-                   "variety for class-conditional models on labelled data).")
-def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, split: str,
-             max_examples: int, per_class: int, num_samples: int) -> None:
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Dataset folder, if it moved since training (default: the run's, or $FLOWKIT_DATA).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A specific checkpoint file (default: the newest).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train"]),
+    default="test",
+    show_default=True,
+    help="val: the validation split (datasets that have one).",
+)
+@click.option(
+    "--max-examples",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Evaluate only the first N examples (0 = all).",
+)
+@click.option(
+    "--sample-accuracy",
+    "per_class",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Also classify N samples per class with flowkit's own classifier for the "
+    "dataset (class-conditional models).",
+)
+@click.option(
+    "--samples",
+    "num_samples",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Also score N samples against as many test examples: precision, recall, "
+    "density, coverage, Fréchet distance (and class accuracy and per-class "
+    "variety for class-conditional models on labelled data).",
+)
+def evaluate(
+    run_dir: Path,
+    data_dir: Path | None,
+    checkpoint: Path | None,
+    split: str,
+    max_examples: int,
+    per_class: int,
+    num_samples: int,
+) -> None:
     """Print test NLL (nats), NLL per dimension and bits/dim of RUN_DIR; write eval.json.
 
     With --samples N, also the sample metrics (precision/recall of Kynkäänniemi et al. 2019,
@@ -48,22 +84,31 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
     run = load_run(run_dir, checkpoint)
     data = run.load_data(data_dir)
     if getattr(data, split) is None:
-        raise ConfigError(f"--split {split}: dataset {data.name!r} of this run has no {split} "
-                          f"split; use --split test")
-    metrics = evaluate_nll(run.model, data, split=split,
-                           batch_size=run.config["eval"]["batch_size"], max_examples=max_examples,
-                           dequantize_data=bool(run.config["data"]["dequantize"]),
-                           seed=run.config["train"]["seed"])
-    result = {"step": run.step, "checkpoint": run.checkpoint.name,
-              "exact_density": run.model.exact_density, **metrics,
-              **latent_scale_stats(run.model)}
+        raise ConfigError(
+            f"--split {split}: dataset {data.name!r} of this run has no {split} split; use --split test"
+        )
+    metrics = evaluate_nll(
+        run.model,
+        data,
+        split=split,
+        batch_size=run.config["eval"]["batch_size"],
+        max_examples=max_examples,
+        dequantize_data=bool(run.config["data"]["dequantize"]),
+        seed=run.config["train"]["seed"],
+    )
+    result = {
+        "step": run.step,
+        "checkpoint": run.checkpoint.name,
+        "exact_density": run.model.exact_density,
+        **metrics,
+        **latent_scale_stats(run.model),
+    }
     if per_class:
         classifier, accuracy = train_classifier(data)
         result["classifier_test_accuracy"] = accuracy
         result["sample_accuracy"] = class_sample_accuracy(run.model, classifier, per_class)
     if num_samples:
-        result.update(sample_metrics(run.model, data, n=num_samples,
-                                     seed=run.config["train"]["seed"]))
+        result.update(sample_metrics(run.model, data, n=num_samples, seed=run.config["train"]["seed"]))
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
@@ -72,6 +117,8 @@ def evaluate(run_dir: Path, data_dir: Path | None, checkpoint: Path | None, spli
         for line in summary_headline({**names, **result}):
             click.echo(line)
     if not run.model.exact_density:
-        click.echo("note: this model changes the dimension (e.g. it zero-pads the images), so its "
-                   "NLL and bits/dim are latent densities at the embedded data, not densities of "
-                   "the data; do not compare them with published numbers.")
+        click.echo(
+            "note: this model changes the dimension (e.g. it zero-pads the images), so its "
+            "NLL and bits/dim are latent densities at the embedded data, not densities of "
+            "the data; do not compare them with published numbers."
+        )

@@ -5,15 +5,25 @@ from __future__ import annotations
 import click
 
 # the plural a user types (and the heading printed) for each plugin kind of flowkit.registry.KINDS
-PLURALS = {"transform": "transforms", "prior": "priors", "objective": "objectives",
-           "dataset": "datasets", "embedding": "embeddings", "elementwise": "elementwise"}
+PLURALS = {
+    "transform": "transforms",
+    "prior": "priors",
+    "objective": "objectives",
+    "dataset": "datasets",
+    "embedding": "embeddings",
+    "elementwise": "elementwise",
+}
 KIND_CHOICES = [*PLURALS.values(), "presets", "config"]
 
 
 @click.command("list")
 @click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
-@click.option("--params", "show_params", is_flag=True,
-              help="Also list each plugin's parameters: type, allowed range, default.")
+@click.option(
+    "--params",
+    "show_params",
+    is_flag=True,
+    help="Also list each plugin's parameters: type, allowed range, default.",
+)
 def list_plugins(kind: str | None, show_params: bool) -> None:
     """List registered transforms, priors, objectives, datasets, context embeddings and the
     elementwise maps of couplings and autoregressive flows (and the shipped presets). With
@@ -43,8 +53,7 @@ def list_plugins(kind: str | None, show_params: bool) -> None:
                 for pname, ptype, default in rows:
                     click.echo(f"  {'':<{width}}    {pname}: {ptype} = {default}")
                 if _takes_context(entry):
-                    click.echo(f"  {'':<{width}}    (reads a real-valued context: injected "
-                               f"context_features)")
+                    click.echo(f"  {'':<{width}}    (reads a real-valued context: injected context_features)")
         click.echo()
     if kind == "config" or (kind is None and show_params):
         _list_config_keys()

@@ -27,8 +27,13 @@ class FlowkitGroup(click.Group):
 
 @click.group(cls=FlowkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flowkit")
-@click.option("--block", "block", multiple=True, metavar="NAME",
-              help="Disable a plugin by name (repeatable; also $FLOWKIT_BLOCK).")
+@click.option(
+    "--block",
+    "block",
+    multiple=True,
+    metavar="NAME",
+    help="Disable a plugin by name (repeatable; also $FLOWKIT_BLOCK).",
+)
 def cli(block: tuple[str, ...]) -> None:
     """flowkit: normalizing flows and reversible networks as plugins.
 

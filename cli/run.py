@@ -9,31 +9,66 @@ import click
 
 
 @click.command()
-@click.option("--config", "-c", "config_source", metavar="PRESET|FILE",
-              help="A preset shipped with flowkit (e.g. realnvp-mnist) or a TOML file.")
+@click.option(
+    "--config",
+    "-c",
+    "config_source",
+    metavar="PRESET|FILE",
+    help="A preset shipped with flowkit (e.g. realnvp-mnist) or a TOML file.",
+)
 @click.option("--transform", "-t", metavar="NAME", help="Transform plugin (e.g. realnvp).")
-@click.option("--objective", "-o", metavar="NAME",
-              help="Objective plugin, or a weighted sum such as 'mle+0.1*ot'.")
+@click.option(
+    "--objective", "-o", metavar="NAME", help="Objective plugin, or a weighted sum such as 'mle+0.1*ot'."
+)
 @click.option("--prior", "-p", metavar="NAME", help="Prior plugin (e.g. gaussian).")
 @click.option("--data", "-d", metavar="NAME", help="Dataset plugin (default: digits).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder with downloaded datasets (default: $FLOWKIT_DATA).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.steps=200 (repeatable; applied last).")
-@click.option("--out", "out_dir", default="runs", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Parent folder of run folders.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with downloaded datasets (default: $FLOWKIT_DATA).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.steps=200 (repeatable; applied last).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Parent folder of run folders.",
+)
 @click.option("--name", help="Run folder name (default: <transform>-<objective>-<data>-<time>).")
-@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="Continue the run in this folder from its newest good checkpoint; --set may "
-                   "change train.steps, the schedule (train.lr, scheduler, warmup_steps, "
-                   "grad_clip), logging and [eval] settings (recorded in config-history.jsonl).")
-@click.option("--dry-run", is_flag=True,
-              help="Validate, build the model and print the resolved config; do not train.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    help="Continue the run in this folder from its newest good checkpoint; --set may "
+    "change train.steps, the schedule (train.lr, scheduler, warmup_steps, "
+    "grad_clip), logging and [eval] settings (recorded in config-history.jsonl).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Validate, build the model and print the resolved config; do not train."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(config_source: str | None, transform: str | None, objective: str | None,
-        prior: str | None, data: str | None, data_dir: Path | None, overrides: tuple[str, ...],
-        out_dir: Path, name: str | None, resume_dir: Path | None, dry_run: bool,
-        quiet: bool) -> None:
+def run(
+    config_source: str | None,
+    transform: str | None,
+    objective: str | None,
+    prior: str | None,
+    data: str | None,
+    data_dir: Path | None,
+    overrides: tuple[str, ...],
+    out_dir: Path,
+    name: str | None,
+    resume_dir: Path | None,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
     """Train a flow and write a run folder (config, metrics, checkpoints, figure, summary).
 
     \b
@@ -51,35 +86,64 @@ def run(config_source: str | None, transform: str | None, objective: str | None,
     with distributed.session():  # under torchrun: one process group for the whole command
         main = distributed.is_main()
         try:
-            summary = _run(config_source, transform, objective, prior, data, data_dir, overrides,
-                           out_dir, name, resume_dir, dry_run, quiet)
+            summary = _run(
+                config_source,
+                transform,
+                objective,
+                prior,
+                data,
+                data_dir,
+                overrides,
+                out_dir,
+                name,
+                resume_dir,
+                dry_run,
+                quiet,
+            )
         except FlowkitError as exc:
             if main:
                 raise
             if distributed.raised_on_every_rank(exc):  # rank 0 reports it
                 raise SystemExit(1) from None
             raise click.ClickException(
-                f"process {distributed.rank()} of {distributed.world_size()}: {exc}") from exc
+                f"process {distributed.rank()} of {distributed.world_size()}: {exc}"
+            ) from exc
     if summary is not None and main:
         _report(summary)
 
 
-def _run(config_source: str | None, transform: str | None, objective: str | None,
-         prior: str | None, data: str | None, data_dir: Path | None, overrides: tuple[str, ...],
-         out_dir: Path, name: str | None, resume_dir: Path | None, dry_run: bool,
-         quiet: bool) -> dict | None:
+def _run(
+    config_source: str | None,
+    transform: str | None,
+    objective: str | None,
+    prior: str | None,
+    data: str | None,
+    data_dir: Path | None,
+    overrides: tuple[str, ...],
+    out_dir: Path,
+    name: str | None,
+    resume_dir: Path | None,
+    dry_run: bool,
+    quiet: bool,
+) -> dict | None:
     from flowkit import distributed
     from flowkit.config import load_config
     from flowkit.trainer import resume, train
 
-    shortcuts = {"transform": transform, "objective": objective, "prior": prior, "data": data,
-                 "data_dir": data_dir}
+    shortcuts = {
+        "transform": transform,
+        "objective": objective,
+        "prior": prior,
+        "data": data,
+        "data_dir": data_dir,
+    }
     if resume_dir is not None:
         changed = config_source or overrides or any(v is not None for v in shortcuts.values())
         requested = None
         if changed:  # start from the run's own config unless a preset or file is given
-            requested = distributed.on_main(_requested_config, config_source, overrides,
-                                            resume_dir, shortcuts)
+            requested = distributed.on_main(
+                _requested_config, config_source, overrides, resume_dir, shortcuts
+            )
         return resume(resume_dir, requested, progress=not quiet, log=click.echo)
     # rank 0 resolves the config and sends it, so every process trains the same one
     config = distributed.on_main(load_config, config_source, overrides, **shortcuts)
@@ -91,8 +155,9 @@ def _run(config_source: str | None, transform: str | None, objective: str | None
     return train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)
 
 
-def _requested_config(config_source: str | None, overrides: tuple[str, ...], resume_dir: Path,
-                      shortcuts: dict) -> dict:
+def _requested_config(
+    config_source: str | None, overrides: tuple[str, ...], resume_dir: Path, shortcuts: dict
+) -> dict:
     from flowkit.config import load_config
     from flowkit.runs import read_run_config
 
@@ -109,9 +174,11 @@ def _dry_run(config: dict) -> None:
     model = build_model(config, data.meta)
     build_objective(config["objective"]).bind_data(data)  # its checks, before any training
     click.echo(dumps(record_effective_values(config, model)), nl=False)
-    click.echo(f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
-               f"{data.test.shape[0]} test; model: "
-               f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    click.echo(
+        f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "
+        f"{data.test.shape[0]} test; model: "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
 
 
 def _report(summary: dict) -> None:
@@ -122,6 +189,5 @@ def _report(summary: dict) -> None:
     click.echo(f"run folder: {summary['run_dir']}")
     for line in summary_headline(summary):
         click.echo(line)
-    keys = [k for k in ("test_bpd", "test_nll", "train_time_s", "train_examples_per_s")
-            if k in summary]
+    keys = [k for k in ("test_bpd", "test_nll", "train_time_s", "train_examples_per_s") if k in summary]
     click.echo(json.dumps({k: summary[k] for k in keys}))

@@ -17,24 +17,56 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-n", "num", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Number of samples.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file: .png (grid or scatter plot), .pt (tensor), .npy (array) or "
-                   ".csv (vector data, one sample per row). Default: RUN_DIR/samples.png")
-@click.option("--temperature", "-T", default=1.0, show_default=True,
-              type=click.FloatRange(min=0.0, min_open=True), callback=_finite,
-              help="Scale of the prior noise (Glow §5), a finite number > 0.")
-@click.option("--label", type=click.IntRange(min=0), default=None,
-              help="Class label for class-conditional models (default: cycle through classes).")
-@click.option("--context", "context_spec", default=None, metavar="VALUES|FILE.npy",
-              help="The context of a conditional model: comma-separated numbers (one context "
-                   "for every sample, e.g. \"0.3,1.2\") or a .npy file with one row per sample.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A specific checkpoint file (default: the newest).")
+@click.option(
+    "-n", "num", default=64, show_default=True, type=click.IntRange(min=1), help="Number of samples."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output file: .png (grid or scatter plot), .pt (tensor), .npy (array) or "
+    ".csv (vector data, one sample per row). Default: RUN_DIR/samples.png",
+)
+@click.option(
+    "--temperature",
+    "-T",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    callback=_finite,
+    help="Scale of the prior noise (Glow §5), a finite number > 0.",
+)
+@click.option(
+    "--label",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Class label for class-conditional models (default: cycle through classes).",
+)
+@click.option(
+    "--context",
+    "context_spec",
+    default=None,
+    metavar="VALUES|FILE.npy",
+    help="The context of a conditional model: comma-separated numbers (one context "
+    'for every sample, e.g. "0.3,1.2") or a .npy file with one row per sample.',
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A specific checkpoint file (default: the newest).",
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
-def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label: int | None,
-           context_spec: str | None, checkpoint: Path | None, seed: int) -> None:
+def sample(
+    run_dir: Path,
+    num: int,
+    out: Path | None,
+    temperature: float,
+    label: int | None,
+    context_spec: str | None,
+    checkpoint: Path | None,
+    seed: int,
+) -> None:
     """Sample from the model of RUN_DIR and write a PNG grid (images) or plot (2-D), or the
     samples themselves (.pt, .npy, .csv)."""
     import numpy as np
@@ -55,8 +87,7 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
     context_shape = run.meta.context_shape
     if label is not None:
         if not run.meta.num_classes or not 0 <= label < run.meta.num_classes:
-            raise ConfigError(f"--label must be a class in 0..{(run.meta.num_classes or 1) - 1} "
-                              f"for this run")
+            raise ConfigError(f"--label must be a class in 0..{(run.meta.num_classes or 1) - 1} for this run")
         context = torch.full((num,), label, dtype=torch.long, device=run.model.device)
     if context_spec is not None:
         if context_shape is None:
@@ -65,8 +96,9 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
                 + (", conditioned on class labels: use --label" if run.meta.num_classes else "")
                 + "); drop --context"
             )
-        given_n = click.get_current_context().get_parameter_source("num") \
-            is click.core.ParameterSource.COMMANDLINE
+        given_n = (
+            click.get_current_context().get_parameter_source("num") is click.core.ParameterSource.COMMANDLINE
+        )
         rows = _read_context(context_spec, tuple(context_shape), num, given_n)
         num = rows.shape[0]
         context = torch.as_tensor(rows).to(run.model.device, model_dtype(run.model))
@@ -79,11 +111,11 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
             f"FILE.npy (one row per sample)"
         )
     if out.suffix == ".png" and not (len(run.meta.shape) == 3 or run.meta.shape == (2,)):
-        raise ConfigError(f"cannot draw data of shape {run.meta.shape} as PNG; use --out .npy, "
-                          f".csv or .pt")
+        raise ConfigError(f"cannot draw data of shape {run.meta.shape} as PNG; use --out .npy, .csv or .pt")
     if out.suffix == ".csv" and len(run.meta.shape) != 1:
-        raise ConfigError(f"--out .csv writes vectors, one per row; data of shape "
-                          f"{run.meta.shape} needs .npy or .pt")
+        raise ConfigError(
+            f"--out .csv writes vectors, one per row; data of shape {run.meta.shape} needs .npy or .pt"
+        )
     with torch.inference_mode():
         x = run.model.sample(num, context, temperature=temperature).cpu()
     # every output is written atomically: a full disk or a crash leaves no partial file
@@ -92,8 +124,7 @@ def sample(run_dir: Path, num: int, out: Path | None, temperature: float, label:
     elif out.suffix == ".npy":
         atomic_write(out, lambda fh: np.save(fh, x.numpy()))
     elif out.suffix == ".csv":
-        atomic_write(out, lambda fh: np.savetxt(fh, x.double().numpy(), delimiter=",",
-                                                 fmt="%.9g"))
+        atomic_write(out, lambda fh: np.savetxt(fh, x.double().numpy(), delimiter=",", fmt="%.9g"))
     elif len(run.meta.shape) == 3:
         save_image_grid(x, out)
     else:
@@ -141,8 +172,7 @@ def _read_context(spec: str, shape: tuple[int, ...], num: int, num_given: bool):
             values = [float(v) for v in spec.split(",")]
         except ValueError:
             raise ConfigError(
-                f"--context must be comma-separated numbers (e.g. \"0.3,1.2\") or a .npy file, "
-                f"got {spec!r}"
+                f'--context must be comma-separated numbers (e.g. "0.3,1.2") or a .npy file, got {spec!r}'
             ) from None
         if len(values) != k:
             raise ConfigError(

@@ -24,8 +24,7 @@ from typing import BinaryIO
 from flowkit.errors import FlowkitError
 
 #: ``errno`` values that mean the device (or the user's quota) is full.
-NO_SPACE = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None))
-                     if code is not None)
+NO_SPACE = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 #: Names of the temporary files :func:`atomic_write` creates (``.NAME.`` + 8 random characters).
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
@@ -47,8 +46,7 @@ def out_of_space(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DiskFullError) or \
-                (isinstance(current, OSError) and current.errno in NO_SPACE):
+        if isinstance(current, DiskFullError) or (isinstance(current, OSError) and current.errno in NO_SPACE):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -65,7 +63,8 @@ def disk_full_is_an_error(path: str | os.PathLike[str]) -> Iterator[None]:
         if not out_of_space(exc):
             raise
         raise DiskFullError(
-            f"no space left on device while writing {path}; free space and try again", path,
+            f"no space left on device while writing {path}; free space and try again",
+            path,
         ) from None
 
 

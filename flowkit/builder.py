@@ -56,25 +56,35 @@ def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
     """Build the :class:`Flow` a resolved config describes for data described by ``meta``."""
     data_cfg = config["data"]
     preprocess = build_preprocess(
-        data_cfg.get("preprocess", "auto"), meta.shape, data_cfg.get("alpha", 0.05),
-        meta.default_preprocess, meta.standardization,
+        data_cfg.get("preprocess", "auto"),
+        meta.shape,
+        data_cfg.get("alpha", 0.05),
+        meta.default_preprocess,
+        meta.standardization,
     )
     embedding, context_norm = _build_context(config.get("embedding", DEFAULT_EMBEDDING), meta)
     features = None if embedding is None else embedding.features
     t_name, t_params = _split(config["transform"])
-    _require_context_support("transform", t_name, registry.transforms.get(t_name), t_params,
-                             meta)
+    _require_context_support("transform", t_name, registry.transforms.get(t_name), t_params, meta)
     transform = registry.transforms.build(
-        t_name, t_params,
-        injected={"event_shape": preprocess.output_shape, "num_classes": meta.num_classes,
-                  "context_features": features},
+        t_name,
+        t_params,
+        injected={
+            "event_shape": preprocess.output_shape,
+            "num_classes": meta.num_classes,
+            "context_features": features,
+        },
         expect=Transform,
     )
     p_name, p_params = _split(config["prior"])
     prior = registry.priors.build(
-        p_name, p_params,
-        injected={"shape": transform.output_shape, "num_classes": meta.num_classes,
-                  "context_features": features},
+        p_name,
+        p_params,
+        injected={
+            "shape": transform.output_shape,
+            "num_classes": meta.num_classes,
+            "context_features": features,
+        },
         expect=Prior,
     )
     if prior.conditional and not meta.num_classes:
@@ -83,20 +93,28 @@ def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
             f"labels; choose an unconditional prior such as 'gaussian'"
             + (" or the context-aware 'conditional-gaussian'" if meta.context_shape else "")
         )
-    return Flow(transform, prior, preprocess, levels=meta.levels, num_classes=meta.num_classes,
-                embedding=embedding, context_norm=context_norm)
+    return Flow(
+        transform,
+        prior,
+        preprocess,
+        levels=meta.levels,
+        num_classes=meta.num_classes,
+        embedding=embedding,
+        context_norm=context_norm,
+    )
 
 
 def _build_context(
-    section: Mapping[str, Any], meta: DataMeta,
+    section: Mapping[str, Any],
+    meta: DataMeta,
 ) -> tuple[Embedding | None, ContextStandardize | None]:
     """The embedding network (and the context standardisation) for a real-valued context."""
     if meta.context_shape is None:
         return None, None
     name, params = _split(section)
-    embedding = registry.embeddings.build(name, params,
-                                          injected={"context_shape": meta.context_shape},
-                                          expect=Embedding)
+    embedding = registry.embeddings.build(
+        name, params, injected={"context_shape": meta.context_shape}, expect=Embedding
+    )
     stats = meta.standardization or {}
     norm = None
     if "context_mean" in stats and "context_std" in stats:
@@ -104,8 +122,9 @@ def _build_context(
     return embedding, norm
 
 
-def _require_context_support(kind: str, name: str, factory: Any, params: Mapping[str, Any],
-                             meta: DataMeta) -> None:
+def _require_context_support(
+    kind: str, name: str, factory: Any, params: Mapping[str, Any], meta: DataMeta
+) -> None:
     """A plugin that cannot read a real-valued context says so before anything is built."""
     if meta.context_shape is None:
         return
@@ -152,17 +171,23 @@ def record_effective_values(config: Mapping[str, Any], model: Flow) -> dict[str,
         name = out[section]["name"]
         factory = registry.registry(_KINDS[section]).get(name)
         accepted = user_parameters(factory)
-        filled = {k: _plain_value(v) for k, v in values.items()
-                  if k in accepted and out[section].get(k) is None and v is not None}
+        filled = {
+            k: _plain_value(v)
+            for k, v in values.items()
+            if k in accepted and out[section].get(k) is None and v is not None
+        }
         if not filled:
             continue
         merged = {**out[section], **filled}
         try:
-            validate_parameters(factory, {k: v for k, v in merged.items() if k != "name"},
-                                f"[{section}] {name}")
+            validate_parameters(
+                factory, {k: v for k, v in merged.items() if k != "name"}, f"[{section}] {name}"
+            )
         except ConfigError as exc:
-            raise ConfigError(f"{section} '{name}' reported effective parameters {filled} that "
-                              f"its own parameter checks refuse: {exc}") from exc
+            raise ConfigError(
+                f"{section} '{name}' reported effective parameters {filled} that "
+                f"its own parameter checks refuse: {exc}"
+            ) from exc
         out[section] = merged
     return out
 
@@ -187,9 +212,8 @@ def build_objective(
     """
     terms = parse_objective(objective) if isinstance(objective, Mapping) else tuple(objective)
     if not terms:
-        raise ConfigError("[objective] needs at least one term, e.g. name = \"mle\"")
+        raise ConfigError('[objective] needs at least one term, e.g. name = "mle"')
     if not is_weighted_sum(terms):
         return registry.objectives.build(terms[0].name, terms[0].params)
-    built = {t.name: registry.objectives.build(t.name, t.params)
-             for t in terms}
+    built = {t.name: registry.objectives.build(t.name, t.params) for t in terms}
     return WeightedSum(built, {t.name: t.weight for t in terms})

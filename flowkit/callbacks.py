@@ -44,8 +44,16 @@ from flowkit.errors import CheckpointError, ConfigError
 if TYPE_CHECKING:
     from flowkit.trainer import Trainer
 
-__all__ = ["Callback", "Checkpointing", "EarlyStopping", "Evaluation", "MetricsLog",
-           "SampleFigures", "StepOutput", "TimeBudget"]
+__all__ = [
+    "Callback",
+    "Checkpointing",
+    "EarlyStopping",
+    "Evaluation",
+    "MetricsLog",
+    "SampleFigures",
+    "StepOutput",
+    "TimeBudget",
+]
 
 
 @dataclass
@@ -114,12 +122,17 @@ class MetricsLog(Callback):
             return
         terms = dist.average_terms(out.terms)  # the global batch's loss under torchrun
         now = time.perf_counter()
-        record = {"step": out.step, **terms, "lr": out.lr,
-                  "examples_per_s": self._seen / max(now - self._since, 1e-9)}
+        record = {
+            "step": out.step,
+            **terms,
+            "lr": out.lr,
+            "examples_per_s": self._seen / max(now - self._since, 1e-9),
+        }
         trainer.log_metrics(record)
         self._seen, self._since = 0, now
-        trainer.progress_bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()
-                                          if k in ("loss", "nll_per_dim", "bpd")} or None)
+        trainer.progress_bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in terms.items() if k in ("loss", "nll_per_dim", "bpd")} or None
+        )
 
 
 class Evaluation(Callback):
@@ -133,8 +146,7 @@ class Evaluation(Callback):
         self.every, self.max_examples, self.evaluate_last = every, max_examples, evaluate_last
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
-        if out.step % self.every or (out.step >= trainer.train_config.steps
-                                     and not self.evaluate_last):
+        if out.step % self.every or (out.step >= trainer.train_config.steps and not self.evaluate_last):
             return
         out.metrics.update(dist.on_main(trainer.log_evaluation, self.max_examples))  # others wait
         trainer.model.train()
@@ -166,7 +178,7 @@ class EarlyStopping(Callback):
             raise ConfigError(
                 f"train.patience = {tc.patience} stops training on the validation NLL, but "
                 f"dataset {trainer.data.name!r} has no validation split; use a dataset with one "
-                f"(e.g. data = \"table\" with data.val_fraction > 0) or set train.patience = 0"
+                f'(e.g. data = "table" with data.val_fraction > 0) or set train.patience = 0'
             )
         if not tc.eval_every:
             raise ConfigError(
@@ -203,8 +215,10 @@ class EarlyStopping(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.exhausted:  # a resumed run that had stopped early
             self.stopped_early = True
-            trainer.stop(f"this run stopped early (best val NLL at step {self.best_step}); "
-                         f"raise train.patience to train on")
+            trainer.stop(
+                f"this run stopped early (best val NLL at step {self.best_step}); "
+                f"raise train.patience to train on"
+            )
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         """Track the best validation NLL (``best.pt`` when it improves); stop when exhausted.
@@ -217,9 +231,11 @@ class EarlyStopping(Callback):
             trainer.save_to(self.best_path(trainer))
         elif self.exhausted and trainer.step < trainer.train_config.steps:
             self.stopped_early = True
-            trainer.stop(f"early stopping at step {trainer.step}: best val NLL {self.best:.4f} "
-                         f"at step {self.best_step} (no improvement in {self.patience} "
-                         f"evaluations)")
+            trainer.stop(
+                f"early stopping at step {trainer.step}: best val NLL {self.best:.4f} "
+                f"at step {self.best_step} (no improvement in {self.patience} "
+                f"evaluations)"
+            )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Make the best model the final one (when it is not the current one)."""
@@ -229,13 +245,11 @@ class EarlyStopping(Callback):
         trainer.save(best)
         trainer.model.load_state_dict(best["model"])
         trainer.objective.load_state_dict(best["objective"])
-        trainer.log(f"final model: the best one, from step {self.best_step} "
-                    f"(val NLL {self.best:.4f})")
+        trainer.log(f"final model: the best one, from step {self.best_step} (val NLL {self.best:.4f})")
 
     def on_summary(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         best = self.best if math.isfinite(self.best) else None
-        summary.update(best_step=self.best_step, best_val_nll=best,
-                       stopped_early=self.stopped_early)
+        summary.update(best_step=self.best_step, best_val_nll=best, stopped_early=self.stopped_early)
 
     # -- the best model ------------------------------------------------------------------------
     @staticmethod
@@ -255,12 +269,13 @@ class EarlyStopping(Callback):
         try:
             state = load_checkpoint(path, map_location="cpu")
         except CheckpointError as exc:
-            trainer.log(f"warning: cannot restore the best model ({exc}); the final model is "
-                        f"the last one")
+            trainer.log(f"warning: cannot restore the best model ({exc}); the final model is the last one")
             return None
         if int(state.get("step", -1)) != self.best_step:
-            trainer.log(f"warning: {path} holds step {state.get('step')}, not the best step "
-                        f"{self.best_step}; the final model is the last one")
+            trainer.log(
+                f"warning: {path} holds step {state.get('step')}, not the best step "
+                f"{self.best_step}; the final model is the last one"
+            )
             return None
         return {"model": state["model"], "objective": state["objective"]}
 
@@ -299,4 +314,3 @@ class TimeBudget(Callback):
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         if dist.any_true(trainer.elapsed >= 60.0 * self.minutes):
             trainer.stop(f"time budget of {self.minutes} min reached at step {trainer.step}")
-

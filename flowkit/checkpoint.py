@@ -64,15 +64,19 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return state
 
 
-_OTHER_CHECKPOINTS = ("Use another checkpoint of the same run folder (checkpoints/step-*.pt, "
-                      "--checkpoint FILE) or retrain.")
+_OTHER_CHECKPOINTS = (
+    "Use another checkpoint of the same run folder (checkpoints/step-*.pt, --checkpoint FILE) or retrain."
+)
 
 
 def _unreadable_message(path: Path, exc: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in flowkit's words (never torch's hint)."""
     text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text \
-            and re.search(r"GLOBAL |[Uu]nsupported (global|class)|unrecognized function", text):
+    if (
+        isinstance(exc, pickle.UnpicklingError)
+        and "Weights only load failed" in text
+        and re.search(r"GLOBAL |[Uu]nsupported (global|class)|unrecognized function", text)
+    ):
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" (it needs {found.group(1)})" if found else ""
         return (
@@ -84,8 +88,10 @@ def _unreadable_message(path: Path, exc: Exception) -> str:
         )
     size = path.stat().st_size if path.exists() else 0
     if size == 0:
-        return (f"checkpoint {str(path)!r} is empty (0 bytes): it was truncated, e.g. by a copy "
-                f"that did not finish. {_OTHER_CHECKPOINTS}")
+        return (
+            f"checkpoint {str(path)!r} is empty (0 bytes): it was truncated, e.g. by a copy "
+            f"that did not finish. {_OTHER_CHECKPOINTS}"
+        )
     return (
         f"checkpoint {str(path)!r} is truncated or corrupt ({size} bytes) and cannot be read: "
         f"it is not a complete PyTorch file (an interrupted copy or a damaged disk; "
@@ -111,8 +117,7 @@ def non_finite_tensors(state: Mapping[str, Any], prefix: str = "") -> Iterator[s
     for key, value in state.items():
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
-            if (value.is_floating_point() or value.is_complex()) \
-                    and not bool(torch.isfinite(value).all()):
+            if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
                 yield name
         elif isinstance(value, Mapping):
             yield from non_finite_tensors(value, name + ".")
@@ -135,8 +140,10 @@ def model_fingerprint(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str
     """
     from flowkit.config import DEFAULT_EMBEDDING
 
-    what = {section: config.get(section, DEFAULT_EMBEDDING if section == "embedding" else {})
-            for section in _MODEL_SECTIONS}
+    what = {
+        section: config.get(section, DEFAULT_EMBEDDING if section == "embedding" else {})
+        for section in _MODEL_SECTIONS
+    }
     what["data"] = {k: v for k, v in config.get("data", {}).items() if k != "data_dir"}
     what["meta"] = dict(meta)
     text = json.dumps(what, sort_keys=True, default=str)
@@ -158,8 +165,7 @@ def check_fingerprint(state: Mapping[str, Any], config: Mapping[str, Any], path:
     if saved == expected:
         return
     theirs = _as_config(state.get("config"))
-    if theirs is not None and model_fingerprint(_restricted(config, theirs),
-                                                state["meta"]) == saved:
+    if theirs is not None and model_fingerprint(_restricted(config, theirs), state["meta"]) == saved:
         return
     raise CheckpointError(
         f"checkpoint {str(path)!r} was not written by this run: it belongs to a model of "
@@ -196,8 +202,10 @@ def _describe(config: Mapping[str, Any] | None) -> str:
     """``transform 'x' on data 'y'`` from a config."""
     if not isinstance(config, Mapping):
         return "another config"
-    return (f"transform {config.get('transform', {}).get('name')!r} on data "
-            f"{config.get('data', {}).get('name')!r}")
+    return (
+        f"transform {config.get('transform', {}).get('name')!r} on data "
+        f"{config.get('data', {}).get('name')!r}"
+    )
 
 
 def drop_mismatched_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
@@ -211,9 +219,12 @@ def drop_mismatched_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
     which keeps the run resumable. Returns how many parameter tensors were reset.
     """
     stale = [
-        param for param, state in optimizer.state.items()
-        if any(isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape
-               for value in state.values())
+        param
+        for param, state in optimizer.state.items()
+        if any(
+            isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape
+            for value in state.values()
+        )
     ]
     for param in stale:
         del optimizer.state[param]

@@ -39,8 +39,13 @@ from flowkit.errors import ConfigError, did_you_mean
 from flowkit.params import Range, Seed, check_fields, user_parameters, validate_parameters
 
 SECTIONS = ("transform", "embedding", "prior", "objective", "data", "train", "eval")
-PLUGIN_SECTIONS = {"transform": "transform", "embedding": "embedding", "prior": "prior",
-                   "objective": "objective", "data": "dataset"}
+PLUGIN_SECTIONS = {
+    "transform": "transform",
+    "embedding": "embedding",
+    "prior": "prior",
+    "objective": "objective",
+    "data": "dataset",
+}
 #: The embedding of configs written before the section existed (and of unconditional data).
 DEFAULT_EMBEDDING = {"name": "identity"}
 #: An Adam coefficient β₁ or β₂.
@@ -105,7 +110,8 @@ class TrainConfig:
             raise ConfigError(
                 "train.compile and train.invertible_backprop cannot be combined: torch.compile "
                 "does not trace the reconstructing backward pass. Set train.compile=false to "
-                "save memory, or train.invertible_backprop=false to compile.")
+                "save memory, or train.invertible_backprop=false to compile."
+            )
 
 
 @dataclass
@@ -141,18 +147,37 @@ DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 #: (``flowkit run --resume RUN --set train.lr=1e-4`` after a divergence), because the trainer
 #: applies them afresh at every step. (``betas``, ``weight_decay`` and ``optimizer`` are not among
 #: them: the optimiser's saved state would silently keep the old values.)
-SCHEDULE_KEYS = {"train.steps", "train.lr", "train.scheduler", "train.warmup_steps",
-                 "train.grad_clip", "train.max_minutes", "train.patience"}
+SCHEDULE_KEYS = {
+    "train.steps",
+    "train.lr",
+    "train.scheduler",
+    "train.warmup_steps",
+    "train.grad_clip",
+    "train.max_minutes",
+    "train.patience",
+}
 #: Keys that may differ when a run is resumed: the schedule, bookkeeping, execution strategy and
 #: evaluation settings. Everything else defines the model, its data or the optimiser's state and
 #: must match the run's ``config.toml``.
 RESUMABLE_KEYS = SCHEDULE_KEYS | {
-    "train.threads", "train.log_every", "train.eval_every", "train.sample_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.device",
-    "train.invertible_backprop", "train.invertible_backprop_chunks", "train.compile",
+    "train.threads",
+    "train.log_every",
+    "train.eval_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.device",
+    "train.invertible_backprop",
+    "train.invertible_backprop_chunks",
+    "train.compile",
     "train.optimizer_impl",
-    "eval.batch_size", "eval.max_examples", "eval.final_max_examples", "eval.n_samples",
-    "eval.temperature", "data.data_dir"}
+    "eval.batch_size",
+    "eval.max_examples",
+    "eval.final_max_examples",
+    "eval.n_samples",
+    "eval.temperature",
+    "data.data_dir",
+}
 #: The sections whose plugin may record effective values (see :func:`with_recorded_values`).
 MODEL_SECTIONS = ("transform", "embedding", "prior")
 
@@ -255,9 +280,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+", key):
-        raise ConfigError(
-            f"--set expects section.key=value (for example train.steps=200), got {text!r}"
-        )
+        raise ConfigError(f"--set expects section.key=value (for example train.steps=200), got {text!r}")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -306,12 +329,13 @@ def apply_recommendations(config: dict[str, Any], section: str, name: str) -> di
     names = [t.name for t in parse_objective(name)] if section == "objective" else [name]
     recommended: dict[str, Any] = {}
     for plugin in names:
-        recommended = merge(recommended, getattr(registry.registry(PLUGIN_SECTIONS[section])
-                                                 .get(plugin), "config_defaults", None) or {})
+        recommended = merge(
+            recommended,
+            getattr(registry.registry(PLUGIN_SECTIONS[section]).get(plugin), "config_defaults", None) or {},
+        )
     for other, values in recommended.items():
         if other not in SECTIONS or other == section:
-            raise ConfigError(f"plugin '{name}' recommends settings for an invalid section "
-                              f"[{other}]")
+            raise ConfigError(f"plugin '{name}' recommends settings for an invalid section [{other}]")
         config = set_plugin(config, other, values.get("name"))
         config = merge(config, {other: values})
     return config
@@ -359,8 +383,7 @@ def load_config(
 
 # -- validation --------------------------------------------------------------------------------
 def _unknown_section_message(key: str) -> str:
-    return (f"unknown config section [{key}].{did_you_mean(key, SECTIONS)} "
-            f"Sections: {', '.join(SECTIONS)}.")
+    return f"unknown config section [{key}].{did_you_mean(key, SECTIONS)} Sections: {', '.join(SECTIONS)}."
 
 
 @dataclass(frozen=True)
@@ -413,8 +436,10 @@ def objective_section(terms: tuple[ObjectiveTerm, ...]) -> dict[str, Any]:
     """The ``[objective]`` section that :func:`parse_objective` reads back as ``terms``."""
     if not is_weighted_sum(terms):
         return {"name": terms[0].name, **terms[0].params}
-    return {"name": " + ".join(f"{t.weight:g}*{t.name}" for t in terms),
-            **{t.name: dict(t.params) for t in terms}}
+    return {
+        "name": " + ".join(f"{t.weight:g}*{t.name}" for t in terms),
+        **{t.name: dict(t.params) for t in terms},
+    }
 
 
 def parse_objective_expression(expr: str) -> list[tuple[str, float]]:
@@ -429,8 +454,7 @@ def _parse_expression(expr: str) -> list[tuple[str, float]]:
         m = re.fullmatch(r"(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z][\w\-]*)", part)
         if not m:
             raise ConfigError(
-                f"objective {expr!r}: cannot read term {part!r}; write terms like "
-                f"'mle + 0.1*ot'"
+                f"objective {expr!r}: cannot read term {part!r}; write terms like 'mle + 0.1*ot'"
             )
         try:
             weight = float(m.group(1)) if m.group(1) else 1.0
@@ -443,13 +467,14 @@ def _parse_expression(expr: str) -> list[tuple[str, float]]:
     return terms
 
 
-def _resolve_plugin(kind: str, section: Mapping[str, Any], where: str,
-                    generic: tuple[str, ...] = ()) -> dict[str, Any]:
+def _resolve_plugin(
+    kind: str, section: Mapping[str, Any], where: str, generic: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Validate a plugin section and fill in the plugin's defaults."""
     from flowkit import registry
 
     if "name" not in section or not isinstance(section["name"], str):
-        raise ConfigError(f"[{where}] needs a plugin name, e.g. name = \"...\"")
+        raise ConfigError(f'[{where}] needs a plugin name, e.g. name = "..."')
     name = section["name"]
     factory = registry.registry(kind).get(name)
     params = {k: v for k, v in section.items() if k != "name" and k not in generic}
@@ -465,12 +490,19 @@ def _resolve_plugin(kind: str, section: Mapping[str, Any], where: str,
 
 def _resolve_objective(section: Mapping[str, Any]) -> dict[str, Any]:
     terms = parse_objective(section)
-    where = (lambda t: "objective") if not is_weighted_sum(terms) else \
-        (lambda t: f"objective.{t.name}")
+    where = (lambda t: "objective") if not is_weighted_sum(terms) else (lambda t: f"objective.{t.name}")
     resolved = tuple(
-        ObjectiveTerm(t.name, t.weight, {k: v for k, v in _resolve_plugin(
-            "objective", {**t.params, "name": t.name}, where(t)).items() if k != "name"})
-        for t in terms)
+        ObjectiveTerm(
+            t.name,
+            t.weight,
+            {
+                k: v
+                for k, v in _resolve_plugin("objective", {**t.params, "name": t.name}, where(t)).items()
+                if k != "name"
+            },
+        )
+        for t in terms
+    )
     return objective_section(resolved)
 
 
@@ -492,8 +524,7 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     resolved_data.update(_resolve_plugin("dataset", data, "data", generic=DATA_KEYS))
     return {
         "transform": _resolve_plugin("transform", config.get("transform", {}), "transform"),
-        "embedding": _resolve_plugin("embedding", config.get("embedding", DEFAULT_EMBEDDING),
-                                     "embedding"),
+        "embedding": _resolve_plugin("embedding", config.get("embedding", DEFAULT_EMBEDDING), "embedding"),
         "prior": _resolve_plugin("prior", config.get("prior", {}), "prior"),
         "objective": _resolve_objective(config.get("objective", {})),
         "data": resolved_data,
@@ -529,8 +560,11 @@ def with_recorded_values(saved: Mapping[str, Any], requested: Mapping[str, Any])
     out = copy.deepcopy(dict(requested))
     for section in MODEL_SECTIONS:
         ours, theirs = out.get(section), saved.get(section)
-        if not isinstance(ours, dict) or not isinstance(theirs, Mapping) \
-                or ours.get("name") != theirs.get("name"):
+        if (
+            not isinstance(ours, dict)
+            or not isinstance(theirs, Mapping)
+            or ours.get("name") != theirs.get("name")
+        ):
             continue
         for key, value in theirs.items():
             if key not in ours:
@@ -544,25 +578,29 @@ def resume_conflicts(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> 
     Only :data:`RESUMABLE_KEYS` may change when a run is resumed; values the run recorded for
     parameters ``requested`` leaves unset are not differences (:func:`with_recorded_values`).
     """
-    return [k for k in diff(saved, with_recorded_values(saved, requested))
-            if k not in RESUMABLE_KEYS]
+    return [k for k in diff(saved, with_recorded_values(saved, requested)) if k not in RESUMABLE_KEYS]
 
 
-def resume_conflict_message(run_dir: Any, saved: Mapping[str, Any],
-                            requested: Mapping[str, Any], conflicts: list[str]) -> str:
+def resume_conflict_message(
+    run_dir: Any, saved: Mapping[str, Any], requested: Mapping[str, Any], conflicts: list[str]
+) -> str:
     """What is wrong with resuming ``run_dir`` with ``requested``, and what to do instead."""
+
     def lookup(config: Mapping[str, Any], dotted: str) -> Any:
         node: Any = config
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
         return node
 
-    details = "; ".join(f"{k}: run has {lookup(saved, k)!r}, given {lookup(requested, k)!r}"
-                        for k in conflicts[:5])
+    details = "; ".join(
+        f"{k}: run has {lookup(saved, k)!r}, given {lookup(requested, k)!r}" for k in conflicts[:5]
+    )
     defining = [k for k in conflicts if k.split(".")[0] not in ("train", "eval")]
-    why = ("the model and its data define what the checkpoint's weights mean"
-           if defining else
-           "these keys shape the data stream or the optimiser's saved state")
+    why = (
+        "the model and its data define what the checkpoint's weights mean"
+        if defining
+        else "these keys shape the data stream or the optimiser's saved state"
+    )
     return (
         f"--resume {run_dir}: the given config conflicts with the run's config.toml ({details}); "
         f"{why}, so they cannot change on resume. Keys that may change: the schedule "

@@ -42,7 +42,9 @@ class ContextSpec:
 
 
 def context_spec(
-    owner: str, conditional: bool | None, num_classes: int | None,
+    owner: str,
+    conditional: bool | None,
+    num_classes: int | None,
     context_features: int | None,
 ) -> ContextSpec | None:
     """The :class:`ContextSpec` of a block, or ``None`` for an unconditional one.
@@ -75,8 +77,7 @@ def context_width(spec: ContextSpec | None) -> int:
     return 0 if spec is None else spec.width
 
 
-def context_features_of(context: Tensor | None, spec: ContextSpec, like: Tensor,
-                        owner: str) -> Tensor:
+def context_features_of(context: Tensor | None, spec: ContextSpec, like: Tensor, owner: str) -> Tensor:
     """Validate ``context`` against ``spec`` and return it as ``(B, width)`` conditioner input.
 
     Labels become one-hot vectors; real vectors are cast to ``like``'s dtype and device. Raises
@@ -89,20 +90,26 @@ def context_features_of(context: Tensor | None, spec: ContextSpec, like: Tensor,
     else:
         what = f"a real-valued context: a float tensor of shape ({batch}, {spec.width})"
     if context is None:
-        raise ShapeError(f"{owner} is conditional and needs {what}, but got no context. Pass the "
-                         f"context, or build it unconditional (conditional=false).")
+        raise ShapeError(
+            f"{owner} is conditional and needs {what}, but got no context. Pass the "
+            f"context, or build it unconditional (conditional=false)."
+        )
     if spec.kind == "labels":
-        if context.dtype.is_floating_point or context.dtype.is_complex \
-                or tuple(context.shape) != (batch,):
-            raise ShapeError(f"{owner} expects {what}, but got {context.dtype} of shape "
-                             f"{tuple(context.shape)}.")
+        if context.dtype.is_floating_point or context.dtype.is_complex or tuple(context.shape) != (batch,):
+            raise ShapeError(
+                f"{owner} expects {what}, but got {context.dtype} of shape {tuple(context.shape)}."
+            )
         if batch and (int(context.min()) < 0 or int(context.max()) >= spec.width):
-            raise ShapeError(f"{owner}: class labels must lie in [0, {spec.width}), got values "
-                             f"in [{int(context.min())}, {int(context.max())}].")
+            raise ShapeError(
+                f"{owner}: class labels must lie in [0, {spec.width}), got values "
+                f"in [{int(context.min())}, {int(context.max())}]."
+            )
         return F.one_hot(context.long(), spec.width).to(device=like.device, dtype=like.dtype)
     if not context.dtype.is_floating_point:
-        raise ShapeError(f"{owner} expects {what}, but got {context.dtype} values (class labels?)"
-                         f" of shape {tuple(context.shape)}. Give the context as floats.")
+        raise ShapeError(
+            f"{owner} expects {what}, but got {context.dtype} values (class labels?)"
+            f" of shape {tuple(context.shape)}. Give the context as floats."
+        )
     if tuple(context.shape) != (batch, spec.width):
         raise ShapeError(f"{owner} expects {what}, but got shape {tuple(context.shape)}.")
     return context.to(device=like.device, dtype=like.dtype)

@@ -90,8 +90,10 @@ def init() -> bool:
     from flowkit.errors import ConfigError
 
     if not torch.distributed.is_available():
-        raise ConfigError("flowkit was started by torchrun, but this PyTorch build has no "
-                          "torch.distributed; install a PyTorch build with distributed support")
+        raise ConfigError(
+            "flowkit was started by torchrun, but this PyTorch build has no "
+            "torch.distributed; install a PyTorch build with distributed support"
+        )
     backend = default_backend()
     if "nccl" in backend and 0 <= local_rank_from_env() < torch.cuda.device_count():
         torch.cuda.set_device(local_rank_from_env())
@@ -273,7 +275,7 @@ def _buckets(tensors: Iterable[Tensor]) -> Iterator[list[Tensor]]:
 def _scatter_back(flat: Tensor, bucket: list[Tensor]) -> None:
     offset = 0
     for t in bucket:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
         offset += t.numel()
 
 
@@ -387,8 +389,9 @@ def gather_rng_states(device: torch.device) -> list[dict[str, Tensor]]:
     return gathered
 
 
-def restore_rng_states(states: list[dict[str, Tensor]] | None, seed: int, step: int,
-                       device: torch.device) -> str | None:
+def restore_rng_states(
+    states: list[dict[str, Tensor]] | None, seed: int, step: int, device: torch.device
+) -> str | None:
     """Restore this rank's random stream from :func:`gather_rng_states`'s list.
 
     If the checkpoint was written by a different number of processes, ranks > 0 start fresh
@@ -405,5 +408,7 @@ def restore_rng_states(states: list[dict[str, Tensor]] | None, seed: int, step: 
         return None
     seed_rank_stream(seed, step)
     written = len(states) if states else 1
-    return (f"note: the checkpoint was written by {written} process(es), this run has "
-            f"{world_size()}: ranks > 0 start new random streams (data batches are unchanged)")
+    return (
+        f"note: the checkpoint was written by {written} process(es), this run has "
+        f"{world_size()}: ranks > 0 start new random streams (data batches are unchanged)"
+    )

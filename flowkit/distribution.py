@@ -47,7 +47,7 @@ class FlowDistribution(Distribution):
         self.flow = flow
         self.context = context
         self._context_rank = self._rank_of(context)
-        batch_shape = Size() if context is None else context.shape[:context.dim() - self._context_rank]
+        batch_shape = Size() if context is None else context.shape[: context.dim() - self._context_rank]
         super().__init__(batch_shape, Size(flow.event_shape), validate_args=False)
 
     def _rank_of(self, context: Tensor | None) -> int:
@@ -60,9 +60,14 @@ class FlowDistribution(Distribution):
                 self.flow.embed_context(context)  # raises the model's clear error
             return 0
         rank = len(shape)
-        if context.dim() < rank or tuple(context.shape[context.dim() - rank:])[1:] != shape[1:] \
-                or (not getattr(self.flow.embedding, "variable_leading", False)
-                    and tuple(context.shape[context.dim() - rank:]) != shape):
+        if (
+            context.dim() < rank
+            or tuple(context.shape[context.dim() - rank :])[1:] != shape[1:]
+            or (
+                not getattr(self.flow.embedding, "variable_leading", False)
+                and tuple(context.shape[context.dim() - rank :]) != shape
+            )
+        ):
             raise ShapeError(
                 f"the context of this flow has shape (*batch, {', '.join(map(str, shape))}), but "
                 f"got {tuple(context.shape)}"
@@ -74,20 +79,20 @@ class FlowDistribution(Distribution):
         """The context repeated for ``sample_shape`` and flattened to one per example."""
         if self.context is None:
             return None
-        per_example = self.context.shape[self.context.dim() - self._context_rank:]
+        per_example = self.context.shape[self.context.dim() - self._context_rank :]
         expanded = self.context.expand(*sample_shape, *self.context.shape)
         return expanded.reshape(-1, *per_example)
 
     def _split_value(self, x: Tensor) -> Size:
         """The sample shape of ``x`` (``(*sample, *batch, *event)``); checks the trailing shape."""
         tail = (*self.batch_shape, *self.event_shape)
-        if x.dim() < len(tail) or tuple(x.shape[x.dim() - len(tail):]) != tail:
+        if x.dim() < len(tail) or tuple(x.shape[x.dim() - len(tail) :]) != tail:
             raise ShapeError(
                 f"log_prob expects values of shape (*sample, {', '.join(map(str, tail))}) (batch "
                 f"shape {tuple(self.batch_shape)}, event shape {tuple(self.event_shape)}), but "
                 f"got {tuple(x.shape)}"
             )
-        return x.shape[:x.dim() - len(tail)]
+        return x.shape[: x.dim() - len(tail)]
 
     # -- the distribution --------------------------------------------------------------------------
     def log_prob(self, value: Tensor) -> Tensor:
@@ -120,12 +125,15 @@ class FlowDistribution(Distribution):
         batch_shape = Size(batch_shape)
         if self.context is None:
             if batch_shape:
-                raise ShapeError("an unconditional flow has batch shape (); give it a batch of "
-                                 "contexts instead of expanding it")
+                raise ShapeError(
+                    "an unconditional flow has batch shape (); give it a batch of "
+                    "contexts instead of expanding it"
+                )
             return self
-        per_example = self.context.shape[self.context.dim() - self._context_rank:]
+        per_example = self.context.shape[self.context.dim() - self._context_rank :]
         return FlowDistribution(self.flow, self.context.expand(*batch_shape, *per_example))
 
     def __repr__(self) -> str:
-        return (f"FlowDistribution(batch_shape={tuple(self.batch_shape)}, "
-                f"event_shape={tuple(self.event_shape)})")
+        return (
+            f"FlowDistribution(batch_shape={tuple(self.batch_shape)}, event_shape={tuple(self.event_shape)})"
+        )

@@ -126,12 +126,16 @@ def build_map(spec: str | ElementwiseMap, params: Mapping[str, Any] | None, owne
     """
     if isinstance(spec, ElementwiseMap):
         if params:
-            raise ConfigError(f"{owner}: map_params {dict(params)} were given with a map object "
-                              f"({spec!r}); build the object with them instead.")
+            raise ConfigError(
+                f"{owner}: map_params {dict(params)} were given with a map object "
+                f"({spec!r}); build the object with them instead."
+            )
         return spec
     if not isinstance(spec, str):
-        raise ConfigError(f"{owner}: map must be the name of an elementwise map (flowkit list) "
-                          f"or a flowkit.elementwise.ElementwiseMap, got {spec!r}.")
+        raise ConfigError(
+            f"{owner}: map must be the name of an elementwise map (flowkit list) "
+            f"or a flowkit.elementwise.ElementwiseMap, got {spec!r}."
+        )
     from flowkit.registry import elementwise
 
     built: ElementwiseMap = elementwise.build(spec, params or {}, expect=ElementwiseMap)

@@ -61,8 +61,11 @@ class Embedding(CheckedParameters, nn.Module):
             )
         got = tuple(context.shape[1:])
         fits = got == self.context_shape or (
-            self.variable_leading and len(got) == len(self.context_shape)
-            and got[1:] == self.context_shape[1:] and got[0] >= 1)
+            self.variable_leading
+            and len(got) == len(self.context_shape)
+            and got[1:] == self.context_shape[1:]
+            and got[0] >= 1
+        )
         if context.dim() < 1 or not fits:
             raise ShapeError(
                 f"the model is conditioned on a real-valued context of shape {expected}, but got "

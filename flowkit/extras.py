@@ -26,9 +26,9 @@ from flowkit.errors import FlowkitError
 EXTRAS = {
     "nflows": "the nflows bridge plugins (nflows-rq-coupling, nflows-maf, nflows-realnvp)",
     "bench": "peer libraries for `flowkit bench peers` and `flowkit bench conditional` "
-             "(nflows, normflows, zuko, FrEIA)",
+    "(nflows, normflows, zuko, FrEIA)",
     "testing": "the hypothesis strategies of flowkit.testing (shapes_for, params_for, ...), for "
-               "property tests of a plugin",
+    "property tests of a plugin",
     "dev": "the test and lint tools",
     "docs": "the documentation site (make docs)",
 }
@@ -78,8 +78,13 @@ def clash_message(dist: metadata.Distribution) -> str:
     """What is wrong and what to do, for a distribution found by :func:`clashing_distribution`."""
     summary = (dist.metadata["Summary"] or "").strip()
     ours = any(ep.group.startswith("flowkit.") for ep in dist.entry_points)
-    what = ("an older flowkit, installed before it was published as torch-flowkit" if ours
-            else f"an unrelated project ({summary})" if summary else "an unrelated project")
+    what = (
+        "an older flowkit, installed before it was published as torch-flowkit"
+        if ours
+        else f"an unrelated project ({summary})"
+        if summary
+        else "an unrelated project"
+    )
     return (
         f"the distribution 'flowkit' {dist.version} is installed in this environment: {what}. "
         f"It uses the same import name, flowkit, as {DISTRIBUTION}, so the two overwrite each "

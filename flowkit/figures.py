@@ -35,8 +35,9 @@ def image_grid(images: Tensor, nrow: int | None = None, min_tile: int = 32, pad:
     grid = np.ones((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h,
-             pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+        grid[
+            :, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+        ] = x[i]
     arr = (grid * 255 + 0.5).astype(np.uint8)
     img = Image.fromarray(arr[0] if c == 1 else arr.transpose(1, 2, 0))
     scale = max(1, math.ceil(min_tile / max(h, w)))
@@ -52,8 +53,9 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -
 
 
 @torch.inference_mode()
-def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 2000,
-            resolution: int = 200) -> Path:
+def plot_2d(
+    model: Flow, data: DataSplits, path: str | Path, n_samples: int = 2000, resolution: int = 200
+) -> Path:
     """Three panels for 2-D data: test data, the model's density, and model samples.
 
     For a model with a real-valued context the density is drawn at the first test example's
@@ -80,11 +82,14 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
     contexts = data.test_context[:n_samples] if model.context_shape is not None else None
 
     def at_first_context(chunk: Tensor) -> Tensor | None:
-        return None if contexts is None else contexts[:1].expand(chunk.shape[0],
-                                                                 *contexts.shape[1:])
+        return None if contexts is None else contexts[:1].expand(chunk.shape[0], *contexts.shape[1:])
 
-    dens = torch.cat([model.log_prob(chunk.to(model.device, dtype), at_first_context(chunk))
-                      .exp().cpu() for chunk in grid.split(10000)]).reshape(resolution, resolution)
+    dens = torch.cat(
+        [
+            model.log_prob(chunk.to(model.device, dtype), at_first_context(chunk)).exp().cpu()
+            for chunk in grid.split(10000)
+        ]
+    ).reshape(resolution, resolution)
     if contexts is None:
         samples = model.sample(n_samples).float().cpu().numpy()
     else:
@@ -94,8 +99,9 @@ def plot_2d(model: Flow, data: DataSplits, path: str | Path, n_samples: int = 20
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     axes[0].scatter(test[:, 0], test[:, 1], s=2, alpha=0.5)
     axes[0].set_title(f"{data.name}: test data")
-    axes[1].imshow(dens.numpy(), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
-                   aspect="auto", cmap="viridis")
+    axes[1].imshow(
+        dens.numpy(), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
+    )
     axes[1].set_title("model density" + ("" if contexts is None else " (test context 0)"))
     axes[2].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, color="tab:orange")
     axes[2].set_title("model samples" + ("" if contexts is None else " (test contexts)"))
@@ -119,8 +125,9 @@ def class_sample_grid(model: Flow, per_class: int = 10, temperature: float = 1.0
 
 
 @torch.inference_mode()
-def latent_traversals(model: Flow, n_dims: int = 4, steps: int = 9,
-                      context: Tensor | None = None) -> Tensor | None:
+def latent_traversals(
+    model: Flow, n_dims: int = 4, steps: int = 9, context: Tensor | None = None
+) -> Tensor | None:
     """Decoded latents that walk the ``n_dims`` dimensions with the largest prior σ.
 
     Starting from the prior mean, each of the chosen dimensions in turn takes ``steps`` evenly
@@ -159,8 +166,9 @@ def reconstructions(model: Flow, x: Tensor, context: Tensor | None = None) -> Te
 
 
 @torch.inference_mode()
-def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int = 64,
-                     temperature: float = 1.0, prefix: str = "") -> list[Path]:
+def save_run_figures(
+    model: Flow, data: DataSplits, folder: str | Path, n: int = 64, temperature: float = 1.0, prefix: str = ""
+) -> list[Path]:
     """The figures of a run: samples (per class for class-conditional priors), latent traversals
     and reconstructions for image data; density and samples for 2-D data."""
     folder = Path(folder)
@@ -169,8 +177,11 @@ def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int =
     paths = [save_samples_figure(model, data, folder / f"{prefix}samples.png", n, temperature)]
     if data.is_image:
         if model.class_conditional:
-            paths.append(save_image_grid(class_sample_grid(model, 10, temperature),
-                                         folder / f"{prefix}class-samples.png", nrow=10))
+            paths.append(
+                save_image_grid(
+                    class_sample_grid(model, 10, temperature), folder / f"{prefix}class-samples.png", nrow=10
+                )
+            )
         trav = latent_traversals(model) if model.context_shape is None else None
         if trav is not None:
             paths.append(save_image_grid(trav, folder / f"{prefix}traversals.png", nrow=9))
@@ -178,22 +189,25 @@ def save_run_figures(model: Flow, data: DataSplits, folder: str | Path, n: int =
         x = data.test[:k].to(model.device, next(model.parameters()).dtype)
         cond = data.conditioning("test")
         ctx = cond[:k].to(model.device) if cond is not None else None
-        paths.append(save_image_grid(reconstructions(model, x, ctx),
-                                     folder / f"{prefix}reconstructions.png", nrow=k))
+        paths.append(
+            save_image_grid(reconstructions(model, x, ctx), folder / f"{prefix}reconstructions.png", nrow=k)
+        )
     model.train(was_training)
     return paths
 
 
 @torch.inference_mode()
-def save_samples_figure(model: Flow, data: DataSplits, path: str | Path, n: int = 64,
-                        temperature: float = 1.0) -> Path:
+def save_samples_figure(
+    model: Flow, data: DataSplits, path: str | Path, n: int = 64, temperature: float = 1.0
+) -> Path:
     """The run figure: a sample grid for images, density and samples for 2-D data."""
     if data.is_image:
         was_training = model.training
         model.eval()
         contexts = data.test_context[:n] if model.context_shape is not None else None
-        samples = model.sample(n if contexts is None else contexts.shape[0], contexts,
-                               temperature=temperature)
+        samples = model.sample(
+            n if contexts is None else contexts.shape[0], contexts, temperature=temperature
+        )
         model.train(was_training)
         return save_image_grid(samples, path)
     if data.dim == 2:

@@ -65,12 +65,15 @@ def build(
         raise ValueError("features must be a positive int or a shape tuple")
     section = {"name": embedding} if isinstance(embedding, str) else dict(embedding)
     prior_section = {"name": prior} if isinstance(prior, str) else dict(prior)
-    config = merge(defaults(), {
-        "transform": {"name": transform, **params},
-        "embedding": section,
-        "prior": prior_section,
-        "data": {"preprocess": "none"},
-    })
+    config = merge(
+        defaults(),
+        {
+            "transform": {"name": transform, **params},
+            "embedding": section,
+            "prior": prior_section,
+            "data": {"preprocess": "none"},
+        },
+    )
     config["transform"] = {"name": transform, **params}  # not merged with realnvp's defaults
     config["prior"] = prior_section
     config["embedding"] = section
@@ -80,56 +83,105 @@ def build(
     return flow
 
 
-def MAF(features: int, context: int | Shape | None = None, *, transforms: int = 5,
-        hidden: int = 64, num_hidden: int = 2, **options: Any) -> Flow:
+def MAF(
+    features: int,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 5,
+    hidden: int = 64,
+    num_hidden: int = 2,
+    **options: Any,
+) -> Flow:
     """Masked autoregressive flow (Papamakarios et al. 2017): registered transform ``maf``.
 
     ``transforms`` MADE affine layers of ``num_hidden`` × ``hidden`` units, order reversed
     between layers; the context enters every MADE (§3.4). ``options``: ``embedding``, ``prior``.
     """
-    return build("maf", features, context, num_layers=transforms, hidden=hidden,
-                 num_hidden=num_hidden, **options)
+    return build(
+        "maf", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
+    )
 
 
-def IAF(features: int, context: int | Shape | None = None, *, transforms: int = 5,
-        hidden: int = 64, num_hidden: int = 2, **options: Any) -> Flow:
+def IAF(
+    features: int,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 5,
+    hidden: int = 64,
+    num_hidden: int = 2,
+    **options: Any,
+) -> Flow:
     """Inverse autoregressive flow (Kingma et al. 2016): registered transform ``iaf``.
 
     One-pass sampling, sequential density; sizes as :func:`MAF`.
     """
-    return build("iaf", features, context, num_layers=transforms, hidden=hidden,
-                 num_hidden=num_hidden, **options)
+    return build(
+        "iaf", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
+    )
 
 
-def RealNVP(features: int | Shape, context: int | Shape | None = None, *, transforms: int = 8,
-            hidden: int | None = None, num_hidden: int = 2, **options: Any) -> Flow:
+def RealNVP(
+    features: int | Shape,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 8,
+    hidden: int | None = None,
+    num_hidden: int = 2,
+    **options: Any,
+) -> Flow:
     """Affine couplings (Dinh et al. 2017): registered transform ``realnvp``.
 
     For vectors, ``transforms`` couplings on alternating halves with MLP conditioners
     (``num_hidden`` × ``hidden`` units, default 256); for images ``(C, H, W)`` the multi-scale
     architecture (``options`` such as ``num_scales``, ``num_blocks``).
     """
-    return build("realnvp", features, context, num_layers=transforms, hidden=hidden,
-                 num_hidden=num_hidden, **options)
+    return build(
+        "realnvp", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
+    )
 
 
-def NICE(features: int | Shape, context: int | Shape | None = None, *, transforms: int = 4,
-         hidden: int = 256, num_hidden: int = 3, **options: Any) -> Flow:
+def NICE(
+    features: int | Shape,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 4,
+    hidden: int = 256,
+    num_hidden: int = 3,
+    **options: Any,
+) -> Flow:
     """Additive couplings and a diagonal scaling (Dinh et al. 2015): transform ``nice``."""
-    return build("nice", features, context, num_couplings=transforms, hidden=hidden,
-                 num_hidden=num_hidden, **options)
+    return build(
+        "nice", features, context, num_couplings=transforms, hidden=hidden, num_hidden=num_hidden, **options
+    )
 
 
-def GIN(features: int | Shape, context: int | Shape | None = None, *, transforms: int = 8,
-        hidden: int | None = None, num_hidden: int = 2, **options: Any) -> Flow:
+def GIN(
+    features: int | Shape,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 8,
+    hidden: int | None = None,
+    num_hidden: int = 2,
+    **options: Any,
+) -> Flow:
     """Volume-preserving affine couplings (Sorrenson et al. 2020): registered transform ``gin``."""
-    return build("gin", features, context, num_blocks=transforms, hidden=hidden,
-                 num_hidden=num_hidden, **options)
+    return build(
+        "gin", features, context, num_blocks=transforms, hidden=hidden, num_hidden=num_hidden, **options
+    )
 
 
-def NSF(features: int | Shape, context: int | Shape | None = None, *, transforms: int = 5,
-        bins: int = 8, hidden: int = 64, num_hidden: int = 2, coupling: bool = False,
-        tail_bound: float = 5.0, **options: Any) -> Flow:
+def NSF(
+    features: int | Shape,
+    context: int | Shape | None = None,
+    *,
+    transforms: int = 5,
+    bins: int = 8,
+    hidden: int = 64,
+    num_hidden: int = 2,
+    coupling: bool = False,
+    tail_bound: float = 5.0,
+    **options: Any,
+) -> Flow:
     """Neural spline flow (Durkan et al. 2019): monotone rational-quadratic splines.
 
     Autoregressive by default (registered transform ``rq-autoregressive``, like zuko's ``NSF``:
@@ -138,5 +190,14 @@ def NSF(features: int | Shape, context: int | Shape | None = None, *, transforms
     outside.
     """
     name = "nsf" if coupling else "rq-autoregressive"
-    return build(name, features, context, num_layers=transforms, num_bins=bins,
-                 tail_bound=tail_bound, hidden=hidden, num_hidden=num_hidden, **options)
+    return build(
+        name,
+        features,
+        context,
+        num_layers=transforms,
+        num_bins=bins,
+        tail_bound=tail_bound,
+        hidden=hidden,
+        num_hidden=num_hidden,
+        **options,
+    )

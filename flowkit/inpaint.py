@@ -33,7 +33,12 @@ from flowkit.model import Flow
 
 #: The named masks and the fraction of the image each hides by default.
 DEFAULT_FRACTIONS: dict[str, float] = {
-    "left": 0.5, "right": 0.5, "top": 0.5, "bottom": 0.5, "center": 0.25, "random": 0.5,
+    "left": 0.5,
+    "right": 0.5,
+    "top": 0.5,
+    "bottom": 0.5,
+    "center": 0.25,
+    "random": 0.5,
 }
 MASK_NAMES: tuple[str, ...] = tuple(DEFAULT_FRACTIONS)
 MASK_SUFFIXES: tuple[str, ...] = (".npy", ".png")
@@ -45,7 +50,10 @@ Init = Literal["noise", "mean"]
 
 # -- masks ---------------------------------------------------------------------------------------
 def named_mask(
-    name: str, shape: tuple[int, ...], n: int = 1, fraction: float | None = None,
+    name: str,
+    shape: tuple[int, ...],
+    n: int = 1,
+    fraction: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """A boolean mask ``(n, 1, H, W)`` (``True`` = missing) for images of shape ``(C, H, W)``.
@@ -62,8 +70,10 @@ def named_mask(
             f"{', '.join(MASK_NAMES)}; or give the path of a {' or '.join(MASK_SUFFIXES)} file."
         )
     if len(shape) != 3:
-        raise ShapeError(f"named masks are for images (C, H, W), but the data has shape "
-                         f"{tuple(shape)}; give a .npy mask of the data's shape instead.")
+        raise ShapeError(
+            f"named masks are for images (C, H, W), but the data has shape "
+            f"{tuple(shape)}; give a .npy mask of the data's shape instead."
+        )
     frac = DEFAULT_FRACTIONS[name] if fraction is None else float(fraction)
     if not 0.0 < frac <= 1.0:
         raise ConfigError(f"the mask fraction must lie in (0, 1], got {frac}.")
@@ -75,15 +85,15 @@ def named_mask(
     if name == "left":
         mask[:, :cols] = True
     elif name == "right":
-        mask[:, w - cols:] = True
+        mask[:, w - cols :] = True
     elif name == "top":
         mask[:rows, :] = True
     elif name == "bottom":
-        mask[h - rows:, :] = True
+        mask[h - rows :, :] = True
     else:  # center: a rectangle of side √fraction of each side
         ch, cw = max(1, round(math.sqrt(frac) * h)), max(1, round(math.sqrt(frac) * w))
         top, left = (h - ch) // 2, (w - cw) // 2
-        mask[top:top + ch, left:left + cw] = True
+        mask[top : top + ch, left : left + cw] = True
     return mask.expand(n, 1, h, w).clone()
 
 
@@ -97,8 +107,10 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> Tensor:
     """
     path = Path(path)
     if len(shape) != 3:
-        raise ShapeError(f"mask files are for images (C, H, W), but the data has shape "
-                         f"{tuple(shape)}; pass a mask tensor to flowkit.inpaint.inpaint instead.")
+        raise ShapeError(
+            f"mask files are for images (C, H, W), but the data has shape "
+            f"{tuple(shape)}; pass a mask tensor to flowkit.inpaint.inpaint instead."
+        )
     if path.suffix not in MASK_SUFFIXES:
         raise ConfigError(f"mask file {str(path)!r} must end in {' or '.join(MASK_SUFFIXES)}.")
     if not path.is_file():
@@ -118,8 +130,7 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> Tensor:
     found = tuple(mask.shape)
     if mask.dim() == 2:
         mask = mask.unsqueeze(0)
-    if not (mask.dim() in (3, 4) and tuple(mask.shape[-2:]) == (h, w)
-            and mask.shape[-3] in (1, c)):
+    if not (mask.dim() in (3, 4) and tuple(mask.shape[-2:]) == (h, w) and mask.shape[-3] in (1, c)):
         accepted = [f"({h}, {w})", f"(1, {h}, {w})"] + ([f"({c}, {h}, {w})"] if c > 1 else [])
         raise ShapeError(
             f"mask file {str(path)!r} has shape {found}, but the images have shape {(c, h, w)}; "
@@ -130,7 +141,10 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> Tensor:
 
 
 def parse_mask(
-    spec: str, shape: tuple[int, ...], n: int, fraction: float | None = None,
+    spec: str,
+    shape: tuple[int, ...],
+    n: int,
+    fraction: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """A mask from a name (``left``, ``random``, …) or the path of a ``.npy``/``.png`` file.
@@ -167,8 +181,10 @@ def parse_indices(spec: str, size: int) -> list[int]:
         start, stop, step = [*numbers, None, None][:3]
         for bound in (start, stop):
             if bound is not None and not -size <= bound <= size:
-                raise ConfigError(f"--images {spec!r}: {bound} is outside the {size} examples of "
-                                  f"the split (0..{size - 1}); {hint}.")
+                raise ConfigError(
+                    f"--images {spec!r}: {bound} is outside the {size} examples of "
+                    f"the split (0..{size - 1}); {hint}."
+                )
         if step == 0:
             raise ConfigError(f"--images {spec!r}: the step of a slice cannot be 0; {hint}.")
         indices = list(range(*slice(start, stop, step).indices(size)))
@@ -176,8 +192,9 @@ def parse_indices(spec: str, size: int) -> list[int]:
         indices = [int(n) for n in numbers if n is not None]
     bad = [i for i in indices if not -size <= i < size]
     if bad:
-        raise ConfigError(f"--images {spec!r}: index {bad[0]} is outside the {size} examples of "
-                          f"the split (0..{size - 1}).")
+        raise ConfigError(
+            f"--images {spec!r}: index {bad[0]} is outside the {size} examples of the split (0..{size - 1})."
+        )
     if not indices:
         raise ConfigError(f"--images {spec!r} selects no images; {hint}.")
     return [i % size for i in indices]
@@ -188,8 +205,9 @@ def parse_indices(spec: str, size: int) -> list[int]:
 GROW, SHRINK = 1.25, 0.5
 
 
-def step_sizes(step_size: float, steps: int, schedule: Schedule = "adaptive",
-               decay_steps: float = 100.0) -> list[float]:
+def step_sizes(
+    step_size: float, steps: int, schedule: Schedule = "adaptive", decay_steps: float = 100.0
+) -> list[float]:
     """The planned step sizes ``α_0 … α_{steps−1}`` of a schedule.
 
     ``constant``: ``α``; ``harmonic``: ``α / (1 + i / decay_steps)``; ``adaptive``: ``α`` as the
@@ -205,8 +223,7 @@ def step_sizes(step_size: float, steps: int, schedule: Schedule = "adaptive",
         if not decay_steps > 0:
             raise ConfigError(f"decay_steps must be positive, got {decay_steps}.")
         return [step_size / (1.0 + i / decay_steps) for i in range(steps)]
-    raise ConfigError(f"unknown step-size schedule {schedule!r}; use one of "
-                      f"{', '.join(SCHEDULES)}.")
+    raise ConfigError(f"unknown step-size schedule {schedule!r}; use one of {', '.join(SCHEDULES)}.")
 
 
 def _broadcast_mask(mask: Tensor, images: Tensor) -> Tensor:
@@ -224,9 +241,13 @@ def _broadcast_mask(mask: Tensor, images: Tensor) -> Tensor:
     return (mask != 0).to(images.device).expand(images.shape)
 
 
-def _initial_fill(images: Tensor, missing: Tensor, init: Init | Tensor,
-                  domain: tuple[float, float] | None,
-                  generator: torch.Generator | None) -> Tensor:
+def _initial_fill(
+    images: Tensor,
+    missing: Tensor,
+    init: Init | Tensor,
+    domain: tuple[float, float] | None,
+    generator: torch.Generator | None,
+) -> Tensor:
     """Starting values of the missing pixels (the observed ones are taken from ``images``)."""
     if isinstance(init, Tensor):
         return init.to(images).expand(images.shape)
@@ -295,9 +316,11 @@ def inpaint(
     the ascent and restored after.
     """
     if images.dim() < 2 or tuple(images.shape[1:]) != tuple(model.event_shape):
-        raise ShapeError(f"inpaint: the model takes images of shape (N, "
-                         f"{', '.join(map(str, model.event_shape))}) but got "
-                         f"{tuple(images.shape)}.")
+        raise ShapeError(
+            f"inpaint: the model takes images of shape (N, "
+            f"{', '.join(map(str, model.event_shape))}) but got "
+            f"{tuple(images.shape)}."
+        )
     if steps < 0:
         raise ConfigError(f"inpaint: steps must be >= 0, got {steps}.")
     alphas = step_sizes(step_size, steps, schedule, decay_steps)
@@ -312,16 +335,21 @@ def inpaint(
     was_training = model.training
     model.eval()
     try:
-        x = _ascend(model, x, hidden, observed, alphas, schedule == "adaptive", domain, context,
-                    callback)
+        x = _ascend(model, x, hidden, observed, alphas, schedule == "adaptive", domain, context, callback)
     finally:
         model.train(was_training)
     return torch.where(missing, x.to(images.device, images.dtype), images)
 
 
 def _ascend(
-    model: Flow, x: Tensor, hidden: Tensor, observed: Tensor, alphas: list[float],
-    adaptive: bool, domain: tuple[float, float] | None, context: Tensor | None,
+    model: Flow,
+    x: Tensor,
+    hidden: Tensor,
+    observed: Tensor,
+    alphas: list[float],
+    adaptive: bool,
+    domain: tuple[float, float] | None,
+    context: Tensor | None,
     callback: Callable[[int, Tensor], None] | None,
 ) -> Tensor:
     """The ascent loop of :func:`inpaint` (one ``log p`` evaluation and gradient per step)."""
@@ -355,8 +383,9 @@ def _ascend(
 
 
 @torch.no_grad()
-def log_likelihood(model: Flow, images: Tensor, context: Tensor | None = None,
-                   batch_size: int = 500) -> Tensor:
+def log_likelihood(
+    model: Flow, images: Tensor, context: Tensor | None = None, batch_size: int = 500
+) -> Tensor:
     """``log p(x)`` (nats) of every image, in batches, on the model's device and dtype."""
     reference = next(iter(model.parameters()), None)
     dtype = reference.dtype if reference is not None else images.dtype
@@ -365,8 +394,8 @@ def log_likelihood(model: Flow, images: Tensor, context: Tensor | None = None,
     try:
         parts = []
         for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(model.device, dtype)
-            ctx = None if context is None else context[start:start + batch_size].to(model.device)
+            x = images[start : start + batch_size].to(model.device, dtype)
+            ctx = None if context is None else context[start : start + batch_size].to(model.device)
             parts.append(model.log_prob(x, ctx).cpu())
     finally:
         model.train(was_training)
@@ -377,8 +406,9 @@ def log_likelihood(model: Flow, images: Tensor, context: Tensor | None = None,
 HOLE_COLOUR = (1.0, 0.0, 0.0)
 
 
-def comparison_grid(original: Tensor, inpainted: Tensor, missing: Tensor,
-                    per_row: int = 16) -> tuple[Tensor, int]:
+def comparison_grid(
+    original: Tensor, inpainted: Tensor, missing: Tensor, per_row: int = 16
+) -> tuple[Tensor, int]:
     """Images for a before/after figure: rows of originals, masked inputs and inpaintings.
 
     Every block of up to ``per_row`` images gives three rows — the originals, the masked inputs
@@ -386,13 +416,13 @@ def comparison_grid(original: Tensor, inpainted: Tensor, missing: Tensor,
     ready for :func:`flowkit.figures.save_image_grid` with the returned ``nrow``. A last,
     shorter block is padded with white tiles.
     """
+
     def rgb(t: Tensor) -> Tensor:
         t = t.detach().float().cpu().clamp(0, 1)
         return t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
 
     missing = missing.expand(original.shape).any(dim=1, keepdim=True).cpu()
-    holes = torch.tensor(HOLE_COLOUR).reshape(1, 3, 1, 1).expand(original.shape[0], 3,
-                                                                 *original.shape[2:])
+    holes = torch.tensor(HOLE_COLOUR).reshape(1, 3, 1, 1).expand(original.shape[0], 3, *original.shape[2:])
     masked = torch.where(missing, holes, rgb(original))
     rows = [rgb(original), masked, rgb(inpainted)]
     n = original.shape[0]
@@ -400,7 +430,7 @@ def comparison_grid(original: Tensor, inpainted: Tensor, missing: Tensor,
     tiles = []
     for start in range(0, n, nrow):
         for row in rows:
-            block = row[start:start + nrow]
+            block = row[start : start + nrow]
             if block.shape[0] < nrow:
                 pad = torch.ones(nrow - block.shape[0], *block.shape[1:])
                 block = torch.cat([block, pad])

@@ -63,13 +63,11 @@ class Flow(nn.Module):
         super().__init__()
         if preprocess.output_shape != transform.event_shape:
             raise ShapeError(
-                f"the transform takes {transform.event_shape} but the data is "
-                f"{preprocess.output_shape}"
+                f"the transform takes {transform.event_shape} but the data is {preprocess.output_shape}"
             )
         if prior.shape != transform.output_shape:
             raise ShapeError(
-                f"the prior has shape {prior.shape} but the transform outputs "
-                f"{transform.output_shape}"
+                f"the prior has shape {prior.shape} but the transform outputs {transform.output_shape}"
             )
         self.preprocess = preprocess
         self.transform = transform
@@ -132,12 +130,16 @@ class Flow(nn.Module):
             return context
         if context is None:
             shape = ", ".join(map(str, self.embedding.context_shape))
-            raise ShapeError(f"this model is conditional on a real-valued context: pass a float "
-                             f"tensor of shape (batch, {shape})")
+            raise ShapeError(
+                f"this model is conditional on a real-valued context: pass a float "
+                f"tensor of shape (batch, {shape})"
+            )
         self.embedding.check_context(context)
         if batch is not None and context.shape[0] != batch:
-            raise ShapeError(f"the context has batch size {context.shape[0]} but the data has "
-                             f"{batch}; give one context per example")
+            raise ShapeError(
+                f"the context has batch size {context.shape[0]} but the data has "
+                f"{batch}; give one context per example"
+            )
         context = context.to(device=self.device, dtype=self.prior.dtype)
         if self.context_norm is not None:
             context = self.context_norm(context)
@@ -172,7 +174,10 @@ class Flow(nn.Module):
         return self.prior.log_prob(z, h) + logdet
 
     def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0,
+        self,
+        n: int,
+        context: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
         """``n`` reparameterised samples and their exact ``log p(x | context)`` in one pass.
 
@@ -225,13 +230,15 @@ class Flow(nn.Module):
     @property
     def class_conditional(self) -> bool:
         """Whether the prior or a block of the transform reads class labels."""
-        return bool(self.num_classes) and (self.prior.conditional or any(
-            getattr(getattr(m, "context_spec", None), "kind", None) == "labels"
-            for m in self.transform.modules()))
+        return bool(self.num_classes) and (
+            self.prior.conditional
+            or any(
+                getattr(getattr(m, "context_spec", None), "kind", None) == "labels"
+                for m in self.transform.modules()
+            )
+        )
 
-    def sample(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
         images); class-conditional models cycle through the classes when ``context`` is None.
         A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``.
@@ -263,9 +270,12 @@ def __getattr__(name: str) -> Any:
     if name == "build_model":
         import warnings
 
-        warnings.warn("flowkit.model.build_model moved to flowkit.builder.build_model (also "
-                      "flowkit.build_model); the old import path goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "flowkit.model.build_model moved to flowkit.builder.build_model (also "
+            "flowkit.build_model); the old import path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from flowkit.builder import build_model
 
         return build_model

@@ -163,9 +163,13 @@ def __getattr__(name: str) -> Any:
     if name == "build_objective":
         import warnings
 
-        warnings.warn("flowkit.objective.build_objective moved to "
-                      "flowkit.builder.build_objective; the old import path goes in the next "
-                      "release", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "flowkit.objective.build_objective moved to "
+            "flowkit.builder.build_objective; the old import path goes in the next "
+            "release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from flowkit.builder import build_objective
 
         return build_objective

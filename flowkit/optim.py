@@ -52,7 +52,9 @@ import torch
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 #: The constructor options of each concrete implementation.
 _OPTIONS: dict[str, dict[str, bool]] = {
-    "fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False},
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "for-loop": {"foreach": False},
 }
 CACHE_FILE = "optimizer-choice.json"
 #: The measurement times stand-ins for at most this many parameter elements (a prefix of the
@@ -83,8 +85,11 @@ def _classes(kind: str) -> type[torch.optim.Optimizer]:
 def _options(train: dict[str, Any]) -> dict[str, Any]:
     if train["optimizer"] == "sgd":
         return {"lr": train["lr"], "momentum": 0.9, "weight_decay": train.get("weight_decay", 0.0)}
-    return {"lr": train["lr"], "betas": tuple(train.get("betas", (0.9, 0.999))),
-            "weight_decay": train.get("weight_decay", 0.0)}
+    return {
+        "lr": train["lr"],
+        "betas": tuple(train.get("betas", (0.9, 0.999))),
+        "weight_decay": train.get("weight_decay", 0.0),
+    }
 
 
 def candidates(params: Sequence[torch.Tensor]) -> tuple[str, ...]:
@@ -96,8 +101,7 @@ def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh
-                        if line.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
     return f"{cpu} ×{os.cpu_count()}"
@@ -117,8 +121,10 @@ def choice_key(params: Sequence[torch.Tensor], kind: str) -> str:
         where += f":{torch.get_num_threads()}threads"
     numel = sum(p.numel() for p in params)
     dtypes = ",".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
-    return (f"{_machine()}|torch {torch.__version__}|{where}|{dtypes}|{kind}|"
-            f"tensors 2^{int(math.log2(len(params)))}|elements 2^{int(math.log2(max(numel, 1)))}")
+    return (
+        f"{_machine()}|torch {torch.__version__}|{where}|{dtypes}|{kind}|"
+        f"tensors 2^{int(math.log2(len(params)))}|elements 2^{int(math.log2(max(numel, 1)))}"
+    )
 
 
 def _cache_path() -> Path:
@@ -138,8 +144,11 @@ def _write_cache(key: str, choice: str, step_ms: dict[str, float]) -> None:
     from flowkit.atomic import atomic_write_text
 
     data = _read_cache()
-    data[key] = {"choice": choice, "step_ms": step_ms,
-                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    data[key] = {
+        "choice": choice,
+        "step_ms": step_ms,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     with contextlib.suppress(OSError):  # a read-only cache: the choice lives for this process
         atomic_write_text(_cache_path(), json.dumps(data, indent=2, sort_keys=True))
 
@@ -150,8 +159,12 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_implementations(
-    params: Sequence[torch.Tensor], kind: str = "adam", options: dict[str, Any] | None = None,
-    *, rounds: int = MEASURE_ROUNDS, budget_s: float = MEASURE_BUDGET_S,
+    params: Sequence[torch.Tensor],
+    kind: str = "adam",
+    options: dict[str, Any] | None = None,
+    *,
+    rounds: int = MEASURE_ROUNDS,
+    budget_s: float = MEASURE_BUDGET_S,
     names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Median ``step()`` time (ms) of each implementation on stand-ins for ``params``.
@@ -214,8 +227,9 @@ def _agree_across_processes(choice: str) -> str:
     return choice
 
 
-def choose_implementation(params: Sequence[torch.Tensor], kind: str = "adam",
-                          options: dict[str, Any] | None = None) -> str:
+def choose_implementation(
+    params: Sequence[torch.Tensor], kind: str = "adam", options: dict[str, Any] | None = None
+) -> str:
     """The fastest implementation for ``params`` on this machine: cached, else measured.
 
     Looks the :func:`choice_key` up in this process's memo, then in the cache file; measures
@@ -253,7 +267,9 @@ def implementation_of(optimizer: torch.optim.Optimizer) -> str:
 
 
 def build_optimizer(
-    params: Sequence[torch.nn.Parameter], train: dict[str, Any], *,
+    params: Sequence[torch.nn.Parameter],
+    train: dict[str, Any],
+    *,
     implementation: str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser ``train["optimizer"]`` ("adam", "adamw" or "sgd") over ``params``.
@@ -269,8 +285,9 @@ def build_optimizer(
     if impl not in IMPLEMENTATIONS:
         from flowkit.errors import ConfigError
 
-        raise ConfigError(f"optimizer implementation must be one of {', '.join(IMPLEMENTATIONS)}, "
-                          f"got {impl!r}")
+        raise ConfigError(
+            f"optimizer implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}"
+        )
     cls = _classes(kind)
     options = _options(train)
     if impl == "auto":
@@ -300,8 +317,7 @@ def load_state_or_restart(optimizer: torch.optim.Optimizer, state: dict[str, Any
     """
     saved = state.get("param_groups", [])
     sizes = [len(g["params"]) for g in optimizer.param_groups]
-    if len(saved) != len(sizes) or any(len(g["params"]) != n for g, n in zip(saved, sizes,
-                                                                            strict=True)):
+    if len(saved) != len(sizes) or any(len(g["params"]) != n for g, n in zip(saved, sizes, strict=True)):
         return False
     optimizer.load_state_dict(state)
     return True

@@ -50,8 +50,9 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 from flowkit.errors import ConfigError, did_you_mean
 
 #: Parameter names flowkit fills in itself; users may not set them in a config.
-INJECTED = frozenset({"event_shape", "shape", "num_classes", "data_dir", "seed",
-                      "context_features", "context_shape"})
+INJECTED = frozenset(
+    {"event_shape", "shape", "num_classes", "data_dir", "seed", "context_features", "context_shape"}
+)
 
 _NO_DEFAULT: Any = inspect.Parameter.empty
 
@@ -197,11 +198,11 @@ def _check_constraints(value: Any, hint: Any, where: str, default: Any) -> None:
     """Raise unless the number ``value`` satisfies the constraints of ``hint`` (and is finite)."""
     found = constraints_of(hint)
     if not math.isfinite(value) and _finite_required(hint):
-        bounded = [c for c in found if isinstance(c, Range)
-                   and (c.minimum is not None or c.maximum is not None)]
+        bounded = [
+            c for c in found if isinstance(c, Range) and (c.minimum is not None or c.maximum is not None)
+        ]
         words = f" {bounded[0].words()}" if bounded else ""
-        raise _fail(where, f"a finite number{words}", bounded[0].note if bounded else "", value,
-                    default)
+        raise _fail(where, f"a finite number{words}", bounded[0].note if bounded else "", value, default)
     for constraint in found:
         if not constraint.accepts(value):
             raise _fail(where, constraint.words(), constraint.note, value, default)
@@ -229,8 +230,7 @@ def _function_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     hints: dict[str, Any] = {}
     for name, annotation in getattr(fn, "__annotations__", {}).items():
         try:
-            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) \
-                else annotation
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
         except Exception:
             continue
     return hints
@@ -345,12 +345,12 @@ def _check(value: Any, hint: Any, where: str, default: Any, finite: bool) -> Any
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
-            items = [_check(v, a, f"{where}[{i}]", _NO_DEFAULT, True)
-                     for i, (v, a) in enumerate(zip(value, args))]
+            items = [
+                _check(v, a, f"{where}[{i}]", _NO_DEFAULT, True) for i, (v, a) in enumerate(zip(value, args))
+            ]
         else:
             inner = args[0] if args else Any
-            items = [_check(v, inner, f"{where}[{i}]", _NO_DEFAULT, True)
-                     for i, v in enumerate(value)]
+            items = [_check(v, inner, f"{where}[{i}]", _NO_DEFAULT, True) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or hint is tuple else items
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, dict):
@@ -417,8 +417,7 @@ def validate_parameters(
                 f"{where}: unknown parameter '{key}'.{did_you_mean(key, allowed)} "
                 f"Parameters it takes: {known}."
             )
-        kwargs[key] = check_value(value, hints.get(key, Any), f"{where} {key}",
-                                  default=allowed[key].default)
+        kwargs[key] = check_value(value, hints.get(key, Any), f"{where} {key}", default=allowed[key].default)
     for name, p in allowed.items():
         if p.default is inspect.Parameter.empty and name not in kwargs:
             raise ConfigError(f"{where}: missing required parameter '{name}'")
@@ -448,8 +447,9 @@ def _kind_fits(value: Any, hint: Any) -> bool:
     return False
 
 
-def check_constraints(value: Any, hint: Any, where: str, default: Any = _NO_DEFAULT,
-                      *, finite: bool = True) -> None:
+def check_constraints(
+    value: Any, hint: Any, where: str, default: Any = _NO_DEFAULT, *, finite: bool = True
+) -> None:
     """Raise :class:`ConfigError` if ``value`` breaks a range declared in ``hint``.
 
     The check of Python calls: types are not enforced or converted (numpy integers, tensors and
@@ -476,8 +476,7 @@ def check_constraints(value: Any, hint: Any, where: str, default: Any = _NO_DEFA
                 errors.append(exc)
         if errors:
             raise errors[0]
-    elif (origin in (list, tuple, Sequence) or hint in (list, tuple)) \
-            and isinstance(value, (list, tuple)):
+    elif (origin in (list, tuple, Sequence) or hint in (list, tuple)) and isinstance(value, (list, tuple)):
         if origin is tuple and args and args[-1] is not Ellipsis:
             pairs = list(zip(value, args))
         else:
@@ -498,13 +497,18 @@ class _Plan:
 def _plan(fn: Callable[..., Any]) -> _Plan:
     sig = inspect.signature(fn)
     hints = _function_hints(fn)
-    positional = tuple(name for name, p in sig.parameters.items()
-                       if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                     inspect.Parameter.POSITIONAL_OR_KEYWORD))
-    checks = {name: (hints[name], p.default) for name, p in sig.parameters.items()
-              if name in hints and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                  inspect.Parameter.VAR_KEYWORD)
-              and _needs_check(hints[name])}
+    positional = tuple(
+        name
+        for name, p in sig.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+    checks = {
+        name: (hints[name], p.default)
+        for name, p in sig.parameters.items()
+        if name in hints
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and _needs_check(hints[name])
+    }
     return _Plan(positional, checks, method=bool(positional) and positional[0] == "self")
 
 

@@ -114,7 +114,6 @@ class Prior(CheckedParameters, nn.Module):
             )
         if context.shape != (n,):
             raise ShapeError(
-                f"{type(self).__name__} expects class labels of shape ({n},), got "
-                f"{tuple(context.shape)}"
+                f"{type(self).__name__} expects class labels of shape ({n},), got {tuple(context.shape)}"
             )
         return context.to(self.device).long()

@@ -58,14 +58,15 @@ Rule = Callable[[Any, Tensor, Tensor | None, Tensor, Tensor, bool, list[Tensor]]
 
 # -- gradient helpers ----------------------------------------------------------------------------
 def vjp(
-    outputs: Sequence[Tensor], grads: Sequence[Tensor], inputs: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    inputs: Sequence[Tensor],
 ) -> list[Tensor | None]:
     """``Σ_i grads_i · ∂outputs_i/∂inputs`` (``None`` where an input is unused)."""
     pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
     if not pairs or not inputs:
         return [None] * len(inputs)
-    out = torch.autograd.grad([o for o, _ in pairs], list(inputs), [g for _, g in pairs],
-                              allow_unused=True)
+    out = torch.autograd.grad([o for o, _ in pairs], list(inputs), [g for _, g in pairs], allow_unused=True)
     return list(out)
 
 
@@ -83,8 +84,13 @@ def leaf(t: Tensor, requires_grad: bool = True) -> Tensor:
 
 # -- the generic rules ---------------------------------------------------------------------------
 def generic_rule(
-    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
+    block: Transform,
+    y: Tensor,
+    context: Tensor | None,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    need_input_grad: bool,
+    params: list[Tensor],
 ) -> RuleResult:
     """Any exact block: ``x = f⁻¹(y)`` without a graph, then ``f(x)`` with one, then its VJP."""
     with torch.no_grad():
@@ -100,8 +106,13 @@ def generic_rule(
 
 
 def reindex_rule(
-    block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
+    block: Transform,
+    y: Tensor,
+    context: Tensor | None,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    need_input_grad: bool,
+    params: list[Tensor],
 ) -> RuleResult:
     """Parameter-free re-indexing ``y = P x`` with ``Pᵀ = P⁻¹``: ``x = P⁻¹ y``, ``∂L/∂x = P⁻¹ ∂L/∂y``.
 

@@ -86,8 +86,11 @@ class PluginEntry:
                 raise
             except BaseException as exc:  # any import-time failure, sys.exit() included
                 self._error = exc
-        exited = " (the plugin called sys.exit() while being imported)" \
-            if isinstance(self._error, SystemExit) else ""
+        exited = (
+            " (the plugin called sys.exit() while being imported)"
+            if isinstance(self._error, SystemExit)
+            else ""
+        )
         raise PluginLoadError(
             f"{self.kind} plugin '{self.name}' (from {self.provider}, {self.target}) failed to "
             f"load: {type(self._error).__name__}: {self._error}{exited}. Fix or reinstall "
@@ -151,13 +154,11 @@ class Registry:
             )
             same = found.setdefault(ep.name, [])
             # the same distribution seen twice on sys.path (e.g. editable + wheel) is not a clash
-            if not any(e.distribution == entry.distribution and e.target == entry.target
-                       for e in same):
+            if not any(e.distribution == entry.distribution and e.target == entry.target for e in same):
                 same.append(entry)
         entries: dict[str, PluginEntry] = {}
         for name, candidates in found.items():
-            candidates.sort(key=lambda e: (e.distribution != BUILTIN_DISTRIBUTION,
-                                           e.distribution.lower()))
+            candidates.sort(key=lambda e: (e.distribution != BUILTIN_DISTRIBUTION, e.distribution.lower()))
             winner = candidates[0]
             if len(candidates) > 1:
                 losers = ", ".join(c.provider for c in candidates[1:])
@@ -178,8 +179,13 @@ class Registry:
     # -- programmatic registration -------------------------------------------------------------
     def register(self, name: str, obj: Any, distribution: str = "<runtime>") -> None:
         """Register ``obj`` as ``name`` in this process (notebooks, tests); shadows entry points."""
-        entry = PluginEntry(self.kind, name, f"{getattr(obj, '__module__', '?')}:"
-                            f"{getattr(obj, '__qualname__', '?')}", distribution, "")
+        entry = PluginEntry(
+            self.kind,
+            name,
+            f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', '?')}",
+            distribution,
+            "",
+        )
         entry._obj = obj
         self._runtime[name] = entry
 
@@ -192,8 +198,7 @@ class Registry:
 
     def _is_blocked(self, name: str) -> bool:
         blocked = blocked_names()
-        return name in blocked or f"{self.kind}:{name}" in blocked or \
-            f"{self.group}:{name}" in blocked
+        return name in blocked or f"{self.kind}:{name}" in blocked or f"{self.group}:{name}" in blocked
 
     def names(self, include_blocked: bool = False) -> list[str]:
         """Sorted names of the registered plugins."""
@@ -228,8 +233,11 @@ class Registry:
         return self.entry(name).load()
 
     def build(
-        self, name: str, params: Mapping[str, Any] | None = None,
-        injected: Mapping[str, Any] | None = None, expect: type | None = None,
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        injected: Mapping[str, Any] | None = None,
+        expect: type | None = None,
     ) -> Any:
         """Validate ``params`` against the plugin's signature and call it.
 
@@ -239,8 +247,9 @@ class Registry:
         kwargs = validate_parameters(factory, params or {}, f"[{self.kind}] {name}", injected)
         built = factory(**kwargs)
         if expect is not None and not isinstance(built, expect):
-            raise ConfigError(f"{self.kind} plugin '{name}' built a {type(built).__name__}, "
-                              f"not a flowkit {expect.__name__}")
+            raise ConfigError(
+                f"{self.kind} plugin '{name}' built a {type(built).__name__}, not a flowkit {expect.__name__}"
+            )
         return built
 
 
@@ -251,8 +260,14 @@ datasets = Registry("dataset")
 embeddings = Registry("embedding")
 elementwise = Registry("elementwise")
 
-_REGISTRIES = {"transform": transforms, "prior": priors, "objective": objectives,
-               "dataset": datasets, "embedding": embeddings, "elementwise": elementwise}
+_REGISTRIES = {
+    "transform": transforms,
+    "prior": priors,
+    "objective": objectives,
+    "dataset": datasets,
+    "embedding": embeddings,
+    "elementwise": elementwise,
+}
 
 
 def registry(kind: str) -> Registry:

@@ -51,8 +51,15 @@ def acquire(run_dir: str | os.PathLike[str]) -> Path:
         ) from None
     fh.seek(0)
     fh.truncate()
-    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "started": _dt.datetime.now().isoformat(timespec="seconds")}))
+    fh.write(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": _dt.datetime.now().isoformat(timespec="seconds"),
+            }
+        )
+    )
     fh.flush()
     _HELD[folder] = fh
     return folder

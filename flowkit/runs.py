@@ -55,8 +55,7 @@ def select_device(spec: str = "auto") -> torch.device:
         try:
             device = torch.device(spec)
         except RuntimeError as exc:
-            raise ConfigError(
-                f"train.device: {spec!r} is not a device (use auto, cpu, cuda)") from exc
+            raise ConfigError(f"train.device: {spec!r} is not a device (use auto, cpu, cuda)") from exc
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is available; use auto")
     if device.type == "cuda":
@@ -72,10 +71,12 @@ def _process_gpu(device: torch.device) -> torch.device:
         return device
     if device.index is not None:
         if distributed.world_size() > 1:  # the same on every process: rank 0 reports it
-            raise distributed.mark_every_rank(ConfigError(
-                f"train.device = {str(device)!r}, but under torchrun every process trains on its "
-                f"own GPU, cuda:LOCAL_RANK; set train.device to 'auto' or 'cuda'"
-            ))
+            raise distributed.mark_every_rank(
+                ConfigError(
+                    f"train.device = {str(device)!r}, but under torchrun every process trains on its "
+                    f"own GPU, cuda:LOCAL_RANK; set train.device to 'auto' or 'cuda'"
+                )
+            )
         return device
     local, count = distributed.local_rank(), torch.cuda.device_count()
     if local >= count:
@@ -94,9 +95,12 @@ def load_dataset(config: dict[str, Any]) -> DataSplits:
     data_cfg = config["data"]
     params = {k: v for k, v in data_cfg.items() if k not in DATA_KEYS}
     return registry.datasets.build(
-        data_cfg["name"], params,
-        injected={"seed": config["train"]["seed"],
-                  "data_dir": resolve_data_dir(data_cfg.get("data_dir") or None)},
+        data_cfg["name"],
+        params,
+        injected={
+            "seed": config["train"]["seed"],
+            "data_dir": resolve_data_dir(data_cfg.get("data_dir") or None),
+        },
         expect=DataSplits,
     )
 
@@ -125,8 +129,7 @@ def new_run_dir(out_dir: str | Path, config: dict[str, Any], name: str | None = 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoints of a run, oldest first."""
     folder = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt")
-             if (m := CHECKPOINT_RE.search(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := CHECKPOINT_RE.search(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -163,8 +166,7 @@ class Run:
         return load_dataset(config)
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
-             device: str = "auto") -> Run:
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> Run:
     """Rebuild the model of a run folder from its newest (or the given) checkpoint."""
     from flowkit.config import resolve
 

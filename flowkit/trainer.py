@@ -109,15 +109,17 @@ class _Schedule:
         return 1.0
 
 
-def _batch_stream(data: DataSplits, tc: TrainConfig,
-                  log: Callable[[str], None]) -> BatchStream | ClassBalancedStream:
+def _batch_stream(
+    data: DataSplits, tc: TrainConfig, log: Callable[[str], None]
+) -> BatchStream | ClassBalancedStream:
     if tc.sampler == "class-balanced":
         if data.train_labels is None or not data.num_classes:
-            log(f"note: train.sampler = 'class-balanced' but '{data.name}' has no labels; "
-                f"drawing batches at random")
+            log(
+                f"note: train.sampler = 'class-balanced' but '{data.name}' has no labels; "
+                f"drawing batches at random"
+            )
             return BatchStream(data.train, None, tc.batch_size, tc.seed)
-        return ClassBalancedStream(data.train, data.train_labels, tc.batch_size, tc.seed,
-                                   data.num_classes)
+        return ClassBalancedStream(data.train, data.train_labels, tc.batch_size, tc.seed, data.num_classes)
     return BatchStream(data.train, data.conditioning("train"), tc.batch_size, tc.seed)
 
 
@@ -142,9 +144,15 @@ class Trainer:
     evaluation, early stopping and sample figures, before the checkpoint and the time budget.
     """
 
-    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, progress: bool = True,
-                 log: Callable[[str], None] = print,
-                 callbacks: Iterable[Callback] = ()) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        callbacks: Iterable[Callback] = (),
+    ) -> None:
         dist.init()  # joins torchrun's process group, if any (idempotent)
         self.run_dir = Path(run_dir)
         self.progress = progress and dist.is_main()
@@ -163,8 +171,7 @@ class Trainer:
         if tc.invertible_backprop:
             from flowkit.execution.invertible_backprop import enable_invertible_backprop
 
-            enable_invertible_backprop(self.model, log=self.log,
-                                       chunks=tc.invertible_backprop_chunks)
+            enable_invertible_backprop(self.model, log=self.log, chunks=tc.invertible_backprop_chunks)
         if tc.compile:  # TrainConfig refuses it together with invertible_backprop
             from flowkit.execution.compiled import enable_compile
 
@@ -198,8 +205,9 @@ class Trainer:
         tc, ec = self.train_config, self.eval_config
         out: list[Callback] = [MetricsLog(tc.log_every)]
         if tc.eval_every:
-            out.append(Evaluation(tc.eval_every, ec.max_examples,
-                                  evaluate_last=self.early_stopping is not None))
+            out.append(
+                Evaluation(tc.eval_every, ec.max_examples, evaluate_last=self.early_stopping is not None)
+            )
         if self.early_stopping is not None:
             out.append(self.early_stopping)
         if tc.sample_every:
@@ -249,13 +257,17 @@ class Trainer:
                 f"{str(exc).splitlines()[0]}"
             ) from exc
         if not restored:
-            self.log("resume: the checkpoint's optimiser state groups its parameters differently "
-                     "(a checkpoint from an older flowkit, e.g. a MADE before its context weights "
-                     "were merged); the model resumes exactly, the optimiser's moments restart")
+            self.log(
+                "resume: the checkpoint's optimiser state groups its parameters differently "
+                "(a checkpoint from an older flowkit, e.g. a MADE before its context weights "
+                "were merged); the model resumes exactly, the optimiser's moments restart"
+            )
         reset = drop_mismatched_optimizer_state(self.optimizer)
         if reset:
-            self.log(f"resume: the optimiser state of {reset} parameter tensor(s) was saved at "
-                     f"another shape (a checkpoint from an older flowkit); their moments restart")
+            self.log(
+                f"resume: the optimiser state of {reset} parameter tensor(s) was saved at "
+                f"another shape (a checkpoint from an older flowkit); their moments restart"
+            )
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         for callback in self.callbacks:
@@ -264,8 +276,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        note = dist.restore_rng_states(state.get("rank_rng"), self.train_config.seed,
-                                       self.step, self.device)
+        note = dist.restore_rng_states(state.get("rank_rng"), self.train_config.seed, self.step, self.device)
         if note:
             self.log(note)
         if "path" in state:
@@ -286,8 +297,12 @@ class Trainer:
         state = self.state()
         if best is not None:
             last = {k: state[k] for k in ("model", "objective", "optimizer")}
-            state.update(model=best["model"], objective=best["objective"], last=last,
-                         best_step=self.early_stopping.best_step if self.early_stopping else None)
+            state.update(
+                model=best["model"],
+                objective=best["objective"],
+                last=last,
+                best_step=self.early_stopping.best_step if self.early_stopping else None,
+            )
         problem = dist.on_main(self._unhealthy, state, best is None)
         if problem is not None:
             raise self._diverged(*problem)
@@ -309,9 +324,11 @@ class Trainer:
 
     def _unhealthy(self, state: dict[str, Any], probe: bool) -> tuple[str, str] | None:
         """``(what, detail)`` when ``state`` must not be a checkpoint, else ``None`` (rank 0)."""
-        bad = [*non_finite_tensors(state["model"], "model."),
-               *non_finite_tensors(state["objective"], "objective."),
-               *non_finite_tensors(state["optimizer"].get("state", {}), "optimizer.")]
+        bad = [
+            *non_finite_tensors(state["model"], "model."),
+            *non_finite_tensors(state["objective"], "objective."),
+            *non_finite_tensors(state["optimizer"].get("state", {}), "optimizer."),
+        ]
         if bad:
             more = ", ..." if len(bad) > 3 else ""
             return "the parameters", f"{len(bad)} tensor(s): {', '.join(bad[:3])}{more}"
@@ -319,8 +336,7 @@ class Trainer:
             n = min(PROBE_EXAMPLES, self.data.train.shape[0])
             nll = self._probe_nll(n) if n else 0.0
             if not math.isfinite(nll):
-                return (f"the model's NLL on the first {n} training examples",
-                        f"train_nll={nll}")
+                return (f"the model's NLL on the first {n} training examples", f"train_nll={nll}")
         return None
 
     def _probe_nll(self, n: int) -> float:
@@ -328,18 +344,26 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             metrics = _likelihood.evaluate_nll(
-                self.model, self.data, split="train", batch_size=n, max_examples=n,
-                dequantize_data=self.dequantize, seed=self.train_config.seed)
+                self.model,
+                self.data,
+                split="train",
+                batch_size=n,
+                max_examples=n,
+                dequantize_data=self.dequantize,
+                seed=self.train_config.seed,
+            )
         return metrics["train_nll"]
 
     def _resync(self) -> None:
         """Check that the processes still hold the same parameters; then copy rank 0's to all."""
         drifted = dist.out_of_sync(model=self.model, objective=self.objective)
         if drifted:
-            self.log(f"warning: {len(drifted)} parameter tensor(s) differ between processes "
-                     f"({', '.join(drifted[:3])}...): an objective that steps its own optimiser "
-                     f"must call flowkit.distributed.average_gradients(params) between backward() "
-                     f"and step(); rank 0's values are copied to every process")
+            self.log(
+                f"warning: {len(drifted)} parameter tensor(s) differ between processes "
+                f"({', '.join(drifted[:3])}...): an objective that steps its own optimiser "
+                f"must call flowkit.distributed.average_gradients(params) between backward() "
+                f"and step(); rank 0's values are copied to every process"
+            )
         dist.broadcast_modules(self.model, self.objective)
 
     # -- pieces of a step ---------------------------------------------------------------------
@@ -350,8 +374,9 @@ class Trainer:
             x = dequantize(x, self.data.levels, gen)
         if self.shard is not None:  # this process's slice of the global batch and of its noise
             x, y = x[self.shard], (None if y is None else y[self.shard])
-        return Batch(x.to(self.device, non_blocking=True),
-                     None if y is None else y.to(self.device, non_blocking=True))
+        return Batch(
+            x.to(self.device, non_blocking=True), None if y is None else y.to(self.device, non_blocking=True)
+        )
 
     def initialize(self) -> None:
         """Data-dependent initialisation from the untrained network (first batch of examples)."""
@@ -374,9 +399,15 @@ class Trainer:
             callback.on_metrics(self, record)
 
     def evaluate(self, max_examples: int, split: str = "test") -> dict[str, float]:
-        return evaluate_nll(self.model, self.data, split=split,
-                            batch_size=self.eval_config.batch_size, max_examples=max_examples,
-                            dequantize_data=self.dequantize, seed=self.train_config.seed)
+        return evaluate_nll(
+            self.model,
+            self.data,
+            split=split,
+            batch_size=self.eval_config.batch_size,
+            max_examples=max_examples,
+            dequantize_data=self.dequantize,
+            seed=self.train_config.seed,
+        )
 
     def log_evaluation(self, max_examples: int) -> dict[str, float]:
         """Periodic evaluation, on the validation split when the dataset has one."""
@@ -394,8 +425,7 @@ class Trainer:
         ec = self.eval_config
         if not (self.data.is_image or self.data.dim == 2):
             return []
-        paths = save_run_figures(self.model, self.data, self.run_dir, ec.n_samples,
-                                 ec.temperature)
+        paths = save_run_figures(self.model, self.data, self.run_dir, ec.n_samples, ec.temperature)
         return [p.name for p in paths]
 
     def _diverged(self, what: str, detail: str) -> TrainingDiverged:
@@ -403,19 +433,27 @@ class Trainer:
             what += f" (on at least one of the {dist.world_size()} processes)"
         lower = f"{self.train_config.lr / 10:g}"
         if self.last_checkpoint is not None:
-            advice = (f"the last good checkpoint is kept: {self.last_checkpoint} (finite, with a "
-                      f"finite NLL). Resume from it with a lower learning rate: flowkit run "
-                      f"--resume {self.run_dir} --set train.lr={lower} (and e.g. --set "
-                      f"train.grad_clip=5.0 to clip gradients)")
+            advice = (
+                f"the last good checkpoint is kept: {self.last_checkpoint} (finite, with a "
+                f"finite NLL). Resume from it with a lower learning rate: flowkit run "
+                f"--resume {self.run_dir} --set train.lr={lower} (and e.g. --set "
+                f"train.grad_clip=5.0 to clip gradients)"
+            )
         else:
-            advice = (f"no checkpoint had been written yet. Start again with a lower "
-                      f"learning rate (--set train.lr={lower}) or gradient clipping (--set "
-                      f"train.grad_clip=5.0)")
-        message = (f"training stopped at step {self.step}: {what} became NaN or infinite "
-                   f"({detail}); {advice}. A larger data.alpha (a new run) can also help.")
+            advice = (
+                f"no checkpoint had been written yet. Start again with a lower "
+                f"learning rate (--set train.lr={lower}) or gradient clipping (--set "
+                f"train.grad_clip=5.0)"
+            )
+        message = (
+            f"training stopped at step {self.step}: {what} became NaN or infinite "
+            f"({detail}); {advice}. A larger data.alpha (a new run) can also help."
+        )
         if dist.is_main():
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(
-                {"status": "diverged", "step": self.step, "message": message}, indent=2))
+            atomic_write_text(
+                self.run_dir / "summary.json",
+                json.dumps({"status": "diverged", "step": self.step, "message": message}, indent=2),
+            )
         return dist.mark_every_rank(TrainingDiverged(message))  # every process stops here
 
     # -- the loop ------------------------------------------------------------------------------
@@ -439,8 +477,7 @@ class Trainer:
             clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
             if not math.isfinite(grad_norm):
-                raise self._diverged("the gradient",
-                                     _format_terms({**terms, "grad_norm": grad_norm}))
+                raise self._diverged("the gradient", _format_terms({**terms, "grad_norm": grad_norm}))
             self.optimizer.step()
             self.model.prior.after_step()
             terms["grad_norm"] = grad_norm
@@ -466,9 +503,13 @@ class Trainer:
             dist.seed_rank_stream(tc.seed)  # ranks > 0: their own prior samples and noise
         dist.broadcast_modules(self.model, self.objective)  # every process starts from rank 0's
         self.model.train()
-        self.progress_bar = tqdm(total=tc.steps, initial=self.step, disable=not self.progress,
-                                 desc=f"{self.config['transform']['name']} on {self.data.name}",
-                                 dynamic_ncols=True)
+        self.progress_bar = tqdm(
+            total=tc.steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=f"{self.config['transform']['name']} on {self.data.name}",
+            dynamic_ncols=True,
+        )
         self.stop_reason = None
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -520,8 +561,7 @@ class Trainer:
             **latent_scale_stats(self.model),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "train_time_s": round(self.elapsed, 2),
-            "train_examples_per_s": round(self.step * tc.batch_size / max(self.elapsed, 1e-9),
-                                          1),
+            "train_examples_per_s": round(self.step * tc.batch_size / max(self.elapsed, 1e-9), 1),
             "device": str(self.device),
             **({"processes": dist.world_size()} if dist.world_size() > 1 else {}),
             "figures": figures,
@@ -537,9 +577,15 @@ def _format_terms(terms: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "no terms logged"
 
 
-def train(config: dict[str, Any], run_dir: str | Path | None = None, *, out_dir: str | Path = "runs",
-          progress: bool = True, log: Callable[[str], None] = print,
-          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+def train(
+    config: dict[str, Any],
+    run_dir: str | Path | None = None,
+    *,
+    out_dir: str | Path = "runs",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    callbacks: Iterable[Callback] = (),
+) -> dict[str, Any]:
     """Train a resolved config in a new run folder; returns the summary (``summary.json``).
 
     ``callbacks`` (:class:`flowkit.Callback`) run at every step, before the checkpoint (see
@@ -565,24 +611,26 @@ def _fit(trainer: Trainer) -> dict[str, Any]:
         return trainer.fit()
     except DiskFullError as exc:
         if trainer.last_checkpoint is not None:
-            then = (f"the last complete checkpoint is {trainer.last_checkpoint}; free space and "
-                    f"run `flowkit run --resume {trainer.run_dir}`")
+            then = (
+                f"the last complete checkpoint is {trainer.last_checkpoint}; free space and "
+                f"run `flowkit run --resume {trainer.run_dir}`"
+            )
         else:
             then = "no checkpoint was written yet; free space and start the run again"
-        raise DiskFullError(f"no space left on device while writing {exc.path}; {then}",
-                            exc.path) from None
+        raise DiskFullError(f"no space left on device while writing {exc.path}; {then}", exc.path) from None
 
 
 def _clean_run_dir(run_dir: Path, log: Callable[[str], None]) -> None:
     """Remove the temporary files of writes that a crash interrupted (rank 0, under the lock)."""
     removed = remove_stale_temporaries(run_dir)
     if removed:
-        log(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
-            f"{', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
+        log(
+            f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+            f"{', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''}"
+        )
 
 
-def _prepare_run_dir(config: dict[str, Any], run_dir: str | Path | None,
-                     out_dir: str | Path) -> Path:
+def _prepare_run_dir(config: dict[str, Any], run_dir: str | Path | None, out_dir: str | Path) -> Path:
     """Choose (or check) the run folder and lock it for this run (rank 0)."""
     if run_dir is None:
         path = new_run_dir(out_dir, config)
@@ -646,8 +694,7 @@ def _truncate_metrics(run_dir: Path, step: int) -> int:
     return dropped
 
 
-def _record_history(run_dir: Path, saved: dict[str, Any], config: dict[str, Any],
-                    step: int) -> None:
+def _record_history(run_dir: Path, saved: dict[str, Any], config: dict[str, Any], step: int) -> None:
     """Append the keys a resume changed to ``config-history.jsonl`` (rank 0)."""
     changed = diff(saved, config)
     if not changed:
@@ -659,9 +706,12 @@ def _record_history(run_dir: Path, saved: dict[str, Any], config: dict[str, Any]
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
-    record = {"time": _dt.datetime.now().isoformat(timespec="seconds"), "event": "resume",
-              "step": step,
-              "changes": {k: {"from": lookup(saved, k), "to": lookup(config, k)} for k in changed}}
+    record = {
+        "time": _dt.datetime.now().isoformat(timespec="seconds"),
+        "event": "resume",
+        "step": step,
+        "changes": {k: {"from": lookup(saved, k), "to": lookup(config, k)} for k in changed},
+    }
     path = run_dir / HISTORY_NAME
     with disk_full_is_an_error(path), open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, default=str) + "\n")
@@ -679,14 +729,21 @@ def _check_steps(trainer: Trainer, run_dir: Path) -> None:
         )
     stopped = trainer.early_stopping is not None and trainer.early_stopping.exhausted
     if steps == done and not stopped:
-        trainer.log(f"the run has already trained all {done} steps (train.steps = {steps}); "
-                    f"nothing to train, the final evaluation is repeated. Set train.steps "
-                    f"above {done} to train longer.")
+        trainer.log(
+            f"the run has already trained all {done} steps (train.steps = {steps}); "
+            f"nothing to train, the final evaluation is repeated. Set train.steps "
+            f"above {done} to train longer."
+        )
 
 
-def resume(run_dir: str | Path, requested: dict[str, Any] | None = None, *,
-           progress: bool = True, log: Callable[[str], None] = print,
-           callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+def resume(
+    run_dir: str | Path,
+    requested: dict[str, Any] | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    callbacks: Iterable[Callback] = (),
+) -> dict[str, Any]:
     """Continue a run from its newest good checkpoint.
 
     ``requested`` (a resolved config) may change only :data:`flowkit.config.RESUMABLE_KEYS`:

@@ -124,8 +124,7 @@ class Transform(CheckedParameters, nn.Module):
 def require_rank(name: str, shape: Shape, ranks: tuple[int, ...], hint: str = "") -> None:
     """Raise a :class:`ShapeError` naming the expected and actual shapes if the rank is wrong."""
     if len(shape) not in ranks:
-        kinds = " or ".join({1: "vectors (D,)", 3: "images (C, H, W)"}.get(r, f"rank {r}")
-                            for r in ranks)
+        kinds = " or ".join({1: "vectors (D,)", 3: "images (C, H, W)"}.get(r, f"rank {r}") for r in ranks)
         raise ShapeError(
             f"{name} takes {kinds} per example, but the data has shape {tuple(shape)}."
             + (f" {hint}" if hint else "")

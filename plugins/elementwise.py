@@ -36,8 +36,17 @@ from flowkit.plugins.transforms.splines import (
 )
 from flowkit.transform import sum_except_batch
 
-__all__ = ["SCALES", "SCALE_OFFSET", "Additive", "Affine", "RQSpline", "Scale",
-           "VolumePreservingAffine", "scaled_tanh", "soft_clamp"]
+__all__ = [
+    "SCALES",
+    "SCALE_OFFSET",
+    "Additive",
+    "Affine",
+    "RQSpline",
+    "Scale",
+    "VolumePreservingAffine",
+    "scaled_tanh",
+    "soft_clamp",
+]
 
 #: Glow's offset: ``e^{s} = sigmoid(ŝ + 2)``, so zero outputs scale by sigmoid(2) ≈ 0.88.
 SCALE_OFFSET = 2.0
@@ -94,10 +103,10 @@ def _sigmoid_scale(raw: Tensor) -> Tensor:
 Scale = Literal["exp", "tanh", "sigmoid", "soft-clamp"]
 #: name → (log-scale function, learned per-feature parameters it reads, identity at ŝ = 0).
 SCALES: dict[str, tuple[Callable[..., Tensor], dict[str, float], bool]] = {
-    "exp": (_exp_scale, {}, True),                # s = ŝ
+    "exp": (_exp_scale, {}, True),  # s = ŝ
     "tanh": (_tanh_scale, {"scale": 1.0}, True),  # s = c ⊙ tanh(ŝ), c learned (Real NVP)
-    "sigmoid": (_sigmoid_scale, {}, False),       # e^s = sigmoid(ŝ + 2) (Glow)
-    "soft-clamp": (soft_clamp, {}, True),         # s = 5 tanh(ŝ / 5) (MAF)
+    "sigmoid": (_sigmoid_scale, {}, False),  # e^s = sigmoid(ŝ + 2) (Glow)
+    "soft-clamp": (soft_clamp, {}, True),  # s = 5 tanh(ŝ / 5) (MAF)
 }
 
 
@@ -121,13 +130,16 @@ class Affine(ElementwiseMap):
 
     num_params = 2
     test_params: ClassVar[dict[str, Any]] = {
-        "scale": ["tanh", "exp", "sigmoid", "soft-clamp"], "shift_first": [False, True],
+        "scale": ["tanh", "exp", "sigmoid", "soft-clamp"],
+        "shift_first": [False, True],
     }
 
     def __init__(self, *, scale: Scale = "tanh", shift_first: bool = False) -> None:
         if scale not in SCALES:
-            raise ConfigError(f"{type(self).__name__}: unknown scale {scale!r}; choose one of "
-                              f"{', '.join(map(repr, SCALES))}.")
+            raise ConfigError(
+                f"{type(self).__name__}: unknown scale {scale!r}; choose one of "
+                f"{', '.join(map(repr, SCALES))}."
+            )
         self.scale = scale
         self.shift_first = bool(shift_first)
         self._log_scale, features, identity = SCALES[scale]
@@ -201,8 +213,9 @@ class RQSpline(ElementwiseMap):
         self.num_params = spline_param_count(self.num_bins)
 
     def _spline(self, x: Tensor, params: Sequence[Tensor], inverse: bool) -> tuple[Tensor, Tensor]:
-        out, log_det = rational_quadratic_spline(x, torch.stack(tuple(params), dim=-1),
-                                                 inverse=inverse, tail_bound=self.tail_bound)
+        out, log_det = rational_quadratic_spline(
+            x, torch.stack(tuple(params), dim=-1), inverse=inverse, tail_bound=self.tail_bound
+        )
         return out, sum_except_batch(log_det)
 
     def forward(self, x: Tensor, params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

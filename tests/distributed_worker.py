@@ -30,9 +30,18 @@ from flowkit.errors import TrainingDiverged
 from flowkit.objective import Batch, LossOutput, Objective
 from flowkit.trainer import Trainer
 
-TINY = ["data.n_train=512", "data.n_test=128", "transform.num_layers=2", "transform.hidden=8",
-        "train.batch_size=64", "train.threads=1", "train.log_every=1", "train.eval_every=0",
-        "train.sample_every=0", "eval.final_max_examples=64"]
+TINY = [
+    "data.n_train=512",
+    "data.n_test=128",
+    "transform.num_layers=2",
+    "transform.hidden=8",
+    "train.batch_size=64",
+    "train.threads=1",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "eval.final_max_examples=64",
+]
 
 
 class NaNOnLastRank(Objective):
@@ -78,8 +87,10 @@ class DumpingTrainer(Trainer):
     tag: str
 
     def save(self) -> Path:
-        torch.save({"model": self.model.state_dict(), "objective": self.objective.state_dict()},
-                   self.out / f"{self.tag}-rank{dist.rank()}-step{self.step}.pt")
+        torch.save(
+            {"model": self.model.state_dict(), "objective": self.objective.state_dict()},
+            self.out / f"{self.tag}-rank{dist.rank()}-step{self.step}.pt",
+        )
         return super().save()
 
 
@@ -93,8 +104,7 @@ def run(out: Path, tag: str, overrides: list[str], **shortcuts: str) -> None:
         status = "completed"
     except TrainingDiverged:
         status = "diverged"
-    record = {"status": status, "step": trainer.step, "messages": messages,
-              "world_size": dist.world_size()}
+    record = {"status": status, "step": trainer.step, "messages": messages, "world_size": dist.world_size()}
     (out / f"{tag}-rank{dist.rank()}.json").write_text(json.dumps(record))
 
 
@@ -106,11 +116,24 @@ def main() -> None:
         if len(sys.argv) > 2:  # continue a run with the command line's own code (--resume)
             from flowkit.cli.main import cli
 
-            cli.main(args=["run", "--resume", sys.argv[2], "--set", "train.steps=30", "-q"],
-                     prog_name="flowkit", standalone_mode=False)
-        run(out, "adv", ["train.steps=12", "train.checkpoint_every=4", "prior.num_selected=1",
-                         "objective.adversary_start=2", "objective.critic_samples=32",
-                         "objective.critic_hidden=[8, 8]"], objective="adversarial")
+            cli.main(
+                args=["run", "--resume", sys.argv[2], "--set", "train.steps=30", "-q"],
+                prog_name="flowkit",
+                standalone_mode=False,
+            )
+        run(
+            out,
+            "adv",
+            [
+                "train.steps=12",
+                "train.checkpoint_every=4",
+                "prior.num_selected=1",
+                "objective.adversary_start=2",
+                "objective.critic_samples=32",
+                "objective.critic_hidden=[8, 8]",
+            ],
+            objective="adversarial",
+        )
         run(out, "nan", ["train.steps=10", "train.checkpoint_every=2"], objective="nan-on-last-rank")
         run(out, "forgetful", ["train.steps=3"], objective="forgetful")
 

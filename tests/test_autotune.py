@@ -42,6 +42,7 @@ class FakeClock:
         def run() -> None:
             self.calls.append(name)
             self.now += seconds
+
         return run
 
     def fails(self, name: str, after: int = 0) -> Callable[[], None]:
@@ -54,6 +55,7 @@ class FakeClock:
             if count[0] > after:
                 raise RuntimeError(f"{name} is broken")
             self.now += 0.001
+
         return run
 
 
@@ -68,8 +70,12 @@ def tuner(tmp_path: Path, clock: FakeClock) -> autotune.Autotuner:
 
 
 def test_picks_the_faster_path(tuner, clock):
-    choice = tuner.choose("op", (256, 512), {"slow": clock.cost("slow", 0.002),
-                                              "fast": clock.cost("fast", 0.001)}, default="slow")
+    choice = tuner.choose(
+        "op",
+        (256, 512),
+        {"slow": clock.cost("slow", 0.002), "fast": clock.cost("fast", 0.001)},
+        default="slow",
+    )
     assert choice == "fast"
     decision = tuner.decisions[-1]
     assert decision.source == "measured"
@@ -80,20 +86,32 @@ def test_picks_the_faster_path(tuner, clock):
 
 def test_keeps_the_default_unless_another_is_clearly_faster(tuner, clock):
     """Within the margin (noise) the portable default stays."""
-    choice = tuner.choose("op", "near", {"portable": clock.cost("portable", 0.00100),
-                                         "fused": clock.cost("fused", 0.00098)},
-                          default="portable")
+    choice = tuner.choose(
+        "op",
+        "near",
+        {"portable": clock.cost("portable", 0.00100), "fused": clock.cost("fused", 0.00098)},
+        default="portable",
+    )
     assert choice == "portable"
-    assert tuner.choose("op", "default-slower", {"portable": clock.cost("portable", 0.001),
-                                                 "fused": clock.cost("fused", 0.0009)},
-                        default="portable") == "fused"
+    assert (
+        tuner.choose(
+            "op",
+            "default-slower",
+            {"portable": clock.cost("portable", 0.001), "fused": clock.cost("fused", 0.0009)},
+            default="portable",
+        )
+        == "fused"
+    )
 
 
 @pytest.mark.parametrize("after", [0, 2], ids=["in-warm-up", "in-a-timed-round"])
 def test_falls_back_when_a_path_errors(tuner, clock, after):
-    choice = tuner.choose("op", ("s", after), {"fused": clock.fails("fused", after),
-                                               "portable": clock.cost("portable", 0.005)},
-                          default="portable")
+    choice = tuner.choose(
+        "op",
+        ("s", after),
+        {"fused": clock.fails("fused", after), "portable": clock.cost("portable", 0.005)},
+        default="portable",
+    )
     assert choice == "portable"
     assert "fused is broken" in tuner.decisions[-1].failed["fused"]
     stored = json.loads(tuner.path.read_text())["machines"][autotune.machine_key()]["choices"]
@@ -164,12 +182,10 @@ def test_respects_the_override_and_the_off_switch(tuner, clock, monkeypatch):
 
 def test_the_measurement_is_bounded(tuner, clock):
     """Slow candidates: the budget stops measuring after MIN_ROUNDS timed rounds."""
-    tuner.choose("op", "slow", {"a": clock.cost("a", 0.1), "b": clock.cost("b", 0.1)},
-                 default="a")
+    tuner.choose("op", "slow", {"a": clock.cost("a", 0.1), "b": clock.cost("b", 0.1)}, default="a")
     assert clock.calls.count("a") == 1 + autotune.MIN_ROUNDS
     clock.calls.clear()
-    tuner.choose("op", "very slow", {"a": clock.cost("a", 1.0), "b": clock.cost("b", 1.0)},
-                 default="a")
+    tuner.choose("op", "very slow", {"a": clock.cost("a", 1.0), "b": clock.cost("b", 1.0)}, default="a")
     assert clock.calls.count("a") == 2  # warm-up and one round: past HARD_LIMIT_S
 
 
@@ -178,14 +194,20 @@ def test_a_recorded_choice_is_reused(tuner, clock):
     tuner.record("optimizer.adam", ("cpu", "float32", 2**22), "fused", {"fused": 4.5, "foreach": 21.8})
     again = autotune.Autotuner(tuner.path, timer=clock)
     assert again.lookup("optimizer.adam", ("cpu", "float32", 2**22)) == "fused"
-    assert again.choose("optimizer.adam", ("cpu", "float32", 2**22), lambda: pytest.fail("timed"),
-                        default="foreach") == "fused"
+    assert (
+        again.choose(
+            "optimizer.adam", ("cpu", "float32", 2**22), lambda: pytest.fail("timed"), default="foreach"
+        )
+        == "fused"
+    )
 
 
 def test_an_unreadable_cache_is_ignored_and_rewritten(tuner, clock):
     tuner.path.write_text("{ not json")
-    assert tuner.choose("op", "x", {"a": clock.cost("a", 0.003), "b": clock.cost("b", 0.001)},
-                        default="a") == "b"
+    assert (
+        tuner.choose("op", "x", {"a": clock.cost("a", 0.003), "b": clock.cost("b", 0.001)}, default="a")
+        == "b"
+    )
     assert json.loads(tuner.path.read_text())["format"] == autotune.FORMAT
 
 
@@ -233,8 +255,9 @@ def test_processes_sharing_the_cache_measure_once(tmp_path):
         print(tuner.choose("op", "shared", {{"slow": slow, "fast": fast}}, default="slow"),
               tuner.decisions[-1].source)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
     assert all(p.returncode == 0 for p in procs)
     assert [o[0] for o in outs] == ["fast", "fast"]
@@ -255,18 +278,20 @@ def fresh_tuner(monkeypatch, tmp_path, clock) -> autotune.Autotuner:
     return tuner
 
 
-needs_onednn = pytest.mark.skipif(not fl.onednn_linear_active(),
-                                  reason="PyTorch build without the oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(
+    not fl.onednn_linear_active(), reason="PyTorch build without the oneDNN linear kernel"
+)
 
 
 @needs_onednn
 @pytest.mark.parametrize("faster", [fl.ONEDNN, fl.ATEN])
 def test_linear_takes_the_path_measured_faster(fresh_tuner, clock, monkeypatch, faster):
     """The fake timings decide; the layer then runs that path (training and inference)."""
-    cost = {fl.ONEDNN: 0.001 if faster == fl.ONEDNN else 0.003,
-            fl.ATEN: 0.001 if faster == fl.ATEN else 0.003}
-    monkeypatch.setattr(fl, "_candidates", lambda *a: {n: clock.cost(n, c) for n, c in
-                                                        cost.items()})
+    cost = {
+        fl.ONEDNN: 0.001 if faster == fl.ONEDNN else 0.003,
+        fl.ATEN: 0.001 if faster == fl.ATEN else 0.003,
+    }
+    monkeypatch.setattr(fl, "_candidates", lambda *a: {n: clock.cost(n, c) for n, c in cost.items()})
     x, w = torch.randn(16, 8), torch.randn(4, 8, requires_grad=True)
     y = fl.linear(x, w, None, relu=True)
     fused = type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
@@ -338,8 +363,13 @@ def test_conv_values_agree_whichever_path(fresh_tuner, path, residual):
     with torch.no_grad():
         want = F.relu(conv(x) + (0 if residual == "none" else r))
         with torch.profiler.profile() as prof:
-            got = fc.conv2d(x, conv, relu=True, residual=None if residual == "none" else r.clone(),
-                            overwrite_residual=residual == "add-into")
+            got = fc.conv2d(
+                x,
+                conv,
+                relu=True,
+                residual=None if residual == "none" else r.clone(),
+                overwrite_residual=residual == "add-into",
+            )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     fused = any(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
     assert fused == (path == fl.ONEDNN)
@@ -383,9 +413,12 @@ def test_the_environment_switch_is_never_timed(fresh_tuner, clock, monkeypatch):
 
 
 def test_summary_names_each_operation_and_its_path(tuner, clock):
-    tuner.choose("linear.train", (256, 392, 512), {"onednn": clock.cost("o", 0.001),
-                                                   "aten": clock.cost("a", 0.002)},
-                 default="aten")
+    tuner.choose(
+        "linear.train",
+        (256, 392, 512),
+        {"onednn": clock.cost("o", 0.001), "aten": clock.cost("a", 0.002)},
+        default="aten",
+    )
     tuner.set_override("conv2d.infer", "aten")
     info = autotune.summary(tuner)
     assert info["threads"] == torch.get_num_threads()
@@ -404,11 +437,13 @@ def test_summary_names_the_environment_switch(monkeypatch):
 
 
 # -- the old module paths ------------------------------------------------------------------------
-OLD_PATHS = {"flowkit.linear": "flowkit.execution.onednn_linear",
-             "flowkit.conv": "flowkit.execution.onednn_conv",
-             "flowkit.compiled": "flowkit.execution.compiled",
-             "flowkit.invertible_backprop": "flowkit.execution.invertible_backprop",
-             "flowkit.wrapper": "flowkit.execution.wrapper"}
+OLD_PATHS = {
+    "flowkit.linear": "flowkit.execution.onednn_linear",
+    "flowkit.conv": "flowkit.execution.onednn_conv",
+    "flowkit.compiled": "flowkit.execution.compiled",
+    "flowkit.invertible_backprop": "flowkit.execution.invertible_backprop",
+    "flowkit.wrapper": "flowkit.execution.wrapper",
+}
 
 
 @pytest.mark.parametrize(("old", "new"), OLD_PATHS.items())
@@ -431,9 +466,14 @@ def test_nothing_in_the_repository_imports_the_old_paths():
     import the new paths."""
     import re
 
-    pattern = re.compile(r"^\s*(from|import)\s+(" + "|".join(map(re.escape, OLD_PATHS))
-                         + r")\b|^\s*from\s+flowkit\s+import\s+.*\b("
-                         + "|".join(p.split(".")[1] for p in OLD_PATHS) + r")\b", re.M)
+    pattern = re.compile(
+        r"^\s*(from|import)\s+("
+        + "|".join(map(re.escape, OLD_PATHS))
+        + r")\b|^\s*from\s+flowkit\s+import\s+.*\b("
+        + "|".join(p.split(".")[1] for p in OLD_PATHS)
+        + r")\b",
+        re.M,
+    )
     offenders = []
     for folder in ("flowkit", "plugins", "cli", "tests", "benchmarks", "docs/examples"):
         for path in (REPO / folder).rglob("*.py"):

@@ -60,10 +60,10 @@ callable = "probe_cell:measure"
 params = { scale = 3 }
 """
 
-PROBE = '''
+PROBE = """
 def measure(scale: int, seed: int) -> list[dict]:
     return [{"library": "a", "value": 1.5 * scale + seed}, {"library": "b", "value": 2.0}]
-'''
+"""
 
 
 @pytest.fixture
@@ -85,7 +85,9 @@ def test_matrix_expands_with_overrides_and_exclusions(suite_file: Path) -> None:
     nice = [c for c in suite.cells if c.axes.get("transform") == "nice"]
     assert all(c.excluded == "left out on purpose" for c in nice)
     assert [c.id for c in suite.select(filters=("transform=glow",))] == [
-        "glow__mle__moons__20-steps__s0", "glow__mle__moons__20-steps__s1"]
+        "glow__mle__moons__20-steps__s0",
+        "glow__mle__moons__20-steps__s1",
+    ]
     assert len(suite.select(only=("*__s1",))) == 3
 
 
@@ -104,7 +106,7 @@ def test_bad_suites_name_the_problem(tmp_path: Path) -> None:
     bad.write_text('[matrix]\ntransfrom = ["realnvp"]\ndata = ["moons"]\n')
     with pytest.raises(ConfigError, match="Did you mean 'transform'"):
         load_suite(bad)
-    bad.write_text('[metrics]\nfrechett = true\n')
+    bad.write_text("[metrics]\nfrechett = true\n")
     with pytest.raises(ConfigError, match="frechet"):
         load_suite(bad)
     bad.write_text("[suite\n")
@@ -124,8 +126,7 @@ def test_format() -> None:
 def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     runner = CliRunner()
-    result = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--jobs", "2",
-                                 "--quiet"])
+    result = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--jobs", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     status = {c["id"]: c["status"] for c in payload["cells"]}
@@ -171,8 +172,9 @@ def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
     for extra in ckpts[1:]:
         extra.unlink()
     assert ckpts[0].name == "step-00000010.pt"  # only the step-10 checkpoint is left
-    resumed = runner.invoke(cli, ["bench", str(suite_file), "--out", str(out), "--quiet",
-                                  "--only", "realnvp*s0"])
+    resumed = runner.invoke(
+        cli, ["bench", str(suite_file), "--out", str(out), "--quiet", "--only", "realnvp*s0"]
+    )
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in (cell0 / "log.txt").read_text()
     assert json.loads((cell0 / "result.json").read_text())["status"] == "completed"
@@ -182,11 +184,14 @@ def test_bench_list_and_dry_run(suite_file: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(cli, ["bench", "--list", "--suites-dir", str(suite_file.parent)])
     assert listed.exit_code == 0 and "mini" in listed.output and "7 cells" in listed.output
-    dry = runner.invoke(cli, ["bench", str(suite_file), "--dry-run", "--out",
-                              str(tmp_path / "x"), "--filter", "transform=glow"])
+    dry = runner.invoke(
+        cli,
+        ["bench", str(suite_file), "--dry-run", "--out", str(tmp_path / "x"), "--filter", "transform=glow"],
+    )
     assert dry.exit_code == 0 and dry.output.count("to run") == 2
-    missing = runner.invoke(cli, ["bench", str(suite_file), "--only", "nothing*", "--out",
-                                  str(tmp_path / "x")])
+    missing = runner.invoke(
+        cli, ["bench", str(suite_file), "--only", "nothing*", "--out", str(tmp_path / "x")]
+    )
     assert missing.exit_code != 0 and "no cell" in missing.output
 
 
@@ -217,8 +222,15 @@ def test_quick_suite_smoke(tmp_path: Path) -> None:
     assert sum(s == "completed" for s in status.values()) >= 7
     assert not any(c.get("metric_errors") for c in payload["cells"])
     report = (out / "report.md").read_text()
-    for section in ("## Ranking", "## Likelihood", "## Sample quality", "## Reconstruction",
-                    "## Cost", "## cost-asymmetry", "## Commands"):
+    for section in (
+        "## Ranking",
+        "## Likelihood",
+        "## Sample quality",
+        "## Reconstruction",
+        "## Cost",
+        "## cost-asymmetry",
+        "## Commands",
+    ):
         assert section in report, section
     assert (out / "figures" / "ranking.png").is_file()
     assert (out / "figures" / "samples-grid.png").is_file()
@@ -233,10 +245,19 @@ def test_cell_command_is_one_line_and_runs():
     from flowkit.bench.cell import cell_command
     from flowkit.bench.suite import Cell
 
-    cell = Cell("realnvp__mle__moons__20-steps__s0", "train",
-                {"transform": "realnvp", "objective": "mle", "prior": "", "data": "moons",
-                 "budget": "20 steps", "seed": 0},
-                settings={"train.betas": [0.0, 0.9], "transform.hidden": 8})
+    cell = Cell(
+        "realnvp__mle__moons__20-steps__s0",
+        "train",
+        {
+            "transform": "realnvp",
+            "objective": "mle",
+            "prior": "",
+            "data": "moons",
+            "budget": "20 steps",
+            "seed": 0,
+        },
+        settings={"train.betas": [0.0, 0.9], "transform.hidden": 8},
+    )
     command = cell_command({"train": {"lr": 1e-3}}, cell)
     assert "\n" not in command and "train.betas=[0.0, 0.9]" in command
     dry = CliRunner().invoke(cli, [*shlex.split(command)[1:], "--dry-run"])
@@ -248,8 +269,13 @@ def test_python_table_moves_shared_columns_below():
     from flowkit.bench.report import _python_sections
 
     rows = [{"library": "a", "ms": 1.5, "threads": 2}, {"library": "b", "ms": 3.0, "threads": 2}]
-    rec = {"kind": "python", "status": "completed", "rows": rows, "command": "cmd",
-           "axes": {"name": "speed", "seed": 0}}
+    rec = {
+        "kind": "python",
+        "status": "completed",
+        "rows": rows,
+        "command": "cmd",
+        "axes": {"name": "speed", "seed": 0},
+    }
     text = "\n".join(_python_sections([rec]))
     assert "| library | ms |" in text and "| b | 3 |" in text
     assert "Same for every row: threads 2." in text
@@ -262,17 +288,30 @@ def test_ood_measure_reports_other_sets_and_draws_the_histogram(tmp_path):
     from flowkit.bench.measures import ood
     from flowkit.runs import load_dataset, load_run
 
-    cfg = flowkit.load_config("realnvp-moons", ["data.n_train=512", "data.n_test=256",
-                                                "transform.num_layers=2", "transform.hidden=16",
-                                                "train.steps=60", "train.batch_size=128"])
+    cfg = flowkit.load_config(
+        "realnvp-moons",
+        [
+            "data.n_train=512",
+            "data.n_test=256",
+            "transform.num_layers=2",
+            "transform.hidden=16",
+            "train.steps=60",
+            "train.batch_size=128",
+        ],
+    )
     flowkit.train(cfg, tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
     data = load_dataset(run.config)
     metrics = ood(run, data, {"ood": ["checkerboard"], "n_samples": 20}, tmp_path, None)
     assert metrics["_figures"] == ["ood-histogram.png"]
     assert (tmp_path / "ood-histogram.png").stat().st_size > 0
-    for key in ("in_dist_bpd", "in_dist_bpd_median", "ood_checkerboard_bpd",
-                "ood_checkerboard_bpd_median", "ood_checkerboard_frac_more_likely"):
+    for key in (
+        "in_dist_bpd",
+        "in_dist_bpd_median",
+        "ood_checkerboard_bpd",
+        "ood_checkerboard_bpd_median",
+        "ood_checkerboard_frac_more_likely",
+    ):
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["ood_checkerboard_frac_more_likely"] <= 1.0
     # moons-trained: the checkerboard is *less* likely on average
@@ -288,11 +327,12 @@ def test_publish_copies_the_report_and_its_images(tmp_path):
     (out / "cells" / "a").mkdir(parents=True)
     (out / "figures" / "ranking.png").write_bytes(b"png1")
     (out / "cells" / "a" / "hist.png").write_bytes(b"png2")
-    report = ("# r\n![ranking](figures/ranking.png)\n![a](cells/a/hist.png)\n"
-              "![gone](figures/missing.png)\n[not an image](figures/ranking.png)\n")
+    report = (
+        "# r\n![ranking](figures/ranking.png)\n![a](cells/a/hist.png)\n"
+        "![gone](figures/missing.png)\n[not an image](figures/ranking.png)\n"
+    )
     (out / "report.md").write_text(report)
-    assert embedded_images(report) == ["figures/ranking.png", "cells/a/hist.png",
-                                       "figures/missing.png"]
+    assert embedded_images(report) == ["figures/ranking.png", "cells/a/hist.png", "figures/missing.png"]
     written = publish(out, tmp_path / "docs")
     assert (tmp_path / "docs" / "report.md").read_text() == report
     assert (tmp_path / "docs" / "cells" / "a" / "hist.png").read_bytes() == b"png2"
@@ -304,8 +344,9 @@ def test_publish_copies_the_report_and_its_images(tmp_path):
         publish(tmp_path / "nothing", tmp_path / "docs")
     # with the machine in results.json, a copy named after the machine is kept too
     (out / "report.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"machine": {"cpu_model": "AMD EPYC 9R14",
-                                                              "cpu_capability": "AVX512"}}))
+    (out / "results.json").write_text(
+        json.dumps({"machine": {"cpu_model": "AMD EPYC 9R14", "cpu_capability": "AVX512"}})
+    )
     written = publish(out, tmp_path / "docs")
     assert (tmp_path / "docs" / "report-amd-epyc-9r14-avx512.md").read_text() == report
     assert len(written) == 4
@@ -317,8 +358,14 @@ def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
     import flowkit
     from flowkit.bench.cell import _set_aside_other_run
 
-    small = ["data.n_train=256", "data.n_test=128", "transform.num_layers=2",
-             "transform.hidden=8", "train.steps=4", "train.batch_size=32"]
+    small = [
+        "data.n_train=256",
+        "data.n_test=128",
+        "transform.num_layers=2",
+        "transform.hidden=8",
+        "train.steps=4",
+        "train.batch_size=32",
+    ]
     cfg = flowkit.load_config("realnvp-moons", small)
     flowkit.train(cfg, tmp_path / "run", progress=False)
     longer = flowkit.load_config("realnvp-moons", [*small, "train.steps=8"])
@@ -332,10 +379,13 @@ def test_a_changed_cell_does_not_resume_its_old_run(tmp_path):
 def test_a_failed_cell_makes_the_bench_exit_non_zero(tmp_path: Path) -> None:
     """Every cell failing must not end with exit status 0; the report names the failure."""
     suite = tmp_path / "broken.toml"
-    suite.write_text('[suite]\ndescription = "a broken python cell"\npython_path = ["."]\n\n'
-                     '[[python]]\nname = "boom"\ncallable = "boom_cell:measure"\n')
+    suite.write_text(
+        '[suite]\ndescription = "a broken python cell"\npython_path = ["."]\n\n'
+        '[[python]]\nname = "boom"\ncallable = "boom_cell:measure"\n'
+    )
     (tmp_path / "boom_cell.py").write_text(
-        "def measure(seed: int) -> list[dict]:\n    raise RuntimeError('the cell broke')\n")
+        "def measure(seed: int) -> list[dict]:\n    raise RuntimeError('the cell broke')\n"
+    )
     # a folder holding another `flowkit/` must not change what the cells import
     (tmp_path / "flowkit").mkdir()
     (tmp_path / "flowkit" / "__init__.py").write_text("raise ImportError('wrong flowkit')\n")
@@ -359,25 +409,42 @@ def test_report_names_each_cells_threads_and_execution_paths():
     from flowkit.bench.report import _paths_detail, _paths_summary, machine_line
 
     results = [
-        {"id": "realnvp784__s0", "status": "completed", "execution": {
-            "threads": 2, "overrides": {},
-            "ops": {"linear.train": [
-                {"signature": "256|392|512|True|True|False", "choice": "onednn",
-                 "source": "measured", "ms": {"onednn": 1.25, "aten": 2.5}},
-                {"signature": "256|512|512|True|True|True", "choice": "aten", "source": "cache"}],
-            }}},
-        {"id": "glow28__s0", "status": "completed", "execution": {
-            "threads": 1, "overrides": {"conv2d.infer": "aten (FLOWKIT_ONEDNN=0)"}, "ops": {}}},
+        {
+            "id": "realnvp784__s0",
+            "status": "completed",
+            "execution": {
+                "threads": 2,
+                "overrides": {},
+                "ops": {
+                    "linear.train": [
+                        {
+                            "signature": "256|392|512|True|True|False",
+                            "choice": "onednn",
+                            "source": "measured",
+                            "ms": {"onednn": 1.25, "aten": 2.5},
+                        },
+                        {"signature": "256|512|512|True|True|True", "choice": "aten", "source": "cache"},
+                    ],
+                },
+            },
+        },
+        {
+            "id": "glow28__s0",
+            "status": "completed",
+            "execution": {"threads": 1, "overrides": {"conv2d.infer": "aten (FLOWKIT_ONEDNN=0)"}, "ops": {}},
+        },
         {"id": "old__s0", "status": "completed"},  # a result from before the record existed
     ]
     summary = "\n".join(_paths_summary(results))
     assert "| realnvp784__s0 | 2 | linear.train: aten ×1, onednn ×1 |" in summary
     assert "| glow28__s0 | 1 | conv2d.infer: aten (FLOWKIT_ONEDNN=0) |" in summary
     detail = "\n".join(_paths_detail(results))
-    assert "| realnvp784__s0 | linear.train | `256, 392, 512, True, True, False` | onednn | " \
-           "measured | onednn 1.25, aten 2.5 |" in detail
+    assert (
+        "| realnvp784__s0 | linear.train | `256, 392, 512, True, True, False` | onednn | "
+        "measured | onednn 1.25, aten 2.5 |" in detail
+    )
     assert "| glow28__s0 | conv2d.infer | all | aten (FLOWKIT_ONEDNN=0) | set | – |" in detail
-    line = machine_line({"cpu_model": "AMD EPYC", "cpus": 2, "cpu_capability": "AVX2",
-                         "isa_flags": ["avx", "avx2", "fma"]})
-    assert line == ("AMD EPYC (2 CPUs; PyTorch CPU kernels AVX2; instruction-set flags: "
-                    "avx avx2 fma)")
+    line = machine_line(
+        {"cpu_model": "AMD EPYC", "cpus": 2, "cpu_capability": "AVX2", "isa_flags": ["avx", "avx2", "fma"]}
+    )
+    assert line == ("AMD EPYC (2 CPUs; PyTorch CPU kernels AVX2; instruction-set flags: avx avx2 fma)")

@@ -63,7 +63,7 @@ def test_gaussian_linear_posterior_matches_brute_force():
     assert torch.allclose(mean, x / 2) and torch.allclose(cov, 0.05 * torch.eye(10, dtype=DTYPE))
     # Bayes' rule by quadrature, coordinate by coordinate (prior and likelihood factorise)
     t = torch.linspace(-3, 3, 60001, dtype=DTYPE)[:, None]
-    logp = -0.5 * t**2 / task.prior_var - 0.5 * (x - t) ** 2 / task.noise_var   # (grid, 10)
+    logp = -0.5 * t**2 / task.prior_var - 0.5 * (x - t) ** 2 / task.noise_var  # (grid, 10)
     w = torch.softmax(logp, 0)
     q_mean = (w * t).sum(0)
     q_var = (w * (t - q_mean) ** 2).sum(0)
@@ -76,17 +76,19 @@ def test_gaussian_linear_posterior_matches_brute_force():
     m2, c2 = ref.gaussian_posterior(prior_mean, prior_cov, noise_cov, x2)
     g = torch.linspace(-3, 3, 801, dtype=DTYPE)
     pts = torch.cartesian_prod(g, g)
-    logp = (torch.distributions.MultivariateNormal(prior_mean, prior_cov).log_prob(pts)
-            + torch.distributions.MultivariateNormal(pts, noise_cov).log_prob(x2))
+    logp = torch.distributions.MultivariateNormal(prior_mean, prior_cov).log_prob(
+        pts
+    ) + torch.distributions.MultivariateNormal(pts, noise_cov).log_prob(x2)
     w = torch.softmax(logp, 0)[:, None]
     g_mean = (w * pts).sum(0)
-    g_cov = ((w * (pts - g_mean)).T @ (pts - g_mean))
+    g_cov = (w * (pts - g_mean)).T @ (pts - g_mean)
     assert torch.allclose(g_mean, m2, atol=1e-4) and torch.allclose(g_cov, c2, atol=1e-4)
     # the closed-form log-density (reference NLL) agrees with torch's MultivariateNormal
     theta = task.sample_prior(4, generator("gl-logpdf"))
     mvn = torch.distributions.MultivariateNormal(mean, cov)
-    assert torch.allclose(ref.gaussian_linear_log_posterior(task, theta, x.expand(4, 10)),
-                          mvn.log_prob(theta))
+    assert torch.allclose(
+        ref.gaussian_linear_log_posterior(task, theta, x.expand(4, 10)), mvn.log_prob(theta)
+    )
 
 
 def test_c2st_is_half_for_identical_and_one_for_disjoint():
@@ -124,8 +126,7 @@ def test_inverse_kinematics_reference_resimulates_and_matches_abc():
     err = (task.forward(samples) - y).norm(dim=-1)
     assert samples.shape == (400, 4) and float(err.max()) <= ref.IK_EPSILON * 1.0001
     assert info["resim_error_max"] <= ref.IK_EPSILON * 1.0001
-    abc = ref.abc_inverse_kinematics(task, y, 400, generator("ik-abc"), eps=0.05,
-                                     chunk=200_000)
+    abc = ref.abc_inverse_kinematics(task, y, 400, generator("ik-abc"), eps=0.05, chunk=200_000)
     assert abc.shape[0] == 400
     se = samples.std(0) / math.sqrt(400)
     assert ((samples.mean(0) - abc.mean(0)).abs() < 5 * se + 0.02).all()
@@ -139,8 +140,7 @@ def test_slcp_mcmc_tiny_mixes_and_matches_importance_sampling():
     task = TASKS["slcp"]
     _, obs = task.observations(2)
     x = obs[1]
-    samples, info = ref.slcp_mcmc(task, x, 320, generator("mcmc"), chains=16, warmup=400,
-                                  thin=20)
+    samples, info = ref.slcp_mcmc(task, x, 320, generator("mcmc"), chains=16, warmup=400, thin=20)
     assert samples.shape == (320, 5) and (samples.abs() <= 3).all()
     assert info["chains"] == 16 and info["draws_per_chain"] == 20
     assert 0.05 < info["acceptance"] < 0.6
@@ -169,31 +169,60 @@ def test_reference_samples_are_cached(tmp_path: Path):
 
 
 def test_step_ratios_are_against_the_fastest_peer_of_the_family():
-    ratios = step_ratios({"flowkit-maf": 3.0, "zuko-maf": 2.0, "nflows-maf": 4.0,
-                          "flowkit-realnvp": 1.0, "zuko-nsf": 5.0})
-    assert ratios == {"flowkit-maf": 1.5, "zuko-maf": 1.0, "nflows-maf": 2.0,
-                      "flowkit-realnvp": None, "zuko-nsf": 1.0}
+    ratios = step_ratios(
+        {"flowkit-maf": 3.0, "zuko-maf": 2.0, "nflows-maf": 4.0, "flowkit-realnvp": 1.0, "zuko-nsf": 5.0}
+    )
+    assert ratios == {
+        "flowkit-maf": 1.5,
+        "zuko-maf": 1.0,
+        "nflows-maf": 2.0,
+        "flowkit-realnvp": None,
+        "zuko-nsf": 1.0,
+    }
 
 
 def test_targets_compare_best_flowkit_with_best_peer_and_step_ratios():
     from flowkit.bench.conditional.report import render, target_verdicts
 
     def cell(row: str, sims: int, c2st_value: float) -> dict:
-        return {"task": "slcp", "row": row, "sims": sims, "status": "ok", "c2st": c2st_value,
-                "nll": 1.0, "nll_median": 1.0, "library": ROWS[row].library}
+        return {
+            "task": "slcp",
+            "row": row,
+            "sims": sims,
+            "status": "ok",
+            "c2st": c2st_value,
+            "nll": 1.0,
+            "nll_median": 1.0,
+            "library": ROWS[row].library,
+        }
 
-    settings = Settings(tasks=("slcp",), sims=(1000, 10000, 100000),
-                        rows=("flowkit-maf", "flowkit-nsf", "zuko-maf", "zuko-nsf"))
-    state = {"settings": settings, "cells": [
-        cell("flowkit-maf", 1000, 0.90), cell("zuko-maf", 1000, 0.70),     # 1k: extra column
-        cell("flowkit-nsf", 10000, 0.81), cell("zuko-nsf", 10000, 0.80),   # within 0.02
-        cell("flowkit-maf", 100000, 0.75), cell("zuko-maf", 100000, 0.72),  # 0.03 behind
-    ], "tasks": {"slcp": {"description": "d", "reference": "r", "paper": "p",
-                          "step_ms": {"flowkit-maf": 8.0, "zuko-maf": 10.0,
-                                      "flowkit-nsf": 19.0, "zuko-nsf": 20.0},
-                          "step_cpu_ms": {"flowkit-maf": 7.0, "zuko-maf": 10.0},
-                          "optimizer": {"flowkit-maf": "fused", "zuko-maf": "foreach"},
-                          "timing_load_average": [3.1, 3.4]}}}
+    settings = Settings(
+        tasks=("slcp",),
+        sims=(1000, 10000, 100000),
+        rows=("flowkit-maf", "flowkit-nsf", "zuko-maf", "zuko-nsf"),
+    )
+    state = {
+        "settings": settings,
+        "cells": [
+            cell("flowkit-maf", 1000, 0.90),
+            cell("zuko-maf", 1000, 0.70),  # 1k: extra column
+            cell("flowkit-nsf", 10000, 0.81),
+            cell("zuko-nsf", 10000, 0.80),  # within 0.02
+            cell("flowkit-maf", 100000, 0.75),
+            cell("zuko-maf", 100000, 0.72),  # 0.03 behind
+        ],
+        "tasks": {
+            "slcp": {
+                "description": "d",
+                "reference": "r",
+                "paper": "p",
+                "step_ms": {"flowkit-maf": 8.0, "zuko-maf": 10.0, "flowkit-nsf": 19.0, "zuko-nsf": 20.0},
+                "step_cpu_ms": {"flowkit-maf": 7.0, "zuko-maf": 10.0},
+                "optimizer": {"flowkit-maf": "fused", "zuko-maf": "foreach"},
+                "timing_load_average": [3.1, 3.4],
+            }
+        },
+    }
     v = target_verdicts(state)["slcp"]
     assert v["c2st"][1000]["met"] is False and not v["c2st"][1000]["target"]
     assert v["c2st"][10000]["met"] is True and v["c2st"][10000]["flowkit"] == (0.81, "flowkit-nsf")
@@ -216,8 +245,9 @@ def test_flowkit_rows_build_adam_through_flowkit_optim_and_peers_torch_default(
     from flowkit.bench.conditional.run import row_optimizer
 
     monkeypatch.setattr(optim, "_memo", {})
-    monkeypatch.setattr(optim, "measure_implementations",
-                        lambda *a, **k: {"fused": 3.0, "foreach": 2.0, "for-loop": 1.0})
+    monkeypatch.setattr(
+        optim, "measure_implementations", lambda *a, **k: {"fused": 3.0, "foreach": 2.0, "for-loop": 1.0}
+    )
     params = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(3))]
     mine = row_optimizer("flowkit-maf", params, 1e-3)
     assert optim.implementation_of(mine) == "for-loop"  # the measured fastest, however odd
@@ -236,7 +266,8 @@ def test_settings_and_parsing():
     s = Settings(tasks=("slcp",), sims=(1000,), steps=10)
     assert s.command().startswith("flowkit bench conditional --sims 1000 --steps 10 --tasks slcp")
     assert s.cell_fingerprint("slcp", "zuko-maf", 1000) != Settings(
-        tasks=("slcp",), sims=(1000,), steps=11).cell_fingerprint("slcp", "zuko-maf", 1000)
+        tasks=("slcp",), sims=(1000,), steps=11
+    ).cell_fingerprint("slcp", "zuko-maf", 1000)
 
 
 @pytest.mark.usefixtures("benchmarks_importable")
@@ -253,9 +284,19 @@ def test_runner_end_to_end_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(peers, "_require", nflows_missing)
     rows = ("flowkit-maf", "zuko-maf", "nflows-maf")
-    settings = Settings(tasks=("inverse-kinematics",), sims=(200,), steps=6, rows=rows,
-                        observations=1, c2st_samples=100, c2st_folds=2, test_size=64,
-                        evals=2, timing_rounds=2, timing_steps=1)
+    settings = Settings(
+        tasks=("inverse-kinematics",),
+        sims=(200,),
+        steps=6,
+        rows=rows,
+        observations=1,
+        c2st_samples=100,
+        c2st_folds=2,
+        test_size=64,
+        evals=2,
+        timing_rounds=2,
+        timing_steps=1,
+    )
     out = tmp_path / "out"
     lines: list[str] = []
     run_conditional(settings, out, log=lines.append)
@@ -289,9 +330,22 @@ def test_runner_end_to_end_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_cli_conditional(tmp_path: Path):
     runner = CliRunner()
-    res = runner.invoke(cli, ["bench", "conditional", "--dry-run", "--sims", "200",
-                              "--tasks", "two-moons", "--rows", "zuko-maf",
-                              "--out", str(tmp_path)])
+    res = runner.invoke(
+        cli,
+        [
+            "bench",
+            "conditional",
+            "--dry-run",
+            "--sims",
+            "200",
+            "--tasks",
+            "two-moons",
+            "--rows",
+            "zuko-maf",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "two-moons__zuko-maf__200" in res.output and "to run" in res.output
     res = runner.invoke(cli, ["bench", "quick", "--sims", "200"])

@@ -33,8 +33,13 @@ from flowkit.runs import list_checkpoints, load_run, read_run_config
 from flowkit.trainer import Trainer, resume
 from flowkit.transform import Transform
 
-SMALL = ["data.n_train=128", "data.n_test=64", "train.batch_size=32", "train.sample_every=0",
-         "train.eval_every=0"]
+SMALL = [
+    "data.n_train=128",
+    "data.n_test=64",
+    "train.batch_size=32",
+    "train.sample_every=0",
+    "train.eval_every=0",
+]
 
 
 # -- parse once, build in one place -------------------------------------------------------------
@@ -161,10 +166,11 @@ def test_build_time_defaults_are_recorded_and_rebuild_the_model(tmp_path: Path, 
     assert summary["steps"] == 6 and load_run(run_dir).model.transform.hidden == 6
 
     # a value the config sets is never replaced, and a dry run shows what would be recorded
-    assert Trainer(_config("transform.hidden=3"), tmp_path / "x",
-                   progress=False).config["transform"]["hidden"] == 3
-    result = CliRunner().invoke(cli, ["run", "--transform", "widened", "--data", "moons",
-                                      "--dry-run"])
+    assert (
+        Trainer(_config("transform.hidden=3"), tmp_path / "x", progress=False).config["transform"]["hidden"]
+        == 3
+    )
+    result = CliRunner().invoke(cli, ["run", "--transform", "widened", "--data", "moons", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "hidden = 9" in result.output
 
@@ -174,13 +180,20 @@ def test_a_run_from_before_recorded_values_still_resumes_and_loads(tmp_path: Pat
     fingerprint check: they are compared on the keys they have."""
     run_dir = tmp_path / "run"
     DEFAULT["report"] = False  # an older flowkit: nothing recorded
-    flowkit.train(_config("train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=5"),
-                  run_dir, progress=False, log=lambda _: None)
+    flowkit.train(
+        _config("train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=5"),
+        run_dir,
+        progress=False,
+        log=lambda _: None,
+    )
     assert "hidden" not in tomllib.loads((run_dir / "config.toml").read_text())["transform"]
     DEFAULT["report"] = True  # this flowkit records the value when the run goes on
-    summary = resume(run_dir, _config("train.steps=6", "train.checkpoint_every=2",
-                                      "train.keep_checkpoints=5"),
-                     progress=False, log=lambda _: None)
+    summary = resume(
+        run_dir,
+        _config("train.steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=5"),
+        progress=False,
+        log=lambda _: None,
+    )
     assert summary["steps"] == 6
     assert tomllib.loads((run_dir / "config.toml").read_text())["transform"]["hidden"] == 6
     for checkpoint in list_checkpoints(run_dir):  # old and new checkpoints both load

@@ -27,8 +27,9 @@ pytestmark = [  # raised inside torch by Dynamo's and Inductor's own imports, no
 def _glow(shape: tuple[int, ...] = (4, 4, 4)) -> Transform:
     """Two Glow steps: actnorm (lazy data-dependent init), 1×1 conv, affine coupling."""
     torch.manual_seed(0)
-    return registry.transforms.build("glow", {"num_levels": 1, "num_steps": 2, "hidden": 8},
-                                     injected={"event_shape": shape})
+    return registry.transforms.build(
+        "glow", {"num_levels": 1, "num_steps": 2, "hidden": 8}, injected={"event_shape": shape}
+    )
 
 
 class _Counting:
@@ -166,23 +167,32 @@ def test_train_compile_key(tmp_path, monkeypatch) -> None:
     backend = _Counting()
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": backend}))
-    common = ["train.steps=3", "train.eval_every=0", "train.sample_every=0", "train.threads=1",
-              "transform.num_scales=1", "transform.hidden=8", "transform.num_blocks=1",
-              "eval.final_max_examples=50"]
+    common = [
+        "train.steps=3",
+        "train.eval_every=0",
+        "train.sample_every=0",
+        "train.threads=1",
+        "transform.num_scales=1",
+        "transform.hidden=8",
+        "transform.num_blocks=1",
+        "eval.final_max_examples=50",
+    ]
     logged: list[str] = []
     cfg = flowkit.load_config("realnvp-digits", [*common, "train.compile=true"])
     summary = flowkit.train(cfg, tmp_path / "on", progress=False, log=logged.append)
     assert backend.graphs > 0
     assert any("torch.compile" in line for line in logged)
-    plain = flowkit.train(flowkit.load_config("realnvp-digits", common), tmp_path / "off",
-                          progress=False, log=lambda _: None)
+    plain = flowkit.train(
+        flowkit.load_config("realnvp-digits", common), tmp_path / "off", progress=False, log=lambda _: None
+    )
     assert summary["test_nll"] == pytest.approx(plain["test_nll"], rel=1e-4)
     a = load_run(tmp_path / "on").model.state_dict()
     b = load_run(tmp_path / "off").model.state_dict()
     assert a.keys() == b.keys()
     with pytest.raises(ConfigError, match=r"train\.compile and train\.invertible_backprop"):
-        flowkit.load_config("realnvp-digits",
-                            [*common, "train.compile=true", "train.invertible_backprop=true"])
+        flowkit.load_config(
+            "realnvp-digits", [*common, "train.compile=true", "train.invertible_backprop=true"]
+        )
 
 
 def test_enable_compile_twice_does_not_nest() -> None:
@@ -200,8 +210,11 @@ def test_missing_cpu_compiler_is_a_config_error() -> None:
     model = torch.nn.Module()
     model.transform = _glow()
     with inductor_config.patch({"cpp.cxx": ("flowkit-no-such-compiler",)}):
-        with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*flowkit-no-such-"
-                                              r"compiler.*train\.compile=false"):
+        with pytest.raises(
+            ConfigError,
+            match=r"needs a C\+\+ compiler.*flowkit-no-such-"
+            r"compiler.*train\.compile=false",
+        ):
             require_cpu_compiler()
         with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
             enable_compile(model, log=lambda _: None, device="cpu")
@@ -209,10 +222,16 @@ def test_missing_cpu_compiler_is_a_config_error() -> None:
     assert isinstance(model.transform, CompiledTraining)
 
 
-@pytest.mark.parametrize(("preset", "transform"), [
-    ("realnvp-digits", None), ("realnvp-digits", "glow"), ("grn-ot-digits", None),
-    ("realnvp-moons", None), ("realnvp-moons", "maf"),
-])
+@pytest.mark.parametrize(
+    ("preset", "transform"),
+    [
+        ("realnvp-digits", None),
+        ("realnvp-digits", "glow"),
+        ("grn-ot-digits", None),
+        ("realnvp-moons", None),
+        ("realnvp-moons", "maf"),
+    ],
+)
 def test_training_forward_is_one_graph_without_breaks(tmp_path, preset, transform) -> None:
     """The shipped models' training forward passes are captured whole: a graph break (a tensor
     read as a Python value, as actnorm's flag once was) splits the compiled code and costs the
@@ -221,8 +240,7 @@ def test_training_forward_is_one_graph_without_breaks(tmp_path, preset, transfor
 
     from flowkit.trainer import Trainer
 
-    cfg = flowkit.load_config(preset, ["train.batch_size=16", "train.threads=1"],
-                              transform=transform)
+    cfg = flowkit.load_config(preset, ["train.batch_size=16", "train.threads=1"], transform=transform)
     trainer = Trainer(cfg, tmp_path, progress=False, log=lambda _: None)
     trainer.initialize()
     trainer.model.train()
@@ -248,15 +266,28 @@ def test_resume_with_compile_switched_on(tmp_path, monkeypatch) -> None:
     backend = _Counting()
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": backend}))
-    common = ["train.eval_every=0", "train.sample_every=0", "train.threads=1",
-              "train.scheduler=constant", "train.checkpoint_every=2", "transform.num_scales=1",
-              "transform.hidden=8", "transform.num_blocks=1", "eval.final_max_examples=50"]
+    common = [
+        "train.eval_every=0",
+        "train.sample_every=0",
+        "train.threads=1",
+        "train.scheduler=constant",
+        "train.checkpoint_every=2",
+        "transform.num_scales=1",
+        "transform.hidden=8",
+        "transform.num_blocks=1",
+        "eval.final_max_examples=50",
+    ]
     quiet = {"progress": False, "log": lambda _: None}
-    whole = flowkit.train(flowkit.load_config("realnvp-digits", [*common, "train.steps=4"]),
-                          tmp_path / "whole", **quiet)
-    flowkit.train(flowkit.load_config("realnvp-digits", [*common, "train.steps=2"]),
-                  tmp_path / "split", **quiet)
-    resumed = resume(tmp_path / "split", flowkit.load_config(
-        "realnvp-digits", [*common, "train.steps=4", "train.compile=true"]), **quiet)
+    whole = flowkit.train(
+        flowkit.load_config("realnvp-digits", [*common, "train.steps=4"]), tmp_path / "whole", **quiet
+    )
+    flowkit.train(
+        flowkit.load_config("realnvp-digits", [*common, "train.steps=2"]), tmp_path / "split", **quiet
+    )
+    resumed = resume(
+        tmp_path / "split",
+        flowkit.load_config("realnvp-digits", [*common, "train.steps=4", "train.compile=true"]),
+        **quiet,
+    )
     assert backend.graphs > 0
     assert resumed["test_nll"] == pytest.approx(whole["test_nll"], rel=1e-4)

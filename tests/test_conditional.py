@@ -62,18 +62,19 @@ def test_log_prob_matches_autograd_change_of_variables_in_float64() -> None:
     flow = perturbed(flows.RealNVP(features=3, context=2, transforms=3, hidden=8)).double()
     x, c = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
     for i in range(3):
+
         def f(v, i=i):
-            return flow.encode(v.unsqueeze(0), c[i:i + 1])[0][0]
+            return flow.encode(v.unsqueeze(0), c[i : i + 1])[0][0]
+
         jac = torch.autograd.functional.jacobian(f, x[i])
         z = f(x[i])
         expected = -0.5 * (z.square().sum() + 3 * math.log(2 * math.pi)) + torch.linalg.slogdet(jac)[1]
-        torch.testing.assert_close(flow(c[i:i + 1]).log_prob(x[i:i + 1])[0], expected)
+        torch.testing.assert_close(flow(c[i : i + 1]).log_prob(x[i : i + 1])[0], expected)
 
 
 def test_state_dict_round_trip_and_device_dtype() -> None:
     flow = perturbed(flows.MAF(features=4, context=2, transforms=2, hidden=8))
-    again = flows.build("maf", 4, 2, **{k: v for k, v in flow.config["transform"].items()
-                                        if k != "name"})
+    again = flows.build("maf", 4, 2, **{k: v for k, v in flow.config["transform"].items() if k != "name"})
     again.load_state_dict(flow.state_dict())
     c, x = torch.randn(6, 2), torch.randn(6, 4)
     torch.testing.assert_close(flow(c).log_prob(x), again(c).log_prob(x))
@@ -110,20 +111,35 @@ def test_a_conditional_flow_learns_a_conditional_gaussian() -> None:
 
 # -- embeddings -----------------------------------------------------------------------------------
 def test_mlp_embedding_and_conditional_prior() -> None:
-    flow = perturbed(flows.MAF(features=3, context=5, transforms=2, hidden=8,
-                               embedding={"name": "mlp", "features": 4, "hidden": 8},
-                               prior="conditional-gaussian"))
+    flow = perturbed(
+        flows.MAF(
+            features=3,
+            context=5,
+            transforms=2,
+            hidden=8,
+            embedding={"name": "mlp", "features": 4, "hidden": 8},
+            prior="conditional-gaussian",
+        )
+    )
     assert flow.embedding.features == 4
     c, x = torch.randn(4, 5), torch.randn(4, 3)
     s, log_p = flow(c).rsample_and_log_prob()
     torch.testing.assert_close(log_p, flow(c).log_prob(s), atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(flow.prior.log_prob(x, flow.embed_context(c)),
-                              flow.prior.log_prob(x, flow.embed_context(c + 1)))
+    assert not torch.allclose(
+        flow.prior.log_prob(x, flow.embed_context(c)), flow.prior.log_prob(x, flow.embed_context(c + 1))
+    )
 
 
 def test_deepset_embedding_is_permutation_invariant_and_takes_any_set_size() -> None:
-    flow = perturbed(flows.MAF(features=2, context=(10, 3), transforms=2, hidden=8,
-                               embedding={"name": "deepset", "features": 4, "hidden": 8}))
+    flow = perturbed(
+        flows.MAF(
+            features=2,
+            context=(10, 3),
+            transforms=2,
+            hidden=8,
+            embedding={"name": "deepset", "features": 4, "hidden": 8},
+        )
+    )
     sets, x = torch.randn(4, 10, 3), torch.randn(4, 2)
     shuffled = sets[:, torch.randperm(10)]
     torch.testing.assert_close(flow(sets).log_prob(x), flow(shuffled).log_prob(x))
@@ -132,8 +148,15 @@ def test_deepset_embedding_is_permutation_invariant_and_takes_any_set_size() -> 
 
 
 def test_conv_embedding_reads_image_contexts() -> None:
-    flow = perturbed(flows.RealNVP(features=4, context=(1, 8, 8), transforms=2, hidden=8,
-                                   embedding={"name": "conv", "features": 4, "hidden": 4}))
+    flow = perturbed(
+        flows.RealNVP(
+            features=4,
+            context=(1, 8, 8),
+            transforms=2,
+            hidden=8,
+            embedding={"name": "conv", "features": 4, "hidden": 4},
+        )
+    )
     images, x = torch.rand(3, 1, 8, 8), torch.randn(3, 4)
     assert flow(images).log_prob(x).shape == (3,)
     assert flow(images[0]).sample((7,)).shape == (7, 4)
@@ -191,8 +214,7 @@ def test_labels_where_a_vector_is_expected_and_vice_versa() -> None:
 def _config(transform: str, **params) -> dict:
     from flowkit.config import load_config
 
-    sets = [f"transform.{k}={str(v).lower() if isinstance(v, bool) else v}"
-            for k, v in params.items()]
+    sets = [f"transform.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
     return load_config(None, sets, transform=transform, data="moons")
 
 
@@ -203,15 +225,15 @@ def test_a_transform_that_cannot_take_context_says_so_at_build_time() -> None:
     with pytest.raises(ConfigError, match="conditional=false would ignore"):
         build_model(_config("maf", conditional=False), meta)
     with pytest.raises(ConfigError, match="needs a real-valued context"):
-        build_model(_config("maf") | {"prior": {"name": "conditional-gaussian"}},
-                    DataMeta(shape=(2,)))
+        build_model(_config("maf") | {"prior": {"name": "conditional-gaussian"}}, DataMeta(shape=(2,)))
 
 
 def test_the_config_path_builds_the_same_flow_as_python() -> None:
     from flowkit.config import load_config
 
-    config = load_config(None, ["transform.num_layers=2", "transform.hidden=8"],
-                         transform="maf", data="moons")
+    config = load_config(
+        None, ["transform.num_layers=2", "transform.hidden=8"], transform="maf", data="moons"
+    )
     by_config = build_model(config, DataMeta(shape=(2,), context_shape=(3,)))
     by_python = flows.MAF(features=2, context=3, transforms=2, hidden=8)
     assert type(by_config) is type(by_python)
@@ -221,8 +243,17 @@ def test_the_config_path_builds_the_same_flow_as_python() -> None:
     torch.testing.assert_close(by_config(c).log_prob(x), by_python(c).log_prob(x))
 
 
-@pytest.mark.parametrize("name", ["revnet-block", "glow-coupling", "affine-coupling",
-                                  "additive-coupling", "nflows-maf", "nflows-rq-coupling"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "revnet-block",
+        "glow-coupling",
+        "affine-coupling",
+        "additive-coupling",
+        "nflows-maf",
+        "nflows-rq-coupling",
+    ],
+)
 def test_blocks_take_a_real_valued_context(name: str) -> None:
     pytest.importorskip("nflows") if name.startswith("nflows") else None
     flow = perturbed(flows.build(name, 4, 2))
@@ -232,11 +263,14 @@ def test_blocks_take_a_real_valued_context(name: str) -> None:
     assert not torch.allclose(flow(c).log_prob(x), flow(c + 1).log_prob(x))
 
 
-@pytest.mark.parametrize("name, shape, params", [
-    ("revnet", (4, 8, 8), {"widths": [4, 4]}),
-    ("realnvp", (2, 8, 8), {"hidden": 4, "num_blocks": 1}),
-    ("glow", (2, 8, 8), {"hidden": 8, "num_steps": 2, "num_levels": 2}),
-])
+@pytest.mark.parametrize(
+    "name, shape, params",
+    [
+        ("revnet", (4, 8, 8), {"widths": [4, 4]}),
+        ("realnvp", (2, 8, 8), {"hidden": 4, "num_blocks": 1}),
+        ("glow", (2, 8, 8), {"hidden": 8, "num_steps": 2, "num_levels": 2}),
+    ],
+)
 def test_memory_free_backprop_gives_autograd_gradients_with_a_context(name, shape, params) -> None:
     """Reconstructing blocks pass the real-valued context to their conditioners too."""
     import copy
@@ -264,12 +298,23 @@ def test_a_run_on_two_columns_with_a_context_ends_with_its_figure(tmp_path) -> N
 
     rng = np.random.default_rng(0)
     c = rng.normal(size=(300, 1))
-    table = np.concatenate([c, np.sin(2 * c) + 0.1 * rng.normal(size=(300, 1)),
-                            rng.normal(size=(300, 1))], axis=1)
+    table = np.concatenate(
+        [c, np.sin(2 * c) + 0.1 * rng.normal(size=(300, 1)), rng.normal(size=(300, 1))], axis=1
+    )
     np.savetxt(tmp_path / "t.csv", table, delimiter=",")
-    config = flowkit.load_config(None, [f"data.path={tmp_path / 't.csv'}", "data.context_columns=[0]",
-                                        "train.steps=6", "train.log_every=3", "transform.num_layers=2",
-                                        "transform.hidden=8"], transform="maf", data="table")
+    config = flowkit.load_config(
+        None,
+        [
+            f"data.path={tmp_path / 't.csv'}",
+            "data.context_columns=[0]",
+            "train.steps=6",
+            "train.log_every=3",
+            "transform.num_layers=2",
+            "transform.hidden=8",
+        ],
+        transform="maf",
+        data="table",
+    )
     summary = flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
     assert summary["status"] == "completed" and math.isfinite(summary["test_nll"])
     assert summary["figures"] == ["samples.png"]
@@ -280,9 +325,17 @@ def test_label_conditional_couplings_with_an_unconditional_prior_sample_every_cl
     """Sampling cycles through the classes when only the transform reads labels (it raised)."""
     import flowkit
 
-    config = flowkit.load_config(None, ["train.steps=2", "transform.num_scales=1",
-                                        "transform.hidden=4", "transform.num_blocks=1",
-                                        "transform.conditional=true"], data="digits")
+    config = flowkit.load_config(
+        None,
+        [
+            "train.steps=2",
+            "transform.num_scales=1",
+            "transform.hidden=4",
+            "transform.num_blocks=1",
+            "transform.conditional=true",
+        ],
+        data="digits",
+    )
     summary = flowkit.train(config, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
     assert summary["status"] == "completed"
     from flowkit.runs import load_run

@@ -119,8 +119,9 @@ def test_a_plugin_chosen_on_the_command_line_brings_its_recommendations():
     try:
         cfg = load_config(None, objective="recommending")
         assert cfg["prior"]["name"] == "diag-gaussian" and cfg["train"]["batch_size"] == 7
-        cfg = load_config(None, ["train.batch_size=9"], objective="recommending",
-                          prior="logistic")  # explicit choices win
+        cfg = load_config(
+            None, ["train.batch_size=9"], objective="recommending", prior="logistic"
+        )  # explicit choices win
         assert cfg["prior"]["name"] == "logistic" and cfg["train"]["batch_size"] == 9
     finally:
         registry.objectives.unregister("recommending")
@@ -132,11 +133,16 @@ def test_resume_may_change_the_schedule_but_not_the_model_or_data():
     saved = load_config(None, data="moons")
     saved["transform"]["hidden"] = 256  # a value the run recorded at build time
     assert {"train.lr", "train.grad_clip", "train.scheduler", "train.steps"} <= SCHEDULE_KEYS
-    lower = load_config(None, ["train.lr=1e-4", "train.grad_clip=5.0", "train.steps=9000",
-                               "train.warmup_steps=10"], data="moons")
+    lower = load_config(
+        None,
+        ["train.lr=1e-4", "train.grad_clip=5.0", "train.steps=9000", "train.warmup_steps=10"],
+        data="moons",
+    )
     assert resume_conflicts(saved, lower) == []  # "hidden" unset: the recorded value holds
     assert with_recorded_values(saved, lower)["transform"]["hidden"] == 256
     assert resume_conflicts(saved, load_config(None, ["transform.hidden=8"], data="moons")) == [
-        "transform.hidden"]
-    assert resume_conflicts(saved, load_config(None, ["data.noise=0.2", "train.batch_size=7"],
-                                               data="moons")) == ["data.noise", "train.batch_size"]
+        "transform.hidden"
+    ]
+    assert resume_conflicts(
+        saved, load_config(None, ["data.noise=0.2", "train.batch_size=7"], data="moons")
+    ) == ["data.noise", "train.batch_size"]

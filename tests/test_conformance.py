@@ -85,8 +85,14 @@ def test_transform_conforms_on_drawn_inputs(name: str, data: st.DataObject) -> N
         params = {**params, "conditional": True}
     seed = data.draw(st.integers(0, 2**16), label="seed")
     scale = data.draw(st.floats(0.1, 3.0), label="input_scale")
-    check_plugin(name, shape, params, seed=seed, input_scale=scale,
-                 num_classes=NUM_CLASSES if params.get("conditional") else None)
+    check_plugin(
+        name,
+        shape,
+        params,
+        seed=seed,
+        input_scale=scale,
+        num_classes=NUM_CLASSES if params.get("conditional") else None,
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,8 +100,7 @@ def test_transform_conforms_on_example_shapes(name: str) -> None:
     factory = transforms.get(name)
     params = example_params(factory)
     for shape in example_shapes(factory):
-        check_plugin(name, shape, params,
-                     num_classes=NUM_CLASSES if params.get("conditional") else None)
+        check_plugin(name, shape, params, num_classes=NUM_CLASSES if params.get("conditional") else None)
 
 
 @pytest.mark.parametrize("name", CONDITIONAL_NAMES)
@@ -134,16 +139,23 @@ def test_context_transform_conforms_on_drawn_inputs(name: str, data: st.DataObje
     context = data.draw(contexts(BATCH_SIZE, k), label="context")
     seed = data.draw(st.integers(0, 2**16), label="seed")
     scale = data.draw(st.floats(0.1, 3.0), label="input_scale")
-    check_plugin(name, shape, params, context_features=k, context=context,
-                 batch_size=BATCH_SIZE, seed=seed, input_scale=scale)
+    check_plugin(
+        name,
+        shape,
+        params,
+        context_features=k,
+        context=context,
+        batch_size=BATCH_SIZE,
+        seed=seed,
+        input_scale=scale,
+    )
 
 
 @pytest.mark.parametrize("name", CONTEXT_NAMES)
 def test_context_transform_conforms_on_example_shapes(name: str) -> None:
     factory = transforms.get(name)
     for shape in _first_shape_per_rank(factory):
-        check_plugin(name, shape, example_params(factory), context_features=CONTEXT_FEATURES,
-                     seed=2)
+        check_plugin(name, shape, example_params(factory), context_features=CONTEXT_FEATURES, seed=2)
 
 
 def test_only_transforms_declaring_context_features_are_checked_with_a_context() -> None:
@@ -152,8 +164,9 @@ def test_only_transforms_declaring_context_features_are_checked_with_a_context()
     class Plain(Transform):
         """Takes labels (``conditional``, ``num_classes``) but no real-valued context."""
 
-        def __init__(self, event_shape: Shape, *, num_classes: int | None = None,
-                     conditional: bool = False) -> None:
+        def __init__(
+            self, event_shape: Shape, *, num_classes: int | None = None, conditional: bool = False
+        ) -> None:
             super().__init__(event_shape)
 
     class Vector(Plain):

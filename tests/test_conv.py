@@ -105,11 +105,14 @@ def test_gradients_use_the_ordinary_ops():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(3, 3, 2, padding="same"),          # even kernel: asymmetric padding
-    nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
-    nn.Conv2d(3, 3, 3, padding=1).double(),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 3, 2, padding="same"),  # even kernel: asymmetric padding
+        nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(3, 3, 3, padding=1).double(),
+    ],
+)
 def test_unsupported_layers_fall_back(conv):
     x = torch.randn(2, 3, 6, 6, dtype=conv.weight.dtype)
     with torch.no_grad():

@@ -37,10 +37,18 @@ from flowkit.errors import ConfigError
 
 RTOL = 1e-5
 WORKER = Path(__file__).with_name("distributed_worker.py")
-SETTINGS = ["transform.hidden=8", "transform.num_blocks=1", "train.batch_size=32",
-            "train.log_every=1", "train.eval_every=0", "train.sample_every=0",
-            "train.checkpoint_every=10", "train.threads=1", "train.scheduler=constant",
-            "eval.n_samples=16"]
+SETTINGS = [
+    "transform.hidden=8",
+    "transform.num_blocks=1",
+    "train.batch_size=32",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "train.checkpoint_every=10",
+    "train.threads=1",
+    "train.scheduler=constant",
+    "eval.n_samples=16",
+]
 
 
 #: Signs that a launch failed in torchrun's rendezvous or the gloo store, not in flowkit: a race
@@ -48,9 +56,15 @@ SETTINGS = ["transform.hidden=8", "transform.num_blocks=1", "train.batch_size=32
 #: or gloo's worker threads aborting the process as it exits, after every run finished and wrote
 #: its files (a C++ ``std::terminate``; in 3 of 13 test-suite runs here; a known race between
 #: gloo's threads and interpreter shutdown, pytorch/pytorch#179291).
-TRANSIENT = ("DistNetworkError", "DistStoreError", "RendezvousConnectionError",
-             "RendezvousTimeoutError", "Address already in use", "EADDRINUSE",
-             "terminate called without an active exception")
+TRANSIENT = (
+    "DistNetworkError",
+    "DistStoreError",
+    "RendezvousConnectionError",
+    "RendezvousTimeoutError",
+    "Address already in use",
+    "EADDRINUSE",
+    "terminate called without an active exception",
+)
 ATTEMPTS = 3
 
 
@@ -73,8 +87,10 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         output = done.stdout + done.stderr
-        raise LaunchFailed(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr[-4000:]}",
-                           transient=any(sign in output for sign in TRANSIENT))
+        raise LaunchFailed(
+            f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr[-4000:]}",
+            transient=any(sign in output for sign in TRANSIENT),
+        )
     return done
 
 
@@ -96,8 +112,22 @@ def _equal(a: Any, b: Any) -> bool:
 def _launch(out: Path) -> tuple[Any, Any]:
     """The two launches of the module docstring, in ``out``."""
     sets = [arg for s in SETTINGS for arg in ("--set", s)]
-    cli = _torchrun("-m", "flowkit.cli", "run", "--config", "realnvp-digits", *sets,
-                    "--set", "train.steps=20", "--out", str(out), "--name", "two", "-q", cwd=out)
+    cli = _torchrun(
+        "-m",
+        "flowkit.cli",
+        "run",
+        "--config",
+        "realnvp-digits",
+        *sets,
+        "--set",
+        "train.steps=20",
+        "--out",
+        str(out),
+        "--name",
+        "two",
+        "-q",
+        cwd=out,
+    )
     worker = _torchrun(str(WORKER), str(out), str(out / "two"), cwd=out)
     return cli, worker
 
@@ -165,13 +195,14 @@ def test_nan_on_one_process_stops_every_process(runs: dict[str, Any]) -> None:
     summary = json.loads((runs["out"] / "nan" / "summary.json").read_text())
     assert summary["status"] == "diverged" and "processes" in summary["message"]
     assert sorted(p.name for p in (runs["out"] / "nan" / "checkpoints").iterdir()) == [
-        "step-00000002.pt", "step-00000004.pt"]
+        "step-00000002.pt",
+        "step-00000004.pt",
+    ]
 
 
 def test_unaveraged_auxiliary_optimiser_is_reported(runs: dict[str, Any]) -> None:
     record = json.loads((runs["out"] / "forgetful-rank0.json").read_text())
-    assert any("differ between processes" in m and "average_gradients" in m
-               for m in record["messages"])
+    assert any("differ between processes" in m and "average_gradients" in m for m in record["messages"])
 
 
 # -- without torchrun ---------------------------------------------------------------------------
@@ -198,8 +229,9 @@ def test_batch_stream_shards_tile_the_global_batch() -> None:
 
 def test_class_balanced_shards_are_balanced() -> None:
     labels = torch.arange(120) % 4
-    stream = ClassBalancedStream(torch.arange(120).float().unsqueeze(1), labels, batch_size=24,
-                                 seed=3, num_classes=4)
+    stream = ClassBalancedStream(
+        torch.arange(120).float().unsqueeze(1), labels, batch_size=24, seed=3, num_classes=4
+    )
     _, y = stream(5)
     shards = [stream.shard(r, 3) for r in range(3)]
     assert torch.equal(torch.sort(torch.cat(shards)).values, torch.arange(24))

@@ -36,15 +36,20 @@ import mdcode  # noqa: E402
 #: README.md (kept free of them) and the conditional benchmark's page (written by its own tool).
 EXTERNAL: dict[str, dict] = {
     "README.md": {
-        "extra_setup": [("flows.MAF(features=6, context=2, transforms=5)", "python",
-                         "import torch\nx, c = torch.randn(16, 6), torch.randn(16, 2)\n")],
+        "extra_setup": [
+            (
+                "flows.MAF(features=6, context=2, transforms=5)",
+                "python",
+                "import torch\nx, c = torch.randn(16, 6), torch.randn(16, 2)\n",
+            )
+        ],
         "extra_replacements": [("train.steps=500", "train.steps=20")],
     },
     "docs/bench/conditional/README.md": {
-        "extra_replacements": [("sims=(1000,), steps=500)",
-                                'sims=(200,), steps=5, rows=("flowkit-maf",))'),
-                               ("reference_samples(task, x_star, 1000)",
-                                "reference_samples(task, x_star, 100)")],
+        "extra_replacements": [
+            ("sims=(1000,), steps=500)", 'sims=(200,), steps=5, rows=("flowkit-maf",))'),
+            ("reference_samples(task, x_star, 1000)", "reference_samples(task, x_star, 100)"),
+        ],
     },
 }
 #: At most this many blocks may be skipped across the docs (each with its reason in the page).
@@ -79,8 +84,9 @@ def _pages_with_python() -> list[str]:
 @pytest.mark.parametrize("page", _pages_with_python())
 def test_python_blocks_run(page: str, tmp_path: Path) -> None:
     outcome = mdcode.run(ROOT / page, tmp_path / "work", timeout=600, **EXTERNAL.get(page, {}))
-    assert outcome.ok, f"{page}: a code block failed (after {outcome.seconds:.0f} s):\n" \
-        f"{outcome.output[-5000:]}"
+    assert outcome.ok, (
+        f"{page}: a code block failed (after {outcome.seconds:.0f} s):\n{outcome.output[-5000:]}"
+    )
 
 
 def test_skipped_blocks_are_few_and_explained() -> None:
@@ -92,9 +98,11 @@ def test_skipped_blocks_are_few_and_explained() -> None:
 
 def test_directives_are_well_formed(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text("<!-- skip-test: needs MNIST -->\n\n```python\nraise SystemExit(1)\n```\n\n"
-                    "Text.\n\n<!-- test-setup: python\nvalue = 41\n-->\n"
-                    "<!-- test-replace: 41 => 1 -->\n\n```python\nassert value + 1 == 2\n```\n")
+    page.write_text(
+        "<!-- skip-test: needs MNIST -->\n\n```python\nraise SystemExit(1)\n```\n\n"
+        "Text.\n\n<!-- test-setup: python\nvalue = 41\n-->\n"
+        "<!-- test-replace: 41 => 1 -->\n\n```python\nassert value + 1 == 2\n```\n"
+    )
     parsed = mdcode.parse(page)
     assert [b.skip for b in parsed.blocks] == ["needs MNIST", None]
     assert parsed.blocks[1].setup == [("python", "value = 41")]
@@ -120,8 +128,11 @@ def test_a_failing_block_names_its_page_and_line(tmp_path: Path) -> None:
 # -- shell commands ----------------------------------------------------------------------------
 def _shell_blocks() -> list[tuple[str, int, list[tuple[str, list[str]]]]]:
     found = []
-    pages = [*doc_pages(), *sorted((DOCS / "tutorials").glob("*.md")),
-             DOCS / "examples" / "flowkit-example-plugin" / "README.md"]
+    pages = [
+        *doc_pages(),
+        *sorted((DOCS / "tutorials").glob("*.md")),
+        DOCS / "examples" / "flowkit-example-plugin" / "README.md",
+    ]
     for path in pages:
         for block in mdcode.parse(path).blocks:
             if block.lang in ("bash", "sh", "shell", "console"):
@@ -189,7 +200,7 @@ def _flowkit_args(words: list[str]) -> list[str] | None:
         return words[1:]
     for i, word in enumerate(words[:-1]):
         if word == "-m" and words[i + 1] == "flowkit.cli":
-            return words[i + 2:]
+            return words[i + 2 :]
     return None
 
 
@@ -219,27 +230,36 @@ def _check_run_config(params: dict) -> None:
     from flowkit.config import available_presets, load_config
 
     source = params.get("config_source")
-    if params.get("resume_dir") or (source and source not in available_presets()
-                                    and not Path(source).is_file()):
+    if params.get("resume_dir") or (
+        source and source not in available_presets() and not Path(source).is_file()
+    ):
         return  # resumes a run, or a config file the page writes: nothing to resolve here
-    load_config(source, params.get("overrides", ()), transform=params.get("transform"),
-                objective=params.get("objective"), prior=params.get("prior"),
-                data=params.get("data"))
+    load_config(
+        source,
+        params.get("overrides", ()),
+        transform=params.get("transform"),
+        objective=params.get("objective"),
+        prior=params.get("prior"),
+        data=params.get("data"),
+    )
 
 
 def test_flowkit_commands_in_the_docs_parse() -> None:
     from flowkit.errors import FlowkitError
 
     problems, checked = [], 0
-    calls = [(page, line, command, output, args) for page, line, commands in _shell_blocks()
-             for command, output in commands for args in _flowkit_calls(command)]
+    calls = [
+        (page, line, command, output, args)
+        for page, line, commands in _shell_blocks()
+        for command, output in commands
+        for args in _flowkit_calls(command)
+    ]
     for page, line, command, output, args in calls:
         if "--help" in args or "-h" in args:
             continue
         checked += 1
         # a console block that shows an error: flowkit must refuse with that very message
-        expected = output[0][len("Error: "):] if output and output[0].startswith("Error: ") \
-            else None
+        expected = output[0][len("Error: ") :] if output and output[0].startswith("Error: ") else None
         try:
             ctx = _parse(args)
             # tutorials run their commands (tests/test_tutorials.py), with the plugins
@@ -249,12 +269,15 @@ def test_flowkit_commands_in_the_docs_parse() -> None:
         except (click.ClickException, FlowkitError) as exc:
             message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
             if message != expected:
-                problems.append(f"{page}:{line}: `{command}`: {message}" +
-                                (f"\n    (the page shows: {expected})" if expected else ""))
+                problems.append(
+                    f"{page}:{line}: `{command}`: {message}"
+                    + (f"\n    (the page shows: {expected})" if expected else "")
+                )
         else:
             if expected is not None:
-                problems.append(f"{page}:{line}: `{command}` is accepted; the page shows "
-                                f"the error {expected!r}")
+                problems.append(
+                    f"{page}:{line}: `{command}` is accepted; the page shows the error {expected!r}"
+                )
     assert checked > 50
     assert not problems, "commands in the docs that flowkit refuses:\n" + "\n".join(problems)
 
@@ -309,14 +332,24 @@ README_NOT_RUN = {
 @pytest.mark.slow
 def test_readme_command_line_section_runs(tmp_path: Path) -> None:
     """The cheap commands run as typed; RUN_DIR is a short run of the README's first training."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     commands = _readme_commands()
     ran = []
 
     def sh(command: str) -> str:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"`{command}` failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
         ran.append(command)
         return proc.stdout
@@ -327,16 +360,20 @@ def test_readme_command_line_section_runs(tmp_path: Path) -> None:
             continue
         command = command.split(" #", 1)[0].strip()
         if command.startswith("flowkit run") and "--dry-run" not in command:
-            command += (" --set train.steps=15 --set train.eval_every=0 "
-                        "--set eval.final_max_examples=200 --out runs --name readme -q")
+            command += (
+                " --set train.steps=15 --set train.eval_every=0 "
+                "--set eval.final_max_examples=200 --out runs --name readme -q"
+            )
         command = command.replace("RUN_DIR", run_dir)
         if command.startswith("flowkit check"):
             pytest.importorskip("flowkit_example", reason="the example plugin is not installed")
         sh(command)
     # inpaint needs an image model: the digits, briefly
-    sh("flowkit run --transform nice --data digits --set transform.hidden=32 --set train.steps=5 "
-       "--set train.eval_every=0 --set train.sample_every=0 --set eval.final_max_examples=100 "
-       "--out runs --name digits -q")
+    sh(
+        "flowkit run --transform nice --data digits --set transform.hidden=32 --set train.steps=5 "
+        "--set train.eval_every=0 --set train.sample_every=0 --set eval.final_max_examples=100 "
+        "--out runs --name digits -q"
+    )
     inpaint = next(c for c in commands if c.startswith("flowkit inpaint"))
     sh(inpaint.split(" #", 1)[0].replace("RUN_DIR", "runs/digits") + " --steps 5")
     assert any(c.startswith("flowkit sample") for c in ran) and any("eval" in c for c in ran)
@@ -346,8 +383,10 @@ def test_readme_command_line_section_runs(tmp_path: Path) -> None:
 # -- generated tables and the site -------------------------------------------------------------
 def test_generated_tables_match_the_code() -> None:
     stale = [_rel(p) for p in gen_reference.stale_pages()]
-    assert not stale, (f"generated tables in {', '.join(stale)} no longer match the code; "
-                       "regenerate them with: .venv/bin/python docs/tools/gen_reference.py --write")
+    assert not stale, (
+        f"generated tables in {', '.join(stale)} no longer match the code; "
+        "regenerate them with: .venv/bin/python docs/tools/gen_reference.py --write"
+    )
 
 
 def test_presets_table_lists_every_preset() -> None:
@@ -391,7 +430,6 @@ def test_plugin_reference_covers_every_builtin_plugin() -> None:
 
 def test_api_reference_covers_the_public_modules() -> None:
     modules = gen_reference.public_modules()
-    assert {"flowkit", "flowkit.config", "flowkit.flows", "flowkit.params",
-            "flowkit.testing"} <= set(modules)
+    assert {"flowkit", "flowkit.config", "flowkit.flows", "flowkit.params", "flowkit.testing"} <= set(modules)
     assert not [m for m in modules if m.startswith(("flowkit.plugins", "flowkit.cli"))]
     assert not [m for m in modules if any(p.startswith("_") for p in m.split("."))]

@@ -18,8 +18,13 @@ from flowkit.cli.main import cli
 from flowkit.errors import ConfigError
 from flowkit.runs import list_checkpoints
 
-TINY = ["transform.num_layers=2", "transform.hidden=8", "train.batch_size=32",
-        "train.sample_every=0", "train.checkpoint_every=0"]
+TINY = [
+    "transform.num_layers=2",
+    "transform.hidden=8",
+    "train.batch_size=32",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +33,9 @@ def tables(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tables")
     rng = np.random.default_rng(0)
     plain = folder / "plain.csv"
-    np.savetxt(plain, rng.normal(size=(200, 2)) * [1.0, 3.0] + [0.0, 10.0], delimiter=",",
-               header="a,b", comments="")
+    np.savetxt(
+        plain, rng.normal(size=(200, 2)) * [1.0, 3.0] + [0.0, 10.0], delimiter=",", header="a,b", comments=""
+    )
     c = rng.uniform(-1.0, 1.0, size=(200, 1))
     x = np.concatenate([3.0 * c, -c, c * c], axis=1) + 0.1 * rng.normal(size=(200, 3))
     conditional = folder / "conditional.csv"
@@ -38,8 +44,9 @@ def tables(tmp_path_factory) -> dict[str, Path]:
 
 
 def config(table: Path, *overrides: str, transform: str = "maf") -> dict:
-    return flowkit.load_config(None, [f"data.path={table}", *TINY, *overrides],
-                               transform=transform, data="table")
+    return flowkit.load_config(
+        None, [f"data.path={table}", *TINY, *overrides], transform=transform, data="table"
+    )
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
@@ -65,8 +72,9 @@ def scripted_val(monkeypatch):
 
 def test_early_stopping_stops_and_restores_the_best_model(tables, tmp_path: Path, scripted_val):
     scripted_val.extend([5.0, 4.0, 3.0, 3.5, 3.2, 9.0])
-    cfg = config(tables["plain"], "train.steps=100", "train.eval_every=5", "train.patience=2",
-                 "train.lr=0.01")
+    cfg = config(
+        tables["plain"], "train.steps=100", "train.eval_every=5", "train.patience=2", "train.lr=0.01"
+    )
     messages: list[str] = []
     summary = flowkit.train(cfg, tmp_path / "run", progress=False, log=messages.append)
     run_dir = tmp_path / "run"
@@ -92,8 +100,9 @@ def test_early_stopping_stops_and_restores_the_best_model(tables, tmp_path: Path
 
 
 def test_best_model_of_a_real_run_is_the_lowest_validation_nll(tables, tmp_path: Path):
-    cfg = config(tables["plain"], "train.steps=60", "train.eval_every=10", "train.patience=3",
-                 "train.lr=0.01")
+    cfg = config(
+        tables["plain"], "train.steps=60", "train.eval_every=10", "train.patience=3", "train.lr=0.01"
+    )
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     evals = records(tmp_path / "run", "eval")
     best = min(evals, key=lambda r: r["val_nll"])
@@ -109,18 +118,16 @@ def test_best_model_of_a_real_run_is_the_lowest_validation_nll(tables, tmp_path:
 def test_resume_keeps_the_early_stopping_state(tables, tmp_path: Path, scripted_val):
     # val NLL at steps 10, 20, 30, 40: the best is step 20, earlier than where the cut run ends
     scripted_val.extend([5.0, 3.0, 4.0, 3.5] * 2)
-    overrides = ["train.eval_every=10", "train.patience=3", "train.lr=0.01",
-                 "train.checkpoint_every=10"]
-    straight = flowkit.train(config(tables["plain"], "train.steps=40", *overrides),
-                             tmp_path / "straight", progress=False)
-    flowkit.train(config(tables["plain"], "train.steps=30", *overrides), tmp_path / "cut",
-                  progress=False)
+    overrides = ["train.eval_every=10", "train.patience=3", "train.lr=0.01", "train.checkpoint_every=10"]
+    straight = flowkit.train(
+        config(tables["plain"], "train.steps=40", *overrides), tmp_path / "straight", progress=False
+    )
+    flowkit.train(config(tables["plain"], "train.steps=30", *overrides), tmp_path / "cut", progress=False)
     cut_final = load_checkpoint(list_checkpoints(tmp_path / "cut")[-1])
     assert cut_final["step"] == 30 and cut_final["best_step"] == 20 and "last" in cut_final
     from flowkit.trainer import resume
 
-    resumed = resume(tmp_path / "cut", config(tables["plain"], "train.steps=40", *overrides),
-                     progress=False)
+    resumed = resume(tmp_path / "cut", config(tables["plain"], "train.steps=40", *overrides), progress=False)
     for key in ("steps", "best_step", "best_val_nll", "stopped_early", "test_nll"):
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
     assert resumed["best_step"] == 20
@@ -131,8 +138,7 @@ def test_resume_keeps_the_early_stopping_state(tables, tmp_path: Path, scripted_
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_resuming_a_run_that_stopped_early_trains_no_further(tables, tmp_path: Path,
-                                                             scripted_val):
+def test_resuming_a_run_that_stopped_early_trains_no_further(tables, tmp_path: Path, scripted_val):
     scripted_val.extend([2.0, 3.0, 4.0])
     cfg = config(tables["plain"], "train.steps=50", "train.eval_every=5", "train.patience=2")
     flowkit.train(cfg, tmp_path / "run", progress=False)
@@ -146,8 +152,11 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tables, tmp_path: P
 
 def test_patience_needs_a_validation_split(tables, tmp_path: Path):
     cfg = config(tables["plain"], "train.patience=3", "data.val_fraction=0.0")
-    with pytest.raises(ConfigError, match=r"has no validation split; use a dataset with one "
-                                          r"\(e.g. data = \"table\" with data.val_fraction > 0\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"has no validation split; use a dataset with one "
+        r"\(e.g. data = \"table\" with data.val_fraction > 0\)",
+    ):
         flowkit.train(cfg, tmp_path / "run", progress=False)
     moons = flowkit.load_config("realnvp-moons", ["train.patience=3"])
     with pytest.raises(ConfigError, match="'moons' has no validation split"):
@@ -158,15 +167,19 @@ def test_patience_needs_a_validation_split(tables, tmp_path: Path):
 
 
 def test_without_patience_nothing_changes(tables, tmp_path: Path):
-    summary = flowkit.train(config(tables["plain"], "train.steps=20", "train.eval_every=10",
-                                   "data.val_fraction=0.0"), tmp_path / "run", progress=False)
+    summary = flowkit.train(
+        config(tables["plain"], "train.steps=20", "train.eval_every=10", "data.val_fraction=0.0"),
+        tmp_path / "run",
+        progress=False,
+    )
     assert "best_step" not in summary and "stopped_early" not in summary
     assert [r["step"] for r in records(tmp_path / "run", "eval")] == [10]  # not the last step
     assert "test_nll" in records(tmp_path / "run", "eval")[0]
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
     # with a validation split, periodic evaluation reads it
-    flowkit.train(config(tables["plain"], "train.steps=20", "train.eval_every=10"),
-                  tmp_path / "val", progress=False)
+    flowkit.train(
+        config(tables["plain"], "train.steps=20", "train.eval_every=10"), tmp_path / "val", progress=False
+    )
     assert "val_nll" in records(tmp_path / "val", "eval")[0]
 
 
@@ -174,8 +187,14 @@ def test_without_patience_nothing_changes(tables, tmp_path: Path):
 @pytest.fixture(scope="module")
 def conditional_run(tables, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "conditional"
-    cfg = config(tables["conditional"], "data.context_columns=[-1]", "train.steps=150",
-                 "train.eval_every=50", "train.patience=3", "train.lr=0.01")
+    cfg = config(
+        tables["conditional"],
+        "data.context_columns=[-1]",
+        "train.steps=150",
+        "train.eval_every=50",
+        "train.patience=3",
+        "train.lr=0.01",
+    )
     flowkit.train(cfg, run_dir, progress=False)
     return run_dir
 
@@ -186,13 +205,13 @@ def invoke(*args: str):
 
 def test_sample_with_a_context(conditional_run: Path, tmp_path: Path):
     out = tmp_path / "s.npy"
-    result = invoke("sample", str(conditional_run), "--context", "0.5", "-n", "300", "--out",
-                    str(out))
+    result = invoke("sample", str(conditional_run), "--context", "0.5", "-n", "300", "--out", str(out))
     assert result.exit_code == 0, result.output
     low = np.load(out)
     assert low.shape == (300, 3)
-    ok = invoke("sample", str(conditional_run), "--context", "-0.5", "-n", "300", "--out",
-                str(tmp_path / "s.csv"))
+    ok = invoke(
+        "sample", str(conditional_run), "--context", "-0.5", "-n", "300", "--out", str(tmp_path / "s.csv")
+    )
     assert ok.exit_code == 0, ok.output
     high = np.loadtxt(tmp_path / "s.csv", delimiter=",")
     assert high.shape == (300, 3)
@@ -200,8 +219,9 @@ def test_sample_with_a_context(conditional_run: Path, tmp_path: Path):
     assert low[:, 0].mean() - high[:, 0].mean() > 1.5
     contexts = tmp_path / "c.npy"
     np.save(contexts, np.array([[-1.0], [0.0], [1.0], [0.2]]))
-    result = invoke("sample", str(conditional_run), "--context", str(contexts), "--out",
-                    str(tmp_path / "per-row.pt"))
+    result = invoke(
+        "sample", str(conditional_run), "--context", str(contexts), "--out", str(tmp_path / "per-row.pt")
+    )
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "per-row.pt").shape == (4, 3)
 
@@ -215,23 +235,41 @@ def user_error(result, *needles: str) -> None:
 
 def test_sample_context_errors(conditional_run: Path, tables, tmp_path: Path):
     run = str(conditional_run)
-    user_error(invoke("sample", run, "--context", "0.1,0.2", "--out", str(tmp_path / "a.npy")),
-               "--context has 2 value(s) but the model's context has 1 feature(s)")
-    user_error(invoke("sample", run, "--out", str(tmp_path / "a.npy")),
-               "conditional on a context of shape (1,)", "--context")
-    user_error(invoke("sample", run, "--context", "abc", "--out", str(tmp_path / "a.npy")),
-               "comma-separated numbers")
+    user_error(
+        invoke("sample", run, "--context", "0.1,0.2", "--out", str(tmp_path / "a.npy")),
+        "--context has 2 value(s) but the model's context has 1 feature(s)",
+    )
+    user_error(
+        invoke("sample", run, "--out", str(tmp_path / "a.npy")),
+        "conditional on a context of shape (1,)",
+        "--context",
+    )
+    user_error(
+        invoke("sample", run, "--context", "abc", "--out", str(tmp_path / "a.npy")), "comma-separated numbers"
+    )
     np.save(tmp_path / "c.npy", np.zeros((4, 1)))
-    user_error(invoke("sample", run, "--context", str(tmp_path / "c.npy"), "-n", "3", "--out",
-                      str(tmp_path / "a.npy")), "holds 4 contexts", "asks for 3 samples")
-    user_error(invoke("sample", run, "--context", "0.1", "--out", str(tmp_path / "a.txt")),
-               "--out must end in .png, .pt, .npy or .csv")
-    user_error(invoke("sample", run, "--context", "0.1", "--out", str(tmp_path / "a.png")),
-               "cannot draw data of shape (3,)")
+    user_error(
+        invoke(
+            "sample", run, "--context", str(tmp_path / "c.npy"), "-n", "3", "--out", str(tmp_path / "a.npy")
+        ),
+        "holds 4 contexts",
+        "asks for 3 samples",
+    )
+    user_error(
+        invoke("sample", run, "--context", "0.1", "--out", str(tmp_path / "a.txt")),
+        "--out must end in .png, .pt, .npy or .csv",
+    )
+    user_error(
+        invoke("sample", run, "--context", "0.1", "--out", str(tmp_path / "a.png")),
+        "cannot draw data of shape (3,)",
+    )
     plain = tmp_path / "plain"
     flowkit.train(config(tables["plain"], "train.steps=4"), plain, progress=False)
-    user_error(invoke("sample", str(plain), "--context", "0.1", "--out", str(tmp_path / "a.npy")),
-               "has no real-valued context", "drop --context")
+    user_error(
+        invoke("sample", str(plain), "--context", "0.1", "--out", str(tmp_path / "a.npy")),
+        "has no real-valued context",
+        "drop --context",
+    )
 
 
 def test_eval_on_the_validation_split(conditional_run: Path, tmp_path: Path):
@@ -239,7 +277,8 @@ def test_eval_on_the_validation_split(conditional_run: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     summary = json.loads((conditional_run / "summary.json").read_text())
     assert json.loads((conditional_run / "eval.json").read_text())["val_nll"] == pytest.approx(
-        summary["best_val_nll"], abs=1e-5)
+        summary["best_val_nll"], abs=1e-5
+    )
 
 
 def test_eval_scores_samples_drawn_at_the_test_contexts(conditional_run: Path):

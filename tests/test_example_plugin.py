@@ -70,11 +70,25 @@ def test_flowkit_check_command() -> None:
 
 
 def test_trains_through_the_cli(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, [
-        "run", "--transform", NAME, "--data", "moons",
-        "--set", "train.steps=20", "--set", "data.n_train=500", "--set", "data.n_test=200",
-        "--out", str(tmp_path), "--quiet",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--transform",
+            NAME,
+            "--data",
+            "moons",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "data.n_train=500",
+            "--set",
+            "data.n_test=200",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -88,10 +102,21 @@ def test_trains_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_unknown_parameter_is_a_clean_cli_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, [
-        "run", "--transform", NAME, "--data", "moons", "--set", "transform.min_tailwieght=0.2",
-        "--out", str(tmp_path), "--dry-run",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--transform",
+            NAME,
+            "--data",
+            "moons",
+            "--set",
+            "transform.min_tailwieght=0.2",
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+        ],
+    )
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit)
     assert "Did you mean 'min_tailweight'?" in result.output

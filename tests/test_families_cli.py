@@ -24,10 +24,27 @@ from flowkit.cli.main import cli
     ],
 )
 def test_family_trains_by_name(tmp_path: Path, transform: str, data: str, extra: list[str]):
-    sets = [f"--set={s}" for s in [*extra, "train.steps=3", "data.n_train=256", "data.n_test=64"]
-            if data == "moons" or not s.startswith("data.")]
-    result = CliRunner().invoke(cli, ["run", "--transform", transform, "--data", data, *sets,
-                                      "--out", str(tmp_path), "--name", "r", "--quiet"])
+    sets = [
+        f"--set={s}"
+        for s in [*extra, "train.steps=3", "data.n_train=256", "data.n_test=64"]
+        if data == "moons" or not s.startswith("data.")
+    ]
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--transform",
+            transform,
+            "--data",
+            data,
+            *sets,
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["transform"] == transform

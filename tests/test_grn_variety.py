@@ -66,8 +66,7 @@ def test_debiased_values_are_cross_minus_self_transport(monkeypatch):
     out = objective.loss(model, Batch(x, y), 0)
     # per class: W(Z, S) and W(S, S') of 5 points each
     assert calls == [(5, 5), (5, 5)] * 2
-    assert out.terms["ot_self"] > 0 and out.terms["ot"] == pytest.approx(
-        out.terms["loss"], rel=1e-6)
+    assert out.terms["ot_self"] > 0 and out.terms["ot"] == pytest.approx(out.terms["loss"], rel=1e-6)
     calls.clear()
     objective.debias = "full"
     objective.loss(model, Batch(x, y), 0)
@@ -79,7 +78,8 @@ def test_more_prior_samples_than_encodings_use_the_unbalanced_exact_plan():
     model = _identity_flow(2)
     x = torch.randn(6, 2)
     out = OptimalTransport(solver="auto", smoothness_weight=0.0, prior_samples=3).loss(
-        model, Batch(x, torch.zeros(6, dtype=torch.long)), 0)
+        model, Batch(x, torch.zeros(6, dtype=torch.long)), 0
+    )
     assert out.total is not None and torch.isfinite(out.total)
 
 
@@ -94,11 +94,13 @@ def test_the_ot_objective_puts_sample_metrics_into_the_summary(monkeypatch):
     from flowkit import metrics, registry
 
     digits = registry.datasets.build("digits", {}, injected={"seed": 0, "data_dir": None})
-    toy_unlabelled_images = type(digits)("blank", torch.rand(10, 1, 4, 4), torch.rand(10, 1, 4, 4),
-                                         levels=256)
+    toy_unlabelled_images = type(digits)(
+        "blank", torch.rand(10, 1, 4, 4), torch.rand(10, 1, 4, 4), levels=256
+    )
     calls = []
-    monkeypatch.setattr(metrics, "sample_metrics",
-                        lambda model, data, *, n, seed: calls.append((n, seed)) or {"recall": 0.5})
+    monkeypatch.setattr(
+        metrics, "sample_metrics", lambda model, data, *, n, seed: calls.append((n, seed)) or {"recall": 0.5}
+    )
     model = _identity_flow(3)
     assert OptimalTransport().evaluate(model, digits, 0) == {"recall": 0.5}
     assert OptimalTransport(eval_samples=300).evaluate(model, digits, 100) == {"recall": 0.5}

@@ -30,12 +30,23 @@ SHAPE = (1, 8, 8)
 def digits_run(tmp_path_factory) -> Path:
     """A small NICE trained for 150 steps on the 8×8 digits (a few seconds)."""
     run_dir = tmp_path_factory.mktemp("inpaint") / "nice"
-    config = flowkit.load_config(None, [
-        "transform.hidden=64", "transform.num_hidden=2", "train.steps=150",
-        "train.batch_size=64", "train.eval_every=1000", "train.sample_every=1000",
-        "train.checkpoint_every=150", "eval.n_samples=4", "eval.max_examples=64",
-        "eval.final_max_examples=64",
-    ], transform="nice", data="digits")
+    config = flowkit.load_config(
+        None,
+        [
+            "transform.hidden=64",
+            "transform.num_hidden=2",
+            "train.steps=150",
+            "train.batch_size=64",
+            "train.eval_every=1000",
+            "train.sample_every=1000",
+            "train.checkpoint_every=150",
+            "eval.n_samples=4",
+            "eval.max_examples=64",
+            "eval.final_max_examples=64",
+        ],
+        transform="nice",
+        data="digits",
+    )
     flowkit.train(config, run_dir, progress=False, log=lambda _: None)
     return run_dir
 
@@ -91,8 +102,12 @@ def test_image_index_syntax():
     assert parse_indices("3,5,9", 10) == [3, 5, 9]
     assert parse_indices("7", 10) == [7]
     assert parse_indices("-1", 10) == [9]
-    for bad, needle in (("0:99", "outside the 10 examples"), ("12", "outside"),
-                        ("a:b", "not an index specification"), ("4:4", "selects no images")):
+    for bad, needle in (
+        ("0:99", "outside the 10 examples"),
+        ("12", "outside"),
+        ("a:b", "not an index specification"),
+        ("4:4", "selects no images"),
+    ):
         with pytest.raises(ConfigError, match=needle):
             parse_indices(bad, 10)
 
@@ -116,17 +131,21 @@ def test_inpainting_raises_the_log_likelihood(trained):
     model, images = trained
     mask = named_mask("center", SHAPE, fraction=0.4)
     start = inpaint(model, images, mask, steps=0, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(start, inpaint(model, images, mask, 0,
-                                      generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(start, inpaint(model, images, mask, 0, generator=torch.Generator().manual_seed(0)))
     trace: list[float] = []
-    adaptive = inpaint(model, images, mask, steps=60, init=start,
-                       callback=lambda i, x: trace.append(float(log_likelihood(model, x).mean())))
+    adaptive = inpaint(
+        model,
+        images,
+        mask,
+        steps=60,
+        init=start,
+        callback=lambda i, x: trace.append(float(log_likelihood(model, x).mean())),
+    )
     before, after = log_likelihood(model, start), log_likelihood(model, adaptive)
     assert (after >= before - 1e-3).all()  # the adaptive schedule never accepts a worse step
     assert after.mean() > before.mean() + 20.0
     assert all(b >= a - 1e-3 for a, b in itertools.pairwise(trace))
-    harmonic = inpaint(model, images, mask, steps=60, step_size=0.005, schedule="harmonic",
-                       init=start)
+    harmonic = inpaint(model, images, mask, steps=60, step_size=0.005, schedule="harmonic", init=start)
     assert log_likelihood(model, harmonic).mean() > before.mean() + 20.0
     mean_start = inpaint(model, images, mask, steps=0, init="mean")
     hidden = mask.expand(images.shape)
@@ -155,8 +174,9 @@ def test_comparison_grid_layout():
 # -- the command -------------------------------------------------------------------------------
 def test_cli_writes_the_grid_and_reports_log_likelihoods(digits_run: Path, tmp_path: Path):
     out = tmp_path / "grid.png"
-    result = invoke("inpaint", str(digits_run), "--images", "0:6", "--mask", "bottom",
-                    "--steps", "25", "--out", str(out))
+    result = invoke(
+        "inpaint", str(digits_run), "--images", "0:6", "--mask", "bottom", "--steps", "25", "--out", str(out)
+    )
     ok(result)
     assert out.is_file()
     assert Image.open(out).size[0] > Image.open(out).size[1]  # 6 columns, 3 rows
@@ -166,15 +186,31 @@ def test_cli_writes_the_grid_and_reports_log_likelihoods(digits_run: Path, tmp_p
     before = float(lines["before"].split()[-1])
     after = float(lines["after"].split()[-1])
     assert after > before
-    default = invoke("inpaint", str(digits_run), "--images", "2,3", "--mask", "random",
-                     "--mask-fraction", "0.3", "--steps", "2")
+    default = invoke(
+        "inpaint",
+        str(digits_run),
+        "--images",
+        "2,3",
+        "--mask",
+        "random",
+        "--mask-fraction",
+        "0.3",
+        "--steps",
+        "2",
+    )
     ok(default)
     assert (digits_run / "inpaint-random.png").is_file()
 
 
 def test_cli_errors_are_clear(digits_run: Path):
-    user_error(invoke("inpaint", str(digits_run), "--mask", "centre", "--steps", "1"),
-               "unknown mask 'centre'", "Did you mean 'center'?")
-    user_error(invoke("inpaint", str(digits_run), "--images", "0:100000", "--steps", "1"),
-               "outside the", "examples of the split")
+    user_error(
+        invoke("inpaint", str(digits_run), "--mask", "centre", "--steps", "1"),
+        "unknown mask 'centre'",
+        "Did you mean 'center'?",
+    )
+    user_error(
+        invoke("inpaint", str(digits_run), "--images", "0:100000", "--steps", "1"),
+        "outside the",
+        "examples of the split",
+    )
     user_error(invoke("inpaint", str(digits_run), "--out", "grid.jpg"), "must end in .png")

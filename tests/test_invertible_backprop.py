@@ -39,10 +39,15 @@ def _perturb(module: nn.Module, scale: float, seed: int = 0) -> None:
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-def _build(name: str, shape: Shape, params: dict[str, Any], num_classes: int | None = None,
-           dtype: torch.dtype = torch.float64, perturb: float = 0.05) -> Transform:
-    t = registry.transforms.build(name, params, injected={"event_shape": shape,
-                                                          "num_classes": num_classes})
+def _build(
+    name: str,
+    shape: Shape,
+    params: dict[str, Any],
+    num_classes: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    perturb: float = 0.05,
+) -> Transform:
+    t = registry.transforms.build(name, params, injected={"event_shape": shape, "num_classes": num_classes})
     t = t.to(dtype).train()
     with torch.no_grad():  # data-dependent init (actnorm) on a warm-up batch
         t(torch.randn(32, *shape, dtype=dtype), _labels(32, num_classes))
@@ -58,8 +63,9 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _grads(t: Transform, x: Tensor, context: Tensor | None, input_grad: bool = True,
-           seed: int = 1) -> tuple[Tensor, ...]:
+def _grads(
+    t: Transform, x: Tensor, context: Tensor | None, input_grad: bool = True, seed: int = 1
+) -> tuple[Tensor, ...]:
     """Output, log-det, input gradient and parameter gradients for a random linear loss."""
     t.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(input_grad)
@@ -74,9 +80,14 @@ def _grads(t: Transform, x: Tensor, context: Tensor | None, input_grad: bool = T
     return (y.detach(), logdet.detach(), *params, *([x.grad] if input_grad else []))
 
 
-def _assert_same_gradients(t: Transform, x: Tensor, context: Tensor | None = None,
-                           rtol: float = 1e-10, input_grad: bool = True,
-                           chunks: int = 2) -> InvertibleBackprop:
+def _assert_same_gradients(
+    t: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    rtol: float = 1e-10,
+    input_grad: bool = True,
+    chunks: int = 2,
+) -> InvertibleBackprop:
     wrapped = InvertibleBackprop(copy.deepcopy(t), chunks=chunks)
     expected = _grads(t, x, context, input_grad)
     got = _grads(wrapped, x, context, input_grad)
@@ -91,8 +102,7 @@ def _assert_same_gradients(t: Transform, x: Tensor, context: Tensor | None = Non
 
 def _coupling_stack(dtype: torch.dtype) -> Sequential:
     torch.manual_seed(0)
-    blocks = [AdditiveCoupling((12, 8, 8), parity=bool(k % 2), hidden=16, num_blocks=1)
-              for k in range(32)]
+    blocks = [AdditiveCoupling((12, 8, 8), parity=bool(k % 2), hidden=16, num_blocks=1) for k in range(32)]
     stack = Sequential(blocks)
     _perturb(stack, 0.05)  # larger weights make a 32-block stack expand errors ~1000-fold
     return stack.to(dtype)
@@ -106,15 +116,18 @@ def test_32_block_additive_stack_matches_autograd(dtype: torch.dtype, rtol: floa
     assert wrapped.fallback_names == []
 
 
-@pytest.mark.parametrize(("name", "shape", "params"), [
-    ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 8, "num_blocks": 1}),
-    ("realnvp", (6,), {"num_layers": 4, "hidden": 8, "num_hidden": 1}),
-    ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 2, "hidden": 8}),
-    ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 8, "lu": False}),
-    ("revnet", (1, 8, 8), {"widths": [4, 8], "blocks_per_stage": 2}),
-    ("revnet", (1, 6, 6), {"widths": [4], "pad_to": 8, "kernel_sizes": 1}),
-    ("nice", (3, 4, 4), {"num_couplings": 3, "hidden": 8, "num_hidden": 1}),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 8, "num_blocks": 1}),
+        ("realnvp", (6,), {"num_layers": 4, "hidden": 8, "num_hidden": 1}),
+        ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 2, "hidden": 8}),
+        ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 8, "lu": False}),
+        ("revnet", (1, 8, 8), {"widths": [4, 8], "blocks_per_stage": 2}),
+        ("revnet", (1, 6, 6), {"widths": [4], "pad_to": 8, "kernel_sizes": 1}),
+        ("nice", (3, 4, 4), {"num_couplings": 3, "hidden": 8, "num_hidden": 1}),
+    ],
+)
 def test_architectures_match_autograd(name: str, shape: Shape, params: dict[str, Any]) -> None:
     t = _build(name, shape, params)
     wrapped = _assert_same_gradients(t, torch.randn(4, *shape, dtype=torch.float64))
@@ -122,37 +135,48 @@ def test_architectures_match_autograd(name: str, shape: Shape, params: dict[str,
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 50])
-@pytest.mark.parametrize(("name", "shape", "params"), [
-    ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 4, "num_blocks": 1}),
-    ("realnvp", (6,), {"num_layers": 2, "hidden": 8, "num_hidden": 1}),
-    ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 4}),
-    ("revnet", (1, 8, 8), {"widths": [4, 4], "blocks_per_stage": 1}),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 4, "num_blocks": 1}),
+        ("realnvp", (6,), {"num_layers": 2, "hidden": 8, "num_hidden": 1}),
+        ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 4}),
+        ("revnet", (1, 8, 8), {"widths": [4, 4], "blocks_per_stage": 1}),
+    ],
+)
 def test_any_number_of_batch_chunks_gives_the_same_gradients(
-    name: str, shape: Shape, params: dict[str, Any], chunks: int,
+    name: str,
+    shape: Shape,
+    params: dict[str, Any],
+    chunks: int,
 ) -> None:
     """Slices of an odd batch (5), one slice, and more slices than examples."""
     t = _build(name, shape, params)
-    wrapped = _assert_same_gradients(t, torch.randn(5, *shape, dtype=torch.float64),
-                                     chunks=chunks)
+    wrapped = _assert_same_gradients(t, torch.randn(5, *shape, dtype=torch.float64), chunks=chunks)
     assert wrapped.chunks == chunks
 
 
 def test_chunks_with_labels_and_bad_values() -> None:
-    t = _build("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 8, "num_blocks": 1,
-                                      "conditional": True}, num_classes=3)
-    _assert_same_gradients(t, torch.randn(7, 3, 8, 8, dtype=torch.float64), _labels(7, 3),
-                           chunks=3)
+    t = _build(
+        "realnvp",
+        (3, 8, 8),
+        {"num_scales": 2, "hidden": 8, "num_blocks": 1, "conditional": True},
+        num_classes=3,
+    )
+    _assert_same_gradients(t, torch.randn(7, 3, 8, 8, dtype=torch.float64), _labels(7, 3), chunks=3)
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="chunks must be a positive integer"):
             InvertibleBackprop(t, chunks=bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("name", "shape", "params"), [
-    ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 4, "num_blocks": 1}),
-    ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 4}),
-    ("revnet", (1, 8, 8), {"widths": [4, 4], "blocks_per_stage": 1}),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "params"),
+    [
+        ("realnvp", (3, 8, 8), {"num_scales": 2, "hidden": 4, "num_blocks": 1}),
+        ("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 1, "hidden": 4}),
+        ("revnet", (1, 8, 8), {"widths": [4, 4], "blocks_per_stage": 1}),
+    ],
+)
 def test_inputs_without_gradient(name: str, shape: Shape, params: dict[str, Any]) -> None:
     """Training data does not require a gradient: the first block skips ∂L/∂x."""
     t = _build(name, shape, params)
@@ -160,16 +184,14 @@ def test_inputs_without_gradient(name: str, shape: Shape, params: dict[str, Any]
 
 
 def test_glow_in_float32_matches_autograd() -> None:
-    t = _build("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 2, "hidden": 8},
-               dtype=torch.float32)
+    t = _build("glow", (3, 8, 8), {"num_levels": 2, "num_steps": 2, "hidden": 8}, dtype=torch.float32)
     _assert_same_gradients(t, torch.randn(4, 3, 8, 8), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["realnvp", "glow"])
 def test_conditional_transforms_match_autograd(name: str) -> None:
     params: dict[str, Any] = {"hidden": 8, "conditional": True}
-    params |= {"num_scales": 2, "num_blocks": 1} if name == "realnvp" else {"num_levels": 2,
-                                                                           "num_steps": 1}
+    params |= {"num_scales": 2, "num_blocks": 1} if name == "realnvp" else {"num_levels": 2, "num_steps": 1}
     t = _build(name, (3, 8, 8), params, num_classes=3)
     _assert_same_gradients(t, torch.randn(6, 3, 8, 8, dtype=torch.float64), _labels(6, 3))
 
@@ -177,14 +199,23 @@ def test_conditional_transforms_match_autograd(name: str) -> None:
 def test_nested_structures_match_autograd() -> None:
     """A multi-scale architecture inside a sequence, followed by vector blocks and an Inverse."""
     torch.manual_seed(0)
-    inner = registry.transforms.build("realnvp", {"num_scales": 2, "hidden": 4, "num_blocks": 1},
-                                      injected={"event_shape": (2, 4, 4), "num_classes": None})
-    t = Sequential([
-        inner,
-        Sequential([AffineCoupling((32,), mask="alternate", hidden=8, num_hidden=1),
-                    Inverse(AffineCoupling((32,), parity=True, hidden=8, num_hidden=1))]),
-        ActNorm((32,)),
-    ]).double()
+    inner = registry.transforms.build(
+        "realnvp",
+        {"num_scales": 2, "hidden": 4, "num_blocks": 1},
+        injected={"event_shape": (2, 4, 4), "num_classes": None},
+    )
+    t = Sequential(
+        [
+            inner,
+            Sequential(
+                [
+                    AffineCoupling((32,), mask="alternate", hidden=8, num_hidden=1),
+                    Inverse(AffineCoupling((32,), parity=True, hidden=8, num_hidden=1)),
+                ]
+            ),
+            ActNorm((32,)),
+        ]
+    ).double()
     _perturb(t, 0.05)
     wrapped = _assert_same_gradients(t, torch.randn(4, 2, 4, 4, dtype=torch.float64))
     assert wrapped.fallback_names == []
@@ -192,17 +223,18 @@ def test_nested_structures_match_autograd() -> None:
 
 def test_fallback_blocks_use_autograd_and_are_reported() -> None:
     torch.manual_seed(0)
-    t = Sequential([
-        AdditiveCoupling((6,), hidden=8, num_hidden=1),
-        AutoregressiveLayer((6,), map=MAF_MAP, hidden=8, num_hidden=1),
-        AffineCoupling((6,), parity=True, hidden=8, num_hidden=1),
-        AutoregressiveLayer((6,), map=MAF_MAP, direction="iaf", hidden=8, num_hidden=1),
-    ]).double()
+    t = Sequential(
+        [
+            AdditiveCoupling((6,), hidden=8, num_hidden=1),
+            AutoregressiveLayer((6,), map=MAF_MAP, hidden=8, num_hidden=1),
+            AffineCoupling((6,), parity=True, hidden=8, num_hidden=1),
+            AutoregressiveLayer((6,), map=MAF_MAP, direction="iaf", hidden=8, num_hidden=1),
+        ]
+    ).double()
     _perturb(t, 0.1)
     assert [is_exact(b) for b in t] == [True, False, True, False]
     wrapped = _assert_same_gradients(t, torch.randn(5, 6, dtype=torch.float64))
-    assert wrapped.fallback_names == ["steps.1 (AutoregressiveLayer)",
-                                      "steps.3 (AutoregressiveLayer)"]
+    assert wrapped.fallback_names == ["steps.1 (AutoregressiveLayer)", "steps.3 (AutoregressiveLayer)"]
 
     class Holder(nn.Module):
         def __init__(self, transform: Transform) -> None:
@@ -262,11 +294,20 @@ def test_every_built_in_exact_block_declares_its_rule() -> None:
     from flowkit.plugins.transforms.subsample import GRNSubsample, ZeroPad
 
     expected = {
-        AdditiveCoupling: masked_coupling_rule, AffineCoupling: masked_coupling_rule,
-        GlowCoupling: glow_coupling_rule, RevNetBlock: revnet_rule, ActNorm: generic_rule,
-        InvConv1x1: generic_rule, SplitPrior: glow_coupling_rule, DiagonalScaling: generic_rule,
-        Squeeze: reindex_rule, GRNSubsample: reindex_rule, ZeroPad: reindex_rule,
-        RandomPermutation: reindex_rule, ReversePermutation: reindex_rule, Reshape: reindex_rule,
+        AdditiveCoupling: masked_coupling_rule,
+        AffineCoupling: masked_coupling_rule,
+        GlowCoupling: glow_coupling_rule,
+        RevNetBlock: revnet_rule,
+        ActNorm: generic_rule,
+        InvConv1x1: generic_rule,
+        SplitPrior: glow_coupling_rule,
+        DiagonalScaling: generic_rule,
+        Squeeze: reindex_rule,
+        GRNSubsample: reindex_rule,
+        ZeroPad: reindex_rule,
+        RandomPermutation: reindex_rule,
+        ReversePermutation: reindex_rule,
+        Reshape: reindex_rule,
     }
     for cls, rule in expected.items():
         assert vars(cls)["inversion_rule"] is rule, cls.__name__
@@ -345,11 +386,23 @@ def test_rules_are_declared_per_class_and_not_inherited() -> None:
     ``exact_inverse = True`` (the generic rule) is inherited; ``False`` always opts out."""
     torch.manual_seed(0)
     kw: dict[str, Any] = {"hidden": 4, "num_hidden": 1}
-    t = Sequential([_Shifted((4,), **kw), _Redeclared((4,), parity=True, **kw), _OwnRule((4,)),
-                    type("_ExpChild", (_Exp,), {})((4,)), _OptedOut((4,), **kw)]).double()
+    t = Sequential(
+        [
+            _Shifted((4,), **kw),
+            _Redeclared((4,), parity=True, **kw),
+            _OwnRule((4,)),
+            type("_ExpChild", (_Exp,), {})((4,)),
+            _OptedOut((4,), **kw),
+        ]
+    ).double()
     _perturb(t, 0.1)
-    assert [rule_for(b) for b in t] == [None, masked_coupling_rule, _OwnRule.inversion_rule,
-                                        generic_rule, None]
+    assert [rule_for(b) for b in t] == [
+        None,
+        masked_coupling_rule,
+        _OwnRule.inversion_rule,
+        generic_rule,
+        None,
+    ]
     assert not is_exact(Inverse(_Shifted((4,), **kw))) and is_exact(Inverse(_Redeclared((4,), **kw)))
     _OwnRule.calls = 0
     wrapped = _assert_same_gradients(t, torch.randn(3, 4, dtype=torch.float64), chunks=1)
@@ -491,9 +544,16 @@ def test_train_invertible_backprop_key_gives_the_same_run(tmp_path) -> None:
     """``train.invertible_backprop = true`` trains the same model as ordinary autograd."""
     from flowkit.runs import load_run
 
-    common = ["train.steps=4", "train.eval_every=0", "train.sample_every=0", "train.threads=1",
-              "transform.num_scales=1", "transform.hidden=8", "transform.num_blocks=1",
-              "eval.final_max_examples=50"]
+    common = [
+        "train.steps=4",
+        "train.eval_every=0",
+        "train.sample_every=0",
+        "train.threads=1",
+        "transform.num_scales=1",
+        "transform.hidden=8",
+        "transform.num_blocks=1",
+        "eval.final_max_examples=50",
+    ]
     runs = {}
     for flag in ("false", "true"):
         cfg = flowkit.load_config("realnvp-digits", [*common, f"train.invertible_backprop={flag}"])
@@ -511,29 +571,40 @@ def test_train_invertible_backprop_chunks_key(tmp_path) -> None:
     from flowkit.errors import ConfigError
     from flowkit.trainer import Trainer
 
-    common = ["train.steps=1", "train.invertible_backprop=true", "transform.num_scales=1",
-              "transform.hidden=8", "transform.num_blocks=1"]
+    common = [
+        "train.steps=1",
+        "train.invertible_backprop=true",
+        "transform.num_scales=1",
+        "transform.hidden=8",
+        "transform.num_blocks=1",
+    ]
     cfg = flowkit.load_config("realnvp-digits", [*common, "train.invertible_backprop_chunks=3"])
     trainer = Trainer(cfg, tmp_path / "ok", progress=False, log=lambda _: None)
     assert isinstance(trainer.model.transform, InvertibleBackprop)
     assert trainer.model.transform.chunks == 3
-    with pytest.raises(ConfigError, match=r"\[train\] invertible_backprop_chunks must be at least 1 "
-                                          r"\(1: the whole batch at once\), got 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[train\] invertible_backprop_chunks must be at least 1 "
+        r"\(1: the whole batch at once\), got 0",
+    ):
         flowkit.load_config("realnvp-digits", [*common, "train.invertible_backprop_chunks=0"])
 
 
 @pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
-@pytest.mark.parametrize(("shape", "mask"), [((7,), "half"), ((7,), "alternate"),
-                                             ((6, 4, 4), "channel"), ((2, 4, 4), "checkerboard")])
+@pytest.mark.parametrize(
+    ("shape", "mask"),
+    [((7,), "half"), ((7,), "alternate"), ((6, 4, 4), "channel"), ((2, 4, 4), "checkerboard")],
+)
 @pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling], ids=lambda c: c.__name__)
-def test_coupling_rule_on_every_mask(cls: type, shape: Shape, mask: str,
-                                     conditional: bool) -> None:
+def test_coupling_rule_on_every_mask(cls: type, shape: Shape, mask: str, conditional: bool) -> None:
     """Sliced (half, alternate, channel) and masked (checkerboard) reconstructions, with and
     without class labels, give autograd's gradients in float64."""
     torch.manual_seed(0)
     extra = {"conditional": True, "num_classes": 3} if conditional else {}
-    blocks = [cls(shape, mask=mask, parity=bool(k % 2), hidden=8, num_hidden=1, num_blocks=1,
-                  **extra) for k in range(3)]
+    blocks = [
+        cls(shape, mask=mask, parity=bool(k % 2), hidden=8, num_hidden=1, num_blocks=1, **extra)
+        for k in range(3)
+    ]
     stack = Sequential(blocks).double()
     _perturb(stack, 0.3)
     x = torch.randn(5, *shape, dtype=torch.float64)

@@ -16,6 +16,7 @@ import torch
 @pytest.fixture(scope="module")
 def bench(benchmarks_importable):
     from benchmarks import invertible_backprop as module
+
     return module
 
 
@@ -51,8 +52,9 @@ def test_fault_counter_sees_fresh_memory_being_touched(bench) -> None:
 
 
 def _args(variant: str) -> argparse.Namespace:
-    return argparse.Namespace(device="cpu", batch=4, blocks=3, hidden=8, num_blocks=1,
-                              repeats=1, threads=0, seed=0, variant=variant)
+    return argparse.Namespace(
+        device="cpu", batch=4, blocks=3, hidden=8, num_blocks=1, repeats=1, threads=0, seed=0, variant=variant
+    )
 
 
 def _gradients(bench, variant: str) -> list[torch.Tensor]:

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import flowkit.execution.onednn_linear as fl
 from flowkit.plugins.transforms.conditioners import MLP
 
-needs_onednn = pytest.mark.skipif(not fl.onednn_linear_active(),
-                                  reason="PyTorch build without the oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(
+    not fl.onednn_linear_active(), reason="PyTorch build without the oneDNN linear kernel"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +33,8 @@ def _reference(x, w, b, relu):
 def _operands(batch=33, n_in=19, n_out=23, seed=0, strided=False):
     gen = torch.Generator().manual_seed(seed)
     wide = torch.randn(batch, 2 * n_in + 3, generator=gen)
-    x = wide[:, 3:3 + n_in] if strided else wide[:, :n_in].contiguous()
-    w = torch.randn(n_out, n_in, generator=gen) / n_in ** 0.5
+    x = wide[:, 3 : 3 + n_in] if strided else wide[:, :n_in].contiguous()
+    w = torch.randn(n_out, n_in, generator=gen) / n_in**0.5
     b = torch.randn(n_out, generator=gen)
     return x, w, b
 
@@ -117,9 +118,19 @@ def test_switch_off_gives_the_ordinary_ops():
     assert fl.onednn_mode() == was
 
 
-@pytest.mark.parametrize(("value", "mode"), [(None, "auto"), ("", "auto"), ("auto", "auto"),
-                                             ("1", "on"), ("true", "on"), ("0", "off"),
-                                             ("off", "off"), ("No", "off")])
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        (None, "auto"),
+        ("", "auto"),
+        ("auto", "auto"),
+        ("1", "on"),
+        ("true", "on"),
+        ("0", "off"),
+        ("off", "off"),
+        ("No", "off"),
+    ],
+)
 def test_the_environment_switch(value, mode):
     """FLOWKIT_ONEDNN: unset or auto measures; 1 forces the oneDNN path; 0 switches it off."""
     assert fl._mode_from(value) == mode
@@ -150,8 +161,14 @@ def test_mlp_keeps_its_parameter_names_and_function():
     """Checkpoints of the nn.Sequential MLP load unchanged, and compute the same outputs."""
     torch.manual_seed(0)
     mlp = MLP(6, 4, hidden=16, num_hidden=2, zero_init=False)
-    assert list(mlp.state_dict()) == ["body.0.weight", "body.0.bias", "body.2.weight",
-                                      "body.2.bias", "out.weight", "out.bias"]
+    assert list(mlp.state_dict()) == [
+        "body.0.weight",
+        "body.0.bias",
+        "body.2.weight",
+        "body.2.bias",
+        "out.weight",
+        "out.bias",
+    ]
     x = torch.randn(10, 6)
     torch.testing.assert_close(mlp(x), mlp.out(mlp.body(x.clone())), rtol=1e-5, atol=1e-5)
     for shape in [(6,), (3, 5, 6)]:

@@ -132,17 +132,20 @@ def test_frechet_closed_forms():
     # singular covariance: Σ₁ = 0 leaves ‖Δμ‖² + Tr Σ₂
     zero = np.zeros((d, d))
     assert frechet_distance_gaussians(mu1, zero, mu2, s2) == pytest.approx(
-        float(np.sum((mu1 - mu2) ** 2) + np.trace(s2)), rel=1e-9)
+        float(np.sum((mu1 - mu2) ** 2) + np.trace(s2)), rel=1e-9
+    )
     # 1-D: N(0, 1) vs N(m, s²) → m² + (1 − s)²
-    assert frechet_distance_gaussians(np.zeros(1), np.eye(1), np.full(1, 0.5), np.full((1, 1), 4.0)) \
-        == pytest.approx(0.25 + 1.0)
+    assert frechet_distance_gaussians(
+        np.zeros(1), np.eye(1), np.full(1, 0.5), np.full((1, 1), 4.0)
+    ) == pytest.approx(0.25 + 1.0)
 
 
 def test_frechet_of_feature_sets_approaches_the_population_value():
     gen = torch.Generator().manual_seed(0)
     f = torch.randn(20000, 2, generator=gen, dtype=torch.float64)
-    g = torch.randn(20000, 2, generator=gen, dtype=torch.float64) * 2.0 + torch.tensor([1.0, 0.0],
-                                                                                       dtype=torch.float64)
+    g = torch.randn(20000, 2, generator=gen, dtype=torch.float64) * 2.0 + torch.tensor(
+        [1.0, 0.0], dtype=torch.float64
+    )
     # ‖(1, 0)‖² + 2 (1 − 2)² = 3
     assert frechet_distance_features(f, g) == pytest.approx(3.0, rel=0.05)
     assert frechet_distance_features(f, f) == pytest.approx(0.0, abs=1e-9)
@@ -153,8 +156,7 @@ def test_frechet_in_classifier_space_sees_labels_and_collapse(digits, tmp_path, 
     good = frechet_distance(Replay(digits), digits, n=270, seed=0, classifier_steps=300)
     assert set(good) == {"fd", "fd_classifier_accuracy", "fd_examples"}
     assert good["fd_classifier_accuracy"] > 0.9 and good["fd_examples"] == 270.0
-    collapsed = frechet_distance(Replay(digits, collapse=True), digits, n=270, seed=0,
-                                 classifier_steps=300)
+    collapsed = frechet_distance(Replay(digits, collapse=True), digits, n=270, seed=0, classifier_steps=300)
     assert collapsed["fd_classifier_accuracy"] == good["fd_classifier_accuracy"]  # cached net
     assert 0.0 <= good["fd"] < 0.2 * collapsed["fd"]
     again = frechet_distance(Replay(digits), digits, n=270, seed=0, classifier_steps=300)

@@ -16,8 +16,7 @@ from flowkit.errors import ShapeError
 @pytest.fixture
 def digits_model():
     cfg = flowkit.load_config("realnvp-digits", ["transform.hidden=4", "transform.num_blocks=1"])
-    model = build_model(cfg, DataMeta((1, 8, 8), levels=17, num_classes=10,
-                                      default_preprocess="logit"))
+    model = build_model(cfg, DataMeta((1, 8, 8), levels=17, num_classes=10, default_preprocess="logit"))
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -42,10 +41,12 @@ def test_log_prob_is_prior_plus_logdets(digits_model):
 def test_log_prob_matches_autograd_jacobian_in_float64(digits_model):
     """The full model density (logit preprocessing included) by brute-force change of variables."""
     model = digits_model.double()
-    x = (torch.rand(2, 1, 8, 8, dtype=torch.float64) * 0.9 + 0.05)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 0.9 + 0.05
     for xi in x:
+
         def f(v, model=model):
             return model.encode(v.reshape(1, 1, 8, 8))[0].reshape(-1)
+
         jac = torch.autograd.functional.jacobian(f, xi.reshape(-1))
         _, logabsdet = torch.linalg.slogdet(jac)
         z = f(xi.reshape(-1)).reshape(1, -1)
@@ -83,8 +84,9 @@ def test_float64_and_state_dict_round_trip(digits_model):
 
 
 def test_train_and_load_run_api(tmp_path):
-    cfg = flowkit.load_config("realnvp-moons", ["train.steps=5", "data.n_train=256",
-                                                "data.n_test=128", "transform.num_layers=2"])
+    cfg = flowkit.load_config(
+        "realnvp-moons", ["train.steps=5", "data.n_train=256", "data.n_test=128", "transform.num_layers=2"]
+    )
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     run = flowkit.load_run(summary["run_dir"])
     assert run.step == 5

@@ -82,8 +82,9 @@ def test_linear_kernel_with_a_changed_signature_fails_the_probe(monkeypatch: pyt
 
 
 @pytest.mark.parametrize("needs_grad", [False, True])
-def test_linear_kernel_that_fails_on_a_real_call_falls_back(monkeypatch: pytest.MonkeyPatch,
-                                                            needs_grad: bool):
+def test_linear_kernel_that_fails_on_a_real_call_falls_back(
+    monkeypatch: pytest.MonkeyPatch, needs_grad: bool
+):
     def broken(*args: object) -> torch.Tensor:
         raise RuntimeError("oneDNN: could not create a primitive descriptor")
 

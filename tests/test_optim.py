@@ -17,8 +17,10 @@ TRAIN = {"lr": 1e-2, "betas": (0.9, 0.99), "weight_decay": 1e-3}
 
 def _params(dtype: torch.dtype = torch.float32) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype))
-            for shape in [(7, 5), (5,), (3, 4, 2)]]
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype))
+        for shape in [(7, 5), (5,), (3, 4, 2)]
+    ]
 
 
 @pytest.fixture
@@ -33,7 +35,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_implementation_gives_the_default_update(
-    impl: str, kind: str, dtype: torch.dtype, cache: Path,
+    impl: str,
+    kind: str,
+    dtype: torch.dtype,
+    cache: Path,
 ) -> None:
     built_params, plain_params = _params(dtype), _params(dtype)
     built = build_optimizer(built_params, {**TRAIN, "optimizer": kind}, implementation=impl)
@@ -55,7 +60,8 @@ def test_every_implementation_gives_the_default_update(
 
 
 def test_auto_takes_the_fastest_measured_and_caches_it(
-    cache: Path, monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = []
 
@@ -77,15 +83,16 @@ def test_auto_takes_the_fastest_measured_and_caches_it(
 
 
 def test_an_explicit_choice_wins_over_the_measured_one(
-    cache: Path, monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(optim, "measure_implementations",
-                        lambda *a, **k: {"fused": 1.0, "foreach": 2.0, "for-loop": 3.0})
+    monkeypatch.setattr(
+        optim, "measure_implementations", lambda *a, **k: {"fused": 1.0, "foreach": 2.0, "for-loop": 3.0}
+    )
     train = {**TRAIN, "optimizer": "adam"}
     assert implementation_of(build_optimizer(_params(), train)) == "fused"
     for impl in ("foreach", "for-loop", "fused"):
-        assert implementation_of(build_optimizer(_params(), {**train, "optimizer_impl": impl})) \
-            == impl
+        assert implementation_of(build_optimizer(_params(), {**train, "optimizer_impl": impl})) == impl
         assert implementation_of(build_optimizer(_params(), train, implementation=impl)) == impl
     with pytest.raises(ConfigError, match="for-loop"):
         build_optimizer(_params(), train, implementation="fastest")

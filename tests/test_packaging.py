@@ -35,17 +35,21 @@ def test_version_is_written_once() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", flowkit.__version__)
     # no other file of the package spells a version literal
     pattern = re.compile(r"""__version__\s*=\s*["']""")
-    writers = sorted({p.resolve().relative_to(REPO) for folder in ("flowkit", "plugins", "cli")
-                      for p in (REPO / folder).rglob("*.py")
-                      if pattern.search(p.read_text(encoding="utf-8"))})
+    writers = sorted(
+        {
+            p.resolve().relative_to(REPO)
+            for folder in ("flowkit", "plugins", "cli")
+            for p in (REPO / folder).rglob("*.py")
+            if pattern.search(p.read_text(encoding="utf-8"))
+        }
+    )
     assert writers == [Path("flowkit/_version.py")]
 
 
 def test_installed_metadata_agrees() -> None:
     installed = metadata.version(_version.DISTRIBUTION)
     assert installed == flowkit.__version__, (
-        f"installed {_version.DISTRIBUTION} {installed} != {flowkit.__version__}; reinstall: "
-        f"pip install -e ."
+        f"installed {_version.DISTRIBUTION} {installed} != {flowkit.__version__}; reinstall: pip install -e ."
     )
 
 
@@ -59,7 +63,8 @@ def test_release_files_agree_with_the_metadata() -> None:
     version = flowkit.__version__
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
     assert re.search(rf"^## \[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, re.M), (
-        f"CHANGELOG.md has no '## [{version}] - YYYY-MM-DD' section")
+        f"CHANGELOG.md has no '## [{version}] - YYYY-MM-DD' section"
+    )
     assert "## [Unreleased]" in changelog
     assert PYPROJECT["project"]["license"] == "MIT"
     assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
@@ -79,8 +84,9 @@ def test_release_files_agree_with_the_metadata() -> None:
 
 def test_the_declared_torch_floor_is_the_tested_torch() -> None:
     """pyproject's lowest torch is the one constraints.txt pins (what make and CI install)."""
-    pins = re.findall(r"^torch==(\d+)\.(\d+)\.\d+\s*$",
-                      (REPO / "constraints.txt").read_text(encoding="utf-8"), re.M)
+    pins = re.findall(
+        r"^torch==(\d+)\.(\d+)\.\d+\s*$", (REPO / "constraints.txt").read_text(encoding="utf-8"), re.M
+    )
     assert len(pins) == 1, "constraints.txt must pin exactly one torch"
     (declared,) = [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"torch\b", d)]
     floor = re.search(r">=(\d+)\.(\d+)(?:\.0)?(?=,|$)", declared)
@@ -104,8 +110,7 @@ def test_a_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) 
     assert "pip install 'torch-flowkit[nflows]'" in str(info.value)
 
 
-def test_testing_strategies_without_hypothesis_name_the_extra(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_testing_strategies_without_hypothesis_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from flowkit.testing import strategies
 
     monkeypatch.setitem(sys.modules, "hypothesis", None)
@@ -117,12 +122,14 @@ def test_testing_strategies_without_hypothesis_name_the_extra(
 
 
 def test_a_bridge_plugin_without_nflows_fails_clearly_from_the_cli(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from flowkit.cli.main import cli
 
     monkeypatch.setitem(sys.modules, "nflows", None)
-    result = CliRunner().invoke(cli, ["run", "--transform", "nflows-maf", "--data", "moons",
-                                      "--dry-run", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli, ["run", "--transform", "nflows-maf", "--data", "moons", "--dry-run", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "pip install 'torch-flowkit[nflows]'" in result.output
     assert "Traceback" not in result.output
@@ -131,11 +138,15 @@ def test_a_bridge_plugin_without_nflows_fails_clearly_from_the_cli(
 def test_an_extra_never_repeats_a_hard_dependency() -> None:
     """The headline (`flowkit run --transform revnet --objective ot`: POT, SciPy, scikit-learn for
     the digits) needs only hard dependencies; .ci/wheel-smoke runs it from a plain install."""
-    hard = {re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower()
-            for req in PYPROJECT["project"]["dependencies"]}
+    hard = {
+        re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower() for req in PYPROJECT["project"]["dependencies"]
+    }
     assert {"pot", "scipy", "scikit-learn", "torch"} <= hard
-    optional = {re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower()
-                for reqs in PYPROJECT["project"]["optional-dependencies"].values() for req in reqs}
+    optional = {
+        re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower()
+        for reqs in PYPROJECT["project"]["optional-dependencies"].values()
+        for req in reqs
+    }
     assert not hard & (optional - {"setuptools"})  # an extra never repeats a hard dependency
 
 
@@ -147,13 +158,19 @@ class _FakeDist:
         self.entry_points = [metadata.EntryPoint("x", "m:x", g) for g in groups]
 
 
-@pytest.mark.parametrize(("dist", "says"), [
-    (_FakeDist("FlowKit", "1.3.2", "Flow Cytometry Toolkit", ()), "unrelated project (Flow Cytometry"),
-    (_FakeDist("flowkit", "0.1.0", "Invertible generative networks", ("flowkit.transforms",)),
-     "an older flowkit"),
-])
-def test_the_cli_warns_about_a_clashing_flowkit(monkeypatch: pytest.MonkeyPatch, dist: _FakeDist,
-                                                says: str) -> None:
+@pytest.mark.parametrize(
+    ("dist", "says"),
+    [
+        (_FakeDist("FlowKit", "1.3.2", "Flow Cytometry Toolkit", ()), "unrelated project (Flow Cytometry"),
+        (
+            _FakeDist("flowkit", "0.1.0", "Invertible generative networks", ("flowkit.transforms",)),
+            "an older flowkit",
+        ),
+    ],
+)
+def test_the_cli_warns_about_a_clashing_flowkit(
+    monkeypatch: pytest.MonkeyPatch, dist: _FakeDist, says: str
+) -> None:
     from flowkit.cli.main import cli
 
     real = metadata.distribution
@@ -181,8 +198,7 @@ def test_no_warning_without_a_clash() -> None:
 def _source_packages() -> set[str]:
     """Every package of the source tree, named as installed (plugins/ → flowkit.plugins ...)."""
     found = set()
-    for top, prefix in (("flowkit", "flowkit"), ("plugins", "flowkit.plugins"),
-                        ("cli", "flowkit.cli")):
+    for top, prefix in (("flowkit", "flowkit"), ("plugins", "flowkit.plugins"), ("cli", "flowkit.cli")):
         for init in (REPO / top).rglob("__init__.py"):
             rel = init.parent.relative_to(REPO / top)
             if top == "flowkit" and rel.parts[:1] in (("plugins",), ("cli",)):
@@ -193,9 +209,23 @@ def _source_packages() -> set[str]:
 
 def _copy_tree(dest: Path) -> Path:
     """The files a build reads, copied (links kept) so that no build output lands in the repo."""
-    skip = shutil.ignore_patterns(".venv", "build", "dist", "runs", "bench-results", "*.egg-info",
-                                  ".git", "__pycache__", ".pytest_cache", ".ruff_cache",
-                                  ".hypothesis", "docs", "tests", "benchmarks", "shared")
+    skip = shutil.ignore_patterns(
+        ".venv",
+        "build",
+        "dist",
+        "runs",
+        "bench-results",
+        "*.egg-info",
+        ".git",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        "docs",
+        "tests",
+        "benchmarks",
+        "shared",
+    )
     shutil.copytree(REPO, dest, symlinks=True, ignore=skip)
     return dest
 
@@ -240,9 +270,18 @@ def test_sdist_builds_a_complete_wheel(tmp_path: Path) -> None:
     assert sdist.name == f"torch_flowkit-{version}.tar.gz"
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for wanted in ("LICENSE", "CHANGELOG.md", "CITATION.cff", "README.md", "pyproject.toml",
-                   "flowkit/py.typed", "flowkit/bench/suites/quick.toml", "plugins/__init__.py",
-                   "cli/main.py", "flowkit/presets/realnvp-digits.toml"):
+    for wanted in (
+        "LICENSE",
+        "CHANGELOG.md",
+        "CITATION.cff",
+        "README.md",
+        "pyproject.toml",
+        "flowkit/py.typed",
+        "flowkit/bench/suites/quick.toml",
+        "plugins/__init__.py",
+        "cli/main.py",
+        "flowkit/presets/realnvp-digits.toml",
+    ):
         assert wanted in names, wanted
     assert not any(n.startswith("tests/") for n in names)
 
@@ -258,13 +297,11 @@ def test_sdist_builds_a_complete_wheel(tmp_path: Path) -> None:
     assert len(files) == len(set(files)), "a file is in the wheel twice"
     top = {f.split("/", 1)[0] for f in files}
     assert top == {"flowkit", f"torch_flowkit-{version}.dist-info"}, top  # no plugins/ or cli/
-    packages = {"/".join(f.split("/")[:-1]).replace("/", ".") for f in files
-                if f.endswith("/__init__.py")}
+    packages = {"/".join(f.split("/")[:-1]).replace("/", ".") for f in files if f.endswith("/__init__.py")}
     assert packages == _source_packages(), packages ^ _source_packages()
     # every module of the source tree, once, at its installed path
     want = set()
-    for top_dir, dest in (("flowkit", "flowkit"), ("plugins", "flowkit/plugins"),
-                          ("cli", "flowkit/cli")):
+    for top_dir, dest in (("flowkit", "flowkit"), ("plugins", "flowkit/plugins"), ("cli", "flowkit/cli")):
         for p in (REPO / top_dir).rglob("*.py"):
             rel = p.relative_to(REPO / top_dir)
             if top_dir == "flowkit" and rel.parts[0] in ("plugins", "cli"):
@@ -273,33 +310,67 @@ def test_sdist_builds_a_complete_wheel(tmp_path: Path) -> None:
                 want.add(f"{dest}/{rel.as_posix()}")
     got_py = {f for f in files if f.endswith(".py")}
     assert got_py == want, sorted(got_py ^ want)
-    for data in ("flowkit/py.typed", "flowkit/presets/realnvp-digits.toml",
-                 "flowkit/bench/suites/quick.toml", f"torch_flowkit-{version}.dist-info/licenses/LICENSE"):
+    for data in (
+        "flowkit/py.typed",
+        "flowkit/presets/realnvp-digits.toml",
+        "flowkit/bench/suites/quick.toml",
+        f"torch_flowkit-{version}.dist-info/licenses/LICENSE",
+    ):
         assert data in files, data
     presets = {p.name for p in (REPO / "flowkit" / "presets").glob("*.toml")}
-    assert {f.rsplit("/", 1)[1] for f in files if f.startswith("flowkit/presets/")
-            and f.endswith(".toml")} == presets
+    assert {
+        f.rsplit("/", 1)[1] for f in files if f.startswith("flowkit/presets/") and f.endswith(".toml")
+    } == presets
     suites = {p.name for p in (REPO / "flowkit" / "bench" / "suites").glob("*.toml")}
-    assert {f.rsplit("/", 1)[1] for f in files if f.startswith("flowkit/bench/suites/")
-            and f.endswith(".toml")} == suites
+    assert {
+        f.rsplit("/", 1)[1] for f in files if f.startswith("flowkit/bench/suites/") and f.endswith(".toml")
+    } == suites
     assert "Name: torch-flowkit" in meta and f"Version: {version}" in meta
     assert "License-Expression: MIT" in meta and "Provides-Extra: nflows" in meta
 
     # installed (no dependencies: this environment has them) and run outside the checkout
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(site), str(wheel)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        cwd=tmp_path,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    out = subprocess.run([sys.executable, "-c", CHECK, str(site)], env=env, cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK, str(site)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "wheel-ok" in out.stdout
-    run = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "--data", "moons",
-                          "--set", "train.steps=2", "--set", "data.n_train=128",
-                          "--set", "data.n_test=64", "--quiet", "--out", str(tmp_path / "runs")],
-                         env=env, cwd=tmp_path, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowkit.cli",
+            "run",
+            "--data",
+            "moons",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "data.n_train=128",
+            "--set",
+            "data.n_test=64",
+            "--quiet",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
-    bench = subprocess.run([sys.executable, "-m", "flowkit.cli", "bench", "quick", "--dry-run"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True)
+    bench = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "bench", "quick", "--dry-run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert bench.returncode == 0, bench.stderr
     assert "cost-asymmetry__s0" in bench.stdout and "realnvp__mle__moons" in bench.stdout

@@ -27,8 +27,13 @@ from flowkit.errors import ConfigError, PluginLoadError
 from flowkit.params import INJECTED, Constraint, Odd, Range, constraints_of, parameter_hints
 
 #: config section of each plugin kind
-SECTION = {"transform": "transform", "prior": "prior", "objective": "objective",
-           "dataset": "data", "embedding": "embedding"}
+SECTION = {
+    "transform": "transform",
+    "prior": "prior",
+    "objective": "objective",
+    "dataset": "data",
+    "embedding": "embedding",
+}
 #: values for the injected parameters a plugin may require positionally (direct calls only)
 INJECTED_VALUES = {"event_shape": (2,), "shape": (2,), "context_shape": (2,)}
 #: Built-in plugins added while ranges were introduced, whose numbers are still checked inline
@@ -56,8 +61,7 @@ class Case:
 
     @property
     def finite(self) -> bool:
-        return self.base is float and not any(
-            isinstance(c, Range) and not c.finite for c in self.constraints)
+        return self.base is float and not any(isinstance(c, Range) and not c.finite for c in self.constraints)
 
 
 def numeric(hint: Any) -> tuple[type, tuple[Constraint, ...]] | None:
@@ -95,8 +99,7 @@ def config_cases() -> list[Case]:
     out = []
     for section, cls in (("train", TrainConfig), ("eval", EvalConfig), ("data", DataConfig)):
         hints = typing.get_type_hints(cls, include_extras=True)
-        out += cases_of(section, None, cls, {f.name: (hints[f.name], f.default)
-                                             for f in fields(cls)})
+        out += cases_of(section, None, cls, {f.name: (hints[f.name], f.default) for f in fields(cls)})
     return out
 
 
@@ -114,12 +117,17 @@ def plugin_cases() -> list[Case]:
             except PluginLoadError:
                 continue
             hints = parameter_hints(target)
-            params = {name: (hints[name], p.default)
-                      for name, p in inspect.signature(target).parameters.items()
-                      if name not in INJECTED and name in hints}
+            params = {
+                name: (hints[name], p.default)
+                for name, p in inspect.signature(target).parameters.items()
+                if name not in INJECTED and name in hints
+            }
             out += cases_of(section, entry.name, target, params)
-            UNRANGED_INTS.extend(f"{section}.{entry.name}.{name}" for name, (hint, _) in
-                                 params.items() if numeric(hint) == (int, ()))
+            UNRANGED_INTS.extend(
+                f"{section}.{entry.name}.{name}"
+                for name, (hint, _) in params.items()
+                if numeric(hint) == (int, ())
+            )
     return out
 
 
@@ -132,8 +140,12 @@ def required_values(target: Any) -> dict[str, Any]:
     """Stand-ins for a plugin's required user parameters (``table``'s ``path``)."""
     out = {}
     for name, p in inspect.signature(target).parameters.items():
-        if p.default is inspect.Parameter.empty and name not in INJECTED and name != "self" \
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if (
+            p.default is inspect.Parameter.empty
+            and name not in INJECTED
+            and name != "self"
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ):
             out[name] = "missing.csv"
     return out
 
@@ -152,8 +164,11 @@ def config_with(case: Case, value: Any) -> dict[str, Any]:
     if case.plugin is None:
         config[case.section][case.key] = with_value(case, value)
     else:
-        config[case.section] = {"name": case.plugin, **required_values(case.target),
-                                case.key: with_value(case, value)}
+        config[case.section] = {
+            "name": case.plugin,
+            **required_values(case.target),
+            case.key: with_value(case, value),
+        }
     return config
 
 
@@ -169,11 +184,17 @@ def out_of_range(case: Case) -> st.SearchStrategy[Any]:
     is_int = case.base is int
     for c in case.constraints:
         if isinstance(c, Range) and c.minimum is not None:
-            options.append(st.integers(max_value=math.ceil(c.minimum)) if is_int else
-                           st.floats(max_value=c.minimum, allow_nan=False, allow_infinity=False))
+            options.append(
+                st.integers(max_value=math.ceil(c.minimum))
+                if is_int
+                else st.floats(max_value=c.minimum, allow_nan=False, allow_infinity=False)
+            )
         if isinstance(c, Range) and c.maximum is not None:
-            options.append(st.integers(min_value=math.floor(c.maximum)) if is_int else
-                           st.floats(min_value=c.maximum, allow_nan=False, allow_infinity=False))
+            options.append(
+                st.integers(min_value=math.floor(c.maximum))
+                if is_int
+                else st.floats(min_value=c.maximum, allow_nan=False, allow_infinity=False)
+            )
         if isinstance(c, Odd):
             options.append(st.integers(-1000, 1000).map(lambda k: 2 * k))
     if case.finite:
@@ -187,34 +208,57 @@ def in_range(case: Case) -> st.SearchStrategy[Any]:
     lo = max((c.minimum for c in ranges if c.minimum is not None), default=None)
     hi = min((c.maximum for c in ranges if c.maximum is not None), default=None)
     if case.base is int:
-        low = -10**6 if lo is None else math.ceil(lo)
+        low = -(10**6) if lo is None else math.ceil(lo)
         strategy = st.integers(low, low + 10**6 if hi is None else math.floor(hi))
     else:
-        strategy = st.floats(min_value=lo, max_value=1e12 if hi is None else hi,
-                             allow_nan=False, allow_infinity=False)
+        strategy = st.floats(
+            min_value=lo, max_value=1e12 if hi is None else hi, allow_nan=False, allow_infinity=False
+        )
     return strategy.filter(lambda v: accepted(case, v))
 
 
 def test_every_kind_of_number_is_covered() -> None:
     """The cases include every config key the issue names and plugins of all five kinds."""
     ids = {case.id for case in ALL_CASES}
-    for key in ("steps", "batch_size", "lr", "weight_decay", "grad_clip", "warmup_steps",
-                "max_minutes", "seed", "threads", "log_every", "eval_every", "sample_every",
-                "checkpoint_every", "keep_checkpoints", "init_examples",
-                "invertible_backprop_chunks", "patience", "betas[0]", "betas[1]"):
+    for key in (
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "grad_clip",
+        "warmup_steps",
+        "max_minutes",
+        "seed",
+        "threads",
+        "log_every",
+        "eval_every",
+        "sample_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "init_examples",
+        "invertible_backprop_chunks",
+        "patience",
+        "betas[0]",
+        "betas[1]",
+    ):
         assert f"train.{key}" in ids, key
     for key in ("batch_size", "max_examples", "final_max_examples", "n_samples", "temperature"):
         assert f"eval.{key}" in ids, key
     assert "data.alpha" in ids
-    for plugin_id in ("transform.realnvp.hidden", "transform.rq-coupling.num_bins",
-                      "transform.nsf.tail_bound", "transform.revnet-block.kernel_size",
-                      "prior.class-gaussian.min_scale", "objective.adversarial.critic_betas[1]",
-                      "data.moons.n_train", "data.table.val_fraction",
-                      "embedding.conv.num_layers"):
+    for plugin_id in (
+        "transform.realnvp.hidden",
+        "transform.rq-coupling.num_bins",
+        "transform.nsf.tail_bound",
+        "transform.revnet-block.kernel_size",
+        "prior.class-gaussian.min_scale",
+        "objective.adversarial.critic_betas[1]",
+        "data.moons.n_train",
+        "data.table.val_fraction",
+        "embedding.conv.num_layers",
+    ):
         assert plugin_id in ids, plugin_id
     # every number of a built-in plugin declares its range (the finite floats included)
-    unranged = [case.id for case in ALL_CASES if not any(isinstance(c, Range)
-                                                         for c in case.constraints)]
+    unranged = [case.id for case in ALL_CASES if not any(isinstance(c, Range) for c in case.constraints)]
     assert [i for i in unranged if i.split(".")[1] not in PENDING] == []
     assert [name for name in UNRANGED_INTS if name.split(".")[1] not in PENDING] == []
 
@@ -243,8 +287,11 @@ def test_out_of_range_values_fail_at_resolution(case: Case) -> None:
 def test_out_of_range_values_fail_when_built_from_python(case: Case) -> None:
     """The same declaration guards ``Plugin(..., key=value)`` (no config involved)."""
     target = case.target
-    needed = {name: INJECTED_VALUES[name] for name, p in inspect.signature(target).parameters.items()
-              if name in INJECTED_VALUES and p.default is inspect.Parameter.empty}
+    needed = {
+        name: INJECTED_VALUES[name]
+        for name, p in inspect.signature(target).parameters.items()
+        if name in INJECTED_VALUES and p.default is inspect.Parameter.empty
+    }
 
     @given(out_of_range(case))
     def check(value: Any) -> None:
@@ -269,8 +316,11 @@ def test_in_range_values_resolve_unchanged(case: Case) -> None:
 
 def test_load_config_refuses_a_bad_value_before_training() -> None:
     """Through the public entry point, from a --set override, with the key, value and range."""
-    with pytest.raises(ConfigError, match=r"\[train\] lr must be a finite number greater than 0, "
-                                          r"got nan; the default is 0\.001"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[train\] lr must be a finite number greater than 0, "
+        r"got nan; the default is 0\.001",
+    ):
         load_config("realnvp-moons", ["train.lr=nan"])
     with pytest.raises(ConfigError, match=r"\[transform\] realnvp hidden must be at least 1 .*got 0"):
         load_config("realnvp-moons", ["transform.hidden=0"])

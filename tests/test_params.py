@@ -45,8 +45,9 @@ class Dummy:
         self.event_shape = event_shape
 
 
-def dataset_factory(*, n: int = 10, root: Path | None = None, data_dir: Path | None = None,
-                    seed: int = 0) -> dict[str, Any]:
+def dataset_factory(
+    *, n: int = 10, root: Path | None = None, data_dir: Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     """A dataset-like factory that asks for ``data_dir`` and ``seed``."""
     return {"n": n, "data_dir": data_dir, "seed": seed}
 
@@ -56,16 +57,22 @@ def open_plugin(*, size: int = 1, **extra: Any) -> dict[str, Any]:
     return {"size": size, **extra}
 
 
-ALL_INJECTED = {"event_shape": (2, 4, 4), "shape": (32,), "num_classes": 3,
-                "data_dir": Path("/data"), "seed": 7}
+ALL_INJECTED = {
+    "event_shape": (2, 4, 4),
+    "shape": (32,),
+    "num_classes": 3,
+    "data_dir": Path("/data"),
+    "seed": 7,
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # validate_parameters
 # ---------------------------------------------------------------------------------------------
 def test_valid_parameters_are_converted() -> None:
-    kwargs = validate_parameters(Dummy, {"hidden": 8.0, "rate": 1, "mode": "conv",
-                                         "sizes": [1, 2], "pair": [0, 2]}, WHERE)
+    kwargs = validate_parameters(
+        Dummy, {"hidden": 8.0, "rate": 1, "mode": "conv", "sizes": [1, 2], "pair": [0, 2]}, WHERE
+    )
     assert kwargs == {"hidden": 8, "rate": 1.0, "mode": "conv", "sizes": [1, 2], "pair": (0.0, 2.0)}
     assert type(kwargs["hidden"]) is int and type(kwargs["rate"]) is float
 
@@ -122,8 +129,16 @@ def test_reserved_can_be_emptied() -> None:
 
 
 def test_user_parameters_leave_out_self_injected_and_var_keyword() -> None:
-    assert list(user_parameters(Dummy)) == ["hidden", "rate", "flag", "label", "mode", "limit",
-                                            "sizes", "pair"]
+    assert list(user_parameters(Dummy)) == [
+        "hidden",
+        "rate",
+        "flag",
+        "label",
+        "mode",
+        "limit",
+        "sizes",
+        "pair",
+    ]
     assert list(user_parameters(dataset_factory)) == ["n", "root"]
     assert list(user_parameters(open_plugin)) == ["size"]
 
@@ -250,8 +265,7 @@ def test_describe_parameters() -> None:
         ("sizes", "list[int] | None", "None"),
         ("pair", "tuple[float, float]", "(0.0, 1.0)"),
     ]
-    assert describe_parameters(dataset_factory) == [("n", "int", "10"),
-                                                    ("root", "Path | None", "None")]
+    assert describe_parameters(dataset_factory) == [("n", "int", "10"), ("root", "Path | None", "None")]
     assert describe_parameters(open_plugin) == [("size", "int", "1")]
 
 
@@ -267,29 +281,51 @@ Kernel = Annotated[int, Range(1), Odd(note="k//2 padding keeps the size")]
 class Ranged(Transform):
     """A transform whose numbers declare their ranges (checked from configs and from Python)."""
 
-    def __init__(self, event_shape: tuple[int, ...], *, hidden: Hidden = 4, rate: Rate = 0.1,
-                 alpha: Alpha = 0.05, kernel: Kernel = 3, width: Hidden | None = None,
-                 sizes: list[Hidden] | None = None, scale: float = 1.0,
-                 anything: Annotated[float, Range(finite=False)] = 0.0) -> None:
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        *,
+        hidden: Hidden = 4,
+        rate: Rate = 0.1,
+        alpha: Alpha = 0.05,
+        kernel: Kernel = 3,
+        width: Hidden | None = None,
+        sizes: list[Hidden] | None = None,
+        scale: float = 1.0,
+        anything: Annotated[float, Range(finite=False)] = 0.0,
+    ) -> None:
         super().__init__(event_shape)
         self.built_with = hidden
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"hidden": 0}, "[transform] ranged hidden must be at least 1, got 0; the default is 4."),
-    ({"rate": 0}, "[transform] ranged rate must be greater than 0 (a step size), got 0.0; "
-                  "the default is 0.1."),
-    ({"rate": math.nan}, "[transform] ranged rate must be a finite number greater than 0 "
-                         "(a step size), got nan; the default is 0.1."),
-    ({"alpha": 0.5}, "[transform] ranged alpha must be in [0, 0.5), got 0.5; the default is 0.05."),
-    ({"kernel": 4}, "[transform] ranged kernel must be an odd number (k//2 padding keeps the "
-                    "size), got 4; the default is 3."),
-    ({"kernel": -1}, "[transform] ranged kernel must be at least 1, got -1; the default is 3."),
-    ({"width": 0}, "[transform] ranged width must be at least 1, got 0."),
-    ({"sizes": [2, 0]}, "[transform] ranged sizes[1] must be at least 1, got 0."),
-    ({"scale": -math.inf}, "[transform] ranged scale must be a finite number, got -inf; "
-                           "the default is 1.0."),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"hidden": 0}, "[transform] ranged hidden must be at least 1, got 0; the default is 4."),
+        (
+            {"rate": 0},
+            "[transform] ranged rate must be greater than 0 (a step size), got 0.0; the default is 0.1.",
+        ),
+        (
+            {"rate": math.nan},
+            "[transform] ranged rate must be a finite number greater than 0 "
+            "(a step size), got nan; the default is 0.1.",
+        ),
+        ({"alpha": 0.5}, "[transform] ranged alpha must be in [0, 0.5), got 0.5; the default is 0.05."),
+        (
+            {"kernel": 4},
+            "[transform] ranged kernel must be an odd number (k//2 padding keeps the "
+            "size), got 4; the default is 3.",
+        ),
+        ({"kernel": -1}, "[transform] ranged kernel must be at least 1, got -1; the default is 3."),
+        ({"width": 0}, "[transform] ranged width must be at least 1, got 0."),
+        ({"sizes": [2, 0]}, "[transform] ranged sizes[1] must be at least 1, got 0."),
+        (
+            {"scale": -math.inf},
+            "[transform] ranged scale must be a finite number, got -inf; the default is 1.0.",
+        ),
+    ],
+)
 def test_declared_ranges_are_enforced_with_the_range_in_the_message(params, message) -> None:
     with pytest.raises(ConfigError) as info:
         validate_parameters(Ranged, params, "[transform] ranged")
@@ -297,9 +333,20 @@ def test_declared_ranges_are_enforced_with_the_range_in_the_message(params, mess
 
 
 def test_values_inside_the_ranges_pass() -> None:
-    kwargs = validate_parameters(Ranged, {"hidden": 1, "rate": 1e-9, "alpha": 0, "kernel": 1,
-                                          "width": None, "sizes": [1, 5], "scale": -3,
-                                          "anything": math.nan}, "[transform] ranged")
+    kwargs = validate_parameters(
+        Ranged,
+        {
+            "hidden": 1,
+            "rate": 1e-9,
+            "alpha": 0,
+            "kernel": 1,
+            "width": None,
+            "sizes": [1, 5],
+            "scale": -3,
+            "anything": math.nan,
+        },
+        "[transform] ranged",
+    )
     assert kwargs["hidden"] == 1 and kwargs["alpha"] == 0.0 and math.isnan(kwargs["anything"])
     assert check_value(0.49, Alpha, "k") == 0.49
     with pytest.raises(ConfigError, match=r"k must be int ≥ 1 \| None, got 'a'"):
@@ -308,8 +355,11 @@ def test_values_inside_the_ranges_pass() -> None:
 
 def test_python_calls_are_checked_too() -> None:
     """A Transform subclass needs nothing more than the annotations; types are not converted."""
-    with pytest.raises(ConfigError, match=r"^Ranged: hidden must be at least 1, got 0; the "
-                                          r"default is 4\.$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^Ranged: hidden must be at least 1, got 0; the "
+        r"default is 4\.$",
+    ):
         Ranged((2,), hidden=0)
     with pytest.raises(ConfigError, match=r"Ranged: rate must be a finite number"):
         Ranged((2,), rate=math.inf)
@@ -359,8 +409,7 @@ def test_range_words_and_symbols() -> None:
         (Range(None, 10), "at most 10", "≤ 10"),
         (Range(None, 0.5, max_inclusive=False), "less than 0.5", "< 0.5"),
         (Range(1, 89), "between 1 and 89", "in [1, 89]"),
-        (Range(0, 1, min_inclusive=False, max_inclusive=False), "strictly between 0 and 1",
-         "in (0, 1)"),
+        (Range(0, 1, min_inclusive=False, max_inclusive=False), "strictly between 0 and 1", "in (0, 1)"),
         (Range(0, 1, max_inclusive=False), "in [0, 1)", "in [0, 1)"),
         (Range(1e-6), "at least 1e-06", "≥ 1e-06"),
     ]

@@ -15,19 +15,25 @@ import flowkit.execution.onednn_linear as flowkit_linear
 @pytest.fixture(scope="module")
 def measure(benchmarks_importable):
     from benchmarks.peers import measure as module
+
     return module
 
 
 def test_speed_rows_have_every_column(measure):
-    rows = measure.speed("realnvp-moons", ["flowkit", "plain"], steps=2, repeats=1, warmup=0,
-                         threads=1)
+    rows = measure.speed("realnvp-moons", ["flowkit", "plain"], steps=2, repeats=1, warmup=0, threads=1)
     by_lib = {r["library"]: r for r in rows}
     assert set(by_lib) == {"flowkit", "plain"}
     for row in rows:
         assert row["status"] == "ok"
-        for key in ("train_step_ms", "forward_backward_ms", "density_ms", "sampling_ms",
-                    "flops_fraction_of_matmul", "model_flops_fraction_of_matmul",
-                    "saved_activation_mib"):
+        for key in (
+            "train_step_ms",
+            "forward_backward_ms",
+            "density_ms",
+            "sampling_ms",
+            "flops_fraction_of_matmul",
+            "model_flops_fraction_of_matmul",
+            "saved_activation_mib",
+        ):
             assert row[key] > 0, key
         if flowkit_linear.onednn_linear_active():
             assert row["flops_fraction_of_onednn_matmul"] > 0

@@ -71,7 +71,10 @@ class FakeSite:
         return name
 
     def distribution(
-        self, name: str, version: str, entry_points: Mapping[str, Mapping[str, str]],
+        self,
+        name: str,
+        version: str,
+        entry_points: Mapping[str, Mapping[str, str]],
     ) -> None:
         """Write ``<name>-<version>.dist-info`` declaring ``entry_points`` (group → name → target)."""
         info = self.root / f"{name.replace('-', '_')}-{version}.dist-info"
@@ -131,10 +134,14 @@ def test_plugins_load_lazily(site: FakeSite) -> None:
 
 def test_provenance_names_the_distribution_and_version(site: FakeSite) -> None:
     module = site.module()
-    site.distribution("fk-provenance", "1.2.3", {
-        "flowkit.transforms": {"shift": f"{module}:Shift"},
-        "flowkit.datasets": {"fake-data": f"{module}:dataset_factory"},
-    })
+    site.distribution(
+        "fk-provenance",
+        "1.2.3",
+        {
+            "flowkit.transforms": {"shift": f"{module}:Shift"},
+            "flowkit.datasets": {"fake-data": f"{module}:dataset_factory"},
+        },
+    )
     activate()
     entry = registry.transforms.entry("shift")
     assert (entry.distribution, entry.version) == ("fk-provenance", "1.2.3")
@@ -150,9 +157,16 @@ def test_provenance_names_the_distribution_and_version(site: FakeSite) -> None:
 
 def test_broken_plugin_is_contained(site: FakeSite) -> None:
     good, broken = site.module(), site.module(BROKEN_SOURCE)
-    site.distribution("fk-broken", "0.3", {"flowkit.transforms": {
-        "shift": f"{good}:Shift", "broken-flow": f"{broken}:Flow",
-    }})
+    site.distribution(
+        "fk-broken",
+        "0.3",
+        {
+            "flowkit.transforms": {
+                "shift": f"{good}:Shift",
+                "broken-flow": f"{broken}:Flow",
+            }
+        },
+    )
     activate()
     assert {"broken-flow", "shift", "realnvp"} <= set(registry.transforms.names())
     assert registry.transforms.get("shift").__name__ == "Shift"
@@ -185,9 +199,10 @@ def test_broken_plugin_is_a_clean_cli_error(site: FakeSite, tmp_path: Path) -> N
     assert "Traceback" not in result.output
 
 
-EXITING_SOURCE = 'import sys\nsys.exit(3)\n'
-BASE_EXCEPTION_SOURCE = ('class GiveUp(BaseException):\n    pass\n\n'
-                         'raise GiveUp("the plugin gave up (error 7)")\n')
+EXITING_SOURCE = "import sys\nsys.exit(3)\n"
+BASE_EXCEPTION_SOURCE = (
+    'class GiveUp(BaseException):\n    pass\n\nraise GiveUp("the plugin gave up (error 7)")\n'
+)
 
 
 def test_plugin_that_exits_or_raises_a_base_exception_is_contained(site: FakeSite) -> None:
@@ -195,12 +210,23 @@ def test_plugin_that_exits_or_raises_a_base_exception_is_contained(site: FakeSit
     reported by name when the plugin is used, never ending the CLI or breaking the others."""
     good = site.module()
     exiting, giving_up = site.module(EXITING_SOURCE), site.module(BASE_EXCEPTION_SOURCE)
-    site.distribution("fk-exiting", "0.2", {"flowkit.transforms": {
-        "exiting-flow": f"{exiting}:Flow", "give-up-flow": f"{giving_up}:Flow",
-        "shift": f"{good}:Shift"}})
+    site.distribution(
+        "fk-exiting",
+        "0.2",
+        {
+            "flowkit.transforms": {
+                "exiting-flow": f"{exiting}:Flow",
+                "give-up-flow": f"{giving_up}:Flow",
+                "shift": f"{good}:Shift",
+            }
+        },
+    )
     activate()
-    with pytest.raises(PluginLoadError, match=r"SystemExit: 3 \(the plugin called sys.exit\(\) "
-                                              r"while being imported\)") as info:
+    with pytest.raises(
+        PluginLoadError,
+        match=r"SystemExit: 3 \(the plugin called sys.exit\(\) "
+        r"while being imported\)",
+    ) as info:
         registry.transforms.get("exiting-flow")
     assert "FLOWKIT_BLOCK=exiting-flow" in str(info.value)
     with pytest.raises(PluginLoadError, match=r"GiveUp: the plugin gave up \(error 7\)"):
@@ -217,8 +243,9 @@ def test_plugin_that_exits_or_raises_a_base_exception_is_contained(site: FakeSit
 
 def test_ctrl_c_while_a_plugin_imports_is_not_swallowed(site: FakeSite) -> None:
     interrupted = site.module("raise KeyboardInterrupt\n")
-    site.distribution("fk-interrupted", "0.1", {"flowkit.transforms": {
-        "interrupted-flow": f"{interrupted}:Flow"}})
+    site.distribution(
+        "fk-interrupted", "0.1", {"flowkit.transforms": {"interrupted-flow": f"{interrupted}:Flow"}}
+    )
     activate()
     with pytest.raises(KeyboardInterrupt):
         registry.transforms.get("interrupted-flow")
@@ -229,8 +256,7 @@ def test_collision_between_third_parties_warns_and_names_the_winner(site: FakeSi
     site.distribution("fk-zeta", "2.0", {"flowkit.transforms": {"twin": f"{second}:Shift"}})
     site.distribution("fk-alpha", "1.0", {"flowkit.transforms": {"twin": f"{first}:Shift"}})
     activate()
-    with pytest.warns(PluginCollisionWarning, match=r"'twin'.*using the one from fk-alpha 1\.0") \
-            as record:
+    with pytest.warns(PluginCollisionWarning, match=r"'twin'.*using the one from fk-alpha 1\.0") as record:
         names = registry.transforms.names()
     assert "twin" in names
     assert "fk-zeta 2.0" in str(record[0].message)
@@ -242,8 +268,7 @@ def test_third_party_cannot_shadow_a_builtin(site: FakeSite) -> None:
     module = site.module()
     site.distribution("fk-impostor", "9.9", {"flowkit.transforms": {"realnvp": f"{module}:Shift"}})
     activate()
-    with pytest.warns(PluginCollisionWarning, match=r"'realnvp'.*using the one from torch-flowkit") \
-            as record:
+    with pytest.warns(PluginCollisionWarning, match=r"'realnvp'.*using the one from torch-flowkit") as record:
         entry = registry.transforms.entry("realnvp")
     assert "fk-impostor 9.9" in str(record[0].message)
     assert entry.distribution == registry.BUILTIN_DISTRIBUTION
@@ -252,7 +277,9 @@ def test_third_party_cannot_shadow_a_builtin(site: FakeSite) -> None:
 
 
 def test_same_distribution_twice_is_not_a_collision(
-    site: FakeSite, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    site: FakeSite,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     module = site.module()
     site.distribution("fk-twice", "1.0", {"flowkit.transforms": {"shift": f"{module}:Shift"}})
@@ -308,9 +335,7 @@ def test_blocklist_from_python(no_blocks: None) -> None:
 
 
 def test_blocklist_from_the_cli(no_blocks: None) -> None:
-    result = CliRunner().invoke(
-        cli, ["--block", "realnvp", "run", "--transform", "realnvp", "--dry-run"]
-    )
+    result = CliRunner().invoke(cli, ["--block", "realnvp", "run", "--transform", "realnvp", "--dry-run"])
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit)
     assert "blocklist" in result.output and "realnvp" in result.output
@@ -343,8 +368,7 @@ def test_register_at_runtime() -> None:
     try:
         assert "negate" in registry.transforms.names()
         assert registry.transforms.entry("negate").distribution == "<runtime>"
-        built = registry.transforms.build("negate", {"flip": True}, injected={"event_shape": (3,),
-                                                                              "seed": 0})
+        built = registry.transforms.build("negate", {"flip": True}, injected={"event_shape": (3,), "seed": 0})
         assert isinstance(built, Negate) and built.event_shape == (3,)
         y, logdet = built(torch.ones(2, 3))
         assert torch.equal(y, -torch.ones(2, 3)) and torch.equal(logdet, torch.zeros(2))
@@ -375,8 +399,7 @@ def _builtin_entry_points() -> list[tuple[str, str, str]]:
     if not pyproject.is_file():  # pragma: no cover - flowkit installed from a wheel
         return []
     groups = read_toml(pyproject)["project"]["entry-points"]
-    return [(group, name, target) for group, entries in groups.items()
-            for name, target in entries.items()]
+    return [(group, name, target) for group, entries in groups.items() for name, target in entries.items()]
 
 
 BUILTINS = _builtin_entry_points()
@@ -388,8 +411,9 @@ def test_every_group_has_builtins() -> None:
     assert {group for group, _, _ in BUILTINS} == set(registry.GROUPS.values())
 
 
-@pytest.mark.parametrize(("group", "name", "target"), BUILTINS,
-                         ids=[f"{g.split('.')[1]}:{n}" for g, n, _ in BUILTINS])
+@pytest.mark.parametrize(
+    ("group", "name", "target"), BUILTINS, ids=[f"{g.split('.')[1]}:{n}" for g, n, _ in BUILTINS]
+)
 def test_builtin_entry_point_loads_with_a_summary(group: str, name: str, target: str) -> None:
     reg = registry.registry(group.split(".")[1])
     reg.refresh()

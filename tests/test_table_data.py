@@ -17,8 +17,9 @@ from flowkit.errors import ConfigError, DataError
 
 def load(path: Path | str, data_dir: Path | None = None, seed: int = 0, **params):
     """The table dataset through the registry, as a run builds it (parameters validated)."""
-    return registry.datasets.build("table", {"path": str(path), **params},
-                                   injected={"seed": seed, "data_dir": data_dir})
+    return registry.datasets.build(
+        "table", {"path": str(path), **params}, injected={"seed": seed, "data_dir": data_dir}
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -34,8 +35,7 @@ def numbered_csv(path: Path, n: int = 50) -> Path:
 
 # -- reading --------------------------------------------------------------------------------------
 def test_csv_with_header_and_context(tmp_path: Path):
-    data = load(numbered_csv(tmp_path / "t.csv"), context_columns=[-1], val_fraction=0.1,
-                test_fraction=0.2)
+    data = load(numbered_csv(tmp_path / "t.csv"), context_columns=[-1], val_fraction=0.1, test_fraction=0.2)
     assert data.name == "table" and data.default_preprocess == "standardize"
     assert data.shape == (2,) and data.context_shape == (1,)
     assert (data.train.shape[0], data.val.shape[0], data.test.shape[0]) == (35, 5, 10)
@@ -67,8 +67,11 @@ def test_header_detection(tmp_path: Path):
     assert load(plain, header="yes", val_fraction=0.0, test_fraction=0.2).train.shape[0] == 4
     named = write(tmp_path / "named.csv", "a,b\n1,2\n3,4\n5,6\n7,8\n")
     assert load(named, val_fraction=0.0, test_fraction=0.25).info["column_names"] == ["a", "b"]
-    with pytest.raises(DataError, match=r"line 1, column 0: the non-numeric value 'a'.*"
-                                        r"data.header = \"yes\""):
+    with pytest.raises(
+        DataError,
+        match=r"line 1, column 0: the non-numeric value 'a'.*"
+        r"data.header = \"yes\"",
+    ):
         load(named, header="no")
 
 
@@ -125,8 +128,9 @@ def test_relative_path_falls_back_to_the_data_folder(tmp_path: Path, monkeypatch
 
 def test_config_accepts_the_table_keys(tmp_path: Path):
     path = numbered_csv(tmp_path / "t.csv")
-    config = flowkit.load_config(None, [f"data.path={path}", "data.context_columns=[2]",
-                                        "data.val_fraction=0.2"], data="table")
+    config = flowkit.load_config(
+        None, [f"data.path={path}", "data.context_columns=[2]", "data.val_fraction=0.2"], data="table"
+    )
     assert config["data"]["context_columns"] == [2]
     assert config["data"]["header"] == "auto" and config["data"]["test_fraction"] == 0.1
     with pytest.raises(ConfigError, match="header must be one of"):
@@ -158,29 +162,48 @@ def test_constant_column_gets_unit_scale_and_a_warning(tmp_path: Path):
 
 
 # -- errors ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "params", "error", "pattern"), [
-    ("", {}, DataError, r"empty \(no data rows\)"),
-    ("a,b\n", {}, DataError, r"empty \(only a header\)"),
-    ("a,b\n1,2\n3,x7\n", {}, DataError, r"line 3, column 1 \('b'\): the non-numeric value 'x7'"),
-    ("1,2\n3,\n", {}, DataError, r"line 2, column 1: an empty cell"),
-    ("1 2\n3 4\n", {}, DataError, r"non-numeric value '3 4'.*delimiter"),
-    ("a,b\n1,2\n3,nan\n4,inf\n", {}, DataError,
-     r"2 cell\(s\) are NaN or infinite \(line 3, column 1 \('b'\): nan; line 4, column 1 "
-     r"\('b'\): inf\)"),
-    ("1,2,3\n4,5\n", {}, DataError, r"line 2 has 2 columns, expected 3 \(as in line 1\)"),
-    ("1,2\n3,4\n", {"context_columns": [2]}, ConfigError,
-     r"context_columns: column 2 is out of range.*2 columns \(use 0..1, or -2..-1"),
-    ("1,2\n3,4\n", {"x_columns": [-3]}, ConfigError, r"x_columns: column -3 is out of range"),
-    ("1,2,3\n4,5,6\n", {"context_columns": [0], "x_columns": [0, 1]}, ConfigError,
-     r"column\(s\) 0 are in both context_columns and x_columns"),
-    ("1,2\n3,4\n", {"context_columns": [0, 1]}, ConfigError, r"every column .* context column"),
-    ("1,2\n3,4\n", {"context_columns": [0, -2]}, ConfigError, r"names column 0 twice"),
-    ("1,2\n3,4\n5,6\n", {}, ConfigError, r"3 rows .* leave 1 training row\(s\); at least 2"),
-    ("1,2\n", {"val_fraction": 0.5, "test_fraction": 0.5}, ConfigError,
-     r"val_fraction \(0.5\) \+ test_fraction \(0.5\) = 1 leaves no training data"),
-    ("1,2\n", {"test_fraction": 0.0}, ConfigError, r"test_fraction must be strictly between"),
-    ("1,2\n", {"delimiter": "::"}, ConfigError, r"delimiter must be one character"),
-])
+@pytest.mark.parametrize(
+    ("text", "params", "error", "pattern"),
+    [
+        ("", {}, DataError, r"empty \(no data rows\)"),
+        ("a,b\n", {}, DataError, r"empty \(only a header\)"),
+        ("a,b\n1,2\n3,x7\n", {}, DataError, r"line 3, column 1 \('b'\): the non-numeric value 'x7'"),
+        ("1,2\n3,\n", {}, DataError, r"line 2, column 1: an empty cell"),
+        ("1 2\n3 4\n", {}, DataError, r"non-numeric value '3 4'.*delimiter"),
+        (
+            "a,b\n1,2\n3,nan\n4,inf\n",
+            {},
+            DataError,
+            r"2 cell\(s\) are NaN or infinite \(line 3, column 1 \('b'\): nan; line 4, column 1 "
+            r"\('b'\): inf\)",
+        ),
+        ("1,2,3\n4,5\n", {}, DataError, r"line 2 has 2 columns, expected 3 \(as in line 1\)"),
+        (
+            "1,2\n3,4\n",
+            {"context_columns": [2]},
+            ConfigError,
+            r"context_columns: column 2 is out of range.*2 columns \(use 0..1, or -2..-1",
+        ),
+        ("1,2\n3,4\n", {"x_columns": [-3]}, ConfigError, r"x_columns: column -3 is out of range"),
+        (
+            "1,2,3\n4,5,6\n",
+            {"context_columns": [0], "x_columns": [0, 1]},
+            ConfigError,
+            r"column\(s\) 0 are in both context_columns and x_columns",
+        ),
+        ("1,2\n3,4\n", {"context_columns": [0, 1]}, ConfigError, r"every column .* context column"),
+        ("1,2\n3,4\n", {"context_columns": [0, -2]}, ConfigError, r"names column 0 twice"),
+        ("1,2\n3,4\n5,6\n", {}, ConfigError, r"3 rows .* leave 1 training row\(s\); at least 2"),
+        (
+            "1,2\n",
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            ConfigError,
+            r"val_fraction \(0.5\) \+ test_fraction \(0.5\) = 1 leaves no training data",
+        ),
+        ("1,2\n", {"test_fraction": 0.0}, ConfigError, r"test_fraction must be strictly between"),
+        ("1,2\n", {"delimiter": "::"}, ConfigError, r"delimiter must be one character"),
+    ],
+)
 def test_bad_tables_name_the_problem(tmp_path: Path, text, params, error, pattern):
     path = write(tmp_path / "bad.csv", text)
     with pytest.raises(error, match=pattern) as info:
@@ -201,8 +224,12 @@ def test_bad_npz_files(tmp_path: Path):
     np.savez(tmp_path / "nox.npz", data=rng.normal(size=(10, 2)))
     with pytest.raises(DataError, match=r"no array named 'x' \(found: data\)"):
         load(tmp_path / "nox.npz")
-    np.savez(tmp_path / "both.npz", x=rng.normal(size=(10, 2)), context=rng.normal(size=(10, 1)),
-             y=np.zeros(10, dtype=np.int64))
+    np.savez(
+        tmp_path / "both.npz",
+        x=rng.normal(size=(10, 2)),
+        context=rng.normal(size=(10, 1)),
+        y=np.zeros(10, dtype=np.int64),
+    )
     with pytest.raises(DataError, match=r"both 'context' .* and 'y'"):
         load(tmp_path / "both.npz")
     np.savez(tmp_path / "rows.npz", x=rng.normal(size=(10, 2)), context=rng.normal(size=(9, 1)))
@@ -211,8 +238,11 @@ def test_bad_npz_files(tmp_path: Path):
     x = rng.normal(size=(10, 2))
     x[4, 1] = np.nan
     np.savez(tmp_path / "nan.npz", x=x)
-    with pytest.raises(DataError, match=r"array 'x' has NaN or infinite values in 1 row\(s\) "
-                                        r"\(rows 4\)"):
+    with pytest.raises(
+        DataError,
+        match=r"array 'x' has NaN or infinite values in 1 row\(s\) "
+        r"\(rows 4\)",
+    ):
         load(tmp_path / "nan.npz")
     np.savez(tmp_path / "frac.npz", x=rng.normal(size=(10, 2)), y=np.full(10, 0.5))
     with pytest.raises(DataError, match="whole numbers"):
@@ -231,8 +261,9 @@ def test_standardize_round_trip_and_logdet_in_float64():
     t = Standardize((3,), mean, std).double()
     x = torch.randn(5, 3, dtype=torch.float64) * 4
     w, logdet = t(x)
-    assert torch.allclose(w, (x - torch.tensor(mean, dtype=torch.float64))
-                          / torch.tensor(std, dtype=torch.float64))
+    assert torch.allclose(
+        w, (x - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64)
+    )
     back, logdet_inv = t.inverse(w)
     assert torch.allclose(back, x, atol=1e-12)
     assert torch.allclose(logdet_inv, -logdet)
@@ -255,8 +286,7 @@ def test_build_preprocess_standardize():
     assert "standardize" in PREPROCESS_CHOICES
     stats = {"x_mean": [0.0, 1.0], "x_std": [2.0, 3.0]}
     assert isinstance(build_preprocess("auto", (2,), 0.05, "standardize", stats), Standardize)
-    assert isinstance(build_preprocess("standardize", (2,), 0.05, "none", standardization=stats),
-                      Standardize)
+    assert isinstance(build_preprocess("standardize", (2,), 0.05, "none", standardization=stats), Standardize)
     assert type(build_preprocess("none", (2,), 0.05, "standardize", stats)).__name__ == "Identity"
     assert type(build_preprocess("auto", (2,), 0.05, "none")).__name__ == "Identity"  # old call
     with pytest.raises(ConfigError, match="this dataset provides no statistics"):
@@ -275,13 +305,16 @@ def test_reported_nll_is_in_the_units_of_the_data(tmp_path: Path):
     np.save(tmp_path / "b.npy", 10.0 * x)
     log_p = []
     for name in ("a.npy", "b.npy"):
-        config = flowkit.load_config(None, [f"data.path={tmp_path / name}", "transform.hidden=8",
-                                            "transform.num_layers=2"], transform="maf", data="table")
+        config = flowkit.load_config(
+            None,
+            [f"data.path={tmp_path / name}", "transform.hidden=8", "transform.num_layers=2"],
+            transform="maf",
+            data="table",
+        )
         data = load(tmp_path / name)
         torch.manual_seed(0)
         model = flowkit.build_model(config, data.meta)
         assert isinstance(model.preprocess, Standardize)
         with torch.no_grad():
             log_p.append(model.log_prob(data.test))
-    assert torch.allclose(log_p[0] - log_p[1], torch.full_like(log_p[0], 3 * math.log(10.0)),
-                          atol=1e-4)
+    assert torch.allclose(log_p[0] - log_p[1], torch.full_like(log_p[0], 3 * math.log(10.0)), atol=1e-4)

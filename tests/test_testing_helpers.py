@@ -51,8 +51,9 @@ class ToyAffine(Transform):
     logdet_sign: ClassVar[float] = 1.0
     test_params: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, event_shape: Shape, *, num_classes: int | None = None,
-                 conditional: bool = False) -> None:
+    def __init__(
+        self, event_shape: Shape, *, num_classes: int | None = None, conditional: bool = False
+    ) -> None:
         super().__init__(event_shape)
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
         self.shift = nn.Parameter(torch.zeros(self.event_shape))
@@ -142,8 +143,9 @@ class ToyPermutation(Transform):
         return y[:, self._inverse_perm()], self.zero_logdet(y)
 
 
-def toy_stack(event_shape: Shape, *, depth: int = 2, num_classes: int | None = None,
-              conditional: bool = False) -> Sequential:
+def toy_stack(
+    event_shape: Shape, *, depth: int = 2, num_classes: int | None = None, conditional: bool = False
+) -> Sequential:
     """ActNorm, then ``depth`` affine layers alternating with their ``Inverse``."""
     steps: list[Transform] = [ToyActNorm(event_shape)]
     for i in range(depth):
@@ -251,8 +253,9 @@ class LambdaAffine(ToyAffine):
 class DeafAffine(ToyAffine):
     """Accepts ``conditional=True`` but ignores the labels."""
 
-    def __init__(self, event_shape: Shape, *, num_classes: int | None = None,
-                 conditional: bool = False) -> None:
+    def __init__(
+        self, event_shape: Shape, *, num_classes: int | None = None, conditional: bool = False
+    ) -> None:
         super().__init__(event_shape, num_classes=num_classes, conditional=False)
 
 
@@ -301,8 +304,9 @@ class ContextAffine(Transform):
     zero (the usual identity initialisation of conditioners), so a fresh instance ignores ``c``.
     """
 
-    def __init__(self, event_shape: Shape, *, context_features: int | None = None,
-                 conditional: bool | None = None) -> None:
+    def __init__(
+        self, event_shape: Shape, *, context_features: int | None = None, conditional: bool | None = None
+    ) -> None:
         super().__init__(event_shape)
         self.context_features = context_features if conditional is not False else None
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
@@ -315,11 +319,11 @@ class ContextAffine(Transform):
 
     def _context(self, context: Tensor | None, like: Tensor) -> Tensor:
         k, batch = self.context_features, like.shape[0]
-        if context is None or not context.is_floating_point() \
-                or tuple(context.shape) != (batch, k):
+        if context is None or not context.is_floating_point() or tuple(context.shape) != (batch, k):
             got = None if context is None else f"{context.dtype} {tuple(context.shape)}"
-            raise ShapeError(f"{type(self).__name__} needs a float context of shape ({batch}, "
-                             f"{k}), got {got}")
+            raise ShapeError(
+                f"{type(self).__name__} needs a float context of shape ({batch}, {k}), got {got}"
+            )
         return context
 
     def _coefficients(self, like: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -347,8 +351,9 @@ class ContextAffine(Transform):
 class ContextBlindAffine(ContextAffine):
     """Declares ``context_features`` and validates the context, but never reads its values."""
 
-    def __init__(self, event_shape: Shape, *, context_features: int | None = None,
-                 conditional: bool | None = None) -> None:
+    def __init__(
+        self, event_shape: Shape, *, context_features: int | None = None, conditional: bool | None = None
+    ) -> None:
         super().__init__(event_shape)  # no conditioner at all
         self.context_features = context_features
 
@@ -385,12 +390,18 @@ class TruncatingContextAffine(ContextAffine):
 class LabelsAndContextAffine(ContextAffine):
     """Takes class labels (``num_classes``) or a real-valued context (``context_features``)."""
 
-    def __init__(self, event_shape: Shape, *, num_classes: int | None = None,
-                 conditional: bool | None = None,
-                 context_features: int | None = None) -> None:
+    def __init__(
+        self,
+        event_shape: Shape,
+        *,
+        num_classes: int | None = None,
+        conditional: bool | None = None,
+        context_features: int | None = None,
+    ) -> None:
         vector = context_features is not None
-        super().__init__(event_shape, context_features=context_features if vector else None,
-                         conditional=conditional)
+        super().__init__(
+            event_shape, context_features=context_features if vector else None, conditional=conditional
+        )
         self.embedding: nn.Embedding | None = None
         if conditional and not vector:
             if num_classes is None:
@@ -421,26 +432,27 @@ def test_toy_affine_conditional_passes() -> None:
     check_transform(ToyAffine, (4,), {"conditional": True}, num_classes=3)
 
 
-@pytest.mark.parametrize("factory, shape, params", [
-    (ToyActNorm, (6,), {}),
-    (ToyActNorm, (2, 2, 3), {}),
-    (ToyPermutation, (7,), {}),
-    (toy_stack, (5,), {"depth": 3}),
-    (toy_stack, (2, 2, 2), {}),
-    (toy_multiscale, (3, 2, 2), {}),
-    (toy_flatten_then_permute, (2, 2, 3), {}),
-    (Flatten, (2, 3, 2), {}),
-    (Reshape, (2, 3, 2), {"output_shape": (3, 4)}),
-])
-def test_correct_toys_and_core_compositions_pass(factory: Any, shape: Shape,
-                                                 params: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "factory, shape, params",
+    [
+        (ToyActNorm, (6,), {}),
+        (ToyActNorm, (2, 2, 3), {}),
+        (ToyPermutation, (7,), {}),
+        (toy_stack, (5,), {"depth": 3}),
+        (toy_stack, (2, 2, 2), {}),
+        (toy_multiscale, (3, 2, 2), {}),
+        (toy_flatten_then_permute, (2, 2, 3), {}),
+        (Flatten, (2, 3, 2), {}),
+        (Reshape, (2, 3, 2), {"output_shape": (3, 4)}),
+    ],
+)
+def test_correct_toys_and_core_compositions_pass(factory: Any, shape: Shape, params: dict[str, Any]) -> None:
     check_transform(factory, shape, params, seed=3, input_scale=2.0)
 
 
 def test_conditional_stack_passes_with_given_labels() -> None:
     labels = torch.tensor([0, 2, 1, 1])
-    check_transform(toy_stack, (4,), {"conditional": True}, num_classes=3, context=labels,
-                    batch_size=4)
+    check_transform(toy_stack, (4,), {"conditional": True}, num_classes=3, context=labels, batch_size=4)
 
 
 def test_check_transform_leaves_global_rng_alone() -> None:
@@ -456,19 +468,22 @@ def test_check_transform_leaves_global_rng_alone() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("factory, shape, pattern", [
-    (SignFlipAffine, (4,), r"\[SignFlipAffine\] log-det check failed .*sign is flipped"),
-    (SignFlipAffine, (1, 2, 2), r"log-det check failed .*autograd"),
-    (WrongInverseAffine, (4,), r"round-trip check failed .*inverse\(forward\(x\)\) vs x"),
-    (Float32AccumulatorAffine, (4,), r"output-contract check failed .*float64.*dtype"),
-    (ForgetfulActNorm, (4,), r"state-dict check failed .*load_state_dict.*register_buffer"),
-    (UnsavedPermutation, (6,), r"state-dict check failed .*output differs"),
-    (LambdaAffine, (4,), r"pickle check failed .*lambda"),
-    (UnusedParameterAffine, (4,), r"gradients check failed .*orphan"),
-    (FalselyVolumePreserving, (4,), r"log-det check failed .*not exactly zero"),
-    (BadLogdetShape, (4,), r"output-contract check failed .*logabsdet has shape \(3, 1\)"),
-    (BatchMixing, (4,), r"log-det check failed .*examples must not interact"),
-])
+@pytest.mark.parametrize(
+    "factory, shape, pattern",
+    [
+        (SignFlipAffine, (4,), r"\[SignFlipAffine\] log-det check failed .*sign is flipped"),
+        (SignFlipAffine, (1, 2, 2), r"log-det check failed .*autograd"),
+        (WrongInverseAffine, (4,), r"round-trip check failed .*inverse\(forward\(x\)\) vs x"),
+        (Float32AccumulatorAffine, (4,), r"output-contract check failed .*float64.*dtype"),
+        (ForgetfulActNorm, (4,), r"state-dict check failed .*load_state_dict.*register_buffer"),
+        (UnsavedPermutation, (6,), r"state-dict check failed .*output differs"),
+        (LambdaAffine, (4,), r"pickle check failed .*lambda"),
+        (UnusedParameterAffine, (4,), r"gradients check failed .*orphan"),
+        (FalselyVolumePreserving, (4,), r"log-det check failed .*not exactly zero"),
+        (BadLogdetShape, (4,), r"output-contract check failed .*logabsdet has shape \(3, 1\)"),
+        (BatchMixing, (4,), r"log-det check failed .*examples must not interact"),
+    ],
+)
 def test_broken_transform_is_caught(factory: Any, shape: Shape, pattern: str) -> None:
     with pytest.raises(AssertionError, match=pattern):
         check_transform(factory, shape)
@@ -532,8 +547,11 @@ def test_device_follow_through_without_a_gpu() -> None:
     testing.check_dtype_device(module, x, devices=["cpu", "meta"])
     cpu_bound, x = _prepared(DeviceBlindShift, (4,))
     check_transform(DeviceBlindShift, (4,))  # passes when everything runs on the CPU
-    with pytest.raises(AssertionError, match=r"dtype-device check failed .*\(float32, meta\).*"
-                                             r"logabsdet is on cpu"):
+    with pytest.raises(
+        AssertionError,
+        match=r"dtype-device check failed .*\(float32, meta\).*"
+        r"logabsdet is on cpu",
+    ):
         testing.check_dtype_device(cpu_bound, x, devices=["cpu", "meta"])
 
 
@@ -550,10 +568,11 @@ def test_check_plugin_and_run_checks_use_the_registry() -> None:
         assert shapes == set(example_shapes(ToyAffine))
         assert {r.conditional for r in results} == {False, True}  # it takes `conditional`
         assert {r.context_features for r in results} == {None}  # but not `context_features`
-        assert {r.check for r in results if r.conditional} == \
-            set(testing.CHECKS) - {"context-shape"}
-        assert {r.check for r in results if not r.conditional} == \
-            set(testing.CHECKS) - {"context", "context-shape"}
+        assert {r.check for r in results if r.conditional} == set(testing.CHECKS) - {"context-shape"}
+        assert {r.check for r in results if not r.conditional} == set(testing.CHECKS) - {
+            "context",
+            "context-shape",
+        }
 
         failed = run_checks("toy-signflip-for-tests", shapes=[(4,)], conditional=False)
         by_check = {r.check: r for r in failed}
@@ -561,8 +580,7 @@ def test_check_plugin_and_run_checks_use_the_registry() -> None:
         assert "sign is flipped" in by_check["log-det"].message
         assert by_check["round-trip"].passed and by_check["pickle"].passed
 
-        unbuildable = run_checks("toy-affine-for-tests", shapes=[(4,)], conditional=True,
-                                 num_classes=1)
+        unbuildable = run_checks("toy-affine-for-tests", shapes=[(4,)], conditional=True, num_classes=1)
         assert [(r.check, r.passed) for r in unbuildable] == [("build", False)]
     finally:
         transforms.unregister("toy-affine-for-tests")
@@ -617,23 +635,32 @@ def test_context_is_drawn_finite_moderate_and_float() -> None:
 
 
 def test_a_context_that_is_ignored_is_caught() -> None:
-    with pytest.raises(AssertionError, match=r"\[ContextBlindAffine\] context check failed .*"
-                                             r"do not depend on the context.*ignores its context"):
+    with pytest.raises(
+        AssertionError,
+        match=r"\[ContextBlindAffine\] context check failed .*"
+        r"do not depend on the context.*ignores its context",
+    ):
         check_transform(ContextBlindAffine, (4,), context_features=2)
     check_transform(ContextBlindAffine, (4,))  # fine as an unconditional transform
 
 
 def test_a_logdet_that_forgets_the_context_is_caught() -> None:
-    with pytest.raises(AssertionError, match=r"\[ContextFreeLogdetAffine\] log-det check failed "
-                                             r"for input shape \(3, 4\) \(float64.*slogdet"):
+    with pytest.raises(
+        AssertionError,
+        match=r"\[ContextFreeLogdetAffine\] log-det check failed "
+        r"for input shape \(3, 4\) \(float64.*slogdet",
+    ):
         check_transform(ContextFreeLogdetAffine, (4,), context_features=2)
     check_transform(ContextFreeLogdetAffine, (4,))  # right without a context: the context matters
 
 
-@pytest.mark.parametrize("cls, pattern", [
-    (UncheckedContextAffine, r"forward with no context \(None\) raised TypeError.*ShapeError"),
-    (TruncatingContextAffine, r"forward with a context of width 3 instead of 2 returned normally"),
-])
+@pytest.mark.parametrize(
+    "cls, pattern",
+    [
+        (UncheckedContextAffine, r"forward with no context \(None\) raised TypeError.*ShapeError"),
+        (TruncatingContextAffine, r"forward with a context of width 3 instead of 2 returned normally"),
+    ],
+)
 def test_a_bad_context_must_raise_a_shape_error(cls: type[Transform], pattern: str) -> None:
     with pytest.raises(AssertionError, match=rf"context-shape check failed .*{pattern}"):
         check_transform(cls, (4,), context_features=2)
@@ -653,8 +680,7 @@ def test_context_checks_can_be_called_directly() -> None:
     testing.check_output_contract(module, x, context=context)
     testing.check_round_trip(module, x, context=context)
     testing.check_logdet(module, x, context=context)  # float32 context, float64 Jacobian
-    testing.check_state_dict(module, lambda: ContextAffine((4,), context_features=3), x,
-                             context=context)
+    testing.check_state_dict(module, lambda: ContextAffine((4,), context_features=3), x, context=context)
     testing.check_dtype_device(module, x, context, devices=["cpu", "meta"])
     testing.check_gradients(module, x, context)
     testing.check_pickle(module, x, context)
@@ -699,11 +725,9 @@ def test_context_arguments_are_validated() -> None:
     with pytest.raises(ValueError, match=r"float tensor of shape \(3, 2\)"):
         check_transform(ContextAffine, (4,), context_features=2, context=torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"float tensor of shape \(3, 2\)"):
-        check_transform(ContextAffine, (4,), context_features=2,
-                        context=torch.zeros(3, 2, dtype=torch.long))
+        check_transform(ContextAffine, (4,), context_features=2, context=torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="finite"):
-        check_transform(ContextAffine, (4,), context_features=2,
-                        context=torch.full((3, 2), float("nan")))
+        check_transform(ContextAffine, (4,), context_features=2, context=torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match="need conditional=True"):
         check_transform(ContextAffine, (4,), {"conditional": False}, context_features=2)
     with pytest.raises(ValueError, match="at least 1"):
@@ -733,10 +757,13 @@ def test_run_checks_covers_the_context_variant(_context_toys: tuple[str, str, st
     results = run_checks(both, shapes=[(4,)], context_features=3)
     assert all(r.passed for r in results), [r.message for r in results if not r.passed]
     assert {r.variant for r in results} == {"unconditional", "labels", "context k=3"}
-    assert [r.variant for r in run_checks(both, shapes=[(4,)], conditional=False)] == \
-        ["unconditional"] * (len(testing.CHECKS) - 2)
-    assert {r.variant for r in run_checks(both, shapes=[(4,)], conditional=True)} == \
-        {"labels", f"context k={testing.CONTEXT_FEATURES}"}
+    assert [r.variant for r in run_checks(both, shapes=[(4,)], conditional=False)] == ["unconditional"] * (
+        len(testing.CHECKS) - 2
+    )
+    assert {r.variant for r in run_checks(both, shapes=[(4,)], conditional=True)} == {
+        "labels",
+        f"context k={testing.CONTEXT_FEATURES}",
+    }
 
     failed = {r.check: r for r in run_checks(blind, shapes=[(4,)]) if not r.passed}
     assert list(failed) == ["context"]
@@ -750,8 +777,7 @@ def test_flowkit_check_runs_the_context_checks(_context_toys: tuple[str, str, st
     from flowkit.cli.main import cli
 
     context_only, _, blind = _context_toys
-    result = CliRunner().invoke(cli, ["check", context_only, "--shape", "3",
-                                      "--context-features", "3"])
+    result = CliRunner().invoke(cli, ["check", context_only, "--shape", "3", "--context-features", "3"])
     assert result.exit_code == 0, result.output
     assert f"'{context_only}' takes a real-valued context" in result.output
     assert "(batch, 3) float context" in result.output
@@ -777,8 +803,7 @@ def test_flowkit_check_refuses_a_context_width_for_a_plugin_without_context() ->
 
     transforms.register("toy-affine-no-context", ToyAffine)
     try:
-        result = CliRunner().invoke(cli, ["check", "toy-affine-no-context",
-                                          "--context-features", "2"])
+        result = CliRunner().invoke(cli, ["check", "toy-affine-no-context", "--context-features", "2"])
     finally:
         transforms.unregister("toy-affine-no-context")
     assert result.exit_code != 0
@@ -865,8 +890,7 @@ def _valid(cls: type[Transform], shape: Shape) -> bool:
 
 @pytest.mark.parametrize("cls", [_Images, _Vectors, _BigPixels, _Checkerboard, Transform, ToyPermutation])
 @given(data=st.data())
-def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform],
-                                                       data: st.DataObject) -> None:
+def test_drawn_shapes_satisfy_the_declared_constraints(cls: type[Transform], data: st.DataObject) -> None:
     shape = data.draw(shapes_for(cls))
     assert _valid(cls, shape), shape
 
@@ -906,10 +930,11 @@ def test_example_params_take_the_first_choice() -> None:
 
 
 def test_import_does_not_need_hypothesis() -> None:
-    code = ("import sys; sys.modules['hypothesis'] = None; import flowkit.testing as t; "
-            "from flowkit.transform import Transform; print(t.example_shapes(Transform))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    code = (
+        "import sys; sys.modules['hypothesis'] = None; import flowkit.testing as t; "
+        "from flowkit.transform import Transform; print(t.example_shapes(Transform))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "(4,)" in done.stdout
 
@@ -922,7 +947,6 @@ def _registered_toy() -> Iterator[str]:
 
 
 def test_run_checks_with_explicit_shapes(_registered_toy: str) -> None:
-    results = run_checks(_registered_toy, shapes=[(3,), (1, 2, 2)], params={"depth": 1},
-                         conditional=False)
+    results = run_checks(_registered_toy, shapes=[(3,), (1, 2, 2)], params={"depth": 1}, conditional=False)
     assert {r.shape for r in results} == {(3,), (1, 2, 2)}
     assert all(r.passed for r in results), [r.message for r in results if not r.passed]

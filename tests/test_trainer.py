@@ -17,8 +17,13 @@ from flowkit.plugins.priors.gaussian import DiagonalGaussian
 from flowkit.runs import list_checkpoints
 from flowkit.transform import sum_except_batch
 
-TINY = ["data.n_train=256", "data.n_test=128", "transform.num_layers=2", "transform.hidden=8",
-        "train.batch_size=32"]
+TINY = [
+    "data.n_train=256",
+    "data.n_test=128",
+    "transform.num_layers=2",
+    "transform.hidden=8",
+    "train.batch_size=32",
+]
 
 
 class NaNAtStep(Objective):
@@ -87,8 +92,11 @@ def plugins():
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path, plugins):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=10", "train.checkpoint_every=2",
-                                                "objective.at=5"], objective="nan-at")
+    cfg = flowkit.load_config(
+        "realnvp-moons",
+        [*TINY, "train.steps=10", "train.checkpoint_every=2", "objective.at=5"],
+        objective="nan-at",
+    )
     with pytest.raises(TrainingDiverged, match=r"step 5.*NaN.*last good checkpoint.*step-00000004"):
         flowkit.train(cfg, tmp_path / "run", progress=False)
     ckpts = list_checkpoints(tmp_path / "run")
@@ -106,8 +114,14 @@ def test_objective_owns_its_schedule(tmp_path: Path, plugins):
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
-    assert trainer.objective.calls == [("critic", 0), ("model", 1), ("critic", 2), ("model", 3),
-                                       ("critic", 4), ("model", 5)]
+    assert trainer.objective.calls == [
+        ("critic", 0),
+        ("model", 1),
+        ("critic", 2),
+        ("model", 3),
+        ("critic", 4),
+        ("model", 5),
+    ]
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     # the critic is part of the checkpoint
     state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
@@ -115,8 +129,7 @@ def test_objective_owns_its_schedule(tmp_path: Path, plugins):
 
 
 def test_data_dependent_prior_init_runs_once_and_survives_reload(tmp_path: Path, plugins):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=2", "train.lr=1e-12"],
-                              prior="data-init")
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=2", "train.lr=1e-12"], prior="data-init")
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     run = flowkit.load_run(summary["run_dir"])
     assert bool(run.model.prior.initialized)
@@ -158,12 +171,15 @@ def test_checkpoint_that_is_not_flowkit(tmp_path: Path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize(("content", "kind"), [
-    (lambda good: good[:1000], r"is truncated or corrupt \(1000 bytes\)"),
-    (lambda good: good[:-40], "is truncated or corrupt"),
-    (lambda good: b"", r"is empty \(0 bytes\)"),
-    (lambda good: b"not a pytorch file at all", "is truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (lambda good: good[:1000], r"is truncated or corrupt \(1000 bytes\)"),
+        (lambda good: good[:-40], "is truncated or corrupt"),
+        (lambda good: b"", r"is empty \(0 bytes\)"),
+        (lambda good: b"not a pytorch file at all", "is truncated or corrupt"),
+    ],
+)
 def test_a_refused_checkpoint_says_which_kind_it_is(tmp_path: Path, content, kind):
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"model": {"w": torch.ones(1000)}, "step": 1})
@@ -176,8 +192,9 @@ def test_a_refused_checkpoint_says_which_kind_it_is(tmp_path: Path, content, kin
 
 
 def test_resume_skips_an_unreadable_newest_checkpoint(tmp_path: Path):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=6", "train.checkpoint_every=2",
-                                                "train.keep_checkpoints=5"])
+    cfg = flowkit.load_config(
+        "realnvp-moons", [*TINY, "train.steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=5"]
+    )
     flowkit.train(cfg, tmp_path / "run", progress=False)
     newest = list_checkpoints(tmp_path / "run")[-1]
     newest.write_bytes(newest.read_bytes()[:100])
@@ -191,8 +208,9 @@ def test_resume_skips_an_unreadable_newest_checkpoint(tmp_path: Path):
 
 
 def test_training_lowers_the_loss(tmp_path: Path):
-    cfg = flowkit.load_config("realnvp-moons", ["data.n_train=2048", "data.n_test=512",
-                                                "train.steps=150", "train.batch_size=128"])
+    cfg = flowkit.load_config(
+        "realnvp-moons", ["data.n_train=2048", "data.n_test=512", "train.steps=150", "train.batch_size=128"]
+    )
     from flowkit.trainer import Trainer
 
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
@@ -223,16 +241,14 @@ def test_class_balanced_stream_is_balanced_and_a_function_of_the_step():
 
 
 def test_class_balanced_sampler_without_labels_falls_back_to_random(tmp_path: Path):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=1",
-                                                "train.sampler=class-balanced"])
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=1", "train.sampler=class-balanced"])
     messages: list[str] = []
     flowkit.train(cfg, tmp_path / "run", progress=False, log=messages.append)
     assert any("no labels" in m for m in messages)
 
 
 def test_time_budget_stops_early_and_finishes_the_run(tmp_path: Path):
-    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=100000",
-                                                "train.max_minutes=0.002"])
+    cfg = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=100000", "train.max_minutes=0.002"])
     messages: list[str] = []
     summary = flowkit.train(cfg, tmp_path / "run", progress=False, log=messages.append)
     assert summary["status"] == "completed" and 0 < summary["steps"] < 100000
@@ -275,8 +291,7 @@ def test_resume_a_run_saved_with_full_size_coupling_conditioners(tmp_path: Path)
     save_checkpoint(path, state)
 
     messages: list[str] = []
-    longer = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=8",
-                                                   "train.checkpoint_every=4"])
+    longer = flowkit.load_config("realnvp-moons", [*TINY, "train.steps=8", "train.checkpoint_every=4"])
     summary = resume(tmp_path / "run", longer, progress=False, log=messages.append)
     assert summary["steps"] == 8
     assert any(f"optimiser state of {widened} parameter tensor(s)" in m for m in messages)
@@ -288,12 +303,15 @@ def test_a_foreign_checkpoint_is_refused(tmp_path: Path):
 
     from flowkit.runs import load_run
 
-    moons = flowkit.load_config("realnvp-moons", ["train.steps=2", "transform.num_layers=2",
-                                                  "transform.hidden=8"])
+    moons = flowkit.load_config(
+        "realnvp-moons", ["train.steps=2", "transform.num_layers=2", "transform.hidden=8"]
+    )
     flowkit.train(moons, run_dir=tmp_path / "moons", progress=False, log=lambda _: None)
-    digits = flowkit.load_config(None, ["train.steps=2", "transform.num_scales=1",
-                                        "transform.hidden=4", "transform.num_blocks=1"],
-                                 data="digits")
+    digits = flowkit.load_config(
+        None,
+        ["train.steps=2", "transform.num_scales=1", "transform.hidden=4", "transform.num_blocks=1"],
+        data="digits",
+    )
     flowkit.train(digits, run_dir=tmp_path / "digits", progress=False, log=lambda _: None)
     foreign = list_checkpoints(tmp_path / "moons")[-1]
     target = tmp_path / "digits" / "checkpoints" / "step-99999999.pt"
@@ -393,20 +411,32 @@ def test_callbacks_plug_into_fit_and_their_state_resumes(tmp_path: Path):
     from flowkit.trainer import resume
 
     def config(steps: int) -> dict:
-        return flowkit.load_config("realnvp-moons", [*TINY, f"train.steps={steps}",
-                                                     "train.log_every=2", "train.eval_every=4",
-                                                     "train.checkpoint_every=3"])
+        return flowkit.load_config(
+            "realnvp-moons",
+            [
+                *TINY,
+                f"train.steps={steps}",
+                "train.log_every=2",
+                "train.eval_every=4",
+                "train.checkpoint_every=3",
+            ],
+        )
 
     recorder, messages = Recorder(stop_at=6), []
-    summary = flowkit.train(config(10), tmp_path / "run", progress=False, log=messages.append,
-                            callbacks=[recorder])
+    summary = flowkit.train(
+        config(10), tmp_path / "run", progress=False, log=messages.append, callbacks=[recorder]
+    )
     assert summary["steps"] == 6 and summary["recorder_steps"] == 6
     assert "recorder: enough" in messages
     assert recorder.events == [("start", 0), ("end", 6)]
     assert [(r["step"], r.get("kind")) for r in recorder.records] == [
-        (2, None), (4, None), (4, "eval"), (6, None), (6, "final")]
-    written = [json.loads(line) for line in
-               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        (2, None),
+        (4, None),
+        (4, "eval"),
+        (6, None),
+        (6, "final"),
+    ]
+    written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert written == recorder.records
     # the checkpoint of step 6 holds the callback's state of step 6; resume restores it
     assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["recorder"] == {"steps_seen": 6}
@@ -422,11 +452,20 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path: Path
     from flowkit.trainer import resume
 
     def config(steps: int) -> dict:
-        return flowkit.load_config("realnvp-moons", [
-            *TINY, f"train.steps={steps}", "train.scheduler=constant", "train.checkpoint_every=3",
-            "train.eval_every=2", "train.sample_every=4", "train.log_every=1"],
+        return flowkit.load_config(
+            "realnvp-moons",
+            [
+                *TINY,
+                f"train.steps={steps}",
+                "train.scheduler=constant",
+                "train.checkpoint_every=3",
+                "train.eval_every=2",
+                "train.sample_every=4",
+                "train.log_every=1",
+            ],
             objective="mle+0.1*ot",
-            prior="diag-gaussian")
+            prior="diag-gaussian",
+        )
 
     flowkit.train(config(8), tmp_path / "straight", progress=False, log=lambda _: None)
     flowkit.train(config(5), tmp_path / "cut", progress=False, log=lambda _: None)

@@ -43,8 +43,10 @@ def test_tutorial_shows_figures_that_exist_and_are_small(name: str) -> None:
     assert page.figures, f"{name}.md shows no figure"
     for figure in page.figures:
         path = TUTORIALS / figure
-        assert path.is_file(), (f"{figure} is missing: run .venv/bin/python docs/tools/mdcode.py "
-                                f"run docs/tutorials/{name}.md --full --write-figures")
+        assert path.is_file(), (
+            f"{figure} is missing: run .venv/bin/python docs/tools/mdcode.py "
+            f"run docs/tutorials/{name}.md --full --write-figures"
+        )
         assert path.stat().st_size < 200_000, f"{figure} is {path.stat().st_size:,} bytes"
 
 
@@ -57,11 +59,14 @@ def test_tutorial_runs(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("FLOWKIT_FULL_TUTORIALS") != "1",
-                    reason="full-length tutorial runs are opt-in: FLOWKIT_FULL_TUTORIALS=1")
+@pytest.mark.skipif(
+    os.environ.get("FLOWKIT_FULL_TUTORIALS") != "1",
+    reason="full-length tutorial runs are opt-in: FLOWKIT_FULL_TUTORIALS=1",
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_tutorial_full(name: str, tmp_path: Path) -> None:
-    outcome = mdcode.run(TUTORIALS / f"{name}.md", tmp_path / "work", full=True, timeout=3600,
-                         write_figures=True)
+    outcome = mdcode.run(
+        TUTORIALS / f"{name}.md", tmp_path / "work", full=True, timeout=3600, write_figures=True
+    )
     assert outcome.ok, f"{name}.md failed after {outcome.seconds:.0f} s:\n{outcome.output[-6000:]}"
     assert not outcome.missing_figures

@@ -55,8 +55,11 @@ class Replay(torch.nn.Module):
         for c in labels.unique().tolist():
             pool = self.data.train[self.data.train_labels == c]
             where = labels == c
-            idx = (torch.zeros(int(where.sum()), dtype=torch.long) if self.mode == "one"
-                   else torch.randint(0, pool.shape[0], (int(where.sum()),)))
+            idx = (
+                torch.zeros(int(where.sum()), dtype=torch.long)
+                if self.mode == "one"
+                else torch.randint(0, pool.shape[0], (int(where.sum()),))
+            )
             out[where] = pool[idx]
         if self.mode == "one":
             return out + 0.5 / self.data.levels  # identical copies: one point per class
@@ -98,7 +101,7 @@ def test_same_distribution_scores_high_and_density_is_about_one():
     assert out["precision"] > 0.8 and out["recall"] > 0.8
     assert out["density"] == pytest.approx(1.0, abs=0.1)
     # E[coverage] = 1 − 1/2^5 ≈ 0.97 for identical distributions (Naeem et al. 2020)
-    assert out["coverage"] == pytest.approx(1 - 2 ** -5, abs=0.03)
+    assert out["coverage"] == pytest.approx(1 - 2**-5, abs=0.03)
 
 
 def test_one_repeated_sample_has_precision_but_no_recall():
@@ -191,11 +194,26 @@ def test_sample_metrics_in_data_space_for_toys():
 
 
 # -- the summary headline -----------------------------------------------------------------------
-GRN = {"objective": "ot", "prior": "class-gaussian", "test_bpd": 129233.7, "exact_density": True,
-       "latent_collapsed_share": 0.625, "latent_sigma_max": 0.056, "sample_accuracy": 0.98,
-       "precision": 0.91, "recall": 0.12, "density": 1.3, "coverage": 0.2, "fd": 40.0,
-       "sample_examples": 270.0, "fd_classifier_accuracy": 0.96, "class_precision": 0.9,
-       "class_recall": 0.05, "class_recall_min": 0.0, "class_coverage": 0.1}
+GRN = {
+    "objective": "ot",
+    "prior": "class-gaussian",
+    "test_bpd": 129233.7,
+    "exact_density": True,
+    "latent_collapsed_share": 0.625,
+    "latent_sigma_max": 0.056,
+    "sample_accuracy": 0.98,
+    "precision": 0.91,
+    "recall": 0.12,
+    "density": 1.3,
+    "coverage": 0.2,
+    "fd": 40.0,
+    "sample_examples": 270.0,
+    "fd_classifier_accuracy": 0.96,
+    "class_precision": 0.9,
+    "class_recall": 0.05,
+    "class_recall_min": 0.0,
+    "class_coverage": 0.1,
+}
 
 
 def test_headline_of_a_collapsed_ot_run_leads_with_samples():
@@ -212,13 +230,20 @@ def test_headline_of_a_collapsed_ot_run_leads_with_samples():
 
 
 def test_headline_of_a_likelihood_run_leads_with_bits_per_dim():
-    mle = {"objective": "mle", "prior": "gaussian", "test_bpd": 1.234, "exact_density": True,
-           "latent_collapsed_share": 0.1, "latent_sigma_max": 1.0}
+    mle = {
+        "objective": "mle",
+        "prior": "gaussian",
+        "test_bpd": 1.234,
+        "exact_density": True,
+        "latent_collapsed_share": 0.1,
+        "latent_sigma_max": 1.0,
+    }
     assert summary_headline(mle)[0] == "test bits/dim 1.234"
     assert density_verdict(mle) == (True, "")
     # sample metrics follow when present; padded models get the caveat
-    lines = summary_headline(mle | {k: GRN[k] for k in ("precision", "recall", "fd")}
-                             | {"exact_density": False})
+    lines = summary_headline(
+        mle | {k: GRN[k] for k in ("precision", "recall", "fd")} | {"exact_density": False}
+    )
     assert lines[0].startswith("test bits/dim 1.234 (latent density at the zero-padded image")
     assert lines[1].startswith("samples (vs test data)")
     # a weighted sum with a likelihood term is a likelihood model; OT without collapse keeps bpd

@@ -45,19 +45,38 @@ class ArchSpec:
     name: str
     shape: tuple[int, ...]
     batch_size: int
-    layers: int          # couplings (Real NVP) or steps per level (Glow)
-    hidden: int          # conditioner width (units or channels)
-    levels: int = 1      # Glow's levels
+    layers: int  # couplings (Real NVP) or steps per level (Glow)
+    hidden: int  # conditioner width (units or channels)
+    levels: int = 1  # Glow's levels
     description: str = ""
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "realnvp784": ArchSpec("realnvp784", (784,), 256, layers=8, hidden=512,
-                           description="Real NVP, 784-d, 8 affine couplings, MLP 392-512-512-784"),
-    "glow28": ArchSpec("glow28", (1, 28, 28), 64, layers=8, hidden=128, levels=2,
-                       description="Glow, 1x28x28, 2 levels x 8 steps, coupling width 128"),
-    "realnvp-moons": ArchSpec("realnvp-moons", (2,), 256, layers=8, hidden=128,
-                              description="Real NVP on two moons, 8 couplings, MLP 1-128-128-2"),
+    "realnvp784": ArchSpec(
+        "realnvp784",
+        (784,),
+        256,
+        layers=8,
+        hidden=512,
+        description="Real NVP, 784-d, 8 affine couplings, MLP 392-512-512-784",
+    ),
+    "glow28": ArchSpec(
+        "glow28",
+        (1, 28, 28),
+        64,
+        layers=8,
+        hidden=128,
+        levels=2,
+        description="Glow, 1x28x28, 2 levels x 8 steps, coupling width 128",
+    ),
+    "realnvp-moons": ArchSpec(
+        "realnvp-moons",
+        (2,),
+        256,
+        layers=8,
+        hidden=128,
+        description="Real NVP on two moons, 8 couplings, MLP 1-128-128-2",
+    ),
 }
 
 
@@ -79,11 +98,16 @@ class Adapter:
     training code chooses otherwise (flowkit's trainer: :func:`flowkit.optim.build_optimizer`).
     """
 
-    def __init__(self, library: str, arch: str, module: nn.Module,
-                 log_prob: Callable[[Tensor], Tensor], sample: Callable[[int], Tensor],
-                 note: str = "",
-                 make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
-                 | None = None) -> None:
+    def __init__(
+        self,
+        library: str,
+        arch: str,
+        module: nn.Module,
+        log_prob: Callable[[Tensor], Tensor],
+        sample: Callable[[int], Tensor],
+        note: str = "",
+        make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None,
+    ) -> None:
         self.library = library
         self.arch = arch
         self.module = module
@@ -145,8 +169,9 @@ def build(library: str, arch: str, *, seed: int = 0) -> Adapter:
 # -- shared pieces -------------------------------------------------------------------------------
 def mlp(n_in: int, n_out: int, hidden: int, zero_last: bool = True) -> nn.Sequential:
     """The reference conditioner ``n_in → hidden → hidden → n_out`` with ReLUs."""
-    net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                        nn.Linear(hidden, n_out))
+    net = nn.Sequential(
+        nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out)
+    )
     if zero_last:
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
@@ -155,9 +180,13 @@ def mlp(n_in: int, n_out: int, hidden: int, zero_last: bool = True) -> nn.Sequen
 
 def glow_net(n_in: int, n_out: int, hidden: int, zero_last: bool = True) -> nn.Sequential:
     """The reference Glow coupling network conv3×3 → ReLU → conv1×1 → ReLU → conv3×3."""
-    net = nn.Sequential(nn.Conv2d(n_in, hidden, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-                        nn.Conv2d(hidden, n_out, 3, padding=1))
+    net = nn.Sequential(
+        nn.Conv2d(n_in, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, n_out, 3, padding=1),
+    )
     if zero_last:
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
@@ -168,7 +197,8 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     """``log N(z; 0, I)`` per example of a batch of any shape."""
     flat = z.reshape(z.shape[0], -1)
     return -0.5 * flat.pow(2).sum(1) - 0.5 * flat.shape[1] * torch.log(
-        torch.tensor(2.0 * torch.pi, dtype=z.dtype, device=z.device))
+        torch.tensor(2.0 * torch.pi, dtype=z.dtype, device=z.device)
+    )
 
 
 def unsupported(library: str, arch: str, why: str) -> Unsupported:

@@ -43,8 +43,11 @@ def _zuko(spec: RowSpec, features: int, context: int, arch: Arch) -> Conditional
     hidden = (arch.hidden,) * arch.num_hidden
     cls = {"maf": zuko.flows.MAF, "spline": zuko.flows.NSF, "coupling": zuko.flows.RealNVP}
     flow = cls[spec.family](features, context, transforms=arch.transforms, hidden_features=hidden)
-    notes = {"maf": "soft-clipped log-scale", "spline": "8 bins on [-5, 5], identity tails",
-             "coupling": "checkered masks, soft-clipped log-scale"}
+    notes = {
+        "maf": "soft-clipped log-scale",
+        "spline": "8 bins on [-5, 5], identity tails",
+        "coupling": "checkered masks, soft-clipped log-scale",
+    }
 
     def log_prob(theta: Tensor, x: Tensor) -> Tensor:
         return flow(x).log_prob(theta)
@@ -95,10 +98,16 @@ def _nflows(spec: RowSpec, features: int, context: int, arch: Arch) -> Condition
     if spec.family == "maf":
         layers: list[nn.Module] = []
         for _ in range(arch.transforms):
-            layers += [MaskedAffineAutoregressiveTransform(
-                features, arch.hidden, context_features=context,
-                num_blocks=max(arch.num_hidden - 1, 0), use_residual_blocks=False),
-                ReversePermutation(features)]
+            layers += [
+                MaskedAffineAutoregressiveTransform(
+                    features,
+                    arch.hidden,
+                    context_features=context,
+                    num_blocks=max(arch.num_hidden - 1, 0),
+                    use_residual_blocks=False,
+                ),
+                ReversePermutation(features),
+            ]
         note = "feed-forward MADE, scale softplus(·)+1e-3"
     elif spec.family == "coupling":
         layers = []
@@ -109,10 +118,11 @@ def _nflows(spec: RowSpec, features: int, context: int, arch: Arch) -> Condition
                 mask[half:] = 1
             else:
                 mask[:half] = 1
-            layers.append(AffineCouplingTransform(
-                mask, _NetFactory(context, arch.hidden, arch.num_hidden)))
-        note = ("half masks, MLP on [x_kept, context], scale sigmoid(·+2)+1e-3 ≤ 1.001: each "
-                "coupling can only contract data → noise")
+            layers.append(AffineCouplingTransform(mask, _NetFactory(context, arch.hidden, arch.num_hidden)))
+        note = (
+            "half masks, MLP on [x_kept, context], scale sigmoid(·+2)+1e-3 ≤ 1.001: each "
+            "coupling can only contract data → noise"
+        )
     else:
         raise MissingLibrary(f"no nflows adapter for the {spec.family} family")
     flow = Flow(CompositeTransform(layers), StandardNormal([features]))

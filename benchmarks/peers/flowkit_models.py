@@ -26,21 +26,23 @@ def build_flow(arch: str) -> Flow:
         config = flowkit.load_config("realnvp-moons")
         config = {**config, "data": {**config["data"], "preprocess": "none"}}
     else:
-        config = {"transform": TRANSFORMS[arch], "prior": {"name": "gaussian"},
-                  "data": {"name": "bench", "preprocess": "none"}}
+        config = {
+            "transform": TRANSFORMS[arch],
+            "prior": {"name": "gaussian"},
+            "data": {"name": "bench", "preprocess": "none"},
+        }
     return build_model(config, DataMeta(spec.shape))
 
 
 def build(arch: str, *, seed: int = 0) -> Adapter:
     """flowkit's ``arch`` (Real NVP: ``realnvp``; Glow: ``glow``, with its split priors)."""
     model = build_flow(arch)
-    note = "Glow's learned split prior on the factored-out half is included" \
-        if arch == "glow28" else ""
-    return Adapter("flowkit", arch, model, model.log_prob, model.sample, note,
-                   make_optimizer=_trainer_adam)
+    note = "Glow's learned split prior on the factored-out half is included" if arch == "glow28" else ""
+    return Adapter("flowkit", arch, model, model.log_prob, model.sample, note, make_optimizer=_trainer_adam)
 
 
 def _trainer_adam(params: list[Any], lr: float) -> Any:
     """The Adam that ``flowkit run`` builds (``[train] optimizer = "adam"``: fused kernels)."""
-    return build_optimizer(params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999),
-                                    "weight_decay": 0.0})
+    return build_optimizer(
+        params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999), "weight_decay": 0.0}
+    )

@@ -42,9 +42,15 @@ def _glow(shape: tuple[int, ...], levels: int, steps: int, hidden: int) -> nn.Mo
         nodes.append(current)
         c *= 4
         for _ in range(steps):
-            current = ff.Node(current, fm.AllInOneBlock,
-                              {"subnet_constructor": _Subnet(hidden, True), "affine_clamping": 2.0,
-                               "learned_householder_permutation": c})
+            current = ff.Node(
+                current,
+                fm.AllInOneBlock,
+                {
+                    "subnet_constructor": _Subnet(hidden, True),
+                    "affine_clamping": 2.0,
+                    "learned_householder_permutation": c,
+                },
+            )
             nodes.append(current)
         if level < levels - 1:
             split = ff.Node(current, fm.Split, {"section_sizes": [c - c // 2, c // 2], "dim": 0})
@@ -64,8 +70,10 @@ def build(arch: str, *, seed: int = 0) -> Adapter:
     spec = ARCHS[arch]
     if arch == "glow28":
         inn = _glow(spec.shape, spec.levels, spec.layers, spec.hidden)
-        note = ("AllInOneBlock: global affine (no data-dependent init) for actnorm, C learned "
-                "Householder reflections for the LU 1x1 conv; no learned split prior")
+        note = (
+            "AllInOneBlock: global affine (no data-dependent init) for actnorm, C learned "
+            "Householder reflections for the LU 1x1 conv; no learned split prior"
+        )
     else:
         inn = _realnvp(spec.shape[0], spec.layers, spec.hidden)
         note = "soft-clamped scale 2*0.636*atan(s/2)"

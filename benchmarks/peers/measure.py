@@ -73,8 +73,9 @@ def _base_row(library: str, arch: str) -> dict[str, Any]:
     return {"library": library, "arch": arch, "status": "ok"}
 
 
-def build_all(arch: str, libraries: Sequence[str], seed: int) -> tuple[dict[str, Adapter],
-                                                                      dict[str, dict[str, Any]]]:
+def build_all(
+    arch: str, libraries: Sequence[str], seed: int
+) -> tuple[dict[str, Adapter], dict[str, dict[str, Any]]]:
     """Build ``arch`` in every library; the rows of those that cannot are already final."""
     adapters: dict[str, Adapter] = {}
     rows: dict[str, dict[str, Any]] = {}
@@ -130,15 +131,16 @@ def _inference_context(adapter: Adapter, probe: Callable[[], Any]) -> Callable[[
         return torch.no_grad
 
 
-def _round_robin(tasks: dict[str, Callable[[], Any]], rounds: int, warmup: int,
-                 rows: dict[str, dict[str, Any]], key: str) -> None:
+def _round_robin(
+    tasks: dict[str, Callable[[], Any]], rounds: int, warmup: int, rows: dict[str, dict[str, Any]], key: str
+) -> None:
     """Time every task ``rounds`` times, interleaved, the order rotating each round; write the
     median (ms) of the rounds after ``warmup`` into ``rows[name][key]``. A task that raises is
     marked failed and dropped."""
     names = list(tasks)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
-        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        order = names[r % len(names) :] + names[: r % len(names)] if names else []
         for name in order:
             if name not in tasks:
                 continue
@@ -161,8 +163,9 @@ def saved_activation_bytes(adapter: Adapter, x: Tensor) -> int:
 
     Parameters, buffers and the input batch are not activations and are left out.
     """
-    excluded = {t.untyped_storage().data_ptr()
-                for t in (*adapter.module.parameters(), *adapter.module.buffers(), x)}
+    excluded = {
+        t.untyped_storage().data_ptr() for t in (*adapter.module.parameters(), *adapter.module.buffers(), x)
+    }
     seen: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
@@ -264,8 +267,7 @@ def _finish(rows: dict[str, dict[str, Any]], setup: dict[str, Any]) -> list[dict
         if not peers:
             continue
         fastest = min(peers, key=peers.__getitem__)
-        short = key.removesuffix("_ms").replace("train_step", "step").replace(
-            "forward_backward", "fb")
+        short = key.removesuffix("_ms").replace("train_step", "step").replace("forward_backward", "fb")
         for row in rows.values():
             if key in row:
                 row[f"{short}_ratio_vs_fastest_peer"] = round(row[key] / peers[fastest], 3)
@@ -274,8 +276,12 @@ def _finish(rows: dict[str, dict[str, Any]], setup: dict[str, Any]) -> list[dict
 
 
 def _setup_info(**extra: Any) -> dict[str, Any]:
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_avg_1min": round(os.getloadavg()[0], 2), **extra}
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        **extra,
+    }
 
 
 def speed(
@@ -310,14 +316,18 @@ def speed(
         tasks[name] = ref
         rows[name] = _base_row(name, arch)
     _round_robin(tasks, steps, warmup, rows, "train_step_ms")
-    tasks = {lib: (lambda a=a: _forward_backward(a, x)) for lib, a in adapters.items()
-             if rows[lib]["status"] == "ok"}
+    tasks = {
+        lib: (lambda a=a: _forward_backward(a, x))
+        for lib, a in adapters.items()
+        if rows[lib]["status"] == "ok"
+    }
     tasks.update(refs)
     _round_robin(tasks, steps, warmup, rows, "forward_backward_ms")
     # a reference's time is its faster run: it does the same work in both rounds
-    matmul = {name: min(rows[name].get(k, math.inf) for k in ("train_step_ms",
-                                                               "forward_backward_ms"))
-              for name in refs}
+    matmul = {
+        name: min(rows[name].get(k, math.inf) for k in ("train_step_ms", "forward_backward_ms"))
+        for name in refs
+    }
     for name in refs:
         rows.pop(name)
     ok = {lib: a for lib, a in adapters.items() if rows[lib]["status"] == "ok"}
@@ -327,13 +337,15 @@ def speed(
         except Exception as exc:
             rows[lib]["saved_activation_note"] = f"{type(exc).__name__}: {exc}"
         a.train(False)
-    for key, make in (("density_ms", lambda a: (lambda: a.log_prob(x))),
-                      ("sampling_ms", lambda a: (lambda: a.sample(batch)))):
+    for key, make in (
+        ("density_ms", lambda a: lambda: a.log_prob(x)),
+        ("sampling_ms", lambda a: lambda: a.sample(batch)),
+    ):
         tasks = {}
         for lib, a in ok.items():
             fn = make(a)
             context = _inference_context(a, fn)
-            tasks[lib] = (lambda fn=fn, context=context: _call_in(context, fn))
+            tasks[lib] = lambda fn=fn, context=context: _call_in(context, fn)
         _round_robin(tasks, repeats, 1, rows, key)
     if "flowkit" in ok:
         rows["flowkit"]["paths"] = _flowkit_paths(optimizers["flowkit"])
@@ -348,11 +360,11 @@ def speed(
                     rows[lib][f"flops_fraction_of{suffix}_matmul"] = round(ref_ms / step, 3)
                     rows[lib]["achieved_gflops"] = round(flops / step / 1e6, 2)
                 if model:
-                    rows[lib][f"model_flops_fraction_of{suffix}_matmul"] = round(ref_ms / model,
-                                                                                3)
+                    rows[lib][f"model_flops_fraction_of{suffix}_matmul"] = round(ref_ms / model, 3)
                 rows[lib][f"{name}_gflops"] = round(flops / ref_ms / 1e6, 2)
-    return _finish(rows, _setup_info(batch_size=batch, steps=steps, repeats=repeats,
-                                     warmup=warmup, seed=seed))
+    return _finish(
+        rows, _setup_info(batch_size=batch, steps=steps, repeats=repeats, warmup=warmup, seed=seed)
+    )
 
 
 def _flowkit_paths(optimizer: torch.optim.Optimizer) -> str:
@@ -387,23 +399,21 @@ def equal_steps(
     from flowkit.runs import load_dataset
 
     if arch != "realnvp-moons":
-        raise ValueError(f"equal_steps trains on two moons: arch must be 'realnvp-moons', got "
-                         f"{arch!r}")
+        raise ValueError(f"equal_steps trains on two moons: arch must be 'realnvp-moons', got {arch!r}")
     _setup(threads)
     libs = _libraries(libraries)
     batch = batch_size or ARCHS[arch].batch_size
     data = load_dataset(flowkit.load_config("realnvp-moons", [f"train.seed={seed}"]))
     adapters, rows = build_all(arch, libs, seed)
     optimizers = {lib: a.optimizer(lr) for lib, a in adapters.items()}
-    schedulers = {lib: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps)
-                  for lib, o in optimizers.items()}
+    schedulers = {lib: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for lib, o in optimizers.items()}
     gen = torch.Generator().manual_seed(seed)
     n = data.train.shape[0]
     times: dict[str, list[float]] = {lib: [] for lib in adapters}
     names = list(adapters)
     for step in range(steps):
         x = data.train[torch.randint(0, n, (batch,), generator=gen)]
-        for lib in names[step % len(names):] + names[:step % len(names)]:
+        for lib in names[step % len(names) :] + names[: step % len(names)]:
             if rows[lib]["status"] != "ok":
                 continue
             t0 = time.perf_counter()
@@ -441,19 +451,34 @@ def realnvp_moons(**params: Any) -> list[dict[str, Any]]:
 
 
 # -- command line --------------------------------------------------------------------------------
-COLUMNS = ("library", "status", "num_parameters", "train_step_ms", "step_ratio_vs_fastest_peer",
-           "forward_backward_ms", "fb_ratio_vs_fastest_peer", "density_ms",
-           "density_ratio_vs_fastest_peer", "sampling_ms",
-           "sampling_ratio_vs_fastest_peer", "saved_activation_mib", "flops_fraction_of_matmul",
-           "model_flops_fraction_of_matmul", "flops_fraction_of_onednn_matmul",
-           "model_flops_fraction_of_onednn_matmul", "test_nll")
+COLUMNS = (
+    "library",
+    "status",
+    "num_parameters",
+    "train_step_ms",
+    "step_ratio_vs_fastest_peer",
+    "forward_backward_ms",
+    "fb_ratio_vs_fastest_peer",
+    "density_ms",
+    "density_ratio_vs_fastest_peer",
+    "sampling_ms",
+    "sampling_ratio_vs_fastest_peer",
+    "saved_activation_mib",
+    "flops_fraction_of_matmul",
+    "model_flops_fraction_of_matmul",
+    "flops_fraction_of_onednn_matmul",
+    "model_flops_fraction_of_onednn_matmul",
+    "test_nll",
+)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the columns any row has."""
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    cells = [[str(r.get(c, "")) if c != "status" or r.get(c) == "ok" else str(r[c])[:60]
-              for c in cols] for r in rows]
+    cells = [
+        [str(r.get(c, "")) if c != "status" or r.get(c) == "ok" else str(r[c])[:60] for c in cols]
+        for r in rows
+    ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -465,23 +490,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=list(ARCHS), default="realnvp784")
     parser.add_argument("--libraries", nargs="+", choices=list(LIBRARIES), default=None)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed training steps (speed; default 20) or training steps "
-                             "(realnvp-moons; default 3000)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training steps (speed; default 20) or training steps (realnvp-moons; default 3000)",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed density/sampling calls")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed", action="store_true",
-                        help="time realnvp-moons instead of training it to a test NLL")
+    parser.add_argument(
+        "--speed", action="store_true", help="time realnvp-moons instead of training it to a test NLL"
+    )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     if args.arch == "realnvp-moons" and not args.speed:
-        rows = equal_steps(libraries=args.libraries, steps=args.steps or 3000,
-                           threads=args.threads, seed=args.seed)
+        rows = equal_steps(
+            libraries=args.libraries, steps=args.steps or 3000, threads=args.threads, seed=args.seed
+        )
     else:
-        rows = speed(args.arch, args.libraries, steps=args.steps or 20, repeats=args.repeats,
-                     warmup=args.warmup, threads=args.threads, seed=args.seed)
+        rows = speed(
+            args.arch,
+            args.libraries,
+            steps=args.steps or 20,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            threads=args.threads,
+            seed=args.seed,
+        )
     print(format_table(rows))
     setup = {k: rows[0][k] for k in ("threads", "torch", "load_avg_1min") if rows and k in rows[0]}
     print(json.dumps(setup))

@@ -49,8 +49,10 @@ def _realnvp(features: int, layers: int, hidden: int) -> nn.Module:
     from nflows.transforms.base import CompositeTransform
     from nflows.transforms.coupling import AffineCouplingTransform
 
-    steps = [AffineCouplingTransform(_half_mask(features, k % 2 == 0), _NetFactory(hidden, False))
-             for k in range(layers)]
+    steps = [
+        AffineCouplingTransform(_half_mask(features, k % 2 == 0), _NetFactory(hidden, False))
+        for k in range(layers)
+    ]
     return Flow(CompositeTransform(steps), StandardNormal([features]))
 
 
@@ -70,8 +72,11 @@ def _glow(shape: tuple[int, ...], levels: int, steps: int, hidden: int) -> nn.Mo
         c, h, w = squeeze.get_output_shape(c, h, w)
         level: list[nn.Module] = [squeeze]
         for _ in range(steps):
-            level += [ActNorm(c), OneByOneConvolution(c),
-                      AffineCouplingTransform(_half_mask(c, True), _NetFactory(hidden, True))]
+            level += [
+                ActNorm(c),
+                OneByOneConvolution(c),
+                AffineCouplingTransform(_half_mask(c, True), _NetFactory(hidden, True)),
+            ]
         out = multiscale.add_transform(CompositeTransform(level), (c, h, w))
         if out is not None:
             c, h, w = out

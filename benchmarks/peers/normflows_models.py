@@ -14,10 +14,15 @@ def _realnvp(features: int, layers: int, hidden: int) -> nn.Module:
     import normflows as nf
 
     half = features // 2
-    flows = [nf.flows.AffineCouplingBlock(
-        nf.nets.MLP([features - half, hidden, hidden, 2 * half], init_zeros=True),
-        scale=True, scale_map="exp", split_mode="channel" if k % 2 == 0 else "channel_inv",
-    ) for k in range(layers)]
+    flows = [
+        nf.flows.AffineCouplingBlock(
+            nf.nets.MLP([features - half, hidden, hidden, 2 * half], init_zeros=True),
+            scale=True,
+            scale_map="exp",
+            split_mode="channel" if k % 2 == 0 else "channel_inv",
+        )
+        for k in range(layers)
+    ]
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(features, trainable=False), flows)
 
 
@@ -28,10 +33,14 @@ def _glow(shape: tuple[int, ...], levels: int, steps: int, hidden: int) -> nn.Mo
     bases, flows, merges = [], [], []
     for i in range(levels):  # normflows lists levels from the latent end
         depth = levels - i  # squeezes between the data and this level; half is factored out
-        channels, size = c * 2 ** (depth + 1), (h // 2 ** depth, w // 2 ** depth)
-        flows.append([nf.flows.GlowBlock(channels, hidden, scale=True, scale_map="sigmoid",
-                                         split_mode="channel") for _ in range(steps)]
-                     + [nf.flows.Squeeze()])
+        channels, size = c * 2 ** (depth + 1), (h // 2**depth, w // 2**depth)
+        flows.append(
+            [
+                nf.flows.GlowBlock(channels, hidden, scale=True, scale_map="sigmoid", split_mode="channel")
+                for _ in range(steps)
+            ]
+            + [nf.flows.Squeeze()]
+        )
         latent = (channels, *size) if i == 0 else (channels // 2, *size)
         bases.append(nf.distributions.DiagGaussian(latent, trainable=False))
         if i > 0:

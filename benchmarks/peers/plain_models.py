@@ -28,13 +28,11 @@ class PlainRealNVP(nn.Module):
         self.features = features
         self.first = math.ceil(features / 2)
         sizes = [(self.first, features - self.first), (features - self.first, self.first)]
-        self.nets = nn.ModuleList(mlp(sizes[k % 2][0], 2 * sizes[k % 2][1], hidden)
-                                  for k in range(layers))
-        self.scales = nn.ParameterList(nn.Parameter(torch.ones(sizes[k % 2][1]))
-                                       for k in range(layers))
+        self.nets = nn.ModuleList(mlp(sizes[k % 2][0], 2 * sizes[k % 2][1], hidden) for k in range(layers))
+        self.scales = nn.ParameterList(nn.Parameter(torch.ones(sizes[k % 2][1])) for k in range(layers))
 
     def _halves(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        a, b = x[:, :self.first], x[:, self.first:]
+        a, b = x[:, : self.first], x[:, self.first :]
         return (a, b) if k % 2 == 0 else (b, a)
 
     def _join(self, a: Tensor, b: Tensor, k: int) -> Tensor:
@@ -136,7 +134,7 @@ class GlowStep(nn.Module):
         x = (x + self.bias) * torch.exp(self.log_scale)
         c = x.shape[1]
         x = F.conv2d(x, self._weight().view(c, c, 1, 1))
-        x_a, x_b = x[:, :self.split], x[:, self.split:]
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
         shift, log_s = self._coupling_params(x_a)
         y_b = (x_b + shift) * torch.exp(log_s)
         logdet = log_s.flatten(1).sum(1) + pixels * (self.log_scale.sum() + self.log_abs_diag.sum())
@@ -144,7 +142,7 @@ class GlowStep(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         """Latent → data direction."""
-        y_a, y_b = y[:, :self.split], y[:, self.split:]
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
         shift, log_s = self._coupling_params(y_a)
         x = torch.cat([y_a, y_b * torch.exp(-log_s) - shift], dim=1)
         c = x.shape[1]
@@ -165,8 +163,9 @@ class PlainGlow(nn.Module):
         for level in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
             self.level_shapes.append((c, h, w))
-            self.levels.append(nn.ModuleList(GlowStep(c, hidden, seed=level * steps + k)
-                                             for k in range(steps)))
+            self.levels.append(
+                nn.ModuleList(GlowStep(c, hidden, seed=level * steps + k) for k in range(steps))
+            )
             if level < levels - 1:
                 kept = c - c // 2
                 self.priors.append(ZeroConv(kept, 2 * (c // 2)))

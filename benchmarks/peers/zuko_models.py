@@ -20,13 +20,15 @@ def _realnvp(features: int, layers: int, hidden: int) -> nn.Module:
     for k in range(layers):
         mask = torch.arange(features) < first  # True: the conditioning side
         coupling = zuko.flows.GeneralCouplingTransform(
-            features, mask=mask if k % 2 == 0 else ~mask, hidden_features=(hidden, hidden))
+            features, mask=mask if k % 2 == 0 else ~mask, hidden_features=(hidden, hidden)
+        )
         last = coupling.hyper[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         transforms.append(coupling)
     base = zuko.flows.UnconditionalDistribution(
-        zuko.distributions.DiagNormal, torch.zeros(features), torch.ones(features), buffer=True)
+        zuko.distributions.DiagNormal, torch.zeros(features), torch.ones(features), buffer=True
+    )
     return zuko.flows.Flow(transforms, base)
 
 
@@ -34,8 +36,12 @@ def build(arch: str, *, seed: int = 0) -> Adapter:
     """``GeneralCouplingTransform`` stacks with zuko's monotonic affine map."""
     spec = ARCHS[arch]
     if arch == "glow28":
-        raise unsupported("zuko", arch, "its flows act on vectors; it has no convolutional "
-                          "couplings, 1x1 convolutions or multi-scale factor-out")
+        raise unsupported(
+            "zuko",
+            arch,
+            "its flows act on vectors; it has no convolutional "
+            "couplings, 1x1 convolutions or multi-scale factor-out",
+        )
     flow = _realnvp(spec.shape[0], spec.layers, spec.hidden)
 
     def log_prob(x: Tensor) -> Tensor:

@@ -55,8 +55,7 @@ def public_modules() -> list[str]:
         parts = path.relative_to(package).with_suffix("").parts
         if parts[0] in NOT_API or any(p.startswith("_") and p != "__init__" for p in parts):
             continue
-        if not all((package.joinpath(*parts[:i]) / "__init__.py").exists()
-                   for i in range(1, len(parts))):
+        if not all((package.joinpath(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))):
             continue  # a script in a data folder, not a module
         dotted = ".".join(("flowkit", *parts))
         names.append(dotted.removesuffix(".__init__"))
@@ -84,8 +83,7 @@ def _cell(text: str) -> str:
     Python-Markdown prints it) it becomes the look-alike ``∣`` (U+2223, "divides").
     """
     parts = text.replace("\n", " ").split("`")
-    return "`".join(p.replace("|", "∣") if i % 2 else p.replace("|", "\\|")
-                    for i, p in enumerate(parts))
+    return "`".join(p.replace("|", "∣") if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def api_pages() -> Iterator[tuple[str, str]]:
@@ -122,8 +120,10 @@ def api_pages() -> Iterator[tuple[str, str]]:
     ]
     yield "reference/api/index.md", "\n".join(lines)
     for module in modules:
-        yield f"reference/api/{module}.md", f"# `{module}`\n\n::: {module}\n    options:\n" \
-            "      show_root_heading: false\n"
+        yield (
+            f"reference/api/{module}.md",
+            f"# `{module}`\n\n::: {module}\n    options:\n      show_root_heading: false\n",
+        )
 
 
 # -- the plugin reference ----------------------------------------------------------------------
@@ -137,8 +137,7 @@ def builtin_entries(kind: str) -> list[Any]:
     """The registry's entries of ``kind`` that flowkit itself provides (not third-party ones)."""
     from flowkit.registry import registry
 
-    return [e for e in registry(kind).entries(include_blocked=True)
-            if e.target.startswith(BUILTIN_PREFIX)]
+    return [e for e in registry(kind).entries(include_blocked=True) if e.target.startswith(BUILTIN_PREFIX)]
 
 
 def _constraint_words(hint: Any) -> list[str]:
@@ -190,10 +189,14 @@ def _description(obj: Any) -> str:
     return rst_to_markdown(rest)
 
 
-SECTION = {"transform": "transform", "prior": "prior", "objective": "objective",
-           "dataset": "data", "embedding": "embedding"}
-FLAG = {"transform": "--transform", "prior": "--prior", "objective": "--objective",
-        "dataset": "--data"}
+SECTION = {
+    "transform": "transform",
+    "prior": "prior",
+    "objective": "objective",
+    "dataset": "data",
+    "embedding": "embedding",
+}
+FLAG = {"transform": "--transform", "prior": "--prior", "objective": "--objective", "dataset": "--data"}
 
 
 def _group(kind: str) -> str:
@@ -214,8 +217,7 @@ def plugin_page(kind: str, entry: Any) -> str:
     try:
         obj = entry.load()
     except PluginLoadError as exc:
-        return (f"# `{entry.name}`\n\n*{kind} plugin* — could not be loaded when this site was "
-                f"built: {exc}\n")
+        return f"# `{entry.name}`\n\n*{kind} plugin* — could not be loaded when this site was built: {exc}\n"
     rows = parameter_rows(obj)
     injected = _injected(obj)
     lines = [
@@ -223,7 +225,7 @@ def plugin_page(kind: str, entry: Any) -> str:
         "",
         f"*{kind} plugin* — {_first_line(inspect.getdoc(obj) or '')}",
         "",
-        f"- **Entry point:** `{entry.name} = \"{entry.target}\"` in the group `{_group(kind)}`.",
+        f'- **Entry point:** `{entry.name} = "{entry.target}"` in the group `{_group(kind)}`.',
     ]
     if section:
         use = f'`[{section}] name = "{entry.name}"`'
@@ -231,14 +233,18 @@ def plugin_page(kind: str, entry: Any) -> str:
             use += f", or `flowkit run {FLAG[kind]} {entry.name}`"
         lines.append(f"- **Use:** {use}.")
     if injected:
-        lines.append("- **Injected by flowkit** (never set in a config): "
-                     + ", ".join(f"`{p}`" for p in injected) + ".")
+        lines.append(
+            "- **Injected by flowkit** (never set in a config): "
+            + ", ".join(f"`{p}`" for p in injected)
+            + "."
+        )
     if "context_features" in injected:
-        lines.append("- **Context:** reads a real-valued context "
-                     "([conditional flows](../../../conditional.md)).")
+        lines.append(
+            "- **Context:** reads a real-valued context ([conditional flows](../../../conditional.md))."
+        )
     lines += ["", "## Parameters", ""]
     if rows:
-        where = (f"Set in `[{section}]` or with `--set {section}.NAME=VALUE`. " if section else "")
+        where = f"Set in `[{section}]` or with `--set {section}.NAME=VALUE`. " if section else ""
         lines += [
             f"{where}Every value is checked against its type and range before anything runs.",
             "",
@@ -271,8 +277,14 @@ def plugin_pages() -> Iterator[tuple[str, str]]:
             continue
         folder = _folder(kind)
         title = folder.capitalize()
-        index += [f"## {title}", "", f"Entry-point group `{_group(kind)}`.", "",
-                  "| name | what |", "| --- | --- |"]
+        index += [
+            f"## {title}",
+            "",
+            f"Entry-point group `{_group(kind)}`.",
+            "",
+            "| name | what |",
+            "| --- | --- |",
+        ]
         summary.append(f"    * {title}")
         for entry in entries:
             path = f"{folder}/{entry.name}.md"
@@ -338,8 +350,10 @@ def presets_table() -> str:
 
     from flowkit.config import available_presets
 
-    rows = ["| preset | transform | objective | data | steps | what |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| preset | transform | objective | data | steps | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     root = resources.files("flowkit.presets")
     for name in available_presets():
         text = root.joinpath(f"{name}.toml").read_text(encoding="utf-8")
@@ -351,22 +365,26 @@ def presets_table() -> str:
                 return f"{value:,}"
             return f"`{value}`" if value is not None else "default"
 
-        rows.append(f"| `{name}` | {get('transform')} | {get('objective')} | {get('data')} | "
-                    f"{get('train', 'steps')} | {_preset_description(text)} |")
+        rows.append(
+            f"| `{name}` | {get('transform')} | {get('objective')} | {get('data')} | "
+            f"{get('train', 'steps')} | {_preset_description(text)} |"
+        )
     return "\n".join(rows)
 
 
 def presets_page() -> str:
-    return "\n".join([
-        "# Presets",
-        "",
-        "The configs shipped inside the package (`flowkit run --config NAME`, `flowkit list",
-        "presets`), generated from `flowkit/presets/*.toml` when this site was built. A preset",
-        "sets only what differs from the defaults; `--dry-run` prints the whole resolved config.",
-        "",
-        presets_table(),
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Presets",
+            "",
+            "The configs shipped inside the package (`flowkit run --config NAME`, `flowkit list",
+            "presets`), generated from `flowkit/presets/*.toml` when this site was built. A preset",
+            "sets only what differs from the defaults; `--dry-run` prints the whole resolved config.",
+            "",
+            presets_table(),
+            "",
+        ]
+    )
 
 
 # -- generated regions of committed pages ------------------------------------------------------
@@ -391,8 +409,9 @@ def regions() -> dict[str, Callable[[], str]]:
     return {"presets": presets_table, "bench-reports": bench_reports_table}
 
 
-_REGION = re.compile(r"(<!-- generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- end generated -->)",
-                     re.DOTALL)
+_REGION = re.compile(
+    r"(<!-- generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL
+)
 
 
 def refresh_regions(text: str) -> str:
@@ -421,9 +440,13 @@ def stale_pages() -> list[Path]:
 def test_count() -> str:
     """``N tests`` as pytest collects them now, or why it could not count."""
     try:
-        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                              "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"an unknown number of tests (collection failed: {exc})"
     match = re.search(r"(\d+) tests? collected(?:, (\d+) errors?)?", out.stdout)
@@ -464,8 +487,9 @@ def build_site() -> None:
     with mkdocs_gen_files.open("reference/presets.md", "w") as f:
         f.write(presets_page())
     with mkdocs_gen_files.open("reference/SUMMARY.md", "w") as f:
-        f.write("\n".join([*api_nav, *nav_lines, "* [Config keys](config.md)",
-                           "* [Presets](presets.md)", ""]))
+        f.write(
+            "\n".join([*api_nav, *nav_lines, "* [Config keys](config.md)", "* [Presets](presets.md)", ""])
+        )
     results = DOCS / "results.md"
     if results.exists():
         with mkdocs_gen_files.open("results.md", "w") as f:

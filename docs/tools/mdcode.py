@@ -120,7 +120,7 @@ def parse(path: Path) -> Page:
             j = i
             while "-->" not in lines[j]:
                 j += 1
-            body = "\n".join(lines[i:j + 1]).strip()[4:-3].strip()
+            body = "\n".join(lines[i : j + 1]).strip()[4:-3].strip()
             head, _, rest = body.partition("\n")
             if head.startswith("skip-test:"):
                 skip = head.split(":", 1)[1].strip()
@@ -147,16 +147,23 @@ def parse(path: Path) -> Page:
             title = _TITLE.search(info)
             j = i + 1
             body = []
-            while j < len(lines) and not (lines[j].strip().startswith(fence[0] * len(fence))
-                                          and lines[j].strip().strip(fence[0]) == ""):
+            while j < len(lines) and not (
+                lines[j].strip().startswith(fence[0] * len(fence)) and lines[j].strip().strip(fence[0]) == ""
+            ):
                 text = lines[j]
-                body.append(text[len(indent):] if text.startswith(indent) else text.lstrip())
+                body.append(text[len(indent) :] if text.startswith(indent) else text.lstrip())
                 j += 1
-            blocks.append(Block(
-                page=_display(path), line=i + 2, lang=lang, code="\n".join(body) + "\n",
-                title=next((g for g in title.groups() if g), None) if title else None,
-                skip=skip, setup=setup,
-            ))
+            blocks.append(
+                Block(
+                    page=_display(path),
+                    line=i + 2,
+                    lang=lang,
+                    code="\n".join(body) + "\n",
+                    title=next((g for g in title.groups() if g), None) if title else None,
+                    skip=skip,
+                    setup=setup,
+                )
+            )
             skip, setup = None, []
             i = j + 1
             continue
@@ -186,14 +193,29 @@ def steps(page: Page, full: bool = False) -> list[dict]:
             continue
         for lang, code in block.setup:
             kind = "python" if lang in PYTHON_LANGS else "shell"
-            out.append({"kind": kind, "page": block.page, "line": block.line, "code": edit(code),
-                        "what": "hidden setup"})
+            out.append(
+                {
+                    "kind": kind,
+                    "page": block.page,
+                    "line": block.line,
+                    "code": edit(code),
+                    "what": "hidden setup",
+                }
+            )
         if block.title is not None:  # a file the reader creates, shown with its name
             kind = "file"
         else:
             kind = "python" if block.lang in PYTHON_LANGS else "shell"
-        out.append({"kind": kind, "page": block.page, "line": block.line, "code": edit(block.code),
-                    "title": block.title, "what": block.lang or "text"})
+        out.append(
+            {
+                "kind": kind,
+                "page": block.page,
+                "line": block.line,
+                "code": edit(block.code),
+                "title": block.title,
+                "what": block.lang or "text",
+            }
+        )
     unused = [active[k][0] for k in range(len(active)) if k not in used]
     if unused:
         raise ValueError(f"{_display(page.path)}: test-replace text found in no block: {unused}")
@@ -233,10 +255,16 @@ class Outcome:
     missing_figures: list[str]
 
 
-def run(path: Path, workdir: Path | None = None, full: bool = False, write_figures: bool = False,
-        timeout: float | None = None, extra_setup: list[tuple[str, str, str]] | None = None,
-        extra_replacements: list[tuple[str, str]] | None = None,
-        extra_skips: list[tuple[str, str]] | None = None) -> Outcome:
+def run(
+    path: Path,
+    workdir: Path | None = None,
+    full: bool = False,
+    write_figures: bool = False,
+    timeout: float | None = None,
+    extra_setup: list[tuple[str, str, str]] | None = None,
+    extra_replacements: list[tuple[str, str]] | None = None,
+    extra_skips: list[tuple[str, str]] | None = None,
+) -> Outcome:
     """Run the page's blocks in ``workdir`` (a new temporary folder if not given).
 
     ``extra_setup`` (``(text in the block, lang, code)``), ``extra_replacements`` and
@@ -258,9 +286,14 @@ def run(path: Path, workdir: Path | None = None, full: bool = False, write_figur
     plan_file.write_text(json.dumps(plan), encoding="utf-8")
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "exec", str(plan_file)],
-                              cwd=workdir, env=environment(page, workdir, full), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "exec", str(plan_file)],
+            cwd=workdir,
+            env=environment(page, workdir, full),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         output, ok = proc.stdout + proc.stderr, proc.returncode == 0
     except subprocess.TimeoutExpired as exc:
         output = f"{exc.stdout or ''}{exc.stderr or ''}\n[timed out after {timeout} s]"
@@ -326,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     running = sub.add_parser("run", help="run the code blocks of PAGES")
     running.add_argument("pages", nargs="+", type=Path)
     running.add_argument("--full", action="store_true", help="as written (no test-replace)")
-    running.add_argument("--write-figures", action="store_true",
-                         help="copy the figures the page links to next to it")
+    running.add_argument(
+        "--write-figures", action="store_true", help="copy the figures the page links to next to it"
+    )
     running.add_argument("--workdir", type=Path, help="run here (kept) instead of a temp folder")
     running.add_argument("--show", action="store_true", help="print what the blocks print")
     driver = sub.add_parser("exec", help=argparse.SUPPRESS)
@@ -339,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.pages:
             page = parse(path)
             for block in page.blocks:
-                state = ("skipped: " + block.skip if block.skip else
-                         "runs" if page.runnable(block) else "not run")
+                state = (
+                    "skipped: " + block.skip if block.skip else "runs" if page.runnable(block) else "not run"
+                )
                 print(f"{block.page}:{block.line}  {block.lang or '-':8} {state}")
         return 0
     failed = 0
@@ -361,4 +396,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

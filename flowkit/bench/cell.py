@@ -49,10 +49,16 @@ def cell_config(base: dict[str, Any], cell: Cell, data_dir: str | None) -> dict[
     from flowkit.config import load_config
 
     axes = cell.axes
-    return load_config(None, cell_overrides(base.get("train", {}), cell),
-                       transform=axes["transform"], objective=axes["objective"],
-                       prior=axes["prior"] or None, data=axes["data"], data_dir=data_dir,
-                       base=base)
+    return load_config(
+        None,
+        cell_overrides(base.get("train", {}), cell),
+        transform=axes["transform"],
+        objective=axes["objective"],
+        prior=axes["prior"] or None,
+        data=axes["data"],
+        data_dir=data_dir,
+        base=base,
+    )
 
 
 def cell_command(base: dict[str, Any], cell: Cell) -> str:
@@ -155,21 +161,24 @@ def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> di
             summary = train(config, run_dir, progress=False, log=log)
     except TrainingDiverged as exc:
         return result | {"status": "diverged", "reason": str(exc)}
-    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))
-               and not isinstance(v, bool)}
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["exact_density"] = bool(summary.get("exact_density", True))
-    extra, errors, figures = measure_run(run_dir, data, spec["metrics"], cell_dir,
-                                         spec.get("data_dir"))
+    extra, errors, figures = measure_run(run_dir, data, spec["metrics"], cell_dir, spec.get("data_dir"))
     metrics.update(extra)
     metrics.update(_peak_memory())
     figures = [str(Path("run") / f) for f in summary.get("figures", [])] + figures
-    return result | {"status": "completed", "metrics": _finite(metrics), "metric_errors": errors,
-                     "figures": figures}
+    return result | {
+        "status": "completed",
+        "metrics": _finite(metrics),
+        "metric_errors": errors,
+        "figures": figures,
+    }
 
 
-def measure_run(run_dir: Path, data: Any, switches: dict[str, Any], cell_dir: Path,
-                data_dir: str | None) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+def measure_run(
+    run_dir: Path, data: Any, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """Every metric the suite switches on, for a finished run; errors are recorded, not raised."""
     from flowkit.bench import measures
     from flowkit.runs import load_run
@@ -203,15 +212,19 @@ def run_python_cell(spec: dict[str, Any]) -> dict[str, Any]:
         module = importlib.import_module(module_name)
         fn = getattr(module, func_name)
     except (ImportError, AttributeError) as exc:
-        return {"status": "invalid",
-                "reason": f"cannot import {cell.callable!r}: {exc} (python_path: "
-                          f"{spec.get('python_path', [])})"}
+        return {
+            "status": "invalid",
+            "reason": f"cannot import {cell.callable!r}: {exc} (python_path: {spec.get('python_path', [])})",
+        }
     t0 = time.perf_counter()
     out = fn(**cell.params)
     rows = out if isinstance(out, list) else [out]
-    return {"status": "completed", "rows": [_finite(dict(r)) for r in rows],
-            "metrics": {"wall_time_s": time.perf_counter() - t0, **_peak_memory()},
-            "command": f"flowkit bench {spec.get('suite_ref', spec['suite_path'])} --only {cell.id}"}
+    return {
+        "status": "completed",
+        "rows": [_finite(dict(r)) for r in rows],
+        "metrics": {"wall_time_s": time.perf_counter() - t0, **_peak_memory()},
+        "command": f"flowkit bench {spec.get('suite_ref', spec['suite_path'])} --only {cell.id}",
+    }
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -237,8 +250,13 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # reported in the table; the traceback stays in the cell's log
         log(traceback.format_exc())
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    record = {"id": cell.id, "group": cell.group, "kind": cell.kind, "axes": cell.axes,
-              "fingerprint": cell.fingerprint()} | result
+    record = {
+        "id": cell.id,
+        "group": cell.group,
+        "kind": cell.kind,
+        "axes": cell.axes,
+        "fingerprint": cell.fingerprint(),
+    } | result
     record["execution"] = _execution()
     atomic_write_text(cell_dir / RESULT, json.dumps(record, indent=2, default=str) + "\n")
     return record

@@ -43,9 +43,14 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(sides: list[int] | None = None, families: list[str] | None = None,
-            batch_size: int = 256, repeats: int = 7, threads: int = 0,
-            seed: int = 0) -> list[dict[str, object]]:
+def measure(
+    sides: list[int] | None = None,
+    families: list[str] | None = None,
+    batch_size: int = 256,
+    repeats: int = 7,
+    threads: int = 0,
+    seed: int = 0,
+) -> list[dict[str, object]]:
     """One row per (family, dimension): density and sampling ms, ratios to NICE at that D."""
     if threads:
         torch.set_num_threads(threads)
@@ -56,8 +61,11 @@ def measure(sides: list[int] | None = None, families: list[str] | None = None,
         x = torch.rand(batch_size, 1, side, side) * 0.9 + 0.05
         block = []
         for name in families or list(MODELS):
-            config = {"transform": {"name": name, **MODELS[name]}, "prior": {"name": "gaussian"},
-                      "data": {"name": "digits", "preprocess": "logit", "alpha": 0.05}}
+            config = {
+                "transform": {"name": name, **MODELS[name]},
+                "prior": {"name": "gaussian"},
+                "data": {"name": "digits", "preprocess": "logit", "alpha": 0.05},
+            }
             model = build_model(config, meta).eval()
             with torch.no_grad():  # data-dependent init (actnorm) and non-trivial weights
                 model.log_prob(x)
@@ -66,23 +74,30 @@ def measure(sides: list[int] | None = None, families: list[str] | None = None,
             with torch.inference_mode():
                 density = timed(lambda m=model, x=x: m.log_prob(x), repeats)
                 sampling = timed(lambda m=model: m.sample(batch_size), repeats)
-            block.append({"family": name, "dim": side * side, "density_ms": round(density, 2),
-                          "sampling_ms": round(sampling, 2),
-                          "parameters": sum(p.numel() for p in model.parameters())})
+            block.append(
+                {
+                    "family": name,
+                    "dim": side * side,
+                    "density_ms": round(density, 2),
+                    "sampling_ms": round(sampling, 2),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+            )
         base = next((r for r in block if r["family"] == "nice"), block[0])
         for row in block:
             row["density_vs_" + str(base["family"])] = round(
-                float(row["density_ms"]) / float(base["density_ms"]), 2)
+                float(row["density_ms"]) / float(base["density_ms"]), 2
+            )
             row["sampling_vs_" + str(base["family"])] = round(
-                float(row["sampling_ms"]) / float(base["sampling_ms"]), 2)
+                float(row["sampling_ms"]) / float(base["sampling_ms"]), 2
+            )
         rows += block
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[8],
-                        help="image sides s (D = s*s)")
+    parser.add_argument("--sides", type=int, nargs="+", default=[8], help="image sides s (D = s*s)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)

@@ -25,24 +25,27 @@ def _n(switches: dict[str, Any]) -> int:
     return int(switches.get("n_samples", 1000))
 
 
-def reconstruction(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-                   data_dir: str | None) -> dict[str, Any]:
+def reconstruction(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Mean and max ``|decode(encode(x)) − x|`` on the test split."""
     from flowkit.metrics import reconstruction_error
 
     return reconstruction_error(run.model, data, max_examples=_n(switches))
 
 
-def sample_quality(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-                   data_dir: str | None) -> dict[str, Any]:
+def sample_quality(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Sliced-Wasserstein and Sinkhorn distances between samples and test data."""
     from flowkit.metrics import sample_quality as measure
 
     return measure(run.model, data, n=_n(switches), seed=int(run.config["train"]["seed"]))
 
 
-def frechet(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-            data_dir: str | None) -> dict[str, Any]:
+def frechet(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Fréchet distance and, from the same samples and features, quality and variety apart:
     improved precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al.
     2020), per class too for class-conditional models — in the feature space of flowkit's own
@@ -58,8 +61,9 @@ def frechet(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path
     return out
 
 
-def class_accuracy(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-                   data_dir: str | None) -> dict[str, Any]:
+def class_accuracy(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Class-conditional sample accuracy (class-conditional priors on labelled images only)."""
     from flowkit.metrics import class_sample_accuracy, train_classifier
 
@@ -67,12 +71,15 @@ def class_accuracy(run: Run, data: DataSplits, switches: dict[str, Any], cell_di
         return {}
     classifier, acc = train_classifier(data)
     per_class = max(1, _n(switches) // data.num_classes)
-    return {"sample_accuracy": class_sample_accuracy(run.model, classifier, per_class),
-            "classifier_test_accuracy": acc}
+    return {
+        "sample_accuracy": class_sample_accuracy(run.model, classifier, per_class),
+        "classifier_test_accuracy": acc,
+    }
 
 
-def throughput(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-               data_dir: str | None) -> dict[str, Any]:
+def throughput(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Density-evaluation and sampling throughput (samples/s) and the parameter count."""
     from flowkit.metrics import throughput as measure
 
@@ -90,12 +97,12 @@ def per_example_bpd(run: Run, data: DataSplits, max_examples: int, seed: int = 0
     dtype = next(model.parameters()).dtype
     out = []
     for start in range(0, n, 500):
-        x = data.test[start:min(n, start + 500)]
+        x = data.test[start : min(n, start + 500)]
         if run.config["data"]["dequantize"] and data.levels:
             x = dequantize(x, data.levels, gen)
         y = None
         if data.test_labels is not None and model.prior.conditional:
-            y = data.test_labels[start:start + x.shape[0]].to(model.device)
+            y = data.test_labels[start : start + x.shape[0]].to(model.device)
         lp = model.log_prob(x.to(model.device, dtype), y).double().cpu()
         bpd = -lp / data.dim
         if data.levels:
@@ -104,8 +111,9 @@ def per_example_bpd(run: Run, data: DataSplits, max_examples: int, seed: int = 0
     return torch.cat(out)
 
 
-def ood(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
-        data_dir: str | None) -> dict[str, Any]:
+def ood(
+    run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
+) -> dict[str, Any]:
     """Test bits/dim on other datasets of the same shape, and a histogram of per-image values.
 
     The out-of-distribution experiment of Nalisnick et al. 2019, "Do Deep Generative Models Know
@@ -125,9 +133,17 @@ def ood(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
     metrics: dict[str, Any] = {"in_dist_bpd_median": float(ours.median())}
     series = [(f"{data.name} (trained on; test images)", ours)]
     for name in others:
-        config = {**run.config, "data": {"name": name, **{k: v for k, v in run.config["data"].items()
-                                                           if k in ("data_dir", "preprocess",
-                                                                    "alpha", "dequantize")}}}
+        config = {
+            **run.config,
+            "data": {
+                "name": name,
+                **{
+                    k: v
+                    for k, v in run.config["data"].items()
+                    if k in ("data_dir", "preprocess", "alpha", "dequantize")
+                },
+            },
+        }
         if data_dir:
             config["data"]["data_dir"] = data_dir
         other = load_dataset(config)
@@ -143,13 +159,11 @@ def ood(run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path,
     metrics["in_dist_bpd"] = float(ours.mean())
     # common bins over the central 99% of all values, so a few outliers do not squash the plot
     values = torch.cat([v[torch.isfinite(v)] for _, v in series]).double()
-    low, high = (float(q) for q in torch.quantile(values, torch.tensor([0.005, 0.995],
-                                                                       dtype=values.dtype)))
+    low, high = (float(q) for q in torch.quantile(values, torch.tensor([0.005, 0.995], dtype=values.dtype)))
     bins = torch.linspace(low, high if high > low else low + 1.0, 61).numpy()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, v in series:
-        ax.hist(v.clamp(bins[0], bins[-1]).numpy(), bins=bins, alpha=0.6, density=True,
-                label=label)
+        ax.hist(v.clamp(bins[0], bins[-1]).numpy(), bins=bins, alpha=0.6, density=True, label=label)
     ax.set_xlabel("bits/dim per test image (lower = more likely)")
     ax.set_ylabel("density")
     ax.set_title(f"{run.config['transform']['name']} trained on {data.name}")

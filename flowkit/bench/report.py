@@ -27,31 +27,66 @@ from flowkit.metrics.aggregate import mean_spread
 
 #: The question tables: title, metrics (in order; absent ones are dropped), and a note.
 TABLES: list[tuple[str, list[str], str]] = [
-    ("Likelihood", ["test_bpd", "test_nll", "test_nll_per_dim"],
-     "test split, dequantized, preprocessing log-det included; lower is better"),
-    ("Sample quality", ["sw_distance", "sinkhorn_distance", "fd", "fd_classifier_accuracy",
-                        "sample_accuracy", "samples_nonfinite_share"],
-     "sliced-Wasserstein and debiased Sinkhorn distances between samples and test data, Fréchet "
-     "distance `fd` in the feature space of flowkit's own classifier (data space for 2-D sets) — "
-     "lower is better; class-conditional sample accuracy by that classifier — higher is better"),
-    ("Sample variety", ["precision", "recall", "density", "coverage", "class_precision",
-                        "class_recall", "class_recall_min", "class_coverage"],
-     "quality and variety apart, in the Fréchet distance's feature space: improved precision "
-     "(samples on the data's k-NN manifold, k = 3) and recall (data on the samples' manifold; "
-     "Kynkäänniemi et al. 2019), density and coverage (k = 5; Naeem et al. 2020); `class_*`: "
-     "within each class, mean over classes (class-conditional models) — higher is better "
-     "(density ≈ 1 for a perfect model)"),
-    ("Reconstruction", ["recon_mean_abs", "recon_max_abs"],
-     "|decode(encode(x)) − x| on test data"),
-    ("Cost", ["steps", "train_time_s", "train_examples_per_s", "density_samples_per_s",
-              "sampling_samples_per_s", "num_parameters", "peak_rss_mib", "peak_cuda_mib"],
-     "absolute numbers on this machine; ratios (×) against the baseline from the same run"),
-    ("Out of distribution", ["in_dist_bpd", "ood_*"],
-     "bits/dim of other datasets' test images under the model (Nalisnick et al. 2019)"),
+    (
+        "Likelihood",
+        ["test_bpd", "test_nll", "test_nll_per_dim"],
+        "test split, dequantized, preprocessing log-det included; lower is better",
+    ),
+    (
+        "Sample quality",
+        [
+            "sw_distance",
+            "sinkhorn_distance",
+            "fd",
+            "fd_classifier_accuracy",
+            "sample_accuracy",
+            "samples_nonfinite_share",
+        ],
+        "sliced-Wasserstein and debiased Sinkhorn distances between samples and test data, Fréchet "
+        "distance `fd` in the feature space of flowkit's own classifier (data space for 2-D sets) — "
+        "lower is better; class-conditional sample accuracy by that classifier — higher is better",
+    ),
+    (
+        "Sample variety",
+        [
+            "precision",
+            "recall",
+            "density",
+            "coverage",
+            "class_precision",
+            "class_recall",
+            "class_recall_min",
+            "class_coverage",
+        ],
+        "quality and variety apart, in the Fréchet distance's feature space: improved precision "
+        "(samples on the data's k-NN manifold, k = 3) and recall (data on the samples' manifold; "
+        "Kynkäänniemi et al. 2019), density and coverage (k = 5; Naeem et al. 2020); `class_*`: "
+        "within each class, mean over classes (class-conditional models) — higher is better "
+        "(density ≈ 1 for a perfect model)",
+    ),
+    ("Reconstruction", ["recon_mean_abs", "recon_max_abs"], "|decode(encode(x)) − x| on test data"),
+    (
+        "Cost",
+        [
+            "steps",
+            "train_time_s",
+            "train_examples_per_s",
+            "density_samples_per_s",
+            "sampling_samples_per_s",
+            "num_parameters",
+            "peak_rss_mib",
+            "peak_cuda_mib",
+        ],
+        "absolute numbers on this machine; ratios (×) against the baseline from the same run",
+    ),
+    (
+        "Out of distribution",
+        ["in_dist_bpd", "ood_*"],
+        "bits/dim of other datasets' test images under the model (Nalisnick et al. 2019)",
+    ),
 ]
 #: Cost metrics that get a ratio column against the baseline (higher or lower is better).
-RATIO_METRICS = ("train_examples_per_s", "density_samples_per_s", "sampling_samples_per_s",
-                 "peak_rss_mib")
+RATIO_METRICS = ("train_examples_per_s", "density_samples_per_s", "sampling_samples_per_s", "peak_rss_mib")
 
 
 def machine_info() -> dict[str, Any]:
@@ -65,18 +100,26 @@ def machine_info() -> dict[str, Any]:
     from flowkit.execution.autotune import cpu_info
 
     cpu = cpu_info()
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "flowkit": __version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_model": cpu["model"], "isa_flags": cpu["flags"],
-            "cpu_capability": cpu["capability"]}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "flowkit": __version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_model": cpu["model"],
+        "isa_flags": cpu["flags"],
+        "cpu_capability": cpu["capability"],
+    }
 
 
 def machine_line(machine: dict[str, Any]) -> str:
     """``AMD EPYC (2 CPUs; PyTorch kernels AVX512; flags avx2 avx512f ...)``."""
     flags = " ".join(machine.get("isa_flags") or []) or "not known"
-    return (f"{machine.get('cpu_model')} ({machine.get('cpus')} CPUs; PyTorch CPU kernels "
-            f"{machine.get('cpu_capability', '?')}; instruction-set flags: {flags})")
+    return (
+        f"{machine.get('cpu_model')} ({machine.get('cpus')} CPUs; PyTorch CPU kernels "
+        f"{machine.get('cpu_capability', '?')}; instruction-set flags: {flags})"
+    )
 
 
 def fmt(value: float, std: float | None = None, n: int = 1) -> str:
@@ -105,11 +148,18 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in results:
         if rec.get("kind") != "train" or rec.get("status") != "completed":
             continue
-        g = groups.setdefault(rec["group"], {"group": rec["group"], "axes": dict(rec["axes"]),
-                                             "seeds": [], "values": {},
-                                             "command": rec.get("command", ""),
-                                             "figures": rec.get("figures", []),
-                                             "id": rec["id"]})
+        g = groups.setdefault(
+            rec["group"],
+            {
+                "group": rec["group"],
+                "axes": dict(rec["axes"]),
+                "seeds": [],
+                "values": {},
+                "command": rec.get("command", ""),
+                "figures": rec.get("figures", []),
+                "id": rec["id"],
+            },
+        )
         g["seeds"].append(rec["axes"]["seed"])
         for key, value in rec.get("metrics", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -133,8 +183,9 @@ def _varying(groups: list[dict[str, Any]]) -> list[str]:
 
 
 def _matches(axes: dict[str, Any], match: dict[str, Any]) -> bool:
-    return all(str(axes.get(k)) in [str(v) for v in (w if isinstance(w, list) else [w])]
-               for k, w in match.items())
+    return all(
+        str(axes.get(k)) in [str(v) for v in (w if isinstance(w, list) else [w])] for k, w in match.items()
+    )
 
 
 def _baseline(suite: Suite, groups: list[dict[str, Any]], group: dict[str, Any]) -> dict | None:
@@ -145,8 +196,11 @@ def _baseline(suite: Suite, groups: list[dict[str, Any]], group: dict[str, Any])
     for cand in groups:
         if not _matches(cand["axes"], match):
             continue
-        if all(str(cand["axes"].get(a)) == str(group["axes"].get(a))
-               for a in AXES if a not in match and a != "seed"):
+        if all(
+            str(cand["axes"].get(a)) == str(group["axes"].get(a))
+            for a in AXES
+            if a not in match and a != "seed"
+        ):
             return cand
     return None
 
@@ -187,10 +241,13 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
     if suite.meta.get("description"):
         out += [suite.meta["description"], ""]
     done = sum(r["status"] == "completed" for r in results)
-    out += [f"{done} of {len(suite.cells)} cells completed; machine: {machine_line(machine)}, "
-            f"torch {machine.get('torch')}, flowkit {machine.get('flowkit', '?')}, "
-            f"accelerator: {machine.get('cuda') or 'none'}. Generated "
-            f"{time.strftime('%Y-%m-%d %H:%M')} by `flowkit bench {suite.ref}`.", ""]
+    out += [
+        f"{done} of {len(suite.cells)} cells completed; machine: {machine_line(machine)}, "
+        f"torch {machine.get('torch')}, flowkit {machine.get('flowkit', '?')}, "
+        f"accelerator: {machine.get('cuda') or 'none'}. Generated "
+        f"{time.strftime('%Y-%m-%d %H:%M')} by `flowkit bench {suite.ref}`.",
+        "",
+    ]
     out += _paths_summary(results)
     key = suite.meta["rank_by"]
     if groups:
@@ -200,11 +257,16 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
         rows = []
         for i, g in enumerate(ranked, 1):
             stat = g["stats"].get(key)
-            rows.append([str(i), *[str(g["axes"].get(a, "")) for a in vary],
-                         fmt(*stat) if stat else "–", str(len(g["seeds"]))])
+            rows.append(
+                [
+                    str(i),
+                    *[str(g["axes"].get(a, "")) for a in vary],
+                    fmt(*stat) if stat else "–",
+                    str(len(g["seeds"])),
+                ]
+            )
         better = "higher" if key in suite.meta.get("higher_is_better", []) else "lower"
-        out += ["## Ranking", "", f"By `{key}` ({better} is better).", "",
-                _md_table(header, rows), ""]
+        out += ["## Ranking", "", f"By `{key}` ({better} is better).", "", _md_table(header, rows), ""]
         out += ["![ranking](figures/ranking.png)", ""]
         available = {k for g in groups for k in g["stats"]}
         for title, metrics, note in TABLES:
@@ -230,8 +292,13 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
     out += _not_run(results)
     out += _paths_detail(results)
     if groups:
-        out += ["## Commands", "", "Each row trains the cell's model with `flowkit run` (seed "
-                "from the suite; add `--set train.seed=N` for the others).", ""]
+        out += [
+            "## Commands",
+            "",
+            "Each row trains the cell's model with `flowkit run` (seed "
+            "from the suite; add `--set train.seed=N` for the others).",
+            "",
+        ]
         out += [f"- **{_label(g['axes'], vary)}**: `{g['command']}`" for g in groups]
         out.append("")
     return "\n".join(out)
@@ -242,14 +309,22 @@ def _paths_summary(results: list[dict[str, Any]]) -> list[str]:
     (what :mod:`flowkit.execution.autotune` chose in the cell's process)."""
     from flowkit.execution.autotune import paths_text
 
-    rows = [[r["id"], str(r["execution"].get("threads", "–")), paths_text(r["execution"])]
-            for r in results if r.get("status") == "completed"
-            and isinstance(r.get("execution"), dict) and "error" not in r["execution"]]
+    rows = [
+        [r["id"], str(r["execution"].get("threads", "–")), paths_text(r["execution"])]
+        for r in results
+        if r.get("status") == "completed"
+        and isinstance(r.get("execution"), dict)
+        and "error" not in r["execution"]
+    ]
     if not rows:
         return []
-    return ["Threads and execution paths of each cell (fused oneDNN or ordinary ops, chosen by "
-            "measurement on this machine unless set; details under *Execution paths*):", "",
-            _md_table(["cell", "threads", "paths"], rows), ""]
+    return [
+        "Threads and execution paths of each cell (fused oneDNN or ordinary ops, chosen by "
+        "measurement on this machine unless set; details under *Execution paths*):",
+        "",
+        _md_table(["cell", "threads", "paths"], rows),
+        "",
+    ]
 
 
 def _paths_detail(results: list[dict[str, Any]]) -> list[str]:
@@ -263,22 +338,25 @@ def _paths_detail(results: list[dict[str, Any]]) -> list[str]:
             for d in decisions:
                 times = ", ".join(f"{k} {v:.3g}" for k, v in (d.get("ms") or {}).items())
                 signature = str(d["signature"]).replace("|", ", ")
-                rows.append([r["id"], op, f"`{signature}`", d["choice"], d["source"],
-                             times or "–"])
+                rows.append([r["id"], op, f"`{signature}`", d["choice"], d["source"], times or "–"])
         for op, choice in (info.get("overrides") or {}).items():
             rows.append([r["id"], op, "all", choice, "set", "–"])
     if not rows:
         return []
-    return ["## Execution paths", "",
-            "The path each operation took per shape signature: `measured` (timed on first use "
-            "in this run; ms per call, the least disturbed of the timed calls), `cache` (an "
-            "earlier measurement on this machine, "
-            "reused), `set` (an explicit setting, e.g. `FLOWKIT_ONEDNN`), `default` (measuring "
-            "off). Signatures: linear `batch, in, out, bias, relu, contiguous input`; conv2d "
-            "`input shape, channels-last, weight shape, stride, padding, dilation, groups, bias, "
-            "relu, residual`.", "",
-            _md_table(["cell", "operation", "signature", "path", "source", "ms per call"], rows),
-            ""]
+    return [
+        "## Execution paths",
+        "",
+        "The path each operation took per shape signature: `measured` (timed on first use "
+        "in this run; ms per call, the least disturbed of the timed calls), `cache` (an "
+        "earlier measurement on this machine, "
+        "reused), `set` (an explicit setting, e.g. `FLOWKIT_ONEDNN`), `default` (measuring "
+        "off). Signatures: linear `batch, in, out, bias, relu, contiguous input`; conv2d "
+        "`input shape, channels-last, weight shape, stride, padding, dilation, groups, bias, "
+        "relu, residual`.",
+        "",
+        _md_table(["cell", "operation", "signature", "path", "source", "ms per call"], rows),
+        "",
+    ]
 
 
 def _python_sections(results: list[dict[str, Any]]) -> list[str]:
@@ -296,15 +374,19 @@ def _python_sections(results: list[dict[str, Any]]) -> list[str]:
             return fmt(value) if isinstance(value, float) else str(value)
 
         # columns with one value in every row (threads, torch, batch size, ...) go below
-        shared = [c for c in cols if len(rows) > 1 and all(c in r for r in rows)
-                  and len({cell(r, c) for r in rows}) == 1 and c not in ("status",)]
+        shared = [
+            c
+            for c in cols
+            if len(rows) > 1
+            and all(c in r for r in rows)
+            and len({cell(r, c) for r in rows}) == 1
+            and c not in ("status",)
+        ]
         cols = [c for c in cols if c not in shared]
         body = [[cell(r, c) for c in cols] for r in rows]
-        out += [f"## {rec['axes']['name']} (seed {rec['axes']['seed']})", "",
-                _md_table(cols, body), ""]
+        out += [f"## {rec['axes']['name']} (seed {rec['axes']['seed']})", "", _md_table(cols, body), ""]
         if shared:
-            out += ["Same for every row: " + ", ".join(f"{c} {cell(rows[0], c)}" for c in shared)
-                    + ".", ""]
+            out += ["Same for every row: " + ", ".join(f"{c} {cell(rows[0], c)}" for c in shared) + ".", ""]
         out += [f"Command: `{rec.get('command', '')}`", ""]
     return out
 
@@ -322,32 +404,43 @@ def _figure_sections(groups: list[dict[str, Any]], vary: list[str]) -> list[str]
 
 
 def _metric_errors(results: list[dict[str, Any]]) -> list[str]:
-    rows = [[r["id"], name, str(err).replace("|", "\\|")[:300]]
-            for r in results for name, err in (r.get("metric_errors") or {}).items()]
+    rows = [
+        [r["id"], name, str(err).replace("|", "\\|")[:300]]
+        for r in results
+        for name, err in (r.get("metric_errors") or {}).items()
+    ]
     if not rows:
         return []
-    return ["## Metrics that could not be computed", "",
-            _md_table(["cell", "metric", "error"], rows), ""]
+    return ["## Metrics that could not be computed", "", _md_table(["cell", "metric", "error"], rows), ""]
 
 
 def _not_run(results: list[dict[str, Any]]) -> list[str]:
     skipped = [r for r in results if r["status"] != "completed"]
     if not skipped:
         return _metric_errors(results)
-    rows = [[r["id"], r["status"], str(r.get("reason", "")).replace("|", "\\|")[:300]]
-            for r in skipped]
-    return ["## Cells that did not run", "",
-            "`invalid`: the combination does not make sense (the reason is flowkit's own error); "
-            "`excluded`: left out by the suite; `failed`/`diverged`: see the cell's log.", "",
-            _md_table(["cell", "status", "reason"], rows), "", *_metric_errors(results)]
+    rows = [[r["id"], r["status"], str(r.get("reason", "")).replace("|", "\\|")[:300]] for r in skipped]
+    return [
+        "## Cells that did not run",
+        "",
+        "`invalid`: the combination does not make sense (the reason is flowkit's own error); "
+        "`excluded`: left out by the suite; `failed`/`diverged`: see the cell's log.",
+        "",
+        _md_table(["cell", "status", "reason"], rows),
+        "",
+        *_metric_errors(results),
+    ]
 
 
 def results_csv(results: list[dict[str, Any]]) -> str:
     """One row per training cell and per Python-cell row, metrics as columns."""
     rows = []
     for rec in results:
-        base = {"id": rec["id"], "kind": rec["kind"], "status": rec["status"],
-                **{f"axis_{k}": v for k, v in rec["axes"].items()}}
+        base = {
+            "id": rec["id"],
+            "kind": rec["kind"],
+            "status": rec["status"],
+            **{f"axis_{k}": v for k, v in rec["axes"].items()},
+        }
         if rec.get("kind") == "python" and rec.get("rows"):
             rows += [base | r for r in rec["rows"]]
         else:
@@ -423,16 +516,30 @@ def write_outputs(suite: Suite, results: list[dict[str, Any]], out_dir: Path) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     groups = aggregate(results)
-    payload = {"suite": suite.name, "suite_path": str(suite.path),
-               "description": suite.meta.get("description", ""), "machine": machine,
-               "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "rank_by": suite.meta["rank_by"],
-               "cells": results,
-               "groups": [{"group": g["group"], "axes": g["axes"], "seeds": g["seeds"],
-                           "command": g["command"],
-                           "metrics": {k: {"mean": s[0], "std": s[1], "n": s[2]}
-                                       for k, s in g["stats"].items()}} for g in groups]}
-    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv",
-             "report": out_dir / "report.md"}
+    payload = {
+        "suite": suite.name,
+        "suite_path": str(suite.path),
+        "description": suite.meta.get("description", ""),
+        "machine": machine,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "rank_by": suite.meta["rank_by"],
+        "cells": results,
+        "groups": [
+            {
+                "group": g["group"],
+                "axes": g["axes"],
+                "seeds": g["seeds"],
+                "command": g["command"],
+                "metrics": {k: {"mean": s[0], "std": s[1], "n": s[2]} for k, s in g["stats"].items()},
+            }
+            for g in groups
+        ],
+    }
+    paths = {
+        "json": out_dir / "results.json",
+        "csv": out_dir / "results.csv",
+        "report": out_dir / "report.md",
+    }
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     atomic_write_text(paths["csv"], results_csv(results))
     write_figures(suite, results, out_dir)

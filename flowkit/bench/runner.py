@@ -45,8 +45,7 @@ def stored_result(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
     return record
 
 
-def cell_spec(suite: Suite, cell: Cell, out_dir: Path, data_dir: str | None,
-              threads: int) -> dict[str, Any]:
+def cell_spec(suite: Suite, cell: Cell, out_dir: Path, data_dir: str | None, threads: int) -> dict[str, Any]:
     """What the child process needs to run ``cell`` (JSON-serialisable)."""
     folder = suite.path.parent
     return {
@@ -88,8 +87,10 @@ def run_suite(
     out_dir = Path(out_dir)
     cells = suite.select(only, filters)
     if not cells:
-        raise ConfigError(f"no cell of suite '{suite.name}' matches --only {list(only)} "
-                          f"--filter {list(filters)}; see `flowkit bench {suite.ref} --dry-run`")
+        raise ConfigError(
+            f"no cell of suite '{suite.name}' matches --only {list(only)} "
+            f"--filter {list(filters)}; see `flowkit bench {suite.ref} --dry-run`"
+        )
     jobs = jobs or int(suite.meta.get("jobs", 1)) or 1
     threads = _threads_per_job(jobs)
     todo = []
@@ -98,16 +99,25 @@ def run_suite(
             continue
         if cell.excluded:
             folder = cell_dir(out_dir, cell)
-            record = {"id": cell.id, "group": cell.group, "kind": cell.kind, "axes": cell.axes,
-                      "fingerprint": cell.fingerprint(), "status": "excluded",
-                      "reason": cell.excluded}
+            record = {
+                "id": cell.id,
+                "group": cell.group,
+                "kind": cell.kind,
+                "axes": cell.axes,
+                "fingerprint": cell.fingerprint(),
+                "status": "excluded",
+                "reason": cell.excluded,
+            }
             atomic_write_text(folder / RESULT, json.dumps(record, indent=2) + "\n")
             continue
         todo.append(cell)
-    log(f"suite {suite.name}: {len(cells)} cells selected, {len(cells) - len(todo)} already "
-        f"done, {len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {out_dir}")
-    bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"bench {suite.name}",
-               dynamic_ncols=True)
+    log(
+        f"suite {suite.name}: {len(cells)} cells selected, {len(cells) - len(todo)} already "
+        f"done, {len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {out_dir}"
+    )
+    bar = tqdm(
+        total=len(todo), disable=not progress or not todo, desc=f"bench {suite.name}", dynamic_ncols=True
+    )
 
     def one(cell: Cell) -> dict[str, Any]:
         folder = cell_dir(out_dir, cell)
@@ -115,23 +125,32 @@ def run_suite(
         if force and (folder / "run").exists():  # retrain; a changed cell is caught in cell.py
             log(f"  {cell.id}: --force: the previous run is kept in {set_aside(folder / 'run')}")
         spec_path = folder / "spec.json"
-        atomic_write_text(spec_path, json.dumps(cell_spec(suite, cell, out_dir, data_dir,
-                                                          threads), indent=2))
+        atomic_write_text(spec_path, json.dumps(cell_spec(suite, cell, out_dir, data_dir, threads), indent=2))
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=_parent_import_path())
         with open(folder / "stderr.txt", "w", encoding="utf-8") as err:
             # -P: the working folder is not put first on the child's import path (a `flowkit/`
             # checkout there would otherwise replace the flowkit this process runs)
-            proc = subprocess.run([sys.executable, "-P", "-m", "flowkit.bench.cell",
-                                   str(spec_path)],
-                                  stdout=err, stderr=subprocess.STDOUT, env=env, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-P", "-m", "flowkit.bench.cell", str(spec_path)],
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                env=env,
+                check=False,
+            )
         path = folder / RESULT
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
         else:  # the child died before writing (killed, out of memory): report it, retry next time
-            record = {"id": cell.id, "group": cell.group, "kind": cell.kind, "axes": cell.axes,
-                      "fingerprint": cell.fingerprint(), "status": "failed",
-                      "reason": f"the cell's process exited with status {proc.returncode} "
-                                f"without a result; see {folder / 'stderr.txt'}"}
+            record = {
+                "id": cell.id,
+                "group": cell.group,
+                "kind": cell.kind,
+                "axes": cell.axes,
+                "fingerprint": cell.fingerprint(),
+                "status": "failed",
+                "reason": f"the cell's process exited with status {proc.returncode} "
+                f"without a result; see {folder / 'stderr.txt'}",
+            }
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         return record
 
@@ -142,9 +161,10 @@ def run_suite(
                 record = future.result()  # results arrive one at a time, in this thread
                 bar.update(1)
                 status = record["status"]
-                bar.write(f"  {record['id']}: {status}"
-                          + (f" ({record.get('reason', '')[:160]})" if status != "completed"
-                             else ""))
+                bar.write(
+                    f"  {record['id']}: {status}"
+                    + (f" ({record.get('reason', '')[:160]})" if status != "completed" else "")
+                )
                 write_outputs(suite, collect(suite, out_dir), out_dir)
     finally:
         bar.close()

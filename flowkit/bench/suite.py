@@ -60,20 +60,26 @@ from flowkit.errors import ConfigError, did_you_mean
 AXES = ("transform", "objective", "prior", "data", "budget", "seed")
 SUITE_KEYS = ("suite", "base", "matrix", "override", "exclude", "metrics", "python", "report")
 METRICS = {
-    "likelihood": True,        # test NLL / bits/dim (always on for training cells)
-    "reconstruction": True,    # mean / max |decode(encode(x)) - x|
-    "sample_quality": True,    # sliced-Wasserstein and Sinkhorn distances to test data
-    "frechet": False,          # Fréchet distance in flowkit's own classifier's feature space
-    "class_accuracy": False,   # class-conditional sample accuracy (conditional priors)
-    "throughput": True,        # density and sampling samples/s
-    "n_samples": 1000,         # samples drawn for the sample metrics
-    "ood": [],                 # other datasets whose test bits/dim are reported (same shape)
-    "figures": True,           # per-cell figures (samples / 2-D density)
+    "likelihood": True,  # test NLL / bits/dim (always on for training cells)
+    "reconstruction": True,  # mean / max |decode(encode(x)) - x|
+    "sample_quality": True,  # sliced-Wasserstein and Sinkhorn distances to test data
+    "frechet": False,  # Fréchet distance in flowkit's own classifier's feature space
+    "class_accuracy": False,  # class-conditional sample accuracy (conditional priors)
+    "throughput": True,  # density and sampling samples/s
+    "n_samples": 1000,  # samples drawn for the sample metrics
+    "ood": [],  # other datasets whose test bits/dim are reported (same shape)
+    "figures": True,  # per-cell figures (samples / 2-D density)
 }
 #: The folder of the suites shipped with flowkit (package data of ``flowkit.bench``).
 BUILTIN_SUITES = Path(__file__).resolve().parent / "suites"
-SUITE_META = {"description": "", "rank_by": "test_nll", "higher_is_better": [], "baseline": {},
-              "python_path": [], "jobs": 1}
+SUITE_META = {
+    "description": "",
+    "rank_by": "test_nll",
+    "higher_is_better": [],
+    "baseline": {},
+    "python_path": [],
+    "jobs": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,10 @@ class Cell:
     id: str
     kind: str
     axes: dict[str, Any]
-    settings: dict[str, Any] = field(default_factory=dict)   # dotted config overrides
-    excluded: str = ""                                        # reason, if excluded on purpose
-    callable: str = ""                                        # python cells: "module:function"
-    params: dict[str, Any] = field(default_factory=dict)      # python cells: keyword arguments
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted config overrides
+    excluded: str = ""  # reason, if excluded on purpose
+    callable: str = ""  # python cells: "module:function"
+    params: dict[str, Any] = field(default_factory=dict)  # python cells: keyword arguments
 
     @property
     def group(self) -> str:
@@ -130,8 +136,15 @@ class Cell:
         return re.sub(r"__s\d+$", "", self.id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "axes": self.axes, "settings": self.settings,
-                "excluded": self.excluded, "callable": self.callable, "params": self.params}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "axes": self.axes,
+            "settings": self.settings,
+            "excluded": self.excluded,
+            "callable": self.callable,
+            "params": self.params,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cell:
@@ -139,8 +152,9 @@ class Cell:
 
     def fingerprint(self) -> str:
         """A hash of what the cell computes; a changed suite invalidates stored results."""
-        blob = json.dumps({k: v for k, v in self.to_dict().items() if k != "excluded"},
-                          sort_keys=True, default=str)
+        blob = json.dumps(
+            {k: v for k, v in self.to_dict().items() if k != "excluded"}, sort_keys=True, default=str
+        )
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -259,8 +273,7 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
     ids = [c.id for c in cells]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise ConfigError(f"suite {path.name}: duplicate cell ids {dupes}; give python cells "
-                          f"distinct names")
+        raise ConfigError(f"suite {path.name}: duplicate cell ids {dupes}; give python cells distinct names")
     return Suite(path.stem, path, meta, base, metrics, cells, raw.get("report", {}))
 
 
@@ -274,7 +287,7 @@ def _matrix_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
         if not axes_values[axis]:
             raise ConfigError(f"suite {path.name} [matrix]: '{axis}' needs at least one value")
     axes_values["objective"] = axes_values["objective"] or ["mle"]
-    axes_values["prior"] = axes_values["prior"] or [""]     # "": the recommended prior
+    axes_values["prior"] = axes_values["prior"] or [""]  # "": the recommended prior
     axes_values["budget"] = [Budget.parse(b).label for b in axes_values["budget"] or [200]]
     axes_values["seed"] = axes_values["seed"] or [0]
     overrides = raw.get("override", [])
@@ -290,8 +303,14 @@ def _matrix_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
         for item in overrides:
             if _matches(item.get("match", {}), axes):
                 settings.update(item.get("set", {}))
-        excluded = next((item.get("reason", "excluded by the suite") for item in excludes
-                         if _matches(item.get("match", {}), axes)), "")
+        excluded = next(
+            (
+                item.get("reason", "excluded by the suite")
+                for item in excludes
+                if _matches(item.get("match", {}), axes)
+            ),
+            "",
+        )
         cid = "__".join(_slug(axes[a]) for a in AXES[:-1] if axes[a] != "") + f"__s{axes['seed']}"
         cells.append(Cell(cid, "train", axes, settings, excluded))
     return cells
@@ -300,17 +319,27 @@ def _matrix_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
 def _python_cells(raw: dict[str, Any], path: Path) -> list[Cell]:
     cells = []
     for i, item in enumerate(raw.get("python", [])):
-        _check_keys(f"suite {path.name} [[python]] #{i + 1}", item,
-                    ("name", "callable", "params", "seeds"))
+        _check_keys(f"suite {path.name} [[python]] #{i + 1}", item, ("name", "callable", "params", "seeds"))
         if "name" not in item or "callable" not in item:
-            raise ConfigError(f"suite {path.name} [[python]] #{i + 1}: needs 'name' and "
-                              f"'callable' ('package.module:function')")
+            raise ConfigError(
+                f"suite {path.name} [[python]] #{i + 1}: needs 'name' and "
+                f"'callable' ('package.module:function')"
+            )
         if ":" not in item["callable"]:
-            raise ConfigError(f"suite {path.name} [[python]] {item['name']!r}: callable "
-                              f"{item['callable']!r} must read 'package.module:function'")
+            raise ConfigError(
+                f"suite {path.name} [[python]] {item['name']!r}: callable "
+                f"{item['callable']!r} must read 'package.module:function'"
+            )
         for seed in _as_list(item.get("seeds")) or [0]:
             axes = {"name": item["name"], "seed": seed}
             params = dict(item.get("params", {})) | {"seed": seed}
-            cells.append(Cell(f"{_slug(item['name'])}__s{seed}", "python", axes,
-                              callable=item["callable"], params=params))
+            cells.append(
+                Cell(
+                    f"{_slug(item['name'])}__s{seed}",
+                    "python",
+                    axes,
+                    callable=item["callable"],
+                    params=params,
+                )
+            )
     return cells

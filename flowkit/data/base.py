@@ -56,11 +56,14 @@ class DataMeta:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataMeta:
         context_shape = d.get("context_shape")
-        return cls(shape=tuple(d["shape"]), levels=d.get("levels"),
-                   num_classes=d.get("num_classes"),
-                   default_preprocess=d.get("default_preprocess", "none"),
-                   context_shape=None if context_shape is None else tuple(context_shape),
-                   standardization=d.get("standardization"))
+        return cls(
+            shape=tuple(d["shape"]),
+            levels=d.get("levels"),
+            num_classes=d.get("num_classes"),
+            default_preprocess=d.get("default_preprocess", "none"),
+            context_shape=None if context_shape is None else tuple(context_shape),
+            standardization=d.get("standardization"),
+        )
 
 
 @dataclass
@@ -122,11 +125,14 @@ class DataSplits:
                 )
             context = getattr(self, f"{split}_context")
             if (context is None) == has_context:
-                raise DataError(f"dataset {self.name!r}: the {split} split "
-                                f"{'lacks' if has_context else 'has'} a context array; every "
-                                f"split needs one, or none does")
-            if context is not None and (context.shape[0] != data.shape[0]
-                                        or context.shape[1:] != self.train_context.shape[1:]):
+                raise DataError(
+                    f"dataset {self.name!r}: the {split} split "
+                    f"{'lacks' if has_context else 'has'} a context array; every "
+                    f"split needs one, or none does"
+                )
+            if context is not None and (
+                context.shape[0] != data.shape[0] or context.shape[1:] != self.train_context.shape[1:]
+            ):
                 raise DataError(
                     f"dataset {self.name!r}: {split} context has shape {tuple(context.shape)}, "
                     f"expected ({data.shape[0]}, "
@@ -151,8 +157,14 @@ class DataSplits:
     @property
     def meta(self) -> DataMeta:
         """The :class:`DataMeta` a model needs (shape, levels, classes, default preprocessing)."""
-        return DataMeta(self.shape, self.levels, self.num_classes, self.default_preprocess,
-                        self.context_shape, self.standardization)
+        return DataMeta(
+            self.shape,
+            self.levels,
+            self.num_classes,
+            self.default_preprocess,
+            self.context_shape,
+            self.standardization,
+        )
 
     @property
     def dim(self) -> int:
@@ -200,7 +212,7 @@ class BatchStream:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._order = torch.randperm(self.data.shape[0], generator=gen)
             self._epoch = epoch
-        idx = self._order[k * self.batch_size:(k + 1) * self.batch_size]
+        idx = self._order[k * self.batch_size : (k + 1) * self.batch_size]
         return self.data[idx], (self.labels[idx] if self.labels is not None else None)
 
     def shard(self, rank: int, world_size: int) -> Tensor:
@@ -225,8 +237,7 @@ class ClassBalancedStream:
     650 examples per class per step).
     """
 
-    def __init__(self, data: Tensor, labels: Tensor, batch_size: int, seed: int,
-                 num_classes: int) -> None:
+    def __init__(self, data: Tensor, labels: Tensor, batch_size: int, seed: int, num_classes: int) -> None:
         self.data = data
         self.labels = labels
         self.seed = int(seed)
@@ -250,7 +261,7 @@ class ClassBalancedStream:
             n = min(self.per_class, members.numel())
             per_epoch = members.numel() // n
             epoch, k = divmod(int(step), per_epoch)
-            parts.append(self._order(c, members, epoch)[k * n:(k + 1) * n])
+            parts.append(self._order(c, members, epoch)[k * n : (k + 1) * n])
         idx = torch.cat(parts)
         return self.data[idx], self.labels[idx]
 
@@ -262,12 +273,14 @@ class ClassBalancedStream:
         ``per_class / world_size`` examples each).
         """
         positions, offset = [], 0
-        fix = (f"train.batch_size = "
-               f"{(self.per_class + (-self.per_class) % world_size) * self.num_classes}")
+        fix = f"train.batch_size = {(self.per_class + (-self.per_class) % world_size) * self.num_classes}"
         for members in self.members:
             n = min(self.per_class, members.numel())
-            what = (f"the class-balanced batch ({self.per_class} per class)" if n == self.per_class
-                    else f"a class with only {n} training examples")
+            what = (
+                f"the class-balanced batch ({self.per_class} per class)"
+                if n == self.per_class
+                else f"a class with only {n} training examples"
+            )
             k = _equal_share(n, world_size, what, fix)
             positions.append(torch.arange(offset + rank * k, offset + (rank + 1) * k))
             offset += n

@@ -103,9 +103,7 @@ def _fix_hint(spec: DatasetFiles) -> str:
     )
 
 
-def require_files(
-    spec: DatasetFiles, data_dir: str | os.PathLike[str] | None
-) -> dict[str, Path]:
+def require_files(spec: DatasetFiles, data_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
     """Return ``{file name: path}`` for every file of ``spec`` under ``<data_dir>/<folder>/``.
 
     Every file must exist and match its md5 sum; otherwise one :class:`DataError` names the
@@ -114,8 +112,7 @@ def require_files(
     """
     if data_dir is None or str(data_dir) == "":
         raise DataError(
-            f"dataset {spec.dataset!r} is read from files, but no data folder is set. "
-            + _fix_hint(spec)
+            f"dataset {spec.dataset!r} is read from files, but no data folder is set. " + _fix_hint(spec)
         )
     root = Path(data_dir).expanduser()
     folder = root / spec.folder
@@ -151,9 +148,7 @@ def require_files(
 
 
 def _corrupt(path: str, what: str) -> DataError:
-    return DataError(
-        f"{path} is not a valid gzip IDX file: {what}. Delete it and download it again."
-    )
+    return DataError(f"{path} is not a valid gzip IDX file: {what}. Delete it and download it again.")
 
 
 @lru_cache(maxsize=8)
@@ -168,19 +163,18 @@ def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     zeros, code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
     if zeros != 0 or code not in _IDX_DTYPES or ndim == 0:
-        raise _corrupt(
-            path, f"wrong magic number {magic} (expected 2051 for images or 2049 for labels)"
-        )
+        raise _corrupt(path, f"wrong magic number {magic} (expected 2051 for images or 2049 for labels)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise _corrupt(path, f"header of {header} bytes cut short at {len(raw)} bytes")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) - header != expected:
         raise _corrupt(
-            path, f"header says shape {dims} ({expected} data bytes) but the file holds "
-            f"{len(raw) - header} data bytes (truncated or padded)"
+            path,
+            f"header says shape {dims} ({expected} data bytes) but the file holds "
+            f"{len(raw) - header} data bytes (truncated or padded)",
         )
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     array = array.astype(dtype.newbyteorder("="), copy=False)

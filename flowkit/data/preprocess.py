@@ -73,7 +73,8 @@ class Logit(Transform):
     domain = (0.0, 1.0)
 
     def __init__(
-        self, event_shape: Shape,
+        self,
+        event_shape: Shape,
         alpha: Annotated[float, Range(0, 0.5, max_inclusive=False, note="data.alpha, the logit's α")] = 0.05,
     ) -> None:
         super().__init__(event_shape)
@@ -135,8 +136,13 @@ class Standardize(Transform):
         return x, self._logdet(y, 1.0)
 
 
-def build_preprocess(kind: str, shape: Shape, alpha: float, default: str,
-                     standardization: Mapping[str, Sequence[float]] | None = None) -> Transform:
+def build_preprocess(
+    kind: str,
+    shape: Shape,
+    alpha: float,
+    default: str,
+    standardization: Mapping[str, Sequence[float]] | None = None,
+) -> Transform:
     """The preprocessing named by ``data.preprocess`` (``auto``: the dataset's default).
 
     ``standardization`` holds the dataset's training statistics (``x_mean``, ``x_std``) that
@@ -151,14 +157,11 @@ def build_preprocess(kind: str, shape: Shape, alpha: float, default: str,
     if kind == "logit":
         return Logit(shape, alpha)
     if kind == "standardize":
-        if not standardization or "x_mean" not in standardization \
-                or "x_std" not in standardization:
+        if not standardization or "x_mean" not in standardization or "x_std" not in standardization:
             raise ConfigError(
                 "data.preprocess = 'standardize' needs the training split's per-feature mean and "
                 "standard deviation, and this dataset provides no statistics; use a dataset that "
-                "computes them (e.g. data = \"table\") or another data.preprocess (none, center)"
+                'computes them (e.g. data = "table") or another data.preprocess (none, center)'
             )
         return Standardize(shape, standardization["x_mean"], standardization["x_std"])
-    raise ConfigError(
-        f"data.preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {kind!r}"
-    )
+    raise ConfigError(f"data.preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {kind!r}")

@@ -61,6 +61,9 @@ def alias_moved_module(old: str, new: str) -> None:
     the same. The :class:`DeprecationWarning` is attributed to the importing code.
     """
     module = importlib.import_module(new)
-    warnings.warn(f"{old} moved to {new}; the old name is removed in flowkit {REMOVED_IN}. "
-                  f"Import {new} instead.", DeprecationWarning, stacklevel=_caller_stacklevel(old))
+    warnings.warn(
+        f"{old} moved to {new}; the old name is removed in flowkit {REMOVED_IN}. Import {new} instead.",
+        DeprecationWarning,
+        stacklevel=_caller_stacklevel(old),
+    )
     sys.modules[old] = module

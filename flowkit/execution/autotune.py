@@ -93,9 +93,27 @@ MARGIN = 0.05
 #: How long a process waits for another one's measurement (the lock) before measuring itself.
 LOCK_TIMEOUT_S = 60.0
 #: The instruction-set flags of ``/proc/cpuinfo`` that decide which kernels are fast.
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-             "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
-             "amx_int8", "amx_fp16", "asimd", "sve", "sve2")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "asimd",
+    "sve",
+    "sve2",
+)
 _ENV_DIR = ("FLOWKIT_CACHE_DIR", "FLOWKIT_CACHE")
 _ENV_AUTOTUNE = "FLOWKIT_AUTOTUNE"
 
@@ -126,8 +144,12 @@ def cpu_info() -> dict[str, Any]:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # an older torch or an unusual build
         capability = "unknown"
-    return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags],
-            "capability": capability, "logical_cpus": os.cpu_count()}
+    return {
+        "model": model,
+        "flags": [f for f in ISA_FLAGS if f in flags],
+        "capability": capability,
+        "logical_cpus": os.cpu_count(),
+    }
 
 
 def machine_key() -> str:
@@ -135,8 +157,10 @@ def machine_key() -> str:
     from flowkit._version import __version__
 
     cpu = cpu_info()
-    return (f"{cpu['model']} | {cpu['capability']} | {' '.join(cpu['flags']) or 'no-isa-flags'} "
-            f"| torch {torch.__version__} | flowkit {__version__}")
+    return (
+        f"{cpu['model']} | {cpu['capability']} | {' '.join(cpu['flags']) or 'no-isa-flags'} "
+        f"| torch {torch.__version__} | flowkit {__version__}"
+    )
 
 
 def cache_dir() -> Path:
@@ -292,10 +316,16 @@ class Autotuner:
     ``min_rounds``, ``budget_s``, ``margin``: the bounds described in the module docstring.
     """
 
-    def __init__(self, path: Path | str | bool | None = None, *,
-                 timer: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS,
-                 min_rounds: int = MIN_ROUNDS, budget_s: float = BUDGET_S,
-                 margin: float = MARGIN) -> None:
+    def __init__(
+        self,
+        path: Path | str | bool | None = None,
+        *,
+        timer: Callable[[], float] = time.perf_counter,
+        rounds: int = ROUNDS,
+        min_rounds: int = MIN_ROUNDS,
+        budget_s: float = BUDGET_S,
+        margin: float = MARGIN,
+    ) -> None:
         self._path = path
         self.timer = timer
         self.rounds = max(int(rounds), 1)
@@ -351,8 +381,9 @@ class Autotuner:
         stored = self._stored(op, signature, threads)
         return None if stored is None else stored["choice"]
 
-    def choose(self, op: str, signature: Hashable, candidates: Candidates | Callable[[], Candidates],
-               *, default: str) -> str:
+    def choose(
+        self, op: str, signature: Hashable, candidates: Candidates | Callable[[], Candidates], *, default: str
+    ) -> str:
         """The candidate to use for ``op`` on ``signature`` (hashable; shapes, dtype, device...).
 
         ``candidates`` maps names to zero-argument callables that each run one call of that
@@ -377,8 +408,9 @@ class Autotuner:
             self.decisions.append(decision)
             return decision.choice
 
-    def record(self, op: str, signature: Hashable, choice: str,
-               ms: Mapping[str, float] | None = None) -> None:
+    def record(
+        self, op: str, signature: Hashable, choice: str, ms: Mapping[str, float] | None = None
+    ) -> None:
         """Store a choice measured elsewhere (e.g. by an operation's own benchmark) in the memo
         and the cache file, under the current thread count."""
         threads = torch.get_num_threads()
@@ -391,8 +423,14 @@ class Autotuner:
                 with _file_lock(path, LOCK_TIMEOUT_S):
                     self._store(path, op, signature, threads, decision)
 
-    def _decide(self, op: str, signature: Hashable, threads: int,
-                candidates: Candidates | Callable[[], Candidates], default: str) -> Choice:
+    def _decide(
+        self,
+        op: str,
+        signature: Hashable,
+        threads: int,
+        candidates: Candidates | Callable[[], Candidates],
+        default: str,
+    ) -> Choice:
         forced = self._overrides.get(op)
         if forced is not None:
             return Choice(op, signature, forced, "override")
@@ -407,8 +445,7 @@ class Autotuner:
         with _file_lock(path, LOCK_TIMEOUT_S):
             stored = self._stored(op, signature, threads)  # another process may have measured
             if stored is not None:
-                return Choice(op, signature, stored["choice"], "cache",
-                              dict(stored.get("ms") or {}))
+                return Choice(op, signature, stored["choice"], "cache", dict(stored.get("ms") or {}))
             decision = self._measure(op, signature, candidates, default)
             self._store(path, op, signature, threads, decision)
             return decision
@@ -421,22 +458,28 @@ class Autotuner:
         entry = machine.get("choices", {}).get(_entry_name(op, signature, threads))
         return entry if isinstance(entry, dict) and isinstance(entry.get("choice"), str) else None
 
-    def _store(self, path: Path, op: str, signature: Hashable, threads: int,
-               decision: Choice) -> None:
+    def _store(self, path: Path, op: str, signature: Hashable, threads: int, decision: Choice) -> None:
         data = read_cache(path)
         machine = data["machines"].setdefault(machine_key(), {})
         cpu = cpu_info()
-        machine["machine"] = {"cpu_model": cpu["model"], "isa_flags": cpu["flags"],
-                              "capability": cpu["capability"], "torch": torch.__version__}
+        machine["machine"] = {
+            "cpu_model": cpu["model"],
+            "isa_flags": cpu["flags"],
+            "capability": cpu["capability"],
+            "torch": torch.__version__,
+        }
         machine.setdefault("choices", {})[_entry_name(op, signature, threads)] = {
-            "choice": decision.choice, "ms": {k: round(v, 4) for k, v in decision.ms.items()},
+            "choice": decision.choice,
+            "ms": {k: round(v, 4) for k, v in decision.ms.items()},
             **({"failed": decision.failed} if decision.failed else {}),
             "measure_s": round(decision.seconds, 4),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
         _write_cache(path, data)
 
-    def _measure(self, op: str, signature: Hashable,
-                 candidates: Candidates | Callable[[], Candidates], default: str) -> Choice:
+    def _measure(
+        self, op: str, signature: Hashable, candidates: Candidates | Callable[[], Candidates], default: str
+    ) -> Choice:
         """Time the candidates (see the module docstring); the fastest, or ``default``."""
         start = self.timer()
         failed: dict[str, str] = {}
@@ -519,13 +562,18 @@ def summary(tuner: Autotuner | None = None) -> dict[str, Any]:
         overrides.update(provider())
     ops: dict[str, list[dict[str, Any]]] = {}
     for d in tuner.decisions:
-        ops.setdefault(d.op, []).append({
-            "signature": d.signature if isinstance(d.signature, str)
-            else ", ".join(map(str, _flat(d.signature))),
-            "choice": d.choice, "source": d.source,
-            **({"ms": {k: round(v, 4) for k, v in d.ms.items()}} if d.ms else {}),
-            **({"failed": d.failed} if d.failed else {}),
-            **({"measure_s": round(d.seconds, 4)} if d.seconds else {})})
+        ops.setdefault(d.op, []).append(
+            {
+                "signature": d.signature
+                if isinstance(d.signature, str)
+                else ", ".join(map(str, _flat(d.signature))),
+                "choice": d.choice,
+                "source": d.source,
+                **({"ms": {k: round(v, 4) for k, v in d.ms.items()}} if d.ms else {}),
+                **({"failed": d.failed} if d.failed else {}),
+                **({"measure_s": round(d.seconds, 4)} if d.seconds else {}),
+            }
+        )
     return {"threads": torch.get_num_threads(), "overrides": overrides, "ops": ops}
 
 

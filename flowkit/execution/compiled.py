@@ -45,8 +45,9 @@ class CompiledTraining(TransparentWrapper):
     do).
     """
 
-    def __init__(self, transform: Transform, mode: str | None = None,
-                 backend: str | Callable[..., Any] = "inductor") -> None:
+    def __init__(
+        self, transform: Transform, mode: str | None = None, backend: str | Callable[..., Any] = "inductor"
+    ) -> None:
         super().__init__(transform.base if isinstance(transform, CompiledTraining) else transform)
         self.mode = mode
         self._backend = backend
@@ -65,8 +66,9 @@ class CompiledTraining(TransparentWrapper):
             return self.base(x, context)
         self.check_input(x)
         if self._compiled is None:
-            self._compiled = torch.compile(self.base.forward, mode=self.mode,
-                                           backend=self._backend, dynamic=False)
+            self._compiled = torch.compile(
+                self.base.forward, mode=self.mode, backend=self._backend, dynamic=False
+            )
         return self._compiled(x, context)
 
     def extra_repr(self) -> str:
@@ -95,11 +97,16 @@ def require_cpu_compiler() -> None:
         raise ConfigError(
             f"train.compile on a CPU needs a C++ compiler for torch.compile's generated code, and "
             f"none was found (looked for: {names}). Install one (e.g. `apt install g++`) or name "
-            f"it in $CXX, or set train.compile=false.") from None
+            f"it in $CXX, or set train.compile=false."
+        ) from None
 
 
-def enable_compile(model: nn.Module, log: Callable[[str], None] = print,
-                   mode: str | None = None, device: torch.device | str | None = None) -> None:
+def enable_compile(
+    model: nn.Module,
+    log: Callable[[str], None] = print,
+    mode: str | None = None,
+    device: torch.device | str | None = None,
+) -> None:
     """Wrap ``model.transform`` in :class:`CompiledTraining` (``[train] compile = true``).
 
     Parameters, their order and the ``state_dict`` keys are unchanged, so the optimiser and
@@ -110,5 +117,7 @@ def enable_compile(model: nn.Module, log: Callable[[str], None] = print,
         require_cpu_compiler()
     if not isinstance(model.transform, CompiledTraining):
         model.transform = CompiledTraining(model.transform, mode=mode)
-    log("torch.compile: the training forward pass is compiled on the first step (tens of seconds "
-        "on a CPU); evaluation and sampling run eagerly")
+    log(
+        "torch.compile: the training forward pass is compiled on the first step (tens of seconds "
+        "on a CPU); evaluation and sampling run eagerly"
+    )

@@ -81,7 +81,6 @@ __all__ = [
 ]
 
 
-
 def rule_for(block: nn.Module) -> Rule | None:
     """How ``block`` is reconstructed, or ``None`` when it must keep ordinary autograd.
 
@@ -117,8 +116,15 @@ def is_exact(block: nn.Module) -> bool:
 
 
 def _run_rule(
-    rule: Rule, block: Transform, y: Tensor, context: Tensor | None, grad_y: Tensor,
-    grad_logdet: Tensor, need_input_grad: bool, params: list[Tensor], chunks: int,
+    rule: Rule,
+    block: Transform,
+    y: Tensor,
+    context: Tensor | None,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    need_input_grad: bool,
+    params: list[Tensor],
+    chunks: int,
 ) -> RuleResult:
     """``rule`` on the whole batch, or on ``chunks`` slices of it one after the other.
 
@@ -136,8 +142,14 @@ def _run_rule(
     for rows in torch.arange(batch).tensor_split(min(chunks, batch)):
         part = slice(int(rows[0]), int(rows[-1]) + 1)
         x_part, grad_part, grads = rule(
-            block, y[part], None if context is None else context[part], grad_y[part],
-            grad_logdet[part], need_input_grad, params)
+            block,
+            y[part],
+            None if context is None else context[part],
+            grad_y[part],
+            grad_logdet[part],
+            need_input_grad,
+            params,
+        )
         if x is None:
             x = x_part.new_empty((batch, *x_part.shape[1:]))
             grad_x = x.new_empty(x.shape) if need_input_grad else None
@@ -187,8 +199,12 @@ class _ChainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: FunctionCtx, chain: _Chain, per_block: list[list[int]], x: Tensor,
-        context: Tensor | None, *params: Tensor,
+        ctx: FunctionCtx,
+        chain: _Chain,
+        per_block: list[list[int]],
+        x: Tensor,
+        context: Tensor | None,
+        *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
         h = x
         total = x.new_zeros(x.shape[0])
@@ -217,8 +233,9 @@ class _ChainFunction(torch.autograd.Function):
             assert rule is not None and grad is not None
             idx = ctx.per_block[k]
             need = k > 0 or bool(ctx.needs_input_grad[2])
-            y, grad, grads = _run_rule(rule, block, y, context, grad, grad_logdet, need,
-                                       [params[i] for i in idx], chain.chunks)
+            y, grad, grads = _run_rule(
+                rule, block, y, context, grad, grad_logdet, need, [params[i] for i in idx], chain.chunks
+            )
             for i, g in zip(idx, grads):
                 param_grads[i] = add_grads(param_grads[i], g)
         return (None, None, grad, None, *param_grads)
@@ -395,12 +412,12 @@ class InvertibleBackprop(TransparentWrapper):
         return self._plan(x, context)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, chunks={self.chunks}, "
-                f"fallbacks={len(self.fallback_names)}")
+        return f"{super().extra_repr()}, chunks={self.chunks}, fallbacks={len(self.fallback_names)}"
 
 
-def enable_invertible_backprop(model: nn.Module, log: Callable[[str], None] = print,
-                               chunks: int = 2) -> list[str]:
+def enable_invertible_backprop(
+    model: nn.Module, log: Callable[[str], None] = print, chunks: int = 2
+) -> list[str]:
     """Wrap ``model.transform`` in :class:`InvertibleBackprop`; return the fallback blocks' names.
 
     Used by the trainer when ``[train] invertible_backprop = true``. The model's parameters,
@@ -415,8 +432,10 @@ def enable_invertible_backprop(model: nn.Module, log: Callable[[str], None] = pr
         model.transform = transform
     names = list(transform.fallback_names)
     if names:
-        log(f"invertible backprop: {len(names)} block(s) without an exact inverse keep ordinary "
-            f"autograd (their activations are stored): {', '.join(names)}")
+        log(
+            f"invertible backprop: {len(names)} block(s) without an exact inverse keep ordinary "
+            f"autograd (their activations are stored): {', '.join(names)}"
+        )
     else:
         log("invertible backprop: every block is reconstructed from its output")
     return names

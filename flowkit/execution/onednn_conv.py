@@ -64,8 +64,10 @@ def _kernels() -> tuple[Any, Any, Any]:
 def _probe() -> bool:
     """Whether the fused kernels exist and match the ordinary ops on a small channels-last batch."""
     try:
-        if not (_linear.has_mkldnn_op("_convolution_pointwise")
-                and _linear.has_mkldnn_op("_convolution_pointwise_")):
+        if not (
+            _linear.has_mkldnn_op("_convolution_pointwise")
+            and _linear.has_mkldnn_op("_convolution_pointwise_")
+        ):
             return False
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
@@ -75,16 +77,16 @@ def _probe() -> bool:
         unary, binary, binary_ = _kernels()
         with torch.no_grad():
             got = unary(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
-            got_res = binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [],
-                             None)
+            got_res = binary(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [], None)
             into = r.clone()
-            got_into = binary_(into, x, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu",
-                               [], None)
+            got_into = binary_(into, x, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [], None)
             want = F.relu(F.conv2d(x, w, b, padding=1) + r)
-        return bool(torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=1)), atol=1e-5)
-                    and torch.allclose(got_res, want, atol=1e-5)
-                    and got_into.data_ptr() == into.data_ptr()
-                    and torch.allclose(into, want, atol=1e-5))
+        return bool(
+            torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=1)), atol=1e-5)
+            and torch.allclose(got_res, want, atol=1e-5)
+            and got_into.data_ptr() == into.data_ptr()
+            and torch.allclose(into, want, atol=1e-5)
+        )
     except Exception:  # a changed signature or a broken build: the ordinary ops
         return False
 
@@ -93,9 +95,12 @@ def _fall_back(exc: BaseException) -> None:
     """Switch this process to the ordinary ops after a fused kernel failed on a real call."""
     global _probed
     _probed = False
-    warnings.warn(f"flowkit: the fused oneDNN convolution failed ({type(exc).__name__}: {exc}); "
-                  f"using the ordinary PyTorch ops from now on", _linear.OneDNNFallbackWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"flowkit: the fused oneDNN convolution failed ({type(exc).__name__}: {exc}); "
+        f"using the ordinary PyTorch ops from now on",
+        _linear.OneDNNFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _active() -> bool:
@@ -122,12 +127,20 @@ def _padding(conv: nn.Conv2d) -> list[int] | None:
 
 
 def _fusable(x: Tensor, conv: nn.Conv2d, residual: Tensor | None) -> bool:
-    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad
-                                    or (conv.bias is not None and conv.bias.requires_grad)
-                                    or (residual is not None and residual.requires_grad)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or conv.weight.requires_grad
+        or (conv.bias is not None and conv.bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
+    ):
         return False
-    if (x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32
-            or conv.weight.dtype != torch.float32 or not _active()):
+    if (
+        x.dim() != 4
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or conv.weight.dtype != torch.float32
+        or not _active()
+    ):
         return False
     if residual is not None and not (
         residual.dtype == torch.float32
@@ -140,8 +153,14 @@ def _fusable(x: Tensor, conv: nn.Conv2d, residual: Tensor | None) -> bool:
     return _padding(conv) is not None
 
 
-def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
-           residual: Tensor | None = None, overwrite_residual: bool = False) -> Tensor:
+def conv2d(
+    x: Tensor,
+    conv: nn.Conv2d,
+    *,
+    relu: bool = False,
+    residual: Tensor | None = None,
+    overwrite_residual: bool = False,
+) -> Tensor:
     """``ReLU(conv(x) + residual)``; ``relu`` and ``residual`` optional.
 
     ``residual`` has the output's shape (fused only for stride 1 and the input's spatial size,
@@ -160,12 +179,12 @@ def conv2d(x: Tensor, conv: nn.Conv2d, *, relu: bool = False,
     return _ordinary(x, conv, relu, residual)
 
 
-def _fused(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
-           overwrite_residual: bool) -> Tensor:
+def _fused(
+    x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None, overwrite_residual: bool
+) -> Tensor:
     """The one oneDNN call (see :func:`conv2d`)."""
     unary, binary, binary_ = _kernels()
-    args = (conv.weight, conv.bias, _padding(conv), list(conv.stride), list(conv.dilation),
-            conv.groups)
+    args = (conv.weight, conv.bias, _padding(conv), list(conv.stride), list(conv.dilation), conv.groups)
     if residual is None:
         return unary(x, *args, "relu" if relu else "none", [], "")
     if overwrite_residual:
@@ -173,8 +192,7 @@ def _fused(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
     return binary(x, residual, *args, "add", None, "relu" if relu else None, [], None)
 
 
-def _ordinary(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
-              hooks: bool = True) -> Tensor:
+def _ordinary(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None, hooks: bool = True) -> Tensor:
     """``conv(x)`` (its forward hooks run, unless ``hooks`` is false), ``+ residual``, ReLU."""
     y = conv(x) if hooks else conv._conv_forward(x, conv.weight, conv.bias)
     if residual is not None:
@@ -184,8 +202,9 @@ def _ordinary(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
     return F.relu_(y) if relu else y
 
 
-def _use_fused(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
-               overwrite_residual: bool) -> bool:
+def _use_fused(
+    x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None, overwrite_residual: bool
+) -> bool:
     """Whether this fusable call takes the fused path: forced, or measured faster here."""
     if _linear.onednn_mode() == "on" or torch.compiler.is_compiling():
         return True
@@ -193,22 +212,41 @@ def _use_fused(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
     if x.shape[0] * x.shape[2] * x.shape[3] * w[0] * w[1] * w[2] * w[3] < MIN_MACS_MEASURED:
         return True  # one call instead of three; too small to be worth timing
     kind = "none" if residual is None else ("add-into" if overwrite_residual else "add")
-    signature = (tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last),
-                 tuple(conv.weight.shape), tuple(conv.stride), str(conv.padding),
-                 tuple(conv.dilation), conv.groups, conv.bias is not None, relu, kind)
-    return autotune.default_tuner().choose(
-        OP, signature, lambda: _candidates(x, conv, relu, residual, overwrite_residual),
-        default=ATEN) == ONEDNN
+    signature = (
+        tuple(x.shape),
+        x.is_contiguous(memory_format=torch.channels_last),
+        tuple(conv.weight.shape),
+        tuple(conv.stride),
+        str(conv.padding),
+        tuple(conv.dilation),
+        conv.groups,
+        conv.bias is not None,
+        relu,
+        kind,
+    )
+    return (
+        autotune.default_tuner().choose(
+            OP, signature, lambda: _candidates(x, conv, relu, residual, overwrite_residual), default=ATEN
+        )
+        == ONEDNN
+    )
 
 
-def _candidates(x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None,
-                overwrite_residual: bool) -> dict[str, Callable[[], Any]]:
+def _candidates(
+    x: Tensor, conv: nn.Conv2d, relu: bool, residual: Tensor | None, overwrite_residual: bool
+) -> dict[str, Callable[[], Any]]:
     """One call of each path on this call's inputs (the residual a scratch copy: the fused
     in-place variant writes into it, and what it holds does not change the time; the module's
     forward hooks do not run)."""
-    scratch = None if residual is None else residual.clone(
-        memory_format=torch.channels_last if residual.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format)
+    scratch = (
+        None
+        if residual is None
+        else residual.clone(
+            memory_format=torch.channels_last
+            if residual.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+    )
 
     def fused() -> Tensor:
         with torch.no_grad():

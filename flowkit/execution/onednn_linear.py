@@ -46,8 +46,7 @@ from torch import Tensor
 
 from flowkit.execution import autotune
 
-__all__ = ["OneDNNFallbackWarning", "linear", "onednn_linear_active", "onednn_mode",
-           "set_onednn_linear"]
+__all__ = ["OneDNNFallbackWarning", "linear", "onednn_linear_active", "onednn_mode", "set_onednn_linear"]
 
 _ENV = "FLOWKIT_ONEDNN"
 #: The autotune operation names of the two modes of :func:`linear`.
@@ -118,9 +117,12 @@ def _fall_back(exc: BaseException) -> None:
     """Switch this process to the ordinary ops after the kernel failed on a real call."""
     global _probed
     _probed = False
-    warnings.warn(f"flowkit: the oneDNN linear kernel failed ({type(exc).__name__}: {exc}); "
-                  f"using the ordinary PyTorch ops from now on", OneDNNFallbackWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"flowkit: the oneDNN linear kernel failed ({type(exc).__name__}: {exc}); "
+        f"using the ordinary PyTorch ops from now on",
+        OneDNNFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _probe() -> bool:
@@ -136,8 +138,10 @@ def _probe() -> bool:
         with torch.no_grad():
             got = _kernel()(x, w, b, "relu", [], "")
             back = _gemm(g.t(), x.t())  # strided operands, as in the weight gradient
-        return bool(torch.allclose(got, F.relu(F.linear(x, w, b)), atol=1e-5)
-                    and torch.allclose(back, g.t() @ x, atol=1e-5))
+        return bool(
+            torch.allclose(got, F.relu(F.linear(x, w, b)), atol=1e-5)
+            and torch.allclose(back, g.t() @ x, atol=1e-5)
+        )
     except Exception:  # a changed signature or a broken build: the ordinary ops
         return False
 
@@ -156,11 +160,16 @@ def onednn_linear_active() -> bool:
 
 def _eligible(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     # the size first: it settles most small layers with integer arithmetic alone
-    return (x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.shape[-1] == weight.shape[1] and (bias is None or bias.dtype == torch.float32)
-            and onednn_linear_active())
+    return (
+        x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.shape[-1] == weight.shape[1]
+        and (bias is None or bias.dtype == torch.float32)
+        and onednn_linear_active()
+    )
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -218,23 +227,28 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _training(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
+    return torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
 
 
 def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool, train: bool) -> bool:
     """Whether this eligible call takes the oneDNN path: forced, or measured faster here."""
     if _mode == "on" or torch.compiler.is_compiling():
         return True
-    signature = (x.shape[0], weight.shape[1], weight.shape[0], bias is not None, relu,
-                 x.is_contiguous())
+    signature = (x.shape[0], weight.shape[1], weight.shape[0], bias is not None, relu, x.is_contiguous())
     op = OP_TRAIN if train else OP_INFER
-    return autotune.default_tuner().choose(
-        op, signature, lambda: _candidates(x, weight, bias, relu, train), default=ATEN) == ONEDNN
+    return (
+        autotune.default_tuner().choose(
+            op, signature, lambda: _candidates(x, weight, bias, relu, train), default=ATEN
+        )
+        == ONEDNN
+    )
 
 
-def _candidates(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
-                train: bool) -> dict[str, Callable[[], Any]]:
+def _candidates(
+    x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool, train: bool
+) -> dict[str, Callable[[], Any]]:
     """One call of each path on this call's shapes and layout (for the autotune): the forward
     pass, and in training the backward pass too, on detached copies (no gradient reaches the
     caller's tensors)."""
@@ -242,6 +256,7 @@ def _candidates(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
     xd, wd = x.detach(), weight.detach()
     bd = None if bias is None else bias.detach()
     if not train:
+
         def onednn() -> Tensor:
             with torch.no_grad():
                 return _kernel()(_rows(xd), wd, bd, act, [], "")
@@ -261,6 +276,7 @@ def _candidates(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool,
         def run() -> Any:
             with torch.enable_grad():
                 return torch.autograd.grad(forward(), wanted, grad_y)
+
         return run
 
     def fused() -> Tensor:
@@ -276,8 +292,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
     float32 CPU tensors run on oneDNN where that was measured faster (module docstring).
     ``weight`` is ``(out, in)``, ``bias`` ``(out,)``.
     """
-    if (x.dim() == 2 and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
-            and _eligible(x, weight, bias)):  # the size first: no further call for small layers
+    if (
+        x.dim() == 2
+        and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS
+        and _eligible(x, weight, bias)
+    ):  # the size first: no further call for small layers
         train = _training(x, weight, bias)
         if _use_onednn(x, weight, bias, relu, train):
             try:

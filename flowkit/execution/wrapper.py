@@ -23,21 +23,29 @@ __all__ = ["TransparentWrapper"]
 _BASE = "base."
 
 
-def _strip_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                local_metadata: dict[str, Any]) -> None:
+def _strip_base(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
     """State-dict post-hook: save the wrapped transform's entries under the wrapper's own keys."""
     inner = prefix + _BASE
     for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
-def _add_base(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-              local_metadata: dict[str, Any], strict: bool, missing_keys: list[str],
-              unexpected_keys: list[str], error_msgs: list[str]) -> None:
+def _add_base(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
     """Load pre-hook: read entries saved without the wrapper (or by it) into the wrapped transform."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         if not key.startswith(prefix + _BASE):
-            state_dict[prefix + _BASE + key[len(prefix):]] = state_dict.pop(key)
+            state_dict[prefix + _BASE + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _initialized(module: nn.Module) -> bool:
@@ -57,8 +65,7 @@ class TransparentWrapper(Transform):
         super().__init__(transform.event_shape, transform.output_shape)
         self.base = transform
         self.volume_preserving = transform.volume_preserving  # type: ignore[misc]
-        self._lazy = [m for m in transform.modules()
-                      if isinstance(getattr(m, "initialized", None), Tensor)]
+        self._lazy = [m for m in transform.modules() if isinstance(getattr(m, "initialized", None), Tensor)]
         self.register_state_dict_post_hook(_strip_base)
         self.register_load_state_dict_pre_hook(_add_base)
 
@@ -77,4 +84,3 @@ class TransparentWrapper(Transform):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The wrapped transform's inverse (ordinary autograd)."""
         return self.base.inverse(y, context)
-

@@ -54,13 +54,14 @@ def accuracy(classifier: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000
     classifier.eval()
     correct = 0
     for start in range(0, x.shape[0], batch_size):
-        logits = classifier(x[start:start + batch_size])
-        correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+        logits = classifier(x[start : start + batch_size])
+        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
     return correct / max(1, x.shape[0])
 
 
-def train_classifier(data: DataSplits, steps: int = 1500, seed: int = 0,
-                     use_cache: bool = True) -> tuple[SmallCNN, float]:
+def train_classifier(
+    data: DataSplits, steps: int = 1500, seed: int = 0, use_cache: bool = True
+) -> tuple[SmallCNN, float]:
     """A deterministic :class:`SmallCNN` for ``data`` and its test accuracy (cached on disk)."""
     if not data.is_image or data.train_labels is None or not data.num_classes:
         raise ConfigError(f"a classifier needs labelled image data; '{data.name}' is not")
@@ -95,8 +96,9 @@ def train_classifier(data: DataSplits, steps: int = 1500, seed: int = 0,
 
 
 @torch.no_grad()
-def class_sample_accuracy(model: Flow, classifier: nn.Module, per_class: int = 100,
-                          temperature: float = 1.0, batch_size: int = 500) -> float:
+def class_sample_accuracy(
+    model: Flow, classifier: nn.Module, per_class: int = 100, temperature: float = 1.0, batch_size: int = 500
+) -> float:
     """Fraction of class-``c`` samples of a class-conditional ``model`` classified as ``c``."""
     if not model.num_classes:
         raise ConfigError("class-conditional sample accuracy needs a model with classes")

@@ -90,8 +90,7 @@ def throughput(
     with eval_mode(model), seeded(seed, device):
         density_s = _median_seconds(lambda: model.log_prob(x, labels), device, repeats, warmup)
         sample_s = _median_seconds(lambda: model.sample(batch_size, labels), device, repeats, warmup)
-    return {"density_samples_per_s": batch_size / density_s,
-            "sampling_samples_per_s": batch_size / sample_s}
+    return {"density_samples_per_s": batch_size / density_s, "sampling_samples_per_s": batch_size / sample_s}
 
 
 def peak_memory(device: torch.device | str | None = None) -> dict[str, float]:
@@ -180,8 +179,9 @@ class SavedTensorMeter:
         self._hooks.__enter__()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._hooks is not None
         self._hooks.__exit__(exc_type, exc, tb)
         self._hooks = None

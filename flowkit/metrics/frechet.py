@@ -131,17 +131,20 @@ def frechet_skip_reason(data: DataSplits) -> str | None:
     if frechet_space(data) is not None:
         return None
     if data.is_image:
-        return (f"'{data.name}' has no labels, so flowkit cannot train its feature classifier "
-                f"for a Fréchet distance")
-    return (f"'{data.name}' has {data.dim} dimensions; a data-space Fréchet distance is computed "
-            f"only up to {MAX_DATA_SPACE_DIM}")
+        return (
+            f"'{data.name}' has no labels, so flowkit cannot train its feature classifier "
+            f"for a Fréchet distance"
+        )
+    return (
+        f"'{data.name}' has {data.dim} dimensions; a data-space Fréchet distance is computed "
+        f"only up to {MAX_DATA_SPACE_DIM}"
+    )
 
 
 @torch.no_grad()
 def _features(net: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     device = next(net.parameters()).device
-    return torch.cat([net.features(chunk.to(device, torch.float32)).cpu()
-                      for chunk in x.split(batch_size)])
+    return torch.cat([net.features(chunk.to(device, torch.float32)).cpu() for chunk in x.split(batch_size)])
 
 
 def frechet_distance(
@@ -168,8 +171,7 @@ def frechet_distance(
         raise ConfigError(f"no Fréchet distance: {frechet_skip_reason(data)}")
     reference, labels = reference_batch(data, n, seed)
     m = reference.shape[0]
-    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature,
-                           batch_size=batch_size).cpu()
+    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size).cpu()
     out: dict[str, float] = {}
     if space == "classifier":
         net, accuracy = train_classifier(data, steps=classifier_steps)

@@ -66,14 +66,18 @@ def density_verdict(metrics: Mapping[str, Any]) -> tuple[bool, str]:
     bpd = _num(metrics, "test_bpd")
     shown = f" ({bpd:,.1f} here)" if bpd is not None and math.isfinite(bpd) else ""
     if metrics.get("prior") == "restricted":
-        return False, (f"test bits/dim{shown} are not a density: the restricted prior lives on a "
-                       f"few latent dimensions and its log-probability is only a surrogate; judge "
-                       f"this model by its samples")
+        return False, (
+            f"test bits/dim{shown} are not a density: the restricted prior lives on a "
+            f"few latent dimensions and its log-probability is only a surrogate; judge "
+            f"this model by its samples"
+        )
     if density_free and collapsed > 0.0:
-        return False, (f"test bits/dim{shown} are not a meaningful density: {objective} training "
-                       f"fits no likelihood and {collapsed:.0%} of the latent dimensions have "
-                       f"collapsed (σ < 0.01), so test data falls in the tails of a degenerate "
-                       f"prior; judge this model by its samples")
+        return False, (
+            f"test bits/dim{shown} are not a meaningful density: {objective} training "
+            f"fits no likelihood and {collapsed:.0%} of the latent dimensions have "
+            f"collapsed (σ < 0.01), so test data falls in the tails of a degenerate "
+            f"prior; judge this model by its samples"
+        )
     return True, ""
 
 
@@ -102,10 +106,27 @@ def summary_headline(metrics: Mapping[str, Any]) -> list[str]:
     objective = str(metrics.get("objective", ""))
     terms = _objective_terms(objective)
     density_free = (bool(terms) and terms <= DENSITY_FREE_OBJECTIVES) or not meaningful
-    num = {k: _num(metrics, k) for k in (
-        "sample_accuracy", "precision", "recall", "density", "coverage", "fd", "sample_examples",
-        "fd_classifier_accuracy", "class_precision", "class_recall", "class_coverage",
-        "class_recall_min", "test_bpd", "test_nll", "latent_collapsed_share", "latent_sigma_max")}
+    num = {
+        k: _num(metrics, k)
+        for k in (
+            "sample_accuracy",
+            "precision",
+            "recall",
+            "density",
+            "coverage",
+            "fd",
+            "sample_examples",
+            "fd_classifier_accuracy",
+            "class_precision",
+            "class_recall",
+            "class_coverage",
+            "class_recall_min",
+            "test_bpd",
+            "test_nll",
+            "latent_collapsed_share",
+            "latent_sigma_max",
+        )
+    }
     samples: list[str] = []
     if num["precision"] is not None or num["fd"] is not None:
         parts = []
@@ -116,32 +137,44 @@ def summary_headline(metrics: Mapping[str, Any]) -> list[str]:
         parts.append(f"density {_fmt(num['density'])}")
         parts.append(f"coverage {_fmt(num['coverage'])}")
         parts.append(f"Fréchet {_fmt(num['fd'])}")
-        where = (f"{int(num['sample_examples'])} vs test data"
-                 if num["sample_examples"] is not None else "vs test data")
+        where = (
+            f"{int(num['sample_examples'])} vs test data"
+            if num["sample_examples"] is not None
+            else "vs test data"
+        )
         if num["fd_classifier_accuracy"] is not None:
-            where += (f", in the features of flowkit's classifier, test accuracy "
-                      f"{_fmt(num['fd_classifier_accuracy'])}")
+            where += (
+                f", in the features of flowkit's classifier, test accuracy "
+                f"{_fmt(num['fd_classifier_accuracy'])}"
+            )
         samples.append(f"samples ({where}): " + " · ".join(parts))
         if num["class_recall"] is not None:
             samples.append(
                 f"within each class (mean over classes): precision {_fmt(num['class_precision'])}"
                 f" · recall {_fmt(num['class_recall'])} (worst class {_fmt(num['class_recall_min'])})"
-                f" · coverage {_fmt(num['class_coverage'])}")
+                f" · coverage {_fmt(num['class_coverage'])}"
+            )
     latent = []
     if num["latent_collapsed_share"] is not None:
-        latent = [f"latent: {num['latent_collapsed_share']:.0%} of dimensions collapsed "
-                  f"(σ < 0.01), largest σ {_fmt(num['latent_sigma_max'])}"]
+        latent = [
+            f"latent: {num['latent_collapsed_share']:.0%} of dimensions collapsed "
+            f"(σ < 0.01), largest σ {_fmt(num['latent_sigma_max'])}"
+        ]
     density: list[str] = []
     if not meaningful:
         density = [why]
     elif num["test_bpd"] is not None:
         line = f"test bits/dim {_fmt(num['test_bpd'])}"
         if metrics.get("exact_density") is False:
-            line += (" (latent density at the zero-padded image, not a density of the data; "
-                     "not comparable with published numbers)")
+            line += (
+                " (latent density at the zero-padded image, not a density of the data; "
+                "not comparable with published numbers)"
+            )
         if density_free:
-            line += (f" (an exact density, but {objective} training does not fit it: not "
-                     f"comparable with likelihood-trained flows)")
+            line += (
+                f" (an exact density, but {objective} training does not fit it: not "
+                f"comparable with likelihood-trained flows)"
+            )
         density = [line]
     elif num["test_nll"] is not None:
         density = [f"test NLL {_fmt(num['test_nll'])} nats"]

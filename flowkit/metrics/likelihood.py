@@ -40,20 +40,19 @@ def evaluate_nll(
     device = model.device
     total = 0.0
     for start in range(0, n, batch_size):
-        x = x_all[start:min(n, start + batch_size)]
+        x = x_all[start : min(n, start + batch_size)]
         if dequantize_data:
             x = dequantize(x, data.levels, gen)
         context = None
         if y_all is not None:
-            context = y_all[start:start + x.shape[0]].to(device)
+            context = y_all[start : start + x.shape[0]].to(device)
             if context.is_floating_point():
                 context = context.to(model_dtype(model))
         log_prob = model.log_prob(x.to(device, model_dtype(model)), context)
         total += float(log_prob.double().sum())
     model.train(was_training)
     nll = -total / n
-    out = {f"{split}_nll": nll, f"{split}_nll_per_dim": nll / data.dim,
-           f"{split}_examples": float(n)}
+    out = {f"{split}_nll": nll, f"{split}_nll_per_dim": nll / data.dim, f"{split}_examples": float(n)}
     if data.levels:
         out[f"{split}_bpd"] = (nll / data.dim + math.log(data.levels)) / math.log(2.0)
     return out
@@ -80,5 +79,7 @@ def latent_scale_stats(model: Flow, threshold: float = 1e-2) -> dict[str, float]
     if moments is None:
         return {}
     sigma = moments[1].reshape(n, -1).mean(0)
-    return {"latent_collapsed_share": float((sigma < threshold).double().mean()),
-            "latent_sigma_max": float(sigma.max())}
+    return {
+        "latent_collapsed_share": float((sigma < threshold).double().mean()),
+        "latent_sigma_max": float(sigma.max()),
+    }

@@ -44,9 +44,9 @@ def reconstruction_error(
     worst = torch.zeros((), dtype=torch.float64)  # torch.maximum propagates NaN, max() would not
     with eval_mode(model):
         for start in range(0, n, batch_size):
-            x = dequantize(x_all[start:min(n, start + batch_size)], data.levels, gen)
+            x = dequantize(x_all[start : min(n, start + batch_size)], data.levels, gen)
             x = x.to(device, dtype)
-            context = y_all[start:start + x.shape[0]].to(device) if y_all is not None else None
+            context = y_all[start : start + x.shape[0]].to(device) if y_all is not None else None
             z, _ = model.encode(x, context)
             error = (model.decode(z, context) - x).abs().double()
             total += float(error.sum())

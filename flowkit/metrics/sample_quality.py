@@ -54,9 +54,7 @@ def random_directions(dim: int, n_projections: int, seed: int = 0) -> np.ndarray
     return theta / np.linalg.norm(theta, axis=0, keepdims=True)
 
 
-def sliced_wasserstein(
-    a: Tensor, b: Tensor, *, n_projections: int = 500, p: int = 2, seed: int = 0
-) -> float:
+def sliced_wasserstein(a: Tensor, b: Tensor, *, n_projections: int = 500, p: int = 2, seed: int = 0) -> float:
     """Sliced ``p``-Wasserstein distance between two uniform point clouds (flattened examples).
 
     ``SW_p(α, β) = ( (1/L) Σ_{l=1..L} W_p^p(θ_l#α, θ_l#β) )^{1/p}`` with ``L = n_projections``
@@ -81,9 +79,7 @@ def sliced_wasserstein(
     return float(pot.sliced_wasserstein_distance(xa, xb, projections=theta, p=p))
 
 
-def sinkhorn_distance(
-    a: Tensor, b: Tensor, *, blur: float = 0.05, p: int = 2, scaling: float = 0.5
-) -> float:
+def sinkhorn_distance(a: Tensor, b: Tensor, *, blur: float = 0.05, p: int = 2, scaling: float = 0.5) -> float:
     """Debiased Sinkhorn distance between two uniform point clouds (flattened examples).
 
     With the cost ``c(x, y) = ‖x − y‖^p / p`` and ``ε = blur^p``, the Sinkhorn divergence is
@@ -143,8 +139,7 @@ def sample_quality(
     """
     reference, labels = reference_batch(data, n, seed)
     m = reference.shape[0]
-    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature,
-                           batch_size=batch_size)
+    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size)
     finite = torch.isfinite(samples.reshape(m, -1)).all(1)
     return {
         "sw_distance": sliced_wasserstein(samples, reference, n_projections=n_projections, seed=seed),

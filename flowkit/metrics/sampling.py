@@ -66,7 +66,7 @@ def reference_batch(data: DataSplits, n: int, seed: int) -> tuple[Tensor, Tensor
         raise ConfigError(f"the number of samples for a sample-quality metric must be >= 1, got {n}")
     gen = torch.Generator().manual_seed(int(seed))
     total = data.test.shape[0]
-    idx = torch.randperm(total, generator=gen)[:min(n, total)]
+    idx = torch.randperm(total, generator=gen)[: min(n, total)]
     x = dequantize(data.test[idx], data.levels, gen)
     if data.test_labels is not None:
         return x, data.test_labels[idx]
@@ -95,13 +95,14 @@ def draw_samples(
     real_context = getattr(model, "context_shape", None) is not None
     if labels is not None and (labels.shape[:1] != (n,) or (labels.dim() != 1 and not real_context)):
         raise ConfigError(f"draw_samples: expected {n} labels, got shape {tuple(labels.shape)}")
-    use_labels = labels is not None and (real_context if labels.is_floating_point()
-                                         else bool(model.num_classes))
+    use_labels = labels is not None and (
+        real_context if labels.is_floating_point() else bool(model.num_classes)
+    )
     device = model.device
     chunks = []
     with eval_mode(model), seeded(seed, device):
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            context = labels[start:start + m].to(device) if use_labels else None
+            context = labels[start : start + m].to(device) if use_labels else None
             chunks.append(model.sample(m, context, temperature=temperature))
     return torch.cat(chunks)

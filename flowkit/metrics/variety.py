@@ -121,8 +121,7 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]
         return {"precision": math.nan, "recall": math.nan}
     fake_on_real = _in_manifold(y, x, knn_radii(x, k))[0]
     real_on_fake = _in_manifold(x, y, knn_radii(y, k))[0]
-    return {"precision": float(fake_on_real.double().mean()),
-            "recall": float(real_on_fake.double().mean())}
+    return {"precision": float(fake_on_real.double().mean()), "recall": float(real_on_fake.double().mean())}
 
 
 def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
@@ -139,8 +138,7 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return {"density": math.nan, "coverage": math.nan}
     _, count, hit = _in_manifold(y, x, knn_radii(x, k))
-    return {"density": float(count.sum() / (k * y.shape[0])),
-            "coverage": float(hit.double().mean())}
+    return {"density": float(count.sum() / (k * y.shape[0])), "coverage": float(hit.double().mean())}
 
 
 def variety_scores(real: Tensor, fake: Tensor, *, k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
@@ -148,8 +146,9 @@ def variety_scores(real: Tensor, fake: Tensor, *, k_pr: int = 3, k_dc: int = 5) 
     return precision_recall(real, fake, k_pr) | density_coverage(real, fake, k_dc)
 
 
-def per_class_variety(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: Tensor, *,
-                      k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
+def per_class_variety(
+    real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: Tensor, *, k_pr: int = 3, k_dc: int = 5
+) -> dict[str, float]:
     """:func:`variety_scores` within every class, averaged over classes: ``class_precision``,
     ``class_recall``, ``class_density``, ``class_coverage``, plus ``class_recall_min`` (the worst
     class) and ``variety_classes`` (classes scored).
@@ -175,8 +174,7 @@ def per_class_variety(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labe
 @torch.no_grad()
 def _features(net: torch.nn.Module, x: Tensor, batch_size: int) -> Tensor:
     device = next(net.parameters()).device
-    return torch.cat([net.features(chunk.to(device, torch.float32)).cpu()
-                      for chunk in x.split(batch_size)])
+    return torch.cat([net.features(chunk.to(device, torch.float32)).cpu() for chunk in x.split(batch_size)])
 
 
 def sample_metrics(
@@ -220,8 +218,7 @@ def sample_metrics(
         raise ConfigError(f"no sample metrics: {frechet_skip_reason(data)}")
     reference, labels = reference_batch(data, n, seed)
     m = reference.shape[0]
-    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature,
-                           batch_size=batch_size).cpu()
+    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size).cpu()
     out: dict[str, float] = {}
     logits = None
     if space == "classifier":

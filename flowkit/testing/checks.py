@@ -141,42 +141,69 @@ def _call(
     """Run one direction and verify the output contract: types, shapes, device and dtype."""
     context = _context_like(context, inp)
     try:
-        result = transform(inp, context) if direction == "forward" else \
-            transform.inverse(inp, context)
+        result = transform(inp, context) if direction == "forward" else transform.inverse(inp, context)
     except AssertionError:
         raise
     except Exception as exc:
         raise _fail(name, check, inp, f"{direction} raised {type(exc).__name__}: {exc}") from exc
-    if not (isinstance(result, tuple) and len(result) == 2
-            and all(isinstance(r, Tensor) for r in result)):
-        raise _fail(name, check, inp, f"{direction} must return a tuple (out, logabsdet) of two "
-                                      f"tensors, but returned {_describe(result)}")
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(r, Tensor) for r in result)):
+        raise _fail(
+            name,
+            check,
+            inp,
+            f"{direction} must return a tuple (out, logabsdet) of two "
+            f"tensors, but returned {_describe(result)}",
+        )
     out, logdet = result
     batch = inp.shape[0]
     side = "output_shape" if direction == "forward" else "event_shape"
     expected = (batch, *getattr(transform, side))
     if tuple(out.shape) != expected:
-        raise _fail(name, check, inp, f"{direction} output has shape {tuple(out.shape)}, "
-                                      f"expected (batch, *{side}) = {expected}")
+        raise _fail(
+            name,
+            check,
+            inp,
+            f"{direction} output has shape {tuple(out.shape)}, expected (batch, *{side}) = {expected}",
+        )
     if tuple(logdet.shape) != (batch,):
-        raise _fail(name, check, inp, f"{direction} logabsdet has shape {tuple(logdet.shape)}, "
-                                      f"expected (batch,) = ({batch},)")
+        raise _fail(
+            name,
+            check,
+            inp,
+            f"{direction} logabsdet has shape {tuple(logdet.shape)}, expected (batch,) = ({batch},)",
+        )
     for label, tensor in (("output", out), ("logabsdet", logdet)):
         if tensor.dtype != inp.dtype:
-            raise _fail(name, check, inp, f"{direction} {label} has dtype {tensor.dtype} but the "
-                                          f"input has dtype {inp.dtype}; create tensors with "
-                                          f"x.new_zeros(...) or dtype=x.dtype (e.g. the logdet "
-                                          f"accumulator: self.zero_logdet(x))")
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"{direction} {label} has dtype {tensor.dtype} but the "
+                f"input has dtype {inp.dtype}; create tensors with "
+                f"x.new_zeros(...) or dtype=x.dtype (e.g. the logdet "
+                f"accumulator: self.zero_logdet(x))",
+            )
         if tensor.device != inp.device:
-            raise _fail(name, check, inp, f"{direction} {label} is on {tensor.device} but the "
-                                          f"input is on {inp.device}; create tensors with "
-                                          f"device=x.device")
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"{direction} {label} is on {tensor.device} but the "
+                f"input is on {inp.device}; create tensors with "
+                f"device=x.device",
+            )
     return out, logdet
 
 
 def _assert_close(
-    actual: Tensor, expected: Tensor, atol: float, rtol: float, what: str,
-    name: str, check: str, inp: Tensor,
+    actual: Tensor,
+    expected: Tensor,
+    atol: float,
+    rtol: float,
+    what: str,
+    name: str,
+    check: str,
+    inp: Tensor,
 ) -> None:
     """Elementwise ``|actual - expected| <= atol + rtol·|expected|`` with a precise message."""
     actual = actual.detach()
@@ -189,7 +216,9 @@ def _assert_close(
     if (err > tol).any():
         worst = int(torch.argmax(err - tol))
         raise _fail(
-            name, check, inp,
+            name,
+            check,
+            inp,
             f"{what}: max |error| {err.max().item():.3e} exceeds the tolerance "
             f"(atol {atol:.1e} + rtol {rtol:.1e}·|expected|); worst element {worst}: "
             f"{actual.flatten()[worst].item():.6g} vs {expected.flatten()[worst].item():.6g} "
@@ -212,8 +241,12 @@ def _default_output_sample(transform: Transform, x: Tensor) -> Tensor:
 # the individual checks
 # ---------------------------------------------------------------------------------------------
 def check_output_contract(
-    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-    *, name: str | None = None,
+    transform: Transform,
+    x: Tensor,
+    y: Tensor | None = None,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
 ) -> None:
     """Check that both directions return ``(out, logabsdet)`` with the promised shapes and types.
 
@@ -227,12 +260,22 @@ def check_output_contract(
     check = "output-contract"
     for attr in ("event_shape", "output_shape"):
         if not isinstance(getattr(transform, attr, None), tuple):
-            raise _fail(name, check, x, f"the module has no tuple attribute '{attr}'; subclass "
-                                        f"flowkit.Transform and call its __init__")
+            raise _fail(
+                name,
+                check,
+                x,
+                f"the module has no tuple attribute '{attr}'; subclass "
+                f"flowkit.Transform and call its __init__",
+            )
     if math.prod(transform.event_shape) != math.prod(transform.output_shape):
-        raise _fail(name, check, x, f"event_shape {transform.event_shape} and output_shape "
-                                    f"{transform.output_shape} hold different numbers of scalars; "
-                                    f"an invertible transform must preserve the dimension")
+        raise _fail(
+            name,
+            check,
+            x,
+            f"event_shape {transform.event_shape} and output_shape "
+            f"{transform.output_shape} hold different numbers of scalars; "
+            f"an invertible transform must preserve the dimension",
+        )
     y = _default_output_sample(transform, x) if y is None else y
     variants: list[tuple[nn.Module, Tensor, Tensor]] = [(transform, x, y)]
     if x.dtype != torch.float64:
@@ -244,13 +287,23 @@ def check_output_contract(
                 for label, tensor in (("output", out), ("logabsdet", logdet)):
                     if not torch.isfinite(tensor).all():
                         bad = int((~torch.isfinite(tensor)).sum())
-                        raise _fail(name, check, inp, f"{direction} {label} has {bad} non-finite "
-                                                      f"value(s) (NaN or inf)")
+                        raise _fail(
+                            name,
+                            check,
+                            inp,
+                            f"{direction} {label} has {bad} non-finite value(s) (NaN or inf)",
+                        )
 
 
 def check_round_trip(
-    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-    *, name: str | None = None, atol: float = ROUND_TRIP_ATOL, rtol: float = ROUND_TRIP_RTOL,
+    transform: Transform,
+    x: Tensor,
+    y: Tensor | None = None,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
+    atol: float = ROUND_TRIP_ATOL,
+    rtol: float = ROUND_TRIP_RTOL,
 ) -> None:
     """Check ``f⁻¹(f(x)) ≈ x`` and ``f(f⁻¹(y)) ≈ y``, and that the two log-dets cancel.
 
@@ -268,50 +321,74 @@ def check_round_trip(
         for first, second, start in (("forward", "inverse", x), ("inverse", "forward", y)):
             mid, ld_first = _call(transform, start, context, first, name, check)
             back, ld_second = _call(transform, mid, context, second, name, check)
-            label = "inverse(forward(x)) vs x" if first == "forward" else \
-                "forward(inverse(y)) vs y"
+            label = "inverse(forward(x)) vs x" if first == "forward" else "forward(inverse(y)) vs y"
             scaled = atol * max(1.0, _max_abs(start))
             _assert_close(back, start, scaled, rtol, label, name, check, start)
             ld_tol = atol * max(1.0, root_dim, _max_abs(ld_first), _max_abs(ld_second))
             _assert_close(
-                ld_first + ld_second, torch.zeros_like(ld_first), ld_tol, 0.0,
-                f"{first} logabsdet + {second} logabsdet (must cancel)", name, check, start,
+                ld_first + ld_second,
+                torch.zeros_like(ld_first),
+                ld_tol,
+                0.0,
+                f"{first} logabsdet + {second} logabsdet (must cancel)",
+                name,
+                check,
+                start,
             )
 
 
-def _single_example(fn: Callable[..., Any], shape: Shape, context: Tensor | None,
-                    flat: Tensor) -> Tensor:
+def _single_example(fn: Callable[..., Any], shape: Shape, context: Tensor | None, flat: Tensor) -> Tensor:
     """One example through ``fn``, flattened in and out (the map whose Jacobian we take)."""
     return fn(flat.reshape(1, *shape), context)[0].reshape(-1)
 
 
 def _compare_with_jacobian(
-    module: Transform, inp: Tensor, out: Tensor, logdet: Tensor, context: Tensor | None,
-    direction: str, name: str, atol: float, rtol: float,
+    module: Transform,
+    inp: Tensor,
+    out: Tensor,
+    logdet: Tensor,
+    context: Tensor | None,
+    direction: str,
+    name: str,
+    atol: float,
+    rtol: float,
 ) -> None:
     check = "log-det"
     fn = module if direction == "forward" else module.inverse
     shape = tuple(inp.shape[1:])
     for i in range(inp.shape[0]):
-        ctx_i = None if context is None else context[i:i + 1]
+        ctx_i = None if context is None else context[i : i + 1]
         single = partial(_single_example, fn, shape, ctx_i)
         flat = inp[i].detach().reshape(-1)
         with torch.no_grad():
             alone = single(flat)
-        _assert_close(alone, out[i].reshape(-1), 1e-9, 1e-7,
-                      f"{direction} of example {i} computed alone vs in the batch (examples "
-                      f"must not interact)", name, check, inp)
+        _assert_close(
+            alone,
+            out[i].reshape(-1),
+            1e-9,
+            1e-7,
+            f"{direction} of example {i} computed alone vs in the batch (examples must not interact)",
+            name,
+            check,
+            inp,
+        )
         try:
             jac = torch.autograd.functional.jacobian(single, flat)
         except Exception as exc:
-            raise _fail(name, check, inp, f"autograd Jacobian of {direction} failed: "
-                                          f"{type(exc).__name__}: {exc}") from exc
+            raise _fail(
+                name, check, inp, f"autograd Jacobian of {direction} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         sign, expected = torch.linalg.slogdet(jac)
         returned = float(logdet[i])
         if float(sign) == 0.0 or not math.isfinite(float(expected)):
-            raise _fail(name, check, inp, f"the {direction} Jacobian of example {i} is singular "
-                                          f"(slogdet sign {float(sign):g}); the map is not "
-                                          f"invertible there")
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"the {direction} Jacobian of example {i} is singular "
+                f"(slogdet sign {float(sign):g}); the map is not "
+                f"invertible there",
+            )
         error = abs(returned - float(expected))
         tol = atol + rtol * abs(float(expected))
         if not error <= tol:
@@ -319,7 +396,9 @@ def _compare_with_jacobian(
             if abs(returned + float(expected)) <= tol:
                 hint = " — the sign is flipped"
             raise _fail(
-                name, check, inp,
+                name,
+                check,
+                inp,
                 f"{direction} logabsdet of example {i} is {returned:.10g} but "
                 f"log|det J| from torch.autograd.functional.jacobian + slogdet is "
                 f"{float(expected):.10g}{hint}; |error| {error:.3e} > tolerance {tol:.3e} "
@@ -328,8 +407,14 @@ def _compare_with_jacobian(
 
 
 def check_logdet(
-    transform: Transform, x: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-    *, name: str | None = None, atol: float = JACOBIAN_ATOL, rtol: float = JACOBIAN_RTOL,
+    transform: Transform,
+    x: Tensor,
+    y: Tensor | None = None,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
+    atol: float = JACOBIAN_ATOL,
+    rtol: float = JACOBIAN_RTOL,
 ) -> None:
     """Check the returned log-dets against ``slogdet`` of the autograd Jacobian, in float64.
 
@@ -357,17 +442,32 @@ def check_logdet(
     if getattr(transform, "volume_preserving", False):
         with torch.no_grad():
             ld32 = _call(transform, x, context, "forward", name, check)[1]
-        for direction, inp, logdet in (("forward", x64, ld_fwd), ("inverse", y64, ld_inv),
-                                       ("forward", x, ld32)):
+        for direction, inp, logdet in (
+            ("forward", x64, ld_fwd),
+            ("inverse", y64, ld_inv),
+            ("forward", x, ld32),
+        ):
             if bool((logdet != 0).any()):
-                raise _fail(name, check, inp, f"volume_preserving = True but the {direction} "
-                                              f"logabsdet is not exactly zero (max |logabsdet| "
-                                              f"{_max_abs(logdet):.3e}); return "
-                                              f"self.zero_logdet(x)")
+                raise _fail(
+                    name,
+                    check,
+                    inp,
+                    f"volume_preserving = True but the {direction} "
+                    f"logabsdet is not exactly zero (max |logabsdet| "
+                    f"{_max_abs(logdet):.3e}); return "
+                    f"self.zero_logdet(x)",
+                )
 
 
-def _outputs(module: nn.Module, inp: Tensor, context: Tensor | None, direction: str,
-             name: str, check: str, seed: int | None = None) -> tuple[Tensor, Tensor]:
+def _outputs(
+    module: nn.Module,
+    inp: Tensor,
+    context: Tensor | None,
+    direction: str,
+    name: str,
+    check: str,
+    seed: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """Outputs of one direction under no_grad, with the RNG fixed when ``seed`` is given."""
     with torch.no_grad():
         if seed is None:
@@ -377,19 +477,34 @@ def _outputs(module: nn.Module, inp: Tensor, context: Tensor | None, direction: 
 
 
 def _assert_identical(
-    first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], what: str, hint: str,
-    name: str, check: str, inp: Tensor,
+    first: tuple[Tensor, Tensor],
+    second: tuple[Tensor, Tensor],
+    what: str,
+    hint: str,
+    name: str,
+    check: str,
+    inp: Tensor,
 ) -> None:
     for label, a, b in (("output", first[0], second[0]), ("logabsdet", first[1], second[1])):
         if not torch.equal(a, b):
             diff = _max_abs(a.double() - b.double()) if a.shape == b.shape else float("nan")
-            raise _fail(name, check, inp, f"{what}: {label} differs (max |difference| "
-                                          f"{diff:.3e}, tolerance 0); {hint}")
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"{what}: {label} differs (max |difference| {diff:.3e}, tolerance 0); {hint}",
+            )
 
 
 def check_state_dict(
-    transform: Transform, build: Callable[[], Transform], x: Tensor, y: Tensor | None = None,
-    context: Tensor | None = None, *, name: str | None = None, x_other: Tensor | None = None,
+    transform: Transform,
+    build: Callable[[], Transform],
+    x: Tensor,
+    y: Tensor | None = None,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
+    x_other: Tensor | None = None,
 ) -> None:
     """Check that ``state_dict`` holds all the state: a reloaded fresh instance is identical.
 
@@ -403,27 +518,36 @@ def check_state_dict(
     """
     name = name or _plugin_name(transform)
     check = "state-dict"
-    hint = ("some state is not in the state_dict: keep data-dependent-init flags, permutations "
-            "and masks in registered buffers (self.register_buffer), not in Python attributes")
+    hint = (
+        "some state is not in the state_dict: keep data-dependent-init flags, permutations "
+        "and masks in registered buffers (self.register_buffer), not in Python attributes"
+    )
     buffer = io.BytesIO()
     try:
         torch.save(transform.state_dict(), buffer)
         buffer.seek(0)
         state = torch.load(buffer, weights_only=True)
     except Exception as exc:
-        raise _fail(name, check, x, f"the state_dict does not survive torch.save / "
-                                    f"torch.load(weights_only=True): {type(exc).__name__}: {exc}; "
-                                    f"store only tensors in it") from exc
+        raise _fail(
+            name,
+            check,
+            x,
+            f"the state_dict does not survive torch.save / "
+            f"torch.load(weights_only=True): {type(exc).__name__}: {exc}; "
+            f"store only tensors in it",
+        ) from exc
     try:
         fresh = build()
     except Exception as exc:
-        raise _fail(name, check, x, f"building a second instance failed: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(
+            name, check, x, f"building a second instance failed: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         fresh.load_state_dict(state)
     except Exception as exc:
-        raise _fail(name, check, x, f"load_state_dict into a fresh instance failed: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(
+            name, check, x, f"load_state_dict into a fresh instance failed: {type(exc).__name__}: {exc}"
+        ) from exc
     fresh = fresh.to(device=x.device, dtype=x.dtype)
     x_other = x * 1.7 + 0.5 if x_other is None else x_other
     y = _default_output_sample(transform, x) if y is None else y
@@ -435,14 +559,25 @@ def check_state_dict(
         for direction, inp in (("forward", x_other), ("forward", x), ("inverse", y)):
             got = _outputs(fresh, inp, context, direction, name, check, seed=0)
             want = _outputs(original, inp, context, direction, name, check, seed=0)
-            _assert_identical(want, got, f"{direction} of a fresh instance after "
-                                         f"load_state_dict vs the original ({mode} mode)",
-                              hint, name, check, inp)
+            _assert_identical(
+                want,
+                got,
+                f"{direction} of a fresh instance after load_state_dict vs the original ({mode} mode)",
+                hint,
+                name,
+                check,
+                inp,
+            )
 
 
 def check_dtype_device(
-    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
-    atol: float = JACOBIAN_ATOL, rtol: float = JACOBIAN_RTOL,
+    transform: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
+    atol: float = JACOBIAN_ATOL,
+    rtol: float = JACOBIAN_RTOL,
     devices: Sequence[str | torch.device] | None = None,
 ) -> None:
     """Check that outputs follow the input's dtype (float32, float64) and device (CPU, CUDA).
@@ -472,14 +607,17 @@ def check_dtype_device(
             if reference is None:
                 reference = (out.cpu(), logdet.cpu())
             else:
-                for label, got, want in (("output", out, reference[0]),
-                                         ("logabsdet", logdet, reference[1])):
+                for label, got, want in (("output", out, reference[0]), ("logabsdet", logdet, reference[1])):
                     what = f"forward {label} on {device} vs on {devices[0]}"
                     _assert_close(got.cpu(), want, atol, rtol, what, name, check, xin)
 
 
 def check_gradients(
-    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
+    transform: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
 ) -> None:
     """Check that every trainable parameter gets a finite gradient (in train mode).
 
@@ -500,20 +638,34 @@ def check_gradients(
     loss = 0.5 * out.reshape(out.shape[0], -1).square().sum(dim=1) - logdet
     loss = loss.mean()
     if not loss.requires_grad:
-        raise _fail(name, check, x, "neither the output nor the logabsdet depends on any "
-                                    "parameter (is the graph cut by .detach() or no_grad?)")
+        raise _fail(
+            name,
+            check,
+            x,
+            "neither the output nor the logabsdet depends on any "
+            "parameter (is the graph cut by .detach() or no_grad?)",
+        )
     loss.backward()
     missing = [n for n, p in params if p.grad is None]
     if missing:
-        raise _fail(name, check, x, f"no gradient reached parameter(s) {', '.join(missing)}: "
-                                    f"they are unused in forward or their graph is cut")
+        raise _fail(
+            name,
+            check,
+            x,
+            f"no gradient reached parameter(s) {', '.join(missing)}: "
+            f"they are unused in forward or their graph is cut",
+        )
     bad = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
         raise _fail(name, check, x, f"non-finite gradient for parameter(s) {', '.join(bad)}")
 
 
 def check_pickle(
-    transform: Transform, x: Tensor, context: Tensor | None = None, *, name: str | None = None,
+    transform: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
 ) -> None:
     """Check that ``pickle`` round-trips the module and the copy gives identical outputs.
 
@@ -525,19 +677,32 @@ def check_pickle(
     try:
         blob = pickle.dumps(transform)
     except Exception as exc:
-        raise _fail(name, check, x, f"pickle.dumps of the module failed ({type(exc).__name__}: "
-                                    f"{exc}); store no lambdas, closures or local classes as "
-                                    f"attributes — use module-level functions or nn.Modules "
-                                    f"(e.g. nn.ReLU() instead of lambda t: t.relu())") from exc
+        raise _fail(
+            name,
+            check,
+            x,
+            f"pickle.dumps of the module failed ({type(exc).__name__}: "
+            f"{exc}); store no lambdas, closures or local classes as "
+            f"attributes — use module-level functions or nn.Modules "
+            f"(e.g. nn.ReLU() instead of lambda t: t.relu())",
+        ) from exc
     try:
         clone = pickle.loads(blob)
     except Exception as exc:
-        raise _fail(name, check, x, f"pickle.loads of the pickled module failed: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(
+            name, check, x, f"pickle.loads of the pickled module failed: {type(exc).__name__}: {exc}"
+        ) from exc
     want = _outputs(transform, x, context, "forward", name, check, seed=0)
     got = _outputs(clone, x, context, "forward", name, check, seed=0)
-    _assert_identical(want, got, "forward of the unpickled copy vs the original",
-                      "some state does not survive pickling", name, check, x)
+    _assert_identical(
+        want,
+        got,
+        "forward of the unpickled copy vs the original",
+        "some state does not survive pickling",
+        name,
+        check,
+        x,
+    )
 
 
 def _other_contexts(context: Tensor, num_classes: int | None) -> tuple[list[Tensor], str]:
@@ -555,14 +720,18 @@ def _other_contexts(context: Tensor, num_classes: int | None) -> tuple[list[Tens
         others = [context + 1.0, context - 1.0, context + pattern, context - pattern]
         return others, "every context entry is shifted by ±1, and by ±a fixed pattern"
     if num_classes is None or num_classes < 2:
-        raise ValueError(f"check_context needs num_classes >= 2 for class labels, got "
-                         f"{num_classes}")
+        raise ValueError(f"check_context needs num_classes >= 2 for class labels, got {num_classes}")
     return [(context + 1) % num_classes], "every label is shifted by one"
 
 
 def check_context(
-    transform: Transform, x: Tensor, context: Tensor, num_classes: int | None = None,
-    *, name: str | None = None, y: Tensor | None = None,
+    transform: Transform,
+    x: Tensor,
+    context: Tensor,
+    num_classes: int | None = None,
+    *,
+    name: str | None = None,
+    y: Tensor | None = None,
 ) -> None:
     """Check that a conditional transform's outputs depend on its context, both directions.
 
@@ -577,8 +746,10 @@ def check_context(
     check = "context"
     others, how = _other_contexts(context, num_classes)
     if is_vector_context(context):
-        what = (f"context although the transform takes context_features={context.shape[-1]}: it "
-                f"ignores its context; feed the context to the conditioner")
+        what = (
+            f"context although the transform takes context_features={context.shape[-1]}: it "
+            f"ignores its context; feed the context to the conditioner"
+        )
     else:
         what = "labels although the transform was built with conditional=True"
     y = _default_output_sample(transform, x) if y is None else y
@@ -592,8 +763,13 @@ def check_context(
             if change > tol:
                 break
         else:
-            raise _fail(name, check, inp, f"the {direction} outputs do not depend on the {what} "
-                                          f"(max change {change:.3e} <= {tol:.3e} when {how})")
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"the {direction} outputs do not depend on the {what} "
+                f"(max change {change:.3e} <= {tol:.3e} when {how})",
+            )
 
 
 def _bad_contexts(context: Tensor) -> Iterator[tuple[str, Tensor | None]]:
@@ -601,14 +777,16 @@ def _bad_contexts(context: Tensor) -> Iterator[tuple[str, Tensor | None]]:
     batch, k = context.shape
     yield "no context (None)", None
     yield f"a context of width {k + 1} instead of {k}", torch.cat([context, context[:, :1]], 1)
-    yield f"a context for {batch + 1} examples instead of {batch}", \
-        torch.cat([context, context[:1]], 0)
-    yield f"an integer context (int64, shape {(batch, k)}) instead of floats", \
-        context.round().long()
+    yield f"a context for {batch + 1} examples instead of {batch}", torch.cat([context, context[:1]], 0)
+    yield f"an integer context (int64, shape {(batch, k)}) instead of floats", context.round().long()
 
 
 def check_context_shape(
-    transform: Transform, x: Tensor, context: Tensor, *, name: str | None = None,
+    transform: Transform,
+    x: Tensor,
+    context: Tensor,
+    *,
+    name: str | None = None,
     y: Tensor | None = None,
 ) -> None:
     """Check that a transform taking a real-valued context refuses a malformed one clearly.
@@ -621,8 +799,10 @@ def check_context_shape(
     name = name or _plugin_name(transform)
     check = "context-shape"
     if not is_vector_context(context) or context.dim() != 2:
-        raise ValueError(f"check_context_shape needs a float context of shape (batch, k), got "
-                         f"{None if context is None else (context.dtype, tuple(context.shape))}")
+        raise ValueError(
+            f"check_context_shape needs a float context of shape (batch, k), got "
+            f"{None if context is None else (context.dtype, tuple(context.shape))}"
+        )
     y = _default_output_sample(transform, x) if y is None else y
     for direction, inp in (("forward", x), ("inverse", y)):
         run = transform if direction == "forward" else transform.inverse
@@ -633,10 +813,20 @@ def check_context_shape(
             except ShapeError:
                 continue
             except Exception as exc:
-                raise _fail(name, check, inp, f"{direction} with {label} raised "
-                                              f"{type(exc).__name__}: {exc}; raise "
-                                              f"flowkit.errors.ShapeError naming the expected "
-                                              f"context shape (batch, {context.shape[1]})") from exc
-            raise _fail(name, check, inp, f"{direction} with {label} returned normally; a "
-                                          f"transform that takes context_features must raise "
-                                          f"flowkit.errors.ShapeError for it")
+                raise _fail(
+                    name,
+                    check,
+                    inp,
+                    f"{direction} with {label} raised "
+                    f"{type(exc).__name__}: {exc}; raise "
+                    f"flowkit.errors.ShapeError naming the expected "
+                    f"context shape (batch, {context.shape[1]})",
+                ) from exc
+            raise _fail(
+                name,
+                check,
+                inp,
+                f"{direction} with {label} returned normally; a "
+                f"transform that takes context_features must raise "
+                f"flowkit.errors.ShapeError for it",
+            )

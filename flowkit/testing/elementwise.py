@@ -33,8 +33,9 @@ def _fail(name: str, check: str, message: str) -> AssertionError:
     return AssertionError(f"[{name}] {check} check failed: {message}")
 
 
-def _resolve(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
-             params: Mapping[str, Any] | None) -> tuple[ElementwiseMap, str]:
+def _resolve(
+    spec: str | ElementwiseMap | Callable[..., ElementwiseMap], params: Mapping[str, Any] | None
+) -> tuple[ElementwiseMap, str]:
     """The map under test and its name for messages (a name, an object or a class/factory)."""
     if isinstance(spec, str):
         return build_map(spec, params, f"[elementwise] {spec}"), spec
@@ -47,16 +48,22 @@ def _resolve(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
 def _params(m: ElementwiseMap, x: Tensor, scale: float, gen: torch.Generator) -> tuple[Tensor, ...]:
     """``num_params`` random conditioner outputs like ``x``, then the feature parameters at their
     initial values plus noise, one per channel (broadcast along the last dimension)."""
-    outputs = tuple(scale * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-                    for _ in range(m.num_params))
-    features = tuple(float(v) + 0.1 * torch.randn(x.shape[1], 1, generator=gen, dtype=x.dtype)
-                     for v in m.feature_params.values())
+    outputs = tuple(scale * torch.randn(x.shape, generator=gen, dtype=x.dtype) for _ in range(m.num_params))
+    features = tuple(
+        float(v) + 0.1 * torch.randn(x.shape[1], 1, generator=gen, dtype=x.dtype)
+        for v in m.feature_params.values()
+    )
     return (*outputs, *features)
 
 
-def check_map(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
-              params: Mapping[str, Any] | None = None, *, seed: int = 0,
-              input_scale: float = 1.0, param_scale: float = 0.5) -> None:
+def check_map(
+    spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    input_scale: float = 1.0,
+    param_scale: float = 0.5,
+) -> None:
     """Check one map on its own (raises :class:`AssertionError` naming the check).
 
     * ``contract``: an :class:`~flowkit.elementwise.ElementwiseMap`, not an ``nn.Module``, with no
@@ -70,12 +77,19 @@ def check_map(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
     """
     m, name = _resolve(spec, params)
     if not isinstance(m, ElementwiseMap) or isinstance(m, nn.Module):
-        raise _fail(name, "contract", f"expected a flowkit.elementwise.ElementwiseMap that is not "
-                                      f"an nn.Module, got {type(m).__name__}")
+        raise _fail(
+            name,
+            "contract",
+            f"expected a flowkit.elementwise.ElementwiseMap that is not an nn.Module, got {type(m).__name__}",
+        )
     held = [k for k, v in vars(m).items() if isinstance(v, (Tensor, nn.Module))]
     if held:
-        raise _fail(name, "contract", f"a map holds no tensors or modules (the layer owns the "
-                                      f"learned ones: declare feature_params), found {held}")
+        raise _fail(
+            name,
+            "contract",
+            f"a map holds no tensors or modules (the layer owns the "
+            f"learned ones: declare feature_params), found {held}",
+        )
     if not isinstance(m.num_params, int) or m.num_params < 1:
         raise _fail(name, "contract", f"num_params must be a positive int, got {m.num_params!r}")
     with _local_rng(seed):
@@ -84,34 +98,44 @@ def check_map(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
         theta = _params(m, x, param_scale, gen)
         y, logdet = m.forward(x, theta)
         if y.shape != x.shape or y.dtype != x.dtype or logdet.shape != (3,):
-            raise _fail(name, "contract", f"forward returned {tuple(y.shape)} {y.dtype} and a "
-                                          f"log-det of shape {tuple(logdet.shape)} for inputs "
-                                          f"{tuple(x.shape)} {x.dtype}; expected the input's "
-                                          f"shape and dtype, and (3,)")
+            raise _fail(
+                name,
+                "contract",
+                f"forward returned {tuple(y.shape)} {y.dtype} and a "
+                f"log-det of shape {tuple(logdet.shape)} for inputs "
+                f"{tuple(x.shape)} {x.dtype}; expected the input's "
+                f"shape and dtype, and (3,)",
+            )
         back, logdet_inv = m.inverse(y, theta)
         err = float((back - x).abs().max())
         if not torch.allclose(back, x, atol=1e-8, rtol=1e-8):
             raise _fail(name, "round-trip", f"inverse(forward(x)) differs from x by {err:.3g}")
         if not torch.allclose(logdet + logdet_inv, torch.zeros_like(logdet), atol=1e-8):
-            raise _fail(name, "round-trip", "the forward and inverse log-dets do not cancel: "
-                                            f"{logdet.tolist()} vs {logdet_inv.tolist()}")
+            raise _fail(
+                name,
+                "round-trip",
+                f"the forward and inverse log-dets do not cancel: {logdet.tolist()} vs {logdet_inv.tolist()}",
+            )
         _check_logdet(m, name, x, theta, logdet)
         if m.identity_at_zero:
             zero = tuple(torch.zeros_like(x) for _ in range(m.num_params))
-            start = tuple(torch.full((2, 1), float(v), dtype=x.dtype)
-                          for v in m.feature_params.values())
+            start = tuple(torch.full((2, 1), float(v), dtype=x.dtype) for v in m.feature_params.values())
             y0, logdet0 = m.forward(x, (*zero, *start))
             if not (torch.allclose(y0, x, atol=1e-10) and logdet0.abs().max() < 1e-10):
-                raise _fail(name, "identity", "zero conditioner outputs do not give y = x (set "
-                                              "identity_at_zero = False if that is intended)")
+                raise _fail(
+                    name,
+                    "identity",
+                    "zero conditioner outputs do not give y = x (set "
+                    "identity_at_zero = False if that is intended)",
+                )
         clone = pickle.loads(pickle.dumps(m))
         if not torch.equal(clone.forward(x, theta)[0], y):
             raise _fail(name, "pickle", "the unpickled map computes something else")
 
 
-def _check_logdet(m: ElementwiseMap, name: str, x: Tensor, theta: tuple[Tensor, ...],
-                  logdet: Tensor) -> None:
+def _check_logdet(m: ElementwiseMap, name: str, x: Tensor, theta: tuple[Tensor, ...], logdet: Tensor) -> None:
     """``logdet = Σ log|g'|`` by autograd, and the Jacobian is diagonal."""
+
     def flat(v: Tensor) -> Tensor:
         return m.forward(v.reshape(x.shape), theta)[0].reshape(-1)
 
@@ -119,19 +143,27 @@ def _check_logdet(m: ElementwiseMap, name: str, x: Tensor, theta: tuple[Tensor, 
     diagonal = jac.diagonal()
     off = float((jac - torch.diag(diagonal)).abs().max())
     if off > 1e-12:
-        raise _fail(name, "log-det", f"output i depends on inputs other than x_i (largest "
-                                     f"off-diagonal derivative {off:.3g}); an elementwise map "
-                                     f"must act on each scalar alone")
+        raise _fail(
+            name,
+            "log-det",
+            f"output i depends on inputs other than x_i (largest "
+            f"off-diagonal derivative {off:.3g}); an elementwise map "
+            f"must act on each scalar alone",
+        )
     expected = diagonal.abs().log().reshape(x.shape).flatten(1).sum(1)
     if not torch.allclose(logdet, expected, atol=JACOBIAN_ATOL, rtol=JACOBIAN_RTOL):
         err = float((logdet - expected).abs().max())
         raise _fail(name, "log-det", f"the log-det differs from Σ log|∂y_i/∂x_i| by {err:.3g}")
 
 
-def check_elementwise(spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
-                      params: Mapping[str, Any] | None = None, *, seed: int = 0,
-                      input_scale: float = 1.0,
-                      context_features: int | None = CONTEXT_FEATURES) -> None:
+def check_elementwise(
+    spec: str | ElementwiseMap | Callable[..., ElementwiseMap],
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    input_scale: float = 1.0,
+    context_features: int | None = CONTEXT_FEATURES,
+) -> None:
     """Check a map alone (:func:`check_map`) and through the registered ``coupling`` and
     ``autoregressive`` transforms (every :func:`~flowkit.testing.check_transform` check).
 
@@ -149,8 +181,9 @@ def check_elementwise(spec: str | ElementwiseMap | Callable[..., ElementwiseMap]
     for shape in ((6,), (2, 4, 4)):
         check_plugin("coupling", shape, {"map": m, **SMALL_COUPLING}, **kw)
         if context_features:
-            check_plugin("coupling", shape, {"map": m, **SMALL_COUPLING},
-                         context_features=context_features, **kw)
+            check_plugin(
+                "coupling", shape, {"map": m, **SMALL_COUPLING}, context_features=context_features, **kw
+            )
     if not m.autoregressive:
         return
     for direction in ("maf", "iaf"):

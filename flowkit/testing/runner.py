@@ -89,8 +89,7 @@ class _Case:
         return _build(self.factory, self.kwargs, self.seed + seed_offset, self.name, self.shape)
 
 
-def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str,
-           shape: Shape) -> Transform:
+def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str, shape: Shape) -> Transform:
     kwargs = dict(kwargs)
     if "seed" in kwargs:
         kwargs["seed"] = seed
@@ -99,15 +98,16 @@ def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str,
             module = factory(**kwargs)
         except Exception as exc:
             raise AssertionError(
-                f"[{name}] build failed for event_shape {shape} with {kwargs}: "
-                f"{type(exc).__name__}: {exc}"
+                f"[{name}] build failed for event_shape {shape} with {kwargs}: {type(exc).__name__}: {exc}"
             ) from exc
     if not isinstance(module, Transform):
-        raise AssertionError(f"[{name}] the factory returned {type(module).__name__}, not a "
-                             f"flowkit.Transform")
+        raise AssertionError(
+            f"[{name}] the factory returned {type(module).__name__}, not a flowkit.Transform"
+        )
     if tuple(module.event_shape) != tuple(shape):
-        raise AssertionError(f"[{name}] built for event_shape {shape} but reports event_shape "
-                             f"{module.event_shape}")
+        raise AssertionError(
+            f"[{name}] built for event_shape {shape} but reports event_shape {module.event_shape}"
+        )
     return module
 
 
@@ -140,35 +140,47 @@ def supports_context(factory: Factory) -> bool:
 def _context_params(factory: Factory, params: Mapping[str, Any], name: str) -> dict[str, Any]:
     """``params`` for the real-valued-context variant: ``conditional=True`` where it exists."""
     if not supports_context(factory):
-        raise ValueError(f"{name} does not take a real-valued context: its signature has no "
-                         f"context_features parameter")
+        raise ValueError(
+            f"{name} does not take a real-valued context: its signature has no context_features parameter"
+        )
     params = dict(params)
     if "conditional" in _parameter_names(factory):
         if "conditional" in params and not params["conditional"]:
-            raise ValueError(f"{name}: the context_features checks need conditional=True (or "
-                             f"conditional left unset), got conditional={params['conditional']!r}")
+            raise ValueError(
+                f"{name}: the context_features checks need conditional=True (or "
+                f"conditional left unset), got conditional={params['conditional']!r}"
+            )
         params["conditional"] = True
     return params
 
 
-def _vector_context(context: Tensor | None, batch_size: int, features: int,
-                    gen: torch.Generator) -> Tensor:
+def _vector_context(context: Tensor | None, batch_size: int, features: int, gen: torch.Generator) -> Tensor:
     """The given real-valued context, validated, or a standard normal one from ``gen``."""
     if context is None:
         return torch.randn(batch_size, features, generator=gen)
     if not context.is_floating_point() or tuple(context.shape) != (batch_size, features):
-        raise ValueError(f"context must be a float tensor of shape ({batch_size}, {features}) "
-                         f"(batch_size, context_features), got {context.dtype} "
-                         f"{tuple(context.shape)}")
+        raise ValueError(
+            f"context must be a float tensor of shape ({batch_size}, {features}) "
+            f"(batch_size, context_features), got {context.dtype} "
+            f"{tuple(context.shape)}"
+        )
     if not torch.isfinite(context).all():
         raise ValueError("context must be finite")
     return context
 
 
 def _prepare(
-    factory: Factory, event_shape: Sequence[int], params: Mapping[str, Any] | None,
-    *, name: str | None, num_classes: int | None, batch_size: int, seed: int,
-    input_scale: float, context: Tensor | None, perturbation: float,
+    factory: Factory,
+    event_shape: Sequence[int],
+    params: Mapping[str, Any] | None,
+    *,
+    name: str | None,
+    num_classes: int | None,
+    batch_size: int,
+    seed: int,
+    input_scale: float,
+    context: Tensor | None,
+    perturbation: float,
     context_features: int | None = None,
 ) -> _Case:
     shape: Shape = tuple(int(s) for s in event_shape)
@@ -182,23 +194,30 @@ def _prepare(
     conditional = bool(params.get("conditional", False))
     if context is not None and context_features is None:
         if tuple(context.shape) != (batch_size,) or context.dtype != torch.long:
-            raise ValueError(f"context must be a LongTensor of shape ({batch_size},), got "
-                             f"{context.dtype} {tuple(context.shape)}")
+            raise ValueError(
+                f"context must be a LongTensor of shape ({batch_size},), got "
+                f"{context.dtype} {tuple(context.shape)}"
+            )
         if num_classes is None:
             num_classes = int(context.max()) + 1
     if conditional and context_features is None and (num_classes is None or num_classes < 2):
-        raise ValueError(f"{name} is built with conditional=True: pass num_classes >= 2 (class "
-                         f"labels) or context_features >= 1 (a real-valued context)")
-    injected = {"event_shape": shape, "num_classes": num_classes, "seed": seed,
-                "context_features": context_features}
+        raise ValueError(
+            f"{name} is built with conditional=True: pass num_classes >= 2 (class "
+            f"labels) or context_features >= 1 (a real-valued context)"
+        )
+    injected = {
+        "event_shape": shape,
+        "num_classes": num_classes,
+        "seed": seed,
+        "context_features": context_features,
+    }
     kwargs = validate_parameters(factory, params, f"[transform] {name}", injected)
     module = _build(factory, kwargs, seed, name, shape)
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *shape, generator=gen) * input_scale
     x_warm = torch.randn(batch_size, *shape, generator=gen) * input_scale
-    x_other = torch.randn(batch_size, *shape, generator=gen) * (1.5 * input_scale) \
-        + 0.5 * input_scale
+    x_other = torch.randn(batch_size, *shape, generator=gen) * (1.5 * input_scale) + 0.5 * input_scale
     y = torch.randn(batch_size, *module.output_shape, generator=gen) * input_scale
     if context_features is not None:
         context = _vector_context(context, batch_size, context_features, gen)
@@ -211,21 +230,35 @@ def _prepare(
         _call(module, x_warm, context, "forward", name, "output-contract")
     perturb_parameters(module, perturbation, generator=gen)
     module.eval()
-    return _Case(name, shape, factory, kwargs, seed, module, x, y, x_other, context,
-                 num_classes, conditional, context_features)
+    return _Case(
+        name,
+        shape,
+        factory,
+        kwargs,
+        seed,
+        module,
+        x,
+        y,
+        x_other,
+        context,
+        num_classes,
+        conditional,
+        context_features,
+    )
 
 
-def _plan(case: _Case, atol: float, rtol: float, jacobian_atol: float,
-          jacobian_rtol: float) -> Iterator[tuple[str, Callable[[], None]]]:
+def _plan(
+    case: _Case, atol: float, rtol: float, jacobian_atol: float, jacobian_rtol: float
+) -> Iterator[tuple[str, Callable[[], None]]]:
     m, x, y, ctx, name = case.module, case.x, case.y, case.context, case.name
     yield "output-contract", partial(check_output_contract, m, x, y, ctx, name=name)
     yield "round-trip", partial(check_round_trip, m, x, y, ctx, name=name, atol=atol, rtol=rtol)
-    yield "log-det", partial(check_logdet, m, x, y, ctx, name=name, atol=jacobian_atol,
-                             rtol=jacobian_rtol)
-    yield "state-dict", partial(check_state_dict, m, case.build, x, y, ctx, name=name,
-                                x_other=case.x_other)
-    yield "dtype-device", partial(check_dtype_device, m, x, ctx, name=name, atol=jacobian_atol,
-                                  rtol=jacobian_rtol)
+    yield "log-det", partial(check_logdet, m, x, y, ctx, name=name, atol=jacobian_atol, rtol=jacobian_rtol)
+    yield "state-dict", partial(check_state_dict, m, case.build, x, y, ctx, name=name, x_other=case.x_other)
+    yield (
+        "dtype-device",
+        partial(check_dtype_device, m, x, ctx, name=name, atol=jacobian_atol, rtol=jacobian_rtol),
+    )
     yield "gradients", partial(check_gradients, m, x, ctx, name=name)
     yield "pickle", partial(check_pickle, m, x, ctx, name=name)
     if case.context_features is not None:
@@ -243,8 +276,7 @@ def _run_one(check: str, run: Callable[[], None], name: str) -> None:
     except AssertionError:
         raise
     except Exception as exc:
-        raise AssertionError(f"[{name}] {check} check raised {type(exc).__name__}: "
-                             f"{exc}") from exc
+        raise AssertionError(f"[{name}] {check} check raised {type(exc).__name__}: {exc}") from exc
 
 
 def check_transform(
@@ -288,16 +320,28 @@ def check_transform(
     failing check.
     """
     with _local_rng(seed):
-        case = _prepare(factory, event_shape, params, name=name, num_classes=num_classes,
-                        batch_size=batch_size, seed=seed, input_scale=input_scale,
-                        context=context, perturbation=perturbation,
-                        context_features=context_features)
+        case = _prepare(
+            factory,
+            event_shape,
+            params,
+            name=name,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            seed=seed,
+            input_scale=input_scale,
+            context=context,
+            perturbation=perturbation,
+            context_features=context_features,
+        )
         for check, run in _plan(case, atol, rtol, jacobian_atol, jacobian_rtol):
             _run_one(check, run, case.name)
 
 
 def check_plugin(
-    name: str, event_shape: Sequence[int], params: Mapping[str, Any] | None = None, **kw: Any,
+    name: str,
+    event_shape: Sequence[int],
+    params: Mapping[str, Any] | None = None,
+    **kw: Any,
 ) -> None:
     """Run :func:`check_transform` on the transform registered as ``name``."""
     from flowkit.registry import transforms
@@ -344,8 +388,9 @@ def run_checks(
     factory = transforms.get(name)
     shapes = example_shapes(factory) if shapes is None else shapes
     base = dict(example_params(factory) if params is None else params)
-    common = dict(batch_size=batch_size, seed=seed, input_scale=input_scale, context=None,
-                  perturbation=PERTURBATION)
+    common = dict(
+        batch_size=batch_size, seed=seed, input_scale=input_scale, context=None, perturbation=PERTURBATION
+    )
     # (params, conditional, options) per variant
     variants: list[tuple[dict[str, Any], bool, dict[str, Any]]] = []
     if conditional is not True:
@@ -354,34 +399,51 @@ def run_checks(
     if conditional is True and not takes_labels and not supports_context(factory):
         takes_labels = True  # asked for: its build failure is the report
     if conditional is not False and takes_labels:
-        variants.append(({**base, "conditional": True}, True,
-                         {"num_classes": num_classes or 3}))
+        variants.append(({**base, "conditional": True}, True, {"num_classes": num_classes or 3}))
     if conditional is not False and supports_context(factory):
-        variants.append((base, True, {"num_classes": None,
-                                      "context_features": context_features or CONTEXT_FEATURES}))
+        variants.append(
+            (base, True, {"num_classes": None, "context_features": context_features or CONTEXT_FEATURES})
+        )
     results: list[CheckResult] = []
     for shape in shapes:
         shape_t: Shape = tuple(int(s) for s in shape)
         for variant, cond, options in variants:
-            results.extend(_run_variant(factory, name, shape_t, variant, cond,
-                                        {**common, **options},
-                                        (atol, rtol, jacobian_atol, jacobian_rtol)))
+            results.extend(
+                _run_variant(
+                    factory,
+                    name,
+                    shape_t,
+                    variant,
+                    cond,
+                    {**common, **options},
+                    (atol, rtol, jacobian_atol, jacobian_rtol),
+                )
+            )
     return results
 
 
 def _run_variant(
-    factory: Factory, name: str, shape: Shape, params: Mapping[str, Any], conditional: bool,
-    options: dict[str, Any], tolerances: tuple[float, float, float, float],
+    factory: Factory,
+    name: str,
+    shape: Shape,
+    params: Mapping[str, Any],
+    conditional: bool,
+    options: dict[str, Any],
+    tolerances: tuple[float, float, float, float],
 ) -> list[CheckResult]:
     results: list[CheckResult] = []
-    result = partial(CheckResult, shape=shape, conditional=conditional,
-                     context_features=options.get("context_features"))
+    result = partial(
+        CheckResult, shape=shape, conditional=conditional, context_features=options.get("context_features")
+    )
     with _local_rng(options["seed"]):
         try:
             case = _prepare(factory, shape, params, name=name, **options)
         except Exception as exc:  # a build failure, a bad parameter: report, do not raise
-            message = str(exc) if isinstance(exc, AssertionError) else \
-                f"[{name}] build failed: {type(exc).__name__}: {exc}"
+            message = (
+                str(exc)
+                if isinstance(exc, AssertionError)
+                else f"[{name}] build failed: {type(exc).__name__}: {exc}"
+            )
             return [result("build", passed=False, message=message)]
         for check, run in _plan(case, *tolerances):
             try:

@@ -24,8 +24,9 @@ def _strategies() -> Any:
     ``testing`` extra (hypothesis is not a dependency of the plain install)."""
     from flowkit.extras import require
 
-    return require("hypothesis.strategies", extra="testing",
-                   feature="flowkit.testing's hypothesis strategies")
+    return require(
+        "hypothesis.strategies", extra="testing", feature="flowkit.testing's hypothesis strategies"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +97,11 @@ def shapes_for(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> SearchStra
     if 1 in cons.ranks and cons.channels(1, max_size):
         options.append(st.sampled_from(cons.channels(1, max_size)).map(lambda d: (d,)))
     side = cons.smallest_side
-    if 3 in cons.ranks and cons.channels(1, max_size // side ** 2):
+    if 3 in cons.ranks and cons.channels(1, max_size // side**2):
 
         @st.composite
         def images(draw: Callable[..., Any]) -> Shape:
-            c = draw(st.sampled_from(cons.channels(1, max_size // side ** 2)))
+            c = draw(st.sampled_from(cons.channels(1, max_size // side**2)))
             h = draw(st.sampled_from(cons.sides(1, max_size // (c * side))))
             w = draw(st.sampled_from(cons.sides(1, max_size // (c * h))))
             return (c, h, w)
@@ -119,10 +120,12 @@ def params_for(transform_cls: Any) -> SearchStrategy[dict[str, Any]]:
     st = _strategies()
 
     test_params: Mapping[str, Any] = getattr(transform_cls, "test_params", {}) or {}
-    return st.fixed_dictionaries({
-        key: st.sampled_from(value) if isinstance(value, list) else st.just(value)
-        for key, value in test_params.items()
-    })
+    return st.fixed_dictionaries(
+        {
+            key: st.sampled_from(value) if isinstance(value, list) else st.just(value)
+            for key, value in test_params.items()
+        }
+    )
 
 
 #: Largest width ``k`` of a real-valued context the strategies draw, and the largest magnitude of
@@ -138,8 +141,7 @@ def context_features_for(max_features: int = MAX_CONTEXT_FEATURES) -> SearchStra
     return st.integers(1, max_features)
 
 
-def contexts(batch_size: int, features: int,
-             bound: float = CONTEXT_BOUND) -> SearchStrategy[Tensor]:
+def contexts(batch_size: int, features: int, bound: float = CONTEXT_BOUND) -> SearchStrategy[Tensor]:
     """Hypothesis strategy of real-valued contexts: float32 tensors ``(batch_size, features)``.
 
     Entries are finite, in ``[-bound, bound]`` and not subnormal; shrinks towards zeros.
@@ -147,17 +149,18 @@ def contexts(batch_size: int, features: int,
     st = _strategies()
 
     size = batch_size * features
-    values = st.floats(-bound, bound, allow_nan=False, allow_infinity=False,
-                       allow_subnormal=False, width=32)
+    values = st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)
     return st.lists(values, min_size=size, max_size=size).map(
-        lambda v: torch.tensor(v, dtype=torch.float32).reshape(batch_size, features))
+        lambda v: torch.tensor(v, dtype=torch.float32).reshape(batch_size, features)
+    )
 
 
 def example_params(transform_cls: Any) -> dict[str, Any]:
     """Deterministic hyper-parameters: the first value of every list entry of ``test_params``."""
     test_params: Mapping[str, Any] = getattr(transform_cls, "test_params", {}) or {}
-    return {key: (value[0] if isinstance(value, list) and value else value)
-            for key, value in test_params.items()}
+    return {
+        key: (value[0] if isinstance(value, list) and value else value) for key, value in test_params.items()
+    }
 
 
 def example_shapes(transform_cls: Any, max_size: int = MAX_EVENT_SIZE) -> list[Shape]:
@@ -194,4 +197,3 @@ def _example_images(cons: _Constraints, max_size: int) -> list[Shape]:
                     return [(c, h, h), (c, h, h + cons.size)]
                 return [(c, h, h)]
     return []
-

@@ -57,14 +57,14 @@ _MEMBER = re.compile(rf"^{re.escape(IMAGE_FOLDER)}/(\d{{6}})\.jpg$")
 
 def celeba_files() -> DatasetFiles:
     """The file the ``celeba`` dataset needs under ``<data_dir>/celeba/`` (with its md5)."""
-    return DatasetFiles(dataset="celeba", folder="celeba", files=(DataFile(ZIP_NAME, ZIP_MD5),),
-                        source=SOURCE)
+    return DatasetFiles(
+        dataset="celeba", folder="celeba", files=(DataFile(ZIP_NAME, ZIP_MD5),), source=SOURCE
+    )
 
 
 # -- decoding ------------------------------------------------------------------------------------
 def _image_members(archive: zipfile.ZipFile, path: Path) -> list[str]:
-    numbered = sorted((int(m.group(1)), name) for name in archive.namelist()
-                      if (m := _MEMBER.match(name)))
+    numbered = sorted((int(m.group(1)), name) for name in archive.namelist() if (m := _MEMBER.match(name)))
     numbers = [n for n, _ in numbered]
     if not numbers or numbers != list(range(1, len(numbers) + 1)):
         raise DataError(
@@ -75,8 +75,7 @@ def _image_members(archive: zipfile.ZipFile, path: Path) -> list[str]:
     return [name for _, name in numbered]
 
 
-def _decode_one(archive: zipfile.ZipFile, name: str, path: Path, size: int,
-                resample: Any) -> np.ndarray:
+def _decode_one(archive: zipfile.ZipFile, name: str, path: Path, size: int, resample: Any) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -110,8 +109,7 @@ def decode_zip(path: Path, size: int) -> np.ndarray:
                 out[i] = _decode_one(archive, name, path, size, resample)
     except zipfile.BadZipFile as exc:
         raise DataError(
-            f"{path} is not a readable zip file ({exc}); delete it and fetch the original again "
-            f"({SOURCE})."
+            f"{path} is not a readable zip file ({exc}); delete it and fetch the original again ({SOURCE})."
         ) from exc
     return out
 
@@ -124,8 +122,13 @@ def _cache_paths(zip_md5: str, size: int) -> tuple[Path, Path]:
 
 
 def _expected_record(zip_md5: str, size: int) -> dict[str, Any]:
-    return {"format": CACHE_FORMAT, "source_md5": zip_md5, "size": size, "filter": RESAMPLE,
-            "crop": list(CROP_BOX)}
+    return {
+        "format": CACHE_FORMAT,
+        "source_md5": zip_md5,
+        "size": size,
+        "filter": RESAMPLE,
+        "crop": list(CROP_BOX),
+    }
 
 
 def _read_cache(zip_md5: str, size: int) -> np.ndarray | None:
@@ -135,15 +138,18 @@ def _read_cache(zip_md5: str, size: int) -> np.ndarray | None:
         return None
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if {k: record.get(k) for k in _expected_record(zip_md5, size)} != _expected_record(
-                zip_md5, size):
+        if {k: record.get(k) for k in _expected_record(zip_md5, size)} != _expected_record(zip_md5, size):
             raise ValueError("its record describes other data")
         raw = array_path.read_bytes()
         if hashlib.md5(raw, usedforsecurity=False).hexdigest() != record.get("md5"):
             raise ValueError("its md5 does not match its record (corrupt or truncated)")
         array = np.load(io.BytesIO(raw), allow_pickle=False)
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (3, size, size) \
-                or list(array.shape) != record.get("shape"):
+        if (
+            array.dtype != np.uint8
+            or array.ndim != 4
+            or array.shape[1:] != (3, size, size)
+            or list(array.shape) != record.get("shape")
+        ):
             raise ValueError(f"it holds an array of shape {array.shape} and type {array.dtype}")
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         warnings.warn(f"rebuilding the CelebA cache {array_path}: {exc}", stacklevel=3)
@@ -158,15 +164,19 @@ def _write_cache(array: np.ndarray, zip_md5: str, size: int) -> None:
     np.save(buffer, array, allow_pickle=False)
     raw = buffer.getvalue()
     record = _expected_record(zip_md5, size) | {
-        "md5": hashlib.md5(raw, usedforsecurity=False).hexdigest(), "shape": list(array.shape)}
+        "md5": hashlib.md5(raw, usedforsecurity=False).hexdigest(),
+        "shape": list(array.shape),
+    }
     try:
         array_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(array_path, lambda fh: fh.write(raw))
         atomic_write(record_path, lambda fh: fh.write(json.dumps(record, indent=1).encode()))
     except OSError as exc:  # an unwritable cache only costs time
-        warnings.warn(f"cannot write the CelebA cache in {array_path.parent} ({exc}); set "
-                      f"FLOWKIT_CACHE to a writable folder to avoid decoding every time",
-                      stacklevel=3)
+        warnings.warn(
+            f"cannot write the CelebA cache in {array_path.parent} ({exc}); set "
+            f"FLOWKIT_CACHE to a writable folder to avoid decoding every time",
+            stacklevel=3,
+        )
 
 
 def load_images(path: Path, zip_md5: str, size: int) -> np.ndarray:
@@ -181,9 +191,11 @@ def load_images(path: Path, zip_md5: str, size: int) -> np.ndarray:
 # -- the plugin ----------------------------------------------------------------------------------
 @checked
 def celeba(
-    *, data_dir: Path | None = None,
-    size: Annotated[int, Range(1, CROP_BOX[2] - CROP_BOX[0],
-                               note="the square crop is 89x89 pixels; use e.g. 64 or 32")] = 64,
+    *,
+    data_dir: Path | None = None,
+    size: Annotated[
+        int, Range(1, CROP_BOX[2] - CROP_BOX[0], note="the square crop is 89x89 pixels; use e.g. 64 or 32")
+    ] = 64,
     n_train: Annotated[int, Range(1, note="unset: every image but the test ones")] | None = None,
     n_test: Annotated[int, Range(1)] = 1000,
 ) -> DataSplits:
@@ -222,6 +234,13 @@ def celeba(
         levels=LEVELS,
         num_classes=None,
         default_preprocess="logit",
-        info={"file": str(path), "size": size, "crop": CROP_BOX, "filter": RESAMPLE,
-              "n_train": stop, "n_test": n_test, "source": SOURCE},
+        info={
+            "file": str(path),
+            "size": size,
+            "crop": CROP_BOX,
+            "filter": RESAMPLE,
+            "n_train": stop,
+            "n_test": n_test,
+            "source": SOURCE,
+        },
     )

@@ -21,7 +21,8 @@ LEVELS = 17  # pixel values 0..16
 
 @checked
 def digits(
-    *, test_fraction: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False)] = 0.15,
+    *,
+    test_fraction: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False)] = 0.15,
     seed: Seed = 0,
 ) -> DataSplits:
     """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels, 10 classes).
@@ -39,7 +40,10 @@ def digits(
     labels = labels.astype(np.int64)
     try:
         x_train, x_test, y_train, y_test = train_test_split(
-            images, labels, test_size=test_fraction, stratify=labels,
+            images,
+            labels,
+            test_size=test_fraction,
+            stratify=labels,
             random_state=seed % 2**32,
         )
     except ValueError as exc:  # a fraction too small or too large to hold every class

@@ -42,9 +42,7 @@ from flowkit.errors import ConfigError
 from flowkit.params import Range, Seed, checked
 from flowkit.plugins.datasets.toy2d import Size, toy_splits
 
-_REFERENCE = (
-    "Rezende & Mohamed 2015, Variational Inference with Normalizing Flows, §6.1, Table 1"
-)
+_REFERENCE = "Rezende & Mohamed 2015, Variational Inference with Normalizing Flows, §6.1, Table 1"
 #: width of the Gaussian wall that makes U₂–U₄ proper densities outside |z₁| ≤ bound
 WALL_WIDTH = 0.2
 #: quadrature / reference-sampling cell size
@@ -100,8 +98,7 @@ class EnergyTarget:
         """``−U(x)`` for ``x`` of shape ``(B, 2)``: shape ``(B,)``, ``x``'s device and dtype."""
         if x.dim() != 2 or x.shape[1] != 2:
             raise ConfigError(
-                f"energy{self.index} is a density on 2-D points: expected (batch, 2), got "
-                f"{tuple(x.shape)}"
+                f"energy{self.index} is a density on 2-D points: expected (batch, 2), got {tuple(x.shape)}"
             )
         z1, z2 = x[:, 0], x[:, 1]
         if self.index == 1:
@@ -171,9 +168,13 @@ def _energy_splits(index: int, n_train: int, n_test: int, bound: float, seed: in
 
     splits = toy_splits(f"energy{index}", sampler, n_train, n_test, 0.0, seed)
     splits.target = target
-    splits.info = {"seed": seed, "bound": target.bound, "log_normalizer": target._log_z,
-                   "reference": _REFERENCE,
-                   "note": "train/test are reference samples; reverse-kl does not train on them"}
+    splits.info = {
+        "seed": seed,
+        "bound": target.bound,
+        "log_normalizer": target._log_z,
+        "reference": _REFERENCE,
+        "note": "train/test are reference samples; reverse-kl does not train on them",
+    }
     return splits
 
 
@@ -188,8 +189,7 @@ def energy1(*, n_train: Size = 20000, n_test: Size = 5000, seed: Seed = 0) -> Da
 
 
 @checked
-def energy2(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
-            seed: Seed = 0) -> DataSplits:
+def energy2(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, seed: Seed = 0) -> DataSplits:
     """U₂ of Rezende & Mohamed 2015 (Table 1): a sine wave, 2-D.
 
     ``U₂(z) = ½((z₂ − sin(πz₁/2))/0.4)²`` plus a wall ``½((|z₁| − bound)₊/0.2)²`` that makes it
@@ -199,8 +199,7 @@ def energy2(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
 
 
 @checked
-def energy3(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
-            seed: Seed = 0) -> DataSplits:
+def energy3(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, seed: Seed = 0) -> DataSplits:
     """U₃ of Rezende & Mohamed 2015 (Table 1): a sine wave and a branch split off by a bump, 2-D.
 
     ``U₃(z) = −log(e^{−½((z₂−w₁)/0.35)²} + e^{−½((z₂−w₁+w₂)/0.35)²})``, ``w₁ = sin(πz₁/2)``,
@@ -210,8 +209,7 @@ def energy3(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
 
 
 @checked
-def energy4(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0,
-            seed: Seed = 0) -> DataSplits:
+def energy4(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, seed: Seed = 0) -> DataSplits:
     """U₄ of Rezende & Mohamed 2015 (Table 1): a sine wave and a branch shifted by a step, 2-D.
 
     ``U₄(z) = −log(e^{−½((z₂−w₁)/0.4)²} + e^{−½((z₂−w₁+w₃)/0.35)²})``, ``w₁ = sin(πz₁/2)``,

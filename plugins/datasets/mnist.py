@@ -36,24 +36,28 @@ def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[DataFile, ...]:
 MNIST_FILES = DatasetFiles(
     dataset="mnist",
     folder="mnist",
-    files=_idx_files((
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3",
-        "ec29112dd5afa0611ce80d1b7f02629c",
-    )),
+    files=_idx_files(
+        (
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        )
+    ),
     source="http://yann.lecun.com/exdb/mnist/",
 )
 
 FASHION_MNIST_FILES = DatasetFiles(
     dataset="fashion-mnist",
     folder="fashion-mnist",
-    files=_idx_files((
-        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "25c81989df183df01b3e8a0aad5dffbe",
-        "bef4ecab320f06d8554ea6380940ec79",
-        "bb300cfdad3c16e7a12a480ee83cd310",
-    )),
+    files=_idx_files(
+        (
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        )
+    ),
     source="https://github.com/zalandoresearch/fashion-mnist",
 )
 
@@ -102,7 +106,10 @@ def _split(
 
 
 def load_idx_dataset(
-    spec: DatasetFiles, data_dir: Path | None, n_train: int | None, n_test: int | None,
+    spec: DatasetFiles,
+    data_dir: Path | None,
+    n_train: int | None,
+    n_test: int | None,
     seed: int,
 ) -> DataSplits:
     """Load an MNIST-format dataset described by ``spec`` into a :class:`DataSplits`.
@@ -113,15 +120,16 @@ def load_idx_dataset(
     paths = require_files(spec, resolve_data_dir(data_dir))
     train_images, train_labels = _read_pair(spec, paths, TRAIN_IMAGES, TRAIN_LABELS)
     test_images, test_labels = _read_pair(spec, paths, TEST_IMAGES, TEST_LABELS)
-    for key, n, total in (("n_train", n_train, train_labels.shape[0]),
-                          ("n_test", n_test, test_labels.shape[0])):
+    for key, n, total in (
+        ("n_train", n_train, train_labels.shape[0]),
+        ("n_test", n_test, test_labels.shape[0]),
+    ):
         if n is not None and n > total:
             raise ConfigError(
                 f"[dataset] {spec.dataset} {key}={n} is more than the {total} examples "
                 f"available; use at most {total}, or leave it unset for all of them"
             )
-    train_rng, test_rng = (np.random.default_rng(s)
-                           for s in np.random.SeedSequence(seed).spawn(2))
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     train, y_train = _split(train_images, train_labels, n_train, train_rng)
     test, y_test = _split(test_images, test_labels, n_test, test_rng)
     return DataSplits(
@@ -133,14 +141,22 @@ def load_idx_dataset(
         levels=LEVELS,
         num_classes=NUM_CLASSES,
         default_preprocess="logit",
-        info={"folder": str(paths[TRAIN_IMAGES].parent), "source": spec.source,
-              "n_train": n_train, "n_test": n_test, "seed": seed},
+        info={
+            "folder": str(paths[TRAIN_IMAGES].parent),
+            "source": spec.source,
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+        },
     )
 
 
 @checked
 def mnist(
-    *, data_dir: Path | None = None, n_train: Subset = None, n_test: Subset = None,
+    *,
+    data_dir: Path | None = None,
+    n_train: Subset = None,
+    n_test: Subset = None,
     seed: Seed = 0,
 ) -> DataSplits:
     """MNIST handwritten digits, 28×28, 256 grey levels, 10 classes (from the data folder).
@@ -155,7 +171,10 @@ def mnist(
 
 @checked
 def fashion_mnist(
-    *, data_dir: Path | None = None, n_train: Subset = None, n_test: Subset = None,
+    *,
+    data_dir: Path | None = None,
+    n_train: Subset = None,
+    n_test: Subset = None,
     seed: Seed = 0,
 ) -> DataSplits:
     """Fashion-MNIST clothing images, 28×28, 256 grey levels, 10 classes (from the data folder).

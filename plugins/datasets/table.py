@@ -39,10 +39,11 @@ def table(
     x_columns: Sequence[int] = (),
     delimiter: str = ",",
     header: Literal["auto", "yes", "no"] = "auto",
-    val_fraction: Annotated[float, Range(0, 1, max_inclusive=False,
-                                         note="0: no validation split")] = 0.1,
-    test_fraction: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False,
-                                          note="the final evaluation needs test rows")] = 0.1,
+    val_fraction: Annotated[float, Range(0, 1, max_inclusive=False, note="0: no validation split")] = 0.1,
+    test_fraction: Annotated[
+        float,
+        Range(0, 1, min_inclusive=False, max_inclusive=False, note="the final evaluation needs test rows"),
+    ] = 0.1,
     max_rows: Annotated[int, Range(0, note="0: every row")] = 0,
     seed: Seed = 0,
     data_dir: Path | None = None,
@@ -66,23 +67,26 @@ def table(
     if suffix in TEXT_SUFFIXES:
         if suffix == ".tsv" and delimiter == ",":
             delimiter = "\t"
-        values, names, line_numbers = _read_text(file, delimiter, header, max_rows,
-                                                 sniff=suffix == ".txt" and delimiter == ",")
-        x, context = _select_columns(file, values, names, line_numbers, context_columns,
-                                     x_columns, info)
+        values, names, line_numbers = _read_text(
+            file, delimiter, header, max_rows, sniff=suffix == ".txt" and delimiter == ","
+        )
+        x, context = _select_columns(file, values, names, line_numbers, context_columns, x_columns, info)
     elif suffix == ".npy":
         array = _load_npy(file, max_rows)
         if array.ndim <= 2:
             values = array.reshape(array.shape[0], -1)
-            x, context = _select_columns(file, values, None, None, context_columns, x_columns,
-                                         info)
+            x, context = _select_columns(file, values, None, None, context_columns, x_columns, info)
         else:  # e.g. images (N, C, H, W): all of it is x
             _refuse_columns(file, context_columns, x_columns, "it has more than two dimensions")
             _check_finite_array(file, "the array", array)
             x, context = array, None
     elif suffix == ".npz":
-        _refuse_columns(file, context_columns, x_columns,
-                        "an .npz names its arrays: put the context in an array named 'context'")
+        _refuse_columns(
+            file,
+            context_columns,
+            x_columns,
+            "an .npz names its arrays: put the context in an array named 'context'",
+        )
         x, context, labels = _load_npz(file, max_rows)
     else:
         raise ConfigError(
@@ -111,9 +115,15 @@ def table(
         return torch.from_numpy(np.ascontiguousarray(array[splits[split]]))
 
     has_val = splits["val"].size > 0
-    info.update({"rows": n, "shape": list(x.shape[1:]),
-                 "context_shape": None if context is None else list(context.shape[1:]),
-                 "splits": {k: int(v.size) for k, v in splits.items()}, "seed": seed})
+    info.update(
+        {
+            "rows": n,
+            "shape": list(x.shape[1:]),
+            "context_shape": None if context is None else list(context.shape[1:]),
+            "splits": {k: int(v.size) for k, v in splits.items()},
+            "seed": seed,
+        }
+    )
     return DataSplits(
         name="table",
         train=part(x, "train"),
@@ -154,16 +164,18 @@ def _resolve_path(path: str, data_dir: Path | None) -> Path:
         if candidate.is_file():
             return candidate
     where = " or ".join(str(p) for p in tried)
-    hint = "" if data_dir is not None or given.is_absolute() else \
-        " (no data folder is set: --data-dir, data.data_dir or $FLOWKIT_DATA)"
+    hint = (
+        ""
+        if data_dir is not None or given.is_absolute()
+        else " (no data folder is set: --data-dir, data.data_dir or $FLOWKIT_DATA)"
+    )
     raise DataError(
         f"[dataset] table: data file {path!r} not found (looked for {where}){hint}; check "
         f"data.path, give an absolute path, or put the file in the data folder"
     )
 
 
-def _refuse_columns(file: Path, context_columns: Sequence[int], x_columns: Sequence[int],
-                    why: str) -> None:
+def _refuse_columns(file: Path, context_columns: Sequence[int], x_columns: Sequence[int], why: str) -> None:
     if context_columns or x_columns:
         raise ConfigError(
             f"[dataset] table: context_columns/x_columns select columns of a table, but "
@@ -180,8 +192,9 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _read_text(file: Path, delimiter: str, header: str, max_rows: int, sniff: bool = False
-               ) -> tuple[np.ndarray, list[str] | None, list[int]]:
+def _read_text(
+    file: Path, delimiter: str, header: str, max_rows: int, sniff: bool = False
+) -> tuple[np.ndarray, list[str] | None, list[int]]:
     """Cells as a float64 array, the header's names (or ``None``), each data row's line number.
 
     ``sniff``: a ``.txt`` file read with the default delimiter; it is split on whitespace when its
@@ -192,15 +205,15 @@ def _read_text(file: Path, delimiter: str, header: str, max_rows: int, sniff: bo
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{file}: cannot read the file as UTF-8 text ({exc})") from exc
     if sniff:
-        first = next((line for line in text.splitlines()
-                      if line.strip() and not line.lstrip().startswith("#")), "")
+        first = next(
+            (line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), ""
+        )
         if "," not in first:
             delimiter = " "
     whitespace = delimiter.strip() == ""
     if not whitespace and len(delimiter) != 1:
         raise ConfigError(
-            f"[dataset] table delimiter must be one character (or blank: any whitespace), got "
-            f"{delimiter!r}"
+            f"[dataset] table delimiter must be one character (or blank: any whitespace), got {delimiter!r}"
         )
 
     def cells_of(line: str) -> list[str]:
@@ -218,8 +231,11 @@ def _read_text(file: Path, delimiter: str, header: str, max_rows: int, sniff: bo
         if not line or line.startswith("#"):
             continue
         cells = cells_of(line if whitespace else raw)
-        if names is None and not rows and (
-                header == "yes" or (header == "auto" and not all(map(_is_number, cells)))):
+        if (
+            names is None
+            and not rows
+            and (header == "yes" or (header == "auto" and not all(map(_is_number, cells))))
+        ):
             names = cells
             width, width_line = len(cells), number
             continue
@@ -242,7 +258,7 @@ def _read_text(file: Path, delimiter: str, header: str, max_rows: int, sniff: bo
                 if any(sep in cell for sep in ",;\t "):
                     fix = f" (is data.delimiter = {delimiter!r} right?)"
                 elif not rows and names is None:
-                    fix = " (a header row? set data.header = \"yes\")"
+                    fix = ' (a header row? set data.header = "yes")'
                 raise DataError(
                     f"{file}: line {number}, {label}: {what}; every cell must be a number"
                     f"{fix}. Fix or remove that row."
@@ -261,8 +277,13 @@ def _column_label(col: int, names: list[str] | None) -> str:
     return f"column {col} ({names[col]!r})" if names is not None else f"column {col}"
 
 
-def _check_finite(file: Path, values: np.ndarray, columns: list[int], names: list[str] | None,
-                  line_numbers: list[int] | None) -> None:
+def _check_finite(
+    file: Path,
+    values: np.ndarray,
+    columns: list[int],
+    names: list[str] | None,
+    line_numbers: list[int] | None,
+) -> None:
     """NaN or infinite cells in the used ``columns`` of a table, named by row and column."""
     used = np.zeros(values.shape[1], dtype=bool)
     used[columns] = True
@@ -307,10 +328,15 @@ def _normalise_columns(file: Path, option: str, columns: Sequence[int], width: i
     return out
 
 
-def _select_columns(file: Path, values: np.ndarray, names: list[str] | None,
-                    line_numbers: list[int] | None, context_columns: Sequence[int],
-                    x_columns: Sequence[int], info: dict[str, object]
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+def _select_columns(
+    file: Path,
+    values: np.ndarray,
+    names: list[str] | None,
+    line_numbers: list[int] | None,
+    context_columns: Sequence[int],
+    x_columns: Sequence[int],
+    info: dict[str, object],
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The data and context columns of a table (checked: in range, disjoint, finite)."""
     width = values.shape[1]
     ctx = _normalise_columns(file, "context_columns", context_columns, width)
@@ -329,17 +355,14 @@ def _select_columns(file: Path, values: np.ndarray, names: list[str] | None,
             f"no data to model; keep at least one column out of context_columns"
         )
     _check_finite(file, values, xs + ctx, names, line_numbers)
-    info.update({"columns": width, "x_columns": xs, "context_columns": ctx or None,
-                 "column_names": names})
+    info.update({"columns": width, "x_columns": xs, "context_columns": ctx or None, "column_names": names})
     return values[:, xs], (values[:, ctx] if ctx else None)
 
 
 # -- NumPy files ---------------------------------------------------------------------------------
 def _numeric(file: Path, what: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind not in "biuf":
-        raise DataError(
-            f"{file}: {what} has dtype {array.dtype}, not numbers; save it as a float array"
-        )
+        raise DataError(f"{file}: {what} has dtype {array.dtype}, not numbers; save it as a float array")
     return array
 
 
@@ -356,8 +379,7 @@ def _load_npy(file: Path, max_rows: int) -> np.ndarray:
     return array[:max_rows] if max_rows else array
 
 
-def _load_npz(file: Path, max_rows: int
-              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _load_npz(file: Path, max_rows: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     try:
         with np.load(file, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -385,8 +407,7 @@ def _load_npz(file: Path, max_rows: int
         if extra is not None and (extra.ndim == 0 or extra.shape[0] != x.shape[0]):
             rows = "no rows" if extra.ndim == 0 else f"{extra.shape[0]} rows"
             raise DataError(
-                f"{file}: array {name!r} has {rows} but 'x' has {x.shape[0]}; they need one "
-                f"row per example"
+                f"{file}: array {name!r} has {rows} but 'x' has {x.shape[0]}; they need one row per example"
             )
     if max_rows:
         x = x[:max_rows]
@@ -417,8 +438,7 @@ def _labels(file: Path, y: np.ndarray) -> np.ndarray:
 
 
 # -- splits and statistics -----------------------------------------------------------------------
-def _split_rows(n: int, val_fraction: float, test_fraction: float,
-                seed: int) -> dict[str, np.ndarray]:
+def _split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Sorted row indices of each split, from a permutation drawn by ``seed``."""
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
@@ -430,13 +450,14 @@ def _split_rows(n: int, val_fraction: float, test_fraction: float,
             f"are needed: use more rows or smaller fractions"
         )
     order = np.random.default_rng(seed).permutation(n)
-    return {"train": np.sort(order[n_test + n_val:]),
-            "val": np.sort(order[n_test:n_test + n_val]),
-            "test": np.sort(order[:n_test])}
+    return {
+        "train": np.sort(order[n_test + n_val :]),
+        "val": np.sort(order[n_test : n_test + n_val]),
+        "test": np.sort(order[:n_test]),
+    }
 
 
-def _stats(train: np.ndarray, prefix: str, file: Path,
-           info: dict[str, object]) -> dict[str, list[float]]:
+def _stats(train: np.ndarray, prefix: str, file: Path, info: dict[str, object]) -> dict[str, list[float]]:
     """Per-feature mean and standard deviation of the training rows (flattened features)."""
     flat = train.reshape(train.shape[0], -1).astype(np.float64)
     mean = flat.mean(axis=0)

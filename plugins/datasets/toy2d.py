@@ -31,15 +31,12 @@ _REFERENCE = (
 )
 
 
-def toy_splits(
-    name: str, sampler: Sampler, n_train: int, n_test: int, noise: float, seed: int
-) -> DataSplits:
+def toy_splits(name: str, sampler: Sampler, n_train: int, n_test: int, noise: float, seed: int) -> DataSplits:
     """Draw train and test sets of a toy density from independent streams of ``seed``.
 
     The sizes, the noise and the seed are checked by the public datasets' declared ranges.
     """
-    train_rng, test_rng = (np.random.default_rng(s)
-                           for s in np.random.SeedSequence(seed).spawn(2))
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     train = sampler(train_rng, n_train, noise).astype(np.float32)
     test = sampler(test_rng, n_test, noise).astype(np.float32)
     return DataSplits(
@@ -88,8 +85,7 @@ def _sample_pinwheel(rng: np.random.Generator, n: int, noise: float) -> np.ndarr
     tangential = noise * rng.standard_normal(n)
     angle = rng.integers(0, arms, n) * (2.0 * math.pi / arms) + rate * np.exp(radial)
     cos, sin = np.cos(angle), np.sin(angle)
-    return 2.0 * np.stack([radial * cos - tangential * sin,
-                           radial * sin + tangential * cos], axis=1)
+    return 2.0 * np.stack([radial * cos - tangential * sin, radial * sin + tangential * cos], axis=1)
 
 
 def _sample_spirals(rng: np.random.Generator, n: int, noise: float) -> np.ndarray:
@@ -100,9 +96,7 @@ def _sample_spirals(rng: np.random.Generator, n: int, noise: float) -> np.ndarra
 
 
 @checked
-def moons(
-    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
-) -> DataSplits:
+def moons(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0) -> DataSplits:
     """Two interleaving half circles ("moons"), 2-D.
 
     Points ``(cos t, sin t)`` and ``(1 − cos t, 1/2 − sin t)``, ``t ~ U[0, π]``, plus Gaussian
@@ -113,9 +107,7 @@ def moons(
 
 
 @checked
-def circles(
-    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.08, seed: Seed = 0
-) -> DataSplits:
+def circles(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.08, seed: Seed = 0) -> DataSplits:
     """Two concentric circles of radii 3 and 1.5, 2-D.
 
     Points on circles of radius 1 and 1/2 (equal odds) plus Gaussian noise of std ``noise``,
@@ -150,9 +142,7 @@ def checkerboard(
 
 
 @checked
-def pinwheel(
-    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
-) -> DataSplits:
+def pinwheel(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0) -> DataSplits:
     """A pinwheel of 5 curved arms, 2-D.
 
     Radius ``r ~ N(1, 0.3²)``, tangential offset ``u ~ N(0, noise²)``, rotated by
@@ -163,9 +153,7 @@ def pinwheel(
 
 
 @checked
-def spirals(
-    *, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0
-) -> DataSplits:
+def spirals(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, seed: Seed = 0) -> DataSplits:
     """Two interleaved spirals, 2-D.
 
     Arm ``(−t cos t, t sin t) + U[0, 1/2)²`` with ``t = 3π √u``, ``u ~ U[0, 1]``, reflected

@@ -27,9 +27,14 @@ class ConvEmbedding(Embedding):
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 4, "num_layers": 1}
 
-    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 32,
-                 hidden: Annotated[int, Range(1)] = 32,
-                 num_layers: Annotated[int, Range(1)] = 3) -> None:
+    def __init__(
+        self,
+        context_shape: Shape,
+        *,
+        features: Annotated[int, Range(1)] = 32,
+        hidden: Annotated[int, Range(1)] = 32,
+        num_layers: Annotated[int, Range(1)] = 3,
+    ) -> None:
         shape = tuple(int(s) for s in context_shape)
         if len(shape) != 3:
             raise ShapeError(

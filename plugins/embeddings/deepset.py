@@ -29,9 +29,14 @@ class DeepSetEmbedding(Embedding):
     variable_leading = True
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
 
-    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 16,
-                 hidden: Annotated[int, Range(1)] = 64,
-                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
+    def __init__(
+        self,
+        context_shape: Shape,
+        *,
+        features: Annotated[int, Range(1)] = 16,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+    ) -> None:
         shape = tuple(int(s) for s in context_shape)
         if len(shape) != 2:
             raise ShapeError(

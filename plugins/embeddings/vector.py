@@ -45,12 +45,16 @@ class MLPEmbedding(Embedding):
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}
 
-    def __init__(self, context_shape: Shape, *, features: Annotated[int, Range(1)] = 16,
-                 hidden: Annotated[int, Range(1)] = 64,
-                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
+    def __init__(
+        self,
+        context_shape: Shape,
+        *,
+        features: Annotated[int, Range(1)] = 16,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+    ) -> None:
         super().__init__(context_shape, features)
-        self.net = MLP(math.prod(self.context_shape), features, hidden, num_hidden,
-                       zero_init=False)
+        self.net = MLP(math.prod(self.context_shape), features, hidden, num_hidden, zero_init=False)
 
     def forward(self, context: Tensor) -> Tensor:
         return self.net(context.reshape(context.shape[0], -1))

@@ -233,8 +233,9 @@ class AdversarialLatent(Objective):
             z, _ = model.encode(batch.x, batch.context)
             recon, _ = self._reconstruction(model, batch, z, self.phase1_clamp)
             total = self.recon_weight * recon
-            return LossOutput(total, {"recon": float(recon.detach()), "phase": 1.0,
-                                      "loss": float(total.detach())})
+            return LossOutput(
+                total, {"recon": float(recon.detach()), "phase": 1.0, "loss": float(total.detach())}
+            )
         if self.is_critic_step(step):
             return LossOutput(None, {"phase": 2.0})
         critic, _ = self._require_setup()
@@ -246,10 +247,13 @@ class AdversarialLatent(Objective):
         # before its own backward, and they are not in the model's optimiser
         g_adv = generator_adversarial_loss(critic(model.prior.select(z)), self.gan_loss)
         total = self.recon_weight * recon + self.oob_weight * oob + self.adv_weight * g_adv
-        return LossOutput(total, {
-            "recon": float(recon.detach()),
-            "oob": float(oob.detach()),
-            "g_adv": float(g_adv.detach()),
-            "phase": 2.0,
-            "loss": float(total.detach()),
-        })
+        return LossOutput(
+            total,
+            {
+                "recon": float(recon.detach()),
+                "oob": float(oob.detach()),
+                "g_adv": float(g_adv.detach()),
+                "phase": 2.0,
+                "loss": float(total.detach()),
+            },
+        )

@@ -65,7 +65,6 @@ class LatentCritic(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         if u.dim() != 2 or u.shape[1] != self.num_inputs:
             raise ShapeError(
-                f"the latent critic takes (batch, {self.num_inputs}) selected dims, got "
-                f"{tuple(u.shape)}"
+                f"the latent critic takes (batch, {self.num_inputs}) selected dims, got {tuple(u.shape)}"
             )
         return self.net(u).squeeze(-1)

@@ -97,16 +97,16 @@ class FlowMatching(Objective):
     ) -> None:
         super().__init__()
         if coupling not in ("independent", "ot"):
-            raise ConfigError(f"flow-matching: coupling must be 'independent' or 'ot', got "
-                              f"{coupling!r}")
+            raise ConfigError(f"flow-matching: coupling must be 'independent' or 'ot', got {coupling!r}")
         if ot_solver not in ("exact", "sinkhorn"):
-            raise ConfigError(f"flow-matching: ot_solver must be 'exact' or 'sinkhorn', got "
-                              f"{ot_solver!r}")
+            raise ConfigError(f"flow-matching: ot_solver must be 'exact' or 'sinkhorn', got {ot_solver!r}")
         if not (math.isfinite(sigma) and sigma >= 0):
             raise ConfigError(f"flow-matching: sigma must be >= 0, got {sigma}")
         if not sinkhorn_reg > 0 or sinkhorn_iterations < 1:
-            raise ConfigError(f"flow-matching: sinkhorn_reg must be > 0 and sinkhorn_iterations "
-                              f">= 1, got {sinkhorn_reg} and {sinkhorn_iterations}")
+            raise ConfigError(
+                f"flow-matching: sinkhorn_reg must be > 0 and sinkhorn_iterations "
+                f">= 1, got {sinkhorn_reg} and {sinkhorn_iterations}"
+            )
         self.coupling = coupling
         self.sigma = float(sigma)
         self.ot_solver = ot_solver
@@ -154,8 +154,9 @@ class FlowMatching(Objective):
             partner = torch.multinomial(rows.float().clamp_min(0), 1).flatten()
         return x1[partner]
 
-    def _groups(self, model: Flow, field: VectorFieldTransform,
-                context: Tensor | None, n: int, device: torch.device) -> list[Tensor]:
+    def _groups(
+        self, model: Flow, field: VectorFieldTransform, context: Tensor | None, n: int, device: torch.device
+    ) -> list[Tensor]:
         """Index sets that are paired separately: one per class when the prior or the flow reads
         class labels, else the whole batch."""
         by_class = model.prior.conditional or bool(getattr(field, "conditional", False))
@@ -170,8 +171,10 @@ class FlowMatching(Objective):
         field = self.vector_field(model)
         x, n = batch.x, batch.x.shape[0]
         if model.prior.conditional and batch.context is None:
-            raise ShapeError(f"flow-matching with the class-conditional prior "
-                             f"{type(model.prior).__name__} needs class labels in every batch")
+            raise ShapeError(
+                f"flow-matching with the class-conditional prior "
+                f"{type(model.prior).__name__} needs class labels in every batch"
+            )
         h = model.embed_context(batch.context, n)
         x0, _ = model.preprocess(x, h)
         with torch.no_grad():
@@ -203,7 +206,7 @@ class FlowMatching(Objective):
         return LossOutput(total, terms)
 
     def extra_repr(self) -> str:
-        return (f"coupling={self.coupling!r}, sigma={self.sigma}, ot_solver={self.ot_solver!r}")
+        return f"coupling={self.coupling!r}, sigma={self.sigma}, ot_solver={self.ot_solver!r}"
 
 
 def _registered_name(transform: Any) -> str:

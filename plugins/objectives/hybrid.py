@@ -49,7 +49,9 @@ class Hybrid(Objective):
     config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"prior": {"name": "gaussian"}}
 
     def __init__(
-        self, *, lam: Annotated[float, Range(0, note="λ, the weight of log p(x)")] = 1.0,
+        self,
+        *,
+        lam: Annotated[float, Range(0, note="λ, the weight of log p(x)")] = 1.0,
         eval_batch_size: Annotated[int, Range(1)] = 500,
     ) -> None:
         super().__init__()
@@ -73,7 +75,8 @@ class Hybrid(Objective):
                 f"'{type(model.prior).__name__}' is class-conditional; use --prior gaussian"
             )
         self.head = nn.Linear(model.prior.dim, int(model.num_classes)).to(
-            device=model.device, dtype=model_dtype(model))
+            device=model.device, dtype=model_dtype(model)
+        )
 
     def joint_parameters(self) -> Iterator[nn.Parameter]:
         """The head's weight and bias, trained together with the flow."""
@@ -99,9 +102,12 @@ class Hybrid(Objective):
         nll_per_dim = -log_px.mean() / model.dim
         class_nll = F.cross_entropy(logits, batch.context)
         total = self.lam * nll_per_dim + class_nll
-        terms = {"loss": float(total.detach()), "nll_per_dim": float(nll_per_dim.detach()),
-                 "class_nll": float(class_nll.detach()),
-                 "accuracy": float((logits.argmax(1) == batch.context).double().mean())}
+        terms = {
+            "loss": float(total.detach()),
+            "nll_per_dim": float(nll_per_dim.detach()),
+            "class_nll": float(class_nll.detach()),
+            "accuracy": float((logits.argmax(1) == batch.context).double().mean()),
+        }
         if model.levels:
             terms["bpd"] = (terms["nll_per_dim"] + math.log(model.levels)) / math.log(2.0)
         return LossOutput(total, terms)
@@ -121,9 +127,9 @@ class Hybrid(Objective):
         gen = torch.Generator().manual_seed(0)
         correct, nll = 0, 0.0
         for start in range(0, n, self.eval_batch_size):
-            x = data.test[start:min(n, start + self.eval_batch_size)]
+            x = data.test[start : min(n, start + self.eval_batch_size)]
             x = dequantize(x, data.levels, gen).to(model.device, model_dtype(model))
-            y = data.test_labels[start:start + x.shape[0]].to(model.device)
+            y = data.test_labels[start : start + x.shape[0]].to(model.device)
             logits, _ = self.logits(model, x)
             correct += int((logits.argmax(1) == y).sum())
             nll += float(F.cross_entropy(logits, y, reduction="sum"))

@@ -50,8 +50,7 @@ def pairwise_cost(a: Tensor, b: Tensor, cost: CostKind = "euclidean") -> Tensor:
 
 #: The library each solver imports on first use (``auto`` is ``lsa`` for the objective's square
 #: problems; POT is imported on demand if a non-square problem ever needs ``emd``).
-SOLVER_MODULES = {"auto": "scipy.optimize", "emd": "ot", "lsa": "scipy.optimize",
-                  "sinkhorn": "geomloss"}
+SOLVER_MODULES = {"auto": "scipy.optimize", "emd": "ot", "lsa": "scipy.optimize", "sinkhorn": "geomloss"}
 
 
 def preload(solver: str) -> None:
@@ -124,7 +123,11 @@ def exact_plan(cost: Tensor, solver: ExactSolver = "auto") -> Tensor:
 
 
 def sinkhorn_divergence(
-    a: Tensor, b: Tensor, cost: CostKind = "euclidean", blur: float = 0.05, scaling: float = 0.5,
+    a: Tensor,
+    b: Tensor,
+    cost: CostKind = "euclidean",
+    blur: float = 0.05,
+    scaling: float = 0.5,
 ) -> Tensor:
     """Debiased entropic OT (Sinkhorn divergence) between two uniform point clouds, via geomloss.
 

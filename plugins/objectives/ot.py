@@ -152,8 +152,7 @@ class OptimalTransport(Objective):
         """``(Σ_ij T_ij D_ij, T)`` between the point clouds ``a`` and ``b`` (``T`` is None for
         ``sinkhorn``, whose divergence is returned directly)."""
         if self.solver == "sinkhorn":
-            return sinkhorn_divergence(a, b, self.cost, self.sinkhorn_blur,
-                                       self.sinkhorn_scaling), None
+            return sinkhorn_divergence(a, b, self.cost, self.sinkhorn_blur, self.sinkhorn_scaling), None
         cost = pairwise_cost(a, b, self.cost)
         plan = exact_plan(cost, self.solver)
         return (plan * cost).sum(), plan
@@ -170,8 +169,9 @@ class OptimalTransport(Objective):
                 f"dataset or an unconditional prior such as 'gaussian'"
             )
         labels = batch.context.long()
-        return [(idx, labels[idx]) for idx in
-                (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))]
+        return [
+            (idx, labels[idx]) for idx in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))
+        ]
 
     def _smoothness(self, model: Flow, z: Tensor, context: Tensor | None) -> Tensor:
         """Per-example ``mean_d (x̂ − x̃)² + mean_d |x̂ − x̃|`` (averaging these per class gives
@@ -187,8 +187,7 @@ class OptimalTransport(Objective):
         samples = model.prior.sample(m, lab)
         return samples if self.space == "latent" else model.decode(samples, lab)
 
-    def _class_cost(self, model: Flow, source: Tensor,
-                    labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _class_cost(self, model: Flow, source: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(L_OT, self term)`` of one class: the (debiased) minibatch transport cost between
         the class's points and prior samples, and the subtracted self-transport part (0 for
         ``debias = "none"``)."""
@@ -196,7 +195,7 @@ class OptimalTransport(Objective):
         zero = source.new_zeros(())
         if self.debias == "full" and n >= 2:
             h = n // 2
-            a, b = source[:h], source[h:2 * h]
+            a, b = source[:h], source[h : 2 * h]
             sa, sb = self._targets(model, h, labels), self._targets(model, h, labels)
             cross = 0.5 * (self.transport_cost(a, sa)[0] + self.transport_cost(b, sb)[0])
             own = 0.5 * (self.transport_cost(a, b)[0] + self.transport_cost(sa, sb)[0])
@@ -246,5 +245,7 @@ class OptimalTransport(Objective):
         return LossOutput(total, terms)
 
     def extra_repr(self) -> str:
-        return (f"solver={self.solver!r}, cost={self.cost!r}, space={self.space!r}, "
-                f"smoothness_weight={self.smoothness_weight}, reduction={self.reduction!r}")
+        return (
+            f"solver={self.solver!r}, cost={self.cost!r}, space={self.space!r}, "
+            f"smoothness_weight={self.smoothness_weight}, reduction={self.reduction!r}"
+        )

@@ -76,7 +76,9 @@ class ReverseKL(Objective):
     }
 
     def __init__(
-        self, *, anneal_steps: Annotated[int, Range(0, note="0: no annealing")] = 0,
+        self,
+        *,
+        anneal_steps: Annotated[int, Range(0, note="0: no annealing")] = 0,
         eval_samples: Annotated[int, Range(2)] = 20000,
         figure_resolution: Annotated[int, Range(10)] = 200,
     ) -> None:
@@ -100,8 +102,10 @@ class ReverseKL(Objective):
     def setup(self, model: Flow) -> None:
         """Check that the model can sample with a density and that the target fits its shape."""
         if self.target is None:
-            raise ConfigError("objective 'reverse-kl': bind_data(data) must come before setup; "
-                              "it reads the dataset's target density")
+            raise ConfigError(
+                "objective 'reverse-kl': bind_data(data) must come before setup; "
+                "it reads the dataset's target density"
+            )
         if model.prior.conditional:
             raise ConfigError(
                 f"objective 'reverse-kl' samples from an unconditional prior, but "
@@ -139,8 +143,12 @@ class ReverseKL(Objective):
         beta = self.beta(step)
         total = (log_q - beta * log_p).mean()
         free_energy = float((log_q - log_p).detach().mean())
-        terms = {"loss": float(total.detach()), "free_energy": free_energy,
-                 "elbo": -free_energy, "entropy": float(-log_q.detach().mean())}
+        terms = {
+            "loss": float(total.detach()),
+            "free_energy": free_energy,
+            "elbo": -free_energy,
+            "entropy": float(-log_q.detach().mean()),
+        }
         if self.log_z is not None:
             terms["kl"] = free_energy + self.log_z
         if self.anneal_steps:
@@ -195,8 +203,11 @@ class ReverseKL(Objective):
         """``reverse_kl.png`` for 2-D targets: target density, learned density, samples of q."""
         if data.dim != 2 or self.target is None:
             return []
-        return [plot_reverse_kl(model, self.target, data, Path(run_dir) / "reverse_kl.png",
-                                self.figure_resolution, self.log_z)]
+        return [
+            plot_reverse_kl(
+                model, self.target, data, Path(run_dir) / "reverse_kl.png", self.figure_resolution, self.log_z
+            )
+        ]
 
 
 def _window(target: Any, data: DataSplits) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +229,9 @@ def _edges(centres: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _model_density(model: Flow, grid: Tensor, xs: np.ndarray, ys: np.ndarray,
-                   samples: Tensor) -> tuple[np.ndarray, str]:
+def _model_density(
+    model: Flow, grid: Tensor, xs: np.ndarray, ys: np.ndarray, samples: Tensor
+) -> tuple[np.ndarray, str]:
     """``q`` on the grid by its exact density, or a histogram of samples if ``q`` has no forward."""
     try:
         log_q = torch.cat([model.log_prob(chunk) for chunk in grid.split(10000)])
@@ -232,8 +244,15 @@ def _model_density(model: Flow, grid: Tensor, xs: np.ndarray, ys: np.ndarray,
 
 
 @torch.no_grad()
-def plot_reverse_kl(model: Flow, target: Any, data: DataSplits, path: Path, resolution: int = 200,
-                    log_z: float | None = None, n_samples: int = 2000) -> Path:
+def plot_reverse_kl(
+    model: Flow,
+    target: Any,
+    data: DataSplits,
+    path: Path,
+    resolution: int = 200,
+    log_z: float | None = None,
+    n_samples: int = 2000,
+) -> Path:
     """Three panels on the same grid: the target density, the flow's density, samples of q.
 
     The target is normalised by ``log_z`` when given, else numerically on the plotted grid; both
@@ -264,11 +283,9 @@ def plot_reverse_kl(model: Flow, target: Any, data: DataSplits, path: Path, reso
     vmax = float(max(p.max(), np.nanmax(q), 1e-12))
     window = (lo[0], hi[0], lo[1], hi[1])
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    axes[0].imshow(p, origin="lower", extent=window, aspect="auto", cmap="viridis", vmin=0,
-                   vmax=vmax)
+    axes[0].imshow(p, origin="lower", extent=window, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
     axes[0].set_title(f"{data.name}: target density p")
-    axes[1].imshow(q, origin="lower", extent=window, aspect="auto", cmap="viridis", vmin=0,
-                   vmax=vmax)
+    axes[1].imshow(q, origin="lower", extent=window, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
     axes[1].set_title(q_title)
     axes[2].contour(xs, ys, p, levels=6, colors="0.6", linewidths=0.8)
     axes[2].scatter(shown[:, 0], shown[:, 1], s=2, alpha=0.5, color="tab:orange")

@@ -42,9 +42,14 @@ class ClassGaussian(Prior):
     conditional: ClassVar[bool] = True
     needs_data_init: ClassVar[bool] = True
 
-    def __init__(self, shape: Shape, num_classes: int | None = None, *,
-                 min_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-4,
-                 learn_scale: bool = True) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        num_classes: int | None = None,
+        *,
+        min_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-4,
+        learn_scale: bool = True,
+    ) -> None:
         super().__init__(shape, num_classes)
         if num_classes is None or num_classes < 1:
             raise ConfigError(
@@ -111,5 +116,7 @@ class ClassGaussian(Prior):
         return self.scale.detach().mean(0)
 
     def extra_repr(self) -> str:
-        return (f"shape={self.shape}, num_classes={self.num_classes}, min_scale={self.min_scale}, "
-                f"learn_scale={self.learn_scale}")
+        return (
+            f"shape={self.shape}, num_classes={self.num_classes}, min_scale={self.min_scale}, "
+            f"learn_scale={self.learn_scale}"
+        )

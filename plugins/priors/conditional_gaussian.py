@@ -34,9 +34,14 @@ class ConditionalGaussian(Prior):
 
     vector_conditional: ClassVar[bool] = True
 
-    def __init__(self, shape: Shape, context_features: int | None = None, *,
-                 hidden: Annotated[int, Range(1)] = 64,
-                 num_hidden: Annotated[int, Range(1)] = 2) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        context_features: int | None = None,
+        *,
+        hidden: Annotated[int, Range(1)] = 64,
+        num_hidden: Annotated[int, Range(1)] = 2,
+    ) -> None:
         super().__init__(shape)
         if context_features is None:
             raise ConfigError(

@@ -41,9 +41,14 @@ class RestrictedGaussian(Prior):
 
     needs_data_init: ClassVar[bool] = True
 
-    def __init__(self, shape: Shape, num_classes: int | None = None, *,
-                 num_selected: Annotated[int, Range(1)] = 64,
-                 off_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-2) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        num_classes: int | None = None,
+        *,
+        num_selected: Annotated[int, Range(1)] = 64,
+        off_scale: Annotated[float, Range(0, min_inclusive=False)] = 1e-2,
+    ) -> None:
         super().__init__(shape, num_classes)
         if not 1 <= num_selected <= self.dim:
             raise ConfigError(

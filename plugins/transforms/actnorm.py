@@ -45,8 +45,12 @@ class ActNorm(Transform):
         num_classes: int | None = None,
     ) -> None:
         super().__init__(event_shape)
-        require_rank("ActNorm", self.event_shape, self.input_ranks,
-                     "Flatten the data for vectors, or give images as (C, H, W).")
+        require_rank(
+            "ActNorm",
+            self.event_shape,
+            self.input_ranks,
+            "Flatten the data for vectors, or give images as (C, H, W).",
+        )
         self.eps = float(eps)
         param_shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)
         self.bias = nn.Parameter(torch.zeros(param_shape))

@@ -38,8 +38,16 @@ from flowkit.plugins.elementwise import LOG_SCALE_BOUND, Affine, soft_clamp
 from flowkit.plugins.transforms.made import MADE
 from flowkit.transform import Shape, Transform, require_rank
 
-__all__ = ["IAF", "LOG_SCALE_BOUND", "MAF", "MAF_MAP", "Autoregressive", "AutoregressiveLayer",
-           "FlatStack", "soft_clamp"]
+__all__ = [
+    "IAF",
+    "LOG_SCALE_BOUND",
+    "MAF",
+    "MAF_MAP",
+    "Autoregressive",
+    "AutoregressiveLayer",
+    "FlatStack",
+    "soft_clamp",
+]
 
 Direction = Literal["maf", "iaf"]
 
@@ -74,8 +82,11 @@ class AutoregressiveLayer(Transform):
     input_ranks = (1,)
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
-        "map": ["affine", "rq-spline"], "hidden": [8], "num_hidden": [1, 2],
-        "direction": ["maf", "iaf"], "reverse_order": [False, True],
+        "map": ["affine", "rq-spline"],
+        "hidden": [8],
+        "num_hidden": [1, 2],
+        "direction": ["maf", "iaf"],
+        "reverse_order": [False, True],
     }
 
     def __init__(
@@ -98,9 +109,11 @@ class AutoregressiveLayer(Transform):
         _require_vector_size(owner, self.event_dim)
         elementwise = build_map(map, map_params, owner)
         if not elementwise.autoregressive:
-            raise ConfigError(f"{owner}: the map {elementwise!r} couples the scalars of an example "
-                              f"through its parameters, so it cannot be autoregressive; use it in "
-                              f"a coupling.")
+            raise ConfigError(
+                f"{owner}: the map {elementwise!r} couples the scalars of an example "
+                f"through its parameters, so it cannot be autoregressive; use it in "
+                f"a coupling."
+            )
         if direction not in ("maf", "iaf"):
             raise ConfigError(f"{owner}: direction must be 'maf' or 'iaf', got {direction!r}.")
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
@@ -112,12 +125,20 @@ class AutoregressiveLayer(Transform):
         self.num_classes = num_classes
         dim = self.event_dim
         order = list(range(dim - 1, -1, -1)) if self.reverse_order else None
-        self.made = MADE(dim, hidden, num_hidden, num_outputs=elementwise.num_params, order=order,
-                         context_features=context_width(self.context_spec))
+        self.made = MADE(
+            dim,
+            hidden,
+            num_hidden,
+            num_outputs=elementwise.num_params,
+            order=order,
+            context_features=context_width(self.context_spec),
+        )
         for name, value in elementwise.feature_params.items():
             if hasattr(self, name):
-                raise ConfigError(f"{owner}: the map {elementwise!r} declares a feature parameter "
-                                  f"{name!r}, a name the layer already uses; rename it.")
+                raise ConfigError(
+                    f"{owner}: the map {elementwise!r} declares a feature parameter "
+                    f"{name!r}, a name the layer already uses; rename it."
+                )
             self.register_parameter(name, nn.Parameter(torch.full((dim,), float(value))))
         self._feature_names = tuple(elementwise.feature_params)
 
@@ -169,9 +190,11 @@ class AutoregressiveLayer(Transform):
         return self._parallel(y, context)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, map={self.elementwise_map!r}, "
-                f"direction={self.direction!r}, reverse_order={self.reverse_order}, "
-                f"conditional={self.conditional}")
+        return (
+            f"{super().extra_repr()}, map={self.elementwise_map!r}, "
+            f"direction={self.direction!r}, reverse_order={self.reverse_order}, "
+            f"conditional={self.conditional}"
+        )
 
 
 class FlatStack(Architecture):
@@ -185,12 +208,15 @@ class FlatStack(Architecture):
     input_ranks = (1, 3)
     min_channels = 2  # vectors need D ≥ 2 (images only need C·H·W ≥ 2)
 
-    def __init__(self, event_shape: Shape, num_layers: int,
-                 layer: Callable[[int, int], Transform]) -> None:
+    def __init__(self, event_shape: Shape, num_layers: int, layer: Callable[[int, int], Transform]) -> None:
         owner = type(self).__name__
         shape = tuple(int(s) for s in event_shape)
-        require_rank(owner, shape, self.input_ranks,
-                     "Give vectors as (D,) or images as (C, H, W); images are flattened.")
+        require_rank(
+            owner,
+            shape,
+            self.input_ranks,
+            "Give vectors as (D,) or images as (C, H, W); images are flattened.",
+        )
         dim = math.prod(shape)
         super().__init__(shape, (dim,))
         _require_vector_size(owner, dim)
@@ -204,7 +230,9 @@ class _AffineAutoregressive(FlatStack):
 
     direction: ClassVar[Direction] = "maf"
     test_params: ClassVar[dict[str, Any]] = {
-        "num_layers": [2, 3], "hidden": [8], "num_hidden": [1, 2],
+        "num_layers": [2, 3],
+        "hidden": [8],
+        "num_hidden": [1, 2],
     }
 
     def __init__(
@@ -219,10 +247,21 @@ class _AffineAutoregressive(FlatStack):
         context_features: int | None = None,
     ) -> None:
         context_spec(type(self).__name__, conditional, num_classes, context_features)  # checks it
-        super().__init__(event_shape, num_layers, lambda dim, k: AutoregressiveLayer(
-            (dim,), map=MAF_MAP, direction=self.direction, reverse_order=bool(k % 2),
-            hidden=hidden, num_hidden=num_hidden, conditional=conditional,
-            num_classes=num_classes, context_features=context_features))
+        super().__init__(
+            event_shape,
+            num_layers,
+            lambda dim, k: AutoregressiveLayer(
+                (dim,),
+                map=MAF_MAP,
+                direction=self.direction,
+                reverse_order=bool(k % 2),
+                hidden=hidden,
+                num_hidden=num_hidden,
+                conditional=conditional,
+                num_classes=num_classes,
+                context_features=context_features,
+            ),
+        )
 
 
 class MAF(_AffineAutoregressive):
@@ -269,8 +308,11 @@ class Autoregressive(FlatStack):
     """
 
     test_params: ClassVar[dict[str, Any]] = {
-        "map": ["affine", "rq-spline", "additive"], "num_layers": [2, 1], "hidden": [8],
-        "num_hidden": [1], "direction": ["maf", "iaf"],
+        "map": ["affine", "rq-spline", "additive"],
+        "num_layers": [2, 1],
+        "hidden": [8],
+        "num_hidden": [1],
+        "direction": ["maf", "iaf"],
     }
 
     def __init__(
@@ -290,8 +332,19 @@ class Autoregressive(FlatStack):
         owner = type(self).__name__
         context_spec(owner, conditional, num_classes, context_features)  # checks the choice
         elementwise = build_map(map, map_params, owner)
-        super().__init__(event_shape, num_layers, lambda dim, k: AutoregressiveLayer(
-            (dim,), map=elementwise, direction=direction, reverse_order=bool(k % 2),
-            hidden=hidden, num_hidden=num_hidden, conditional=conditional,
-            num_classes=num_classes, context_features=context_features))
+        super().__init__(
+            event_shape,
+            num_layers,
+            lambda dim, k: AutoregressiveLayer(
+                (dim,),
+                map=elementwise,
+                direction=direction,
+                reverse_order=bool(k % 2),
+                hidden=hidden,
+                num_hidden=num_hidden,
+                conditional=conditional,
+                num_classes=num_classes,
+                context_features=context_features,
+            ),
+        )
         self.volume_preserving = elementwise.volume_preserving  # type: ignore[misc]

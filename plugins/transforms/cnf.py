@@ -63,10 +63,29 @@ from flowkit.plugins.transforms.vector_fields import (
 from flowkit.transform import Shape, Transform, require_rank
 
 ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
-                                  "implicit_adams")
-Solver = Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint",
-                 "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"]
+FIXED_SOLVERS: tuple[str, ...] = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+)
+Solver = Literal[
+    "dopri5",
+    "dopri8",
+    "bosh3",
+    "fehlberg2",
+    "adaptive_heun",
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+]
 TraceKind = Literal["hutchinson", "exact"]
 NetKind = Literal["mlp", "conv"]
 
@@ -83,8 +102,7 @@ def _odeint() -> tuple[Any, Any]:
     try:
         from torchdiffeq import odeint, odeint_adjoint
     except ImportError as exc:
-        raise FlowkitError(f"the cnf transform needs the torchdiffeq package: {INSTALL_HINT}") \
-            from exc
+        raise FlowkitError(f"the cnf transform needs the torchdiffeq package: {INSTALL_HINT}") from exc
     return odeint, odeint_adjoint
 
 
@@ -95,8 +113,9 @@ class _Dynamics(nn.Module):
     and counts its function evaluations in ``nfe``.
     """
 
-    def __init__(self, net: FieldNet, horizon: float, event_shape: Shape, mode: str,
-                 probe: Tensor | None) -> None:
+    def __init__(
+        self, net: FieldNet, horizon: float, event_shape: Shape, mode: str, probe: Tensor | None
+    ) -> None:
         super().__init__()
         self.net = net
         self.horizon = horizon
@@ -148,8 +167,12 @@ class CNF(Transform):
     #: float32 round trips are accurate, and the float64 log-det matches the autograd Jacobian
     #: of the discrete map to ~1e-9)
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [8], "num_hidden": [1], "solver": ["rk4"], "step_size": [0.125],
-        "activation": ["tanh", "softplus"], "trace": ["hutchinson", "exact"],
+        "hidden": [8],
+        "num_hidden": [1],
+        "solver": ["rk4"],
+        "step_size": [0.125],
+        "activation": ["tanh", "softplus"],
+        "trace": ["hutchinson", "exact"],
     }
     #: :func:`~flowkit.plugins.transforms.vector_fields.solver_terms` reads :attr:`last_nfe`
     reports_nfe: ClassVar[bool] = True
@@ -178,20 +201,39 @@ class CNF(Transform):
     ) -> None:
         super().__init__(event_shape)
         owner = "cnf"
-        require_rank(owner, self.event_shape, self.input_ranks,
-                     "Flatten the data for vectors, or give images as (C, H, W).")
+        require_rank(
+            owner,
+            self.event_shape,
+            self.input_ranks,
+            "Flatten the data for vectors, or give images as (C, H, W).",
+        )
         is_vector = len(self.event_shape) == 1
         net = net or ("mlp" if is_vector else "conv")
         if net == "mlp" and not is_vector:
-            raise ShapeError(f"cnf: net='mlp' takes vectors (D,), but the input has image shape "
-                             f"{self.event_shape}; use net='conv' (the default for images)")
+            raise ShapeError(
+                f"cnf: net='mlp' takes vectors (D,), but the input has image shape "
+                f"{self.event_shape}; use net='conv' (the default for images)"
+            )
         if net == "conv" and is_vector:
-            raise ShapeError(f"cnf: net='conv' takes images (C, H, W), but the input has shape "
-                             f"{self.event_shape}; use net='mlp' (the default for vectors)")
-        _validate(solver=solver, atol=atol, rtol=rtol, step_size=step_size, max_steps=max_steps,
-                  time_horizon=time_horizon, hidden=hidden, num_hidden=num_hidden,
-                  activation=activation, trace=trace, probe=probe,
-                  exact_trace_max_dim=exact_trace_max_dim, net=net)
+            raise ShapeError(
+                f"cnf: net='conv' takes images (C, H, W), but the input has shape "
+                f"{self.event_shape}; use net='mlp' (the default for vectors)"
+            )
+        _validate(
+            solver=solver,
+            atol=atol,
+            rtol=rtol,
+            step_size=step_size,
+            max_steps=max_steps,
+            time_horizon=time_horizon,
+            hidden=hidden,
+            num_hidden=num_hidden,
+            activation=activation,
+            trace=trace,
+            probe=probe,
+            exact_trace_max_dim=exact_trace_max_dim,
+            net=net,
+        )
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
         self.conditional = self.context_spec is not None
         self.num_classes = num_classes
@@ -256,8 +298,10 @@ class CNF(Transform):
         if times.dim() == 0:
             times = times.expand(x.shape[0])
         elif tuple(times.shape) != (x.shape[0],):
-            raise ShapeError(f"cnf.velocity: t must be a number or a tensor of shape "
-                             f"({x.shape[0]},), got {tuple(times.shape)}")
+            raise ShapeError(
+                f"cnf.velocity: t must be a number or a tensor of shape "
+                f"({x.shape[0]},), got {tuple(times.shape)}"
+            )
         return self.net(x, times / self.time_horizon, features)
 
     # -- the solve -----------------------------------------------------------------------------
@@ -270,8 +314,13 @@ class CNF(Transform):
         features = self._features(context, x)  # a malformed context fails before any solve
         odeint, odeint_adjoint = _odeint()
         mode = self.trace_mode()
-        dynamics = _Dynamics(self.net, self.time_horizon, self.event_shape, mode,
-                             self._probe(x) if mode == "hutchinson" else None)
+        dynamics = _Dynamics(
+            self.net,
+            self.time_horizon,
+            self.event_shape,
+            mode,
+            self._probe(x) if mode == "hutchinson" else None,
+        )
         state: tuple[Tensor, ...] = (x, self.zero_logdet(x))
         if features is not None:
             state = (*state, features)
@@ -281,8 +330,12 @@ class CNF(Transform):
             options: dict[str, Any] = {"max_num_steps": self.max_steps}
         else:
             options = {"step_size": self.step_size}
-        kwargs: dict[str, Any] = {"rtol": self.rtol, "atol": self.atol, "method": self.solver,
-                                  "options": options}
+        kwargs: dict[str, Any] = {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "method": self.solver,
+            "options": options,
+        }
         self._last_trace = mode
         try:
             if self.adjoint and torch.is_grad_enabled():
@@ -291,8 +344,7 @@ class CNF(Transform):
             else:
                 solution = odeint(dynamics, state, times, **kwargs)
         except AssertionError as exc:
-            raise self._solver_error(exc, dynamics.nfe, "inverse" if reverse else "forward") \
-                from exc
+            raise self._solver_error(exc, dynamics.nfe, "inverse" if reverse else "forward") from exc
         finally:
             self._last_nfe = dynamics.nfe
         return solution[0][-1], solution[1][-1]
@@ -300,25 +352,35 @@ class CNF(Transform):
     def _solver_error(self, exc: AssertionError, nfe: int, direction: str) -> Exception:
         """The flowkit error for one of torchdiffeq's solver assertions (others pass through)."""
         message = str(exc)
-        where = (f"cnf: the {self.solver} solver of the {direction} pass (t from "
-                 f"{'T' if direction == 'inverse' else '0'} to "
-                 f"{'0' if direction == 'inverse' else 'T'}, T = {self.time_horizon:g})")
-        advice = (f"raise transform.max_steps, loosen the tolerances transform.atol/transform.rtol "
-                  f"(now {self.atol:g}/{self.rtol:g}), or use a fixed-step solver "
-                  f"(transform.solver = 'rk4' with transform.step_size)")
+        where = (
+            f"cnf: the {self.solver} solver of the {direction} pass (t from "
+            f"{'T' if direction == 'inverse' else '0'} to "
+            f"{'0' if direction == 'inverse' else 'T'}, T = {self.time_horizon:g})"
+        )
+        advice = (
+            f"raise transform.max_steps, loosen the tolerances transform.atol/transform.rtol "
+            f"(now {self.atol:g}/{self.rtol:g}), or use a fixed-step solver "
+            f"(transform.solver = 'rk4' with transform.step_size)"
+        )
         if "max_num_steps" in message:
-            return ODESolverError(f"{where} hit transform.max_steps = {self.max_steps} steps "
-                                  f"({nfe} function evaluations) before reaching the end: the "
-                                  f"dynamics are too stiff for these tolerances; {advice}")
+            return ODESolverError(
+                f"{where} hit transform.max_steps = {self.max_steps} steps "
+                f"({nfe} function evaluations) before reaching the end: the "
+                f"dynamics are too stiff for these tolerances; {advice}"
+            )
         if "underflow in dt" in message:
-            return ODESolverError(f"{where} needed a step size below the resolution of the "
-                                  f"time variable after {nfe} function evaluations (tolerances "
-                                  f"tighter than the input's precision, or dynamics that blew "
-                                  f"up); {advice}")
+            return ODESolverError(
+                f"{where} needed a step size below the resolution of the "
+                f"time variable after {nfe} function evaluations (tolerances "
+                f"tighter than the input's precision, or dynamics that blew "
+                f"up); {advice}"
+            )
         if "non-finite" in message:
-            return ODESolverError(f"{where} reached a non-finite state after {nfe} function "
-                                  f"evaluations: the vector field diverged; lower train.lr or set "
-                                  f"train.grad_clip, or {advice}")
+            return ODESolverError(
+                f"{where} reached a non-finite state after {nfe} function "
+                f"evaluations: the vector field diverged; lower train.lr or set "
+                f"train.grad_clip, or {advice}"
+            )
         return exc
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -332,43 +394,72 @@ class CNF(Transform):
         return self._integrate(y, context, reverse=True)
 
     def extra_repr(self) -> str:
-        step = (f"atol={self.atol:g}, rtol={self.rtol:g}, max_steps={self.max_steps}"
-                if self.solver in ADAPTIVE_SOLVERS else f"step_size={self.step_size:g}")
-        return (f"{super().extra_repr()}, T={self.time_horizon:g}, solver={self.solver!r}, {step}, "
-                f"trace={self.trace!r}, adjoint={self.adjoint}, conditional={self.conditional}")
+        step = (
+            f"atol={self.atol:g}, rtol={self.rtol:g}, max_steps={self.max_steps}"
+            if self.solver in ADAPTIVE_SOLVERS
+            else f"step_size={self.step_size:g}"
+        )
+        return (
+            f"{super().extra_repr()}, T={self.time_horizon:g}, solver={self.solver!r}, {step}, "
+            f"trace={self.trace!r}, adjoint={self.adjoint}, conditional={self.conditional}"
+        )
 
 
-def _validate(*, solver: str, atol: float, rtol: float, step_size: float, max_steps: int,
-              time_horizon: float, hidden: int, num_hidden: int, activation: str, trace: str,
-              probe: str, exact_trace_max_dim: int, net: str) -> None:
+def _validate(
+    *,
+    solver: str,
+    atol: float,
+    rtol: float,
+    step_size: float,
+    max_steps: int,
+    time_horizon: float,
+    hidden: int,
+    num_hidden: int,
+    activation: str,
+    trace: str,
+    probe: str,
+    exact_trace_max_dim: int,
+    net: str,
+) -> None:
     """Raise :class:`ConfigError` for settings the solver or the network cannot use."""
     from flowkit.errors import did_you_mean
 
     known = ADAPTIVE_SOLVERS + FIXED_SOLVERS
     if solver not in known:
-        raise ConfigError(f"cnf: unknown solver {solver!r}.{did_you_mean(solver, known)} Adaptive "
-                          f"solvers: {', '.join(ADAPTIVE_SOLVERS)}; fixed-grid solvers: "
-                          f"{', '.join(FIXED_SOLVERS)}")
-    for name, value in (("atol", atol), ("rtol", rtol), ("step_size", step_size),
-                        ("time_horizon", time_horizon)):
+        raise ConfigError(
+            f"cnf: unknown solver {solver!r}.{did_you_mean(solver, known)} Adaptive "
+            f"solvers: {', '.join(ADAPTIVE_SOLVERS)}; fixed-grid solvers: "
+            f"{', '.join(FIXED_SOLVERS)}"
+        )
+    for name, value in (
+        ("atol", atol),
+        ("rtol", rtol),
+        ("step_size", step_size),
+        ("time_horizon", time_horizon),
+    ):
         if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             raise ConfigError(f"cnf: transform.{name} must be a positive number, got {value!r}")
     if max_steps < 1:
         raise ConfigError(f"cnf: transform.max_steps must be at least 1, got {max_steps}")
     if solver in FIXED_SOLVERS and math.ceil(time_horizon / step_size - 1e-9) > max_steps:
-        raise ConfigError(f"cnf: the fixed-grid solver {solver!r} takes "
-                          f"time_horizon/step_size = {time_horizon:g}/{step_size:g} = "
-                          f"{math.ceil(time_horizon / step_size - 1e-9)} steps, more than "
-                          f"transform.max_steps = {max_steps}; raise step_size or max_steps")
+        raise ConfigError(
+            f"cnf: the fixed-grid solver {solver!r} takes "
+            f"time_horizon/step_size = {time_horizon:g}/{step_size:g} = "
+            f"{math.ceil(time_horizon / step_size - 1e-9)} steps, more than "
+            f"transform.max_steps = {max_steps}; raise step_size or max_steps"
+        )
     if hidden < 1 or num_hidden < 1:
-        raise ConfigError(f"cnf: hidden and num_hidden must be at least 1, got {hidden} and "
-                          f"{num_hidden}")
+        raise ConfigError(f"cnf: hidden and num_hidden must be at least 1, got {hidden} and {num_hidden}")
     if exact_trace_max_dim < 0:
         raise ConfigError(f"cnf: exact_trace_max_dim must be >= 0, got {exact_trace_max_dim}")
-    for name, value, options in (("activation", activation, ACTIVATIONS),
-                                 ("trace", trace, ("hutchinson", "exact")),
-                                 ("probe", probe, ("rademacher", "gaussian")),
-                                 ("net", net, ("mlp", "conv"))):
+    for name, value, options in (
+        ("activation", activation, ACTIVATIONS),
+        ("trace", trace, ("hutchinson", "exact")),
+        ("probe", probe, ("rademacher", "gaussian")),
+        ("net", net, ("mlp", "conv")),
+    ):
         if value not in options:
-            raise ConfigError(f"cnf: transform.{name} must be one of {', '.join(options)}, got "
-                              f"{value!r}{did_you_mean(str(value), options)}")
+            raise ConfigError(
+                f"cnf: transform.{name} must be one of {', '.join(options)}, got "
+                f"{value!r}{did_you_mean(str(value), options)}"
+            )

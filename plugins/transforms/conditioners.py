@@ -55,12 +55,16 @@ def _keep(module: nn.Module, name: str, dim: int, index: list[int]) -> None:
     """Replace the parameter ``module.<name>`` by its entries ``index`` along ``dim``."""
     old = getattr(module, name)
     where = torch.tensor(index, dtype=torch.long, device=old.device)
-    setattr(module, name, nn.Parameter(old.detach().index_select(dim, where).clone(),
-                                       requires_grad=old.requires_grad))
+    setattr(
+        module,
+        name,
+        nn.Parameter(old.detach().index_select(dim, where).clone(), requires_grad=old.requires_grad),
+    )
 
 
-def narrow_layers(first: nn.Module, last: nn.Module, inputs: list[int], outputs: list[int],
-                  first_name: str, last_name: str) -> Narrowed:
+def narrow_layers(
+    first: nn.Module, last: nn.Module, inputs: list[int], outputs: list[int], first_name: str, last_name: str
+) -> Narrowed:
     """Keep the ``inputs`` columns of ``first`` (dim 1) and the ``outputs`` rows of ``last``.
 
     Works for ``nn.Linear`` and ``nn.Conv2d`` (weights ``(out, in, …)``); the layers' size
@@ -74,8 +78,11 @@ def narrow_layers(first: nn.Module, last: nn.Module, inputs: list[int], outputs:
         for suffix in ("_features", "_channels"):
             if hasattr(layer, attr + suffix):
                 setattr(layer, attr + suffix, size)
-    return {f"{first_name}.weight": (1, inputs), f"{last_name}.weight": (0, outputs),
-            f"{last_name}.bias": (0, outputs)}
+    return {
+        f"{first_name}.weight": (1, inputs),
+        f"{last_name}.weight": (0, outputs),
+        f"{last_name}.bias": (0, outputs),
+    }
 
 
 @checked
@@ -92,7 +99,11 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, hidden: Positive, num_hidden: Positive,
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Positive,
+        num_hidden: Positive,
         zero_init: bool = True,
     ) -> None:
         super().__init__()
@@ -156,13 +167,17 @@ class ConvNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, hidden: Positive,
-        num_blocks: Annotated[int, Range(0)], kernel_size: Positive = 3, zero_init: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: Positive,
+        num_blocks: Annotated[int, Range(0)],
+        kernel_size: Positive = 3,
+        zero_init: bool = True,
     ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, hidden, kernel_size, padding="same")
-        self.blocks = nn.Sequential(*(ResidualBlock(hidden, kernel_size)
-                                      for _ in range(num_blocks)))
+        self.blocks = nn.Sequential(*(ResidualBlock(hidden, kernel_size) for _ in range(num_blocks)))
         self.conv_out = nn.Conv2d(hidden, out_channels, kernel_size, padding="same")
         if zero_init:
             nn.init.zeros_(self.conv_out.weight)
@@ -282,8 +297,7 @@ CONDITIONERS: dict[str, ConditionerKind] = {
 }
 
 
-def register_conditioner(name: str, build: Callable[..., nn.Module],
-                         ranks: tuple[int, ...] = (1, 3)) -> None:
+def register_conditioner(name: str, build: Callable[..., nn.Module], ranks: tuple[int, ...] = (1, 3)) -> None:
     """Make ``build(in, out, *, hidden, num_hidden, num_blocks)`` a conditioner named ``name``.
 
     Every coupling then accepts ``conditioner=name`` (this process only; register it where your
@@ -293,7 +307,12 @@ def register_conditioner(name: str, build: Callable[..., nn.Module],
 
 
 def conditioner_factory(
-    kind: str | ConditionerFactory, rank: int, owner: str, *, hidden: int, num_hidden: int,
+    kind: str | ConditionerFactory,
+    rank: int,
+    owner: str,
+    *,
+    hidden: int,
+    num_hidden: int,
     num_blocks: int,
 ) -> ConditionerFactory:
     """``(in_channels, out_channels) -> nn.Module`` for a conditioner name or a user's factory.
@@ -303,18 +322,24 @@ def conditioner_factory(
     """
     if not isinstance(kind, str):
         if not callable(kind):
-            raise ConfigError(f"{owner}: conditioner must be a name ({', '.join(CONDITIONERS)}) "
-                              f"or a factory (in_channels, out_channels) -> nn.Module, got "
-                              f"{kind!r}.")
+            raise ConfigError(
+                f"{owner}: conditioner must be a name ({', '.join(CONDITIONERS)}) "
+                f"or a factory (in_channels, out_channels) -> nn.Module, got "
+                f"{kind!r}."
+            )
         return kind
     if kind not in CONDITIONERS:
-        raise ConfigError(f"{owner}: unknown conditioner {kind!r}; choose one of "
-                          f"{', '.join(map(repr, CONDITIONERS))}, or pass a factory from Python.")
+        raise ConfigError(
+            f"{owner}: unknown conditioner {kind!r}; choose one of "
+            f"{', '.join(map(repr, CONDITIONERS))}, or pass a factory from Python."
+        )
     spec = CONDITIONERS[kind]
     if rank not in spec.ranks:
         takes = "vectors (D,)" if spec.ranks == (1,) else "images (C, H, W)"
-        raise ShapeError(f"{owner}: conditioner={kind!r} takes {takes}; choose another "
-                         f"conditioner for inputs of rank {rank}.")
+        raise ShapeError(
+            f"{owner}: conditioner={kind!r} takes {takes}; choose another "
+            f"conditioner for inputs of rank {rank}."
+        )
     return _Named(spec, hidden, num_hidden, num_blocks)
 
 
@@ -333,5 +358,10 @@ class _Named:
         return self.kind.narrowable
 
     def __call__(self, in_channels: int, out_channels: int) -> nn.Module:
-        return self.kind.build(in_channels, out_channels, hidden=self.hidden,
-                               num_hidden=self.num_hidden, num_blocks=self.num_blocks)
+        return self.kind.build(
+            in_channels,
+            out_channels,
+            hidden=self.hidden,
+            num_hidden=self.num_hidden,
+            num_blocks=self.num_blocks,
+        )

@@ -58,8 +58,17 @@ from flowkit.plugins.transforms.masks import build_split, slice_indices
 from flowkit.reconstruction import RuleResult, leaf, vjp
 from flowkit.transform import Shape, Transform, require_rank
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "ConditionerKind", "Coupling", "GINCoupling",
-           "MaskKind", "coupling_rule", "masked_coupling_rule", "scaled_tanh"]
+__all__ = [
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "ConditionerKind",
+    "Coupling",
+    "GINCoupling",
+    "MaskKind",
+    "coupling_rule",
+    "masked_coupling_rule",
+    "scaled_tanh",
+]
 
 MaskKind = Literal["half", "alternate", "checkerboard", "channel"]
 ConditionerKind = Literal["mlp", "conv"]
@@ -69,7 +78,10 @@ Layout = Literal["blocks", "interleaved"]
 
 
 def _default_kinds(
-    owner: str, event_shape: Shape, mask: Any, conditioner: Any,
+    owner: str,
+    event_shape: Shape,
+    mask: Any,
+    conditioner: Any,
 ) -> tuple[Any, Any]:
     """Fill in the per-rank defaults and check that ``mlp``/``conv`` fit the rank."""
     is_vector = len(event_shape) == 1
@@ -90,8 +102,13 @@ def _default_kinds(
 
 
 def coupling_rule(
-    block: Coupling, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
+    block: Coupling,
+    y: Tensor,
+    context: Tensor | None,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    need_input_grad: bool,
+    params: list[Tensor],
 ) -> RuleResult:
     """Memory-free backprop of a coupling: one conditioner pass serves inverse and recomputation.
 
@@ -147,8 +164,11 @@ class Coupling(Transform):
     min_channels = 2  # vector masks need D ≥ 2; the channel mask needs C ≥ 2
     min_size = 2  # a checkerboard on a 1×1 image leaves nothing to transform
     test_params: ClassVar[dict[str, Any]] = {
-        "map": ["affine", "additive", "rq-spline"], "hidden": [4, 8], "num_hidden": [1],
-        "num_blocks": [1], "parity": [False, True],
+        "map": ["affine", "additive", "rq-spline"],
+        "hidden": [4, 8],
+        "num_hidden": [1],
+        "num_blocks": [1],
+        "parity": [False, True],
     }
     inversion_rule = coupling_rule  # memory-free backprop: one conditioner pass
     #: how the conditioner's outputs hold the map's parameters (see :data:`Layout`)
@@ -176,8 +196,12 @@ class Coupling(Transform):
     ) -> None:
         super().__init__(event_shape)
         owner = type(self).__name__
-        require_rank(owner, self.event_shape, self.input_ranks,
-                     "Flatten the data for vectors, or give images as (C, H, W).")
+        require_rank(
+            owner,
+            self.event_shape,
+            self.input_ranks,
+            "Flatten the data for vectors, or give images as (C, H, W).",
+        )
         elementwise = build_map(map, map_params, owner)
         mask, conditioner = _default_kinds(owner, self.event_shape, mask, conditioner)
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
@@ -187,22 +211,33 @@ class Coupling(Transform):
         self.volume_preserving = elementwise.volume_preserving  # type: ignore[misc]
         split = build_split(mask, self.event_shape, parity, owner)
         self.mask_kind = split.kind
-        self.conditioner_kind = conditioner if isinstance(conditioner, str) else \
-            getattr(conditioner, "__name__", type(conditioner).__name__)
+        self.conditioner_kind = (
+            conditioner
+            if isinstance(conditioner, str)
+            else getattr(conditioner, "__name__", type(conditioner).__name__)
+        )
         self._effective = {"mask": mask, "conditioner": conditioner}
         self.slices = split.slices
         self.register_buffer("mask", split.mask, persistent=False)
         self.register_buffer("free_positions", split.free_positions, persistent=False)
         self._halves = self._contiguous_halves()
-        factory = conditioner_factory(conditioner, len(self.event_shape), owner, hidden=hidden,
-                                      num_hidden=num_hidden, num_blocks=num_blocks)
+        factory = conditioner_factory(
+            conditioner,
+            len(self.event_shape),
+            owner,
+            hidden=hidden,
+            num_hidden=num_hidden,
+            num_blocks=num_blocks,
+        )
         self._build_net(factory, elementwise.num_params, context_width(self.context_spec))
         # learned per-feature (per-channel) parameters of the map, after the network as before
         shape = (self.event_shape[0],) + (1,) * (len(self.event_shape) - 1)
         for name, value in elementwise.feature_params.items():
             if hasattr(self, name):
-                raise ConfigError(f"{owner}: the map {elementwise!r} declares a feature parameter "
-                                  f"{name!r}, a name the coupling already uses; rename it.")
+                raise ConfigError(
+                    f"{owner}: the map {elementwise!r} declares a feature parameter "
+                    f"{name!r}, a name the coupling already uses; rename it."
+                )
             self.register_parameter(name, nn.Parameter(torch.full(shape, float(value))))
         self._feature_names = tuple(elementwise.feature_params)
 
@@ -231,8 +266,7 @@ class Coupling(Transform):
 
     def _contiguous_halves(self) -> tuple[bool, int, int] | None:
         """``(cond first, |A|, |B|)`` when the two sides are contiguous blocks of dimension 1."""
-        if self.slices is None or not all(isinstance(s, slice) and (s.step or 1) == 1
-                                          for s in self.slices):
+        if self.slices is None or not all(isinstance(s, slice) and (s.step or 1) == 1 for s in self.slices):
             return None
         cond, free = self.slices
         assert isinstance(cond, slice) and isinstance(free, slice)
@@ -291,7 +325,10 @@ class Coupling(Transform):
         return found if self.param_order is None else tuple(found[i] for i in self.param_order)
 
     def elementwise(
-        self, x_b: Tensor, params: tuple[Tensor, ...], inverse: bool = False,
+        self,
+        x_b: Tensor,
+        params: tuple[Tensor, ...],
+        inverse: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``g(x_b; θ)`` (or ``g⁻¹``) and its log-determinant, ``θ`` being
         :meth:`conditioner_params`'s outputs followed by the map's feature parameters."""
@@ -324,8 +361,7 @@ class Coupling(Transform):
         """The values chosen at build time for this plugin's unset keys (``mask``,
         ``conditioner``: per-rank defaults), for recording the resolved config."""
         names = inspect.signature(type(self).__init__).parameters
-        return {k: v for k, v in self._effective.items()
-                if k in names and isinstance(v, (str, list))}
+        return {k: v for k, v in self._effective.items() if k in names and isinstance(v, (str, list))}
 
     # -- checkpoints of older layouts --------------------------------------------------------
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -337,15 +373,21 @@ class Coupling(Transform):
             key = prefix + name
             value = state_dict.get(key)
             full = self._full_sizes["inputs" if dim == 1 else "outputs"]
-            if isinstance(value, Tensor) and value.dim() > dim and value.shape[dim] == full \
-                    and full != len(index):
+            if (
+                isinstance(value, Tensor)
+                and value.dim() > dim
+                and value.shape[dim] == full
+                and full != len(index)
+            ):
                 where = torch.tensor(index, dtype=torch.long, device=value.device)
                 state_dict[key] = value.index_select(dim, where)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, map={self.elementwise_map!r}, mask={self.mask_kind!r}, "
-                f"conditioner={self.conditioner_kind!r}, conditional={self.conditional}")
+        return (
+            f"{super().extra_repr()}, map={self.elementwise_map!r}, mask={self.mask_kind!r}, "
+            f"conditioner={self.conditioner_kind!r}, conditional={self.conditional}"
+        )
 
 
 class _NamedCoupling(Coupling):
@@ -353,7 +395,10 @@ class _NamedCoupling(Coupling):
 
     default_map: ClassVar[ElementwiseMap]
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [4, 8], "num_hidden": [1], "num_blocks": [1], "parity": [False, True],
+        "hidden": [4, 8],
+        "num_hidden": [1],
+        "num_blocks": [1],
+        "parity": [False, True],
     }
 
     def __init__(
@@ -370,10 +415,19 @@ class _NamedCoupling(Coupling):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        super().__init__(event_shape, map=self.default_map, mask=mask, parity=parity,
-                         conditioner=conditioner, hidden=hidden, num_hidden=num_hidden,
-                         num_blocks=num_blocks, conditional=conditional, num_classes=num_classes,
-                         context_features=context_features)
+        super().__init__(
+            event_shape,
+            map=self.default_map,
+            mask=mask,
+            parity=parity,
+            conditioner=conditioner,
+            hidden=hidden,
+            num_hidden=num_hidden,
+            num_blocks=num_blocks,
+            conditional=conditional,
+            num_classes=num_classes,
+            context_features=context_features,
+        )
 
 
 class AdditiveCoupling(_NamedCoupling):

@@ -53,8 +53,12 @@ class GIN(Architecture):
     min_size = 2  # a checkerboard needs at least 2 pixels
     size_multiple = 2  # test_params draw up to two scales
     test_params: ClassVar[dict[str, Any]] = {
-        "num_blocks": [2, 3], "num_scales": [1, 2], "hidden": [4, 8], "num_hidden": [1],
-        "res_blocks": [1], "permute": [True, False],
+        "num_blocks": [2, 3],
+        "num_scales": [1, 2],
+        "hidden": [4, 8],
+        "num_hidden": [1],
+        "res_blocks": [1],
+        "permute": [True, False],
     }
 
     def __init__(
@@ -72,11 +76,11 @@ class GIN(Architecture):
         context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("GIN", shape, self.input_ranks,
-                     "Give vectors as (D,) or images as (C, H, W).")
+        require_rank("GIN", shape, self.input_ranks, "Give vectors as (D,) or images as (C, H, W).")
         super().__init__(shape, (math.prod(shape),))
-        common = coupling_args("GIN", shape, hidden, num_hidden, res_blocks, conditional,
-                               num_classes, context_features)
+        common = coupling_args(
+            "GIN", shape, hidden, num_hidden, res_blocks, conditional, num_classes, context_features
+        )
         self._effective = {"hidden": common["hidden"]}
         if len(shape) == 1:
             steps = _blocks(shape, "half", num_blocks, permute, seed=0, common=common)
@@ -97,7 +101,12 @@ class GIN(Architecture):
 
 
 def _blocks(
-    shape: Shape, mask: MaskKind, count: int, permute: bool, seed: int, common: dict[str, Any],
+    shape: Shape,
+    mask: MaskKind,
+    count: int,
+    permute: bool,
+    seed: int,
+    common: dict[str, Any],
 ) -> list[Transform]:
     """``count`` GIN couplings with alternating parity, permutations between them if asked."""
     steps: list[Transform] = []
@@ -109,7 +118,11 @@ def _blocks(
 
 
 def _image_steps(
-    shape: Shape, num_blocks: int, num_scales: int, permute: bool, common: dict[str, Any],
+    shape: Shape,
+    num_blocks: int,
+    num_scales: int,
+    permute: bool,
+    common: dict[str, Any],
 ) -> list[Transform]:
     """Checkerboard stage, then (squeeze → channel-mask stage) ``num_scales − 1`` times."""
     check_scales("GIN", shape, num_scales)

@@ -27,8 +27,19 @@ from flowkit.plugins.transforms.invconv import InvConv1x1
 from flowkit.plugins.transforms.squeeze import Squeeze
 from flowkit.transform import Shape, Transform, require_rank
 
-__all__ = ["LOGSCALE_FACTOR", "SCALE_OFFSET", "ActNorm", "Glow", "GlowConvNet", "GlowCoupling",
-           "InvConv1x1", "SplitPrior", "ZeroConv2d", "flow_step", "glow_coupling_rule"]
+__all__ = [
+    "LOGSCALE_FACTOR",
+    "SCALE_OFFSET",
+    "ActNorm",
+    "Glow",
+    "GlowConvNet",
+    "GlowCoupling",
+    "InvConv1x1",
+    "SplitPrior",
+    "ZeroConv2d",
+    "flow_step",
+    "glow_coupling_rule",
+]
 
 #: The former name of the coupling rule Glow's couplings and split priors declare.
 glow_coupling_rule = coupling_rule
@@ -38,8 +49,10 @@ def _need_two_channels(owner: str, shape: Shape, fix: str) -> None:
     """Raise :class:`ShapeError` unless there are two features (channels) to split."""
     if shape[0] < 2:
         kind = "features" if len(shape) == 1 else "channels"
-        raise ShapeError(f"{owner} splits the {kind} in two halves, so it needs at least 2, but "
-                         f"the input has shape {shape}; {fix}.")
+        raise ShapeError(
+            f"{owner} splits the {kind} in two halves, so it needs at least 2, but "
+            f"the input has shape {shape}; {fix}."
+        )
 
 
 class GlowCoupling(Coupling):
@@ -79,15 +92,26 @@ class GlowCoupling(Coupling):
         context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("GlowCoupling", shape, self.input_ranks,
-                     "Flatten the data for vectors, or give images as (C, H, W).")
-        _need_two_channels("GlowCoupling", shape,
-                           "squeeze images first (Glow does), or use vectors with D ≥ 2")
-        super().__init__(shape, map=Affine(scale="sigmoid", shift_first=True),
-                         mask=list(range(shape[0] // 2)),
-                         conditioner="glow" if len(shape) == 3 else "mlp", hidden=hidden,
-                         num_hidden=2, conditional=conditional, num_classes=num_classes,
-                         context_features=context_features)
+        require_rank(
+            "GlowCoupling",
+            shape,
+            self.input_ranks,
+            "Flatten the data for vectors, or give images as (C, H, W).",
+        )
+        _need_two_channels(
+            "GlowCoupling", shape, "squeeze images first (Glow does), or use vectors with D ≥ 2"
+        )
+        super().__init__(
+            shape,
+            map=Affine(scale="sigmoid", shift_first=True),
+            mask=list(range(shape[0] // 2)),
+            conditioner="glow" if len(shape) == 3 else "mlp",
+            hidden=hidden,
+            num_hidden=2,
+            conditional=conditional,
+            num_classes=num_classes,
+            context_features=context_features,
+        )
         self.split = shape[0] // 2
 
 
@@ -119,29 +143,54 @@ class SplitPrior(Coupling):
     full_size_init = False
 
     def __init__(
-        self, event_shape: Shape, *, conditional: bool | None = None,
-        num_classes: int | None = None, context_features: int | None = None,
+        self,
+        event_shape: Shape,
+        *,
+        conditional: bool | None = None,
+        num_classes: int | None = None,
+        context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("SplitPrior", shape, self.input_ranks,
-                     "It conditions the factored-out channels of an image on the kept ones.")
+        require_rank(
+            "SplitPrior",
+            shape,
+            self.input_ranks,
+            "It conditions the factored-out channels of an image on the kept ones.",
+        )
         _need_two_channels("SplitPrior", shape, "squeeze the image first")
-        super().__init__(shape, map=Inverted(Affine(scale="exp")), mask="channel",
-                         conditioner=ZeroConv2d, conditional=conditional,
-                         num_classes=num_classes, context_features=context_features)
+        super().__init__(
+            shape,
+            map=Inverted(Affine(scale="exp")),
+            mask="channel",
+            conditioner=ZeroConv2d,
+            conditional=conditional,
+            num_classes=num_classes,
+            context_features=context_features,
+        )
         self.split = shape[0] - shape[0] // 2
 
 
 def flow_step(
-    shape: Shape, *, hidden: int, lu: bool, init_seed: int, conditional: bool | None,
-    num_classes: int | None, context_features: int | None = None,
+    shape: Shape,
+    *,
+    hidden: int,
+    lu: bool,
+    init_seed: int,
+    conditional: bool | None,
+    num_classes: int | None,
+    context_features: int | None = None,
 ) -> list[Transform]:
     """One step of flow, ``actnorm → invconv1x1 → glow-coupling`` (Glow §3, Fig. 2a)."""
     return [
         ActNorm(shape),
         InvConv1x1(shape, lu=lu, init_seed=init_seed),
-        GlowCoupling(shape, hidden=hidden, conditional=conditional, num_classes=num_classes,
-                     context_features=context_features),
+        GlowCoupling(
+            shape,
+            hidden=hidden,
+            conditional=conditional,
+            num_classes=num_classes,
+            context_features=context_features,
+        ),
     ]
 
 
@@ -179,7 +228,10 @@ class Glow(Architecture):
     # "Understanding and Mitigating Exploding Inverses in Invertible Neural Networks"), which
     # makes float32 round trips fail by chance; tests/plugins/test_glow.py checks K = 2 directly.
     test_params: ClassVar[dict[str, Any]] = {
-        "num_levels": [2, 1], "num_steps": [1], "hidden": [4], "lu": [True, False],
+        "num_levels": [2, 1],
+        "num_steps": [1],
+        "hidden": [4],
+        "lu": [True, False],
     }
     config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"data": {"preprocess": "center"}}
 
@@ -197,9 +249,12 @@ class Glow(Architecture):
         context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("Glow", shape, self.input_ranks,
-                     "Glow is an image architecture; for vectors compose actnorm, invconv1x1 and "
-                     "glow-coupling.")
+        require_rank(
+            "Glow",
+            shape,
+            self.input_ranks,
+            "Glow is an image architecture; for vectors compose actnorm, invconv1x1 and glow-coupling.",
+        )
         super().__init__(shape, (math.prod(shape),))
         if num_levels is None:  # the paper's 3 levels, or as many as the image size allows
             num_levels = min(3, max(1, _levels_that_fit(shape)))
@@ -209,9 +264,13 @@ class Glow(Architecture):
         self.num_steps = num_steps
         self._effective = {"num_levels": num_levels}
         self.conditional = spec is not None
-        common: dict[str, Any] = {"hidden": hidden, "lu": lu, "conditional": conditional,
-                                  "num_classes": num_classes,
-                                  "context_features": context_features}
+        common: dict[str, Any] = {
+            "hidden": hidden,
+            "lu": lu,
+            "conditional": conditional,
+            "num_classes": num_classes,
+            "context_features": context_features,
+        }
         levels: list[Transform] = []
         c, h, w = shape
         for level in range(num_levels):
@@ -219,12 +278,16 @@ class Glow(Architecture):
             c, h, w = squeeze.output_shape
             steps: list[Transform] = [squeeze]
             for k in range(num_steps):
-                steps += flow_step((c, h, w), init_seed=init_seed + level * num_steps + k,
-                                   **common)
+                steps += flow_step((c, h, w), init_seed=init_seed + level * num_steps + k, **common)
             if level < num_levels - 1:
-                steps.append(SplitPrior((c, h, w), conditional=conditional,
-                                        num_classes=num_classes,
-                                        context_features=context_features))
+                steps.append(
+                    SplitPrior(
+                        (c, h, w),
+                        conditional=conditional,
+                        num_classes=num_classes,
+                        context_features=context_features,
+                    )
+                )
                 c -= c // 2  # MultiScale factors out the second half
             levels.append(Sequential(steps))
         self.flow = MultiScale(levels)
@@ -234,8 +297,10 @@ class Glow(Architecture):
         return dict(self._effective)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_levels={self.num_levels}, "
-                f"num_steps={self.num_steps}, conditional={self.conditional}")
+        return (
+            f"{super().extra_repr()}, num_levels={self.num_levels}, "
+            f"num_steps={self.num_steps}, conditional={self.conditional}"
+        )
 
 
 def _levels_that_fit(shape: Shape) -> int:
@@ -250,7 +315,7 @@ def _levels_that_fit(shape: Shape) -> int:
 def _check_divisible(shape: Shape, num_levels: int) -> None:
     """Raise :class:`ShapeError` unless H and W are divisible by ``2^num_levels``."""
     _, h, w = shape
-    factor = 2 ** num_levels
+    factor = 2**num_levels
     if h % factor or w % factor:
         fits = _levels_that_fit(shape)
         fix = f"use num_levels at most {fits}" if fits else "pad the images to even sizes"

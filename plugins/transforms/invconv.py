@@ -51,13 +51,20 @@ class InvConv1x1(Transform):
     inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
 
     def __init__(
-        self, event_shape: Shape, *, lu: bool = True,
+        self,
+        event_shape: Shape,
+        *,
+        lu: bool = True,
         init_seed: Annotated[int, Range(0, 2**64 - 1, note="a torch.Generator seed")] = 0,
         num_classes: int | None = None,
     ) -> None:
         super().__init__(event_shape)
-        require_rank("InvConv1x1", self.event_shape, self.input_ranks,
-                     "Flatten the data for vectors, or give images as (C, H, W).")
+        require_rank(
+            "InvConv1x1",
+            self.event_shape,
+            self.input_ranks,
+            "Flatten the data for vectors, or give images as (C, H, W).",
+        )
         self.lu = bool(lu)
         self._positions = math.prod(self.event_shape[1:])  # H·W for images, 1 for vectors
         dtype = torch.get_default_dtype()

@@ -70,8 +70,7 @@ class IRevNetBlock(Transform):
 
     def __init__(self, event_shape: Shape, *, width: Annotated[int, Range(1)] = 32) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("IRevNetBlock", shape, self.input_ranks,
-                     "i-RevNet blocks act on images (C, H, W).")
+        require_rank("IRevNetBlock", shape, self.input_ranks, "i-RevNet blocks act on images (C, H, W).")
         if shape[0] % 2:
             raise ShapeError(
                 f"IRevNetBlock splits the channels into two equal halves, so their number must "
@@ -98,12 +97,12 @@ class IRevNetBlock(Transform):
 
 
 def _stage_lists(
-    depths: Sequence[int], widths: int | Sequence[int],
+    depths: Sequence[int],
+    widths: int | Sequence[int],
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Validate ``depths`` and ``widths`` (an int is every stage's width): one entry per stage."""
     depths_t = tuple(int(d) for d in depths)
-    widths_t = (int(widths),) * len(depths_t) if isinstance(widths, int) else \
-        tuple(int(w) for w in widths)
+    widths_t = (int(widths),) * len(depths_t) if isinstance(widths, int) else tuple(int(w) for w in widths)
     if not depths_t:
         raise ConfigError("IRevNet: depths must list at least one stage, e.g. [2, 2].")
     if len(depths_t) != len(widths_t):
@@ -140,7 +139,9 @@ class IRevNet(Architecture):
     input_ranks = (3,)
     size_multiple = 4  # test_params draw up to two squeezes
     test_params: ClassVar[dict[str, Any]] = {
-        "depths": [[1], [1, 1], [2]], "widths": [4, 8], "downsample_first": True,
+        "depths": [[1], [1, 1], [2]],
+        "widths": [4, 8],
+        "downsample_first": True,
     }
 
     def __init__(
@@ -153,10 +154,12 @@ class IRevNet(Architecture):
         num_classes: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("IRevNet", shape, self.input_ranks,
-                     "i-RevNet down-samples images; give them as (C, H, W).")
+        require_rank(
+            "IRevNet", shape, self.input_ranks, "i-RevNet down-samples images; give them as (C, H, W)."
+        )
         stage_depths, stage_widths = _stage_lists(
-            [2, 2] if depths is None else depths, [32, 64] if widths is None else widths)
+            [2, 2] if depths is None else depths, [32, 64] if widths is None else widths
+        )
         _check_shape(shape, len(stage_depths), downsample_first)
         steps: list[Transform] = []
         current = shape
@@ -178,15 +181,17 @@ class IRevNet(Architecture):
         return {"depths": list(self.depths), "widths": list(self.widths)}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, depths={list(self.depths)}, widths={list(self.widths)}, "
-                f"downsample_first={self.downsample_first}")
+        return (
+            f"{super().extra_repr()}, depths={list(self.depths)}, widths={list(self.widths)}, "
+            f"downsample_first={self.downsample_first}"
+        )
 
 
 def _check_shape(shape: Shape, stages: int, downsample_first: bool) -> None:
     """Raise :class:`ShapeError` unless the squeezes fit the image and the first split is even."""
     c, h, w = shape
     squeezes = stages if downsample_first else stages - 1
-    factor = 2 ** squeezes
+    factor = 2**squeezes
     if h % factor or w % factor:
         fits = 0
         while h % 2 ** (fits + 1) == 0 and w % 2 ** (fits + 1) == 0:

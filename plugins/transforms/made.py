@@ -37,8 +37,7 @@ def input_degrees(num_inputs: int, order: Sequence[int] | None = None) -> Tensor
     perm = [int(i) for i in order]
     if sorted(perm) != list(range(num_inputs)):
         raise ConfigError(
-            f"MADE: order must be a permutation of 0..{num_inputs - 1} (one entry per input), "
-            f"got {perm}."
+            f"MADE: order must be a permutation of 0..{num_inputs - 1} (one entry per input), got {perm}."
         )
     degrees = torch.empty(num_inputs, dtype=torch.long)
     degrees[torch.tensor(perm, dtype=torch.long)] = torch.arange(1, num_inputs + 1)
@@ -46,7 +45,10 @@ def input_degrees(num_inputs: int, order: Sequence[int] | None = None) -> Tensor
 
 
 def hidden_degrees(
-    num_inputs: int, width: int, low: int = 1, generator: torch.Generator | None = None,
+    num_inputs: int,
+    width: int,
+    low: int = 1,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Degrees of ``width`` hidden units in ``[low, D−1]``: cycling, or random with ``generator``.
 
@@ -82,8 +84,9 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, mask: Tensor, bias: bool = True) -> None:
         if mask.dim() != 2:
-            raise ShapeError(f"MaskedLinear needs a 2-d mask (out_features, in_features), got "
-                             f"shape {tuple(mask.shape)}.")
+            raise ShapeError(
+                f"MaskedLinear needs a 2-d mask (out_features, in_features), got shape {tuple(mask.shape)}."
+            )
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype).clone())
@@ -183,8 +186,8 @@ class MADE(nn.Module):
             _init_columns(self.out, 0, hidden)
             _init_columns(self.out, hidden, hidden + extra)
             with torch.no_grad():  # the biases at the x (h) block's fan-in, as before the merge
-                first_layer.bias.uniform_(-self.num_inputs ** -0.5, self.num_inputs ** -0.5)
-                self.out.bias.uniform_(-hidden ** -0.5, hidden ** -0.5)
+                first_layer.bias.uniform_(-(self.num_inputs**-0.5), self.num_inputs**-0.5)
+                self.out.bias.uniform_(-(hidden**-0.5), hidden**-0.5)
         if zero_init:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
@@ -192,8 +195,9 @@ class MADE(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Map ``(B, D)`` (and a ``(B, context_features)`` context) to ``(B, num_outputs, D)``."""
         if x.dim() != 2 or x.shape[1] != self.num_inputs:
-            raise ShapeError(f"MADE expects inputs of shape (batch, {self.num_inputs}), got "
-                             f"{tuple(x.shape)}.")
+            raise ShapeError(
+                f"MADE expects inputs of shape (batch, {self.num_inputs}), got {tuple(x.shape)}."
+            )
         if not self.context_features:
             h = x
             for layer in self.hidden_layers:
@@ -202,9 +206,11 @@ class MADE(nn.Module):
         else:
             if context is None or tuple(context.shape) != (x.shape[0], self.context_features):
                 got = None if context is None else tuple(context.shape)
-                raise ShapeError(f"MADE was built with context_features={self.context_features} "
-                                 f"and needs a context of shape ({x.shape[0]}, "
-                                 f"{self.context_features}), got {got}.")
+                raise ShapeError(
+                    f"MADE was built with context_features={self.context_features} "
+                    f"and needs a context of shape ({x.shape[0]}, "
+                    f"{self.context_features}), got {got}."
+                )
             context = context.to(x.dtype)
             h = torch.cat([x, context], dim=1)
             for layer in self.hidden_layers:
@@ -220,8 +226,7 @@ class MADE(nn.Module):
         context columns of ``hidden_layers.0`` and ``out`` (weight, and mask columns of ones), so
         the loaded MADE computes exactly the function the old one did.
         """
-        for old, layer in (("context_hidden.weight", "hidden_layers.0."),
-                           ("context_out.weight", "out.")):
+        for old, layer in (("context_hidden.weight", "hidden_layers.0."), ("context_out.weight", "out.")):
             block = state_dict.pop(prefix + old, None)
             if block is None:
                 continue
@@ -236,5 +241,7 @@ class MADE(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
-        return (f"num_inputs={self.num_inputs}, num_outputs={self.num_outputs}, "
-                f"context_features={self.context_features}")
+        return (
+            f"num_inputs={self.num_inputs}, num_outputs={self.num_outputs}, "
+            f"context_features={self.context_features}"
+        )

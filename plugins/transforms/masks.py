@@ -165,8 +165,7 @@ def _as_slice(indices: list[int]) -> slice | list[int]:
     return slice(indices[0], indices[-1] + 1, step if step != 1 else None)
 
 
-def index_split(cond: Sequence[int], size: int, invert: bool = False,
-                owner: str = "split") -> SplitSlices:
+def index_split(cond: Sequence[int], size: int, invert: bool = False, owner: str = "split") -> SplitSlices:
     """An explicit split along dimension 1: ``cond`` condition, the other indices are transformed.
 
     ``size`` is the number of features (vectors) or channels (images); ``invert`` swaps the two
@@ -175,11 +174,15 @@ def index_split(cond: Sequence[int], size: int, invert: bool = False,
     """
     chosen = sorted(int(i) for i in cond)
     if len(set(chosen)) != len(chosen) or any(i < 0 or i >= size for i in chosen):
-        raise ConfigError(f"{owner}: the conditioning indices {list(cond)} must be distinct and "
-                          f"in [0, {size}) (features, or channels of an image).")
+        raise ConfigError(
+            f"{owner}: the conditioning indices {list(cond)} must be distinct and "
+            f"in [0, {size}) (features, or channels of an image)."
+        )
     if not chosen or len(chosen) == size:
-        raise ConfigError(f"{owner}: the conditioning indices {list(cond)} must leave at least "
-                          f"one of the {size} entries on each side of the split.")
+        raise ConfigError(
+            f"{owner}: the conditioning indices {list(cond)} must leave at least "
+            f"one of the {size} entries on each side of the split."
+        )
     taken = set(chosen)
     free = [i for i in range(size) if i not in taken]
     first, second = _as_slice(chosen), _as_slice(free)
@@ -208,14 +211,14 @@ class Split:
         return (self.mask.flatten() == 0).nonzero().squeeze(1)
 
 
-def build_split(mask: str | Sequence[int], event_shape: Shape, invert: bool = False,
-                owner: str = "split") -> Split:
+def build_split(
+    mask: str | Sequence[int], event_shape: Shape, invert: bool = False, owner: str = "split"
+) -> Split:
     """The :class:`Split` of a mask kind (:func:`build_mask`) or of explicit conditioning indices
     along dimension 1 (:func:`index_split`); ``invert`` swaps the sides."""
     shape = tuple(event_shape)
     if isinstance(mask, str):
-        return Split(mask, build_mask(mask, shape, invert, owner),
-                     split_slices(mask, shape, invert))
+        return Split(mask, build_mask(mask, shape, invert, owner), split_slices(mask, shape, invert))
     slices = index_split(mask, shape[0], invert, owner)
     marks = torch.zeros(shape[0])
     marks[slices.cond] = 1.0

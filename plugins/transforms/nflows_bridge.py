@@ -99,8 +99,7 @@ class NflowsTransform(Transform):
                 f"{self.output_shape} hold different numbers of scalars; an invertible transform "
                 f"preserves the dimension."
             )
-        self.context_spec = context_spec("NflowsTransform", conditional, num_classes,
-                                         context_features)
+        self.context_spec = context_spec("NflowsTransform", conditional, num_classes, context_features)
         self.nflows_transform = nflows_transform
         self.conditional = self.context_spec is not None
         self.num_classes = num_classes
@@ -186,8 +185,13 @@ class _NflowsVectorFlow(Architecture):
     input_ranks = (1, 3)
     plugin: ClassVar[str]
 
-    def __init__(self, event_shape: Shape, conditional: bool | None,
-                 num_classes: int | None, context_features: int | None) -> None:
+    def __init__(
+        self,
+        event_shape: Shape,
+        conditional: bool | None,
+        num_classes: int | None,
+        context_features: int | None,
+    ) -> None:
         owner = type(self).__name__
         shape = tuple(int(s) for s in event_shape)
         require_rank(owner, shape, self.input_ranks)
@@ -195,8 +199,11 @@ class _NflowsVectorFlow(Architecture):
         super().__init__(shape, (dim,))
         spec = context_spec(owner, conditional, num_classes, context_features)
         #: the context arguments of the wrapped transform, and the width its networks read
-        self._context_args = {"conditional": spec is not None, "num_classes": num_classes,
-                              "context_features": context_features}
+        self._context_args = {
+            "conditional": spec is not None,
+            "num_classes": num_classes,
+            "context_features": context_features,
+        }
         self.context_width = context_width(spec) or None
         if dim < self.min_channels:
             raise ShapeError(
@@ -211,7 +218,6 @@ class _NflowsVectorFlow(Architecture):
         steps: list[Transform] = [] if len(self.event_shape) == 1 else [Flatten(self.event_shape)]
         steps.append(NflowsTransform((dim,), nflows_transform, **self._context_args))
         self.flow = Sequential(steps)
-
 
 
 class ResidualNetFactory:
@@ -233,8 +239,13 @@ class ResidualNetFactory:
         """A fresh ``ResidualNet(in_features → out_features)``."""
         from nflows.nn.nets import ResidualNet
 
-        return ResidualNet(in_features, out_features, hidden_features=self.hidden,
-                           context_features=self.context_features, num_blocks=self.num_blocks)
+        return ResidualNet(
+            in_features,
+            out_features,
+            hidden_features=self.hidden,
+            context_features=self.context_features,
+            num_blocks=self.num_blocks,
+        )
 
 
 class NflowsRQCoupling(_NflowsVectorFlow):
@@ -283,8 +294,12 @@ class NflowsRQCoupling(_NflowsVectorFlow):
     min_channels = 2  # two halves to couple
     plugin = "nflows-rq-coupling"
     test_params: ClassVar[dict[str, Any]] = {
-        "num_layers": [2, 3], "hidden": [8], "num_blocks": [1], "num_bins": [4, 8],
-        "tail_bound": [5.0], "lu_linear": [False],
+        "num_layers": [2, 3],
+        "hidden": [8],
+        "num_blocks": [1],
+        "num_bins": [4, 8],
+        "tail_bound": [5.0],
+        "lu_linear": [False],
     }
 
     def __init__(
@@ -315,11 +330,15 @@ class NflowsRQCoupling(_NflowsVectorFlow):
         for k in range(num_layers):
             if k and lu_linear:
                 layers.append(LULinear(dim, identity_init=True))
-            layers.append(PiecewiseRationalQuadraticCouplingTransform(
-                mask=create_alternating_binary_mask(dim, even=k % 2 == 0),
-                transform_net_create_fn=factory, num_bins=num_bins, tails="linear",
-                tail_bound=float(tail_bound),
-            ))
+            layers.append(
+                PiecewiseRationalQuadraticCouplingTransform(
+                    mask=create_alternating_binary_mask(dim, even=k % 2 == 0),
+                    transform_net_create_fn=factory,
+                    num_bins=num_bins,
+                    tails="linear",
+                    tail_bound=float(tail_bound),
+                )
+            )
         self._assemble(CompositeTransform(layers))
 
 
@@ -350,7 +369,9 @@ class NflowsMAF(_NflowsVectorFlow):
 
     plugin = "nflows-maf"
     test_params: ClassVar[dict[str, Any]] = {
-        "num_layers": [1], "hidden": [8], "num_blocks": [1, 2],
+        "num_layers": [1],
+        "hidden": [8],
+        "num_blocks": [1, 2],
     }
 
     def __init__(
@@ -376,10 +397,14 @@ class NflowsMAF(_NflowsVectorFlow):
         for k in range(num_layers):
             if k:
                 layers.append(ReversePermutation(dim))
-            layers.append(MaskedAffineAutoregressiveTransform(
-                features=dim, hidden_features=hidden,
-                context_features=self.context_width, num_blocks=num_blocks,
-            ))
+            layers.append(
+                MaskedAffineAutoregressiveTransform(
+                    features=dim,
+                    hidden_features=hidden,
+                    context_features=self.context_width,
+                    num_blocks=num_blocks,
+                )
+            )
         self._assemble(CompositeTransform(layers))
 
 
@@ -407,7 +432,9 @@ class NflowsRealNVP(_NflowsVectorFlow):
     min_channels = 2  # two halves to couple
     plugin = "nflows-realnvp"
     test_params: ClassVar[dict[str, Any]] = {
-        "num_layers": [2, 3], "hidden": [8], "num_blocks": [1, 2],
+        "num_layers": [2, 3],
+        "hidden": [8],
+        "num_blocks": [1, 2],
     }
 
     def __init__(
@@ -422,7 +449,11 @@ class NflowsRealNVP(_NflowsVectorFlow):
         super().__init__(event_shape, False, None, None)
         from nflows.flows.realnvp import SimpleRealNVP
 
-        flow = SimpleRealNVP(features=self.output_shape[0], hidden_features=hidden,
-                             num_layers=num_layers, num_blocks_per_layer=num_blocks,
-                             batch_norm_between_layers=batch_norm)
+        flow = SimpleRealNVP(
+            features=self.output_shape[0],
+            hidden_features=hidden,
+            num_layers=num_layers,
+            num_blocks_per_layer=num_blocks,
+            batch_norm_between_layers=batch_norm,
+        )
         self._assemble(flow._transform)

@@ -29,8 +29,7 @@ class DiagonalScaling(Transform):
 
     def __init__(self, event_shape: Shape) -> None:
         super().__init__(event_shape)
-        require_rank("DiagonalScaling", self.event_shape, self.input_ranks,
-                     "Flatten the data first.")
+        require_rank("DiagonalScaling", self.event_shape, self.input_ranks, "Flatten the data first.")
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -60,7 +59,9 @@ class NICE(Architecture):
     input_ranks = (1, 3)
     min_channels = 2  # vectors need D ≥ 2 to split in two
     test_params: ClassVar[dict[str, Any]] = {
-        "num_couplings": [2, 3], "hidden": [4, 8], "num_hidden": [1, 2],
+        "num_couplings": [2, 3],
+        "hidden": [4, 8],
+        "num_hidden": [1, 2],
     }
 
     def __init__(
@@ -84,12 +85,17 @@ class NICE(Architecture):
             steps.append(Flatten(shape))
         steps += [
             AdditiveCoupling(
-                (dim,), mask="alternate", parity=bool(k % 2), conditioner="mlp", hidden=hidden,
-                num_hidden=num_hidden, conditional=conditional, num_classes=num_classes,
+                (dim,),
+                mask="alternate",
+                parity=bool(k % 2),
+                conditioner="mlp",
+                hidden=hidden,
+                num_hidden=num_hidden,
+                conditional=conditional,
+                num_classes=num_classes,
                 context_features=context_features,
             )
             for k in range(num_couplings)
         ]
         steps.append(DiagonalScaling((dim,)))
         self.flow = Sequential(steps)
-

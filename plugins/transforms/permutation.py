@@ -34,7 +34,9 @@ class RandomPermutation(Transform):
     inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(
-        self, event_shape: Shape, *,
+        self,
+        event_shape: Shape,
+        *,
         permutation_seed: Annotated[int, Range(0, 2**64 - 1, note="a torch.Generator seed")] = 0,
         num_classes: int | None = None,
     ) -> None:

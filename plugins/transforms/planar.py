@@ -50,10 +50,14 @@ class PlanarLayer(Transform):
 
     def __init__(self, event_shape: Shape, *, init_scale: Annotated[float, Range(0)] = 0.1) -> None:
         super().__init__(event_shape)
-        require_rank("PlanarLayer", self.event_shape, self.input_ranks,
-                     "Planar flows act on flat vectors: flatten the data first.")
+        require_rank(
+            "PlanarLayer",
+            self.event_shape,
+            self.input_ranks,
+            "Planar flows act on flat vectors: flatten the data first.",
+        )
         dim = self.event_shape[0]
-        w = torch.randn(dim) / dim ** 0.5
+        w = torch.randn(dim) / dim**0.5
         u = torch.randn(dim) * init_scale
         norm_sq = w.square().sum()
         # wᵀu = softplus⁻¹(1 − MARGIN) makes m(wᵀu) = 0: û ⊥ w and f starts near the identity
@@ -90,8 +94,7 @@ class PlanarLayer(Transform):
         self.check_input(x)
         u_hat, wu = self.u_hat()
         target = x @ self.w + self.b
-        root = solve_tanh_equation(target.detach(), wu.detach(), target.new_ones(()),
-                                   target.new_zeros(()))
+        root = solve_tanh_equation(target.detach(), wu.detach(), target.new_ones(()), target.new_zeros(()))
         residual = root + wu * torch.tanh(root) - target
         alpha = newton_step(root, residual, 1.0 + wu * tanh_derivative(root))
         z = x - torch.tanh(alpha).unsqueeze(1) * u_hat
@@ -112,14 +115,20 @@ class LayerStack(Architecture):
     family: ClassVar[str]
 
     def __init__(
-        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
+        self,
+        event_shape: Shape,
+        *,
+        num_layers: Annotated[int, Range(1)] = 8,
         init_scale: Annotated[float, Range(0)] = 0.1,
     ) -> None:
         super().__init__(event_shape)
-        require_rank(self.family.lower(), self.event_shape, self.input_ranks,
-                     f"{self.family} flows act on flat vectors: flatten the data first.")
-        self.flow = Sequential(self.layer(self.event_shape, init_scale=init_scale)
-                               for _ in range(num_layers))
+        require_rank(
+            self.family.lower(),
+            self.event_shape,
+            self.input_ranks,
+            f"{self.family} flows act on flat vectors: flatten the data first.",
+        )
+        self.flow = Sequential(self.layer(self.event_shape, init_scale=init_scale) for _ in range(num_layers))
 
 
 class PlanarFlow(LayerStack):

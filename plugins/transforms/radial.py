@@ -43,8 +43,12 @@ class RadialLayer(Transform):
 
     def __init__(self, event_shape: Shape, *, init_scale: Annotated[float, Range(0)] = 0.1) -> None:
         super().__init__(event_shape)
-        require_rank("RadialLayer", self.event_shape, self.input_ranks,
-                     "Radial flows act on flat vectors: flatten the data first.")
+        require_rank(
+            "RadialLayer",
+            self.event_shape,
+            self.input_ranks,
+            "Radial flows act on flat vectors: flatten the data first.",
+        )
         dim = self.event_shape[0]
         self.z0 = nn.Parameter(torch.randn(dim))
         # α = 1 and β ≈ 0 (a near-identity map) up to noise of std init_scale

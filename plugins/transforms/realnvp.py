@@ -18,8 +18,14 @@ DEFAULT_HIDDEN = {1: 256, 3: 64}
 
 
 def coupling_args(
-    owner: str, shape: Shape, hidden: int | None, num_hidden: int, num_blocks: int,
-    conditional: bool | None, num_classes: int | None, context_features: int | None,
+    owner: str,
+    shape: Shape,
+    hidden: int | None,
+    num_hidden: int,
+    num_blocks: int,
+    conditional: bool | None,
+    num_classes: int | None,
+    context_features: int | None,
 ) -> dict[str, Any]:
     """The keyword arguments every coupling of a Real NVP-style architecture shares.
 
@@ -29,10 +35,18 @@ def coupling_args(
     """
     context_spec(owner, conditional, num_classes, context_features)  # checks the choice
     width = DEFAULT_HIDDEN[len(shape)] if hidden is None else hidden
-    net: dict[str, Any] = {"conditioner": "mlp", "num_hidden": num_hidden} if len(shape) == 1 \
+    net: dict[str, Any] = (
+        {"conditioner": "mlp", "num_hidden": num_hidden}
+        if len(shape) == 1
         else {"conditioner": "conv", "num_blocks": num_blocks}
-    return {**net, "hidden": width, "conditional": conditional, "num_classes": num_classes,
-            "context_features": context_features}
+    )
+    return {
+        **net,
+        "hidden": width,
+        "conditional": conditional,
+        "num_classes": num_classes,
+        "context_features": context_features,
+    }
 
 
 def check_scales(owner: str, shape: Shape, num_scales: int) -> None:
@@ -73,7 +87,10 @@ class RealNVP(Architecture):
     min_channels = 2  # vectors need D ≥ 2 to split in two
     size_multiple = 2  # for the default num_scales=2
     test_params: ClassVar[dict[str, Any]] = {
-        "num_scales": [1, 2], "hidden": [4], "num_blocks": [1], "num_layers": [2, 3],
+        "num_scales": [1, 2],
+        "hidden": [4],
+        "num_blocks": [1],
+        "num_layers": [2, 3],
         "num_hidden": [1],
     }
 
@@ -93,8 +110,9 @@ class RealNVP(Architecture):
         shape = tuple(int(s) for s in event_shape)
         require_rank("RealNVP", shape, self.input_ranks)
         super().__init__(shape, (math.prod(shape),))
-        common = coupling_args("RealNVP", shape, hidden, num_hidden, num_blocks, conditional,
-                               num_classes, context_features)
+        common = coupling_args(
+            "RealNVP", shape, hidden, num_hidden, num_blocks, conditional, num_classes, context_features
+        )
         self._effective = {"hidden": common["hidden"]}
         self.flow: Transform
         if len(shape) == 1:
@@ -109,7 +127,10 @@ class RealNVP(Architecture):
 
 
 def _couplings(
-    shape: Shape, mask: MaskKind, count: int, common: dict[str, Any],
+    shape: Shape,
+    mask: MaskKind,
+    count: int,
+    common: dict[str, Any],
 ) -> list[Transform]:
     """``count`` affine couplings on ``shape`` with ``mask`` and alternating parity."""
     return [AffineCoupling(shape, mask=mask, parity=bool(k % 2), **common) for k in range(count)]
@@ -122,11 +143,15 @@ def _image_levels(shape: Shape, num_scales: int, common: dict[str, Any]) -> list
     levels: list[Transform] = []
     for _ in range(num_scales - 1):
         squeeze = Squeeze((c, h, w))
-        levels.append(Sequential([
-            *_couplings((c, h, w), "checkerboard", 3, common),
-            squeeze,
-            *_couplings(squeeze.output_shape, "channel", 3, common),
-        ]))
+        levels.append(
+            Sequential(
+                [
+                    *_couplings((c, h, w), "checkerboard", 3, common),
+                    squeeze,
+                    *_couplings(squeeze.output_shape, "channel", 3, common),
+                ]
+            )
+        )
         c, h, w = squeeze.output_shape
         c -= c // 2  # MultiScale factors out the other half
     levels.append(Sequential(_couplings((c, h, w), "checkerboard", 4, common)))

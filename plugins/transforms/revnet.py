@@ -34,8 +34,7 @@ KernelSize = Annotated[int, Range(1), Odd(note="padding k//2 keeps the image siz
 Positive = Annotated[int, Range(1)]
 
 
-def _residual_net(channels: int, hidden: int, kernel_size: int, init: str,
-                  extra: int = 0) -> nn.Sequential:
+def _residual_net(channels: int, hidden: int, kernel_size: int, init: str, extra: int = 0) -> nn.Sequential:
     """``conv(C+extra→h, k×k) → ReLU → conv(h→C, k×k)``, zero padding ``k//2``, with biases."""
     pad = kernel_size // 2
     net = nn.Sequential(
@@ -52,8 +51,13 @@ def _residual_net(channels: int, hidden: int, kernel_size: int, init: str,
 
 
 def revnet_rule(
-    block: RevNetBlock, y: Tensor, context: Tensor | None, grad_y: Tensor, grad_logdet: Tensor,
-    need_input_grad: bool, params: list[Tensor],
+    block: RevNetBlock,
+    y: Tensor,
+    context: Tensor | None,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    need_input_grad: bool,
+    params: list[Tensor],
 ) -> RuleResult:
     """Memory-free backprop of ``y1 = b + F(a), y2 = a + G(y1)``: Algorithm 1 of Gomez et al. 2017.
 
@@ -116,7 +120,9 @@ class RevNetBlock(Transform):
     channel_multiple = 2
     min_channels = 2
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [4, 8], "kernel_size": [3, 1], "init": ["default", "xavier"],
+        "hidden": [4, 8],
+        "kernel_size": [3, 1],
+        "init": ["default", "xavier"],
     }
     inversion_rule = revnet_rule  # memory-free backprop: each residual function runs once
 
@@ -132,8 +138,7 @@ class RevNetBlock(Transform):
         context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("RevNetBlock", shape, self.input_ranks,
-                     "Give images as (C, H, W) or vectors as (D,).")
+        require_rank("RevNetBlock", shape, self.input_ranks, "Give images as (C, H, W) or vectors as (D,).")
         if shape[0] % 2:
             kind = "channels" if len(shape) == 3 else "features"
             raise ShapeError(
@@ -189,8 +194,10 @@ class RevNetBlock(Transform):
         return torch.cat([a, b], dim=1).reshape(y.shape), self.zero_logdet(y)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
-                f"init={self.init!r}")
+        return (
+            f"{super().extra_repr()}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
+            f"init={self.init!r}"
+        )
 
 
 def _per_stage(name: str, value: int | Sequence[int], stages: int) -> tuple[int, ...]:
@@ -245,8 +252,12 @@ class RevNet(Architecture):
     #: chosen with --transform revnet: pixels in [0, 1] without the logit, as the reference
     config_defaults: ClassVar[dict[str, dict[str, Any]]] = {"data": {"preprocess": "none"}}
     test_params: ClassVar[dict[str, Any]] = {
-        "widths": [[4], [4, 4]], "blocks_per_stage": [1, 2], "kernel_sizes": [3, 1],
-        "pad_to": 0, "chunk_first_at_first": [True, False], "init": ["default", "xavier"],
+        "widths": [[4], [4, 4]],
+        "blocks_per_stage": [1, 2],
+        "kernel_sizes": [3, 1],
+        "pad_to": 0,
+        "chunk_first_at_first": [True, False],
+        "init": ["default", "xavier"],
     }
 
     def __init__(
@@ -264,16 +275,23 @@ class RevNet(Architecture):
         context_features: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("RevNet", shape, self.input_ranks,
-                     "The GRN architecture subsamples images; give them as (C, H, W).")
+        require_rank(
+            "RevNet",
+            shape,
+            self.input_ranks,
+            "The GRN architecture subsamples images; give them as (C, H, W).",
+        )
         widths = tuple(int(w) for w in widths)
         if not widths:
             raise ConfigError("RevNet: widths must list at least one stage width, e.g. [16, 32].")
         blocks = _per_stage("blocks_per_stage", blocks_per_stage, len(widths))
         kernels = _per_stage("kernel_sizes", kernel_sizes, len(widths))
         context_spec("RevNet", conditional, num_classes, context_features)  # checks the choice
-        context = {"conditional": conditional, "num_classes": num_classes,
-                   "context_features": context_features}
+        context = {
+            "conditional": conditional,
+            "num_classes": num_classes,
+            "context_features": context_features,
+        }
 
         steps: list[Transform] = []
         if pad_to and (shape[1], shape[2]) != (pad_to, pad_to):
@@ -284,14 +302,15 @@ class RevNet(Architecture):
             chunk = chunk_first_at_first if stage == 0 else True
             steps.append(GRNSubsample(current, chunk_first=chunk))
             current = steps[-1].output_shape
-            steps.extend(RevNetBlock(current, hidden=width, kernel_size=kernel, init=init,
-                                     **context) for _ in range(count))
+            steps.extend(
+                RevNetBlock(current, hidden=width, kernel_size=kernel, init=init, **context)
+                for _ in range(count)
+            )
         steps.append(Flatten(current))
         super().__init__(shape, steps[-1].output_shape)
         self.flow = Sequential(steps)
         self.widths = widths
         self.pad_to = int(pad_to)
-
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, widths={list(self.widths)}, pad_to={self.pad_to}"
@@ -300,7 +319,7 @@ class RevNet(Architecture):
 def _check_divisible(shape: Shape, padded: Shape, stages: int, pad_to: int) -> None:
     """Raise :class:`ShapeError` unless ``stages`` subsamples fit the (padded) image exactly."""
     _, h, w = padded
-    factor = 2 ** stages
+    factor = 2**stages
     if h % factor == 0 and w % factor == 0:
         return
     size = f"{h}×{w}" + (f" after padding to pad_to={pad_to}" if pad_to else "")

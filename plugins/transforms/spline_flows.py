@@ -48,8 +48,12 @@ class RQCoupling(Coupling):
     """
 
     test_params: ClassVar[dict[str, Any]] = {
-        "hidden": [4, 8], "num_hidden": [1], "num_blocks": [1], "parity": [False, True],
-        "num_bins": [2, 3], "tail_bound": [2.0, 5.0],
+        "hidden": [4, 8],
+        "num_hidden": [1],
+        "num_blocks": [1],
+        "parity": [False, True],
+        "num_bins": [2, 3],
+        "tail_bound": [2.0, 5.0],
     }
     inversion_rule = coupling_rule  # memory-free backprop: one conditioner pass
 
@@ -69,10 +73,19 @@ class RQCoupling(Coupling):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        super().__init__(event_shape, map=RQSpline(num_bins=num_bins, tail_bound=tail_bound),
-                         mask=mask, parity=parity, conditioner=conditioner, hidden=hidden,
-                         num_hidden=num_hidden, num_blocks=num_blocks, conditional=conditional,
-                         num_classes=num_classes, context_features=context_features)
+        super().__init__(
+            event_shape,
+            map=RQSpline(num_bins=num_bins, tail_bound=tail_bound),
+            mask=mask,
+            parity=parity,
+            conditioner=conditioner,
+            hidden=hidden,
+            num_hidden=num_hidden,
+            num_blocks=num_blocks,
+            conditional=conditional,
+            num_classes=num_classes,
+            context_features=context_features,
+        )
 
 
 class _SplineStack(FlatStack):
@@ -96,11 +109,15 @@ class _SplineStack(FlatStack):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        layer_args = {"hidden": hidden, "num_hidden": num_hidden, "conditional": conditional,
-                      "num_classes": num_classes, "context_features": context_features}
+        layer_args = {
+            "hidden": hidden,
+            "num_hidden": num_hidden,
+            "conditional": conditional,
+            "num_classes": num_classes,
+            "context_features": context_features,
+        }
         spline = RQSpline(num_bins=num_bins, tail_bound=tail_bound)
-        super().__init__(event_shape, num_layers,
-                         lambda dim, k: self._layer(dim, k, spline, **layer_args))
+        super().__init__(event_shape, num_layers, lambda dim, k: self._layer(dim, k, spline, **layer_args))
 
     def _layer(self, dim: int, k: int, spline: RQSpline, **layer_args: Any) -> Transform:
         raise NotImplementedError
@@ -116,12 +133,22 @@ class NSF(_SplineStack):
     """
 
     test_params: ClassVar[dict[str, Any]] = {
-        "num_layers": [2, 3], "hidden": [8], "num_hidden": [1], "num_bins": [2, 4],
+        "num_layers": [2, 3],
+        "hidden": [8],
+        "num_hidden": [1],
+        "num_bins": [2, 4],
     }
 
     def _layer(self, dim: int, k: int, spline: RQSpline, **layer_args: Any) -> Transform:
-        return RQCoupling((dim,), num_bins=spline.num_bins, tail_bound=spline.tail_bound,
-                          mask="half", parity=bool(k % 2), conditioner="mlp", **layer_args)
+        return RQCoupling(
+            (dim,),
+            num_bins=spline.num_bins,
+            tail_bound=spline.tail_bound,
+            mask="half",
+            parity=bool(k % 2),
+            conditioner="mlp",
+            **layer_args,
+        )
 
 
 class RQAutoregressive(_SplineStack):
@@ -139,7 +166,10 @@ class RQAutoregressive(_SplineStack):
     test_params: ClassVar[dict[str, Any]] = {
         # one layer: D sequential passes per inverse make the float64 Jacobian checks the
         # suite's most expensive; stacks (and the reversed order) are tested in test_splines.py
-        "num_layers": [1], "hidden": [8], "num_hidden": [1], "num_bins": [2, 4],
+        "num_layers": [1],
+        "hidden": [8],
+        "num_hidden": [1],
+        "num_bins": [2, 4],
     }
 
     def _layer(self, dim: int, k: int, spline: RQSpline, **layer_args: Any) -> Transform:

@@ -51,11 +51,11 @@ def spline_param_count(num_bins: int) -> int:
 #: A spline's number of bins: at least 2, since one bin with the unit end derivatives that join
 #: the identity tails is the identity itself, whatever its parameters (a layer that learns
 #: nothing); at most what the floor ``MIN_BIN`` on every bin's share leaves room for.
-NumBins = Annotated[int, Range(2, int(1 / MIN_BIN) - 1,
-                               note="one bin with identity tails is the identity")]
+NumBins = Annotated[int, Range(2, int(1 / MIN_BIN) - 1, note="one bin with identity tails is the identity")]
 #: The half-width ``B`` of the interval ``[−B, B]`` the spline acts on (identity outside).
-TailBound = Annotated[float, Range(0, min_inclusive=False,
-                                   note="the spline acts on [-tail_bound, tail_bound]")]
+TailBound = Annotated[
+    float, Range(0, min_inclusive=False, note="the spline acts on [-tail_bound, tail_bound]")
+]
 
 
 def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
@@ -65,8 +65,14 @@ def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
     knots = 2.0 * bound * knots - bound
     # exact end points (the cumulative sum may miss 1 by round-off)
-    knots = torch.cat([knots[..., :1].clamp(min=-bound, max=-bound), knots[..., 1:-1],
-                       knots[..., -1:].clamp(min=bound, max=bound)], dim=-1)
+    knots = torch.cat(
+        [
+            knots[..., :1].clamp(min=-bound, max=-bound),
+            knots[..., 1:-1],
+            knots[..., -1:].clamp(min=bound, max=bound),
+        ],
+        dim=-1,
+    )
     return knots[..., 1:] - knots[..., :-1], knots
 
 
@@ -75,7 +81,11 @@ def _gather(t: Tensor, index: Tensor) -> Tensor:
 
 
 def rational_quadratic_spline(
-    x: Tensor, params: Tensor, *, inverse: bool = False, tail_bound: float = 5.0,
+    x: Tensor,
+    params: Tensor,
+    *,
+    inverse: bool = False,
+    tail_bound: float = 5.0,
 ) -> tuple[Tensor, Tensor]:
     """The spline ``y = g(x)`` (or ``x = g⁻¹(y)``) and ``log|dout/din|`` elementwise.
 
@@ -84,13 +94,14 @@ def rational_quadratic_spline(
     """
     num_bins = (params.shape[-1] + 1) // 3
     if params.shape[-1] != spline_param_count(num_bins) or params.shape[:-1] != x.shape:
-        raise ValueError(f"spline parameters of shape {tuple(params.shape)} do not fit inputs of "
-                         f"shape {tuple(x.shape)} (expected (..., 3K - 1))")
+        raise ValueError(
+            f"spline parameters of shape {tuple(params.shape)} do not fit inputs of "
+            f"shape {tuple(x.shape)} (expected (..., 3K - 1))"
+        )
     bound = float(tail_bound)
     widths, x_knots = _knots(params[..., :num_bins], bound)
-    heights, y_knots = _knots(params[..., num_bins:2 * num_bins], bound)
-    inner = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * F.softplus(params[..., 2 * num_bins:]
-                                                                  + _UNIT_SHIFT)
+    heights, y_knots = _knots(params[..., num_bins : 2 * num_bins], bound)
+    inner = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * F.softplus(params[..., 2 * num_bins :] + _UNIT_SHIFT)
     ones = params.new_ones((*params.shape[:-1], 1))
     derivs = torch.cat([ones, inner, ones], dim=-1)  # δ_0 = δ_K = 1: C¹ joins with the tails
 
@@ -123,8 +134,10 @@ def rational_quadratic_spline(
         out = y_k + h * (s * xi * xi + d_k * t) / (s + delta * t)
     t = xi * (1.0 - xi)
     denom = s + delta * t
-    log_slope = (2.0 * torch.log(s) + torch.log(d_k1 * xi * xi + 2.0 * s * t
-                                                 + d_k * (1.0 - xi) ** 2)
-                 - 2.0 * torch.log(denom))
+    log_slope = (
+        2.0 * torch.log(s)
+        + torch.log(d_k1 * xi * xi + 2.0 * s * t + d_k * (1.0 - xi) ** 2)
+        - 2.0 * torch.log(denom)
+    )
     log_det = -log_slope if inverse else log_slope
     return torch.where(inside, out, x), torch.where(inside, log_det, torch.zeros_like(log_det))

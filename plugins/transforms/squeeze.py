@@ -28,8 +28,12 @@ class Squeeze(Transform):
     inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(self, event_shape: Shape, *, num_classes: int | None = None) -> None:
-        require_rank("Squeeze", tuple(event_shape), self.input_ranks,
-                     "Squeeze folds 2×2 pixel blocks into channels; give images as (C, H, W).")
+        require_rank(
+            "Squeeze",
+            tuple(event_shape),
+            self.input_ranks,
+            "Squeeze folds 2×2 pixel blocks into channels; give images as (C, H, W).",
+        )
         c, h, w = (int(s) for s in event_shape)
         if h % 2 or w % 2:
             raise ShapeError(

@@ -34,8 +34,7 @@ def _split_phases(x: Tensor) -> Tensor:
 def _merge_phases(y: Tensor) -> Tensor:
     """Inverse of :func:`_split_phases`: scatter every channel block back to its pixel phase."""
     blocks = rearrange(y, "b (p c) h w -> b p c h w", p=4)
-    return rearrange(blocks[:, list(_PHASE_POSITION)], "b (i j) c h w -> b c (h i) (w j)",
-                     i=2, j=2)
+    return rearrange(blocks[:, list(_PHASE_POSITION)], "b (i j) c h w -> b c (h i) (w j)", i=2, j=2)
 
 
 class GRNSubsample(Transform):
@@ -64,12 +63,19 @@ class GRNSubsample(Transform):
     inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
 
     def __init__(
-        self, event_shape: Shape, *, chunk_first: bool = True, num_classes: int | None = None,
+        self,
+        event_shape: Shape,
+        *,
+        chunk_first: bool = True,
+        num_classes: int | None = None,
     ) -> None:
         shape = tuple(int(s) for s in event_shape)
-        require_rank("GRNSubsample", shape, self.input_ranks,
-                     "The subsample folds 2×2 pixel phases into channels; give images as "
-                     "(C, H, W).")
+        require_rank(
+            "GRNSubsample",
+            shape,
+            self.input_ranks,
+            "The subsample folds 2×2 pixel phases into channels; give images as (C, H, W).",
+        )
         c, h, w = shape
         if h % 2 or w % 2:
             raise ShapeError(
@@ -144,7 +150,7 @@ class ZeroPad(Transform):
         """``(B, C, size, size) → (B, C, H, W)``: crop the border away; log-det 0."""
         self.check_input(y, "inverse")
         _, h, w = self.event_shape
-        return y[:, :, self.top:self.top + h, self.left:self.left + w], self.zero_logdet(y)
+        return y[:, :, self.top : self.top + h, self.left : self.left + w], self.zero_logdet(y)
 
     @property
     def border_dim(self) -> int:

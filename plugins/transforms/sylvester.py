@@ -71,14 +71,22 @@ class SylvesterLayer(Transform):
     test_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
-        self, event_shape: Shape, *, variant: Variant = "orthogonal",
+        self,
+        event_shape: Shape,
+        *,
+        variant: Variant = "orthogonal",
         num_columns: Annotated[int, Range(1)] | None = None,
-        num_householder: Annotated[int, Range(1)] = 8, reverse: bool = False,
+        num_householder: Annotated[int, Range(1)] = 8,
+        reverse: bool = False,
         init_scale: Annotated[float, Range(0)] = 0.1,
     ) -> None:
         super().__init__(event_shape)
-        require_rank("SylvesterLayer", self.event_shape, self.input_ranks,
-                     "Sylvester flows act on flat vectors: flatten the data first.")
+        require_rank(
+            "SylvesterLayer",
+            self.event_shape,
+            self.input_ranks,
+            "Sylvester flows act on flat vectors: flatten the data first.",
+        )
         dim = self.event_shape[0]
         m = _check_options(dim, variant, num_columns)
         self.variant = variant
@@ -87,7 +95,7 @@ class SylvesterLayer(Transform):
         self.r_tilde_raw = nn.Parameter(torch.randn(m, m) * init_scale)
         self.bias = nn.Parameter(torch.zeros(m))
         if variant == "orthogonal":
-            self.skew_raw = nn.Parameter(torch.randn(dim, dim) / dim ** 0.5)
+            self.skew_raw = nn.Parameter(torch.randn(dim, dim) / dim**0.5)
         elif variant == "householder":
             self.reflections = nn.Parameter(torch.randn(num_householder, dim))
         else:
@@ -164,8 +172,9 @@ def _solve_system(target: Tensor, r: Tensor, r_tilde: Tensor, bias: Tensor) -> T
             break
         pre = v @ r_tilde.T + bias
         residual = v + torch.tanh(pre) @ r.T - target
-        step = torch.linalg.solve_triangular(_system_jacobian(r, r_tilde, pre),
-                                             residual.unsqueeze(-1), upper=True).squeeze(-1)
+        step = torch.linalg.solve_triangular(
+            _system_jacobian(r, r_tilde, pre), residual.unsqueeze(-1), upper=True
+        ).squeeze(-1)
         small = (step.abs() <= TOL_ULPS * eps * (1.0 + v.abs())).all(dim=1)
         v = torch.where(active.unsqueeze(1), v - step, v)
         done = done | (active & small)
@@ -186,8 +195,8 @@ def _back_substitute(target: Tensor, r: Tensor, r_tilde: Tensor, bias: Tensor) -
     v = torch.zeros_like(target)
     activation = torch.zeros_like(target)  # tanh((R̃v + b)_j) for the components already solved
     for i in range(target.shape[1] - 1, -1, -1):
-        shift = bias[i] + v[:, i + 1:] @ r_tilde[i, i + 1:]
-        rhs = target[:, i] - activation[:, i + 1:] @ r[i, i + 1:]
+        shift = bias[i] + v[:, i + 1 :] @ r_tilde[i, i + 1 :]
+        rhs = target[:, i] - activation[:, i + 1 :] @ r[i, i + 1 :]
         v[:, i] = solve_tanh_equation(rhs, r[i, i], r_tilde[i, i], shift)
         activation[:, i] = torch.tanh(r_tilde[i, i] * v[:, i] + shift)
     return v
@@ -196,12 +205,16 @@ def _back_substitute(target: Tensor, r: Tensor, r_tilde: Tensor, bias: Tensor) -
 def _check_options(dim: int, variant: str, num_columns: int | None) -> int:
     """Validate the layer options; return ``M``."""
     if variant not in VARIANTS:
-        raise ConfigError(f"[transform] sylvester: variant must be one of "
-                          f"{', '.join(map(repr, VARIANTS))}, got {variant!r}.")
+        raise ConfigError(
+            f"[transform] sylvester: variant must be one of "
+            f"{', '.join(map(repr, VARIANTS))}, got {variant!r}."
+        )
     m = dim if num_columns is None else num_columns
     if not 1 <= m <= dim:
-        raise ConfigError(f"[transform] sylvester: num_columns (M) must be between 1 and the data "
-                          f"dimension D = {dim}, got {num_columns}; leave it unset for M = D.")
+        raise ConfigError(
+            f"[transform] sylvester: num_columns (M) must be between 1 and the data "
+            f"dimension D = {dim}, got {num_columns}; leave it unset for M = D."
+        )
     return m
 
 
@@ -226,19 +239,32 @@ class SylvesterFlow(Architecture):
     }
 
     def __init__(
-        self, event_shape: Shape, *, num_layers: Annotated[int, Range(1)] = 8,
-        variant: Variant = "orthogonal", num_columns: Annotated[int, Range(1)] | None = None,
-        num_householder: Annotated[int, Range(1)] = 8, init_scale: Annotated[float, Range(0)] = 0.1,
+        self,
+        event_shape: Shape,
+        *,
+        num_layers: Annotated[int, Range(1)] = 8,
+        variant: Variant = "orthogonal",
+        num_columns: Annotated[int, Range(1)] | None = None,
+        num_householder: Annotated[int, Range(1)] = 8,
+        init_scale: Annotated[float, Range(0)] = 0.1,
     ) -> None:
         super().__init__(event_shape)
-        require_rank("sylvester", self.event_shape, self.input_ranks,
-                     "Sylvester flows act on flat vectors: flatten the data first.")
-        self._effective = {"num_columns": _check_options(self.event_shape[0], variant,
-                                                         num_columns)}
+        require_rank(
+            "sylvester",
+            self.event_shape,
+            self.input_ranks,
+            "Sylvester flows act on flat vectors: flatten the data first.",
+        )
+        self._effective = {"num_columns": _check_options(self.event_shape[0], variant, num_columns)}
         self.flow = Sequential(
-            SylvesterLayer(self.event_shape, variant=variant, num_columns=num_columns,
-                           num_householder=num_householder, reverse=k % 2 == 1,
-                           init_scale=init_scale)
+            SylvesterLayer(
+                self.event_shape,
+                variant=variant,
+                num_columns=num_columns,
+                num_householder=num_householder,
+                reverse=k % 2 == 1,
+                init_scale=init_scale,
+            )
             for k in range(num_layers)
         )
 

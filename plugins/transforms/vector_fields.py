@@ -58,8 +58,10 @@ def activation_and_slope(pre: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     if kind == "silu":
         gate = torch.sigmoid(pre)
         return pre * gate, gate * (1.0 + pre * (1.0 - gate))
-    raise ConfigError(f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATIONS)} "
-                      f"(smooth, so that the Jacobian's trace is defined)")
+    raise ConfigError(
+        f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATIONS)} "
+        f"(smooth, so that the Jacobian's trace is defined)"
+    )
 
 
 class FieldNet(nn.Module):
@@ -101,8 +103,7 @@ class FieldNet(nn.Module):
                 h = activation_and_slope(h, self.activation)[0]
         return h
 
-    def jvp(self, x: Tensor, s: Tensor, context: Tensor | None,
-            tangents: Tensor) -> tuple[Tensor, Tensor]:
+    def jvp(self, x: Tensor, s: Tensor, context: Tensor | None, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``v`` and the Jacobian-vector products ``(∂v/∂x) e_k`` for ``tangents = (e_k)``."""
         extra = self._extra(s, context)
         h, tan = x, tangents
@@ -126,8 +127,9 @@ class MLPField(FieldNet):
     linear and zero-initialised.
     """
 
-    def __init__(self, features: int, hidden: int, num_hidden: int, context: int = 0,
-                 activation: str = "softplus") -> None:
+    def __init__(
+        self, features: int, hidden: int, num_hidden: int, context: int = 0, activation: str = "softplus"
+    ) -> None:
         super().__init__(activation)
         extra = 1 + context
         widths = [features] + [hidden] * num_hidden + [features]
@@ -151,13 +153,15 @@ class ConvField(FieldNet):
     input; the output conv is zero-initialised. Padding keeps the size, so examples stay
     independent and any ``H × W`` is accepted."""
 
-    def __init__(self, channels: int, hidden: int, num_hidden: int, context: int = 0,
-                 activation: str = "softplus") -> None:
+    def __init__(
+        self, channels: int, hidden: int, num_hidden: int, context: int = 0, activation: str = "softplus"
+    ) -> None:
         super().__init__(activation)
         extra = 1 + context
         widths = [channels] + [hidden] * num_hidden + [channels]
-        self.layers = nn.ModuleList(nn.Conv2d(a + extra, b, 3, padding=1)
-                                    for a, b in itertools.pairwise(widths))
+        self.layers = nn.ModuleList(
+            nn.Conv2d(a + extra, b, 3, padding=1) for a, b in itertools.pairwise(widths)
+        )
         last = self.layers[-1]
         assert isinstance(last, nn.Conv2d)
         nn.init.zeros_(last.weight)
@@ -190,8 +194,7 @@ class VectorFieldTransform(Protocol):
 
     time_horizon: float
 
-    def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
-        ...
+    def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor: ...
 
 
 def find_vector_field(transform: nn.Module) -> VectorFieldTransform | None:

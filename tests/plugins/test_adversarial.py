@@ -33,6 +33,7 @@ from flowkit.trainer import resume
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def identity_flow(k: int = 4, selected: list[int] | None = None) -> Flow:
     """A flow whose latent is the flattened data: ``z = x.flatten(1)`` (8 features)."""
     prior = RestrictedGaussian((8,), num_selected=k)
@@ -46,18 +47,17 @@ def identity_flow(k: int = 4, selected: list[int] | None = None) -> Flow:
 
 def small_flow() -> Flow:
     """A tiny trainable flow (additive coupling) on 1×2×4 data with a restricted prior."""
-    coupling = registry.transforms.build(
-        "additive-coupling", {"hidden": 8}, injected={"event_shape": (8,)})
+    coupling = registry.transforms.build("additive-coupling", {"hidden": 8}, injected={"event_shape": (8,)})
     prior = RestrictedGaussian((8,), num_selected=3)
-    flow = Flow(Sequential([Flatten((1, 2, 4)), coupling]), prior,
-                Identity((1, 2, 4)))
+    flow = Flow(Sequential([Flatten((1, 2, 4)), coupling]), prior, Identity((1, 2, 4)))
     flow.initialize(torch.rand(64, 1, 2, 4))
     return flow
 
 
 def objective(**params: object) -> AdversarialLatent:
-    return registry.objectives.build("adversarial", {"critic_samples": 16,
-                                                      "critic_hidden": [8, 16], **params})
+    return registry.objectives.build(
+        "adversarial", {"critic_samples": 16, "critic_hidden": [8, 16], **params}
+    )
 
 
 def critic_params(obj: AdversarialLatent) -> list[Tensor]:
@@ -81,6 +81,7 @@ def _registered() -> Iterator[None]:
 
 
 # -- the critic --------------------------------------------------------------------------------
+
 
 def test_concat_relu_keeps_both_signs() -> None:
     h = torch.tensor([[1.5, -2.0, 0.0]])
@@ -134,21 +135,25 @@ def test_non_saturating_losses() -> None:
 
 # -- set-up and validation -------------------------------------------------------------------------
 
+
 def test_needs_the_restricted_prior() -> None:
     flow = Flow(Flatten((1, 2, 4)), StandardGaussian((8,)), Identity((1, 2, 4)))
     with pytest.raises(ConfigError, match='set \\[prior\\] name = "restricted"'):
         objective().setup(flow)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"critic_steps": 0}, "critic_steps"),
-    ({"adversary_start": -1}, "adversary_start"),
-    ({"critic_samples": 0}, "critic_samples"),
-    ({"phase2_clamp": 0.0}, "phase2_clamp"),
-    ({"critic_betas": [0.0, 1.0]}, "critic_betas"),
-    ({"loss": "wasserstein"}, "hinge"),
-    ({"schedule": "random"}, "alternate"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"critic_steps": 0}, "critic_steps"),
+        ({"adversary_start": -1}, "adversary_start"),
+        ({"critic_samples": 0}, "critic_samples"),
+        ({"phase2_clamp": 0.0}, "phase2_clamp"),
+        ({"critic_betas": [0.0, 1.0]}, "critic_betas"),
+        ({"loss": "wasserstein"}, "hinge"),
+        ({"schedule": "random"}, "alternate"),
+    ],
+)
 def test_bad_parameters(params: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         objective(**params)
@@ -167,10 +172,14 @@ def test_critic_follows_model_dtype() -> None:
 
 # -- the schedule --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("critic_steps, start, critic_at", [
-    (1, 3, {3, 5, 7, 9}),       # phase 1 on 0-2, then critic on even (step − start)
-    (2, 0, {0, 1, 3, 4, 6, 7, 9}),  # two critic steps per generator step
-])
+
+@pytest.mark.parametrize(
+    "critic_steps, start, critic_at",
+    [
+        (1, 3, {3, 5, 7, 9}),  # phase 1 on 0-2, then critic on even (step − start)
+        (2, 0, {0, 1, 3, 4, 6, 7, 9}),  # two critic steps per generator step
+    ],
+)
 def test_schedule(critic_steps: int, start: int, critic_at: set[int]) -> None:
     torch.manual_seed(0)
     flow = small_flow()
@@ -227,6 +236,7 @@ def test_critic_sees_only_the_selected_dims(monkeypatch: pytest.MonkeyPatch) -> 
 
 # -- the generator's terms -------------------------------------------------------------------------
 
+
 def test_clamp_penalty_zero_in_bounds_positive_outside() -> None:
     flow = identity_flow(k=3, selected=[6, 1, 3])
     obj = objective(adversary_start=0)
@@ -236,14 +246,15 @@ def test_clamp_penalty_zero_in_bounds_positive_outside() -> None:
     out = obj.loss(flow, Batch(x.view(4, 1, 2, 4)), 1)
     assert out.terms["oob"] == 0.0 and out.terms["recon"] == 0.0
     x_out = x.clone()
-    x_out[0, 0] = 3.0     # a non-selected dim off 0
-    x_out[1, 6] = 23.0    # a kept dim beyond 20σ
+    x_out[0, 0] = 3.0  # a non-selected dim off 0
+    x_out[1, 6] = 23.0  # a kept dim beyond 20σ
     out = obj.loss(flow, Batch(x_out.view(4, 1, 2, 4)), 1)
     assert out.terms["oob"] == pytest.approx((9.0 + 9.0) / 32)
     assert out.terms["recon"] == pytest.approx((3.0 + 3.0) / 32)
     assert out.total is not None
     assert float(out.total.detach()) == pytest.approx(
-        10 * out.terms["recon"] + 10 * out.terms["oob"] + out.terms["g_adv"], rel=1e-5)
+        10 * out.terms["recon"] + 10 * out.terms["oob"] + out.terms["g_adv"], rel=1e-5
+    )
     # phase 1 clamps at 200σ: the kept dim at 23 passes, only the non-selected dim is lost
     obj1 = objective(adversary_start=5)
     obj1.setup(flow)
@@ -253,6 +264,7 @@ def test_clamp_penalty_zero_in_bounds_positive_outside() -> None:
 
 
 # -- state ---------------------------------------------------------------------------------------
+
 
 def test_critic_optimizer_state_round_trip() -> None:
     torch.manual_seed(0)
@@ -308,19 +320,29 @@ def test_extra_state_before_setup_is_applied_by_setup() -> None:
 
 # -- end to end with the real trainer ---------------------------------------------------------
 
+
 def test_trains_both_phases_on_digits(tmp_path: Path) -> None:
     cfg = flowkit.load_config(
         None,
-        ["train.steps=12", "objective.adversary_start=4", "transform.hidden=8",
-         "transform.num_blocks=1", "prior.num_selected=8", "train.log_every=1",
-         "train.batch_size=32", "objective.critic_samples=32", "eval.n_samples=4",
-         "eval.final_max_examples=64"],
-        data="digits", objective="adversarial", prior="restricted",
+        [
+            "train.steps=12",
+            "objective.adversary_start=4",
+            "transform.hidden=8",
+            "transform.num_blocks=1",
+            "prior.num_selected=8",
+            "train.log_every=1",
+            "train.batch_size=32",
+            "objective.critic_samples=32",
+            "eval.n_samples=4",
+            "eval.final_max_examples=64",
+        ],
+        data="digits",
+        objective="adversarial",
+        prior="restricted",
     )
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     assert summary["status"] == "completed" and summary["steps"] == 12
-    records = [json.loads(line) for line in
-               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in records if "kind" not in r}
     assert sorted(train) == list(range(1, 13))
     # record "step" counts completed steps: steps 0-3 are phase 1, then critic/generator
@@ -339,19 +361,30 @@ def test_trains_both_phases_on_digits(tmp_path: Path) -> None:
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
-    overrides = ["objective.adversary_start=2", "transform.hidden=8", "transform.num_blocks=1",
-                 "prior.num_selected=8", "train.batch_size=32", "objective.critic_samples=32",
-                 "eval.n_samples=4", "eval.final_max_examples=32"]
+    overrides = [
+        "objective.adversary_start=2",
+        "transform.hidden=8",
+        "transform.num_blocks=1",
+        "prior.num_selected=8",
+        "train.batch_size=32",
+        "objective.critic_samples=32",
+        "eval.n_samples=4",
+        "eval.final_max_examples=32",
+    ]
 
     def config(steps: int) -> dict:
-        return flowkit.load_config(None, [f"train.steps={steps}", *overrides], data="digits",
-                                   objective="adversarial", prior="restricted")
+        return flowkit.load_config(
+            None,
+            [f"train.steps={steps}", *overrides],
+            data="digits",
+            objective="adversarial",
+            prior="restricted",
+        )
 
     flowkit.train(config(9), tmp_path / "straight", progress=False)
     flowkit.train(config(5), tmp_path / "resumed", progress=False)
     resume(tmp_path / "resumed", config(9), progress=False, log=lambda _: None)
-    a, b = (load_checkpoint(list_checkpoints(tmp_path / name)[-1])
-            for name in ("straight", "resumed"))
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / name)[-1]) for name in ("straight", "resumed"))
     assert a["step"] == b["step"] == 9
     for part in ("model", "objective"):
         for key, value in a[part].items():
@@ -359,5 +392,4 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
                 assert torch.equal(value, b[part][key]), (part, key)
     moments_a = a["objective"]["_extra_state"]["critic_optimizer"]["state"]
     moments_b = b["objective"]["_extra_state"]["critic_optimizer"]["state"]
-    assert all(torch.equal(moments_a[i]["exp_avg_sq"], moments_b[i]["exp_avg_sq"])
-               for i in moments_a)
+    assert all(torch.equal(moments_a[i]["exp_avg_sq"], moments_b[i]["exp_avg_sq"]) for i in moments_a)

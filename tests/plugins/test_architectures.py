@@ -46,7 +46,9 @@ def build(cls: type[Transform], shape: tuple[int, ...], **kwargs: Any) -> Transf
 
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), CASES)
 def test_invertible_with_exact_logdet(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     model = build(cls, shape, **kwargs)
     dim = torch.Size(shape).numel()
@@ -101,9 +103,10 @@ def test_realnvp_multiscale_factoring(num_scales: int) -> None:
         return
     first, last = flow.levels
     kinds = [(type(s), getattr(s, "mask_kind", None)) for s in first]
-    assert kinds == [(AffineCoupling, "checkerboard")] * 3 + [(Squeeze, None)] + [
-        (AffineCoupling, "channel")
-    ] * 3
+    assert (
+        kinds
+        == [(AffineCoupling, "checkerboard")] * 3 + [(Squeeze, None)] + [(AffineCoupling, "channel")] * 3
+    )
     assert first.output_shape == (4, 2, 2) and last.event_shape == (2, 2, 2)
     assert flow.sizes == [8, 8]
     h, _ = first(x)
@@ -124,11 +127,11 @@ def test_realnvp_vector_structure() -> None:
 
 
 def test_registry_build_and_conditional() -> None:
-    model = transforms.build("realnvp", {"hidden": 8},
-                             injected={"event_shape": (1, 8, 8), "num_classes": 10})
+    model = transforms.build("realnvp", {"hidden": 8}, injected={"event_shape": (1, 8, 8), "num_classes": 10})
     assert isinstance(model, RealNVP) and model.output_shape == (64,)
     cond = transforms.build(
-        "realnvp", {"hidden": 4, "num_blocks": 1, "num_scales": 1, "conditional": True},
+        "realnvp",
+        {"hidden": 4, "num_blocks": 1, "num_scales": 1, "conditional": True},
         injected={"event_shape": (1, 4, 4), "num_classes": 3},
     ).double()
     assert all(c.conditional for c in cond.modules() if isinstance(c, AffineCoupling))
@@ -140,16 +143,20 @@ def test_registry_build_and_conditional() -> None:
     torch.testing.assert_close(cond.inverse(y, labels)[0], x)
     with pytest.raises(ShapeError, match="labels"):
         cond(x)
-    nice = transforms.build("nice", {"hidden": 4, "num_couplings": 2, "conditional": True},
-                            injected={"event_shape": (4,), "num_classes": 2})
+    nice = transforms.build(
+        "nice",
+        {"hidden": 4, "num_couplings": 2, "conditional": True},
+        injected={"event_shape": (4,), "num_classes": 2},
+    )
     assert all(c.conditional for c in nice.modules() if isinstance(c, AdditiveCoupling))
 
 
 @pytest.mark.parametrize("name", ["nice", "realnvp"])
 def test_conditional_without_classes_is_a_config_error(name: str) -> None:
     with pytest.raises(ConfigError, match="num_classes"):
-        transforms.build(name, {"conditional": True, "hidden": 4},
-                         injected={"event_shape": (4,), "num_classes": None})
+        transforms.build(
+            name, {"conditional": True, "hidden": 4}, injected={"event_shape": (4,), "num_classes": None}
+        )
 
 
 def test_shape_errors() -> None:
@@ -174,7 +181,9 @@ def test_shape_errors() -> None:
 
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), [CASES[1], CASES[4]])
 def test_pickle_round_trip(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     model = build(cls, shape, **kwargs)
     clone = pickle.loads(pickle.dumps(model))

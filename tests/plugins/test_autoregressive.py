@@ -70,12 +70,19 @@ def test_degrees_and_masks_follow_the_made_rules() -> None:
 @pytest.mark.parametrize("order", ["identity", "reversed", "shuffled"])
 @pytest.mark.parametrize(("num_hidden", "degree_seed"), [(1, None), (2, None), (3, 7)])
 def test_made_jacobian_is_strictly_triangular_in_the_order(
-    dim: int, order: str, num_hidden: int, degree_seed: int | None,
+    dim: int,
+    order: str,
+    num_hidden: int,
+    degree_seed: int | None,
 ) -> None:
-    perm = {"identity": list(range(dim)), "reversed": list(range(dim))[::-1],
-            "shuffled": torch.randperm(dim, generator=torch.Generator().manual_seed(dim)).tolist()}
-    made = MADE(dim, 4 * dim, num_hidden, num_outputs=2, order=perm[order],
-                degree_seed=degree_seed, zero_init=False).double()
+    perm = {
+        "identity": list(range(dim)),
+        "reversed": list(range(dim))[::-1],
+        "shuffled": torch.randperm(dim, generator=torch.Generator().manual_seed(dim)).tolist(),
+    }
+    made = MADE(
+        dim, 4 * dim, num_hidden, num_outputs=2, order=perm[order], degree_seed=degree_seed, zero_init=False
+    ).double()
     _randomise(made)
     x = torch.randn(6, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     jac = _made_jacobian(made, x)
@@ -121,14 +128,16 @@ def test_conformance_on_vectors(cls: type, dim: int) -> None:
 def test_conformance_on_images_and_conditional(cls: type) -> None:
     check_transform(cls, (1, 2, 3), SMALL)
     check_transform(cls, (4,), {**SMALL, "conditional": True}, num_classes=3)
-    check_transform(cls, (2, 2, 2), {**SMALL, "num_layers": 2, "conditional": True},
-                    num_classes=3)
+    check_transform(cls, (2, 2, 2), {**SMALL, "num_layers": 2, "conditional": True}, num_classes=3)
 
 
 @pytest.mark.parametrize("direction", ["maf", "iaf"])
 def test_single_layer_conforms(direction: str) -> None:
-    check_transform(AutoregressiveLayer, (5,), {"map": MAF_MAP, "direction": direction,
-                                                "reverse_order": True, "hidden": 8})
+    check_transform(
+        AutoregressiveLayer,
+        (5,),
+        {"map": MAF_MAP, "direction": direction, "reverse_order": True, "hidden": 8},
+    )
 
 
 def test_image_input_is_flattened_and_fresh_flow_is_identity() -> None:
@@ -147,8 +156,7 @@ class _Spy:
 
     def __init__(self, flow: nn.Module) -> None:
         self.calls = 0
-        self.handles = [m.register_forward_hook(self._hook) for m in flow.modules()
-                        if isinstance(m, MADE)]
+        self.handles = [m.register_forward_hook(self._hook) for m in flow.modules() if isinstance(m, MADE)]
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         self.calls += 1
@@ -163,7 +171,9 @@ class _Spy:
 @pytest.mark.parametrize(("cls", "parallel"), [(MAF, "forward"), (IAF, "inverse")])
 @pytest.mark.parametrize("dim", [2, 5])
 def test_parallel_direction_is_one_pass_and_the_other_is_d_passes(
-    cls: type, parallel: str, dim: int,
+    cls: type,
+    parallel: str,
+    dim: int,
 ) -> None:
     layers = 3
     flow = cls((dim,), num_layers=layers, hidden=8, num_hidden=1)
@@ -208,6 +218,7 @@ def test_sequential_pass_matches_a_coordinate_by_coordinate_reference() -> None:
     u = torch.randn(3, 4, dtype=torch.float64)
     x, logdet = layer.inverse(u)
     ref = torch.zeros_like(u)
+
     def shift_log_scale(z: Tensor) -> tuple[Tensor, Tensor]:  # (μ, α), α = 5 tanh(α_raw / 5)
         mu, raw = layer.conditioner_params(z, None)
         return mu, soft_clamp(raw)
@@ -256,8 +267,10 @@ def registered() -> Iterator[None]:
 @pytest.mark.parametrize("name", ["maf", "iaf"])
 def test_trains_end_to_end(name: str, tmp_path: Path) -> None:
     cfg = flowkit.load_config(
-        None, ["transform.hidden=16", "train.steps=5", "data.n_train=256", "data.n_test=128"],
-        transform=name, data="moons",
+        None,
+        ["transform.hidden=16", "train.steps=5", "data.n_train=256", "data.n_test=128"],
+        transform=name,
+        data="moons",
     )
     summary = flowkit.train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert summary["status"] == "completed" and summary["steps"] == 5

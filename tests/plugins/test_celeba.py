@@ -78,6 +78,7 @@ def build(data_dir: Path | None, **params: object) -> DataSplits:
 
 # -- crop, resize, splits ----------------------------------------------------------------------
 
+
 def test_crop_resize_and_splits(fake_data: Path) -> None:
     data = build(fake_data, size=8, n_test=2)
     assert data.train.shape == (4, 3, 8, 8) and data.test.shape == (2, 3, 8, 8)
@@ -90,7 +91,7 @@ def test_crop_resize_and_splits(fake_data: Path) -> None:
     for split, first in ((data.train, 1), (data.test, 5)):
         for j, image in enumerate(split):
             expected = np.array(colour(first + j), dtype=np.float32)[:, None, None]
-            assert np.abs(image.numpy() * 256 - expected).max() <= 4, (first + j)
+            assert np.abs(image.numpy() * 256 - expected).max() <= 4, first + j
     # n_train takes the first images; the test split is always the last n_test
     few = build(fake_data, size=8, n_train=2, n_test=2)
     assert few.train.shape[0] == 2 and np.array_equal(few.train, data.train[:2])
@@ -107,12 +108,14 @@ def test_resize_uses_the_box_filter_on_the_centre_square(fake_data: Path) -> Non
 
 # -- the cache -----------------------------------------------------------------------------------
 
+
 def cache_files(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "cache").glob("celeba-*"))
 
 
-def test_cache_is_written_and_reused(fake_data: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_written_and_reused(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build(fake_data, size=8, n_test=2)
     files = cache_files(tmp_path)
     assert [f.suffix for f in files] == [".json", ".npy"]
@@ -153,8 +156,9 @@ def test_corrupt_cache_is_rebuilt(fake_data: Path, tmp_path: Path, damage: str) 
         build(fake_data, size=8, n_test=2)
 
 
-def test_unwritable_cache_only_warns(fake_data: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_cache_only_warns(
+    fake_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("FLOWKIT_CACHE", str(blocker))
@@ -164,6 +168,7 @@ def test_unwritable_cache_only_warns(fake_data: Path, tmp_path: Path,
 
 
 # -- error paths -----------------------------------------------------------------------------------
+
 
 def test_missing_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLOWKIT_DATA", raising=False)
@@ -187,15 +192,18 @@ def test_missing_or_wrong_zip(tmp_path: Path) -> None:
     assert str(tmp_path / "celeba") in message and "--data-dir" in message
 
 
-@pytest.mark.parametrize("members, match", [
-    ({f"{FOLDER}/000001.jpg": b"not a jpeg", f"{FOLDER}/000002.jpg": b""}, "cannot decode"),
-    ({f"{FOLDER}/000001.jpg": jpeg(Image.new("RGB", (64, 64)))}, "is 64x64 pixels"),
-    ({f"{FOLDER}/000001.jpg": jpeg(face(1)), f"{FOLDER}/000003.jpg": jpeg(face(3))},
-     "in order"),
-    ({"other/000001.jpg": jpeg(face(1))}, "found 0 numbered images"),
-])
-def test_bad_zip_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                          members: dict[str, bytes], match: str) -> None:
+@pytest.mark.parametrize(
+    "members, match",
+    [
+        ({f"{FOLDER}/000001.jpg": b"not a jpeg", f"{FOLDER}/000002.jpg": b""}, "cannot decode"),
+        ({f"{FOLDER}/000001.jpg": jpeg(Image.new("RGB", (64, 64)))}, "is 64x64 pixels"),
+        ({f"{FOLDER}/000001.jpg": jpeg(face(1)), f"{FOLDER}/000003.jpg": jpeg(face(3))}, "in order"),
+        ({"other/000001.jpg": jpeg(face(1))}, "found 0 numbered images"),
+    ],
+)
+def test_bad_zip_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[str, bytes], match: str
+) -> None:
     md5 = write_zip(tmp_path / "celeba" / celeba_module.ZIP_NAME, members)
     monkeypatch.setattr(celeba_module, "ZIP_MD5", md5)
     with pytest.raises(DataError, match=match):
@@ -206,20 +214,24 @@ def test_not_a_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "celeba" / celeba_module.ZIP_NAME
     path.parent.mkdir()
     path.write_bytes(b"garbage" * 10)
-    monkeypatch.setattr(celeba_module, "ZIP_MD5",
-                        hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest())
+    monkeypatch.setattr(
+        celeba_module, "ZIP_MD5", hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    )
     with pytest.raises(DataError, match="not a readable zip"):
         build(tmp_path)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"n_test": 6}, "n_test=6 leaves no training images"),
-    ({"n_test": 2, "n_train": 5}, "n_train=5 is more than the 4"),
-    ({"n_test": 0}, "n_test must be at least 1"),
-    ({"n_train": 0}, "n_train must be at least 1"),
-    ({"size": 0}, "size must be between 1 and 89"),
-    ({"size": 128}, "size must be between 1 and 89"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_test": 6}, "n_test=6 leaves no training images"),
+        ({"n_test": 2, "n_train": 5}, "n_train=5 is more than the 4"),
+        ({"n_test": 0}, "n_test must be at least 1"),
+        ({"n_train": 0}, "n_train must be at least 1"),
+        ({"size": 0}, "size must be between 1 and 89"),
+        ({"size": 128}, "size must be between 1 and 89"),
+    ],
+)
 def test_bad_parameters(fake_data: Path, params: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build(fake_data, **params)

@@ -53,16 +53,25 @@ def test_round_trip_and_exact_logdet_match_autograd_in_float64(shape: tuple[int,
     assert z.dtype == logdet.dtype == torch.float64
     assert (z - x).abs().max() > 1e-2  # not the identity
     torch.testing.assert_close(back, x, atol=1e-8, rtol=0)
-    torch.testing.assert_close(logdet + logdet_inv, torch.zeros(2, dtype=torch.float64),
-                               atol=1e-8, rtol=0)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros(2, dtype=torch.float64), atol=1e-8, rtol=0)
     torch.testing.assert_close(logdet, jacobian_logdet(t, x), atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(logdet_inv, jacobian_logdet(t.inverse, z), atol=1e-7, rtol=1e-7)
 
 
 def test_conformance_with_the_test_params() -> None:
-    check_transform(CNF, (3,), CNF.test_params | {"hidden": 8, "num_hidden": 1, "solver": "rk4",
-                                                   "step_size": 0.125, "activation": "tanh",
-                                                   "trace": "hutchinson"})
+    check_transform(
+        CNF,
+        (3,),
+        CNF.test_params
+        | {
+            "hidden": 8,
+            "num_hidden": 1,
+            "solver": "rk4",
+            "step_size": 0.125,
+            "activation": "tanh",
+            "trace": "hutchinson",
+        },
+    )
 
 
 def test_hutchinson_estimate_is_unbiased() -> None:
@@ -117,15 +126,18 @@ def test_context_changes_the_flow_and_a_bad_context_is_a_shape_error() -> None:
     assert (a - b).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize(("params", "match"), [
-    ({"solver": "dopri6"}, r"unknown solver 'dopri6'\. Did you mean .*'dopri5'"),
-    ({"atol": 0.0}, "transform.atol must be a positive number"),
-    ({"rtol": -1e-5}, "transform.rtol must be a positive number"),
-    ({"time_horizon": 0.0}, "transform.time_horizon"),
-    ({"max_steps": 0}, "transform.max_steps must be at least 1"),
-    ({"solver": "rk4", "step_size": 0.001, "max_steps": 100}, "more than transform.max_steps"),
-    ({"activation": "relu"}, "transform.activation must be one of softplus, tanh, silu"),
-])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"solver": "dopri6"}, r"unknown solver 'dopri6'\. Did you mean .*'dopri5'"),
+        ({"atol": 0.0}, "transform.atol must be a positive number"),
+        ({"rtol": -1e-5}, "transform.rtol must be a positive number"),
+        ({"time_horizon": 0.0}, "transform.time_horizon"),
+        ({"max_steps": 0}, "transform.max_steps must be at least 1"),
+        ({"solver": "rk4", "step_size": 0.001, "max_steps": 100}, "more than transform.max_steps"),
+        ({"activation": "relu"}, "transform.activation must be one of softplus, tanh, silu"),
+    ],
+)
 def test_bad_config_is_a_config_error(params: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         CNF((2,), **params)

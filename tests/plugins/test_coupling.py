@@ -58,9 +58,15 @@ def test_image_masks() -> None:
     assert masks.channel_mask(3, invert=True).flatten().tolist() == [0, 0, 1]
 
 
-@pytest.mark.parametrize(("kind", "shape"), [
-    ("half", (1, 4, 4)), ("checkerboard", (8,)), ("channel", (1, 4, 4)), ("alternate", (1,)),
-])
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [
+        ("half", (1, 4, 4)),
+        ("checkerboard", (8,)),
+        ("channel", (1, 4, 4)),
+        ("alternate", (1,)),
+    ],
+)
 def test_mask_shape_errors(kind: str, shape: tuple[int, ...]) -> None:
     with pytest.raises(ShapeError, match=str(shape).replace("(", r"\(").replace(")", r"\)")):
         masks.build_mask(kind, shape)
@@ -80,7 +86,9 @@ def test_conditioners_start_at_zero() -> None:
 @pytest.mark.parametrize("cls", COUPLINGS)
 @pytest.mark.parametrize(("shape", "kwargs"), CASES)
 def test_identity_at_initialisation(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     layer = build(cls, shape, **kwargs)
     x = torch.randn(3, *shape, dtype=torch.float64)
@@ -92,7 +100,9 @@ def test_identity_at_initialisation(
 @pytest.mark.parametrize("cls", COUPLINGS)
 @pytest.mark.parametrize(("shape", "kwargs"), CASES)
 def test_invertible_with_exact_logdet(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     layer = build(cls, shape, **kwargs)
     perturb(layer)
@@ -148,8 +158,7 @@ def test_conditional_needs_num_classes(cls: type[Transform]) -> None:
         cls((4,), conditional=True)
     name = "affine-coupling" if cls is AffineCoupling else "additive-coupling"
     with pytest.raises(ConfigError, match="conditional"):
-        transforms.build(name, {"conditional": True}, injected={"event_shape": (4,),
-                                                                "num_classes": None})
+        transforms.build(name, {"conditional": True}, injected={"event_shape": (4,), "num_classes": None})
 
 
 def test_conditioner_rank_errors_name_shapes_and_fix() -> None:
@@ -179,12 +188,14 @@ def test_wrong_input_shape_names_both_shapes(cls: type[Transform]) -> None:
 
 
 def test_registry_build_and_validation() -> None:
-    layer = transforms.build("affine-coupling", {"mask": "channel", "hidden": 8},
-                             injected={"event_shape": (4, 2, 2), "num_classes": None})
+    layer = transforms.build(
+        "affine-coupling",
+        {"mask": "channel", "hidden": 8},
+        injected={"event_shape": (4, 2, 2), "num_classes": None},
+    )
     assert isinstance(layer, AffineCoupling) and layer.mask_kind == "channel"
     with pytest.raises(ConfigError, match="checkerboard"):
-        transforms.build("additive-coupling", {"mask": "chekerboard"},
-                         injected={"event_shape": (4, 2, 2)})
+        transforms.build("additive-coupling", {"mask": "chekerboard"}, injected={"event_shape": (4, 2, 2)})
     with pytest.raises(ConfigError, match="hidden"):
         transforms.build("additive-coupling", {"hidden": 0}, injected={"event_shape": (4,)})
 

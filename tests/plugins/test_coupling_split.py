@@ -63,7 +63,9 @@ def _inputs(shape: tuple[int, ...], conditional: bool) -> tuple[Tensor, Tensor |
 @pytest.mark.parametrize("case", SLICEABLE, ids=_case_id)
 @pytest.mark.parametrize("cls", COUPLINGS, ids=lambda c: c.__name__)
 def test_fast_path_equals_masked_formula(
-    cls: type, case: tuple[tuple[int, ...], dict[str, Any]], conditional: bool,
+    cls: type,
+    case: tuple[tuple[int, ...], dict[str, Any]],
+    conditional: bool,
 ) -> None:
     shape, kwargs = case
     layer = _build(cls, shape, kwargs, conditional)
@@ -118,7 +120,10 @@ def _full_size_net(layer: Any, conditional: bool) -> MLP | ConvNet:
 
 
 def _masked_reference(
-    layer: Any, net: MLP | ConvNet, x: Tensor, labels: Tensor | None,
+    layer: Any,
+    net: MLP | ConvNet,
+    x: Tensor,
+    labels: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Dinh et al. 2017, eq. (9), computed with the full-size network, written out by hand."""
     mask = layer.mask.to(x.dtype)
@@ -137,7 +142,9 @@ def _masked_reference(
 @pytest.mark.parametrize("case", SLICEABLE, ids=_case_id)
 @pytest.mark.parametrize("cls", COUPLINGS, ids=lambda c: c.__name__)
 def test_full_size_checkpoint_loads_and_keeps_its_function(
-    cls: type, case: tuple[tuple[int, ...], dict[str, Any]], conditional: bool,
+    cls: type,
+    case: tuple[tuple[int, ...], dict[str, Any]],
+    conditional: bool,
 ) -> None:
     shape, kwargs = case
     layer = _build(cls, shape, kwargs, conditional)
@@ -162,12 +169,11 @@ def test_full_size_checkpoint_loads_and_keeps_its_function(
     torch.testing.assert_close(again(x, labels)[0], y, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", [c for c in SLICEABLE if c[1]["mask"] != "alternate"],
-                         ids=_case_id)
+@pytest.mark.parametrize("case", [c for c in SLICEABLE if c[1]["mask"] != "alternate"], ids=_case_id)
 def test_contiguous_halves_are_split_and_concatenated(
     case: tuple[tuple[int, ...], dict[str, Any]],
 ) -> None:
-    """"half" and "channel" masks cut the input with one ``split`` and join it with one ``cat``
+    """ "half" and "channel" masks cut the input with one ``split`` and join it with one ``cat``
     (no zero-filled full-size gradient buffers, no in-place writes into a fresh output)."""
     shape, kwargs = case
     layer = _build(AffineCoupling, shape, kwargs, conditional=False)

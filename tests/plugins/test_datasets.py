@@ -38,12 +38,14 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def build(name: str, params: dict[str, object] | None = None, seed: int = 0,
-          data_dir: Path | None = None) -> DataSplits:
+def build(
+    name: str, params: dict[str, object] | None = None, seed: int = 0, data_dir: Path | None = None
+) -> DataSplits:
     return datasets.build(name, params or {}, injected={"seed": seed, "data_dir": data_dir})
 
 
 # -- helpers for fake IDX files -------------------------------------------------------------------
+
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
     """Uncompressed IDX bytes of a uint8 array (``magic`` overrides the header's first word)."""
@@ -73,24 +75,29 @@ def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         rng.integers(0, 256, (50, 28, 28)),
         np.arange(50) % 10,
     ]
-    files = tuple(DataFile(name, md5_of(write_idx_gz(folder / name, a)))
-                  for name, a in zip(IDX_NAMES, arrays))
-    monkeypatch.setattr(mnist_module, "MNIST_FILES",
-                        dataclasses.replace(mnist_module.MNIST_FILES, files=files))
+    files = tuple(
+        DataFile(name, md5_of(write_idx_gz(folder / name, a))) for name, a in zip(IDX_NAMES, arrays)
+    )
+    monkeypatch.setattr(
+        mnist_module, "MNIST_FILES", dataclasses.replace(mnist_module.MNIST_FILES, files=files)
+    )
     return tmp_path
 
 
 def real_data_dir(folder: str) -> Path:
     root = os.environ.get("FLOWKIT_DATA")
     if not root:
-        pytest.skip("FLOWKIT_DATA is not set: point it at a folder holding mnist/ and "
-                    "fashion-mnist/ with the original IDX files to run this test")
+        pytest.skip(
+            "FLOWKIT_DATA is not set: point it at a folder holding mnist/ and "
+            "fashion-mnist/ with the original IDX files to run this test"
+        )
     if not (Path(root) / folder).is_dir():
         pytest.skip(f"$FLOWKIT_DATA ({root}) has no {folder}/ folder")
     return Path(root)
 
 
 # -- registry ----------------------------------------------------------------------------------
+
 
 def test_every_builtin_dataset_is_registered_with_a_summary() -> None:
     for name in [*TOYS, "digits", "mnist", "fashion-mnist"]:
@@ -99,6 +106,7 @@ def test_every_builtin_dataset_is_registered_with_a_summary() -> None:
 
 
 # -- 2-D toys ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", TOYS)
 def test_toy_shapes_and_metadata(name: str) -> None:
@@ -148,20 +156,24 @@ def test_checkerboard_occupies_alternate_squares() -> None:
     assert (parity == parity[0]).all()
 
 
-@pytest.mark.parametrize(("params", "word"), [
-    ({"n_train": 0}, "n_train"),
-    ({"n_test": -1}, "n_test"),
-    ({"noise": -0.1}, "noise"),
-    ({"n_train": "many"}, "n_train"),
-    ({"nosie": 0.1}, "noise"),  # misspelt: "did you mean"
-    ({"seed": 1}, "seed"),  # injected by flowkit, not settable
-])
+@pytest.mark.parametrize(
+    ("params", "word"),
+    [
+        ({"n_train": 0}, "n_train"),
+        ({"n_test": -1}, "n_test"),
+        ({"noise": -0.1}, "noise"),
+        ({"n_train": "many"}, "n_train"),
+        ({"nosie": 0.1}, "noise"),  # misspelt: "did you mean"
+        ({"seed": 1}, "seed"),  # injected by flowkit, not settable
+    ],
+)
 def test_toy_bad_parameters(params: dict[str, object], word: str) -> None:
     with pytest.raises(ConfigError, match=word):
         build("moons", params)
 
 
 # -- digits ------------------------------------------------------------------------------------
+
 
 def test_digits_shapes_levels_and_values() -> None:
     data = build("digits")
@@ -184,7 +196,8 @@ def test_digits_split_is_stratified_and_disjoint() -> None:
     data = build("digits", {"test_fraction": 0.2})
     assert data.train_labels is not None and data.test_labels is not None
     frac = data.test_labels.bincount(minlength=10).double() / (
-        data.test_labels.bincount(minlength=10) + data.train_labels.bincount(minlength=10))
+        data.test_labels.bincount(minlength=10) + data.train_labels.bincount(minlength=10)
+    )
     assert ((frac - 0.2).abs() < 0.02).all()
     train_rows = {tuple(r) for r in data.train.flatten(1).mul(17).round().int().tolist()}
     test_rows = [tuple(r) for r in data.test.flatten(1).mul(17).round().int().tolist()]
@@ -205,6 +218,7 @@ def test_digits_bad_test_fraction(fraction: float) -> None:
 
 
 # -- files: md5 and locating -------------------------------------------------------------------
+
 
 def test_verify_md5(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
@@ -227,9 +241,12 @@ def test_md5_cache_sees_a_changed_file(tmp_path: Path) -> None:
 
 
 SPEC = DatasetFiles(
-    dataset="toyset", folder="toyset",
-    files=(DataFile("a.gz", hashlib.md5(b"a", usedforsecurity=False).hexdigest()),
-           DataFile("b.gz", hashlib.md5(b"b", usedforsecurity=False).hexdigest())),
+    dataset="toyset",
+    folder="toyset",
+    files=(
+        DataFile("a.gz", hashlib.md5(b"a", usedforsecurity=False).hexdigest()),
+        DataFile("b.gz", hashlib.md5(b"b", usedforsecurity=False).hexdigest()),
+    ),
     source="https://example.org/toyset",
 )
 
@@ -273,8 +290,7 @@ def test_require_files_lists_missing_and_corrupt_files(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(folder) in message and "'toyset'" in message
     assert "a.gz: missing" in message
-    assert f"b.gz: md5 mismatch (expected {SPEC.files[1].md5}, got {md5_of(folder / 'b.gz')})" \
-        in message
+    assert f"b.gz: md5 mismatch (expected {SPEC.files[1].md5}, got {md5_of(folder / 'b.gz')})" in message
     assert_fix_hint(message)
 
 
@@ -287,6 +303,7 @@ def test_require_files_success(tmp_path: Path) -> None:
 
 
 # -- files: IDX reader -------------------------------------------------------------------------
+
 
 def test_read_idx_gz_round_trip_and_cache(tmp_path: Path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (7, 4, 5)).astype(np.uint8)
@@ -307,15 +324,18 @@ def test_read_idx_gz_round_trip_and_cache(tmp_path: Path) -> None:
 NOISE = np.random.default_rng(1).integers(0, 256, (10, 28, 28))
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    (gzip.compress(idx_bytes(NOISE))[: -len(NOISE) // 2], "cannot decompress"),
-    (b"plain bytes, not gzip at all", "cannot decompress"),
-    (gzip.compress(idx_bytes(np.zeros((3, 28, 28)), magic=1234)), "wrong magic number 1234"),
-    (gzip.compress(idx_bytes(np.zeros((3, 2, 2)))[:-1]), "truncated"),
-    (gzip.compress(idx_bytes(np.zeros(5)) + b"extra"), "truncated or padded"),
-    (gzip.compress(b"\x00\x00"), "no IDX header"),
-    (gzip.compress(b"\x00\x00\x08\x03\x00\x00"), "header"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (gzip.compress(idx_bytes(NOISE))[: -len(NOISE) // 2], "cannot decompress"),
+        (b"plain bytes, not gzip at all", "cannot decompress"),
+        (gzip.compress(idx_bytes(np.zeros((3, 28, 28)), magic=1234)), "wrong magic number 1234"),
+        (gzip.compress(idx_bytes(np.zeros((3, 2, 2)))[:-1]), "truncated"),
+        (gzip.compress(idx_bytes(np.zeros(5)) + b"extra"), "truncated or padded"),
+        (gzip.compress(b"\x00\x00"), "no IDX header"),
+        (gzip.compress(b"\x00\x00\x08\x03\x00\x00"), "header"),
+    ],
+)
 def test_read_idx_gz_corrupt(tmp_path: Path, content: bytes, match: str) -> None:
     path = tmp_path / "bad.gz"
     path.write_bytes(content)
@@ -330,6 +350,7 @@ def test_read_idx_gz_missing(tmp_path: Path) -> None:
 
 
 # -- MNIST plugins on fake files ---------------------------------------------------------------
+
 
 def test_mnist_on_fake_files(fake_mnist: Path) -> None:
     data = build("mnist", data_dir=fake_mnist)
@@ -389,8 +410,10 @@ def test_mnist_error_messages_name_folder_files_and_fix(tmp_path: Path) -> None:
     assert str(folder) in message and "http://yann.lecun.com/exdb/mnist/" in message
     for name in (IDX_NAMES[0], IDX_NAMES[2], IDX_NAMES[3]):
         assert f"{name}: missing" in message
-    assert f"{IDX_NAMES[1]}: md5 mismatch (expected d53e105ee54ea40749a09fcbcd1e9432, " \
+    assert (
+        f"{IDX_NAMES[1]}: md5 mismatch (expected d53e105ee54ea40749a09fcbcd1e9432, "
         f"got {md5_of(folder / IDX_NAMES[1])})" in message
+    )
 
 
 def test_mnist_corrupt_content_behind_a_matching_md5(
@@ -413,6 +436,7 @@ def test_mnist_corrupt_content_behind_a_matching_md5(
 
 
 # -- real MNIST / Fashion-MNIST (need $FLOWKIT_DATA) -------------------------------------------
+
 
 def test_real_mnist() -> None:
     root = real_data_dir("mnist")

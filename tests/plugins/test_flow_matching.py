@@ -122,10 +122,12 @@ def test_ot_coupling_pairs_within_each_class() -> None:
 
 
 def test_a_transform_without_a_vector_field_is_a_clear_config_error() -> None:
-    model = Flow(RealNVP((2,), num_layers=2, hidden=8, num_hidden=1), StandardGaussian((2,)),
-                 Identity((2,)))
-    with pytest.raises(ConfigError, match=r"flow-matching needs a transform with a vector field, "
-                                          r"e\.g\. cnf; 'realnvp' has none"):
+    model = Flow(RealNVP((2,), num_layers=2, hidden=8, num_hidden=1), StandardGaussian((2,)), Identity((2,)))
+    with pytest.raises(
+        ConfigError,
+        match=r"flow-matching needs a transform with a vector field, "
+        r"e\.g\. cnf; 'realnvp' has none",
+    ):
         FlowMatching().setup(model)
 
 
@@ -149,8 +151,9 @@ def test_time_horizon_scales_the_target_velocity() -> None:
     x1 = model.prior.sample(1)
     torch.manual_seed(5)
     out = obj.loss(model, Batch(x0), 0)  # a fresh cnf's velocity is 0: loss = ‖u‖² / D
-    torch.testing.assert_close(torch.tensor(out.terms["loss"]),
-                               ((x1 - x0) / 2.0).pow(2).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(out.terms["loss"]), ((x1 - x0) / 2.0).pow(2).mean(), rtol=1e-5, atol=0
+    )
 
 
 def test_bad_settings_are_config_errors() -> None:
@@ -167,22 +170,36 @@ def test_command_line_choice_recommends_a_batch_size() -> None:
     assert cfg["train"]["batch_size"] == 256
     for preset in ("cnf-fm-moons", "cnf-fm-checkerboard"):
         cfg = flowkit.load_config(preset)
-        assert cfg["objective"] == {"name": "flow-matching", "coupling": "ot", "sigma": 0.0,
-                                    "ot_solver": "exact", "sinkhorn_reg": 0.05,
-                                    "sinkhorn_iterations": 100}
+        assert cfg["objective"] == {
+            "name": "flow-matching",
+            "coupling": "ot",
+            "sigma": 0.0,
+            "ot_solver": "exact",
+            "sinkhorn_reg": 0.05,
+            "sinkhorn_iterations": 100,
+        }
         assert cfg["transform"]["name"] == "cnf"
 
 
 def test_a_short_training_run_evaluates_the_exact_likelihood(tmp_path) -> None:
-    cfg = flowkit.load_config("cnf-fm-moons", [
-        "train.steps=30", "train.batch_size=64", "train.threads=1", "train.eval_every=0",
-        "train.sample_every=0", "train.checkpoint_every=0", "transform.hidden=16",
-        "transform.num_hidden=1", "eval.final_max_examples=200", "eval.n_samples=64",
-    ])
+    cfg = flowkit.load_config(
+        "cnf-fm-moons",
+        [
+            "train.steps=30",
+            "train.batch_size=64",
+            "train.threads=1",
+            "train.eval_every=0",
+            "train.sample_every=0",
+            "train.checkpoint_every=0",
+            "transform.hidden=16",
+            "transform.num_hidden=1",
+            "eval.final_max_examples=200",
+            "eval.n_samples=64",
+        ],
+    )
     summary = flowkit.train(cfg, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
     assert summary["status"] == "completed"
     assert 0.0 < summary["test_nll"] < 10.0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
-               .splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "loss" in r]
     assert logged and all({"pair_sqdist", "match_ms"} <= r.keys() for r in logged)

@@ -31,8 +31,9 @@ def test_volume_preserving_map_log_scales_sum_to_zero_over_the_transformed_entri
     assert not vp.autoregressive and vp.volume_preserving
 
 
-@pytest.mark.parametrize(("shape", "mask"), [((6,), "half"), ((2, 4, 4), "checkerboard"),
-                                             ((4, 2, 2), "channel")])
+@pytest.mark.parametrize(
+    ("shape", "mask"), [((6,), "half"), ((2, 4, 4), "checkerboard"), ((4, 2, 2), "channel")]
+)
 def test_gin_coupling_logdet_is_exactly_zero_and_matches_the_jacobian(shape, mask):
     torch.manual_seed(0)
     layer = GINCoupling(shape, mask=mask, hidden=8, num_hidden=1, num_blocks=1).double()
@@ -40,23 +41,23 @@ def test_gin_coupling_logdet_is_exactly_zero_and_matches_the_jacobian(shape, mas
     x = torch.randn(3, *shape, dtype=torch.float64)
     y, logdet = layer(x)
     assert torch.equal(logdet, torch.zeros(3, dtype=torch.float64))
-    assert torch.allclose(jacobian_logdet(layer, x), torch.zeros(3, dtype=torch.float64),
-                          atol=1e-10)
+    assert torch.allclose(jacobian_logdet(layer, x), torch.zeros(3, dtype=torch.float64), atol=1e-10)
     back, logdet_inv = layer.inverse(y)
     assert torch.allclose(back, x, atol=1e-12)
     assert torch.equal(logdet_inv, torch.zeros(3, dtype=torch.float64))
     # an affine, not an additive, coupling: some transformed entries are scaled
-    jac = torch.autograd.functional.jacobian(lambda v: layer(v.reshape(1, *shape))[0].reshape(-1),
-                                             x[0].reshape(-1))
+    jac = torch.autograd.functional.jacobian(
+        lambda v: layer(v.reshape(1, *shape))[0].reshape(-1), x[0].reshape(-1)
+    )
     assert (jac.diagonal() - 1).abs().max() > 1e-3
 
 
 def test_gin_coupling_scales_differ_from_plain_affine_only_by_their_mean():
     torch.manual_seed(1)
     gin = GINCoupling((6,), mask="half", hidden=8, num_hidden=1)
-    affine = registry.transforms.build("affine-coupling", {"mask": "half", "hidden": 8,
-                                                           "num_hidden": 1},
-                                       injected={"event_shape": (6,)})
+    affine = registry.transforms.build(
+        "affine-coupling", {"mask": "half", "hidden": 8, "num_hidden": 1}, injected={"event_shape": (6,)}
+    )
     perturb(gin, 0.5)
     affine.load_state_dict(gin.state_dict())
     x = torch.randn(4, 6)
@@ -112,11 +113,14 @@ def test_irevnet_block_follows_the_paper_formula():
     assert torch.equal(fresh(x)[0], torch.cat([x2, x1], dim=1))
 
 
-@pytest.mark.parametrize(("shape", "params", "squeezes"), [
-    ((1, 8, 8), {}, 2),
-    ((3, 8, 4), {"depths": [1, 2], "widths": 8}, 2),
-    ((2, 4, 4), {"depths": [1, 1], "widths": [4, 8], "downsample_first": False}, 1),
-])
+@pytest.mark.parametrize(
+    ("shape", "params", "squeezes"),
+    [
+        ((1, 8, 8), {}, 2),
+        ((3, 8, 4), {"depths": [1, 2], "widths": 8}, 2),
+        ((2, 4, 4), {"depths": [1, 1], "widths": [4, 8], "downsample_first": False}, 1),
+    ],
+)
 def test_irevnet_shapes_and_invertibility(shape, params, squeezes):
     torch.manual_seed(0)
     net = registry.transforms.build("irevnet", params, injected={"event_shape": shape})
@@ -133,8 +137,7 @@ def test_irevnet_shapes_and_invertibility(shape, params, squeezes):
     assert torch.allclose(back, x, atol=1e-10)
     assert torch.equal(logdet, torch.zeros(3, dtype=torch.float64))
     assert torch.equal(logdet_inv, torch.zeros(3, dtype=torch.float64))
-    assert torch.allclose(jacobian_logdet(net, x[:1]), torch.zeros(1, dtype=torch.float64),
-                          atol=1e-8)
+    assert torch.allclose(jacobian_logdet(net, x[:1]), torch.zeros(1, dtype=torch.float64), atol=1e-8)
 
 
 def test_irevnet_errors_name_the_fix():
@@ -151,17 +154,32 @@ def test_irevnet_errors_name_the_fix():
 
 
 # -- tiny training sanity check ----------------------------------------------------------------
-@pytest.mark.parametrize(("transform", "overrides"), [
-    ("gin", ["transform.num_blocks=2", "transform.hidden=16", "transform.res_blocks=1"]),
-    ("irevnet", ["transform.depths=[1, 1]", "transform.widths=8"]),
-])
+@pytest.mark.parametrize(
+    ("transform", "overrides"),
+    [
+        ("gin", ["transform.num_blocks=2", "transform.hidden=16", "transform.res_blocks=1"]),
+        ("irevnet", ["transform.depths=[1, 1]", "transform.widths=8"]),
+    ],
+)
 def test_tiny_training_lowers_the_nll(tmp_path, transform, overrides):
-    config = flowkit.load_config(None, [
-        *overrides, "train.steps=40", "train.batch_size=64",
-        "train.lr=3e-3", "train.eval_every=1000", "train.sample_every=1000",
-        "train.checkpoint_every=40", "eval.n_samples=4", "eval.max_examples=128",
-        "eval.final_max_examples=128",
-    ], transform=transform, prior="diag-gaussian", data="digits")
+    config = flowkit.load_config(
+        None,
+        [
+            *overrides,
+            "train.steps=40",
+            "train.batch_size=64",
+            "train.lr=3e-3",
+            "train.eval_every=1000",
+            "train.sample_every=1000",
+            "train.checkpoint_every=40",
+            "eval.n_samples=4",
+            "eval.max_examples=128",
+            "eval.final_max_examples=128",
+        ],
+        transform=transform,
+        prior="diag-gaussian",
+        data="digits",
+    )
     summary = flowkit.train(config, tmp_path / "run", progress=False, log=lambda _: None)
     run = flowkit.load_run(tmp_path / "run")
     untrained = flowkit.build_model(config, run.meta)

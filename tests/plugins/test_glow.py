@@ -30,8 +30,7 @@ from flowkit.registry import transforms
 from flowkit.testing import check_transform, perturb_parameters
 from flowkit.transform import Transform
 
-PLUGINS = {"actnorm": ActNorm, "invconv1x1": InvConv1x1, "glow-coupling": GlowCoupling,
-           "glow": Glow}
+PLUGINS = {"actnorm": ActNorm, "invconv1x1": InvConv1x1, "glow-coupling": GlowCoupling, "glow": Glow}
 GLOW_SMALL: dict[str, Any] = {"num_levels": 2, "num_steps": 2, "hidden": 4}
 
 
@@ -54,32 +53,40 @@ def perturbed(module: Transform, seed: int = 0, scale: float = 0.1) -> Transform
 
 
 # -- the conformance suite on every part ------------------------------------------------------
-@pytest.mark.parametrize(("cls", "shape", "params", "num_classes"), [
-    (ActNorm, (5,), {}, None),
-    (ActNorm, (3, 4, 4), {}, None),
-    (InvConv1x1, (6,), {"lu": True}, None),
-    (InvConv1x1, (3, 2, 3), {"lu": True, "init_seed": 3}, None),
-    (InvConv1x1, (3, 2, 3), {"lu": False}, None),
-    (GlowCoupling, (5,), {"hidden": 8}, None),
-    (GlowCoupling, (4, 2, 3), {"hidden": 8}, None),
-    (GlowCoupling, (3, 2, 2), {"hidden": 8, "conditional": True}, 3),
-    (SplitPrior, (4, 2, 2), {}, None),
-    (SplitPrior, (3, 2, 2), {"conditional": True}, 3),
-    (Glow, (1, 8, 8), GLOW_SMALL, None),
-    (Glow, (3, 4, 4), {**GLOW_SMALL, "num_steps": 1, "lu": False}, None),
-    (Glow, (2, 4, 8), {**GLOW_SMALL, "num_steps": 1, "conditional": True}, 3),
-    (Glow, (2, 4, 4), {**GLOW_SMALL, "num_levels": 1}, None),
-], ids=lambda v: str(v) if not isinstance(v, type) else v.__name__)
-def test_conformance(cls: type[Transform], shape: tuple[int, ...], params: dict[str, Any],
-                     num_classes: int | None) -> None:
+@pytest.mark.parametrize(
+    ("cls", "shape", "params", "num_classes"),
+    [
+        (ActNorm, (5,), {}, None),
+        (ActNorm, (3, 4, 4), {}, None),
+        (InvConv1x1, (6,), {"lu": True}, None),
+        (InvConv1x1, (3, 2, 3), {"lu": True, "init_seed": 3}, None),
+        (InvConv1x1, (3, 2, 3), {"lu": False}, None),
+        (GlowCoupling, (5,), {"hidden": 8}, None),
+        (GlowCoupling, (4, 2, 3), {"hidden": 8}, None),
+        (GlowCoupling, (3, 2, 2), {"hidden": 8, "conditional": True}, 3),
+        (SplitPrior, (4, 2, 2), {}, None),
+        (SplitPrior, (3, 2, 2), {"conditional": True}, 3),
+        (Glow, (1, 8, 8), GLOW_SMALL, None),
+        (Glow, (3, 4, 4), {**GLOW_SMALL, "num_steps": 1, "lu": False}, None),
+        (Glow, (2, 4, 8), {**GLOW_SMALL, "num_steps": 1, "conditional": True}, 3),
+        (Glow, (2, 4, 4), {**GLOW_SMALL, "num_levels": 1}, None),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, type) else v.__name__,
+)
+def test_conformance(
+    cls: type[Transform], shape: tuple[int, ...], params: dict[str, Any], num_classes: int | None
+) -> None:
     check_transform(cls, shape, params, num_classes=num_classes)
 
 
 def test_entry_point_names_build(registered: Any) -> None:
     for name, cls in PLUGINS.items():
         shape = (2, 4, 4) if name != "glow" else (1, 8, 8)
-        built = transforms.build(name, {"hidden": 4} if "glow" in name else {},
-                                 injected={"event_shape": shape, "num_classes": None})
+        built = transforms.build(
+            name,
+            {"hidden": 4} if "glow" in name else {},
+            injected={"event_shape": shape, "num_classes": None},
+        )
         assert isinstance(built, cls)
         assert (cls.__doc__ or "").strip().splitlines()[0]
 
@@ -88,16 +95,17 @@ def test_entry_point_names_build(registered: Any) -> None:
 @pytest.mark.parametrize("shape", [(3, 4, 5), (6,)])
 def test_actnorm_data_dependent_init(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    x = torch.randn(64, *shape) * torch.linspace(0.5, 3.0, shape[0]).reshape(-1, *[1] * (
-        len(shape) - 1)) + 2.0
+    x = (
+        torch.randn(64, *shape) * torch.linspace(0.5, 3.0, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+        + 2.0
+    )
     norm = ActNorm(shape)
     assert not bool(norm.initialized)
     y, logdet = norm(x)  # training mode: initialises on this batch
     assert bool(norm.initialized)
     dims = [0, *range(2, x.dim())]
     torch.testing.assert_close(y.mean(dim=dims), torch.zeros(shape[0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y.std(dim=dims, correction=0), torch.ones(shape[0]), atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(y.std(dim=dims, correction=0), torch.ones(shape[0]), atol=1e-4, rtol=0)
     positions = math.prod(shape[1:])
     torch.testing.assert_close(logdet, torch.full((64,), positions * float(norm.log_scale.detach().sum())))
 
@@ -181,8 +189,9 @@ def test_invconv_logdet_closed_form(lu: bool, shape: tuple[int, ...]) -> None:
     back, logdet_inv = conv.inverse(y)
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(logdet_inv, -logdet)
-    torch.testing.assert_close(conv.inverse_matrix() @ conv.matrix(),
-                               torch.eye(shape[0], dtype=torch.float64))
+    torch.testing.assert_close(
+        conv.inverse_matrix() @ conv.matrix(), torch.eye(shape[0], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("lu", [True, False])
@@ -270,10 +279,12 @@ def test_glow_structure() -> None:
     assert kinds[0] == ["Squeeze", *step, *step, "SplitPrior"]
     assert kinds[2] == ["Squeeze", *step, *step]
     # every level squeezes what the previous one kept: 12×8×8 → keep 6 → 24×4×4 → keep 12 → 48×2×2
-    assert [level.output_shape for level in glow.flow.levels] == [
-        (12, 8, 8), (24, 4, 4), (48, 2, 2)]
-    seeds = {tuple(m.matrix().detach().flatten()[:3].tolist())
-             for m in glow.modules() if isinstance(m, InvConv1x1) and m.event_shape[0] == 12}
+    assert [level.output_shape for level in glow.flow.levels] == [(12, 8, 8), (24, 4, 4), (48, 2, 2)]
+    seeds = {
+        tuple(m.matrix().detach().flatten()[:3].tolist())
+        for m in glow.modules()
+        if isinstance(m, InvConv1x1) and m.event_shape[0] == 12
+    }
     assert len(seeds) == 2  # each 1×1 convolution starts from its own rotation
 
 
@@ -300,16 +311,16 @@ def test_glow_rejects_sizes_not_divisible() -> None:
 
 
 # -- presets and training -----------------------------------------------------------------------
-@pytest.mark.parametrize(("preset", "shape"), [("glow-mnist", (1, 28, 28)),
-                                               ("glow-celeba32", (3, 32, 32))])
+@pytest.mark.parametrize(("preset", "shape"), [("glow-mnist", (1, 28, 28)), ("glow-celeba32", (3, 32, 32))])
 def test_presets_build(preset: str, shape: tuple[int, ...], registered: Any) -> None:
     text = resources.files("flowkit.presets").joinpath(f"{preset}.toml").read_text("utf-8")
     table = tomllib.loads(text)
     assert table["transform"]["name"] == "glow"
     assert table["data"]["preprocess"] == "center"
     params = {k: v for k, v in table["transform"].items() if k != "name"}
-    kwargs = validate_parameters(Glow, params, "[transform] glow",
-                                 {"event_shape": shape, "num_classes": None})
+    kwargs = validate_parameters(
+        Glow, params, "[transform] glow", {"event_shape": shape, "num_classes": None}
+    )
     glow = Glow(**kwargs)
     assert glow.output_shape == (math.prod(shape),)
     config = flowkit.load_config(preset)
@@ -319,9 +330,16 @@ def test_presets_build(preset: str, shape: tuple[int, ...], registered: Any) -> 
 @pytest.mark.slow
 def test_glow_trains_end_to_end(tmp_path: Path, registered: Any) -> None:
     config = flowkit.load_config(
-        None, ["transform.hidden=8", "transform.num_steps=2", "transform.num_levels=2",
-               "train.steps=5", "data.preprocess=center"],
-        transform="glow", data="digits",
+        None,
+        [
+            "transform.hidden=8",
+            "transform.num_steps=2",
+            "transform.num_levels=2",
+            "train.steps=5",
+            "data.preprocess=center",
+        ],
+        transform="glow",
+        data="digits",
     )
     summary = flowkit.train(config, tmp_path / "run", progress=False)
     assert summary["status"] == "completed" and summary["steps"] == 5

@@ -66,8 +66,9 @@ def test_class_gaussian_samples_per_class_and_reparameterises() -> None:
     assert s.shape == (4000, 2, 2)
     torch.testing.assert_close(s[labels == 0].mean(0), torch.full((2, 2), -5.0), atol=0.1, rtol=0)
     torch.testing.assert_close(s[labels == 1].std(0), torch.full((2, 2), 0.5), atol=0.05, rtol=0)
-    torch.testing.assert_close(prior.sample(2, labels[:2], temperature=0.0).detach(),
-                               prior.loc[labels[:2]].detach())
+    torch.testing.assert_close(
+        prior.sample(2, labels[:2], temperature=0.0).detach(), prior.loc[labels[:2]].detach()
+    )
     s.sum().backward()  # reparameterised: gradients reach loc and scale
     assert prior.loc.grad is not None and prior.scale.grad is not None
     assert float(prior.loc.grad.abs().sum()) > 0 and float(prior.scale.grad.abs().sum()) > 0
@@ -92,8 +93,7 @@ def test_class_gaussian_after_step_clamps_scale_in_place() -> None:
         prior.scale.copy_(torch.tensor([[-1.0, 0.5, 2.0], [0.0, -0.1, 1.0]]))
     prior.after_step()
     assert prior.scale is scale
-    torch.testing.assert_close(prior.scale.detach(), torch.tensor([[0.0, 0.5, 2.0],
-                                                                   [0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(prior.scale.detach(), torch.tensor([[0.0, 0.5, 2.0], [0.0, 0.0, 1.0]]))
 
 
 def test_class_gaussian_log_prob_matches_hand_computed() -> None:
@@ -106,8 +106,9 @@ def test_class_gaussian_log_prob_matches_hand_computed() -> None:
     z = torch.randn(6, 3, dtype=torch.float64)
     labels = torch.tensor([0, 1, 1, 0, 0, 1])
     floored = scale.clamp_min(1e-3)  # the collapsed dimension uses min_scale
-    expected = -0.5 * (((z - loc[labels]) / floored[labels]) ** 2
-                       + 2 * floored[labels].log() + math.log(2 * math.pi)).sum(1)
+    expected = -0.5 * (
+        ((z - loc[labels]) / floored[labels]) ** 2 + 2 * floored[labels].log() + math.log(2 * math.pi)
+    ).sum(1)
     got = prior.log_prob(z, labels)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, expected)
@@ -144,12 +145,14 @@ def test_class_gaussian_errors() -> None:
 def test_class_gaussian_builds_from_registry() -> None:
     registry.priors.register("class-gaussian", ClassGaussian)
     try:
-        prior = registry.priors.build("class-gaussian", {"min_scale": 1e-3},
-                                      injected={"shape": (4,), "num_classes": 10})
+        prior = registry.priors.build(
+            "class-gaussian", {"min_scale": 1e-3}, injected={"shape": (4,), "num_classes": 10}
+        )
         assert isinstance(prior, ClassGaussian) and prior.loc.shape == (10, 4)
         with pytest.raises(ConfigError, match="unknown parameter"):
-            registry.priors.build("class-gaussian", {"min_scal": 1e-3},
-                                  injected={"shape": (4,), "num_classes": 10})
+            registry.priors.build(
+                "class-gaussian", {"min_scal": 1e-3}, injected={"shape": (4,), "num_classes": 10}
+            )
     finally:
         registry.priors.unregister("class-gaussian")
 
@@ -181,8 +184,7 @@ def test_restricted_samples_zero_off_selection() -> None:
     flat = s.flatten(1)
     assert s.shape == (3000, 2, 2, 2)
     assert (flat[:, ~prior.mask.flatten()] == 0).all()
-    torch.testing.assert_close(flat[:, prior.selected].std(0), torch.full((3,), 0.5),
-                               atol=0.03, rtol=0)
+    torch.testing.assert_close(flat[:, prior.selected].std(0), torch.full((3,), 0.5), atol=0.03, rtol=0)
     torch.testing.assert_close(prior.select(s), flat[:, prior.selected])
     assert prior.select(s).shape == (3000, 3)
 
@@ -223,8 +225,9 @@ def test_restricted_log_prob_matches_hand_computed() -> None:
     z = torch.randn(5, 2, 2, 2, dtype=torch.float64)
     flat = z.flatten(1)
     sel = prior.mask.flatten()
-    expected = (Normal(0.0, 1.0).log_prob(flat[:, sel]).sum(1)
-                + Normal(0.0, 1e-2).log_prob(flat[:, ~sel]).sum(1))
+    expected = Normal(0.0, 1.0).log_prob(flat[:, sel]).sum(1) + Normal(0.0, 1e-2).log_prob(flat[:, ~sel]).sum(
+        1
+    )
     torch.testing.assert_close(prior.log_prob(z), expected)
 
 

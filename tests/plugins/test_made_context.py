@@ -23,8 +23,15 @@ class _SeparateContextMADE(nn.Module):
     """The layout before the merge: masked layers on ``x`` alone, context through two plain
     bias-free layers (``V`` into the first hidden layer, ``U`` into the output)."""
 
-    def __init__(self, dim: int, hidden: int, num_hidden: int, outputs: int, context: int,
-                 order: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        num_hidden: int,
+        outputs: int,
+        context: int,
+        order: list[int] | None = None,
+    ) -> None:
         super().__init__()
         degrees = input_degrees(dim, order)
         self.register_buffer("input_degrees", degrees)
@@ -59,8 +66,7 @@ def _randomise(module: nn.Module, seed: int) -> None:
 def test_a_made_has_two_tensors_per_layer_with_or_without_context(num_hidden: int) -> None:
     plain = MADE(5, 16, num_hidden, num_outputs=2)
     conditional = MADE(5, 16, num_hidden, num_outputs=2, context_features=3)
-    assert len(list(plain.parameters())) == len(list(conditional.parameters())) == \
-        2 * (num_hidden + 1)
+    assert len(list(plain.parameters())) == len(list(conditional.parameters())) == 2 * (num_hidden + 1)
     assert conditional.hidden_layers[0].weight.shape == (16, 5 + 3)
     assert conditional.out.weight.shape == (2 * 5, 16 + 3)
     assert torch.all(conditional.hidden_layers[0].mask[:, 5:] == 1)
@@ -98,8 +104,9 @@ def test_a_state_dict_from_before_the_merge_gives_the_same_outputs(num_hidden: i
     old = _SeparateContextMADE(5, 12, num_hidden, 3, 4, order=[4, 3, 2, 1, 0]).double()
     _randomise(old, num_hidden)
     wrapped_old = nn.ModuleDict({"made": old})  # a nested prefix, as inside a flow
-    new = nn.ModuleDict({"made": MADE(5, 12, num_hidden, num_outputs=3, order=[4, 3, 2, 1, 0],
-                                      context_features=4).double()})
+    new = nn.ModuleDict(
+        {"made": MADE(5, 12, num_hidden, num_outputs=3, order=[4, 3, 2, 1, 0], context_features=4).double()}
+    )
     state = wrapped_old.state_dict()
     result = new.load_state_dict(state)  # strict: no missing or unexpected keys
     assert not result.missing_keys and not result.unexpected_keys

@@ -93,21 +93,24 @@ CASES: list[tuple[type[Transform], tuple[int, ...], dict[str, Any]]] = [
 
 
 @needs_nflows
-@pytest.mark.parametrize(("cls", "shape", "params"), CASES,
-                         ids=[f"{c.__name__}-{s}" for c, s, _ in CASES])
-def test_plugin_conforms(cls: type[Transform], shape: tuple[int, ...],
-                         params: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("cls", "shape", "params"), CASES, ids=[f"{c.__name__}-{s}" for c, s, _ in CASES])
+def test_plugin_conforms(cls: type[Transform], shape: tuple[int, ...], params: dict[str, Any]) -> None:
     check_transform(cls, shape, params)
 
 
 @needs_nflows
-@pytest.mark.parametrize(("cls", "shape", "params"), [
-    (NflowsRQCoupling, (4,), SMALL_RQ),
-    (NflowsRQCoupling, (2, 2, 2), {**SMALL_RQ, "lu_linear": False}),
-    (NflowsMAF, (3,), SMALL_MAF),
-], ids=["rq-vector", "rq-image", "maf-vector"])
-def test_conditional_plugin_conforms(cls: type[Transform], shape: tuple[int, ...],
-                                     params: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("cls", "shape", "params"),
+    [
+        (NflowsRQCoupling, (4,), SMALL_RQ),
+        (NflowsRQCoupling, (2, 2, 2), {**SMALL_RQ, "lu_linear": False}),
+        (NflowsMAF, (3,), SMALL_MAF),
+    ],
+    ids=["rq-vector", "rq-image", "maf-vector"],
+)
+def test_conditional_plugin_conforms(
+    cls: type[Transform], shape: tuple[int, ...], params: dict[str, Any]
+) -> None:
     check_transform(cls, shape, {**params, "conditional": True}, num_classes=3, seed=1)
 
 
@@ -116,9 +119,13 @@ def test_conditional_plugin_conforms(cls: type[Transform], shape: tuple[int, ...
 def test_registered_plugins_conform_with_their_test_params(name: str, registered: None) -> None:
     factory = transforms.get(name)
     for scale, seed in ((0.3, 0), (3.0, 1)):  # the extremes of the conformance suite's draws
-        check_plugin(name, (4,), {k: v[-1] if isinstance(v, list) else v
-                                  for k, v in factory.test_params.items()},
-                     seed=seed, input_scale=scale)
+        check_plugin(
+            name,
+            (4,),
+            {k: v[-1] if isinstance(v, list) else v for k, v in factory.test_params.items()},
+            seed=seed,
+            input_scale=scale,
+        )
 
 
 def test_entry_points_name_these_classes() -> None:
@@ -150,31 +157,36 @@ def bridged_reverse(event_shape: tuple[int, ...]) -> NflowsTransform:
     """nflows' ``ReversePermutation``, declared volume preserving."""
     from nflows.transforms import ReversePermutation
 
-    return NflowsTransform(event_shape, ReversePermutation(event_shape[0]),
-                           volume_preserving=True)
+    return NflowsTransform(event_shape, ReversePermutation(event_shape[0]), volume_preserving=True)
 
 
-def bridged_made(event_shape: tuple[int, ...], *, conditional: bool = False,
-                 num_classes: int | None = None) -> NflowsTransform:
+def bridged_made(
+    event_shape: tuple[int, ...], *, conditional: bool = False, num_classes: int | None = None
+) -> NflowsTransform:
     """One nflows MADE affine layer, conditioned on one-hot labels when asked."""
     from nflows.transforms import MaskedAffineAutoregressiveTransform
 
     made = MaskedAffineAutoregressiveTransform(
-        event_shape[0], hidden_features=8, num_blocks=1,
-        context_features=num_classes if conditional else None)
+        event_shape[0], hidden_features=8, num_blocks=1, context_features=num_classes if conditional else None
+    )
     return NflowsTransform(event_shape, made, conditional=conditional, num_classes=num_classes)
 
 
 @needs_nflows
-@pytest.mark.parametrize(("factory", "shape", "params", "classes"), [
-    (bridged_lu, (5,), {}, None),
-    (bridged_conv_squeeze, (2, 4, 2), {}, None),
-    (bridged_reverse, (4,), {}, None),
-    (bridged_made, (3,), {}, None),
-    (bridged_made, (3,), {"conditional": True}, 3),
-], ids=["lu-linear", "conv-squeeze", "reverse", "made", "made-conditional"])
-def test_bridge_on_nflows_transforms(factory: Any, shape: tuple[int, ...],
-                                     params: dict[str, Any], classes: int | None) -> None:
+@pytest.mark.parametrize(
+    ("factory", "shape", "params", "classes"),
+    [
+        (bridged_lu, (5,), {}, None),
+        (bridged_conv_squeeze, (2, 4, 2), {}, None),
+        (bridged_reverse, (4,), {}, None),
+        (bridged_made, (3,), {}, None),
+        (bridged_made, (3,), {"conditional": True}, 3),
+    ],
+    ids=["lu-linear", "conv-squeeze", "reverse", "made", "made-conditional"],
+)
+def test_bridge_on_nflows_transforms(
+    factory: Any, shape: tuple[int, ...], params: dict[str, Any], classes: int | None
+) -> None:
     check_transform(factory, shape, params, num_classes=classes)
 
 
@@ -237,8 +249,11 @@ def test_nflows_results_are_normalised_or_rejected() -> None:
     from nflows.transforms import SqueezeTransform
 
     squeeze = NflowsTransform((2, 2, 2), SqueezeTransform())  # output_shape not declared
-    with pytest.raises(ShapeError, match=r"returned outputs of shape \(4, 8, 1, 1\), expected "
-                                         r"\(4, 2, 2, 2\)"):
+    with pytest.raises(
+        ShapeError,
+        match=r"returned outputs of shape \(4, 8, 1, 1\), expected "
+        r"\(4, 2, 2, 2\)",
+    ):
         squeeze(torch.randn(4, 2, 2, 2))
 
 
@@ -253,8 +268,11 @@ def test_user_mistakes_are_flowkit_errors() -> None:
         NflowsRQCoupling((1,))
     with pytest.raises(ShapeError, match=r"needs at least 2 scalars per example"):
         NflowsRealNVP((1, 1, 1))
-    with pytest.raises(ConfigError, match=r"NflowsRQCoupling: tail_bound must be greater than 0, "
-                                          r"got 0\.0; the default is 3\.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"NflowsRQCoupling: tail_bound must be greater than 0, "
+        r"got 0\.0; the default is 3\.0",
+    ):
         NflowsRQCoupling((2,), tail_bound=0.0)
     with pytest.raises(ConfigError, match="num_layers must be at least 1"):
         NflowsRealNVP((2,), num_layers=0)
@@ -294,8 +312,11 @@ def test_rq_coupling_trains_on_moons(tmp_path: Path, registered: None) -> None:
     import flowkit
 
     cfg = flowkit.load_config(
-        None, ["transform.hidden=16", "train.steps=5", "data.n_train=256", "data.n_test=128"],
-        transform="nflows-rq-coupling", data="moons")
+        None,
+        ["transform.hidden=16", "train.steps=5", "data.n_train=256", "data.n_test=128"],
+        transform="nflows-rq-coupling",
+        data="moons",
+    )
     summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     assert summary["status"] == "completed" and summary["steps"] == 5
     assert summary["transform"] == "nflows-rq-coupling"
@@ -306,8 +327,9 @@ def test_rq_coupling_trains_on_moons(tmp_path: Path, registered: None) -> None:
 def outside_tails() -> tuple[Transform, torch.Tensor]:
     """Two RQ couplings (tail_bound 1): the first's coordinate lies beyond ±1 in every example."""
     torch.manual_seed(0)
-    flow = perturbed(NflowsRQCoupling((2,), num_layers=2, hidden=4, num_blocks=1,
-                                      tail_bound=1.0, lu_linear=False))
+    flow = perturbed(
+        NflowsRQCoupling((2,), num_layers=2, hidden=4, num_blocks=1, tail_bound=1.0, lu_linear=False)
+    )
     return flow, torch.tensor([[1.5, -0.3], [-2.0, 0.7], [3.0, 0.2]])
 
 
@@ -324,9 +346,14 @@ def test_rq_tails_are_exact_outside_the_bound() -> None:
 
 
 @needs_nflows
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nflows skips the spline when every transformed coordinate of the batch lies outside "
-    "[-tail_bound, tail_bound], so the conditioner gets no gradient (None): 'gradients' check"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "nflows skips the spline when every transformed coordinate of the batch lies outside "
+        "[-tail_bound, tail_bound], so the conditioner gets no gradient (None): 'gradients' check"
+    ),
+)
 def test_rq_gradients_when_the_whole_batch_is_in_the_tails() -> None:
     flow, x = outside_tails()
     check_gradients(flow, x)
@@ -341,8 +368,9 @@ def flat_spline(tail_bound: float) -> Transform:
     """
     from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform as RQCoupling
 
-    flow = NflowsRQCoupling((2,), num_layers=1, hidden=4, num_blocks=1, num_bins=2,
-                            tail_bound=tail_bound).eval()
+    flow = NflowsRQCoupling(
+        (2,), num_layers=1, hidden=4, num_blocks=1, num_bins=2, tail_bound=tail_bound
+    ).eval()
     layer = next(m for m in flow.modules() if isinstance(m, RQCoupling))
     with torch.no_grad():
         layer.transform_net.final_layer.weight.zero_()
@@ -366,9 +394,14 @@ def test_rq_flat_spline_is_exact_in_float64() -> None:
 
 
 @needs_nflows
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "float32 round-off in nflows' spline inverse is amplified by 1/slope (slope ~1e-6..1e-3 in "
-    "a nearly flat bin): 'round-trip' check, inverse(forward(x)), float32"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "float32 round-off in nflows' spline inverse is amplified by 1/slope (slope ~1e-6..1e-3 in "
+        "a nearly flat bin): 'round-trip' check, inverse(forward(x)), float32"
+    ),
+)
 def test_rq_flat_spline_round_trip_in_float32() -> None:
     flow, x = flat_spline(3.0), flat_inputs(3.0)
     check_round_trip(flow, x)
@@ -376,8 +409,7 @@ def test_rq_flat_spline_round_trip_in_float32() -> None:
 
 def at_upper_bound(tail_bound: float) -> tuple[Transform, torch.Tensor]:
     torch.manual_seed(0)
-    flow = perturbed(NflowsRQCoupling((2,), num_layers=1, hidden=4, num_blocks=1,
-                                      tail_bound=tail_bound))
+    flow = perturbed(NflowsRQCoupling((2,), num_layers=1, hidden=4, num_blocks=1, tail_bound=tail_bound))
     return flow, torch.tensor([[tail_bound, 0.5], [-tail_bound, 0.5], [0.1, 0.2]])
 
 
@@ -396,10 +428,15 @@ def test_rq_inputs_exactly_at_a_large_bound_in_float64() -> None:
 
 
 @needs_nflows
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nflows' searchsorted adds 1e-6 to the last knot, which float32 rounds away for "
-    "tail_bound >= 32: an input exactly at +tail_bound indexes bin num_bins (RuntimeError): "
-    "'output-contract' check, float32"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "nflows' searchsorted adds 1e-6 to the last knot, which float32 rounds away for "
+        "tail_bound >= 32: an input exactly at +tail_bound indexes bin num_bins (RuntimeError): "
+        "'output-contract' check, float32"
+    ),
+)
 def test_rq_input_exactly_at_a_large_bound_in_float32() -> None:
     flow, x = at_upper_bound(32.0)
     check_output_contract(flow, x, x)
@@ -426,10 +463,15 @@ def test_maf_other_checks_pass_on_large_latents() -> None:
 
 
 @needs_nflows
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "stacked nflows MAF layers invert latents of scale >~ 2 to |x| up to 1e7-1e15 (softplus "
-    "scale at its 1e-3 floor), where forward cancels catastrophically: 'round-trip' check, "
-    "forward(inverse(y))"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "stacked nflows MAF layers invert latents of scale >~ 2 to |x| up to 1e7-1e15 (softplus "
+        "scale at its 1e-3 floor), where forward cancels catastrophically: 'round-trip' check, "
+        "forward(inverse(y))"
+    ),
+)
 def test_maf_round_trip_on_large_latents() -> None:
     flow, x, y = stacked_maf(3)
     check_round_trip(flow, x, y)
@@ -458,9 +500,14 @@ def test_realnvp_batch_norm_in_eval_mode() -> None:
 
 
 @needs_nflows
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nflows' BatchNorm has no inverse in train mode (InverseNotAvailable): 'state-dict' check, "
-    "which compares both directions in train mode too"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "nflows' BatchNorm has no inverse in train mode (InverseNotAvailable): 'state-dict' check, "
+        "which compares both directions in train mode too"
+    ),
+)
 def test_realnvp_batch_norm_state_dict() -> None:
     flow, x = warmed_batch_norm()
     check_state_dict(flow, realnvp_batch_norm, x)

@@ -29,8 +29,12 @@ S = torch.tensor([[0.5, 13.0], [0.0, 1.0], [10.0, 2.0]], dtype=torch.float64)
 PERM = [1, 2, 0]
 
 
-def _flow(shape: tuple[int, ...] = (4,), prior: str = "class", num_classes: int = 3,
-          dtype: torch.dtype = torch.float32) -> Flow:
+def _flow(
+    shape: tuple[int, ...] = (4,),
+    prior: str = "class",
+    num_classes: int = 3,
+    dtype: torch.dtype = torch.float32,
+) -> Flow:
     torch.manual_seed(0)
     transform = RealNVP(shape, num_layers=2, hidden=8, num_hidden=1, num_blocks=1)
     latent = transform.output_shape
@@ -88,9 +92,14 @@ def test_solvers_agree(cost: str) -> None:
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(24, 2, generator=gen, dtype=torch.float64)
     b = torch.randn(24, 2, generator=gen, dtype=torch.float64) + 0.5
-    values = {solver: float(OptimalTransport(solver=solver, cost=cost, sinkhorn_blur=1e-3,
-                                             sinkhorn_scaling=0.95).transport_cost(a, b)[0])
-              for solver in ("emd", "lsa", "sinkhorn")}
+    values = {
+        solver: float(
+            OptimalTransport(
+                solver=solver, cost=cost, sinkhorn_blur=1e-3, sinkhorn_scaling=0.95
+            ).transport_cost(a, b)[0]
+        )
+        for solver in ("emd", "lsa", "sinkhorn")
+    }
     assert math.isclose(values["emd"], values["lsa"], rel_tol=1e-9)
     assert math.isclose(values["sinkhorn"], values["emd"], rel_tol=0.03), values
 
@@ -147,8 +156,7 @@ def test_smoothness_term() -> None:
     assert math.isclose(off.terms["loss"], off.terms["ot"], rel_tol=1e-6)
     on = OptimalTransport(solver="lsa", smoothness_weight=15.0).loss(model, Batch(x, y), 0)
     assert on.terms["smoothness"] > 0.0
-    assert math.isclose(on.terms["loss"], on.terms["ot"] + 15.0 * on.terms["smoothness"],
-                        rel_tol=1e-5)
+    assert math.isclose(on.terms["loss"], on.terms["ot"] + 15.0 * on.terms["smoothness"], rel_tol=1e-5)
 
 
 def test_smoothness_value_for_identity_decoder() -> None:
@@ -157,8 +165,7 @@ def test_smoothness_value_for_identity_decoder() -> None:
     prior.initialized.fill_(True)
     x, y = torch.randn(400, 400), torch.arange(400) % 2
     torch.manual_seed(0)
-    out = OptimalTransport(solver="lsa", smoothness_noise=0.1).loss(_identity_flow(prior),
-                                                                     Batch(x, y), 0)
+    out = OptimalTransport(solver="lsa", smoothness_noise=0.1).loss(_identity_flow(prior), Batch(x, y), 0)
     expected = 2 * (0.01 + 0.1 * math.sqrt(2 / math.pi))
     assert math.isclose(out.terms["smoothness"], expected, rel_tol=0.02)
 
@@ -188,8 +195,11 @@ def test_data_space_unconditional_float64(solver: str) -> None:
 
 
 def test_restricted_prior_gets_exact_zeros_matched() -> None:
-    model = Flow(RealNVP((6,), num_layers=2, hidden=8, num_hidden=1),
-                 RestrictedGaussian((6,), num_selected=2), Identity((6,)))
+    model = Flow(
+        RealNVP((6,), num_layers=2, hidden=8, num_hidden=1),
+        RestrictedGaussian((6,), num_selected=2),
+        Identity((6,)),
+    )
     x = torch.randn(10, 6)
     model.initialize(x)
     out = OptimalTransport(solver="lsa").loss(model, Batch(x, torch.arange(10) % 2), 0)
@@ -216,8 +226,9 @@ def test_weighted_sum_with_mle() -> None:
     model = _flow()
     x, y = torch.randn(12, 4), torch.arange(12) % 3
     model.initialize(x, y)
-    combined = WeightedSum({"mle": MaximumLikelihood(), "ot": OptimalTransport(solver="lsa")},
-                           {"mle": 1.0, "ot": 0.1})
+    combined = WeightedSum(
+        {"mle": MaximumLikelihood(), "ot": OptimalTransport(solver="lsa")}, {"mle": 1.0, "ot": 0.1}
+    )
     out = combined.loss(model, Batch(x, y), 0)
     assert "ot/ot" in out.terms and out.total is not None
 
@@ -229,10 +240,20 @@ def test_end_to_end_training(tmp_path: Path) -> None:
     try:
         cfg = flowkit.load_config(
             None,
-            ["train.steps=3", "transform.hidden=8", "transform.num_blocks=1",
-             "transform.num_scales=1", "train.batch_size=100", "train.init_examples=300",
-             "objective.solver=lsa", "eval.final_max_examples=100", "eval.n_samples=10"],
-            data="digits", objective="ot", prior="class-gaussian",
+            [
+                "train.steps=3",
+                "transform.hidden=8",
+                "transform.num_blocks=1",
+                "transform.num_scales=1",
+                "train.batch_size=100",
+                "train.init_examples=300",
+                "objective.solver=lsa",
+                "eval.final_max_examples=100",
+                "eval.n_samples=10",
+            ],
+            data="digits",
+            objective="ot",
+            prior="class-gaussian",
         )
         summary = flowkit.train(cfg, tmp_path / "run", progress=False)
     finally:

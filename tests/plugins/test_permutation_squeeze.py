@@ -20,7 +20,8 @@ SHAPES = [(5,), (3, 2, 2), (4, 2, 4)]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cls", [RandomPermutation, ReversePermutation])
 def test_permutations_invert_with_zero_logdet(
-    cls: type[Transform], shape: tuple[int, ...],
+    cls: type[Transform],
+    shape: tuple[int, ...],
 ) -> None:
     layer = cls(shape)
     x = torch.randn(4, *shape, dtype=torch.float64)
@@ -77,8 +78,9 @@ def test_squeeze_exact_index_mapping() -> None:
     assert torch.equal(x_back, x) and not logdet.any() and not logdet_inv.any()
 
 
-@pytest.mark.parametrize("layer", [Squeeze((1, 2, 4)), RandomPermutation((3, 2, 2)),
-                                   ReversePermutation((6,))])
+@pytest.mark.parametrize(
+    "layer", [Squeeze((1, 2, 4)), RandomPermutation((3, 2, 2)), ReversePermutation((6,))]
+)
 def test_jacobian_is_a_permutation(layer: Transform) -> None:
     x = torch.randn(1, *layer.event_shape, dtype=torch.float64)
     jac = jacobian(lambda v: layer(v.reshape(x.shape))[0].reshape(-1), x.reshape(-1))
@@ -105,8 +107,7 @@ def test_shape_errors_name_both_shapes() -> None:
 
 
 def test_pickle_round_trip() -> None:
-    for layer in (RandomPermutation((5,), permutation_seed=1), ReversePermutation((5,)),
-                  Squeeze((1, 2, 2))):
+    for layer in (RandomPermutation((5,), permutation_seed=1), ReversePermutation((5,)), Squeeze((1, 2, 2))):
         clone = pickle.loads(pickle.dumps(layer))
         x = torch.randn(2, *layer.event_shape)
         assert torch.equal(clone(x)[0], layer(x)[0])

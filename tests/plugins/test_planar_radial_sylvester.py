@@ -52,13 +52,15 @@ IDS = [f"{cls.__name__}-{shape[0]}-{'-'.join(map(str, kw.values()))}" for cls, s
 
 # the registered stacks at their defaults (8 layers), for the accuracy measurements
 STACKS: list[tuple[str, dict[str, Any]]] = [
-    ("planar", {}), ("radial", {}),
+    ("planar", {}),
+    ("radial", {}),
     *[("sylvester", {"variant": v}) for v in VARIANTS],
 ]
 
 
-def build(cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
-          noise: float = 0.3, seed: int = 0) -> Transform:
+def build(
+    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any], noise: float = 0.3, seed: int = 0
+) -> Transform:
     torch.manual_seed(seed)
     module = cls(shape, **kwargs)
     perturb(module, noise, seed=seed + 1)
@@ -72,7 +74,9 @@ def gaussian(*shape: int, seed: int, scale: float = 1.0) -> Tensor:
 # -- the conformance suite on layers and variants the registered defaults do not reach ---------
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), CASES, ids=IDS)
 def test_conformance_of_layers_and_variants(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     check_transform(cls, shape, kwargs, seed=3, input_scale=2.0, perturbation=0.3)
 
@@ -111,8 +115,9 @@ def test_inverse_accuracy_of_default_stacks(dtype: torch.dtype) -> None:
     for name, params in STACKS:
         for dim in (2, 10):
             torch.manual_seed(dim)
-            flow = transforms.build(name, {"num_layers": 8, **params},
-                                    injected={"event_shape": (dim,)}).to(dtype)
+            flow = transforms.build(name, {"num_layers": 8, **params}, injected={"event_shape": (dim,)}).to(
+                dtype
+            )
             perturb(flow, 0.3, seed=dim)
             x = gaussian(500, dim, seed=1, scale=2.0).to(dtype)
             z = gaussian(500, dim, seed=2).to(dtype)
@@ -130,8 +135,10 @@ def test_scalar_solver_reaches_its_tolerance(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     n = 20000
     f64 = torch.float64
-    a = torch.exp(torch.empty(n, dtype=f64).uniform_(-8, 8, generator=gen)) \
+    a = (
+        torch.exp(torch.empty(n, dtype=f64).uniform_(-8, 8, generator=gen))
         * torch.randn(n, generator=gen, dtype=f64).sign()
+    )
     d = (torch.rand(n, generator=gen, dtype=f64) * 2 - 1) * 3
     # keep a·d > −1 (the constraint; with room for rounding), down to a·d = −1 + 1e-4
     d = torch.where(a * d < -1, -(1 - 1e-4 - 1e-3 * torch.rand(n, generator=gen, dtype=f64)) / a, d)
@@ -160,11 +167,12 @@ def test_scalar_solver_is_elementwise_and_warns_on_nan() -> None:
     a = torch.tensor([2.0, -0.9, 40.0], dtype=torch.float64)
     one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     together = solve_tanh_equation(t, a, one, zero)
-    alone = torch.stack([solve_tanh_equation(t[i:i + 1], a[i:i + 1], one, zero)[0] for i in range(3)])
+    alone = torch.stack([solve_tanh_equation(t[i : i + 1], a[i : i + 1], one, zero)[0] for i in range(3)])
     assert torch.equal(together, alone)
     with pytest.warns(RootFindingWarning, match="did not converge"):
-        out = solve_tanh_equation(torch.tensor([float("nan"), 1.0]), torch.tensor([1.0, 1.0]),
-                                  torch.tensor(1.0), torch.tensor(0.0))
+        out = solve_tanh_equation(
+            torch.tensor([float("nan"), 1.0]), torch.tensor([1.0, 1.0]), torch.tensor(1.0), torch.tensor(0.0)
+        )
     assert math.isfinite(float(out[1]))
 
 
@@ -255,7 +263,7 @@ def test_sylvester_constraint_holds_for_extreme_raw_parameters(variant: str) -> 
                 raw.triu_(1).clamp_(-3, 3).add_(torch.diag(values[torch.randint(7, (2,), generator=gen)]))
         _, r, r_tilde = layer.factors()
         products = torch.diagonal(r) * torch.diagonal(r_tilde)
-        assert bool((products >= -DIAG_BOUND ** 2).all())  # > −1: every scalar equation increasing
+        assert bool((products >= -(DIAG_BOUND**2)).all())  # > −1: every scalar equation increasing
         assert_inverts_with_finite_logdets(layer, 1e-10)
 
 
@@ -264,8 +272,9 @@ def test_sylvester_constraint_holds_for_extreme_raw_parameters(variant: str) -> 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_sylvester_q_is_orthonormal(variant: str, dtype: torch.dtype) -> None:
     for dim, m in ((6, 6), (6, 3), (1, 1)):
-        layer = build(SylvesterLayer, (dim,), {"variant": variant, "num_columns": m,
-                                               "num_householder": 5}, noise=2.0).to(dtype)
+        layer = build(
+            SylvesterLayer, (dim,), {"variant": variant, "num_columns": m, "num_householder": 5}, noise=2.0
+        ).to(dtype)
         q = layer.q().detach()
         assert q.shape == (dim, m)
         tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -279,23 +288,31 @@ def test_sylvester_q_is_orthonormal(variant: str, dtype: torch.dtype) -> None:
 # -- log-dets against autograd, gradients against finite differences ----------------------------
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), CASES, ids=IDS)
 def test_logdet_matches_autograd_both_directions(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     module = build(cls, shape, kwargs, noise=0.5).double()
     x = gaussian(3, *shape, seed=5, scale=2.0).double()
     z = gaussian(3, *shape, seed=6).double()
     torch.testing.assert_close(module(x)[1], jacobian_logdet(module, x), atol=1e-10, rtol=1e-9)
-    torch.testing.assert_close(module.inverse(z)[1], jacobian_logdet(Inverse(module), z),
-                               atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(
+        module.inverse(z)[1], jacobian_logdet(Inverse(module), z), atol=1e-10, rtol=1e-9
+    )
 
 
-@pytest.mark.parametrize(("cls", "kwargs"), [
-    (PlanarLayer, {}), (RadialLayer, {}),
-    (SylvesterLayer, {"variant": "orthogonal", "num_columns": 2}),
-    (SylvesterLayer, {"variant": "householder", "num_householder": 2}),
-])
-def test_iterative_forward_has_exact_parameter_gradients(cls: type[Transform],
-                                                         kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (PlanarLayer, {}),
+        (RadialLayer, {}),
+        (SylvesterLayer, {"variant": "orthogonal", "num_columns": 2}),
+        (SylvesterLayer, {"variant": "householder", "num_householder": 2}),
+    ],
+)
+def test_iterative_forward_has_exact_parameter_gradients(
+    cls: type[Transform], kwargs: dict[str, Any]
+) -> None:
     module = build(cls, (3,), kwargs, noise=0.5).double()
     x = gaussian(4, 3, seed=7, scale=2.0).double()
     names = [n for n, _ in module.named_parameters()]

@@ -71,16 +71,14 @@ def gaussian_splits(n: int = 64) -> DataSplits:
     gen = torch.Generator().manual_seed(0)
     chol = torch.linalg.cholesky(COV)
     sample = (MEAN + torch.randn(n, 2, generator=gen, dtype=torch.float64) @ chol.T).float()
-    return DataSplits("gaussian-target", sample, sample.clone(),
-                      target=GaussianTarget(MEAN, COV, LOG_Z))
+    return DataSplits("gaussian-target", sample, sample.clone(), target=GaussianTarget(MEAN, COV, LOG_Z))
 
 
 def gaussian_kl(mean: Tensor, cov: Tensor) -> float:
     """Exact KL(N(mean, cov) ‖ N(MEAN, COV))."""
     inv = torch.linalg.inv(COV)
     d = MEAN - mean
-    return float(0.5 * (torch.trace(inv @ cov) + d @ inv @ d - 2
-                        + torch.logdet(COV) - torch.logdet(cov)))
+    return float(0.5 * (torch.trace(inv @ cov) + d @ inv @ d - 2 + torch.logdet(COV) - torch.logdet(cov)))
 
 
 def fit(model: Flow, data: DataSplits, steps: int, lr: float, batch: int = 256) -> ReverseKL:
@@ -123,8 +121,9 @@ def test_affine_flow_reaches_a_gaussian_target_exactly() -> None:
 
 def test_maf_reaches_the_gaussian_target() -> None:
     torch.manual_seed(0)
-    transform = registry.transforms.build("maf", {"num_layers": 2, "hidden": 8, "num_hidden": 1},
-                                          injected={"event_shape": (2,)})
+    transform = registry.transforms.build(
+        "maf", {"num_layers": 2, "hidden": 8, "num_hidden": 1}, injected={"event_shape": (2,)}
+    )
     model = Flow(transform, StandardGaussian((2,)), Identity((2,))).double()
     objective = fit(model, gaussian_splits(), steps=500, lr=0.02)
     metrics = objective.evaluate(model, gaussian_splits(), 0)
@@ -137,8 +136,9 @@ def test_maf_reaches_the_gaussian_target() -> None:
 
 def test_sampled_log_q_is_the_model_density() -> None:
     torch.manual_seed(1)
-    transform = registry.transforms.build("realnvp", {"num_layers": 2, "hidden": 8},
-                                          injected={"event_shape": (2,)})
+    transform = registry.transforms.build(
+        "realnvp", {"num_layers": 2, "hidden": 8}, injected={"event_shape": (2,)}
+    )
     for p in transform.parameters():
         nn.init.normal_(p, std=0.3)
     model = Flow(transform, StandardGaussian((2,)), Identity((2,))).double()
@@ -200,10 +200,8 @@ def test_energy_normaliser_matches_monte_carlo(index: int) -> None:
 
 
 def test_energy_reference_samples_follow_the_target() -> None:
-    data = registry.datasets.build("energy3", {"n_train": 4000, "n_test": 500},
-                                   injected={"seed": 5})
-    again = registry.datasets.build("energy3", {"n_train": 4000, "n_test": 500},
-                                    injected={"seed": 5})
+    data = registry.datasets.build("energy3", {"n_train": 4000, "n_test": 500}, injected={"seed": 5})
+    again = registry.datasets.build("energy3", {"n_train": 4000, "n_test": 500}, injected={"seed": 5})
     assert torch.equal(data.train, again.train)
     assert data.levels is None and data.default_preprocess == "none"
     assert data.train.shape == (4000, 2) and data.test.shape == (500, 2)
@@ -218,27 +216,49 @@ def test_energy_reference_samples_follow_the_target() -> None:
 
 # -- the command line --------------------------------------------------------------------------
 def run_cli(tmp_path: Path, name: str, *args: str) -> dict:
-    result = CliRunner().invoke(cli, ["run", *args, "--set", "train.threads=1", "--out",
-                                      str(tmp_path), "--name", name, "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["run", *args, "--set", "train.threads=1", "--out", str(tmp_path), "--name", name, "--quiet"]
+    )
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     return json.loads((tmp_path / name / "summary.json").read_text())
 
 
-@pytest.mark.parametrize(("transform", "extra"), [
-    ("realnvp", ("--set", "transform.hidden=16")),
-    ("planar", ()),  # the paper's flow: sampling is its analytic direction
-])
-def test_reverse_kl_on_energy1_from_the_command_line(tmp_path: Path, transform: str,
-                                                     extra: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("transform", "extra"),
+    [
+        ("realnvp", ("--set", "transform.hidden=16")),
+        ("planar", ()),  # the paper's flow: sampling is its analytic direction
+    ],
+)
+def test_reverse_kl_on_energy1_from_the_command_line(
+    tmp_path: Path, transform: str, extra: tuple[str, ...]
+) -> None:
     try:
         registry.transforms.get(transform)
     except PluginError as exc:  # written by another part of the project; skip until it loads
         pytest.skip(f"transform {transform!r} unavailable: {exc}")
     summary = run_cli(
-        tmp_path, "r", "--transform", transform, "--objective", "reverse-kl", "--data", "energy1",
-        "--set", "transform.num_layers=2", *extra,
-        "--set", "train.steps=4", "--set", "data.n_train=256", "--set", "data.n_test=128",
-        "--set", "objective.eval_samples=2000", "--set", "objective.figure_resolution=40",
+        tmp_path,
+        "r",
+        "--transform",
+        transform,
+        "--objective",
+        "reverse-kl",
+        "--data",
+        "energy1",
+        "--set",
+        "transform.num_layers=2",
+        *extra,
+        "--set",
+        "train.steps=4",
+        "--set",
+        "data.n_train=256",
+        "--set",
+        "data.n_test=128",
+        "--set",
+        "objective.eval_samples=2000",
+        "--set",
+        "objective.figure_resolution=40",
     )
     assert "reverse_kl.png" in summary["figures"]
     assert (tmp_path / "r" / "reverse_kl.png").stat().st_size > 1000
@@ -251,20 +271,42 @@ def test_reverse_kl_on_energy1_from_the_command_line(tmp_path: Path, transform: 
 
 
 def test_reverse_kl_on_a_dataset_without_target_says_what_to_do(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["run", "--objective", "reverse-kl", "--data", "moons",
-                                      "--set", "train.steps=1", "--out", str(tmp_path), "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--objective",
+            "reverse-kl",
+            "--data",
+            "moons",
+            "--set",
+            "train.steps=1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert result.exit_code != 0
     assert "energy1" in result.output
 
 
 # -- hybrid ------------------------------------------------------------------------------------
-TINY_HYBRID = ("--transform", "realnvp", "--objective", "hybrid", "--data", "digits",
-               "--set", "transform.hidden=8", "--set", "transform.num_blocks=1")
+TINY_HYBRID = (
+    "--transform",
+    "realnvp",
+    "--objective",
+    "hybrid",
+    "--data",
+    "digits",
+    "--set",
+    "transform.hidden=8",
+    "--set",
+    "transform.num_blocks=1",
+)
 
 
 def test_hybrid_classifies_digits_well_above_chance(tmp_path: Path) -> None:
-    summary = run_cli(tmp_path, "h", *TINY_HYBRID, "--set", "train.steps=40",
-                      "--set", "train.lr=3e-3")
+    summary = run_cli(tmp_path, "h", *TINY_HYBRID, "--set", "train.steps=40", "--set", "train.lr=3e-3")
     assert summary["test_accuracy"] > 0.6  # chance is 0.1; measured 0.88
     assert math.isfinite(summary["test_bpd"]) and summary["test_class_nll"] < 2.0
     record = json.loads((tmp_path / "h" / "metrics.jsonl").read_text().splitlines()[-2])
@@ -274,14 +316,14 @@ def test_hybrid_classifies_digits_well_above_chance(tmp_path: Path) -> None:
 def test_hybrid_head_is_checkpointed_and_resumes_exactly(tmp_path: Path) -> None:
     straight = run_cli(tmp_path, "a", *TINY_HYBRID, "--set", "train.steps=6")
     run_cli(tmp_path, "b", *TINY_HYBRID, "--set", "train.steps=3")
-    result = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "b"), "--set",
-                                      "train.steps=6", "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["run", "--resume", str(tmp_path / "b"), "--set", "train.steps=6", "--quiet"]
+    )
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     state_a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])
     state_b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
     assert state_b["step"] == 6 and state_a["objective"]["head.weight"].shape == (10, 64)
-    torch.testing.assert_close(state_a["objective"]["head.weight"],
-                               state_b["objective"]["head.weight"])
+    torch.testing.assert_close(state_a["objective"]["head.weight"], state_b["objective"]["head.weight"])
     resumed = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"])
 
@@ -305,8 +347,7 @@ def test_hybrid_loss_is_weighted_nll_plus_cross_entropy() -> None:
     y = torch.tensor([0, 1, 1, 0, 1])
     out = objective.loss(model, Batch(x, y), 0)
     head = objective.head
-    expected = (0.5 * -model.log_prob(x).mean() / 3
-                + nn.functional.cross_entropy(head(x), y))
+    expected = 0.5 * -model.log_prob(x).mean() / 3 + nn.functional.cross_entropy(head(x), y)
     torch.testing.assert_close(out.total, expected)
     assert {id(p) for p in objective.joint_parameters()} == {id(head.weight), id(head.bias)}
 

@@ -19,10 +19,19 @@ from flowkit.testing import check_transform, perturb_parameters
 from flowkit.transform import Transform
 
 SMALL_REVNET = {"widths": [4, 6], "blocks_per_stage": 2, "kernel_sizes": [3, 1]}
-MNIST = {"pad_to": 32, "widths": [25, 50, 100, 200], "blocks_per_stage": 2, "kernel_sizes": 3,
-         "init": "xavier"}
-CELEBA = {"chunk_first_at_first": False, "widths": [25, 50, 100, 200, 400, 400],
-          "blocks_per_stage": [2, 2, 2, 2, 2, 1], "kernel_sizes": [3, 3, 3, 3, 3, 1]}
+MNIST = {
+    "pad_to": 32,
+    "widths": [25, 50, 100, 200],
+    "blocks_per_stage": 2,
+    "kernel_sizes": 3,
+    "init": "xavier",
+}
+CELEBA = {
+    "chunk_first_at_first": False,
+    "widths": [25, 50, 100, 200, 400, 400],
+    "blocks_per_stage": [2, 2, 2, 2, 2, 1],
+    "kernel_sizes": [3, 3, 3, 3, 3, 1],
+}
 
 # (class, event_shape, keyword arguments): all dimension preserving, small enough for Jacobians
 CASES: list[tuple[type[Transform], tuple[int, ...], dict[str, Any]]] = [
@@ -52,6 +61,7 @@ def jacobian_logdet(t: Transform, x: Tensor) -> Tensor:
     """``log|det ∂t(x)/∂x|`` per example, by autograd."""
     values = []
     for i in range(x.shape[0]):
+
         def flat(v: Tensor) -> Tensor:
             return t(v.reshape(1, *x.shape[1:]))[0].reshape(-1)
 
@@ -73,7 +83,9 @@ def registered() -> Iterator[None]:
 # -- invertibility and log-determinants ---------------------------------------------------------
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), CASES)
 def test_exact_inverse_in_float32(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     module = build(cls, shape, kwargs)
     x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(2)) * 2
@@ -91,7 +103,9 @@ def test_exact_inverse_in_float32(
 
 @pytest.mark.parametrize(("cls", "shape", "kwargs"), CASES)
 def test_logdet_is_zero_and_matches_the_jacobian(
-    cls: type[Transform], shape: tuple[int, ...], kwargs: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
 ) -> None:
     module = build(cls, shape, kwargs).double()
     assert module.volume_preserving
@@ -104,14 +118,19 @@ def test_logdet_is_zero_and_matches_the_jacobian(
     assert torch.equal(logdet_inv, torch.zeros(2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(("cls", "shape", "params"), [
-    (RevNetBlock, (4, 2, 2), {"hidden": 3}),
-    (RevNetBlock, (4,), {"hidden": 3, "kernel_size": 1}),
-    (GRNSubsample, (3, 2, 4), {"chunk_first": True}),
-    (RevNet, (2, 4, 4), {"widths": [3, 3], "blocks_per_stage": [1, 2], "init": "xavier"}),
-])
+@pytest.mark.parametrize(
+    ("cls", "shape", "params"),
+    [
+        (RevNetBlock, (4, 2, 2), {"hidden": 3}),
+        (RevNetBlock, (4,), {"hidden": 3, "kernel_size": 1}),
+        (GRNSubsample, (3, 2, 4), {"chunk_first": True}),
+        (RevNet, (2, 4, 4), {"widths": [3, 3], "blocks_per_stage": [1, 2], "init": "xavier"}),
+    ],
+)
 def test_conformance_checks_pass(
-    cls: type[Transform], shape: tuple[int, ...], params: dict[str, Any],
+    cls: type[Transform],
+    shape: tuple[int, ...],
+    params: dict[str, Any],
 ) -> None:
     check_transform(cls, shape, params)
 
@@ -151,16 +170,21 @@ def test_block_context_is_ignored() -> None:
     assert torch.equal(block(x)[0], block(x, torch.tensor([0, 1, 2]))[0])
 
 
-@pytest.mark.parametrize(("shape", "kwargs", "error"), [
-    ((3, 4, 4), {}, ShapeError),
-    ((5,), {}, ShapeError),
-    ((1, 4, 4), {}, ShapeError),
-    ((4, 4), {}, ShapeError),
-    ((2, 4, 4), {"kernel_size": 2}, ConfigError),
-    ((2, 4, 4), {"hidden": 0}, ConfigError),
-])
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "error"),
+    [
+        ((3, 4, 4), {}, ShapeError),
+        ((5,), {}, ShapeError),
+        ((1, 4, 4), {}, ShapeError),
+        ((4, 4), {}, ShapeError),
+        ((2, 4, 4), {"kernel_size": 2}, ConfigError),
+        ((2, 4, 4), {"hidden": 0}, ConfigError),
+    ],
+)
 def test_block_rejects_bad_shapes_and_params(
-    shape: tuple[int, ...], kwargs: dict[str, Any], error: type[Exception],
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    error: type[Exception],
 ) -> None:
     with pytest.raises(error) as info:
         RevNetBlock(shape, **kwargs)
@@ -178,20 +202,17 @@ def test_subsample_worked_4x4_example() -> None:
     x = pixels(1, 4, 4)  # pixel (r, c) holds 4r + c
     first = GRNSubsample((1, 4, 4))  # chunk-first is a no-op for one channel
     y1, _ = first(x)
-    assert y1[0].tolist() == [[[0, 2], [8, 10]], [[5, 7], [13, 15]],
-                              [[1, 3], [9, 11]], [[4, 6], [12, 14]]]
+    assert y1[0].tolist() == [[[0, 2], [8, 10]], [[5, 7], [13, 15]], [[1, 3], [9, 11]], [[4, 6], [12, 14]]]
     y2, _ = GRNSubsample((4, 2, 2))(y1)
     assert y2.shape == (1, 16, 1, 1)
     assert y2.flatten().tolist() == [0, 5, 10, 15, 2, 7, 8, 13, 1, 4, 11, 14, 3, 6, 9, 12]
     # the output channel index at each pixel position: channels 0-7 are the r + c even pixels
     where = torch.empty(16)
     where[y2.flatten().long()] = torch.arange(16.0)
-    assert where.reshape(4, 4).tolist() == [[0, 8, 4, 12], [9, 1, 13, 5],
-                                            [6, 14, 2, 10], [15, 7, 11, 3]]
+    assert where.reshape(4, 4).tolist() == [[0, 8, 4, 12], [9, 1, 13, 5], [6, 14, 2, 10], [15, 7, 11, 3]]
     # without chunk-first at split 2, stream 1 = the top-left and bottom-right 2×2 blocks
     y2_plain, _ = GRNSubsample((4, 2, 2), chunk_first=False)(y1)
-    assert y2_plain.flatten().tolist() == [0, 5, 1, 4, 10, 15, 11, 14,
-                                           2, 7, 3, 6, 8, 13, 9, 12]
+    assert y2_plain.flatten().tolist() == [0, 5, 1, 4, 10, 15, 11, 14, 2, 7, 3, 6, 8, 13, 9, 12]
     assert sorted(y2_plain.flatten()[:8].tolist()) == [0, 1, 4, 5, 10, 11, 14, 15]
     for layer, inp, out in ((first, x, y1), (GRNSubsample((4, 2, 2)), y1, y2)):
         assert torch.equal(layer.inverse(out)[0], inp)
@@ -238,8 +259,7 @@ def test_subsample_rejects_odd_sizes_and_vectors() -> None:
 def test_revnet_structure_and_flatten_order() -> None:
     model = RevNet((1, 4, 4), widths=[3, 5], blocks_per_stage=[1, 2], kernel_sizes=[3, 1])
     kinds = [type(step).__name__ for step in model.flow]
-    assert kinds == ["GRNSubsample", "RevNetBlock", "GRNSubsample", "RevNetBlock",
-                     "RevNetBlock", "Reshape"]
+    assert kinds == ["GRNSubsample", "RevNetBlock", "GRNSubsample", "RevNetBlock", "RevNetBlock", "Reshape"]
     hidden = [(s.hidden, s.kernel_size) for s in model.flow if isinstance(s, RevNetBlock)]
     assert hidden == [(3, 3), (5, 1), (5, 1)]
     assert model.output_shape == (16,) and model.volume_preserving
@@ -249,8 +269,15 @@ def test_revnet_structure_and_flatten_order() -> None:
     z, _ = model(pixels(1, 4, 4))
     # F = G = 0: split 1, one block swaps the halves, split 2 (chunk-first), two blocks restore the order
     x = pixels(1, 4, 4)
-    swapped = torch.cat([x[:, :, 0::2, 1::2], x[:, :, 1::2, 0::2],  # phases (0,1), (1,0) first
-                         x[:, :, 0::2, 0::2], x[:, :, 1::2, 1::2]], dim=1)
+    swapped = torch.cat(
+        [
+            x[:, :, 0::2, 1::2],
+            x[:, :, 1::2, 0::2],  # phases (0,1), (1,0) first
+            x[:, :, 0::2, 0::2],
+            x[:, :, 1::2, 1::2],
+        ],
+        dim=1,
+    )
     expected, _ = GRNSubsample((4, 2, 2))(swapped)
     assert torch.equal(z, expected.reshape(1, 16))
 
@@ -335,30 +362,41 @@ def test_revnet_default_fits_8x8_digits() -> None:
     assert model.flow.steps[-2].event_shape == (64, 1, 1)
 
 
-@pytest.mark.parametrize(("shape", "kwargs", "pattern"), [
-    ((1, 28, 28), {"widths": [4, 4, 4]}, r"2\^3 = 8.*\(1, 28, 28\).*pad_to = 32.*at most 2"),
-    ((1, 28, 28), {"widths": [4] * 4, "pad_to": 30}, r"30×30 after padding.*pad_to = 32"),
-    ((1, 6, 6), {"widths": [4, 4]}, r"2\^2 = 4.*pad_to = 8.*at most 1"),
-])
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "pattern"),
+    [
+        ((1, 28, 28), {"widths": [4, 4, 4]}, r"2\^3 = 8.*\(1, 28, 28\).*pad_to = 32.*at most 2"),
+        ((1, 28, 28), {"widths": [4] * 4, "pad_to": 30}, r"30×30 after padding.*pad_to = 32"),
+        ((1, 6, 6), {"widths": [4, 4]}, r"2\^2 = 4.*pad_to = 8.*at most 1"),
+    ],
+)
 def test_revnet_size_errors_suggest_padding_or_fewer_stages(
-    shape: tuple[int, ...], kwargs: dict[str, Any], pattern: str,
+    shape: tuple[int, ...],
+    kwargs: dict[str, Any],
+    pattern: str,
 ) -> None:
     with pytest.raises(ShapeError, match=pattern):
         RevNet(shape, **kwargs)
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    ({"widths": []}, "at least one stage"),
-    ({"widths": [4, 0]}, r"RevNet: widths\[1\] must be at least 1, got 0"),
-    ({"widths": [4, 4], "blocks_per_stage": [2]}, "blocks_per_stage has 1 entries"),
-    ({"widths": [4, 4], "kernel_sizes": [3, 3, 1]}, "kernel_sizes has 3 entries"),
-    ({"widths": [4], "kernel_sizes": 4}, r"kernel_sizes must be an odd number \(padding k//2 "
-                                         r"keeps the image size; use e\.g\. 1 or 3\), got 4"),
-    ({"widths": [4], "kernel_sizes": [0]}, r"kernel_sizes\[0\] must be at least 1, got 0"),
-    ({"widths": [4], "blocks_per_stage": 0}, r"blocks_per_stage must be at least 1, got 0"),
-    ({"widths": [4], "pad_to": 2}, "at least the image height"),
-    ({"widths": [4], "pad_to": -1}, "pad_to must be at least 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"widths": []}, "at least one stage"),
+        ({"widths": [4, 0]}, r"RevNet: widths\[1\] must be at least 1, got 0"),
+        ({"widths": [4, 4], "blocks_per_stage": [2]}, "blocks_per_stage has 1 entries"),
+        ({"widths": [4, 4], "kernel_sizes": [3, 3, 1]}, "kernel_sizes has 3 entries"),
+        (
+            {"widths": [4], "kernel_sizes": 4},
+            r"kernel_sizes must be an odd number \(padding k//2 "
+            r"keeps the image size; use e\.g\. 1 or 3\), got 4",
+        ),
+        ({"widths": [4], "kernel_sizes": [0]}, r"kernel_sizes\[0\] must be at least 1, got 0"),
+        ({"widths": [4], "blocks_per_stage": 0}, r"blocks_per_stage must be at least 1, got 0"),
+        ({"widths": [4], "pad_to": 2}, "at least the image height"),
+        ({"widths": [4], "pad_to": -1}, "pad_to must be at least 0"),
+    ],
+)
 def test_revnet_config_errors(kwargs: dict[str, Any], pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         RevNet((1, 4, 4), **kwargs)
@@ -370,14 +408,15 @@ def test_revnet_rejects_vectors() -> None:
 
 
 def test_build_through_the_registry(registered: None) -> None:
-    model = transforms.build("revnet", {"widths": [25, 50, 100, 200], "pad_to": 32,
-                                        "init": "xavier"},
-                             injected={"event_shape": (1, 28, 28), "num_classes": 10})
+    model = transforms.build(
+        "revnet",
+        {"widths": [25, 50, 100, 200], "pad_to": 32, "init": "xavier"},
+        injected={"event_shape": (1, 28, 28), "num_classes": 10},
+    )
     assert isinstance(model, RevNet) and model.output_shape == (1024,)
     block = transforms.build("revnet-block", {"hidden": 8}, injected={"event_shape": (4, 2, 2)})
     assert isinstance(block, RevNetBlock) and block.hidden == 8
-    sub = transforms.build("grn-subsample", {"chunk_first": False},
-                           injected={"event_shape": (3, 4, 4)})
+    sub = transforms.build("grn-subsample", {"chunk_first": False}, injected={"event_shape": (3, 4, 4)})
     assert sub.output_shape == (12, 2, 2) and not sub.chunk_first
     with pytest.raises(ConfigError, match="init must be one of"):
         transforms.build("revnet", {"init": "xavir"}, injected={"event_shape": (1, 8, 8)})

@@ -38,11 +38,14 @@ def test_zero_parameters_are_the_identity() -> None:
     assert log_det.abs().max() < 1e-14
 
 
-@pytest.mark.parametrize("scale, dtype, tolerance", [
-    (0.3, torch.float32, 1e-5),     # trained-like perturbations of the identity
-    (1.0, torch.float64, 1e-10),
-    (3.0, torch.float64, 1e-8),     # extreme bins: slopes down to ~1e-6
-])
+@pytest.mark.parametrize(
+    "scale, dtype, tolerance",
+    [
+        (0.3, torch.float32, 1e-5),  # trained-like perturbations of the identity
+        (1.0, torch.float64, 1e-10),
+        (3.0, torch.float64, 1e-8),  # extreme bins: slopes down to ~1e-6
+    ],
+)
 def test_round_trip_over_the_spline_and_its_tails(scale, dtype, tolerance) -> None:
     x, params = draw(100_000, scale, dtype)
     err, log_det_err = round_trip(x, params)
@@ -101,8 +104,11 @@ def test_bad_arguments(layer: type) -> None:
         layer((4,), num_bins=1000)
     with pytest.raises(ConfigError, match=rf"{name}: tail_bound must be greater than 0 .*got -1.0"):
         layer((4,), tail_bound=-1.0)
-    with pytest.raises(ConfigError, match=rf"{name}: tail_bound must be a finite number greater "
-                                          rf"than 0 .*got inf"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{name}: tail_bound must be a finite number greater "
+        rf"than 0 .*got inf",
+    ):
         layer((4,), tail_bound=float("inf"))
     with pytest.raises(ValueError, match="3K - 1"):
         rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 4))
@@ -111,8 +117,14 @@ def test_bad_arguments(layer: type) -> None:
 # -- the flows ------------------------------------------------------------------------------------
 def _smallest_singular_values(flow, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """σ_min of the Jacobian ∂z/∂x of ``flow.encode`` at every row of ``x``."""
-    jac = torch.stack([torch.autograd.functional.jacobian(
-        lambda row, i=i: flow.encode(row[None], c[i:i + 1])[0][0], x[i]) for i in range(len(x))])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(
+                lambda row, i=i: flow.encode(row[None], c[i : i + 1])[0][0], x[i]
+            )
+            for i in range(len(x))
+        ]
+    )
     return torch.linalg.svdvals(jac).min(dim=1).values
 
 
@@ -127,8 +139,7 @@ def test_spline_flows_invert_on_trained_like_weights(coupling: bool) -> None:
     near-singular (σ_min > 1e-4), and everywhere within a small multiple of ε/σ_min.
     """
     torch.manual_seed(0)
-    flow = flows.NSF(features=5, context=2, transforms=3, bins=6, hidden=16,
-                     coupling=coupling).double()
+    flow = flows.NSF(features=5, context=2, transforms=3, bins=6, hidden=16, coupling=coupling).double()
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -148,8 +159,9 @@ def test_spline_flows_invert_on_trained_like_weights(coupling: bool) -> None:
     assert bool(torch.isfinite(samples).all()) and bool(torch.isfinite(log_p).all())
     well_conditioned = _smallest_singular_values(flow, samples.detach(), c) > 1e-4
     with torch.no_grad():
-        torch.testing.assert_close(flow(c).log_prob(samples)[well_conditioned],
-                                   log_p.detach()[well_conditioned], atol=1e-8, rtol=0)
+        torch.testing.assert_close(
+            flow(c).log_prob(samples)[well_conditioned], log_p.detach()[well_conditioned], atol=1e-8, rtol=0
+        )
 
 
 def test_a_spline_flow_fits_a_bimodal_conditional_better_than_affine() -> None:
@@ -159,8 +171,10 @@ def test_a_spline_flow_fits_a_bimodal_conditional_better_than_affine() -> None:
     sign = torch.randint(0, 2, (4000, 1)) * 2.0 - 1.0
     x = torch.cat([sign * c + 0.1 * torch.randn(4000, 1), torch.randn(4000, 1)], dim=1)
     scores = {}
-    for name, flow in (("spline", flows.NSF(2, 1, transforms=2, bins=8, hidden=32)),
-                       ("affine", flows.MAF(2, 1, transforms=2, hidden=32))):
+    for name, flow in (
+        ("spline", flows.NSF(2, 1, transforms=2, bins=8, hidden=32)),
+        ("affine", flows.MAF(2, 1, transforms=2, hidden=32)),
+    ):
         opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
         for _ in range(300):
             idx = torch.randint(0, 4000, (256,))

@@ -20,9 +20,16 @@ import numpy as np
 from torch import Tensor
 
 
-def c2st(reference: Tensor | np.ndarray, samples: Tensor | np.ndarray, *, folds: int = 5,
-         seed: int = 0, early_stopping: bool = True, max_iter: int = 1000,
-         threads: int | None = 1) -> float:
+def c2st(
+    reference: Tensor | np.ndarray,
+    samples: Tensor | np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    early_stopping: bool = True,
+    max_iter: int = 1000,
+    threads: int | None = 1,
+) -> float:
     """C2ST accuracy between ``reference (n, d)`` and ``samples (m, d)`` (0.5 = same).
 
     ``threads`` caps the BLAS/OpenMP threads scikit-learn uses (``None``: no cap). The default,
@@ -33,18 +40,22 @@ def c2st(reference: Tensor | np.ndarray, samples: Tensor | np.ndarray, *, folds:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
-    p = np.asarray(reference.detach().cpu() if isinstance(reference, Tensor) else reference,
-                   dtype=np.float64)
-    q = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples,
-                   dtype=np.float64)
+    p = np.asarray(reference.detach().cpu() if isinstance(reference, Tensor) else reference, dtype=np.float64)
+    q = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples, dtype=np.float64)
     q = np.nan_to_num(q, nan=1e6, posinf=1e6, neginf=-1e6)
     mean, std = p.mean(0), p.std(0)
     std = np.where(std > 0, std, 1.0)
     x = np.clip((np.concatenate([p, q]) - mean) / std, -1e3, 1e3)
     y = np.concatenate([np.zeros(len(p)), np.ones(len(q))])
     d = p.shape[1]
-    clf = MLPClassifier(hidden_layer_sizes=(10 * d, 10 * d), activation="relu", solver="adam",
-                        max_iter=max_iter, early_stopping=early_stopping, random_state=seed)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(10 * d, 10 * d),
+        activation="relu",
+        solver="adam",
+        max_iter=max_iter,
+        early_stopping=early_stopping,
+        random_state=seed,
+    )
     cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
     with threadpool_limits(limits=threads):
         scores = cross_val_score(clf, x, y, cv=cv, scoring="accuracy")

@@ -60,18 +60,24 @@ class Unavailable(RuntimeError):
     """The row cannot be built here (the message says why): a missing API or peers module."""
 
 
-ROWS: dict[str, RowSpec] = {r.name: r for r in (
-    RowSpec("flowkit-maf", "flowkit", "maf", "flowkit MAF"),
-    RowSpec("flowkit-realnvp", "flowkit", "coupling", "flowkit Real NVP"),
-    RowSpec("flowkit-nsf", "flowkit", "spline", "flowkit NSF"),
-    RowSpec("zuko-maf", "zuko", "maf", "zuko MAF"),
-    RowSpec("nflows-maf", "nflows", "maf", "nflows MAF"),
-    RowSpec("zuko-realnvp", "zuko", "coupling", "zuko Real NVP"),
-    RowSpec("nflows-realnvp", "nflows", "coupling", "nflows Real NVP"),
-    RowSpec("zuko-nsf", "zuko", "spline", "zuko NSF"),
-)}
-FAMILIES = {"maf": "masked autoregressive (affine)", "coupling": "affine coupling (Real NVP)",
-            "spline": "rational-quadratic spline (NSF)"}
+ROWS: dict[str, RowSpec] = {
+    r.name: r
+    for r in (
+        RowSpec("flowkit-maf", "flowkit", "maf", "flowkit MAF"),
+        RowSpec("flowkit-realnvp", "flowkit", "coupling", "flowkit Real NVP"),
+        RowSpec("flowkit-nsf", "flowkit", "spline", "flowkit NSF"),
+        RowSpec("zuko-maf", "zuko", "maf", "zuko MAF"),
+        RowSpec("nflows-maf", "nflows", "maf", "nflows MAF"),
+        RowSpec("zuko-realnvp", "zuko", "coupling", "zuko Real NVP"),
+        RowSpec("nflows-realnvp", "nflows", "coupling", "nflows Real NVP"),
+        RowSpec("zuko-nsf", "zuko", "spline", "zuko NSF"),
+    )
+}
+FAMILIES = {
+    "maf": "masked autoregressive (affine)",
+    "coupling": "affine coupling (Real NVP)",
+    "spline": "rational-quadratic spline (NSF)",
+}
 PEERS_MODULE = "benchmarks.peers.conditional_peers"
 
 
@@ -84,11 +90,18 @@ def _flowkit_row(spec: RowSpec, features: int, context: int, arch: Arch) -> Cond
     cls = getattr(flows, cls_name, None)
     if cls is None:
         raise Unavailable(f"flowkit.flows has no {cls_name} yet")
-    flow = cls(features=features, context=context, transforms=arch.transforms,
-               hidden=arch.hidden, num_hidden=arch.num_hidden)
-    note = {"maf": "order reversed between layers",
-            "coupling": "alternating halves",
-            "spline": "autoregressive, 8 bins on [-5, 5], identity tails"}[spec.family]
+    flow = cls(
+        features=features,
+        context=context,
+        transforms=arch.transforms,
+        hidden=arch.hidden,
+        num_hidden=arch.num_hidden,
+    )
+    note = {
+        "maf": "order reversed between layers",
+        "coupling": "alternating halves",
+        "spline": "autoregressive, 8 bins on [-5, 5], identity tails",
+    }[spec.family]
 
     def log_prob(theta: Tensor, x: Tensor) -> Tensor:
         return flow(x).log_prob(theta)
@@ -114,8 +127,10 @@ def peers_module():
                 return importlib.import_module(PEERS_MODULE)
             except ModuleNotFoundError:
                 continue
-    raise Unavailable("the peer adapters (benchmarks/peers/conditional_peers.py) are not "
-                      "importable: run from the repository root")
+    raise Unavailable(
+        "the peer adapters (benchmarks/peers/conditional_peers.py) are not "
+        "importable: run from the repository root"
+    )
 
 
 def build_row(name: str, features: int, context: int, arch: Arch) -> ConditionalModel:

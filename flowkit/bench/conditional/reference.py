@@ -67,8 +67,9 @@ def cache_dir() -> Path:
 
 
 # -- gaussian-linear -------------------------------------------------------------------------------
-def gaussian_posterior(prior_mean: Tensor, prior_cov: Tensor, noise_cov: Tensor,
-                       x: Tensor) -> tuple[Tensor, Tensor]:
+def gaussian_posterior(
+    prior_mean: Tensor, prior_cov: Tensor, noise_cov: Tensor, x: Tensor
+) -> tuple[Tensor, Tensor]:
     """Mean and covariance of ``p(θ | x)`` for ``θ ~ N(μ0, Σ0)``, ``x | θ ~ N(θ, Σ)``."""
     p0, p = torch.linalg.inv(prior_cov), torch.linalg.inv(noise_cov)
     cov = torch.linalg.inv(p0 + p)
@@ -79,8 +80,9 @@ def gaussian_posterior(prior_mean: Tensor, prior_cov: Tensor, noise_cov: Tensor,
 def gaussian_linear_posterior(task: GaussianLinear, x: Tensor) -> tuple[Tensor, Tensor]:
     d = task.theta_dim
     eye = torch.eye(d, dtype=DTYPE)
-    return gaussian_posterior(torch.zeros(d, dtype=DTYPE), task.prior_var * eye,
-                              task.noise_var * eye, x.to(DTYPE))
+    return gaussian_posterior(
+        torch.zeros(d, dtype=DTYPE), task.prior_var * eye, task.noise_var * eye, x.to(DTYPE)
+    )
 
 
 def gaussian_linear_log_posterior(task: GaussianLinear, theta: Tensor, x: Tensor) -> Tensor:
@@ -92,8 +94,9 @@ def gaussian_linear_log_posterior(task: GaussianLinear, theta: Tensor, x: Tensor
     return -0.5 * ((theta - mean) ** 2).sum(-1) / var - 0.5 * d * math.log(2 * math.pi * var)
 
 
-def sample_gaussian_linear(task: GaussianLinear, x: Tensor, n: int,
-                           gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+def sample_gaussian_linear(
+    task: GaussianLinear, x: Tensor, n: int, gen: torch.Generator
+) -> tuple[Tensor, dict[str, Any]]:
     mean, cov = gaussian_linear_posterior(task, x)
     chol = torch.linalg.cholesky(cov)
     z = torch.randn(n, task.theta_dim, generator=gen, dtype=DTYPE)
@@ -101,8 +104,9 @@ def sample_gaussian_linear(task: GaussianLinear, x: Tensor, n: int,
 
 
 # -- two-moons -------------------------------------------------------------------------------------
-def sample_two_moons(task: TwoMoons, x: Tensor, n: int,
-                     gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+def sample_two_moons(
+    task: TwoMoons, x: Tensor, n: int, gen: torch.Generator
+) -> tuple[Tensor, dict[str, Any]]:
     """Exact posterior samples by inverting the simulator's noise (see the module docstring)."""
     out: list[Tensor] = []
     have, drawn = 0, 0
@@ -110,9 +114,9 @@ def sample_two_moons(task: TwoMoons, x: Tensor, n: int,
     while have < n:
         m = max(4 * (n - have), 1024)
         p = task.sample_noise(m, gen)
-        d = x.to(DTYPE) - p                       # = g(θ)
-        s_abs = -root2 * d[:, 0]                  # |θ1 + θ2|
-        diff = root2 * d[:, 1]                    # θ2 - θ1
+        d = x.to(DTYPE) - p  # = g(θ)
+        s_abs = -root2 * d[:, 0]  # |θ1 + θ2|
+        diff = root2 * d[:, 1]  # θ2 - θ1
         sign = torch.where(torch.rand(m, generator=gen, dtype=DTYPE) < 0.5, -1.0, 1.0)
         s = sign * s_abs
         theta = torch.stack([(s - diff) / 2, (s + diff) / 2], -1)
@@ -125,8 +129,7 @@ def sample_two_moons(task: TwoMoons, x: Tensor, n: int,
     return torch.cat(out)[:n], {"method": "exact", "acceptance": have / drawn}
 
 
-def grid_posterior(task: TwoMoons, x: Tensor, n: int, gen: torch.Generator,
-                   cells: int = 2000) -> Tensor:
+def grid_posterior(task: TwoMoons, x: Tensor, n: int, gen: torch.Generator, cells: int = 2000) -> Tensor:
     """Posterior samples from the likelihood on a ``cells × cells`` grid over ``[-1, 1]²``:
     cells resampled in proportion to the density at their centres, then a uniform jitter within
     the cell. An independent check of :func:`sample_two_moons`."""
@@ -148,16 +151,24 @@ def split_rhat(draws: Tensor) -> Tensor:
     length = draws.shape[0] // 2
     if length < 2:
         return torch.full((draws.shape[-1],), float("nan"), dtype=draws.dtype)
-    halves = torch.cat([draws[:length], draws[length:2 * length]], 1)   # (length, 2C, d)
+    halves = torch.cat([draws[:length], draws[length : 2 * length]], 1)  # (length, 2C, d)
     within = halves.var(0, unbiased=True).mean(0)
     between = length * halves.mean(0).var(0, unbiased=True)
     var_plus = (length - 1) / length * within + between / length
     return torch.sqrt(var_plus / within)
 
 
-def slcp_mcmc(task: SLCP, x: Tensor, n: int, gen: torch.Generator, *, chains: int = 100,
-              warmup: int = 2000, thin: int = 100,
-              init_draws: int = 20000) -> tuple[Tensor, dict[str, Any]]:
+def slcp_mcmc(
+    task: SLCP,
+    x: Tensor,
+    n: int,
+    gen: torch.Generator,
+    *,
+    chains: int = 100,
+    warmup: int = 2000,
+    thin: int = 100,
+    init_draws: int = 20000,
+) -> tuple[Tensor, dict[str, Any]]:
     """``n`` samples of the SLCP posterior at ``x`` (see the module docstring) and diagnostics:
     ``acceptance`` (after warm-up), ``rhat_max`` (split R-hat, worst dimension, on the folded
     draws), ``chains``, ``draws_per_chain``, ``thin``, ``warmup``.
@@ -222,22 +233,33 @@ def slcp_mcmc(task: SLCP, x: Tensor, n: int, gen: torch.Generator, *, chains: in
                 proposed += m
         if t >= warmup and (t - warmup) % thin == thin - 1:
             kept.append(state.clone())
-    draws = torch.stack(kept)                                   # (keep, chains, d)
+    draws = torch.stack(kept)  # (keep, chains, d)
     rhat = split_rhat(draws)
     flat = draws.reshape(-1, d)
     flat = flat[torch.randperm(flat.shape[0], generator=gen)[:n]].clone()
     signs = torch.where(torch.rand(n, 2, generator=gen, dtype=DTYPE) < 0.5, -1.0, 1.0)
     flat[:, 2:4] = flat[:, 2:4] * signs
-    info = {"method": "mcmc", "acceptance": accepted / max(proposed, 1),
-            "rhat_max": float(rhat.max()), "chains": chains, "draws_per_chain": keep,
-            "thin": thin, "warmup": warmup}
+    info = {
+        "method": "mcmc",
+        "acceptance": accepted / max(proposed, 1),
+        "rhat_max": float(rhat.max()),
+        "chains": chains,
+        "draws_per_chain": keep,
+        "thin": thin,
+        "warmup": warmup,
+    }
     return flat, info
 
 
 # -- inverse kinematics ----------------------------------------------------------------------------
-def sample_inverse_kinematics(task: InverseKinematics, y: Tensor, n: int, gen: torch.Generator,
-                              eps: float = IK_EPSILON,
-                              chunk: int = 1_000_000) -> tuple[Tensor, dict[str, Any]]:
+def sample_inverse_kinematics(
+    task: InverseKinematics,
+    y: Tensor,
+    n: int,
+    gen: torch.Generator,
+    eps: float = IK_EPSILON,
+    chunk: int = 1_000_000,
+) -> tuple[Tensor, dict[str, Any]]:
     """Posterior samples on the manifold ``f(θ) = y`` (see the module docstring)."""
     y = y.to(DTYPE)
     l1, l2, l3 = task.lengths
@@ -263,12 +285,24 @@ def sample_inverse_kinematics(task: InverseKinematics, y: Tensor, n: int, gen: t
             raise RuntimeError("inverse-kinematics reference: y* is (nearly) out of reach")
     samples = torch.cat(out)[:n]
     err = (task.forward(samples) - y).norm(dim=-1)
-    return samples, {"method": "rejection", "epsilon": eps, "acceptance": have / drawn,
-                     "resim_error_mean": float(err.mean()), "resim_error_max": float(err.max())}
+    return samples, {
+        "method": "rejection",
+        "epsilon": eps,
+        "acceptance": have / drawn,
+        "resim_error_mean": float(err.mean()),
+        "resim_error_max": float(err.max()),
+    }
 
 
-def abc_inverse_kinematics(task: InverseKinematics, y: Tensor, n: int, gen: torch.Generator,
-                           eps: float, chunk: int = 1_000_000, max_draws: int = 10**8) -> Tensor:
+def abc_inverse_kinematics(
+    task: InverseKinematics,
+    y: Tensor,
+    n: int,
+    gen: torch.Generator,
+    eps: float,
+    chunk: int = 1_000_000,
+    max_draws: int = 10**8,
+) -> Tensor:
     """Plain rejection ABC: prior draws whose end effector is within ``eps`` of ``y`` (the
     reference of Kruse et al. 2021; an independent check of :func:`sample_inverse_kinematics`)."""
     out: list[Tensor] = []
@@ -296,14 +330,16 @@ def sample_reference(task: Task, x: Tensor, n: int, gen: torch.Generator) -> tup
     raise TypeError(f"no reference sampler for task {task.name!r}")
 
 
-def reference_samples(task: Task, x_obs: Tensor, n: int, seed: int = 0,
-                      cache: bool = True) -> tuple[Tensor, list[dict[str, Any]]]:
+def reference_samples(
+    task: Task, x_obs: Tensor, n: int, seed: int = 0, cache: bool = True
+) -> tuple[Tensor, list[dict[str, Any]]]:
     """Reference samples ``(k, n, d)`` for observations ``x_obs (k, m)``, cached on disk."""
     samples, infos = [], []
     for i, x in enumerate(x_obs):
         version = VERSIONS.get(task.name, 1)
-        key = hashlib.sha256(f"{task.name}|{version}|{n}|{seed}|".encode()
-                             + x.to(DTYPE).numpy().tobytes()).hexdigest()[:16]
+        key = hashlib.sha256(
+            f"{task.name}|{version}|{n}|{seed}|".encode() + x.to(DTYPE).numpy().tobytes()
+        ).hexdigest()[:16]
         path = cache_dir() / "conditional-reference" / f"{task.name}-obs{i}-n{n}-{key}.pt"
         record = None
         if cache and path.is_file():

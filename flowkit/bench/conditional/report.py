@@ -28,9 +28,28 @@ from flowkit.bench.conditional.models import FAMILIES, ROWS
 
 #: Short family names for the targets table.
 FAMILY_LABELS = {"maf": "MAF", "coupling": "Real NVP", "spline": "NSF"}
-CSV_COLUMNS = ("task", "row", "library", "family", "sims", "status", "c2st", "nll",
-               "nll_median", "nll_max", "resim_error", "step_ms", "step_ratio", "train_s",
-               "best_step", "params", "optimizer", "nonfinite_samples", "note", "reason")
+CSV_COLUMNS = (
+    "task",
+    "row",
+    "library",
+    "family",
+    "sims",
+    "status",
+    "c2st",
+    "nll",
+    "nll_median",
+    "nll_max",
+    "resim_error",
+    "step_ms",
+    "step_ratio",
+    "train_s",
+    "best_step",
+    "params",
+    "optimizer",
+    "nonfinite_samples",
+    "note",
+    "reason",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -46,8 +65,7 @@ def step_ratios(step_ms: dict[str, float]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for row, ms in step_ms.items():
         family = ROWS[row].family
-        peers = [v for r, v in step_ms.items()
-                 if ROWS[r].family == family and ROWS[r].library != "flowkit"]
+        peers = [v for r, v in step_ms.items() if ROWS[r].family == family and ROWS[r].library != "flowkit"]
         out[row] = ms / min(peers) if peers else None
     return out
 
@@ -90,25 +108,33 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
     settings = state["settings"]
     cells = _cells_by_key(state["cells"])
     budgets = list(settings.sims)
-    lines = ["# Conditional density benchmark: flowkit vs zuko and nflows", "",
-             "Posterior estimation `q(θ | x)` on simulation-based-inference tasks (no download): "
-             "each flow learns θ given the observation x as context from a budget of "
-             "simulations, with the same steps, batch size and optimiser for every row. "
-             "See [README.md](README.md) for the tasks, reference posteriors and metrics.", "",
-             f"Command: `{settings.command()}`", "",
-             f"Machine: {info['machine'].get('cpu_model')} ({info['machine'].get('cpus')} CPUs, "
-             f"torch threads: {info['machine'].get('threads')}), torch "
-             f"{info['machine'].get('torch')}, accelerator: "
-             f"{info['machine'].get('cuda') or 'none'}. Date: {info['date']}.", "",
-             f"Training: {settings.steps} Adam steps (lr {settings.lr:g}), batch "
-             f"{settings.batch_size}, gradient norm clipped at {settings.clip:g}, "
-             f"{settings.val_fraction:.0%} of the simulations held out for validation, best of "
-             f"{settings.evals} validation checks kept. Flows: {settings.arch.transforms} layers, "
-             f"conditioners {settings.arch.num_hidden} × {settings.arch.hidden} hidden units. "
-             f"C2ST: {settings.c2st_samples} flow vs {settings.c2st_samples} reference samples at "
-             f"each of {settings.observations} observations, {settings.c2st_folds}-fold CV. NLL: "
-             f"mean over {settings.test_size} test simulations.", "",
-             *_optimizer_lines(state), *_load_lines(state, info)]
+    lines = [
+        "# Conditional density benchmark: flowkit vs zuko and nflows",
+        "",
+        "Posterior estimation `q(θ | x)` on simulation-based-inference tasks (no download): "
+        "each flow learns θ given the observation x as context from a budget of "
+        "simulations, with the same steps, batch size and optimiser for every row. "
+        "See [README.md](README.md) for the tasks, reference posteriors and metrics.",
+        "",
+        f"Command: `{settings.command()}`",
+        "",
+        f"Machine: {info['machine'].get('cpu_model')} ({info['machine'].get('cpus')} CPUs, "
+        f"torch threads: {info['machine'].get('threads')}), torch "
+        f"{info['machine'].get('torch')}, accelerator: "
+        f"{info['machine'].get('cuda') or 'none'}. Date: {info['date']}.",
+        "",
+        f"Training: {settings.steps} Adam steps (lr {settings.lr:g}), batch "
+        f"{settings.batch_size}, gradient norm clipped at {settings.clip:g}, "
+        f"{settings.val_fraction:.0%} of the simulations held out for validation, best of "
+        f"{settings.evals} validation checks kept. Flows: {settings.arch.transforms} layers, "
+        f"conditioners {settings.arch.num_hidden} × {settings.arch.hidden} hidden units. "
+        f"C2ST: {settings.c2st_samples} flow vs {settings.c2st_samples} reference samples at "
+        f"each of {settings.observations} observations, {settings.c2st_folds}-fold CV. NLL: "
+        f"mean over {settings.test_size} test simulations.",
+        "",
+        *_optimizer_lines(state),
+        *_load_lines(state, info),
+    ]
     # overview: mean C2ST over tasks
     tasks = [t for t in settings.tasks if t in state["tasks"]]
     if tasks:
@@ -118,11 +144,17 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
         for row in settings.rows:
             vals = []
             for n in budgets:
-                got = [cells[(t, row, n)]["c2st"] for t in tasks
-                       if (t, row, n) in cells and cells[(t, row, n)].get("c2st") is not None]
-                vals.append(_num(statistics.fmean(got)) + (f" ({len(got)}/{len(tasks)} tasks)"
-                                                           if 0 < len(got) < len(tasks) else "")
-                            if got else "–")
+                got = [
+                    cells[(t, row, n)]["c2st"]
+                    for t in tasks
+                    if (t, row, n) in cells and cells[(t, row, n)].get("c2st") is not None
+                ]
+                vals.append(
+                    _num(statistics.fmean(got))
+                    + (f" ({len(got)}/{len(tasks)} tasks)" if 0 < len(got) < len(tasks) else "")
+                    if got
+                    else "–"
+                )
             rows.append([ROWS[row].label, *vals])
         lines += [*_md_table(header, rows), ""]
     if tasks:
@@ -133,13 +165,22 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
         cpu = t.get("step_cpu_ms") or {}
         cpu_ratios = step_ratios(cpu)
         is_ik = task == "inverse-kinematics"
-        lines += [f"## {task}", "", f"{t['description']} ({t['paper']}).", "",
-                  f"Reference posterior: {t['reference']}. " + _reference_note(t), ""]
-        header = (["row"] + [f"C2ST {_fmt_sims(n)}" for n in budgets]
-                  + [f"NLL {_fmt_sims(n)}" for n in budgets]
-                  + ([f"resim {_fmt_sims(n)}" for n in budgets] if is_ik else [])
-                  + ["step ms", "× fastest peer"]
-                  + (["CPU ms", "CPU × peer"] if cpu else []))
+        lines += [
+            f"## {task}",
+            "",
+            f"{t['description']} ({t['paper']}).",
+            "",
+            f"Reference posterior: {t['reference']}. " + _reference_note(t),
+            "",
+        ]
+        header = (
+            ["row"]
+            + [f"C2ST {_fmt_sims(n)}" for n in budgets]
+            + [f"NLL {_fmt_sims(n)}" for n in budgets]
+            + ([f"resim {_fmt_sims(n)}" for n in budgets] if is_ik else [])
+            + ["step ms", "× fastest peer"]
+            + (["CPU ms", "CPU × peer"] if cpu else [])
+        )
         rows = []
         flagged = False
         for row in settings.rows:
@@ -163,19 +204,34 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
                     flagged |= _outlier_dominated(c)
                     resims.append(_num(c.get("resim_error")))
             ms = t.get("step_ms", {}).get(row)
-            rows.append([ROWS[row].label] + c2s + nlls + (resims if is_ik else [])
-                        + [_num(ms, 2), _num(ratios.get(row), 2) if ms is not None else "–"]
-                        + ([_num(cpu.get(row), 2), _num(cpu_ratios.get(row), 2)
-                            if row in cpu else "–"] if cpu else []))
+            rows.append(
+                [ROWS[row].label]
+                + c2s
+                + nlls
+                + (resims if is_ik else [])
+                + [_num(ms, 2), _num(ratios.get(row), 2) if ms is not None else "–"]
+                + (
+                    [_num(cpu.get(row), 2), _num(cpu_ratios.get(row), 2) if row in cpu else "–"]
+                    if cpu
+                    else []
+                )
+            )
         if "nll_reference" in t:
-            rows.append(["*true posterior*"] + ["0.5"] * len(budgets)
-                        + [_num(t["nll_reference"])] * len(budgets) + ["", ""]
-                        + (["", ""] if cpu else []))
+            rows.append(
+                ["*true posterior*"]
+                + ["0.5"] * len(budgets)
+                + [_num(t["nll_reference"])] * len(budgets)
+                + ["", ""]
+                + (["", ""] if cpu else [])
+            )
         lines += [*_md_table(header, rows), ""]
         if flagged:
-            lines += [f"† The mean is dominated by a few test simulations: it exceeds the median "
-                      f"by more than {OUTLIER_NATS:g} nats (median and worst example per cell in "
-                      f"`results.json` as `nll_median`, `nll_max`).", ""]
+            lines += [
+                f"† The mean is dominated by a few test simulations: it exceeds the median "
+                f"by more than {OUTLIER_NATS:g} nats (median and worst example per cell in "
+                f"`results.json` as `nll_median`, `nll_max`).",
+                "",
+            ]
     notes = {ROWS[c["row"]].label: c["note"] for c in state["cells"] if c.get("note")}  # latest
     if notes:
         lines += ["## Row notes", "", *[f"- {label}: {note}" for label, note in notes.items()], ""]
@@ -188,13 +244,18 @@ def render(state: dict[str, Any], info: dict[str, Any]) -> str:
             if key in seen:
                 continue
             seen.add(key)
-            lines.append(f"- {ROWS[c['row']].label} ({c['task']}, {c['sims']} sims): "
-                         f"{c.get('status')}" + (f" — {c['reason']}" if c.get("reason") else ""))
+            lines.append(
+                f"- {ROWS[c['row']].label} ({c['task']}, {c['sims']} sims): "
+                f"{c.get('status')}" + (f" — {c['reason']}" if c.get("reason") else "")
+            )
         lines.append("")
-    lines += ["Families for the step-time ratio: "
-              + "; ".join(f"`{k}` = {v}" for k, v in FAMILIES.items())
-              + ". The ratio is against the fastest peer (zuko, nflows) of the same family, "
-                "measured interleaved in this run.", ""]
+    lines += [
+        "Families for the step-time ratio: "
+        + "; ".join(f"`{k}` = {v}" for k, v in FAMILIES.items())
+        + ". The ratio is against the fastest peer (zuko, nflows) of the same family, "
+        "measured interleaved in this run.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -223,17 +284,22 @@ def _optimizer_lines(state: dict[str, Any]) -> list[str]:
             times = ", ".join(f"{k} {v:.3f}" for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
             parts.append(f"{_size_class(key)}: {times} ms")
         if parts:
-            detail = (" The measurement behind it (median Adam step on stand-ins of the "
-                      "parameters, per model size class): " + "; ".join(parts) + ".")
-    return [f"Optimiser: the same Adam update (lr {state['settings'].lr:g}, betas (0.9, 0.999)) for "
-            "every row, each library's Adam built the way its users build it. flowkit rows: "
-            "`flowkit.optim.build_optimizer`, as `flowkit run` does, which picks PyTorch's Adam "
-            "implementation by a one-off timing on this machine (cached in "
-            f"`$FLOWKIT_CACHE/optimizer-choice.json`): here **{flowkit}**. Peer rows: "
-            "`torch.optim.Adam(params, lr=1e-3)` as zuko's and nflows' documentation show, i.e. "
-            f"PyTorch's default implementation: **{peers}**. The implementations compute the same "
-            "update up to float round-off; the step times below include it, so part of flowkit's "
-            "step-time advantage is this measured choice." + detail, ""]
+            detail = (
+                " The measurement behind it (median Adam step on stand-ins of the "
+                "parameters, per model size class): " + "; ".join(parts) + "."
+            )
+    return [
+        f"Optimiser: the same Adam update (lr {state['settings'].lr:g}, betas (0.9, 0.999)) for "
+        "every row, each library's Adam built the way its users build it. flowkit rows: "
+        "`flowkit.optim.build_optimizer`, as `flowkit run` does, which picks PyTorch's Adam "
+        "implementation by a one-off timing on this machine (cached in "
+        f"`$FLOWKIT_CACHE/optimizer-choice.json`): here **{flowkit}**. Peer rows: "
+        "`torch.optim.Adam(params, lr=1e-3)` as zuko's and nflows' documentation show, i.e. "
+        f"PyTorch's default implementation: **{peers}**. The implementations compute the same "
+        "update up to float round-off; the step times below include it, so part of flowkit's "
+        "step-time advantage is this measured choice." + detail,
+        "",
+    ]
 
 
 def _size_class(key: str) -> str:
@@ -249,24 +315,31 @@ def _size_class(key: str) -> str:
 
 
 def _load_lines(state: dict[str, Any], info: dict[str, Any]) -> list[str]:
-    loads = [t["timing_load_average"] for t in state["tasks"].values()
-             if t.get("timing_load_average")]
+    loads = [t["timing_load_average"] for t in state["tasks"].values() if t.get("timing_load_average")]
     values = [v for pair in loads for v in pair if v is not None]
     if not values:
         return []
     cpus = info["machine"].get("cpus")
-    return [f"Machine load: 1-minute load average {min(values):.1f}–{max(values):.1f} during the "
-            f"step-time measurements ({cpus} CPUs; other jobs shared the machine when it exceeds "
-            "the thread count). The rows are timed interleaved, so load hits them alike; compare "
-            "ratios, not milliseconds.", ""]
+    return [
+        f"Machine load: 1-minute load average {min(values):.1f}–{max(values):.1f} during the "
+        f"step-time measurements ({cpus} CPUs; other jobs shared the machine when it exceeds "
+        "the thread count). The rows are timed interleaved, so load hits them alike; compare "
+        "ratios, not milliseconds.",
+        "",
+    ]
 
 
-def _best(cells: dict[tuple[str, str, int], dict[str, Any]], task: str, rows: list[str],
-          n: int, flowkit: bool) -> tuple[float, str] | None:
-    got = [(c["c2st"], r) for r in rows
-           if (ROWS[r].library == "flowkit") == flowkit
-           and (c := cells.get((task, r, n))) is not None and c.get("status") == "ok"
-           and c.get("c2st") is not None]
+def _best(
+    cells: dict[tuple[str, str, int], dict[str, Any]], task: str, rows: list[str], n: int, flowkit: bool
+) -> tuple[float, str] | None:
+    got = [
+        (c["c2st"], r)
+        for r in rows
+        if (ROWS[r].library == "flowkit") == flowkit
+        and (c := cells.get((task, r, n))) is not None
+        and c.get("status") == "ok"
+        and c.get("c2st") is not None
+    ]
     return min(got) if got else None
 
 
@@ -283,39 +356,45 @@ def target_verdicts(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for n in settings.sims:
             fk, peer = _best(cells, task, rows, n, True), _best(cells, task, rows, n, False)
             ok = None if fk is None or peer is None else fk[0] <= peer[0] + C2ST_MARGIN + 1e-12
-            entry["c2st"][n] = {"flowkit": fk, "peer": peer, "met": ok,
-                                "target": n in TARGET_BUDGETS}
+            entry["c2st"][n] = {"flowkit": fk, "peer": peer, "met": ok, "target": n in TARGET_BUDGETS}
             if n in TARGET_BUDGETS and ok is not True:
                 entry["unmet"].append(f"C2ST {_fmt_sims(n)}")
         ratios = step_ratios(t.get("step_ms", {}))
         cpu_ratios = step_ratios(t.get("step_cpu_ms") or {})
         for family in FAMILIES:
-            fk_rows = [r for r in ratios if ROWS[r].family == family
-                       and ROWS[r].library == "flowkit" and ratios[r] is not None]
+            fk_rows = [
+                r
+                for r in ratios
+                if ROWS[r].family == family and ROWS[r].library == "flowkit" and ratios[r] is not None
+            ]
             if not fk_rows:
                 continue
             ratio = min(ratios[r] for r in fk_rows)
             met = ratio <= STEP_RATIO_TARGET
-            cpu_ratio = min((cpu_ratios[r] for r in fk_rows if cpu_ratios.get(r) is not None),
-                            default=None)
+            cpu_ratio = min((cpu_ratios[r] for r in fk_rows if cpu_ratios.get(r) is not None), default=None)
             entry["step_ratio"][family] = {"ratio": ratio, "met": met, "cpu_ratio": cpu_ratio}
             if not met:
                 entry["unmet"].append(f"{family} step")
         missing = [n for n in TARGET_BUDGETS if n not in settings.sims]
         entry["complete"] = not missing and all(
-            v["met"] is not None for n, v in entry["c2st"].items() if n in TARGET_BUDGETS)
+            v["met"] is not None for n, v in entry["c2st"].items() if n in TARGET_BUDGETS
+        )
         out[task] = entry
     return out
 
 
-def _target_lines(state: dict[str, Any], tasks: list[str],
-                  cells: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
+def _target_lines(
+    state: dict[str, Any], tasks: list[str], cells: dict[tuple[str, str, int], dict[str, Any]]
+) -> list[str]:
     verdicts = target_verdicts(state)
     budgets = list(state["settings"].sims)
     families = [f for f in FAMILIES if any(f in verdicts[t]["step_ratio"] for t in tasks)]
-    header = (["task"] + [f"C2ST {_fmt_sims(n)}" + ("" if n in TARGET_BUDGETS else " (extra)")
-                          for n in budgets]
-              + [f"step {FAMILY_LABELS.get(f, f)}" for f in families] + ["targets"])
+    header = (
+        ["task"]
+        + [f"C2ST {_fmt_sims(n)}" + ("" if n in TARGET_BUDGETS else " (extra)") for n in budgets]
+        + [f"step {FAMILY_LABELS.get(f, f)}" for f in families]
+        + ["targets"]
+    )
     rows = []
     for task in tasks:
         v = verdicts[task]
@@ -339,13 +418,18 @@ def _target_lines(state: dict[str, Any], tasks: list[str],
         else:
             row.append("met" if v["complete"] else "met so far (budgets missing)")
         rows.append(row)
-    return ["## Targets", "",
-            f"flowkit's best flow against the best peer flow (C2ST, lower is better; target: within "
-            f"{C2ST_MARGIN:g} or better at {', '.join(_fmt_sims(n) for n in TARGET_BUDGETS)} "
-            f"simulations), and flowkit's step time over the fastest peer of the same family "
-            f"(target ≤ {STEP_RATIO_TARGET:g}×; the verdict is on the median wall time, the "
-            f"CPU-time ratio in parentheses). ✓ met, ✗ not met.", "",
-            *_md_table(header, rows), ""]
+    return [
+        "## Targets",
+        "",
+        f"flowkit's best flow against the best peer flow (C2ST, lower is better; target: within "
+        f"{C2ST_MARGIN:g} or better at {', '.join(_fmt_sims(n) for n in TARGET_BUDGETS)} "
+        f"simulations), and flowkit's step time over the fastest peer of the same family "
+        f"(target ≤ {STEP_RATIO_TARGET:g}×; the verdict is on the median wall time, the "
+        f"CPU-time ratio in parentheses). ✓ met, ✗ not met.",
+        "",
+        *_md_table(header, rows),
+        "",
+    ]
 
 
 def _reference_note(t: dict[str, Any]) -> str:
@@ -357,9 +441,11 @@ def _reference_note(t: dict[str, Any]) -> str:
         acc = ", ".join(f"{i['acceptance']:.2f}" for i in infos)
         rhat = ", ".join(f"{i['rhat_max']:.3f}" for i in infos)
         i0 = infos[0]
-        return (f"MCMC per observation: acceptance {acc}; split R-hat (worst dimension) {rhat}; "
-                f"{i0['chains']} chains × {i0['draws_per_chain']} draws, thinning {i0['thin']}, "
-                f"{i0['warmup']} warm-up steps.")
+        return (
+            f"MCMC per observation: acceptance {acc}; split R-hat (worst dimension) {rhat}; "
+            f"{i0['chains']} chains × {i0['draws_per_chain']} draws, thinning {i0['thin']}, "
+            f"{i0['warmup']} warm-up steps."
+        )
     if method == "rejection":
         err = ", ".join(f"{i['resim_error_mean']:.1e}" for i in infos)
         return f"Re-simulation error of the reference samples: {err} (ε = {infos[0]['epsilon']:g})."
@@ -373,8 +459,13 @@ def results_csv(state: dict[str, Any]) -> str:
     for c in state["cells"]:
         t = state["tasks"].get(c["task"], {})
         ms = t.get("step_ms", {})
-        writer.writerow({**c, "step_ms": ms.get(c["row"]),
-                         "step_ratio": step_ratios(ms).get(c["row"]) if c["row"] in ms else None})
+        writer.writerow(
+            {
+                **c,
+                "step_ms": ms.get(c["row"]),
+                "step_ratio": step_ratios(ms).get(c["row"]) if c["row"] in ms else None,
+            }
+        )
     return buf.getvalue()
 
 
@@ -384,12 +475,24 @@ def write_outputs(state: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     info = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     tasks = {}
     for name, t in state["tasks"].items():
-        tasks[name] = {**t, "step_ratio": step_ratios(t.get("step_ms", {})),
-                       "step_cpu_ratio": step_ratios(t.get("step_cpu_ms") or {})}
-    payload = {"suite": "conditional", "command": settings.command(),
-               "settings": asdict(settings), **info, "tasks": tasks, "cells": state["cells"]}
-    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv",
-             "report": out_dir / "report.md"}
+        tasks[name] = {
+            **t,
+            "step_ratio": step_ratios(t.get("step_ms", {})),
+            "step_cpu_ratio": step_ratios(t.get("step_cpu_ms") or {}),
+        }
+    payload = {
+        "suite": "conditional",
+        "command": settings.command(),
+        "settings": asdict(settings),
+        **info,
+        "tasks": tasks,
+        "cells": state["cells"],
+    }
+    paths = {
+        "json": out_dir / "results.json",
+        "csv": out_dir / "results.csv",
+        "report": out_dir / "report.md",
+    }
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str))
     atomic_write_text(paths["csv"], results_csv(state))
     atomic_write_text(paths["report"], render(state, info))

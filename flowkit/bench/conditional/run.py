@@ -131,8 +131,11 @@ class Settings:
 
     def command(self) -> str:
         """The ``flowkit bench conditional`` command that reproduces these settings."""
-        parts = ["flowkit bench conditional", "--sims " + ",".join(map(str, self.sims)),
-                 f"--steps {self.steps}"]
+        parts = [
+            "flowkit bench conditional",
+            "--sims " + ",".join(map(str, self.sims)),
+            f"--steps {self.steps}",
+        ]
         if self.tasks != tuple(TASKS):
             parts.append("--tasks " + ",".join(self.tasks))
         if self.rows != tuple(ROWS):
@@ -140,9 +143,11 @@ class Settings:
         if self.threads != 1:
             parts.append(f"--threads {self.threads}")
         defaults = Settings()
-        extra = {k: v for k, v in asdict(self).items()
-                 if k not in ("tasks", "sims", "rows", "steps", "threads")
-                 and v != asdict(defaults)[k]}
+        extra = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("tasks", "sims", "rows", "steps", "threads") and v != asdict(defaults)[k]
+        }
         if extra:  # settings only reachable from Python: say so next to the command
             parts.append("# Python settings: " + json.dumps(extra, sort_keys=True))
         return " ".join(parts)
@@ -151,14 +156,23 @@ class Settings:
         keep = asdict(self)
         for k in ("tasks", "rows", "sims", "threads", "timing_rounds", "timing_steps"):
             keep.pop(k)
-        keep.update(task=task, row=row, sims=sims, recipe=RECIPE_VERSION,
-                    reference=REFERENCE_VERSIONS.get(task, 1))
+        keep.update(
+            task=task, row=row, sims=sims, recipe=RECIPE_VERSION, reference=REFERENCE_VERSIONS.get(task, 1)
+        )
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def timing_fingerprint(self, task: str, rows: Sequence[str]) -> str:
-        keep = {"task": task, "rows": list(rows), "batch": self.batch_size, "clip": self.clip,
-                "arch": asdict(self.arch), "rounds": self.timing_rounds,
-                "steps": self.timing_steps, "recipe": RECIPE_VERSION, "timing": TIMING_VERSION}
+        keep = {
+            "task": task,
+            "rows": list(rows),
+            "batch": self.batch_size,
+            "clip": self.clip,
+            "arch": asdict(self.arch),
+            "rounds": self.timing_rounds,
+            "steps": self.timing_steps,
+            "recipe": RECIPE_VERSION,
+            "timing": TIMING_VERSION,
+        }
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -206,8 +220,7 @@ def _seed_of(*keys: object) -> int:
 
 
 # -- training and evaluation -----------------------------------------------------------------------
-def row_optimizer(row: str, params: Sequence[torch.nn.Parameter],
-                  lr: float) -> torch.optim.Optimizer:
+def row_optimizer(row: str, params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam with learning rate ``lr`` for ``row``, built as the row's library is used.
 
     flowkit rows: :func:`flowkit.optim.build_optimizer` (the implementation flowkit's trainer
@@ -217,13 +230,15 @@ def row_optimizer(row: str, params: Sequence[torch.nn.Parameter],
     """
     params = list(params)
     if ROWS[row].library == "flowkit":
-        return build_optimizer(params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999),
-                                        "weight_decay": 0.0})
+        return build_optimizer(
+            params, {"optimizer": "adam", "lr": lr, "betas": (0.9, 0.999), "weight_decay": 0.0}
+        )
     return torch.optim.Adam(params, lr=lr)
 
 
-def _train_step(model: ConditionalModel, opt: torch.optim.Optimizer, theta: Tensor, x: Tensor,
-                clip: float) -> float:
+def _train_step(
+    model: ConditionalModel, opt: torch.optim.Optimizer, theta: Tensor, x: Tensor, clip: float
+) -> float:
     loss = -model.log_prob(theta, x).mean()
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
@@ -237,17 +252,28 @@ def _train_step(model: ConditionalModel, opt: torch.optim.Optimizer, theta: Tens
 
 @torch.no_grad()
 def _log_probs(model: ConditionalModel, theta: Tensor, x: Tensor, chunk: int = 4096) -> Tensor:
-    return torch.cat([model.log_prob(theta[i:i + chunk], x[i:i + chunk]).double()
-                      for i in range(0, theta.shape[0], chunk)])
+    return torch.cat(
+        [
+            model.log_prob(theta[i : i + chunk], x[i : i + chunk]).double()
+            for i in range(0, theta.shape[0], chunk)
+        ]
+    )
 
 
 def _mean_log_prob(model: ConditionalModel, theta: Tensor, x: Tensor) -> float:
     return float(_log_probs(model, theta, x).mean())
 
 
-def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Tensor, Tensor],
-                       test: tuple[Tensor, Tensor], x_obs: Tensor, reference: Tensor,
-                       sims: int) -> dict[str, Any]:
+def train_and_evaluate(
+    task: Task,
+    row: str,
+    settings: Settings,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    x_obs: Tensor,
+    reference: Tensor,
+    sims: int,
+) -> dict[str, Any]:
     """Train ``row`` on ``train`` (``sims`` simulations) and measure it: one cell's metrics."""
     theta_all, x_all = train
     split_gen = generator("split", task.name, sims, settings.seed)
@@ -287,11 +313,14 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
 
     th_te, x_te = test
     record: dict[str, Any] = {
-        "params": params, "train_s": train_s, "best_step": best[1],
+        "params": params,
+        "train_s": train_s,
+        "best_step": best[1],
         "val_nll": -best[0] + std.log_det if math.isfinite(best[0]) else None,
         "skipped_steps": skipped,
-        "train_step_ms_inline": 1000 * statistics.median(step_times[min(10, len(step_times) - 1):]),
-        "note": model.note, "optimizer": implementation_of(opt),
+        "train_step_ms_inline": 1000 * statistics.median(step_times[min(10, len(step_times) - 1) :]),
+        "note": model.note,
+        "optimizer": implementation_of(opt),
     }
     nlls = -(_log_probs(model, std.theta(th_te), std.x(x_te)) - std.log_det)
     nll = float(nlls.mean())
@@ -308,8 +337,15 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
             samples = std.theta_back(z.reshape(settings.c2st_samples, task.theta_dim))
             finite = torch.isfinite(samples).all(-1)
             nonfinite += int((~finite).sum())
-            c2sts.append(c2st(reference[i], samples, folds=settings.c2st_folds,
-                              seed=settings.seed, threads=settings.threads or None))
+            c2sts.append(
+                c2st(
+                    reference[i],
+                    samples,
+                    folds=settings.c2st_folds,
+                    seed=settings.seed,
+                    threads=settings.threads or None,
+                )
+            )
             if isinstance(task, InverseKinematics):
                 err = (task.forward(samples[finite]) - x.double()).norm(dim=-1)
                 resims.append(float(err.mean()) if err.numel() else float("nan"))
@@ -326,10 +362,14 @@ def train_and_evaluate(task: Task, row: str, settings: Settings, train: tuple[Te
     return record
 
 
-def measure_step_times(task: Task, rows: Sequence[str], settings: Settings,
-                       batch: tuple[Tensor, Tensor],
-                       implementations: dict[str, str] | None = None,
-                       cpu_ms: dict[str, float] | None = None) -> dict[str, float]:
+def measure_step_times(
+    task: Task,
+    rows: Sequence[str],
+    settings: Settings,
+    batch: tuple[Tensor, Tensor],
+    implementations: dict[str, str] | None = None,
+    cpu_ms: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Median training-step wall time (ms) per row, interleaved round-robin (module docstring).
 
     ``implementations``, if given, receives each row's Adam implementation
@@ -384,8 +424,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stored_cell(out_dir: Path, settings: Settings, task: str, row: str,
-                sims: int) -> dict[str, Any] | None:
+def stored_cell(out_dir: Path, settings: Settings, task: str, row: str, sims: int) -> dict[str, Any] | None:
     """The stored result of a cell computed with the same settings, if any."""
     record = _read_json(cell_path(out_dir, task, row, sims))
     if record and record.get("fingerprint") == settings.cell_fingerprint(task, row, sims):
@@ -408,8 +447,9 @@ def _availability(task: Task, rows: Sequence[str], settings: Settings) -> dict[s
     return out
 
 
-def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = False,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_conditional(
+    settings: Settings, out_dir: str | Path, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run the benchmark into ``out_dir``; return what ``results.json`` holds."""
     from flowkit.bench.conditional.report import write_outputs
 
@@ -426,15 +466,18 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
         task = get_task(task_name)
         t0 = time.perf_counter()
         theta_obs, x_obs = task.observations(settings.observations, settings.seed)
-        reference, ref_info = reference_samples(task, x_obs, settings.c2st_samples,
-                                                settings.seed)
+        reference, ref_info = reference_samples(task, x_obs, settings.c2st_samples, settings.seed)
         test = task.joint(settings.test_size, generator("test", task.name, settings.seed))
         info: dict[str, Any] = {
-            "description": task.description, "reference": task.reference, "paper": task.paper,
-            "theta_dim": task.theta_dim, "x_dim": task.x_dim,
+            "description": task.description,
+            "reference": task.reference,
+            "paper": task.paper,
+            "theta_dim": task.theta_dim,
+            "x_dim": task.x_dim,
             "observations": x_obs.tolist(),
             "true_parameters": [[None if math.isnan(v) else v for v in t] for t in theta_obs.tolist()],
-            "reference_info": ref_info, "reference_s": time.perf_counter() - t0,
+            "reference_info": ref_info,
+            "reference_s": time.perf_counter() - t0,
         }
         if isinstance(task, GaussianLinear):
             info["nll_reference"] = -float(gaussian_linear_log_posterior(task, *test).mean())
@@ -442,27 +485,35 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
         info["availability"] = availability
         usable = [r for r in settings.rows if availability[r] is None]
         state["tasks"][task.name] = info
-        log(f"{task.name}: reference ready ({info['reference_s']:.1f} s); rows: "
-            f"{', '.join(usable) or 'none'}")
+        log(
+            f"{task.name}: reference ready ({info['reference_s']:.1f} s); rows: {', '.join(usable) or 'none'}"
+        )
 
         timing_path = out_dir / "timing" / f"{task.name}.json"
         fp = settings.timing_fingerprint(task.name, usable)
         timing = None if force else _read_json(timing_path)
         if not timing or timing.get("fingerprint") != fp:
-            batch_theta, batch_x = task.joint(settings.batch_size,
-                                              generator("timing", task.name))
+            batch_theta, batch_x = task.joint(settings.batch_size, generator("timing", task.name))
             std = Standardizer.fit(batch_theta, batch_x)
             impls: dict[str, str] = {}
             cpu_ms: dict[str, float] = {}
             load_before = _load_average()
-            step_ms = (measure_step_times(task, usable, settings,
-                                          (std.theta(batch_theta), std.x(batch_x)), impls,
-                                          cpu_ms)
-                       if usable else {})
-            timing = {"fingerprint": fp, "step_ms": step_ms, "step_cpu_ms": cpu_ms,
-                      "threads": torch.get_num_threads(),
-                      "optimizer": impls, "load_average": [load_before, _load_average()],
-                      "optimizer_choice": {k: dict(v) for k, v in last_measurements.items()}}
+            step_ms = (
+                measure_step_times(
+                    task, usable, settings, (std.theta(batch_theta), std.x(batch_x)), impls, cpu_ms
+                )
+                if usable
+                else {}
+            )
+            timing = {
+                "fingerprint": fp,
+                "step_ms": step_ms,
+                "step_cpu_ms": cpu_ms,
+                "threads": torch.get_num_threads(),
+                "optimizer": impls,
+                "load_average": [load_before, _load_average()],
+                "optimizer_choice": {k: dict(v) for k, v in last_measurements.items()},
+            }
             atomic_write_text(timing_path, json.dumps(timing, indent=2))
         info["step_ms"] = timing["step_ms"]
         info["step_cpu_ms"] = timing.get("step_cpu_ms", {})
@@ -475,25 +526,27 @@ def run_conditional(settings: Settings, out_dir: str | Path, *, force: bool = Fa
             train = None
             for row in settings.rows:
                 record = None if force else stored_cell(out_dir, settings, task.name, row, sims)
-                base = {"task": task.name, "row": row, "library": ROWS[row].library,
-                        "family": ROWS[row].family, "sims": sims,
-                        "fingerprint": settings.cell_fingerprint(task.name, row, sims)}
+                base = {
+                    "task": task.name,
+                    "row": row,
+                    "library": ROWS[row].library,
+                    "family": ROWS[row].family,
+                    "sims": sims,
+                    "fingerprint": settings.cell_fingerprint(task.name, row, sims),
+                }
                 if record is None and availability[row] is not None:
                     status, reason = availability[row].split("|", 1)
                     record = {**base, "status": status, "reason": reason}
                 elif record is None:
                     if train is None:
-                        train = task.joint(sims, generator("train", task.name, sims,
-                                                           settings.seed))
+                        train = task.joint(sims, generator("train", task.name, sims, settings.seed))
                     t1 = time.perf_counter()
                     try:
-                        metrics = train_and_evaluate(task, row, settings, train, test, x_obs,
-                                                     reference, sims)
+                        metrics = train_and_evaluate(task, row, settings, train, test, x_obs, reference, sims)
                     except Exception as exc:  # one failing row never stops the benchmark
                         metrics = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                     record = {**base, **metrics, "cell_s": time.perf_counter() - t1}
-                    atomic_write_text(cell_path(out_dir, task.name, row, sims),
-                                      json.dumps(record, indent=2))
+                    atomic_write_text(cell_path(out_dir, task.name, row, sims), json.dumps(record, indent=2))
                     log(_cell_line(record))
                 state["cells"].append(record)
                 save()
@@ -507,8 +560,7 @@ def _cell_line(r: dict[str, Any]) -> str:
         return head + f"{r.get('status')} ({r.get('reason', '')})"
     nll = "–" if r.get("nll") is None else f"{r['nll']:.3f}"
     extra = f", resim {r['resim_error']:.3f}" if "resim_error" in r else ""
-    return (head + f"C2ST {r['c2st']:.3f}, NLL {nll}{extra} "
-            f"[{r['status']}, {r.get('cell_s', 0):.0f} s]")
+    return head + f"C2ST {r['c2st']:.3f}, NLL {nll}{extra} [{r['status']}, {r.get('cell_s', 0):.0f} s]"
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -539,8 +591,9 @@ def parse_sims(text: str | None) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def settings_from_cli(sims: str | None, steps: int | None, tasks: str | None,
-                      rows: str | None, threads: int | None) -> Settings:
+def settings_from_cli(
+    sims: str | None, steps: int | None, tasks: str | None, rows: str | None, threads: int | None
+) -> Settings:
     """:class:`Settings` from the command-line options (``None``: the default)."""
     given: dict[str, Any] = {}
     if (s := parse_sims(sims)) is not None:

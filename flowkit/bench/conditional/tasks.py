@@ -95,10 +95,13 @@ class GaussianLinear(Task):
 
     def __init__(self, dim: int = 10) -> None:
         super().__init__(
-            name="gaussian-linear", theta_dim=dim, x_dim=dim,
+            name="gaussian-linear",
+            theta_dim=dim,
+            x_dim=dim,
             description=f"θ ∈ R^{dim}, θ ~ N(0, 0.1 I), x | θ ~ N(θ, 0.1 I)",
             reference="analytic Gaussian posterior N(x/2, 0.05 I), sampled exactly",
-            paper="Lueckmann et al. 2021; sbibm gaussian_linear")
+            paper="Lueckmann et al. 2021; sbibm gaussian_linear",
+        )
 
     def sample_prior(self, n: int, gen: torch.Generator) -> Tensor:
         return math.sqrt(self.prior_var) * torch.randn(n, self.theta_dim, generator=gen, dtype=DTYPE)
@@ -121,27 +124,33 @@ class TwoMoons(Task):
 
     def __init__(self) -> None:
         super().__init__(
-            name="two-moons", theta_dim=2, x_dim=2,
+            name="two-moons",
+            theta_dim=2,
+            x_dim=2,
             description="θ ~ U[-1,1]², x = (r cos a + 0.25, r sin a) + (-|θ1+θ2|/√2, (θ2-θ1)/√2), "
-                        "a ~ U(-π/2, π/2), r ~ N(0.1, 0.01²)",
+            "a ~ U(-π/2, π/2), r ~ N(0.1, 0.01²)",
             reference="exact: simulator noise inverted through both branches of |θ1+θ2|, "
-                      "rejected outside the prior box",
-            paper="Greenberg et al. 2019; sbibm two_moons", bounds=(-1.0, 1.0))
+            "rejected outside the prior box",
+            paper="Greenberg et al. 2019; sbibm two_moons",
+            bounds=(-1.0, 1.0),
+        )
 
     def sample_prior(self, n: int, gen: torch.Generator) -> Tensor:
         return 2 * torch.rand(n, 2, generator=gen, dtype=DTYPE) - 1
 
     def log_prior(self, theta: Tensor) -> Tensor:
         inside = (theta.abs() <= 1).all(-1)
-        return torch.where(inside, torch.full_like(theta[..., 0], -math.log(4.0)),
-                           torch.full_like(theta[..., 0], -math.inf))
+        return torch.where(
+            inside, torch.full_like(theta[..., 0], -math.log(4.0)), torch.full_like(theta[..., 0], -math.inf)
+        )
 
     @staticmethod
     def mean_shift(theta: Tensor) -> Tensor:
         """``g(θ) = (-|θ1 + θ2|/√2, (-θ1 + θ2)/√2)``."""
         s = math.sqrt(2.0)
-        return torch.stack([-(theta[..., 0] + theta[..., 1]).abs() / s,
-                            (-theta[..., 0] + theta[..., 1]) / s], -1)
+        return torch.stack(
+            [-(theta[..., 0] + theta[..., 1]).abs() / s, (-theta[..., 0] + theta[..., 1]) / s], -1
+        )
 
     def sample_noise(self, n: int, gen: torch.Generator) -> Tensor:
         """``p = (r cos a + 0.25, r sin a)`` for ``a ~ U(-π/2, π/2)``, ``r ~ N(0.1, 0.01²)``."""
@@ -158,8 +167,9 @@ class TwoMoons(Task):
         u = x - self.mean_shift(theta)
         u = torch.stack([u[..., 0] - self.shift, u[..., 1]], -1)
         r = u.norm(dim=-1)
-        log_n = (-0.5 * ((r - self.r_loc) / self.r_scale) ** 2
-                 - math.log(self.r_scale * math.sqrt(2 * math.pi)))
+        log_n = -0.5 * ((r - self.r_loc) / self.r_scale) ** 2 - math.log(
+            self.r_scale * math.sqrt(2 * math.pi)
+        )
         out = log_n - math.log(math.pi) - torch.log(r)
         return torch.where(u[..., 0] > 0, out, torch.full_like(out, -math.inf))
 
@@ -171,21 +181,28 @@ class SLCP(Task):
 
     def __init__(self) -> None:
         super().__init__(
-            name="slcp", theta_dim=5, x_dim=8,
+            name="slcp",
+            theta_dim=5,
+            x_dim=8,
             description="θ ~ U[-3,3]^5; x = 4 i.i.d. draws of N((θ1,θ2), Σ), Σ from s1=θ3², s2=θ4², "
-                        "ρ=tanh θ5",
+            "ρ=tanh θ5",
             reference="differential-evolution Metropolis on the sign-folded posterior "
-                      "(θ3, θ4 ≥ 0), initialised by importance resampling, signs then "
-                      "randomised; acceptance rate and split R-hat recorded",
-            paper="Papamakarios et al. 2019; sbibm slcp", bounds=(-3.0, 3.0))
+            "(θ3, θ4 ≥ 0), initialised by importance resampling, signs then "
+            "randomised; acceptance rate and split R-hat recorded",
+            paper="Papamakarios et al. 2019; sbibm slcp",
+            bounds=(-3.0, 3.0),
+        )
 
     def sample_prior(self, n: int, gen: torch.Generator) -> Tensor:
         return 6 * torch.rand(n, 5, generator=gen, dtype=DTYPE) - 3
 
     def log_prior(self, theta: Tensor) -> Tensor:
         inside = (theta.abs() <= 3).all(-1)
-        return torch.where(inside, torch.full_like(theta[..., 0], -5 * math.log(6.0)),
-                           torch.full_like(theta[..., 0], -math.inf))
+        return torch.where(
+            inside,
+            torch.full_like(theta[..., 0], -5 * math.log(6.0)),
+            torch.full_like(theta[..., 0], -math.inf),
+        )
 
     @staticmethod
     def gaussian(theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -225,12 +242,15 @@ class InverseKinematics(Task):
 
     def __init__(self) -> None:
         super().__init__(
-            name="inverse-kinematics", theta_dim=4, x_dim=2,
+            name="inverse-kinematics",
+            theta_dim=4,
+            x_dim=2,
             description="θ = (h, α1, α2, α3) ~ N(0, diag(0.25, 0.5, 0.5, 0.5)²), arm lengths "
-                        "(0.5, 0.5, 1.0), x = end effector (noise-free)",
+            "(0.5, 0.5, 1.0), x = end effector (noise-free)",
             reference="rejection on the reach of the last segment (| |y* − P2| − l3 | < ε, "
-                      "ε = 1e-3), last angle solved exactly, its prior by rejection",
-            paper="Kruse et al. 2021, arXiv:2101.10763")
+            "ε = 1e-3), last angle solved exactly, its prior by rejection",
+            paper="Kruse et al. 2021, arXiv:2101.10763",
+        )
 
     def sample_prior(self, n: int, gen: torch.Generator) -> Tensor:
         sig = torch.tensor(self.sigmas, dtype=DTYPE)

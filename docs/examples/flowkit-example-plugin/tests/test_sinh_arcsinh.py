@@ -42,17 +42,20 @@ def test_stable_far_in_the_tails() -> None:
     assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({"min_tailweight": 0.0}, "min_tailweight must be strictly between 0 and 1"),
-    ({"min_tailweight": 1.5}, "min_tailweight must be strictly between 0 and 1"),
-    ({"min_tailweight": float("nan")}, "min_tailweight must be a finite number"),
-    ({"init_scale": -1.0}, "init_scale must be at least 0"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"min_tailweight": 0.0}, "min_tailweight must be strictly between 0 and 1"),
+        ({"min_tailweight": 1.5}, "min_tailweight must be strictly between 0 and 1"),
+        ({"min_tailweight": float("nan")}, "min_tailweight must be a finite number"),
+        ({"init_scale": -1.0}, "init_scale must be at least 0"),
+    ],
+)
 def test_bad_parameters_are_config_errors(bad: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SinhArcsinh((3,), **bad)
 
 
 def test_the_elementwise_map_in_a_coupling_and_an_autoregressive_flow() -> None:
-    check_elementwise(SinhArcsinhMap)        # the class, before packaging
-    check_elementwise("sinh-arcsinh")        # through the flowkit.elementwise entry point
+    check_elementwise(SinhArcsinhMap)  # the class, before packaging
+    check_elementwise("sinh-arcsinh")  # through the flowkit.elementwise entry point

@@ -61,9 +61,16 @@ class SinhArcsinh(Transform):
         event_shape: Shape,
         *,
         # the ranges are checked by flowkit, from a config and from Python alike
-        min_tailweight: Annotated[float, Range(0, 1, min_inclusive=False, max_inclusive=False,
-                                               note="so that the layer can start as the "
-                                                    "identity, tail weight 1")] = 0.1,
+        min_tailweight: Annotated[
+            float,
+            Range(
+                0,
+                1,
+                min_inclusive=False,
+                max_inclusive=False,
+                note="so that the layer can start as the identity, tail weight 1",
+            ),
+        ] = 0.1,
         init_scale: Annotated[float, Range(0, note="std of the initial noise")] = 0.0,
     ) -> None:
         super().__init__(event_shape)
