@@ -18,6 +18,12 @@ Nothing here is timed in unit tests. Example (docs/continuous.md):
 
     .venv/bin/python benchmarks/flow_matching_nfe.py --data moons --steps 3000 --seeds 0 1 \
         --threads 1 --json /tmp/fm_nfe.json
+
+``--runs RUN_DIR...`` measures already trained cnf runs instead (e.g. the ``toy2d`` suite's cells,
+``bench-results/toy2d/cells/cnf__*/run``), whatever their objective; ``test_nll`` and ``train s``
+then come from each run's ``summary.json``::
+
+    .venv/bin/python benchmarks/flow_matching_nfe.py --runs bench-results/toy2d/cells/cnf__*/run
 """
 
 from __future__ import annotations
@@ -79,6 +85,30 @@ def measure_nfe(run_dir: Path, tol: float, batch: int, singles: int, seed: int) 
     }
 
 
+def measure_runs(run_dirs: list[Path], tol: float, batch: int, singles: int) -> list[dict[str, Any]]:
+    """:func:`measure_nfe` on trained runs, with their objective, test NLL and training time."""
+    rows = []
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = load_run(run_dir, device="cpu").config
+        objective = config["objective"]
+        label = objective["name"] + (f" ({objective['coupling']})" if "coupling" in objective else "")
+        rows.append(
+            {
+                "run": str(run_dir),
+                "data": config["data"]["name"],
+                "objective": label,
+                "steps": summary.get("steps"),
+                "tol": tol,
+                "test_nll": summary["test_nll"],
+                "train_s": summary.get("train_time_s"),
+                **measure_nfe(run_dir, tol, batch, singles, seed=0),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="moons", choices=["moons", "checkerboard"])
@@ -89,8 +119,26 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--runs", type=Path, nargs="+", default=None, help="measure these trained runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.runs:
+        measured = measure_runs(args.runs, args.tol, args.batch, args.singles)
+        print(f"\ndopri5 atol = rtol = {args.tol:g}\n")
+        print(
+            "| data | objective | steps | NFE / sample (mean, max) | NFE, batch of "
+            f"{args.batch} samples | NFE, encode {args.batch} | test NLL | train s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in measured:
+            print(
+                f"| {r['data']} | {r['objective']} | {r['steps']} | {r['nfe_sample_1']:.1f}, "
+                f"{r['nfe_sample_1_max']} | {r['nfe_sample_batch']} | {r['nfe_encode_batch']} "
+                f"| {r['test_nll']:.3f} | {r['train_s']} |"
+            )
+        if args.json is not None:
+            args.json.write_text(json.dumps(measured, indent=2) + "\n")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

@@ -12,6 +12,7 @@ PLURALS = {
     "dataset": "datasets",
     "embedding": "embeddings",
     "elementwise": "elementwise",
+    "logger": "loggers",
 }
 KIND_CHOICES = [*PLURALS.values(), "presets", "config"]
 
@@ -25,8 +26,9 @@ KIND_CHOICES = [*PLURALS.values(), "presets", "config"]
     help="Also list each plugin's parameters: type, allowed range, default.",
 )
 def list_plugins(kind: str | None, show_params: bool) -> None:
-    """List registered transforms, priors, objectives, datasets, context embeddings and the
-    elementwise maps of couplings and autoregressive flows (and the shipped presets). With
+    """List registered transforms, priors, objectives, datasets, context embeddings, the
+    elementwise maps of couplings and autoregressive flows, and the experiment-tracking loggers
+    of train.loggers (and the shipped presets). With
     --params, each parameter as `name: type range = default` (e.g. `hidden: int ≥ 1 = 64`), and
     plugins that read a real-valued context say so. `flowkit list config` lists the keys of
     [train], [eval] and [data] the same way (also shown by --params)."""

@@ -1,4 +1,4 @@
-"""The ``flowkit`` command line: run, list, sample, eval, check, bench, inpaint.
+"""The ``flowkit`` command line: run, list, sample, eval, check, bench, inpaint, compare.
 
 User mistakes (a :class:`flowkit.errors.FlowkitError`) print one clear message and exit with
 status 1 — no traceback. Heavy imports (torch) happen inside the commands, so ``--help`` is fast.
@@ -54,13 +54,14 @@ def cli(block: tuple[str, ...]) -> None:
 def _register_commands() -> None:
     from flowkit.cli.bench import bench
     from flowkit.cli.check import check
+    from flowkit.cli.compare import compare
     from flowkit.cli.evaluate import evaluate
     from flowkit.cli.inpaint import inpaint
     from flowkit.cli.listing import list_plugins
     from flowkit.cli.run import run
     from flowkit.cli.sample import sample
 
-    for command in (run, list_plugins, sample, evaluate, check, bench, inpaint):
+    for command in (run, list_plugins, sample, evaluate, check, bench, inpaint, compare):
         cli.add_command(command)
 
 

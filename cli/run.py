@@ -167,12 +167,14 @@ def _requested_config(
 
 def _dry_run(config: dict) -> None:
     from flowkit.builder import build_model, build_objective, record_effective_values
-    from flowkit.config import dumps
+    from flowkit.config import dumps, train_config
+    from flowkit.loggers import build_loggers
     from flowkit.runs import load_dataset
 
     data = load_dataset(config)
     model = build_model(config, data.meta)
     build_objective(config["objective"]).bind_data(data)  # its checks, before any training
+    build_loggers(train_config(config).loggers)  # a logger whose package is missing fails here
     click.echo(dumps(record_effective_values(config, model)), nl=False)
     click.echo(
         f"# data {data.name}: shape {data.shape}, {data.train.shape[0]} train / "

@@ -53,13 +53,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from flowkit import registry
     from flowkit.builder import build_model, build_objective
     from flowkit.callbacks import Callback
     from flowkit.config import load_config
     from flowkit.model import Flow
     from flowkit.objective import Batch, LossOutput, Objective
     from flowkit.prior import Prior
-    from flowkit.registry import registry
     from flowkit.runs import load_run
     from flowkit.trainer import train
     from flowkit.transform import Transform
@@ -70,5 +70,7 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        return getattr(module, name)
+        # a submodule of the same name (flowkit.registry) is the module itself, on first access
+        # as on every later one (importing it sets the attribute to the module)
+        return module if _LAZY[name] == f"flowkit.{name}" else getattr(module, name)
     raise AttributeError(f"module 'flowkit' has no attribute {name!r}")

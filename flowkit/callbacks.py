@@ -3,8 +3,9 @@
 :meth:`flowkit.trainer.Trainer.fit` is a loop of ``train_step()`` followed by every callback's
 :meth:`Callback.after_step`. Logging, periodic evaluation, early stopping, sample figures,
 checkpoints and the time budget are the built-in callbacks, in that order; a new concern (an
-experiment-tracking sink such as a TensorBoard logger, a custom stopping rule) is one more
-callback, given to ``flowkit.train(config, callbacks=[...])``, not a branch in ``fit``::
+experiment-tracking sink, a custom stopping rule) is one more callback, given to
+``flowkit.train(config, callbacks=[...])``, not a branch in ``fit`` (the trackers of
+``train.loggers`` — TensorBoard, MLflow, W&B — are one such callback, :class:`flowkit.loggers.Tracking`)::
 
     class PrintLoss(flowkit.Callback):
         def on_metrics(self, trainer, record):
@@ -282,15 +283,21 @@ class EarlyStopping(Callback):
 
 class SampleFigures(Callback):
     """Every ``train.sample_every`` steps (not the last: the final figures cover it): a sample
-    grid (images) or density plot (2-D data) in ``samples/step-XXXXXXXX.png``."""
+    grid (images), density plot (2-D data) or pairwise marginals (vectors of 3+ dimensions) in
+    ``samples/step-XXXXXXXX.png``."""
 
     def __init__(self, every: int) -> None:
         self.every = every
 
+    @staticmethod
+    def path(trainer: Trainer, step: int) -> Path:
+        """Where the sample figure of ``step`` goes (images and vector data only)."""
+        return trainer.run_dir / "samples" / f"step-{step:08d}.png"
+
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         if out.step % self.every or out.step >= trainer.train_config.steps:
             return
-        dist.on_main(trainer.figure, trainer.run_dir / "samples" / f"step-{out.step:08d}.png")
+        dist.on_main(trainer.figure, self.path(trainer, out.step))
         trainer.model.train()
 
 

@@ -75,6 +75,9 @@ class TrainConfig:
     ``patience`` > 0 stops training early when the validation NLL (evaluated every
     ``eval_every`` steps on the dataset's validation split) has not improved for that many
     evaluations in a row; the best model's checkpoint is kept and evaluated at the end.
+    ``loggers`` names experiment-tracking sinks that mirror ``metrics.jsonl`` and the run's
+    figures (:mod:`flowkit.loggers`: ``tensorboard``, ``mlflow``, ``wandb`` or a registered
+    third-party logger; ``flowkit list loggers``).
     """
 
     steps: Annotated[int, Range(1)] = 2000
@@ -102,6 +105,7 @@ class TrainConfig:
     invertible_backprop_chunks: Annotated[int, Range(1, note="1: the whole batch at once")] = 2
     compile: bool = False
     patience: Annotated[int, Range(0, note="0: no early stopping")] = 0
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Each key's declared range, then the checks that involve more than one key."""
@@ -171,6 +175,7 @@ RESUMABLE_KEYS = SCHEDULE_KEYS | {
     "train.invertible_backprop_chunks",
     "train.compile",
     "train.optimizer_impl",
+    "train.loggers",
     "eval.batch_size",
     "eval.max_examples",
     "eval.final_max_examples",
@@ -378,7 +383,15 @@ def load_config(
     if data_dir is not None:
         config["data"]["data_dir"] = str(data_dir)
     config = apply_overrides(config, overrides)
-    return resolve(config) if resolve_plugins else config
+    if not resolve_plugins:
+        return config
+    resolved = resolve(config)
+    # the names of train.loggers, checked here (and when the trainer builds them) rather than in
+    # TrainConfig: a run folder whose tracker is not installed here still loads for eval/sample
+    from flowkit.loggers import check_logger_names
+
+    check_logger_names(resolved["train"]["loggers"])
+    return resolved
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -488,6 +501,18 @@ def _resolve_plugin(
     return resolved
 
 
+def _plugin_available(kind: str, name: str) -> bool:
+    """Whether plugin ``name`` of ``kind`` is registered, allowed and loads in this process."""
+    from flowkit import registry
+    from flowkit.errors import PluginError
+
+    try:
+        registry.registry(kind).get(name)
+    except PluginError:
+        return False
+    return True
+
+
 def _resolve_objective(section: Mapping[str, Any]) -> dict[str, Any]:
     terms = parse_objective(section)
     where = (lambda t: "objective") if not is_weighted_sum(terms) else (lambda t: f"objective.{t.name}")
@@ -510,8 +535,15 @@ def _resolve_dataclass(cls: type, section: Mapping[str, Any], where: str) -> dic
     return _plain(asdict(typed_section(cls, section, where)))
 
 
-def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate every key and value and fill in every default (plugin defaults included)."""
+def resolve(config: Mapping[str, Any], *, dataset_required: bool = True) -> dict[str, Any]:
+    """Validate every key and value and fill in every default (plugin defaults included).
+
+    ``dataset_required=False`` is for a run folder's saved config, which rebuilds its model
+    without the data (the checkpoint holds the :class:`~flowkit.data.DataMeta`): when the
+    dataset plugin is not available in this process (registered at runtime by the process that
+    trained, a plugin not installed here, or blocked), ``[data]``'s plugin parameters are kept
+    as saved instead of being validated against the plugin.
+    """
     for key in config:
         if key not in SECTIONS:
             raise ConfigError(_unknown_section_message(key))
@@ -521,7 +553,11 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(config.get("data", {}))
     generic = {k: v for k, v in data.items() if k in DATA_KEYS}
     resolved_data = _resolve_dataclass(DataConfig, generic, "data")
-    resolved_data.update(_resolve_plugin("dataset", data, "data", generic=DATA_KEYS))
+    name = data.get("name")
+    if dataset_required or not isinstance(name, str) or _plugin_available("dataset", name):
+        resolved_data.update(_resolve_plugin("dataset", data, "data", generic=DATA_KEYS))
+    else:
+        resolved_data.update({k: v for k, v in data.items() if k not in DATA_KEYS})
     return {
         "transform": _resolve_plugin("transform", config.get("transform", {}), "transform"),
         "embedding": _resolve_plugin("embedding", config.get("embedding", DEFAULT_EMBEDDING), "embedding"),

@@ -34,12 +34,54 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from flowkit.errors import ConfigError
 from flowkit.params import CheckedParameters
 
-__all__ = ["ElementwiseMap", "Inverted", "build_map"]
+__all__ = ["ElementwiseMap", "Inverted", "PackedParams", "build_map", "stacked_params"]
+
+
+class PackedParams(Sequence[Tensor]):
+    """A map's parameters ``θ_1 … θ_P`` that are slices of one conditioner output.
+
+    ``packed`` holds ``θ_p`` at index ``p`` of dimension ``dim`` (an autoregressive layer's MADE
+    output ``(B, P, D)``, ``dim = 1``); ``extra`` are the map's feature parameters that follow.
+    Indexing gives the same views ``packed.select(dim, p)`` that ``unbind`` would, so any map reads
+    it as a plain sequence; a map that wants all ``P`` of them in one tensor calls
+    :func:`stacked_params`, which then costs one view instead of unbinding ``P`` tensors and
+    stacking them again (two ``P``-way copies per call, forward and backward).
+    """
+
+    def __init__(self, packed: Tensor, dim: int, extra: Sequence[Tensor] = ()) -> None:
+        self.packed = packed
+        self.dim = dim % packed.dim()
+        self.extra = tuple(extra)
+
+    def __len__(self) -> int:
+        return self.packed.shape[self.dim] + len(self.extra)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        count = self.packed.shape[self.dim]
+        if index < 0:
+            index += len(self)
+        if 0 <= index < count:
+            return self.packed.select(self.dim, index)
+        if count <= index < len(self):
+            return self.extra[index - count]
+        raise IndexError(f"parameter index {index} out of range for {len(self)} parameters")
+
+
+def stacked_params(params: Sequence[Tensor]) -> Tensor:
+    """All of a map's parameters in one tensor, ``θ_p`` at index ``p`` of the last dimension
+    (``torch.stack(params, -1)``; a view when ``params`` is a :class:`PackedParams` without
+    extra parameters)."""
+    if isinstance(params, PackedParams) and not params.extra:
+        return params.packed.movedim(params.dim, -1)
+    return torch.stack(tuple(params), dim=-1)
 
 
 class ElementwiseMap(CheckedParameters):

@@ -27,6 +27,7 @@ EXTRAS = {
     "nflows": "the nflows bridge plugins (nflows-rq-coupling, nflows-maf, nflows-realnvp)",
     "bench": "peer libraries for `flowkit bench peers` and `flowkit bench conditional` "
     "(nflows, normflows, zuko, FrEIA)",
+    "tensorboard": "the tensorboard logger of train.loggers (TensorBoard event files of a run)",
     "testing": "the hypothesis strategies of flowkit.testing (shapes_for, params_for, ...), for "
     "property tests of a plugin",
     "dev": "the test and lint tools",

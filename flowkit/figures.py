@@ -1,4 +1,5 @@
-"""Figures: sample grids for images, density and sample plots for 2-D data (PNG).
+"""Figures: sample grids for images, density and sample plots for 2-D data, pairwise marginals
+for vectors of more dimensions (PNG).
 
 Every figure is written atomically (:func:`flowkit.atomic.atomic_write`): a crash or a full disk
 never leaves a truncated or zero-byte PNG that looks complete (a full disk is a
@@ -116,6 +117,140 @@ def plot_2d(
         plt.close(fig)
 
 
+def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical CDFs."""
+    if a.size == 0 or b.size == 0:
+        return 0.0
+    a, b = np.sort(a), np.sort(b)
+    at = np.concatenate([a, b])
+    gap = np.searchsorted(a, at, side="right") / a.size - np.searchsorted(b, at, side="right") / b.size
+    return float(np.abs(gap).max())
+
+
+def pairwise_dimensions(test: np.ndarray, samples: np.ndarray, max_dims: int = 5) -> list[int]:
+    """The dimensions a pairwise-marginals figure shows: all of them when there are at most
+    ``max_dims``, else the ``max_dims`` whose 1-D marginals differ most between ``samples`` and
+    ``test`` (Kolmogorov–Smirnov distance; ties to the lower index), in increasing order."""
+    dim = test.shape[1]
+    if dim <= max_dims:
+        return list(range(dim))
+    gaps = [_ks_distance(test[:, d], samples[np.isfinite(samples[:, d]), d]) for d in range(dim)]
+    worst = sorted(range(dim), key=lambda d: (-gaps[d], d))[:max_dims]
+    return sorted(worst)
+
+
+def dimension_labels(data: DataSplits) -> list[str]:
+    """A name per data dimension of vector data: the table's column header when it has one
+    (``info["column_names"]`` and ``info["x_columns"]``), else ``x[i]``."""
+    dim = data.dim
+    names, columns = data.info.get("column_names"), data.info.get("x_columns")
+    if isinstance(names, list) and isinstance(columns, list) and len(columns) == dim:
+        try:
+            return [f"{names[c]} (x[{i}])" for i, c in enumerate(columns)]
+        except (IndexError, TypeError):
+            pass
+    return [f"x[{i}]" for i in range(dim)]
+
+
+@torch.inference_mode()
+def plot_pairs(
+    model: Flow,
+    data: DataSplits,
+    path: str | Path,
+    n_samples: int = 2000,
+    max_dims: int = 5,
+    temperature: float = 1.0,
+) -> Path:
+    """Pairwise marginals of vector data of 3+ dimensions: model samples against test data.
+
+    A ``k × k`` grid (``k ≤ max_dims`` dimensions, chosen by :func:`pairwise_dimensions` and
+    labelled by :func:`dimension_labels`): 1-D histograms on the diagonal, 2-D scatter plots of
+    both below it. Axes span the test data's 0.5–99.5 percentiles (samples beyond are cut off).
+    A model with a real-valued context is sampled at the test examples' own contexts, one each.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    if len(data.shape) != 1 or data.dim < 3:
+        raise ValueError(
+            f"pairwise marginals are for vectors of 3+ dimensions, not data of shape {data.shape}"
+        )
+    was_training = model.training
+    model.eval()
+    test = data.test[:n_samples].reshape(-1, data.dim).double().numpy()
+    contexts = data.test_context[:n_samples] if model.context_shape is not None else None
+    if contexts is None:
+        x = model.sample(n_samples, temperature=temperature)
+    else:
+        x = model.sample(contexts.shape[0], contexts.to(model.device), temperature=temperature)
+    samples = x.reshape(x.shape[0], -1).double().cpu().numpy()
+    model.train(was_training)
+
+    dims = pairwise_dimensions(test, samples, max_dims)
+    labels = dimension_labels(data)
+    k = len(dims)
+    lo = np.percentile(test, 0.5, axis=0)
+    hi = np.percentile(test, 99.5, axis=0)
+    margin = 0.1 * np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - margin, hi + margin
+    finite = np.isfinite(samples).all(axis=1)
+    shown = samples[finite]
+    n_bins = int(np.clip(2 * np.sqrt(test.shape[0]), 8, 30))
+    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
+    for r, dr in enumerate(dims):
+        for c, dc in enumerate(dims):
+            ax = axes[r][c]
+            if c > r:
+                ax.axis("off")
+                continue
+            if r == c:
+                bins = np.linspace(lo[dc], hi[dc], n_bins + 1)
+                ax.hist(test[:, dc], bins=bins, density=True, histtype="step", color="tab:blue")
+                ax.hist(shown[:, dc], bins=bins, density=True, histtype="step", color="tab:orange")
+                ax.set_yticks([])
+            else:
+                ax.scatter(shown[:, dc], shown[:, dr], s=1.5, alpha=0.3, color="tab:orange", linewidths=0)
+                ax.scatter(test[:, dc], test[:, dr], s=4, alpha=0.7, color="tab:blue", linewidths=0)
+                ax.set_ylim(lo[dr], hi[dr])
+            ax.set_xlim(lo[dc], hi[dc])
+            ax.tick_params(labelsize=6)
+            if r == k - 1:
+                ax.set_xlabel(labels[dc], fontsize=8)
+            if c == 0 and r > 0:
+                ax.set_ylabel(labels[dr], fontsize=8)
+    which = (
+        f"all {data.dim} dimensions"
+        if k == data.dim
+        else f"{k} of {data.dim} dimensions: those whose marginals differ most (KS distance)"
+    )
+    legend = [
+        f"{data.name}: pairwise marginals",
+        which,
+        f"blue: test data ({test.shape[0]})",
+        f"orange: model samples ({shown.shape[0]}"
+        + ("" if contexts is None else ", at the test contexts")
+        + ")",
+    ]
+    if not finite.all():
+        legend.append(f"{int((~finite).sum())} non-finite samples left out")
+    fig.text(0.98, 0.98, "\n".join(legend), ha="right", va="top", fontsize=9)
+    size = 2.3 * k  # fixed margins in inches: tight_layout would draw the whole figure twice
+    fig.subplots_adjust(
+        left=0.65 / size, bottom=0.55 / size, right=1 - 0.1 / size, top=1 - 0.1 / size, wspace=0.3, hspace=0.3
+    )
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def has_samples_figure(data: DataSplits) -> bool:
+    """Whether :func:`save_samples_figure` draws ``data``: images, 2-D data, vectors of 3+ dims."""
+    return data.is_image or data.dim == 2 or (len(data.shape) == 1 and data.dim >= 3)
+
+
 @torch.inference_mode()
 def class_sample_grid(model: Flow, per_class: int = 10, temperature: float = 1.0) -> Tensor:
     """Samples of a class-conditional model, one row per class: ``(K·per_class, C, H, W)``."""
@@ -170,7 +305,8 @@ def save_run_figures(
     model: Flow, data: DataSplits, folder: str | Path, n: int = 64, temperature: float = 1.0, prefix: str = ""
 ) -> list[Path]:
     """The figures of a run: samples (per class for class-conditional priors), latent traversals
-    and reconstructions for image data; density and samples for 2-D data."""
+    and reconstructions for image data; density and samples for 2-D data; pairwise marginals for
+    vectors of 3+ dimensions."""
     folder = Path(folder)
     was_training = model.training
     model.eval()
@@ -200,7 +336,8 @@ def save_run_figures(
 def save_samples_figure(
     model: Flow, data: DataSplits, path: str | Path, n: int = 64, temperature: float = 1.0
 ) -> Path:
-    """The run figure: a sample grid for images, density and samples for 2-D data."""
+    """The run figure: a sample grid for images, density and samples for 2-D data, pairwise
+    marginals of samples against test data for vectors of 3+ dimensions (:func:`plot_pairs`)."""
     if data.is_image:
         was_training = model.training
         model.eval()
@@ -212,4 +349,6 @@ def save_samples_figure(
         return save_image_grid(samples, path)
     if data.dim == 2:
         return plot_2d(model, data, path, n_samples=max(n, 2000))
+    if len(data.shape) == 1 and data.dim >= 3:
+        return plot_pairs(model, data, path, n_samples=max(n, 2000), temperature=temperature)
     raise ValueError(f"no figure for data of shape {data.shape}")

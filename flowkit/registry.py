@@ -1,8 +1,9 @@
 """Plugin registry over Python entry points.
 
-Six groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
-``flowkit.datasets``, ``flowkit.embeddings`` (context embedding networks) and
-``flowkit.elementwise`` (the maps of couplings and autoregressive layers) — hold every
+Seven groups — ``flowkit.transforms``, ``flowkit.objectives``, ``flowkit.priors``,
+``flowkit.datasets``, ``flowkit.embeddings`` (context embedding networks),
+``flowkit.elementwise`` (the maps of couplings and autoregressive layers) and
+``flowkit.loggers`` (experiment-tracking sinks, :mod:`flowkit.loggers`) — hold every
 plugin, flowkit's own included. A third-party package adds one
 by declaring, in its ``pyproject.toml``::
 
@@ -44,7 +45,7 @@ from flowkit.errors import (
 )
 from flowkit.params import validate_parameters
 
-KINDS = ("transform", "prior", "objective", "dataset", "embedding", "elementwise")
+KINDS = ("transform", "prior", "objective", "dataset", "embedding", "elementwise", "logger")
 # elementwise maps of couplings and autoregressive layers (flowkit.elementwise): no plural "s"
 GROUPS = {kind: f"flowkit.{kind}" + ("" if kind == "elementwise" else "s") for kind in KINDS}
 BUILTIN_DISTRIBUTION = DISTRIBUTION  # "torch-flowkit": the distribution of the built-in plugins
@@ -259,6 +260,7 @@ objectives = Registry("objective")
 datasets = Registry("dataset")
 embeddings = Registry("embedding")
 elementwise = Registry("elementwise")
+loggers = Registry("logger")
 
 _REGISTRIES = {
     "transform": transforms,
@@ -267,6 +269,7 @@ _REGISTRIES = {
     "dataset": datasets,
     "embedding": embeddings,
     "elementwise": elementwise,
+    "logger": loggers,
 }
 
 

@@ -7,7 +7,8 @@
       metrics.jsonl      one JSON object per logged step / evaluation
       checkpoints/       step-00000500.pt … (atomic; the newest few are kept)
       samples/           sample grids or 2-D plots written during training
-      samples.png        final samples (image grid; 2-D data: data, density and samples)
+      samples.png        final samples (image grid; 2-D data: data, density and samples;
+                         3+ dimensions: pairwise marginals of samples against test data)
       class-samples.png  one row per class (class-conditional priors)
       traversals.png     latent traversals along the largest-σ dimensions (Gaussian-type priors)
       reconstructions.png  test images and decode(encode(x))
@@ -20,7 +21,10 @@ a run (re)starts in the folder it removes the temporary files an interrupted wri
 resume drops the ``metrics.jsonl`` records beyond the checkpoint it continues from.
 
 Under torchrun only rank 0 writes in the run folder (:mod:`flowkit.distributed`).
-:func:`load_run` rebuilds the trained model from a run folder without needing the data.
+:func:`load_run` rebuilds the trained model from a run folder without needing the data, even when
+the dataset plugin is not available in the loading process (a dataset registered at runtime, a
+plugin not installed): the checkpoints hold the data's :class:`~flowkit.data.DataMeta` (shape,
+levels, classes, context, standardisation) and where the dataset plugin came from.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from flowkit.builder import build_model
 from flowkit.checkpoint import check_fingerprint, load_checkpoint
 from flowkit.data.base import DataMeta, DataSplits, resolve_data_dir
-from flowkit.errors import CheckpointError, ConfigError
+from flowkit.errors import CheckpointError, ConfigError, UnknownPluginError
 from flowkit.model import Flow
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
@@ -87,13 +91,22 @@ def _process_gpu(device: torch.device) -> torch.device:
     return torch.device("cuda", local)
 
 
-def load_dataset(config: dict[str, Any]) -> DataSplits:
-    """Build the dataset a resolved config names (``data_dir`` and ``seed`` injected)."""
+def load_dataset(
+    config: dict[str, Any], source: dict[str, Any] | None = None, run_dir: str | Path | None = None
+) -> DataSplits:
+    """Build the dataset a resolved config names (``data_dir`` and ``seed`` injected).
+
+    ``source`` (a checkpoint's :func:`dataset_source`) and ``run_dir`` are for the dataset of a
+    trained run: when no plugin of that name is registered in this process the error says which
+    dataset the run needs, where it came from and how to make it available.
+    """
     from flowkit import registry
     from flowkit.config import DATA_KEYS
 
     data_cfg = config["data"]
     params = {k: v for k, v in data_cfg.items() if k not in DATA_KEYS}
+    if source is not None and data_cfg["name"] not in registry.datasets.names(include_blocked=True):
+        raise UnknownPluginError(missing_dataset_message(data_cfg["name"], source, run_dir))
     return registry.datasets.build(
         data_cfg["name"],
         params,
@@ -102,6 +115,51 @@ def load_dataset(config: dict[str, Any]) -> DataSplits:
             "data_dir": resolve_data_dir(data_cfg.get("data_dir") or None),
         },
         expect=DataSplits,
+    )
+
+
+def dataset_source(name: str) -> dict[str, str]:
+    """Where dataset plugin ``name`` comes from in this process, for a run's checkpoints: the
+    plugin's ``target`` (``module:function``) and its distribution (``"<runtime>"`` for an object
+    registered with ``flowkit.registry.datasets.register``) and version."""
+    from flowkit import registry
+
+    entry = registry.datasets.entry(name)
+    return {
+        "name": name,
+        "target": entry.target,
+        "distribution": entry.distribution,
+        "version": entry.version,
+    }
+
+
+def missing_dataset_message(name: str, source: dict[str, Any], run_dir: str | Path | None) -> str:
+    """One line: the run needs dataset ``name``, which this process lacks, and how to provide it."""
+    run = "RUN_DIR" if run_dir is None else str(run_dir)
+    target, dist = source.get("target", "?"), source.get("distribution")
+    register = (
+        f"or, in Python, register it (flowkit.registry.datasets.register({name!r}, your_function)) "
+        f"and then call flowkit.load_run({run!r}).load_data()"
+    )
+    if dist == "<runtime>":
+        origin = f"the process that trained it registered it at runtime ({target})"
+        fix = (
+            f"package it as a plugin (a 'flowkit.datasets' entry point named {name!r}, see "
+            f"docs/writing-plugins.md) and install it, {register}"
+        )
+    elif dist:
+        origin = f"it came from the package {dist} {source.get('version', '')}".rstrip() + f" ({target})"
+        fix = f"install that package (pip install {dist}), {register}"
+    else:
+        origin = "it came from a plugin that is not installed here"
+        fix = (
+            f"install the package that provides it (a 'flowkit.datasets' entry point named "
+            f"{name!r}), {register}"
+        )
+    return (
+        f"run {run!r} needs dataset {name!r}, which is not registered in this process: {origin}. "
+        f"To make it available, {fix}; a dataset that reads files also needs its folder (--data-dir "
+        f"or $FLOWKIT_DATA). Sampling needs no data: flowkit sample {run} works as it is."
     )
 
 
@@ -163,7 +221,7 @@ class Run:
         config = self.config
         if data_dir is not None:
             config = {**config, "data": {**config["data"], "data_dir": str(data_dir)}}
-        return load_dataset(config)
+        return load_dataset(config, self.state.get("dataset", {}), self.path)
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> Run:
@@ -171,7 +229,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     from flowkit.config import resolve
 
     run_dir = Path(run_dir)
-    config = resolve(read_run_config(run_dir))
+    config = resolve(read_run_config(run_dir), dataset_required=False)  # the meta is in the checkpoint
     if checkpoint is None:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:

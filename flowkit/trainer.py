@@ -8,7 +8,8 @@ it, in order, the callbacks: JSONL metrics and the progress bar, periodic evalua
 validation split when the dataset has one), early stopping (``train.patience`` > 0: keeps the best
 model in ``checkpoints/best.pt``, stops after that many evaluations without improvement and makes
 the best model the final one), sample figures, the caller's own callbacks
-(``train(config, callbacks=[...])``), atomic checkpoints and the time budget. Around it: seeding,
+(``train(config, callbacks=[...])``), the experiment-tracking loggers of ``train.loggers``
+(:class:`flowkit.loggers.Tracking`), atomic checkpoints and the time budget. Around it: seeding,
 device choice, resume, and a NaN/Inf guard that stops with a clear message and keeps the last good
 checkpoint — a checkpoint is written only when every tensor of its state is finite and the model
 gives a finite NLL, so the checkpoint the message names is one to resume from.
@@ -79,12 +80,20 @@ from flowkit.config import (
 from flowkit.data.base import BatchStream, ClassBalancedStream, DataSplits
 from flowkit.data.preprocess import dequantize
 from flowkit.errors import CheckpointError, ConfigError, TrainingDiverged
-from flowkit.figures import save_run_figures, save_samples_figure
+from flowkit.figures import has_samples_figure, save_run_figures, save_samples_figure
+from flowkit.loggers import Tracking
 from flowkit.metrics import evaluate_nll, latent_scale_stats
 from flowkit.metrics import likelihood as _likelihood
 from flowkit.objective import Batch
 from flowkit.optim import build_optimizer, load_state_or_restart
-from flowkit.runs import list_checkpoints, load_dataset, new_run_dir, read_run_config, select_device
+from flowkit.runs import (
+    dataset_source,
+    list_checkpoints,
+    load_dataset,
+    new_run_dir,
+    read_run_config,
+    select_device,
+)
 
 __all__ = ["Callback", "EarlyStopping", "StepOutput", "Trainer", "resume", "train"]
 
@@ -201,7 +210,8 @@ class Trainer:
 
     def _with_builtin_callbacks(self, user: list[Callback]) -> list[Callback]:
         """The callbacks of a step, in order: log, evaluate, early stopping, sample figure, the
-        caller's own (so a checkpoint holds their state of its step), checkpoint, time budget."""
+        caller's own (so a checkpoint holds their state of its step), the tracking loggers
+        (``train.loggers``), checkpoint, time budget."""
         tc, ec = self.train_config, self.eval_config
         out: list[Callback] = [MetricsLog(tc.log_every)]
         if tc.eval_every:
@@ -213,6 +223,8 @@ class Trainer:
         if tc.sample_every:
             out.append(SampleFigures(tc.sample_every))
         out.extend(user)
+        if tc.loggers:  # built here, so a missing package stops the run before training
+            out.append(Tracking(tc.loggers))
         if tc.checkpoint_every:
             out.append(Checkpointing(tc.checkpoint_every))
         if tc.max_minutes > 0:
@@ -231,6 +243,7 @@ class Trainer:
             "config": dumps(self.config),
             "meta": self.data.meta.to_dict(),
             "fingerprint": model_fingerprint(self.config, self.data.meta.to_dict()),
+            "dataset": dataset_source(self.config["data"]["name"]),  # named when it is missing later
             "flowkit_version": __version__,
         }
         for callback in self.callbacks:
@@ -416,14 +429,14 @@ class Trainer:
         return metrics
 
     def figure(self, path: Path) -> None:
-        """The sample figure of the current model at ``path`` (images and 2-D data only)."""
+        """The sample figure of the current model at ``path`` (images and vectors of 2+ dims)."""
         ec = self.eval_config
-        if self.data.is_image or self.data.dim == 2:
+        if has_samples_figure(self.data):
             save_samples_figure(self.model, self.data, path, ec.n_samples, ec.temperature)
 
     def _final_figures(self) -> list[str]:
         ec = self.eval_config
-        if not (self.data.is_image or self.data.dim == 2):
+        if not has_samples_figure(self.data):
             return []
         paths = save_run_figures(self.model, self.data, self.run_dir, ec.n_samples, ec.temperature)
         return [p.name for p in paths]

@@ -448,3 +448,38 @@ def test_report_names_each_cells_threads_and_execution_paths():
         {"cpu_model": "AMD EPYC", "cpus": 2, "cpu_capability": "AVX2", "isa_flags": ["avx", "avx2", "fma"]}
     )
     assert line == ("AMD EPYC (2 CPUs; PyTorch CPU kernels AVX2; instruction-set flags: avx avx2 fma)")
+
+
+def test_an_axis_value_can_be_a_label_and_setup_errors_are_invalid(tmp_path: Path) -> None:
+    """An [[override]] that sets `objective.name` makes the axis value a label (issue 16: flow
+    matching with OT pairs beside independent ones); an objective that refuses the transform in
+    its setup (flow matching without a vector field) is reported invalid, not failed."""
+    import shlex
+
+    from flowkit.bench.cell import cell_command, cell_config, execute
+
+    suite_path = tmp_path / "fm.toml"
+    suite_path.write_text(
+        "[base.train]\nthreads = 1\n\n"
+        '[matrix]\ntransform = ["cnf", "realnvp"]\nobjective = ["flow-matching", "flow-matching-ot"]\n'
+        'data = ["moons"]\nbudget = [2]\n\n'
+        '[[override]]\nmatch = { objective = "flow-matching-ot" }\n'
+        'set = { "objective.name" = "flow-matching", "objective.coupling" = "ot" }\n'
+    )
+    suite = load_suite(suite_path)
+    cells = {c.id: c for c in suite.cells}
+    ot = cells["cnf__flow-matching-ot__moons__2-steps__s0"]
+    config = cell_config(suite.base, ot, None)
+    assert config["objective"]["name"] == "flow-matching" and config["objective"]["coupling"] == "ot"
+    independent = cell_config(suite.base, cells["cnf__flow-matching__moons__2-steps__s0"], None)
+    assert independent["objective"]["coupling"] == "independent"
+    parts = shlex.split(cell_command(suite.base, ot))
+    assert parts[parts.index("--objective") + 1] == "flow-matching"  # a runnable command
+    assert suite.select(filters=("objective=flow-matching-ot",)) == [
+        ot,
+        cells["realnvp__flow-matching-ot__moons__2-steps__s0"],
+    ]
+    bad = cells["realnvp__flow-matching__moons__2-steps__s0"]
+    spec = {"cell": bad.to_dict(), "cell_dir": str(tmp_path / "bad"), "base": suite.base, "metrics": {}}
+    record = execute(spec)
+    assert record["status"] == "invalid" and "vector field" in record["reason"]

@@ -390,12 +390,29 @@ def test_generated_tables_match_the_code() -> None:
 
 
 def test_presets_table_lists_every_preset() -> None:
+    """Every file of flowkit/presets/ is in the generated table of configuration.md and in
+    README's plugin table, and neither names a preset that is not shipped."""
     from flowkit.config import available_presets
 
+    files = sorted(p.stem for p in (ROOT / "flowkit" / "presets").glob("*.toml"))
+    assert files and files == available_presets()
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    assert "<!-- generated: presets" in text
-    for name in available_presets():
-        assert f"| `{name}` |" in text
+    table = re.search(r"<!-- generated: presets[^>]*-->\n(.*?)<!-- end generated -->", text, re.DOTALL)
+    assert table, "docs/configuration.md has no generated presets table"
+    listed = re.findall(r"^\| `([\w.-]+)` \|", table.group(1), re.MULTILINE)
+    assert sorted(listed) == files, (
+        f"docs/configuration.md's presets table is stale (missing {sorted(set(files) - set(listed))}, "
+        f"extra {sorted(set(listed) - set(files))}); regenerate it: "
+        ".venv/bin/python docs/tools/gen_reference.py --write"
+    )
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = re.search(r"^\| presets \| (.*) \|$", readme, re.MULTILINE)
+    assert row, "README.md's plugin table has no presets row"
+    in_readme = re.findall(r"`([\w.-]+)`", row.group(1))
+    assert sorted(in_readme) == files, (
+        f"README.md's presets row is stale: missing {sorted(set(files) - set(in_readme))}, "
+        f"extra {sorted(set(in_readme) - set(files))}"
+    )
 
 
 def test_every_page_is_in_the_site_navigation() -> None:

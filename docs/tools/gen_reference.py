@@ -232,6 +232,8 @@ def plugin_page(kind: str, entry: Any) -> str:
         if kind in FLAG:
             use += f", or `flowkit run {FLAG[kind]} {entry.name}`"
         lines.append(f"- **Use:** {use}.")
+    elif kind == "logger":
+        lines.append(f'- **Use:** `[train] loggers = ["{entry.name}"]` ([tracking](../../../tracking.md)).')
     if injected:
         lines.append(
             "- **Injected by flowkit** (never set in a config): "

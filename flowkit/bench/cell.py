@@ -44,18 +44,29 @@ def cell_overrides(base_train: dict[str, Any], cell: Cell) -> list[str]:
     return [f"{k}={_toml_value(v)}" for k, v in sets.items()]
 
 
+def plugin_name(cell: Cell, section: str) -> str:
+    """The plugin a training cell uses for ``section`` (transform, objective, prior, data): the
+    axis value, unless an ``[[override]]`` sets ``<section>.name`` — then a given axis value is a
+    label, e.g. objective ``flow-matching-ot`` for ``flow-matching`` with ``coupling = "ot"``.
+    An empty axis value (the recommended prior) stays empty: the override then sets the plugin
+    like any other setting."""
+    value = cell.axes[section]
+    if value in ("", None):
+        return ""
+    return str(cell.settings.get(f"{section}.name", value))
+
+
 def cell_config(base: dict[str, Any], cell: Cell, data_dir: str | None) -> dict[str, Any]:
     """The resolved run config of a training cell (raises FlowkitError if it makes no sense)."""
     from flowkit.config import load_config
 
-    axes = cell.axes
     return load_config(
         None,
         cell_overrides(base.get("train", {}), cell),
-        transform=axes["transform"],
-        objective=axes["objective"],
-        prior=axes["prior"] or None,
-        data=axes["data"],
+        transform=plugin_name(cell, "transform"),
+        objective=plugin_name(cell, "objective"),
+        prior=plugin_name(cell, "prior") or None,
+        data=plugin_name(cell, "data"),
         data_dir=data_dir,
         base=base,
     )
@@ -63,11 +74,11 @@ def cell_config(base: dict[str, Any], cell: Cell, data_dir: str | None) -> dict[
 
 def cell_command(base: dict[str, Any], cell: Cell) -> str:
     """A ``flowkit run`` command line that trains what the cell trains."""
-    axes = cell.axes
-    parts = ["flowkit", "run", "--transform", axes["transform"], "--objective", axes["objective"]]
-    if axes["prior"]:
-        parts += ["--prior", axes["prior"]]
-    parts += ["--data", axes["data"]]
+    parts = ["flowkit", "run", "--transform", plugin_name(cell, "transform")]
+    parts += ["--objective", plugin_name(cell, "objective")]
+    if plugin_name(cell, "prior"):
+        parts += ["--prior", plugin_name(cell, "prior")]
+    parts += ["--data", plugin_name(cell, "data")]
     flat = _flatten(base)
     for text in [f"{k}={_toml_value(v)}" for k, v in flat.items()] + cell_overrides({}, cell):
         parts += ["--set", text]
@@ -145,8 +156,10 @@ def run_train_cell(spec: dict[str, Any], cell_dir: Path, log: Any = print) -> di
     try:
         config = cell_config(spec["base"], cell, spec.get("data_dir"))
         data = load_dataset(config)
-        build_model(config, data.meta)
-        build_objective(config["objective"]).bind_data(data)
+        model = build_model(config, data.meta)
+        objective = build_objective(config["objective"])
+        objective.bind_data(data)
+        objective.setup(model)  # e.g. flow-matching refuses a transform without a vector field
     except FlowkitError as exc:
         return result | {"status": "invalid", "reason": str(exc)}
     run_dir = cell_dir / "run"

@@ -35,6 +35,9 @@ CONTEXT_FEATURES = 2
 #: Smallest change of the outputs (relative to ``max(1, max|out|)``) that counts as "depends on
 #: the context" in :func:`check_context`.
 CONTEXT_DEPENDENCE_RTOL = 1e-6
+#: :func:`check_prior_inverse`: latents inverted per dtype, and the extra parameter noise (std).
+PRIOR_SAMPLES = 64
+PRIOR_PERTURBATION = 0.1
 
 #: The checks, in the order :func:`check_transform` runs them (``context`` only with a context,
 #: labels or real-valued; ``context-shape`` only with a real-valued context).
@@ -46,6 +49,7 @@ CHECKS: tuple[str, ...] = (
     "dtype-device",
     "gradients",
     "pickle",
+    "prior-inverse",
     "context",
     "context-shape",
 )
@@ -829,4 +833,61 @@ def check_context_shape(
                 f"{direction} with {label} returned normally; a "
                 f"transform that takes context_features must raise "
                 f"flowkit.errors.ShapeError for it",
+            )
+
+
+def _rows_of(context: Tensor | None, n: int) -> Tensor | None:
+    """``n`` rows of a per-example context, cycling through its rows (``None`` stays ``None``)."""
+    if context is None:
+        return None
+    return context[torch.arange(n, device=context.device) % context.shape[0]]
+
+
+def check_prior_inverse(
+    transform: Transform,
+    context: Tensor | None = None,
+    *,
+    name: str | None = None,
+    num_samples: int = PRIOR_SAMPLES,
+    perturbation: float = PRIOR_PERTURBATION,
+    seed: int = 0,
+) -> None:
+    """Check that inverting N(0, I) latents stays finite on trained-like (perturbed) parameters.
+
+    Sampling a flow is ``x = f⁻¹(z)``, ``z ~ N(0, I)`` at temperature 1. A copy of ``transform``
+    gets :func:`perturb_parameters` noise of std ``perturbation`` (seeded by ``seed``, on top of
+    whatever noise it already has), and its inverse runs on ``num_samples`` standard normal
+    latents of ``output_shape`` (rows of ``context`` cycled to match) in float32 and in float64;
+    every output and log-determinant must be finite. The forward direction of such a model can
+    be exact while its inverse overflows: an unbounded inverse scale such as Glow's
+    ``1/sigmoid(r(y) + 2) ≈ e^{−r(y)}``, with ``r`` growing with the layer's input, grows
+    exponentially layer after layer (``docs/glow.md``, "Samples that explode"). A smooth bound
+    on such scales (:func:`flowkit.plugins.elementwise.soft_cap`) is the usual fix.
+    """
+    name = name or _plugin_name(transform)
+    check = "prior-inverse"
+    ctx = _rows_of(context, num_samples)
+    for dtype in (torch.float32, torch.float64):
+        module = copy.deepcopy(transform).to(dtype=dtype).eval()
+        device = next(iter(module.parameters()), torch.empty(0)).device
+        gen = torch.Generator().manual_seed(seed)
+        if perturbation:
+            perturb_parameters(module, perturbation, generator=gen)
+        z = torch.randn((num_samples, *module.output_shape), generator=gen, dtype=dtype).to(device)
+        with torch.no_grad():
+            x, logdet = _call(module, z, ctx, "inverse", name, check)
+        finite = torch.isfinite(x.reshape(num_samples, -1)).all(1) & torch.isfinite(logdet)
+        bad = int((~finite).sum())
+        if bad:
+            good = x[torch.isfinite(x)]
+            largest = f"{float(good.abs().max()):.3g}" if good.numel() else "none"
+            raise _fail(
+                name,
+                check,
+                z,
+                f"inverse of {num_samples} N(0, I) latents gave {bad} ({100 * bad / num_samples:.0f}%) "
+                f"sample(s) with a NaN or inf (output or logabsdet; largest finite |x| {largest}) "
+                f"after perturbing the parameters by {perturbation}·N(0, 1); the inverse overflows "
+                f"on trained-like weights: bound the scales it divides by (e.g. "
+                f"flowkit.plugins.elementwise.soft_cap)",
             )

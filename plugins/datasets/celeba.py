@@ -208,6 +208,33 @@ def celeba(
     first ``n_train`` of the others (all by default) the training split. Decoded arrays are
     cached under ``$FLOWKIT_CACHE`` (Liu, Luo, Wang & Tang 2015, "Deep Learning Face Attributes
     in the Wild", ICCV, §4 "Large-scale CelebFaces Attributes (CelebA) Dataset").
+
+    Pixels: ``x = k / 256`` for each RGB value ``k ∈ {0, …, 255}`` of the resized crop.
+
+    References:
+
+    * Liu, Luo, Wang & Tang 2015, "Deep Learning Face Attributes in the Wild", ICCV 2015.
+
+    Arguments:
+
+    * ``data_dir`` (injected): the data folder; ``None``: ``$FLOWKIT_DATA``. flowkit sets it from
+      ``data.data_dir``.
+    * ``size`` (int in [1, 89], default 64): side of the square images after resizing the 89×89 crop.
+    * ``n_train`` (int ≥ 1 | None, default None): training images (the first of those not in the test split);
+      ``None``: all of them.
+    * ``n_test`` (int ≥ 1, default 1000): test images, the last ones of the 10000.
+
+    Example::
+
+        >>> import tempfile
+        >>> from flowkit.plugins.datasets.celeba import CROP_BOX, ZIP_NAME, celeba
+        >>> ZIP_NAME, CROP_BOX  # <data_dir>/celeba/ZIP_NAME; the 89×89 box cut from each 89×109 image
+        ('celeba_align_first10k_89x109.zip', (0, 10, 89, 99))
+        >>> with tempfile.TemporaryDirectory() as empty:  # doctest: +ELLIPSIS
+        ...     celeba(data_dir=empty, size=32)
+        Traceback (most recent call last):
+            ...
+        flowkit.errors.DataError: dataset 'celeba': folder .../celeba does not exist ...
     """
     spec = celeba_files()
     path = require_files(spec, resolve_data_dir(data_dir))[ZIP_NAME]

@@ -30,6 +30,26 @@ def digits(
     Pixels ``k ∈ {0, …, 16}`` are stored as ``k / 17`` (``levels = 17``), shape ``(N, 1, 8, 8)``;
     the split into train and test is stratified by class and drawn from ``seed``
     (Alpaydin & Kaynak 1998, "Optical Recognition of Handwritten Digits", UCI repository).
+
+    References:
+
+    * Alpaydin & Kaynak 1998, "Optical Recognition of Handwritten Digits", UCI Machine Learning Repository.
+    * Pedregosa et al. 2011, "Scikit-learn: Machine Learning in Python", Journal of Machine Learning Research
+      12.
+
+    Arguments:
+
+    * ``test_fraction`` (float in (0, 1), default 0.15): the share of the images in the test split.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> from flowkit.plugins.datasets.digits import digits
+        >>> data = digits(test_fraction=0.15, seed=0)
+        >>> data.train.shape, data.test.shape, data.levels, data.num_classes
+        (torch.Size([1527, 1, 8, 8]), torch.Size([270, 1, 8, 8]), 17, 10)
+        >>> round(data.train.max().item() * 17)  # pixel k is stored as k / 17
+        16
     """
     # imported here so that `flowkit list` does not pay for importing scikit-learn
     from sklearn.datasets import load_digits

@@ -184,6 +184,26 @@ def energy1(*, n_train: Size = 20000, n_test: Size = 5000, seed: Seed = 0) -> Da
 
     ``U₁(z) = ½((‖z‖ − 2)/0.4)² − log(e^{−½((z₁−2)/0.6)²} + e^{−½((z₁+2)/0.6)²})``;
     ``target`` is ``−U₁``; train/test hold reference samples (not used by ``reverse-kl``).
+
+    References:
+
+    * Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", ICML 2015.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): reference samples in the training split.
+    * ``n_test`` (int ≥ 1, default 5000): reference samples in the test split.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.energy import energy1
+        >>> data = energy1(n_train=100, n_test=10)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([100, 2]), torch.Size([10, 2]))
+        >>> data.target(torch.tensor([[2.0, 0.0]])).abs().item() < 1e-6  # at a mode, −U₁ ≈ 0
+        True
     """
     return _energy_splits(1, n_train, n_test, 4.0, seed)
 
@@ -194,6 +214,28 @@ def energy2(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, s
 
     ``U₂(z) = ½((z₂ − sin(πz₁/2))/0.4)²`` plus a wall ``½((|z₁| − bound)₊/0.2)²`` that makes it
     proper; ``target`` is ``−U₂``; train/test hold reference samples (not used by ``reverse-kl``).
+
+    References:
+
+    * Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", ICML 2015.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): reference samples in the training split.
+    * ``n_test`` (int ≥ 1, default 5000): reference samples in the test split.
+    * ``bound`` (float > 0, default 4.0): half-width ``bound`` of the box ``|z₁| ≤ bound`` outside of which
+      the wall term makes ``U`` grow.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.energy import energy2
+        >>> data = energy2(n_train=100, n_test=10)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([100, 2]), torch.Size([10, 2]))
+        >>> data.target(torch.tensor([[1.0, 1.0]])).abs().item() < 1e-6  # on z₂ = sin(πz₁/2), −U₂ = 0
+        True
     """
     return _energy_splits(2, n_train, n_test, bound, seed)
 
@@ -204,6 +246,28 @@ def energy3(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, s
 
     ``U₃(z) = −log(e^{−½((z₂−w₁)/0.35)²} + e^{−½((z₂−w₁+w₂)/0.35)²})``, ``w₁ = sin(πz₁/2)``,
     ``w₂ = 3e^{−½((z₁−1)/0.6)²}``, plus the wall ``½((|z₁| − bound)₊/0.2)²``; ``target = −U₃``.
+
+    References:
+
+    * Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", ICML 2015.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): reference samples in the training split.
+    * ``n_test`` (int ≥ 1, default 5000): reference samples in the test split.
+    * ``bound`` (float > 0, default 4.0): half-width ``bound`` of the box ``|z₁| ≤ bound`` outside of which
+      the wall term makes ``U`` grow.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.energy import energy3
+        >>> data = energy3(n_train=100, n_test=10)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([100, 2]), torch.Size([10, 2]))
+        >>> round(data.target(torch.tensor([[-2.0, 0.0]])).item(), 4)  # far from the bump both terms are 1
+        0.6931
     """
     return _energy_splits(3, n_train, n_test, bound, seed)
 
@@ -214,5 +278,27 @@ def energy4(*, n_train: Size = 20000, n_test: Size = 5000, bound: Bound = 4.0, s
 
     ``U₄(z) = −log(e^{−½((z₂−w₁)/0.4)²} + e^{−½((z₂−w₁+w₃)/0.35)²})``, ``w₁ = sin(πz₁/2)``,
     ``w₃ = 3σ((z₁ − 1)/0.3)``, plus the wall ``½((|z₁| − bound)₊/0.2)²``; ``target = −U₄``.
+
+    References:
+
+    * Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", ICML 2015.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): reference samples in the training split.
+    * ``n_test`` (int ≥ 1, default 5000): reference samples in the test split.
+    * ``bound`` (float > 0, default 4.0): half-width ``bound`` of the box ``|z₁| ≤ bound`` outside of which
+      the wall term makes ``U`` grow.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.energy import energy4
+        >>> data = energy4(n_train=100, n_test=10)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([100, 2]), torch.Size([10, 2]))
+        >>> round(data.target(torch.tensor([[-2.0, 0.0]])).item(), 4)  # before the step both terms are 1
+        0.6931
     """
     return _energy_splits(4, n_train, n_test, bound, seed)

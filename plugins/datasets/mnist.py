@@ -165,6 +165,35 @@ def mnist(
     sums; pixels ``k`` become ``k / 256``. ``n_train``/``n_test`` take a seeded class-balanced
     subset for quick runs (LeCun et al. 1998, "Gradient-based learning applied to document
     recognition", Proc. IEEE 86(11), §III.A).
+
+    Pixels: ``x = k / 256`` for grey level ``k ∈ {0, …, 255}``; labels ``y ∈ {0, …, 9}``.
+
+    References:
+
+    * LeCun, Bottou, Bengio & Haffner 1998, "Gradient-Based Learning Applied to Document Recognition",
+      Proceedings of the IEEE 86(11).
+
+    Arguments:
+
+    * ``data_dir`` (injected): the data folder; ``None``: ``$FLOWKIT_DATA``. flowkit sets it from
+      ``data.data_dir``.
+    * ``n_train`` (int ≥ 1 | None, default None): a seeded class-balanced subset of the training images;
+      ``None``: all 60000.
+    * ``n_test`` (int ≥ 1 | None, default None): a seeded class-balanced subset of the test images; ``None``:
+      all 10000.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from flowkit.plugins.datasets.mnist import MNIST_FILES, mnist
+        >>> MNIST_FILES.folder, [f.name for f in MNIST_FILES.files][:2]  # in <data_dir>/mnist/
+        ('mnist', ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'])
+        >>> with tempfile.TemporaryDirectory() as empty:  # doctest: +ELLIPSIS
+        ...     mnist(data_dir=empty, n_train=1000)
+        Traceback (most recent call last):
+            ...
+        flowkit.errors.DataError: dataset 'mnist': folder .../mnist does not exist ...
     """
     return load_idx_dataset(MNIST_FILES, data_dir, n_train, n_test, seed)
 
@@ -183,5 +212,34 @@ def fashion_mnist(
     their md5 sums; pixels ``k`` become ``k / 256``. ``n_train``/``n_test`` take a seeded
     class-balanced subset for quick runs (Xiao, Rasul & Vollgraf 2017, "Fashion-MNIST: a Novel
     Image Dataset for Benchmarking Machine Learning Algorithms", arXiv:1708.07747, §2).
+
+    Pixels: ``x = k / 256`` for grey level ``k ∈ {0, …, 255}``; labels ``y ∈ {0, …, 9}``.
+
+    References:
+
+    * Xiao, Rasul & Vollgraf 2017, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+      Algorithms", arXiv:1708.07747.
+
+    Arguments:
+
+    * ``data_dir`` (injected): the data folder; ``None``: ``$FLOWKIT_DATA``. flowkit sets it from
+      ``data.data_dir``.
+    * ``n_train`` (int ≥ 1 | None, default None): a seeded class-balanced subset of the training images;
+      ``None``: all 60000.
+    * ``n_test`` (int ≥ 1 | None, default None): a seeded class-balanced subset of the test images; ``None``:
+      all 10000.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from flowkit.plugins.datasets.mnist import FASHION_MNIST_FILES, fashion_mnist
+        >>> FASHION_MNIST_FILES.folder, len(FASHION_MNIST_FILES.files)  # four IDX files
+        ('fashion-mnist', 4)
+        >>> with tempfile.TemporaryDirectory() as empty:  # doctest: +ELLIPSIS
+        ...     fashion_mnist(data_dir=empty)
+        Traceback (most recent call last):
+            ...
+        flowkit.errors.DataError: dataset 'fashion-mnist': folder .../fashion-mnist does not exist ...
     """
     return load_idx_dataset(FASHION_MNIST_FILES, data_dir, n_train, n_test, seed)

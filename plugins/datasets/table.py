@@ -58,6 +58,50 @@ def table(
     and ``test_fraction`` of the rows (drawn by the seed) form the validation and test splits;
     ``max_rows`` > 0 reads only the first rows. Statistics for ``standardize`` come from the
     training split only.
+
+    Of ``N`` rows, ``n_test = max(1, round(N · test_fraction))`` and
+    ``n_val = max(1, round(N · val_fraction))`` (0 when ``val_fraction = 0``) are drawn by the seed, the other
+    ``N − n_val − n_test`` (at least 2) train; every row gives ``x = row[x_columns]`` and
+    ``c = row[context_columns]``.
+
+    References:
+
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+    * Winkler, Worrall, Hoogeboom & Welling 2019, "Learning Likelihoods with Conditional Normalizing Flows",
+      arXiv:1912.00042.
+
+    Arguments:
+
+    * ``path`` (str, required): the file: ``.csv``, ``.tsv``, ``.txt``, ``.npy`` or ``.npz``.
+    * ``context_columns`` (Sequence[int], default ()): column indices of the context (negative: from the end);
+      empty: no context.
+    * ``x_columns`` (Sequence[int], default ()): column indices of the data; empty: every column not in the
+      context.
+    * ``delimiter`` (str, default ','): the cell separator of a text table (blank: runs of whitespace).
+    * ``header`` ('auto' | 'yes' | 'no', default 'auto'): whether the first row names the columns; ``'auto'``:
+      when one of its cells is not a number.
+    * ``val_fraction`` (float in [0, 1), default 0.1): the share of rows in the validation split; 0: none.
+      With ``test_fraction`` below 1.
+    * ``test_fraction`` (float in (0, 1), default 0.1): the share of rows in the test split.
+    * ``max_rows`` (int ≥ 0, default 0): read only the first rows; 0: every row.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+    * ``data_dir`` (injected): the data folder; ``None``: ``$FLOWKIT_DATA``. flowkit sets it from
+      ``data.data_dir``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from flowkit.plugins.datasets.table import table
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = Path(folder.name) / "rows.csv"
+        >>> i = np.arange(100)
+        >>> np.savetxt(path, np.column_stack([i, i % 7, i % 3]), fmt="%d", delimiter=",")
+        >>> data = table(path=str(path), context_columns=[-1], val_fraction=0.1, test_fraction=0.2)
+        >>> data.train.shape, data.val.shape, data.test.shape, data.train_context.shape
+        (torch.Size([70, 2]), torch.Size([10, 2]), torch.Size([20, 2]), torch.Size([70, 1]))
+        >>> folder.cleanup()
     """
     _check_fractions(val_fraction, test_fraction)
     file = _resolve_path(path, data_dir)

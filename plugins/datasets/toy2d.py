@@ -102,6 +102,30 @@ def moons(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, see
     Points ``(cos t, sin t)`` and ``(1 − cos t, 1/2 − sin t)``, ``t ~ U[0, π]``, plus Gaussian
     noise of std ``noise``, then mapped by ``2 p + (−1, −0.2)`` (Grathwohl et al. 2019, FFJORD,
     §5.1, as in scikit-learn's ``make_moons``).
+
+    References:
+
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+    * Pedregosa et al. 2011, "Scikit-learn: Machine Learning in Python", Journal of Machine Learning Research
+      12.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.1): standard deviation of the Gaussian noise added to every point.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.toy2d import moons
+        >>> data = moons(n_train=1000, n_test=200, seed=0)
+        >>> data.train.shape, data.test.shape, data.num_classes
+        (torch.Size([1000, 2]), torch.Size([200, 2]), None)
+        >>> torch.equal(moons(n_train=1000, n_test=200, seed=0).train, data.train)  # seeded
+        True
     """
     return toy_splits("moons", _sample_moons, n_train, n_test, noise, seed)
 
@@ -113,6 +137,30 @@ def circles(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.08, 
     Points on circles of radius 1 and 1/2 (equal odds) plus Gaussian noise of std ``noise``,
     all scaled by 3 (Grathwohl et al. 2019, FFJORD, §5.1, as in scikit-learn's
     ``make_circles`` with ``factor=0.5``).
+
+    References:
+
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+    * Pedregosa et al. 2011, "Scikit-learn: Machine Learning in Python", Journal of Machine Learning Research
+      12.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.08): standard deviation of the Gaussian noise added to every point.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.toy2d import circles
+        >>> data = circles(n_train=1000, n_test=200, noise=0.0, seed=0)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([1000, 2]), torch.Size([200, 2]))
+        >>> torch.unique((2 * data.train.norm(dim=1)).round()).tolist()  # radii 1.5 and 3
+        [3.0, 6.0]
     """
     return toy_splits("circles", _sample_circles, n_train, n_test, noise, seed)
 
@@ -125,6 +173,28 @@ def eight_gaussians(
 
     Centres ``2√2 (cos kπ/4, sin kπ/4)``, ``k = 0..7``, equal weights, isotropic std ``noise``
     (Grathwohl et al. 2019, FFJORD, §5.1: radius 4 and std 0.5, both divided by √2).
+
+    References:
+
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.35): standard deviation of the Gaussian noise added to every point.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import math, torch
+        >>> from flowkit.plugins.datasets.toy2d import eight_gaussians
+        >>> data = eight_gaussians(n_train=1000, n_test=200, noise=0.0, seed=0)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([1000, 2]), torch.Size([200, 2]))
+        >>> torch.allclose(data.train.norm(dim=1), torch.tensor(2 * math.sqrt(2)))  # the centres
+        True
     """
     return toy_splits("8gaussians", _sample_eight_gaussians, n_train, n_test, noise, seed)
 
@@ -137,6 +207,28 @@ def checkerboard(
 
     ``x ~ U[-2, 2]``, ``y ~ U[0, 1) − 2b + (⌊x⌋ mod 2)`` with ``b ~ Bernoulli(1/2)``, scaled by
     2, plus optional Gaussian noise of std ``noise`` (Grathwohl et al. 2019, FFJORD, §5.1).
+
+    References:
+
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.0): standard deviation of the Gaussian noise added to every point.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.toy2d import checkerboard
+        >>> data = checkerboard(n_train=1000, n_test=200, seed=0)
+        >>> data.train.shape, data.test.shape
+        (torch.Size([1000, 2]), torch.Size([200, 2]))
+        >>> data.train.abs().max().item() <= 4  # inside [-4, 4]²
+        True
     """
     return toy_splits("checkerboard", _sample_checkerboard, n_train, n_test, noise, seed)
 
@@ -148,6 +240,30 @@ def pinwheel(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, 
     Radius ``r ~ N(1, 0.3²)``, tangential offset ``u ~ N(0, noise²)``, rotated by
     ``2πk/5 + 0.25 eʳ`` for arm ``k`` and scaled by 2 (Johnson et al. 2016, "Composing graphical
     models with neural networks", §6; Grathwohl et al. 2019, FFJORD, §5.1).
+
+    References:
+
+    * Johnson, Duvenaud, Wiltschko, Datta & Adams 2016, "Composing graphical models with neural networks for
+      structured representations and fast inference", NeurIPS 2016.
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.1): std of the tangential offset ``u``.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.toy2d import pinwheel
+        >>> data = pinwheel(n_train=1000, n_test=200, seed=0)
+        >>> data.train.shape, data.test.shape, data.num_classes
+        (torch.Size([1000, 2]), torch.Size([200, 2]), None)
+        >>> torch.equal(pinwheel(n_train=1000, n_test=200, seed=0).train, data.train)  # seeded
+        True
     """
     return toy_splits("pinwheel", _sample_pinwheel, n_train, n_test, noise, seed)
 
@@ -159,5 +275,27 @@ def spirals(*, n_train: Size = 20000, n_test: Size = 5000, noise: Noise = 0.1, s
     Arm ``(−t cos t, t sin t) + U[0, 1/2)²`` with ``t = 3π √u``, ``u ~ U[0, 1]``, reflected
     through the origin for the second spiral, divided by 3, plus Gaussian noise of std ``noise``
     (Grathwohl et al. 2019, FFJORD, §5.1, "2spirals").
+
+    References:
+
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+
+    Arguments:
+
+    * ``n_train`` (int ≥ 1, default 20000): training examples drawn.
+    * ``n_test`` (int ≥ 1, default 5000): test examples drawn.
+    * ``noise`` (float ≥ 0, default 0.1): standard deviation of the Gaussian noise added to every point.
+    * ``seed`` (injected): the seed of the dataset's random draws; flowkit passes ``train.seed``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.datasets.toy2d import spirals
+        >>> data = spirals(n_train=1000, n_test=200, seed=0)
+        >>> data.train.shape, data.test.shape, data.num_classes
+        (torch.Size([1000, 2]), torch.Size([200, 2]), None)
+        >>> torch.equal(spirals(n_train=1000, n_test=200, seed=0).train, data.train)  # seeded
+        True
     """
     return toy_splits("spirals", _sample_spirals, n_train, n_test, noise, seed)

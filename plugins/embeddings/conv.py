@@ -22,7 +22,25 @@ class ConvEmbedding(Embedding):
     the conditioning network of conditional INNs for images (Ardizzone et al. 2019, "Guided image
     generation with conditional invertible neural networks", §3.2), here small by default.
 
-    Arguments: ``features ≥ 1``, ``hidden ≥ 1``, ``num_layers ≥ 1``.
+    References:
+
+    * Ardizzone, Lüth, Kruse, Rother & Köthe 2019, "Guided Image Generation with Conditional Invertible Neural
+      Networks", arXiv:1907.02392.
+
+    Arguments:
+
+    * ``context_shape`` (injected): the per-example shape of the context; flowkit sets it from the data.
+    * ``features`` (int ≥ 1, default 32): the output width of ``h``.
+    * ``hidden`` (int ≥ 1, default 32): channels of every convolution.
+    * ``num_layers`` (int ≥ 1, default 3): stride-2 convolutions, each halving height and width.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.embeddings.conv import ConvEmbedding
+        >>> embedding = ConvEmbedding((1, 16, 16), features=8, hidden=4, num_layers=2)
+        >>> embedding(torch.randn(2, 1, 16, 16)).shape
+        torch.Size([2, 8])
     """
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 4, "num_layers": 1}

@@ -23,7 +23,30 @@ class DeepSetEmbedding(Embedding):
     2017, "Deep Sets", Theorem 2; the summary network of BayesFlow for i.i.d. data, Radev et al.
     2020, §2.3).
 
-    Arguments: ``features ≥ 1``, ``hidden ≥ 1``, ``num_hidden ≥ 1``.
+    References:
+
+    * Zaheer, Kottur, Ravanbakhsh, Póczos, Salakhutdinov & Smola 2017, "Deep Sets", NeurIPS 2017.
+    * Radev, Mertens, Voss, Ardizzone & Köthe 2020, "BayesFlow: Learning Complex Stochastic Models with
+      Invertible Neural Networks", arXiv:2003.06281; IEEE Transactions on Neural Networks and Learning Systems
+      33(4), 2022.
+
+    Arguments:
+
+    * ``context_shape`` (injected): the per-example shape of the context; flowkit sets it from the data.
+    * ``features`` (int ≥ 1, default 16): the output width of ``h``.
+    * ``hidden`` (int ≥ 1, default 64): hidden units and width of ``φ``'s output.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden ReLU layers of ``φ`` and of ``ρ``.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.embeddings.deepset import DeepSetEmbedding
+        >>> embedding = DeepSetEmbedding((10, 2), features=4, hidden=16)
+        >>> sets = torch.randn(3, 10, 2)
+        >>> h = embedding(sets)
+        >>> shuffled = sets[:, torch.randperm(10)]
+        >>> h.shape, torch.allclose(embedding(shuffled), h, atol=1e-6)  # the order does not matter
+        (torch.Size([3, 4]), True)
     """
 
     variable_leading = True

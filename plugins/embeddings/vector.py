@@ -20,10 +20,22 @@ class IdentityEmbedding(Embedding):
     (``features = k``), as in the conditional MAF of Papamakarios et al. 2017, "Masked
     Autoregressive Flow for Density Estimation", §3.4. Contexts of higher rank are flattened.
 
+    References:
+
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+
+    Arguments:
+
+    * ``context_shape`` (injected): the per-example shape of the context; flowkit sets it from the data.
+
     Example::
 
-        emb = IdentityEmbedding((3,))
-        emb(torch.randn(8, 3)).shape  # (8, 3)
+        >>> import torch
+        >>> from flowkit.plugins.embeddings.vector import IdentityEmbedding
+        >>> embedding = IdentityEmbedding((2, 3))
+        >>> c = torch.randn(8, 2, 3)
+        >>> embedding.features, torch.equal(embedding(c), c.flatten(1))
+        (6, True)
     """
 
     def __init__(self, context_shape: Shape) -> None:
@@ -40,7 +52,26 @@ class MLPEmbedding(Embedding):
     (a summary network in the sense of Radev et al. 2020, "BayesFlow", §2.3, for fixed-size
     observations). Contexts of higher rank are flattened.
 
-    Arguments: ``features ≥ 1`` (output width), ``hidden ≥ 1``, ``num_hidden ≥ 1``.
+    References:
+
+    * Radev, Mertens, Voss, Ardizzone & Köthe 2020, "BayesFlow: Learning Complex Stochastic Models with
+      Invertible Neural Networks", arXiv:2003.06281; IEEE Transactions on Neural Networks and Learning Systems
+      33(4), 2022.
+
+    Arguments:
+
+    * ``context_shape`` (injected): the per-example shape of the context; flowkit sets it from the data.
+    * ``features`` (int ≥ 1, default 16): the output width of ``h``.
+    * ``hidden`` (int ≥ 1, default 64): hidden units.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden ReLU layers.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.embeddings.vector import MLPEmbedding
+        >>> embedding = MLPEmbedding((5,), features=4, hidden=16)
+        >>> embedding(torch.randn(8, 5)).shape
+        torch.Size([8, 4])
     """
 
     test_params: ClassVar[dict[str, int]] = {"features": 4, "hidden": 8, "num_hidden": 1}

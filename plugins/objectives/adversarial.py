@@ -99,6 +99,52 @@ class AdversarialLatent(Objective):
     Under torchrun each process scores its slice of the batch and its own ``critic_samples``
     prior samples; the critic's gradients are averaged over the processes before its step
     (:func:`flowkit.distributed.average_gradients`), so every process keeps the same critic.
+
+    References:
+
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+    * Makhzani, Shlens, Jaitly, Goodfellow & Frey 2016, "Adversarial Autoencoders", ICLR 2016 workshop track
+      (arXiv:1511.05644).
+
+    Arguments:
+
+    * ``adversary_start`` (int ≥ 0, default 0): the first step of phase 2; steps before it only reconstruct.
+    * ``schedule`` ('alternate', default 'alternate'): the alternation of critic and generator steps (only
+      ``'alternate'``).
+    * ``critic_steps`` (int ≥ 1, default 1): critic steps per generator step.
+    * ``loss`` ('hinge' | 'non-saturating', default 'hinge'): the GAN loss of critic and generator.
+    * ``recon_weight`` (float ≥ 0, default 10.0): ``w_rec``, weight of the reconstruction term.
+    * ``oob_weight`` (float ≥ 0, default 10.0): ``w_oob``, weight of the out-of-bounds term.
+    * ``adv_weight`` (float ≥ 0, default 1.0): ``w_adv``, weight of the adversarial term.
+    * ``phase1_clamp`` (float > 0, default 200.0): ``c₁``, the latent clamp of phase 1.
+    * ``phase2_clamp`` (float > 0, default 20.0): ``c₂``, the latent clamp of phase 2.
+    * ``critic_samples`` (int ≥ 1, default 750): prior samples per critic step.
+    * ``critic_hidden`` (tuple[int ≥ 1, int ≥ 1], default (200, 400)): the critic's two hidden widths.
+    * ``critic_lr`` (float > 0, default 0.001): the critic's Adam learning rate.
+    * ``critic_betas`` (tuple[float in [0, 1), float in [0, 1)], default (0.0, 0.9)): the critic's Adam betas.
+    * ``critic_grad_clip`` (float > 0, default 1000.0): gradient-norm clip of the critic.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit import flows
+        >>> from flowkit.objective import Batch
+        >>> from flowkit.plugins.objectives.adversarial import AdversarialLatent
+        >>> objective = AdversarialLatent(adversary_start=2, critic_steps=2, critic_hidden=(8, 8))
+        >>> [objective.phase(step) for step in range(6)]
+        [1, 1, 2, 2, 2, 2]
+        >>> [objective.is_critic_step(step) for step in range(2, 8)]  # 2 critic steps, then 1 generator step
+        [True, True, False, True, True, False]
+        >>> _ = torch.manual_seed(0)
+        >>> prior = {"name": "restricted", "num_selected": 2}
+        >>> model = flows.build("realnvp", 4, num_layers=2, hidden=8, prior=prior)
+        >>> objective.setup(model)  # the critic sees the 2 selected latent dims
+        >>> batch = Batch(torch.randn(8, 4))
+        >>> objective.loss(model, batch, step=0).terms["phase"]  # reconstruction only
+        1.0
+        >>> objective.loss(model, batch, step=2).total is None  # a critic step leaves the model alone
+        True
     """
 
     #: chosen with --objective adversarial: the restricted prior it needs

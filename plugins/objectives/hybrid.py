@@ -43,6 +43,38 @@ class Hybrid(Objective):
     ``lam = λ_paper · D`` (``lam = 0``: a purely discriminative invertible classifier).
     The head's ``W, b`` are trained by the model's optimiser (:meth:`joint_parameters`) and saved
     in the checkpoint. Needs labels and an unconditional prior (``p(x)`` must not see ``y``).
+
+    References:
+
+    * Nalisnick, Matsukawa, Teh, Görür & Lakshminarayanan 2019, "Hybrid Models with Deep and Invertible
+      Features", ICML 2019.
+
+    Arguments:
+
+    * ``lam`` (float ≥ 0, default 1.0): the weight ``λ`` of ``(1/D) log p(x)``; 0: a purely discriminative
+      classifier.
+    * ``eval_batch_size`` (int ≥ 1, default 500): batch size of the final test-accuracy evaluation.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.data.preprocess import Identity
+        >>> from flowkit.model import Flow
+        >>> from flowkit.objective import Batch
+        >>> from flowkit.plugins.objectives.hybrid import Hybrid
+        >>> from flowkit.plugins.priors.gaussian import StandardGaussian
+        >>> from flowkit.plugins.transforms.realnvp import RealNVP
+        >>> _ = torch.manual_seed(0)
+        >>> flow = RealNVP((4,), num_layers=2, hidden=8)
+        >>> model = Flow(flow, StandardGaussian((4,)), Identity((4,)), num_classes=3)
+        >>> objective = Hybrid(lam=0.0)  # λ = 0: a purely discriminative invertible classifier
+        >>> objective.setup(model)  # the linear head W z + b, 4 → 3
+        >>> [tuple(p.shape) for p in objective.joint_parameters()]
+        [(3, 4), (3,)]
+        >>> batch = Batch(torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+        >>> out = objective.loss(model, batch, step=0)
+        >>> out.total.item() == out.terms["class_nll"]
+        True
     """
 
     #: chosen with --objective hybrid: the density p(x) needs an unconditional prior

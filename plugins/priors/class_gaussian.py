@@ -37,6 +37,32 @@ class ClassGaussian(Prior):
     :meth:`log_prob` floors the scale at ``min_scale``:
     ``log p(z | c) = −½ Σ_d [((z_d − μ_{c,d}) / s_{c,d})² + 2 log s_{c,d} + log 2π]`` with
     ``s = max(σ, min_scale)``. Sampling uses the unfloored ``σ``.
+
+    References:
+
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+
+    Arguments:
+
+    * ``shape`` (injected): the latent's shape (the transform's output shape); flowkit sets it.
+    * ``num_classes`` (injected): the number of classes, one Gaussian each; required (a labelled dataset);
+      flowkit sets it.
+    * ``min_scale`` (float > 0, default 0.0001): floor of ``σ`` in ``log_prob``.
+    * ``learn_scale`` (bool, default True): train ``σ``; ``False`` keeps it at its initial value.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.priors.class_gaussian import ClassGaussian
+        >>> prior = ClassGaussian((2,), num_classes=2)
+        >>> labels = torch.tensor([0, 0, 0, 1, 1, 1])
+        >>> z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [9.0, 9.0], [10.0, 10.0], [11.0, 11.0]])
+        >>> prior.initialize(z, labels)  # per-class mean and unbiased std of the latents
+        >>> prior.loc.tolist(), prior.scale.tolist()
+        ([[1.0, 1.0], [10.0, 10.0]], [[1.0, 1.0], [1.0, 1.0]])
+        >>> prior.sample(2, context=torch.tensor([1, 1]), temperature=0.0).tolist()
+        [[10.0, 10.0], [10.0, 10.0]]
     """
 
     conditional: ClassVar[bool] = True

@@ -30,6 +30,30 @@ class ConditionalGaussian(Prior):
 
     It reads the model's embedded context ``h`` of shape ``(B, context_features)``; flowkit
     injects ``context_features`` when the data has a real-valued context.
+
+    References:
+
+    * Winkler, Worrall, Hoogeboom & Welling 2019, "Learning Likelihoods with Conditional Normalizing Flows",
+      arXiv:1912.00042.
+
+    Arguments:
+
+    * ``shape`` (injected): the latent's shape (the transform's output shape); flowkit sets it.
+    * ``context_features`` (injected): the width of the embedded context ``h``; required; flowkit sets it.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of the MLP.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden ReLU layers of the MLP.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.priors.conditional_gaussian import ConditionalGaussian
+        >>> from flowkit.plugins.priors.gaussian import StandardGaussian
+        >>> prior = ConditionalGaussian((2,), context_features=3, hidden=16)
+        >>> z, h = torch.randn(4, 2), torch.randn(4, 3)
+        >>> torch.allclose(prior.log_prob(z, h), StandardGaussian((2,)).log_prob(z))  # starts at N(0, I)
+        True
+        >>> prior.sample(4, context=h).shape
+        torch.Size([4, 2])
     """
 
     vector_conditional: ClassVar[bool] = True

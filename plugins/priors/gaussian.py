@@ -18,6 +18,28 @@ class StandardGaussian(Prior):
 
     ``log p(z) = −½ Σ_i (z_i² + log 2π)``. Samples ``z = T·ε`` with ``ε ~ N(0, I)`` and
     temperature ``T`` (Kingma & Dhariwal 2018, "Glow", §5: lower T trades diversity for quality).
+
+    References:
+
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+    * Papamakarios, Nalisnick, Rezende, Mohamed & Lakshminarayanan 2021, "Normalizing Flows for Probabilistic
+      Modeling and Inference", Journal of Machine Learning Research 22(57).
+
+    Arguments:
+
+    * ``shape`` (injected): the latent's shape (the transform's output shape); flowkit sets it.
+    * ``num_classes`` (injected): accepted for the common signature; the prior is unconditional.
+
+    Example::
+
+        >>> import math, torch
+        >>> from flowkit.plugins.priors.gaussian import StandardGaussian
+        >>> prior = StandardGaussian((2,))
+        >>> math.isclose(prior.log_prob(torch.zeros(1, 2)).item(), -math.log(2 * math.pi), rel_tol=1e-6)
+        True
+        >>> _ = torch.manual_seed(0)
+        >>> prior.sample(4, temperature=0.5).shape
+        torch.Size([4, 2])
     """
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -39,6 +61,26 @@ class DiagonalGaussian(Prior):
 
     ``log p(z) = −½ Σ_i [((z_i − μ_i)/σ_i)² + 2 log σ_i + log 2π]``; reparameterised samples
     ``z = μ + T·σ ⊙ ε`` so gradients reach μ and σ (Kingma & Welling 2014, §2.4). Starts at N(0, I).
+
+    References:
+
+    * Kingma & Welling 2014, "Auto-Encoding Variational Bayes", ICLR 2014.
+
+    Arguments:
+
+    * ``shape`` (injected): the latent's shape (the transform's output shape); flowkit sets it.
+    * ``num_classes`` (injected): accepted for the common signature; the prior is unconditional.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.priors.gaussian import DiagonalGaussian, StandardGaussian
+        >>> prior = DiagonalGaussian((3,))
+        >>> z = torch.randn(5, 3)
+        >>> torch.allclose(prior.log_prob(z), StandardGaussian((3,)).log_prob(z))  # starts at N(0, I)
+        True
+        >>> sorted(name for name, _ in prior.named_parameters())
+        ['loc', 'log_scale']
     """
 
     def __init__(self, shape: Shape, num_classes: int | None = None) -> None:

@@ -37,6 +37,31 @@ class RestrictedGaussian(Prior):
     The restricted prior has no density on the full latent space (it lives on a k-dim subspace),
     so :meth:`log_prob` uses a proper surrogate that tends to it as ``off_scale → 0``:
     ``log p(z) = Σ_{d∈sel} log N(z_d; 0, 1) + Σ_{d∉sel} log N(z_d; 0, off_scale²)``.
+
+    References:
+
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+
+    Arguments:
+
+    * ``shape`` (injected): the latent's shape (the transform's output shape); flowkit sets it.
+    * ``num_classes`` (injected): accepted for the common signature; the prior is unconditional.
+    * ``num_selected`` (int ≥ 1, default 64): ``k``, the latent dims kept (those of largest initial std).
+    * ``off_scale`` (float > 0, default 0.01): the std of the surrogate density on the other dims.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.priors.restricted import RestrictedGaussian
+        >>> prior = RestrictedGaussian((4,), num_selected=2)
+        >>> z = torch.randn(100, 4) * torch.tensor([0.1, 3.0, 0.2, 2.0])
+        >>> prior.initialize(z)  # keeps the two dims of largest std
+        >>> prior.selected.tolist()
+        [1, 3]
+        >>> _ = torch.manual_seed(0)
+        >>> (prior.sample(5)[:, [0, 2]] == 0).all().item()
+        True
     """
 
     needs_data_init: ClassVar[bool] = True

@@ -31,6 +31,31 @@ class ActNorm(Transform):
     data. ``inverse`` never initialises; before initialisation the parameters hold their identity
     values (``b = 0``, ``log s = 0``), so it is the identity. Evaluation-mode forwards do not
     initialise either.
+
+    References:
+
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``eps`` (float > 0, default 1e-06): added to the batch's standard deviation in the initialisation,
+      ``s = 1 / (std + eps)``.
+    * ``num_classes`` (injected): accepted for the common signature and ignored: the layer reads no context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.actnorm import ActNorm
+        >>> _ = torch.manual_seed(0)
+        >>> layer = ActNorm((3,))
+        >>> x = 2.0 + 3.0 * torch.randn(500, 3)
+        >>> y, logdet = layer(x)  # the first training batch sets b and s
+        >>> y.mean(0).abs().max().item() < 1e-5, torch.allclose(y.std(0), torch.ones(3), atol=1e-2)
+        (True, True)
+        >>> torch.allclose(layer.inverse(y)[0], x, atol=1e-5)
+        True
     """
 
     input_ranks = (1, 3)

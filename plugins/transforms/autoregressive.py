@@ -23,7 +23,7 @@ Spline Flows", RQ-NSF (AR)); the registered ``autoregressive`` takes any map by 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec, context_width
-from flowkit.elementwise import ElementwiseMap, Inverted, build_map
+from flowkit.elementwise import ElementwiseMap, Inverted, PackedParams, build_map
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.params import Range
 from flowkit.plugins.elementwise import LOG_SCALE_BOUND, Affine, soft_clamp
@@ -149,13 +149,13 @@ class AutoregressiveLayer(Transform):
             return None
         return self.context_spec.features(context, z, type(self).__name__)
 
-    def _params(self, z: Tensor, features: Tensor | None) -> tuple[Tensor, ...]:
+    def _params(self, z: Tensor, features: Tensor | None) -> Sequence[Tensor]:
         """One MADE pass: the map's parameters of every coordinate from ``z_<d``, then the
         map's feature parameters."""
-        made = self.made(z, features).unbind(1)
-        return (*made, *(getattr(self, name) for name in self._feature_names))
+        made = self.made(z, features)  # (B, num_params, D)
+        return PackedParams(made, 1, tuple(getattr(self, name) for name in self._feature_names))
 
-    def conditioner_params(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+    def conditioner_params(self, z: Tensor, context: Tensor | None) -> Sequence[Tensor]:
         """The map's parameters ``θ_d(z_<d)`` of every coordinate, each ``(B, D)``, and its
         feature parameters."""
         return self._params(z, self._features(z, context))
@@ -274,6 +274,39 @@ class MAF(_AffineAutoregressive):
     ``forward`` (density) is one MADE pass per layer; ``inverse`` (sampling) is sequential, ``D``
     passes per layer. ``α = 5 tanh(α_raw / 5)`` for stability. Images are flattened; the latent
     has shape ``(D,)``, ``D ≥ 2``. ``conditional=true`` feeds one-hot labels to every MADE.
+
+    References:
+
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+    * Germain, Gregor, Murray & Larochelle 2015, "MADE: Masked Autoencoder for Distribution Estimation", ICML
+      2015.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_layers`` (int ≥ 1, default 5): the number of MADE affine layers.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each MADE layer.
+    * ``num_hidden`` (int ≥ 1, default 2): masked hidden layers of each MADE.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.autoregressive import MAF
+        >>> _ = torch.manual_seed(0)
+        >>> flow = MAF((3,), num_layers=2, hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in flow.parameters()]  # as if trained
+        >>> x = torch.randn(8, 3)
+        >>> z, logdet = flow(x)
+        >>> x_back, inv_logdet = flow.inverse(z)
+        >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(inv_logdet, -logdet, atol=1e-5)
+        (True, True)
     """
 
     direction = "maf"
@@ -290,6 +323,39 @@ class IAF(_AffineAutoregressive):
     density) is sequential, ``D`` passes per layer, so maximum-likelihood training is ``D`` times
     slower than MAF's. Parameters, order reversal, the soft bound on ``α``, flattening and
     ``conditional`` are as in ``maf``.
+
+    References:
+
+    * Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling 2016, "Improving Variational Inference with
+      Inverse Autoregressive Flow", NeurIPS 2016.
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_layers`` (int ≥ 1, default 5): the number of MADE affine layers.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each MADE layer.
+    * ``num_hidden`` (int ≥ 1, default 2): masked hidden layers of each MADE.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.autoregressive import IAF
+        >>> _ = torch.manual_seed(0)
+        >>> flow = IAF((3,), num_layers=2, hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in flow.parameters()]  # as if trained
+        >>> u = torch.randn(8, 3)
+        >>> x, logdet = flow.inverse(u)  # sampling: one MADE pass per layer
+        >>> u_back, fwd_logdet = flow(x)
+        >>> torch.allclose(u_back, u, atol=1e-5), torch.allclose(fwd_logdet, -logdet, atol=1e-5)
+        (True, True)
     """
 
     direction = "iaf"
@@ -305,6 +371,47 @@ class Autoregressive(FlatStack):
     ``direction="maf"`` the map's forward is the density direction (one pass per layer;
     sampling takes ``D``), in ``"iaf"`` it is the sampling direction. Images are flattened; the
     latent has shape ``(D,)``, ``D ≥ 2``. ``conditional=true`` feeds the context to every MADE.
+
+    References:
+
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+    * Germain, Gregor, Murray & Larochelle 2015, "MADE: Masked Autoencoder for Distribution Estimation", ICML
+      2015.
+    * Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling 2016, "Improving Variational Inference with
+      Inverse Autoregressive Flow", NeurIPS 2016.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``map`` (str | ElementwiseMap, default 'affine'): the elementwise map ``g``: a registered name
+      (``flowkit list elementwise``) or an ``ElementwiseMap`` object whose ``autoregressive`` is true.
+    * ``map_params`` (dict[str, Any] | None, default None): arguments of the named map; ``None``: its
+      defaults.
+    * ``direction`` ('maf' | 'iaf', default 'maf'): ``'maf'``: the map's forward is the density direction (one
+      pass per layer); ``'iaf'``: it is the sampling direction.
+    * ``num_layers`` (int ≥ 1, default 5): the number of autoregressive layers.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each MADE layer.
+    * ``num_hidden`` (int ≥ 1, default 2): masked hidden layers of each MADE.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.autoregressive import Autoregressive
+        >>> _ = torch.manual_seed(0)
+        >>> flow = Autoregressive((3,), map="affine", map_params={"scale": "soft-clamp"}, num_layers=2)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in flow.parameters()]  # as if trained
+        >>> x = torch.randn(8, 3)
+        >>> z, logdet = flow(x)  # density: one MADE pass per layer
+        >>> x_back, inv_logdet = flow.inverse(z)  # sampling: D passes per layer
+        >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(inv_logdet, -logdet, atol=1e-5)
+        (True, True)
     """
 
     test_params: ClassVar[dict[str, Any]] = {

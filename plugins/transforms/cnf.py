@@ -153,13 +153,66 @@ class CNF(Transform):
     ``exact``: ``D`` Jacobian-vector products); evaluation mode always uses the exact trace when
     ``D ≤ exact_trace_max_dim`` (:attr:`last_trace` says which one the last call used).
 
-    Parameters: ``net`` (``mlp`` for vectors, ``conv`` for images; default by rank), ``hidden``
-    units/channels and ``num_hidden`` layers with a smooth ``activation``; ``time_horizon`` ``T``;
-    ``solver`` (adaptive: ``dopri5`` …, with ``atol``, ``rtol`` and ``max_steps`` steps per solve;
-    fixed-grid: ``rk4`` …, with ``step_size``); ``adjoint`` (adjoint-method gradients);
-    ``conditional``/``num_classes``/``context_features`` (the context is read at every layer of
-    the vector field). :attr:`last_nfe` is the number of function evaluations of the last solve;
-    :meth:`velocity` is the vector field itself (for flow matching). Starts as the identity.
+    The context is read at every layer of the vector field. :attr:`last_nfe` is the number of
+    function evaluations of the last solve; :meth:`velocity` is the vector field itself (for flow
+    matching). Starts as the identity.
+
+    References:
+
+    * Chen, Rubanova, Bettencourt & Duvenaud 2018, "Neural Ordinary Differential Equations", NeurIPS 2018.
+    * Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud 2019, "FFJORD: Free-form Continuous Dynamics for
+      Scalable Reversible Generative Models", ICLR 2019.
+    * Hutchinson 1989, "A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian Smoothing
+      Splines", Communications in Statistics – Simulation and Computation 18(3).
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``net`` ('mlp' | 'conv' | None, default None): the vector field's network: ``'mlp'`` (vectors) or
+      ``'conv'`` (images); ``None``: by the rank.
+    * ``hidden`` (int, default 64): hidden units or channels of the vector field; at least 1 (checked when
+      built).
+    * ``num_hidden`` (int, default 2): hidden layers of the vector field; at least 1.
+    * ``activation`` ('softplus' | 'tanh' | 'silu', default 'tanh'): its smooth nonlinearity.
+    * ``time_horizon`` (float, default 1.0): the end time ``T`` of the integration; positive.
+    * ``solver`` ('dopri5' | 'dopri8' | 'bosh3' | 'fehlberg2' | 'adaptive_heun' | 'euler' | 'midpoint' |
+      'heun2' | 'heun3' | 'rk4' | 'explicit_adams' | 'implicit_adams', default 'dopri5'): the torchdiffeq
+      solver: adaptive (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) or fixed-grid
+      (the others).
+    * ``atol`` (float, default 1e-05): absolute tolerance of an adaptive solver; positive.
+    * ``rtol`` (float, default 1e-05): relative tolerance of an adaptive solver; positive.
+    * ``step_size`` (float, default 0.05): step of a fixed-grid solver; positive, with
+      ``T / step_size ≤ max_steps``.
+    * ``max_steps`` (int, default 1000): the most steps per solve; at least 1.
+    * ``adjoint`` (bool, default False): gradients by the adjoint method (memory O(1) in the number of steps).
+    * ``trace`` ('hutchinson' | 'exact', default 'hutchinson'): the trace in training: ``'hutchinson'`` (one
+      ``probe`` per example, unbiased) or ``'exact'`` (``D`` Jacobian-vector products).
+    * ``probe`` ('rademacher' | 'gaussian', default 'rademacher'): the distribution of Hutchinson's probe
+      vectors.
+    * ``exact_trace_max_dim`` (int, default 64): in evaluation mode the trace is exact when
+      ``D ≤ exact_trace_max_dim``; at least 0.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.cnf import CNF
+        >>> _ = torch.manual_seed(0)
+        >>> flow = CNF((2,), hidden=16, solver="rk4", step_size=0.25, trace="exact").eval()
+        >>> x = torch.randn(4, 2)
+        >>> z, logdet = flow(x)
+        >>> torch.allclose(z, x), logdet.abs().max().item()  # a fresh CNF is the identity
+        (True, 0.0)
+        >>> _ = [torch.nn.init.normal_(p, std=0.3) for p in flow.parameters()]  # as if trained
+        >>> z, logdet = flow(x)
+        >>> torch.allclose(flow.inverse(z)[0], x, atol=1e-4)
+        True
     """
 
     input_ranks: ClassVar[tuple[int, ...]] = (1, 3)

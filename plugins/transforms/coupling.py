@@ -158,6 +158,53 @@ class Coupling(Transform):
     ``(in_channels, out_channels) -> nn.Module`` from Python; its last layer starts at zero.
     With a context (``conditional``), class labels (one-hot) or a real vector are appended to
     the conditioner's input.
+
+    References:
+
+    * Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", ICLR 2017.
+    * Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", ICLR 2015 workshop
+      track (arXiv:1410.8516).
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``map`` (str | ElementwiseMap, default 'affine'): the elementwise map ``g``: a registered name
+      (``flowkit list elementwise``) or an ``ElementwiseMap`` object.
+    * ``map_params`` (dict[str, Any] | None, default None): arguments of the named map, e.g.
+      ``{"num_bins": 4}`` for ``rq-spline``; ``None``: its defaults.
+    * ``mask`` ('half' | 'alternate' | 'checkerboard' | 'channel' | list[int ≥ 0] | None, default None): which
+      inputs condition (``x_A``): ``'half'`` (the first ``⌊D/2⌋``) or ``'alternate'`` (even indices) for
+      vectors, ``'checkerboard'`` (pixels with ``h + w`` even) or ``'channel'`` (the first ``⌊C/2⌋`` channels)
+      for images; ``None``: ``'half'`` for vectors, ``'checkerboard'`` for images; or a list of the
+      conditioning indices along dimension 1.
+    * ``parity`` (bool, default False): swap the roles of ``x_A`` and ``x_B``.
+    * ``conditioner`` (str | ConditionerFactory | None, default None): the network ``θ(x_A)``: ``'mlp'``,
+      ``'conv'``/``'resnet'``, ``'glow'``, or a factory ``(in_channels, out_channels) -> nn.Module``;
+      ``None``: ``'mlp'`` for vectors, ``'conv'`` for images.
+    * ``hidden`` (int ≥ 1, default 64): hidden units (``mlp``) or channels (``conv``) of the conditioner.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the ``mlp`` conditioner.
+    * ``num_blocks`` (int ≥ 0, default 2): residual blocks of the ``conv`` conditioner.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.coupling import Coupling
+        >>> _ = torch.manual_seed(0)
+        >>> layer = Coupling((6,), map="rq-spline", map_params={"num_bins": 4}, hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in layer.parameters()]  # as if trained
+        >>> x = torch.randn(8, 6)
+        >>> y, logdet = layer(x)
+        >>> y.shape, logdet.shape
+        (torch.Size([8, 6]), torch.Size([8]))
+        >>> torch.allclose(layer.inverse(y)[0], x, atol=1e-5)
+        True
     """
 
     input_ranks = (1, 3)
@@ -440,6 +487,46 @@ class AdditiveCoupling(_NamedCoupling):
     ``parity`` swaps them; ``t`` is an MLP (``hidden`` units × ``num_hidden`` layers) or a
     residual conv net (``hidden`` channels, ``num_blocks`` blocks). With ``conditional=true``
     one-hot class labels are fed to ``t``.
+
+    References:
+
+    * Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", ICLR 2015 workshop
+      track (arXiv:1410.8516).
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``mask`` ('half' | 'alternate' | 'checkerboard' | 'channel' | None, default None): which inputs
+      condition (``x_A``): ``'half'`` (the first ``⌊D/2⌋``) or ``'alternate'`` (even indices) for vectors,
+      ``'checkerboard'`` (pixels with ``h + w`` even) or ``'channel'`` (the first ``⌊C/2⌋`` channels) for
+      images; ``None``: ``'half'`` for vectors, ``'checkerboard'`` for images.
+    * ``parity`` (bool, default False): swap the roles of ``x_A`` and ``x_B``.
+    * ``conditioner`` ('mlp' | 'conv' | None, default None): the network ``θ(x_A)``: ``'mlp'`` for vectors,
+      ``'conv'`` (a residual conv net) for images; ``None``: chosen by the rank.
+    * ``hidden`` (int ≥ 1, default 64): hidden units (``mlp``) or channels (``conv``) of the conditioner.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the ``mlp`` conditioner.
+    * ``num_blocks`` (int ≥ 0, default 2): residual blocks of the ``conv`` conditioner.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.coupling import AdditiveCoupling
+        >>> _ = torch.manual_seed(0)
+        >>> layer = AdditiveCoupling((4,), hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in layer.parameters()]  # as if trained
+        >>> x = torch.randn(8, 4)
+        >>> y, logdet = layer(x)
+        >>> logdet.abs().max().item()  # volume preserving
+        0.0
+        >>> torch.allclose(layer.inverse(y)[0], x, atol=1e-6)
+        True
     """
 
     default_map = Additive()
@@ -458,6 +545,44 @@ class AffineCoupling(_NamedCoupling):
     authors' implementation, so that early training cannot produce huge scales. The conditioner
     writes ``s_raw`` before ``t``. ``mask``, ``parity``, the conditioner and ``conditional`` are
     as in ``additive-coupling``.
+
+    References:
+
+    * Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", ICLR 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``mask`` ('half' | 'alternate' | 'checkerboard' | 'channel' | None, default None): which inputs
+      condition (``x_A``): ``'half'`` (the first ``⌊D/2⌋``) or ``'alternate'`` (even indices) for vectors,
+      ``'checkerboard'`` (pixels with ``h + w`` even) or ``'channel'`` (the first ``⌊C/2⌋`` channels) for
+      images; ``None``: ``'half'`` for vectors, ``'checkerboard'`` for images.
+    * ``parity`` (bool, default False): swap the roles of ``x_A`` and ``x_B``.
+    * ``conditioner`` ('mlp' | 'conv' | None, default None): the network ``θ(x_A)``: ``'mlp'`` for vectors,
+      ``'conv'`` (a residual conv net) for images; ``None``: chosen by the rank.
+    * ``hidden`` (int ≥ 1, default 64): hidden units (``mlp``) or channels (``conv``) of the conditioner.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the ``mlp`` conditioner.
+    * ``num_blocks`` (int ≥ 0, default 2): residual blocks of the ``conv`` conditioner.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.coupling import AffineCoupling
+        >>> _ = torch.manual_seed(0)
+        >>> layer = AffineCoupling((4,), hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in layer.parameters()]  # as if trained
+        >>> x = torch.randn(8, 4)
+        >>> y, logdet = layer(x)
+        >>> x_back, inv_logdet = layer.inverse(y)
+        >>> torch.allclose(x_back, x, atol=1e-6), torch.allclose(inv_logdet, -logdet, atol=1e-6)
+        (True, True)
     """
 
     default_map = Affine(scale="tanh")

@@ -45,6 +45,42 @@ class GIN(Architecture):
     ``permute``). Conditioners are residual conv nets with ``hidden`` channels (default 64) and
     ``res_blocks`` blocks. No factor-out: every stage sees all dimensions. H and W must be
     divisible by ``2^(num_scales − 1)``.
+
+    References:
+
+    * Sorrenson, Rother & Köthe 2020, "Disentanglement by Nonlinear ICA with General Incompressible-flow
+      Networks (GIN)", ICLR 2020.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_blocks`` (int ≥ 1, default 8): couplings per network (vectors) or per stage (images).
+    * ``num_scales`` (int ≥ 1, default 2): stages of an image network (every one after the first starts with a
+      squeeze); vectors ignore it.
+    * ``hidden`` (int ≥ 1 | None, default None): hidden units (vectors) or channels (images) of the
+      conditioners; ``None``: 256 for vectors, 64 for images.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the vector conditioners.
+    * ``res_blocks`` (int ≥ 0, default 2): residual blocks of the image conditioners.
+    * ``permute`` (bool, default True): fixed random permutations between the couplings.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.gin import GIN
+        >>> _ = torch.manual_seed(0)
+        >>> flow = GIN((4,), num_blocks=2, hidden=16)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in flow.parameters()]  # as if trained
+        >>> x = torch.randn(8, 4)
+        >>> z, logdet = flow(x)
+        >>> logdet.abs().max().item() < 1e-6, torch.allclose(flow.inverse(z)[0], x, atol=1e-5)
+        (True, True)
     """
 
     volume_preserving = True

@@ -62,9 +62,9 @@ class GlowCoupling(Coupling):
     (Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", §3.3,
     Table 1; the sigmoid scale is the authors' code)::
 
-        (t, r) = NN(x_a),   s = sigmoid(r + 2)
+        (t, r) = NN(x_a),   log s = −soft_cap(−log sigmoid(r + 2))   (= log sigmoid(r + 2) if ≥ −4)
         y_a = x_a,   y_b = (x_b + t) ⊙ s,   log|det J| = Σ log s
-        inverse:  x_b = y_b / s − t
+        inverse:  x_b = y_b / s − t,   1/s < e⁶ ≈ 403
 
     A :class:`~flowkit.plugins.transforms.coupling.Coupling` with the ``affine`` map (``sigmoid``
     scale, shift first) and ``(t, r)`` interleaved in ``NN``'s output channels. ``NN`` is
@@ -73,6 +73,42 @@ class GlowCoupling(Coupling):
     vectors ``(D,)``. Zero initialisation makes a fresh coupling ``y_b = sigmoid(2)·x_b`` — the
     identity up to a constant scale. The sigmoid keeps the scale in ``(0, 1)``, which stabilises
     training. With ``conditional=true`` one-hot class labels are fed to ``NN``.
+
+    The floor (:func:`~flowkit.plugins.elementwise.soft_cap`, knee 4, cap 6) leaves the authors'
+    ``s = sigmoid(r + 2)`` unchanged for ``s ≥ e⁻⁴ ≈ 0.018`` and keeps ``s > e⁻⁶ ≈ 0.0025``.
+    Unfloored, the inverse's ``1/s ≈ e^{−r−2}`` grows exponentially with the input through
+    ``r``, layer after layer, and inverting N(0, I) latents gave mostly non-finite samples
+    (``docs/glow.md``, "Samples that explode").
+
+    References:
+
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``hidden`` (int ≥ 1, default 256): hidden channels (images) or units (vectors) of ``NN``.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.glow import GlowCoupling
+        >>> _ = torch.manual_seed(0)
+        >>> layer = GlowCoupling((4, 2, 2), hidden=8)
+        >>> x = torch.randn(3, 4, 2, 2)
+        >>> y, logdet = layer(x)  # a fresh layer: y_a = x_a, y_b = sigmoid(2)·x_b
+        >>> scale = torch.sigmoid(torch.tensor(2.0))
+        >>> torch.equal(y[:, :2], x[:, :2]), torch.allclose(y[:, 2:], scale * x[:, 2:])
+        (True, True)
+        >>> torch.allclose(layer.inverse(y)[0], x, atol=1e-6)
+        True
     """
 
     min_channels = 2
@@ -125,13 +161,19 @@ class SplitPrior(Coupling):
     (Kingma & Dhariwal 2018, "Glow", §3, Fig. 2b; ``split2d`` in the authors' code). The same
     density is obtained with a ``N(0, I)`` base by normalising ``z``::
 
-        (μ, log σ) = ZeroConv2d(h),   ε = (z − μ) ⊙ exp(−log σ),   h passes unchanged
+        (μ, r) = ZeroConv2d(h),   log σ = soft_cap(r),   ε = (z − μ) ⊙ exp(−log σ),   h unchanged
         log|det J| = −Σ log σ,   so  log N(ε; 0, I) − Σ log σ = log N(z; μ, σ²)
+        inverse (sampling):  z = μ + σ ⊙ ε,   σ < e⁶ ≈ 403
 
     which is exactly Glow's conditional prior ``log p(z | h)``: a
     :class:`~flowkit.plugins.transforms.coupling.Coupling` on the ``channel`` split whose map is
-    the inverse of the ``affine`` map (``exp`` scale), ``(μ, log σ)`` interleaved. With
+    the inverse of the ``affine`` map (``capped-exp`` scale), ``(μ, r)`` interleaved. With
     ``conditional=true`` the one-hot class labels are appended to ``h``. Images only.
+
+    The cap (:func:`~flowkit.plugins.elementwise.soft_cap`) keeps the authors' ``log σ = r`` for
+    ``r ≤ 4`` (σ up to ``e⁴ ≈ 55``) and bends it smoothly below 6. Uncapped, ``σ = exp(r)`` with
+    ``r`` growing with ``h`` overflowed when sampling from a large ``h`` (``docs/glow.md``,
+    "Samples that explode"). Small ``σ`` (the density direction) is not bounded.
     """
 
     input_ranks = (3,)
@@ -160,7 +202,7 @@ class SplitPrior(Coupling):
         _need_two_channels("SplitPrior", shape, "squeeze the image first")
         super().__init__(
             shape,
-            map=Inverted(Affine(scale="exp")),
+            map=Inverted(Affine(scale="capped-exp")),
             mask="channel",
             conditioner=ZeroConv2d,
             conditional=conditional,
@@ -215,6 +257,40 @@ class Glow(Architecture):
     (``[data] preprocess = "center"``). The 1×1 convolutions start as random rotations drawn from
     ``init_seed + step index``. With ``conditional=true`` class labels feed every coupling and
     split prior. Images only.
+
+    References:
+
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape ``(C, H, W)`` of one image; flowkit sets it from the data.
+    * ``num_levels`` (int ≥ 1 | None, default None): the number of levels ``L``; ``None``: 3, or as many as
+      the image size allows.
+    * ``num_steps`` (int ≥ 1, default 8): steps of flow ``K`` per level.
+    * ``hidden`` (int ≥ 1, default 256): hidden channels of the coupling networks.
+    * ``lu`` (bool, default True): LU-decomposed 1×1 convolutions.
+    * ``init_seed`` (int in [0, 4294967295], default 0): the 1×1 convolutions start as rotations drawn from
+      ``init_seed + step index``.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.glow import Glow
+        >>> _ = torch.manual_seed(0)
+        >>> flow = Glow((1, 8, 8), num_levels=2, num_steps=2, hidden=8)
+        >>> x = torch.randn(4, 1, 8, 8)
+        >>> z, logdet = flow(x)  # the first training batch initialises the actnorms
+        >>> z.shape, logdet.shape
+        (torch.Size([4, 64]), torch.Size([4]))
+        >>> torch.allclose(flow.inverse(z)[0], x, atol=1e-4)
+        True
     """
 
     input_ranks = (3,)

@@ -289,6 +289,42 @@ class NflowsRQCoupling(_NflowsVectorFlow):
     and the default ``tail_bound = 3`` are checked at scale 1 in the plugin's own tests. The LU
     layer's inverse calls ``torch.triangular_solve``, which torch deprecates (a ``UserWarning``);
     ``lu_linear=False`` avoids it.
+
+    References:
+
+    * Durkan, Bekasov, Murray & Papamakarios 2020, "nflows: normalizing flows in PyTorch", Zenodo
+      (doi:10.5281/zenodo.4296286).
+    * Durkan, Bekasov, Murray & Papamakarios 2019, "Neural Spline Flows", NeurIPS 2019.
+    * Gregory & Delbourgo 1982, "Piecewise Rational Quadratic Interpolation to Monotonic Data", IMA Journal of
+      Numerical Analysis 2(2).
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_layers`` (int ≥ 1, default 4): the number of spline couplings.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each ``ResidualNet``.
+    * ``num_blocks`` (int ≥ 0, default 2): residual blocks of each ``ResidualNet``.
+    * ``num_bins`` (int ≥ 1, default 8): spline bins per coupling.
+    * ``tail_bound`` (float > 0, default 3.0): ``B``: the splines act on ``[−B, B]``, the tails are linear.
+    * ``lu_linear`` (bool, default True): an LU-decomposed linear layer between consecutive couplings.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.nflows_bridge import NflowsRQCoupling
+        >>> _ = torch.manual_seed(0)
+        >>> flow = NflowsRQCoupling((4,), num_layers=2, hidden=16, lu_linear=False)
+        >>> x = torch.randn(8, 4)
+        >>> z, logdet = flow(x)
+        >>> z.shape, torch.allclose(flow.inverse(z)[0], x, atol=1e-4)
+        (torch.Size([8, 4]), True)
     """
 
     min_channels = 2  # two halves to couple
@@ -365,6 +401,40 @@ class NflowsMAF(_NflowsVectorFlow):
     One layer, or latents ``y = f(x)`` of data of moderate scale, pass. ``test_params`` therefore
     draws ``num_layers = 1`` (the suite draws inputs of scale up to 3); stacks are checked at
     scale 1 in the plugin's own tests.
+
+    References:
+
+    * Durkan, Bekasov, Murray & Papamakarios 2020, "nflows: normalizing flows in PyTorch", Zenodo
+      (doi:10.5281/zenodo.4296286).
+    * Papamakarios, Pavlakou & Murray 2017, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+    * Germain, Gregor, Murray & Larochelle 2015, "MADE: Masked Autoencoder for Distribution Estimation", ICML
+      2015.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_layers`` (int ≥ 1, default 5): the number of MADE affine layers.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each MADE.
+    * ``num_blocks`` (int ≥ 0, default 2): masked residual blocks of each MADE.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.nflows_bridge import NflowsMAF
+        >>> _ = torch.manual_seed(0)
+        >>> flow = NflowsMAF((3,), num_layers=1, hidden=16)
+        >>> x = torch.randn(8, 3)
+        >>> z, logdet = flow(x)
+        >>> x_back, inv_logdet = flow.inverse(z)
+        >>> torch.allclose(x_back, x, atol=1e-4), torch.allclose(inv_logdet, -logdet, atol=1e-4)
+        (True, True)
     """
 
     plugin = "nflows-maf"
@@ -427,6 +497,33 @@ class NflowsRealNVP(_NflowsVectorFlow):
     fails; every other check passes in eval mode.
     Images are flattened; the latent has shape ``(D,)``, ``D ≥ 2``. Not conditional: nflows'
     ``SimpleRealNVP`` takes no context.
+
+    References:
+
+    * Durkan, Bekasov, Murray & Papamakarios 2020, "nflows: normalizing flows in PyTorch", Zenodo
+      (doi:10.5281/zenodo.4296286).
+    * Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", ICLR 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_layers`` (int ≥ 1, default 4): the number of affine couplings.
+    * ``hidden`` (int ≥ 1, default 64): hidden units of each ``ResidualNet``.
+    * ``num_blocks`` (int ≥ 1, default 2): residual blocks of each ``ResidualNet``.
+    * ``batch_norm`` (bool, default False): nflows' ``BatchNorm`` between the couplings (invertible in eval
+      mode only).
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.nflows_bridge import NflowsRealNVP
+        >>> _ = torch.manual_seed(0)
+        >>> flow = NflowsRealNVP((4,), num_layers=2, hidden=16)
+        >>> x = torch.randn(8, 4)
+        >>> z, logdet = flow(x)
+        >>> z.shape, torch.allclose(flow.inverse(z)[0], x, atol=1e-5)
+        (torch.Size([8, 4]), True)
     """
 
     min_channels = 2  # two halves to couple

@@ -54,6 +54,37 @@ class NICE(Architecture):
     ``hidden`` units, and ``S`` the diagonal scaling ``y = exp(s) ⊙ h``; ``log|det J| = Σ s``
     (Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", §3 and
     §5.1: 4 couplings of 5 × 1000 units). The latent has shape ``(D,)``.
+
+    References:
+
+    * Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", ICLR 2015 workshop
+      track (arXiv:1410.8516).
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_couplings`` (int ≥ 1, default 4): the number of additive couplings ``K``.
+    * ``hidden`` (int ≥ 1, default 1000): hidden units of each ``t_k``.
+    * ``num_hidden`` (int ≥ 1, default 5): hidden ReLU layers of each ``t_k``.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.nice import NICE
+        >>> _ = torch.manual_seed(0)
+        >>> flow = NICE((1, 2, 2), num_couplings=2, hidden=16, num_hidden=1)
+        >>> _ = [torch.nn.init.normal_(p, std=0.1) for p in flow.parameters()]  # as if trained
+        >>> x = torch.randn(8, 1, 2, 2)
+        >>> z, logdet = flow(x)  # images are flattened
+        >>> z.shape, torch.allclose(flow.inverse(z)[0], x, atol=1e-5)
+        (torch.Size([8, 4]), True)
     """
 
     input_ranks = (1, 3)

@@ -26,6 +26,33 @@ class RandomPermutation(Transform):
     ``y[:, i] = x[:, π(i)]`` for a permutation ``π`` drawn once from ``permutation_seed``, so the
     same config always builds the same layer; ``π`` and ``π⁻¹`` are stored as buffers and saved
     with the model (Dinh et al. 2015, "NICE", §3.3; Kingma & Dhariwal 2018, "Glow", §3.2 "shuffle").
+
+    References:
+
+    * Dinh, Krueger & Bengio 2015, "NICE: Non-linear Independent Components Estimation", ICLR 2015 workshop
+      track (arXiv:1410.8516).
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``permutation_seed`` (int in [0, 18446744073709551615], default 0): seed of the permutation ``π``.
+    * ``num_classes`` (injected): accepted for the common signature and ignored: the layer reads no context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.permutation import RandomPermutation
+        >>> layer = RandomPermutation((5,), permutation_seed=0)
+        >>> x = torch.arange(5.0).unsqueeze(0)
+        >>> y, logdet = layer(x)
+        >>> sorted(y[0].tolist()), logdet.item()
+        ([0.0, 1.0, 2.0, 3.0, 4.0], 0.0)
+        >>> torch.equal(RandomPermutation((5,), permutation_seed=0)(x)[0], y)  # same seed, same layer
+        True
+        >>> torch.equal(layer.inverse(y)[0], x)
+        True
     """
 
     volume_preserving = True
@@ -64,6 +91,27 @@ class ReversePermutation(Transform):
     ``y[:, i] = x[:, D − 1 − i]``; it is its own inverse. Between couplings it swaps which half is
     transformed (Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1x1
     Convolutions", §3.2, the "reverse" permutation).
+
+    References:
+
+    * Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1×1 Convolutions", NeurIPS 2018.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_classes`` (injected): accepted for the common signature and ignored: the layer reads no context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.permutation import ReversePermutation
+        >>> layer = ReversePermutation((4,))
+        >>> y, logdet = layer(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+        >>> y.tolist(), logdet.item()
+        ([[4.0, 3.0, 2.0, 1.0]], 0.0)
+        >>> layer.inverse(y)[0].tolist()
+        [[1.0, 2.0, 3.0, 4.0]]
     """
 
     volume_preserving = True

@@ -81,6 +81,39 @@ class RealNVP(Architecture):
     conditioners of ``num_hidden`` layers of ``hidden`` units (default 256).
 
     The latent has shape ``(D,)`` with ``D`` the number of input scalars.
+
+    References:
+
+    * Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", ICLR 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``num_scales`` (int ≥ 1, default 2): levels of the image architecture; vectors ignore it.
+    * ``num_layers`` (int ≥ 1, default 8): couplings of the vector architecture; images ignore it.
+    * ``hidden`` (int ≥ 1 | None, default None): hidden units (vectors) or channels (images) of the
+      conditioners; ``None``: 256 for vectors, 64 for images.
+    * ``num_blocks`` (int ≥ 0, default 4): residual blocks of the image conditioners.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the vector conditioners.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.realnvp import RealNVP
+        >>> _ = torch.manual_seed(0)
+        >>> flow = RealNVP((1, 4, 4), num_scales=2, hidden=8, num_blocks=1)
+        >>> _ = [torch.nn.init.normal_(p, std=0.05) for p in flow.parameters()]  # as if trained
+        >>> x = torch.randn(2, 1, 4, 4)
+        >>> z, logdet = flow(x)
+        >>> z.shape, torch.allclose(flow.inverse(z)[0], x, atol=1e-4)
+        (torch.Size([2, 16]), True)
     """
 
     input_ranks = (1, 3)

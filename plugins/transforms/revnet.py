@@ -113,6 +113,39 @@ class RevNetBlock(Transform):
     ``y1 = b + F(a, h)``, ``y2 = a + G(y1, h)``; the inverse is unchanged in form, so the block
     stays exactly invertible and volume preserving for every context. Without
     ``conditional = true`` class labels are ignored, as before.
+
+    References:
+
+    * Gomez, Ren, Urtasun & Grosse 2017, "The Reversible Residual Network: Backpropagation Without Storing
+      Activations", NeurIPS 2017.
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape of one example without the batch dimension, ``(D,)`` for vectors
+      or ``(C, H, W)`` for images; flowkit sets it from the data.
+    * ``hidden`` (int ≥ 1, default 64): hidden channels of ``F`` and ``G``.
+    * ``kernel_size`` (int ≥ 1, odd, default 3): odd kernel size of their convolutions.
+    * ``init`` ('xavier' | 'default', default 'default'): ``'xavier'``: Xavier-uniform conv weights and zero
+      biases; ``'default'``: PyTorch's.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.revnet import RevNetBlock
+        >>> _ = torch.manual_seed(0)
+        >>> block = RevNetBlock((4, 3, 3), hidden=8)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> y, logdet = block(x)
+        >>> logdet.abs().max().item(), torch.allclose(block.inverse(y)[0], x, atol=1e-5)
+        (0.0, True)
     """
 
     volume_preserving = True
@@ -244,6 +277,47 @@ class RevNet(Architecture):
     widths = [25, 50, 100, 200, 400, 400], blocks_per_stage = [2, 2, 2, 2, 2, 1],
     kernel_sizes = [3, 3, 3, 3, 3, 1]`` (12288-d latent, 60.4 M parameters). The default, three
     stages of widths 16, 32, 64, fits 8×8 images (8 → 4 → 2 → 1).
+
+    References:
+
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+    * Gomez, Ren, Urtasun & Grosse 2017, "The Reversible Residual Network: Backpropagation Without Storing
+      Activations", NeurIPS 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape ``(C, H, W)`` of one image; flowkit sets it from the data.
+    * ``widths`` (tuple[int ≥ 1, ...], default (16, 32, 64)): hidden channels of the blocks, one per stage;
+      the number of stages is ``len(widths)``.
+    * ``blocks_per_stage`` (int ≥ 1 | list[int ≥ 1], default 2): revnet blocks per stage, or one count for
+      every stage.
+    * ``kernel_sizes`` (int ≥ 1, odd | list[int ≥ 1, odd], default 3): odd kernel size of the blocks per
+      stage, or one for every stage.
+    * ``pad_to`` (int ≥ 0, default 0): zero-pad the image to ``pad_to × pad_to`` first; 0: no padding.
+    * ``chunk_first_at_first`` (bool, default True): the first subsample splits the channels into halves
+      first.
+    * ``init`` ('xavier' | 'default', default 'default'): ``'xavier'``: Xavier-uniform conv weights and zero
+      biases; ``'default'``: PyTorch's.
+    * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
+      given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
+      (one-hot); ``False``: ignore any context.
+    * ``num_classes`` (injected): the number of classes of labelled data, else ``None``; flowkit sets it.
+    * ``context_features`` (injected): the width ``k`` of the embedded real-valued context, else ``None``;
+      flowkit sets it, and a layer given one conditions on the context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.revnet import RevNet
+        >>> _ = torch.manual_seed(0)
+        >>> flow = RevNet((1, 8, 8), widths=(4, 8), blocks_per_stage=1)
+        >>> x = torch.randn(2, 1, 8, 8)
+        >>> z, logdet = flow(x)
+        >>> z.shape, logdet.abs().max().item()
+        (torch.Size([2, 64]), 0.0)
+        >>> torch.allclose(flow.inverse(z)[0], x, atol=1e-5)
+        True
     """
 
     volume_preserving = True

@@ -20,6 +20,27 @@ class Squeeze(Transform):
 
     i.e. output channels ``4c .. 4c+3`` hold input channel ``c``'s top-left, top-right,
     bottom-left and bottom-right pixels of each block. A pure re-indexing, so volume preserving.
+
+    References:
+
+    * Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP", ICLR 2017.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape ``(C, H, W)`` of one image; flowkit sets it from the data.
+    * ``num_classes`` (injected): accepted for the common signature and ignored: the layer reads no context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.squeeze import Squeeze
+        >>> layer = Squeeze((1, 4, 4))
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> y, logdet = layer(x)
+        >>> y.shape, y[0, :, 0, 0].tolist(), logdet.item()  # top-left, top-right, bottom-left, bottom-right
+        (torch.Size([1, 4, 2, 2]), [0.0, 1.0, 4.0, 5.0], 0.0)
+        >>> torch.equal(layer.inverse(y)[0], x)
+        True
     """
 
     volume_preserving = True

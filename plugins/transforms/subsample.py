@@ -54,6 +54,30 @@ class GRNSubsample(Transform):
     pixel checkerboard; chunk-first splits afterwards keep each stream within its own colour, so
     with the revnet's two coupling streams both see a spatially uniform (quincunx) sampling of
     the image. A pure permutation of the entries: volume preserving, exact inverse.
+
+    References:
+
+    * Schirrmeister, Chrabąszcz, Hutter & Ball 2018, "Training Generative Reversible Networks",
+      arXiv:1806.01610.
+
+    Arguments:
+
+    * ``event_shape`` (injected): the shape ``(C, H, W)`` of one image; flowkit sets it from the data.
+    * ``chunk_first`` (bool, default True): subsample each half of the channels on its own (the reference's
+      ``chunk_chans_first``).
+    * ``num_classes`` (injected): accepted for the common signature and ignored: the layer reads no context.
+
+    Example::
+
+        >>> import torch
+        >>> from flowkit.plugins.transforms.subsample import GRNSubsample
+        >>> layer = GRNSubsample((1, 4, 4))
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> y, logdet = layer(x)
+        >>> y[0, :, 0, 0].tolist(), logdet.item()  # phases (0,0), (1,1), (0,1), (1,0) of the first block
+        ([0.0, 5.0, 1.0, 4.0], 0.0)
+        >>> torch.equal(layer.inverse(y)[0], x)
+        True
     """
 
     volume_preserving = True
