@@ -7,21 +7,13 @@ from pathlib import Path
 
 import click
 
+from flowkit.cli.options import checkpoint_option, data_dir_option, run_dir_argument
+
 
 @click.command("eval")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Dataset folder, if it moved since training (default: the run's, or $FLOWKIT_DATA).",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A specific checkpoint file (default: the newest).",
-)
+@run_dir_argument
+@data_dir_option
+@checkpoint_option
 @click.option(
     "--split",
     type=click.Choice(["test", "val", "train"]),

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from flowkit.cli.options import checkpoint_option, data_dir_option, run_dir_argument
+
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@run_dir_argument
 @click.option(
     "--images",
     "images_spec",
@@ -75,18 +77,8 @@ import click
     default=None,
     help="Output PNG. Default: RUN_DIR/inpaint-<mask>.png",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A specific checkpoint file (default: the newest).",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Dataset folder, if it moved since training.",
-)
+@checkpoint_option
+@data_dir_option
 def inpaint(
     run_dir: Path,
     images_spec: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -81,78 +82,60 @@ def run(
       torchrun --nproc_per_node=4 -m flowkit.cli run --config realnvp-mnist   # 4 processes
     """
     from flowkit import distributed
-    from flowkit.errors import FlowkitError
+    from flowkit.config import load_config
+    from flowkit.trainer import resume, train
+
+    def train_or_resume() -> dict | None:
+        shortcuts = {
+            "transform": transform,
+            "objective": objective,
+            "prior": prior,
+            "data": data,
+            "data_dir": data_dir,
+        }
+        if resume_dir is not None:
+            changed = config_source or overrides or any(v is not None for v in shortcuts.values())
+            requested = None
+            if changed:  # start from the run's own config unless a preset or file is given
+                requested = distributed.on_main(
+                    _requested_config, config_source, overrides, resume_dir, shortcuts
+                )
+            return resume(resume_dir, requested, progress=not quiet, log=click.echo)
+        # rank 0 resolves the config and sends it, so every process trains the same one
+        config = distributed.on_main(load_config, config_source, overrides, **shortcuts)
+        if dry_run:
+            if distributed.is_main():
+                _dry_run(config)
+            return None
+        run_dir = out_dir / name if name else None
+        return train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)
 
     with distributed.session():  # under torchrun: one process group for the whole command
         main = distributed.is_main()
-        try:
-            summary = _run(
-                config_source,
-                transform,
-                objective,
-                prior,
-                data,
-                data_dir,
-                overrides,
-                out_dir,
-                name,
-                resume_dir,
-                dry_run,
-                quiet,
-            )
-        except FlowkitError as exc:
-            if main:
-                raise
-            if distributed.raised_on_every_rank(exc):  # rank 0 reports it
-                raise SystemExit(1) from None
-            raise click.ClickException(
-                f"process {distributed.rank()} of {distributed.world_size()}: {exc}"
-            ) from exc
+        summary = _reported_once(train_or_resume)
     if summary is not None and main:
         _report(summary)
 
 
-def _run(
-    config_source: str | None,
-    transform: str | None,
-    objective: str | None,
-    prior: str | None,
-    data: str | None,
-    data_dir: Path | None,
-    overrides: tuple[str, ...],
-    out_dir: Path,
-    name: str | None,
-    resume_dir: Path | None,
-    dry_run: bool,
-    quiet: bool,
-) -> dict | None:
-    from flowkit import distributed
-    from flowkit.config import load_config
-    from flowkit.trainer import resume, train
+def _reported_once(work: Callable[[], dict | None]) -> dict | None:
+    """``work()``, with a :class:`FlowkitError` reported once per torchrun job.
 
-    shortcuts = {
-        "transform": transform,
-        "objective": objective,
-        "prior": prior,
-        "data": data,
-        "data_dir": data_dir,
-    }
-    if resume_dir is not None:
-        changed = config_source or overrides or any(v is not None for v in shortcuts.values())
-        requested = None
-        if changed:  # start from the run's own config unless a preset or file is given
-            requested = distributed.on_main(
-                _requested_config, config_source, overrides, resume_dir, shortcuts
-            )
-        return resume(resume_dir, requested, progress=not quiet, log=click.echo)
-    # rank 0 resolves the config and sends it, so every process trains the same one
-    config = distributed.on_main(load_config, config_source, overrides, **shortcuts)
-    if dry_run:
+    Rank 0 raises it (click prints it); another rank exits quietly with status 1 when every rank
+    raised, and otherwise reports its own error, naming the process.
+    """
+    from flowkit import distributed
+    from flowkit.errors import FlowkitError
+
+    try:
+        return work()
+    except FlowkitError as exc:
         if distributed.is_main():
-            _dry_run(config)
-        return None
-    run_dir = out_dir / name if name else None
-    return train(config, run_dir, out_dir=out_dir, progress=not quiet, log=click.echo)
+            raise
+        if distributed.raised_on_every_rank(exc):  # rank 0 reports it
+            raise SystemExit(1) from None
+        raise click.ClickException(
+            f"process {distributed.rank()} of {distributed.world_size()}: {exc}"
+        ) from exc
 
 
 def _requested_config(

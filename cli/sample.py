@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from flowkit.cli.options import checkpoint_option, run_dir_argument
+
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """``--temperature``: click's ``FloatRange`` lets ``nan`` and ``inf`` through."""
@@ -16,7 +18,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@run_dir_argument
 @click.option(
     "-n", "num", default=64, show_default=True, type=click.IntRange(min=1), help="Number of samples."
 )
@@ -50,12 +52,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     help="The context of a conditional model: comma-separated numbers (one context "
     'for every sample, e.g. "0.3,1.2") or a .npy file with one row per sample.',
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A specific checkpoint file (default: the newest).",
-)
+@checkpoint_option
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 def sample(
     run_dir: Path,

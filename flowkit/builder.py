@@ -64,28 +64,16 @@ def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
     )
     embedding, context_norm = _build_context(config.get("embedding", DEFAULT_EMBEDDING), meta)
     features = None if embedding is None else embedding.features
+    # what the transform and the prior are both given: the labels' and the context's widths
+    conditioning = {"num_classes": meta.num_classes, "context_features": features}
     t_name, t_params = _split(config["transform"])
     _require_context_support("transform", t_name, registry.transforms.get(t_name), t_params, meta)
     transform = registry.transforms.build(
-        t_name,
-        t_params,
-        injected={
-            "event_shape": preprocess.output_shape,
-            "num_classes": meta.num_classes,
-            "context_features": features,
-        },
-        expect=Transform,
+        t_name, t_params, injected={"event_shape": preprocess.output_shape, **conditioning}, expect=Transform
     )
     p_name, p_params = _split(config["prior"])
     prior = registry.priors.build(
-        p_name,
-        p_params,
-        injected={
-            "shape": transform.output_shape,
-            "num_classes": meta.num_classes,
-            "context_features": features,
-        },
-        expect=Prior,
+        p_name, p_params, injected={"shape": transform.output_shape, **conditioning}, expect=Prior
     )
     if prior.conditional and not meta.num_classes:
         raise ConfigError(

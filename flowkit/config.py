@@ -279,6 +279,19 @@ def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 0.001, ...}``: the values of a nested config under dotted keys (as ``--set``
+    names them), each prefixed with ``prefix``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
 # -- overrides ---------------------------------------------------------------------------------
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=3e-4"`` → ``(["train", "lr"], 0.0003)``; values are TOML, bare words strings."""

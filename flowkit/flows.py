@@ -83,6 +83,23 @@ def build(
     return flow
 
 
+def _stack(
+    transform: str,
+    depth: str,
+    features: int | Shape,
+    context: int | Shape | None,
+    transforms: int,
+    hidden: int | None,
+    num_hidden: int,
+    options: Mapping[str, Any],
+) -> Flow:
+    """:func:`build` of a stack of ``transforms`` layers, the number passed as the transform's own
+    parameter ``depth`` (``num_layers``, ``num_couplings``, ``num_blocks``)."""
+    return build(
+        transform, features, context, **{depth: transforms}, hidden=hidden, num_hidden=num_hidden, **options
+    )
+
+
 def MAF(
     features: int,
     context: int | Shape | None = None,
@@ -97,9 +114,7 @@ def MAF(
     ``transforms`` MADE affine layers of ``num_hidden`` × ``hidden`` units, order reversed
     between layers; the context enters every MADE (§3.4). ``options``: ``embedding``, ``prior``.
     """
-    return build(
-        "maf", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    return _stack("maf", "num_layers", features, context, transforms, hidden, num_hidden, options)
 
 
 def IAF(
@@ -115,9 +130,7 @@ def IAF(
 
     One-pass sampling, sequential density; sizes as :func:`MAF`.
     """
-    return build(
-        "iaf", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    return _stack("iaf", "num_layers", features, context, transforms, hidden, num_hidden, options)
 
 
 def RealNVP(
@@ -135,9 +148,7 @@ def RealNVP(
     (``num_hidden`` × ``hidden`` units, default 256); for images ``(C, H, W)`` the multi-scale
     architecture (``options`` such as ``num_scales``, ``num_blocks``).
     """
-    return build(
-        "realnvp", features, context, num_layers=transforms, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    return _stack("realnvp", "num_layers", features, context, transforms, hidden, num_hidden, options)
 
 
 def NICE(
@@ -150,9 +161,7 @@ def NICE(
     **options: Any,
 ) -> Flow:
     """Additive couplings and a diagonal scaling (Dinh et al. 2015): transform ``nice``."""
-    return build(
-        "nice", features, context, num_couplings=transforms, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    return _stack("nice", "num_couplings", features, context, transforms, hidden, num_hidden, options)
 
 
 def GIN(
@@ -165,9 +174,7 @@ def GIN(
     **options: Any,
 ) -> Flow:
     """Volume-preserving affine couplings (Sorrenson et al. 2020): registered transform ``gin``."""
-    return build(
-        "gin", features, context, num_blocks=transforms, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    return _stack("gin", "num_blocks", features, context, transforms, hidden, num_hidden, options)
 
 
 def NSF(

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowkit import distributed as dist
 from flowkit.callbacks import Callback, SampleFigures
+from flowkit.config import flatten
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.extras import MissingExtraError
 
@@ -298,16 +299,10 @@ class Tracking(Callback):
 # -- helpers for adapters ----------------------------------------------------------------------
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}``: a nested config as dotted keys (lists as their text)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, dotted + "."))
-        elif isinstance(value, (list, tuple)):
-            out[dotted] = str(list(value))
-        else:
-            out[dotted] = value
-    return out
+    return {
+        key: str(list(value)) if isinstance(value, (list, tuple)) else value
+        for key, value in flatten(config, prefix).items()
+    }
 
 
 def summary_numbers(summary: Mapping[str, Any]) -> dict[str, float]:

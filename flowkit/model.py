@@ -20,6 +20,7 @@ A config becomes a :class:`Flow` in :func:`flowkit.builder.build_model` (also
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,7 +37,32 @@ from flowkit.transform import Shape, Transform
 if TYPE_CHECKING:
     from flowkit.distribution import FlowDistribution
 
-__all__ = ["DataMeta", "Flow"]
+__all__ = ["DataMeta", "Flow", "NonFiniteSamplesWarning"]
+
+
+class NonFiniteSamplesWarning(RuntimeWarning):
+    """Samples decoded from the prior hold NaN or inf: the transform's inverse overflowed.
+
+    :meth:`Flow.sample` and :meth:`Flow.sample_and_log_prob` warn with the share of such samples
+    and return them as NaN (never clamped into the data's domain, where they would look valid).
+    ``warnings.simplefilter("error", NonFiniteSamplesWarning)`` makes it an error.
+    """
+
+
+def _report_nonfinite(x: Tensor, where: str) -> None:
+    """Warn (:class:`NonFiniteSamplesWarning`) with the share of samples of ``x`` holding NaN/inf."""
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    warnings.warn(
+        f"{where}: {bad} of {x.shape[0]} samples ({100 * bad / x.shape[0]:.1f}%) hold NaN or inf: "
+        f"the transform's inverse overflowed on these prior draws; they are returned as NaN, not "
+        f"clamped. Check the model (flowkit check NAME runs the prior-inverse check) or sample "
+        f"at a lower temperature",
+        NonFiniteSamplesWarning,
+        stacklevel=3,
+    )
 
 
 class Flow(nn.Module):
@@ -192,6 +218,7 @@ class Flow(nn.Module):
         h = self.embed_context(context, n if context is not None else None)
         z = self.prior.sample(n, h, temperature=temperature)
         x, logdet = self._decode(z, h)
+        _report_nonfinite(x, "Flow.sample_and_log_prob")
         return x, self.prior.log_prob(z, h) - logdet
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
@@ -242,15 +269,21 @@ class Flow(nn.Module):
         """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
         images); class-conditional models cycle through the classes when ``context`` is None.
         A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``.
-        ``temperature`` must be a finite number > 0 (:class:`ConfigError` otherwise)."""
+        ``temperature`` must be a finite number > 0 (:class:`ConfigError` otherwise). Samples
+        holding NaN or inf (an overflowing inverse) are returned as NaN, not clamped, with a
+        :class:`NonFiniteSamplesWarning` giving their share."""
         check_constraints(temperature, Temperature, "Flow.sample: temperature", 1.0)
         if context is None:
             context = self.default_context(n)
         h = self.embed_context(context, n if context is not None else None)
         z = self.prior.sample(n, h, temperature=temperature)
         x = self._decode(z, h)[0]
+        _report_nonfinite(x, "Flow.sample")
         domain = getattr(self.preprocess, "domain", None)
-        return x if domain is None else x.clamp(*domain)
+        if domain is None:
+            return x
+        # ±inf stays non-finite (NaN): a clamp would turn an overflow into a valid-looking pixel
+        return torch.where(torch.isfinite(x), x.clamp(*domain), x.new_full((), math.nan))
 
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor | None = None) -> None:

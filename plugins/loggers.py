@@ -43,6 +43,35 @@ class TensorBoard(Logger):
     (``traversals``, ``reconstructions``…) and the summary as text. View with ``tensorboard
     --logdir runs``. A resumed run drops the events after the step it resumes from, as
     ``metrics.jsonl`` does. Needs ``pip install 'torch-flowkit[tensorboard]'``.
+
+    A record ``{"step": s, "kind": K, key: v}`` of ``metrics.jsonl`` → the scalar ``K/key = v`` at
+    step ``s``; a figure ``RUN_DIR/…/NAME.png`` written at step ``s`` → the image ``TAG`` at ``s``.
+
+    References:
+
+    * Abadi et al. 2016, "TensorFlow: Large-Scale Machine Learning on Heterogeneous Distributed Systems",
+      arXiv:1603.04467 (TensorBoard, §9.1).
+
+    Arguments:
+
+    None: ``tensorboard`` takes no parameters; the run folder comes from the trainer (:meth:`start`).
+
+    Example::
+
+        >>> import sys
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> from flowkit.loggers import RunInfo
+        >>> from flowkit.plugins.loggers import TensorBoard
+        >>> stand_ins = {"tensorboard": mock.MagicMock(), "torch.utils.tensorboard": mock.MagicMock()}
+        >>> with mock.patch.dict(sys.modules, stand_ins):  # the example runs without tensorboard
+        ...     logger = TensorBoard()
+        ...     logger.start(RunInfo(Path("runs", "moons"), "moons", {}, step=200))  # a resumed run
+        >>> stand_ins["torch.utils.tensorboard"].SummaryWriter.call_args.kwargs["purge_step"]
+        201
+        >>> logger.log_metrics(300, {"loss": 1.25}, kind="train")
+        >>> logger.writer.add_scalar.call_args
+        call('train/loss', 1.25, 300)
     """
 
     def __init__(self) -> None:
@@ -83,6 +112,34 @@ class MLflow(Logger):
     default ``./mlruns``; ``MLFLOW_EXPERIMENT_NAME``). The run is named after the run folder; its
     parameters are the resolved config (dotted keys), its metrics ``train/…``, ``eval/…``,
     ``final/…``, its artifacts the figures; a resumed run continues the same MLflow run.
+
+    A record ``{"step": s, "kind": K, key: v}`` of ``metrics.jsonl`` → the metric ``K/key = v`` at
+    step ``s``; the summary's numbers → ``summary/KEY``, its words (``status``, ``transform``…) →
+    tags; the run id is saved in checkpoints (:meth:`state_dict`) for resuming.
+
+    References:
+
+    * Zaharia et al. 2018, "Accelerating the Machine Learning Lifecycle with MLflow", IEEE Data Engineering
+      Bulletin 41(4).
+
+    Arguments:
+
+    None: ``mlflow`` takes no parameters; the tracking server and experiment are MLflow's settings.
+
+    Example::
+
+        >>> import sys
+        >>> from unittest import mock
+        >>> from flowkit.plugins.loggers import MLflow
+        >>> mlflow = mock.MagicMock()  # stands in for the mlflow package
+        >>> with mock.patch.dict(sys.modules, {"mlflow": mlflow}):
+        ...     logger = MLflow()
+        >>> logger.log_metrics(100, {"loss": 1.25, "bpd": 3.5}, kind="train")
+        >>> mlflow.log_metrics.call_args
+        call({'train/loss': 1.25, 'train/bpd': 3.5}, step=100)
+        >>> logger.run_id = "0a1b2c"  # what start() keeps
+        >>> logger.state_dict()
+        {'run_id': '0a1b2c'}
     """
 
     def __init__(self) -> None:
@@ -132,6 +189,36 @@ class WandB(Logger):
     ``WANDB_MODE=offline``…); its files go to ``RUN_DIR/wandb/``. The run is named after the run
     folder, its config is the resolved config; a resumed run continues the same W&B run (records
     of steps W&B has already seen are dropped by W&B).
+
+    A record ``{"step": s, "kind": K, key: v}`` of ``metrics.jsonl`` → ``run.log({"K/key": v},
+    step=s)``; a figure → ``run.log({TAG: wandb.Image(path)}, step=s)``; the summary → the W&B
+    run's summary; the run id is saved in checkpoints (:meth:`state_dict`) for resuming.
+
+    References:
+
+    * Biewald 2020, "Experiment Tracking with Weights and Biases", software available from wandb.com.
+
+    Arguments:
+
+    None: ``wandb`` takes no parameters; the project, entity and mode are W&B's settings.
+
+    Example::
+
+        >>> import sys
+        >>> from unittest import mock
+        >>> from flowkit.plugins.loggers import WandB
+        >>> wandb = mock.MagicMock()  # stands in for the wandb package
+        >>> wandb.init.return_value.id = "3xk9q2"
+        >>> with mock.patch.dict(sys.modules, {"wandb": wandb}):
+        ...     logger = WandB()
+        >>> from pathlib import Path
+        >>> from flowkit.loggers import RunInfo
+        >>> logger.start(RunInfo(Path("runs", "moons"), "moons", {"data": "moons"}))
+        >>> logger.log_metrics(100, {"val_nll": 1.25}, kind="eval")
+        >>> logger.run.log.call_args
+        call({'eval/val_nll': 1.25}, step=100)
+        >>> logger.state_dict()  # a resumed run continues this W&B run
+        {'id': '3xk9q2'}
     """
 
     def __init__(self) -> None:

@@ -296,17 +296,18 @@ def test_eval_scores_samples_drawn_at_the_test_contexts(conditional_run: Path):
 def test_sample_scores_of_a_context_model_see_the_context(conditional_run: Path, monkeypatch):
     """Samples drawn at the wrong contexts have the right marginal but the wrong joint (x, c):
     the scores must drop, so they judge p(x | c), not p(x)."""
+    import flowkit.metrics.frechet as frechet  # draws the samples of every feature-space metric
     import flowkit.metrics.variety as variety
     from flowkit.runs import load_run
 
     run = load_run(conditional_run)
     data = run.load_data()
     right = variety.sample_metrics(run.model, data, n=200)
-    draw = variety.draw_samples
+    draw = frechet.draw_samples
 
     def at_wrong_contexts(model, n, labels, **kw):
         return draw(model, n, labels.flip(0), **kw)
 
-    monkeypatch.setattr(variety, "draw_samples", at_wrong_contexts)
+    monkeypatch.setattr(frechet, "draw_samples", at_wrong_contexts)
     wrong = variety.sample_metrics(run.model, data, n=200)
     assert right["precision"] - wrong["precision"] > 0.2, (right, wrong)

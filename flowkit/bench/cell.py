@@ -74,26 +74,17 @@ def cell_config(base: dict[str, Any], cell: Cell, data_dir: str | None) -> dict[
 
 def cell_command(base: dict[str, Any], cell: Cell) -> str:
     """A ``flowkit run`` command line that trains what the cell trains."""
+    from flowkit.config import flatten
+
     parts = ["flowkit", "run", "--transform", plugin_name(cell, "transform")]
     parts += ["--objective", plugin_name(cell, "objective")]
     if plugin_name(cell, "prior"):
         parts += ["--prior", plugin_name(cell, "prior")]
     parts += ["--data", plugin_name(cell, "data")]
-    flat = _flatten(base)
+    flat = flatten(base)
     for text in [f"{k}={_toml_value(v)}" for k, v in flat.items()] + cell_overrides({}, cell):
         parts += ["--set", text]
     return shlex.join(parts)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def _peak_memory() -> dict[str, float]:
@@ -263,13 +254,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # reported in the table; the traceback stays in the cell's log
         log(traceback.format_exc())
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    record = {
-        "id": cell.id,
-        "group": cell.group,
-        "kind": cell.kind,
-        "axes": cell.axes,
-        "fingerprint": cell.fingerprint(),
-    } | result
+    record = cell.record(result)
     record["execution"] = _execution()
     atomic_write_text(cell_dir / RESULT, json.dumps(record, indent=2, default=str) + "\n")
     return record

@@ -99,15 +99,7 @@ def run_suite(
             continue
         if cell.excluded:
             folder = cell_dir(out_dir, cell)
-            record = {
-                "id": cell.id,
-                "group": cell.group,
-                "kind": cell.kind,
-                "axes": cell.axes,
-                "fingerprint": cell.fingerprint(),
-                "status": "excluded",
-                "reason": cell.excluded,
-            }
+            record = cell.record({"status": "excluded", "reason": cell.excluded})
             atomic_write_text(folder / RESULT, json.dumps(record, indent=2) + "\n")
             continue
         todo.append(cell)
@@ -141,16 +133,11 @@ def run_suite(
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
         else:  # the child died before writing (killed, out of memory): report it, retry next time
-            record = {
-                "id": cell.id,
-                "group": cell.group,
-                "kind": cell.kind,
-                "axes": cell.axes,
-                "fingerprint": cell.fingerprint(),
-                "status": "failed",
-                "reason": f"the cell's process exited with status {proc.returncode} "
-                f"without a result; see {folder / 'stderr.txt'}",
-            }
+            reason = (
+                f"the cell's process exited with status {proc.returncode} without a result; "
+                f"see {folder / 'stderr.txt'}"
+            )
+            record = cell.record({"status": "failed", "reason": reason})
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         return record
 

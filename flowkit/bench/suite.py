@@ -150,6 +150,17 @@ class Cell:
     def from_dict(cls, d: dict[str, Any]) -> Cell:
         return cls(**d)
 
+    def record(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The stored result of the cell: what identifies it (id, group, kind, axes, fingerprint),
+        then ``result`` (``status``, ``reason``, the measures)."""
+        return {
+            "id": self.id,
+            "group": self.group,
+            "kind": self.kind,
+            "axes": self.axes,
+            "fingerprint": self.fingerprint(),
+        } | result
+
     def fingerprint(self) -> str:
         """A hash of what the cell computes; a changed suite invalidates stored results."""
         blob = json.dumps(

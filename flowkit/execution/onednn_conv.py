@@ -32,7 +32,6 @@ fused linear layers.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -95,12 +94,7 @@ def _fall_back(exc: BaseException) -> None:
     """Switch this process to the ordinary ops after a fused kernel failed on a real call."""
     global _probed
     _probed = False
-    warnings.warn(
-        f"flowkit: the fused oneDNN convolution failed ({type(exc).__name__}: {exc}); "
-        f"using the ordinary PyTorch ops from now on",
-        _linear.OneDNNFallbackWarning,
-        stacklevel=3,
-    )
+    _linear.warn_fallback("the fused oneDNN convolution", exc)
 
 
 def _active() -> bool:

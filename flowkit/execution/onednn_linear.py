@@ -113,16 +113,21 @@ def _kernel() -> Any:
     return torch.ops.mkldnn._linear_pointwise
 
 
+def warn_fallback(kernel: str, exc: BaseException) -> None:
+    """The :class:`OneDNNFallbackWarning` that ``kernel`` failed on a real call (with ``exc``) and
+    the ordinary PyTorch ops take over; it points at the caller of the fall-back."""
+    warnings.warn(
+        f"flowkit: {kernel} failed ({type(exc).__name__}: {exc}); using the ordinary PyTorch ops from now on",
+        OneDNNFallbackWarning,
+        stacklevel=4,
+    )
+
+
 def _fall_back(exc: BaseException) -> None:
     """Switch this process to the ordinary ops after the kernel failed on a real call."""
     global _probed
     _probed = False
-    warnings.warn(
-        f"flowkit: the oneDNN linear kernel failed ({type(exc).__name__}: {exc}); "
-        f"using the ordinary PyTorch ops from now on",
-        OneDNNFallbackWarning,
-        stacklevel=3,
-    )
+    warn_fallback("the oneDNN linear kernel", exc)
 
 
 def _probe() -> bool:

@@ -147,6 +147,36 @@ def _features(net: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([net.features(chunk.to(device, torch.float32)).cpu() for chunk in x.split(batch_size)])
 
 
+def reference_and_samples(
+    model: Flow, data: DataSplits, n: int, seed: int, temperature: float, batch_size: int, what: str
+) -> tuple[Literal["classifier", "data"], Tensor, Tensor | None, Tensor]:
+    """``(space, reference, labels, samples)``: the draw every feature-space sample metric scores.
+
+    ``space`` is :func:`frechet_space`'s; ``reference`` ``min(n, N_test)`` test examples and
+    ``labels`` their labels or contexts (:func:`~flowkit.metrics.sampling.reference_batch`),
+    ``samples`` as many model samples at ``temperature`` (on the CPU), all drawn from ``seed``.
+    Raises :class:`ConfigError` naming ``what`` (the metric) when the data has no feature space.
+    """
+    space = frechet_space(data)
+    if space is None:
+        raise ConfigError(f"no {what}: {frechet_skip_reason(data)}")
+    reference, labels = reference_batch(data, n, seed)
+    m = reference.shape[0]
+    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size).cpu()
+    return space, reference, labels, samples
+
+
+def classifier_features(
+    model: Flow, data: DataSplits, steps: int, batch_size: int, *batches: Tensor
+) -> tuple[nn.Module, float, list[Tensor]]:
+    """``(net, accuracy, features)``: flowkit's classifier for ``data`` (trained with ``steps``
+    steps, cached; on the model's device), its test accuracy, and its 128-d features of each of
+    ``batches`` (on the CPU)."""
+    net, accuracy = train_classifier(data, steps=steps)
+    net = net.to(model.device).eval()
+    return net, float(accuracy), [_features(net, x, batch_size) for x in batches]
+
+
 def frechet_distance(
     model: Flow,
     data: DataSplits,
@@ -166,21 +196,17 @@ def frechet_distance(
     trained with ``classifier_steps`` steps. Raises :class:`ConfigError` when
     :func:`frechet_skip_reason` gives a reason.
     """
-    space = frechet_space(data)
-    if space is None:
-        raise ConfigError(f"no Fréchet distance: {frechet_skip_reason(data)}")
-    reference, labels = reference_batch(data, n, seed)
-    m = reference.shape[0]
-    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size).cpu()
+    space, reference, _, samples = reference_and_samples(
+        model, data, n, seed, temperature, batch_size, "Fréchet distance"
+    )
     out: dict[str, float] = {}
     if space == "classifier":
-        net, accuracy = train_classifier(data, steps=classifier_steps)
-        net = net.to(model.device).eval()
-        sample_feats = _features(net, samples, batch_size)
-        reference_feats = _features(net, reference, batch_size)
-        out["fd_classifier_accuracy"] = float(accuracy)
+        _, accuracy, (sample_feats, reference_feats) = classifier_features(
+            model, data, classifier_steps, batch_size, samples, reference
+        )
+        out["fd_classifier_accuracy"] = accuracy
     else:
         sample_feats, reference_feats = samples.flatten(1), reference.flatten(1)
     out["fd"] = frechet_distance_features(sample_feats, reference_feats)
-    out["fd_examples"] = float(m)
+    out["fd_examples"] = float(reference.shape[0])
     return out

@@ -47,8 +47,7 @@ from torch import Tensor
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.metrics.frechet import frechet_distance_features, frechet_skip_reason, frechet_space
-from flowkit.metrics.sampling import draw_samples, reference_batch
+from flowkit.metrics.frechet import classifier_features, frechet_distance_features, reference_and_samples
 from flowkit.model import Flow
 
 __all__ = [
@@ -68,6 +67,17 @@ def _flat(x: Tensor, name: str) -> Tensor:
     if x.dim() < 1 or x.shape[0] < 1:
         raise ShapeError(f"{name}: expected a non-empty set of points (n, ...), got {tuple(x.shape)}")
     return x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
+
+
+def _finite_pair(real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``real`` and ``fake`` as float64 point sets ``(n, D)`` of one dimension ``D``; ``None`` when
+    a point is not finite (the scores are then NaN)."""
+    x, y = _flat(real, "real"), _flat(fake, "fake")
+    if x.shape[1] != y.shape[1]:
+        raise ShapeError(f"real and fake points differ in dimension: {x.shape[1]} vs {y.shape[1]}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return None
+    return x, y
 
 
 def _blocks(a: Tensor, b: Tensor) -> Iterator[tuple[slice, Tensor]]:
@@ -114,11 +124,10 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]
     points inside the fake k-NN manifold (module docs). Both in ``[0, 1]``, higher is better.
     NaN when a point is not finite.
     """
-    x, y = _flat(real, "real"), _flat(fake, "fake")
-    if x.shape[1] != y.shape[1]:
-        raise ShapeError(f"real and fake points differ in dimension: {x.shape[1]} vs {y.shape[1]}")
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    points = _finite_pair(real, fake)
+    if points is None:
         return {"precision": math.nan, "recall": math.nan}
+    x, y = points
     fake_on_real = _in_manifold(y, x, knn_radii(x, k))[0]
     real_on_fake = _in_manifold(x, y, knn_radii(y, k))[0]
     return {"precision": float(fake_on_real.double().mean()), "recall": float(real_on_fake.double().mean())}
@@ -132,11 +141,10 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]
     ``coverage`` = share of real balls that contain at least one fake point, in ``[0, 1]``.
     NaN when a point is not finite.
     """
-    x, y = _flat(real, "real"), _flat(fake, "fake")
-    if x.shape[1] != y.shape[1]:
-        raise ShapeError(f"real and fake points differ in dimension: {x.shape[1]} vs {y.shape[1]}")
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    points = _finite_pair(real, fake)
+    if points is None:
         return {"density": math.nan, "coverage": math.nan}
+    x, y = points
     _, count, hit = _in_manifold(y, x, knn_radii(x, k))
     return {"density": float(count.sum() / (k * y.shape[0])), "coverage": float(hit.double().mean())}
 
@@ -169,12 +177,6 @@ def per_class_variety(
     out["class_recall_min"] = min((s["recall"] for s in scores), default=math.nan)
     out["variety_classes"] = float(len(scores))
     return out
-
-
-@torch.no_grad()
-def _features(net: torch.nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    device = next(net.parameters()).device
-    return torch.cat([net.features(chunk.to(device, torch.float32)).cpu() for chunk in x.split(batch_size)])
 
 
 def sample_metrics(
@@ -211,25 +213,20 @@ def sample_metrics(
     Raises :class:`ConfigError` when the data has no usable feature space
     (:func:`~flowkit.metrics.frechet.frechet_skip_reason`).
     """
-    from flowkit.metrics.classifier import train_classifier
-
-    space = frechet_space(data)
-    if space is None:
-        raise ConfigError(f"no sample metrics: {frechet_skip_reason(data)}")
-    reference, labels = reference_batch(data, n, seed)
+    space, reference, labels, samples = reference_and_samples(
+        model, data, n, seed, temperature, batch_size, "sample metrics"
+    )
     m = reference.shape[0]
-    samples = draw_samples(model, m, labels, seed=seed, temperature=temperature, batch_size=batch_size).cpu()
     out: dict[str, float] = {}
     logits = None
     if space == "classifier":
-        net, accuracy = train_classifier(data, steps=classifier_steps)
-        net = net.to(model.device).eval()
-        fake = _features(net, samples, batch_size)
-        real = _features(net, reference, batch_size)
+        net, accuracy, (fake, real) = classifier_features(
+            model, data, classifier_steps, batch_size, samples, reference
+        )
         device = next(net.parameters()).device
         with torch.no_grad():
             logits = torch.cat([net.fc2(f.to(device)).cpu() for f in fake.split(batch_size)])
-        out["fd_classifier_accuracy"] = float(accuracy)
+        out["fd_classifier_accuracy"] = accuracy
     else:
         fake, real = samples.flatten(1).double(), reference.flatten(1).double()
         if labels is not None and labels.is_floating_point():

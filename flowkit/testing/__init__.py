@@ -4,7 +4,9 @@ A transform ``f`` is usable in a flow only if it is invertible and reports the r
 log-determinant of its Jacobian, ``log p_X(x) = log p_Y(f(x)) + log|det J_f(x)|`` (Dinh et al.
 2015, "NICE: Non-linear Independent Components Estimation", eq. 1). The checks here test exactly
 that, plus what makes a module a good citizen of flowkit (state survives ``state_dict``, dtype and
-device follow the input, gradients reach every parameter, the module pickles). A plugin author
+device follow the input, gradients reach every parameter, the module pickles), and that sampling
+stays finite: the inverse of N(0, I) latents through a copy with more parameter noise
+(:func:`check_prior_inverse`, ``prior-inverse``). A plugin author
 runs them in their own test-suite::
 
     from flowkit.testing import check_transform
@@ -52,6 +54,7 @@ from flowkit.testing.checks import (
     check_logdet,
     check_output_contract,
     check_pickle,
+    check_prior_inverse,
     check_round_trip,
     check_state_dict,
     perturb_parameters,
@@ -91,6 +94,7 @@ __all__ = [
     "check_output_contract",
     "check_pickle",
     "check_plugin",
+    "check_prior_inverse",
     "check_round_trip",
     "check_state_dict",
     "check_transform",

@@ -37,7 +37,7 @@ CONTEXT_FEATURES = 2
 CONTEXT_DEPENDENCE_RTOL = 1e-6
 #: :func:`check_prior_inverse`: latents inverted per dtype, and the extra parameter noise (std).
 PRIOR_SAMPLES = 64
-PRIOR_PERTURBATION = 0.1
+PRIOR_PERTURBATION = 0.3
 
 #: The checks, in the order :func:`check_transform` runs them (``context`` only with a context,
 #: labels or real-valued; ``context-shape`` only with a real-valued context).

@@ -35,6 +35,7 @@ from flowkit.testing.checks import (
     check_logdet,
     check_output_contract,
     check_pickle,
+    check_prior_inverse,
     check_round_trip,
     check_state_dict,
     perturb_parameters,
@@ -261,6 +262,7 @@ def _plan(
     )
     yield "gradients", partial(check_gradients, m, x, ctx, name=name)
     yield "pickle", partial(check_pickle, m, x, ctx, name=name)
+    yield "prior-inverse", partial(check_prior_inverse, m, ctx, name=name, seed=case.seed)
     if case.context_features is not None:
         assert ctx is not None
         yield "context", partial(check_context, m, x, ctx, name=name, y=y)

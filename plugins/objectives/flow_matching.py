@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -49,6 +49,7 @@ from torch import Tensor
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.model import Flow
 from flowkit.objective import Batch, LossOutput, Objective
+from flowkit.params import Range
 from flowkit.plugins.objectives.matching import exact_plan, pairwise_cost, preload
 from flowkit.plugins.transforms.vector_fields import VectorFieldTransform, find_vector_field
 
@@ -92,11 +93,11 @@ class FlowMatching(Objective):
 
     * ``coupling`` ('independent' | 'ot', default 'independent'): how data and prior samples are paired:
       ``'independent'`` or ``'ot'`` (minibatch optimal transport).
-    * ``sigma`` (float, default 0.0): std ``σ`` of the noise on ``x_s``; at least 0 (checked when built).
+    * ``sigma`` (float ≥ 0, default 0.0): std ``σ`` of the noise on ``x_s``.
     * ``ot_solver`` ('exact' | 'sinkhorn', default 'exact'): the pairing of ``'ot'``: ``'exact'`` (assignment)
       or ``'sinkhorn'``.
-    * ``sinkhorn_reg`` (float, default 0.05): entropic regularisation of ``'sinkhorn'``; positive.
-    * ``sinkhorn_iterations`` (int, default 100): Sinkhorn iterations; at least 1.
+    * ``sinkhorn_reg`` (float > 0, default 0.05): entropic regularisation of ``'sinkhorn'``.
+    * ``sinkhorn_iterations`` (int ≥ 1, default 100): Sinkhorn iterations.
 
     Example::
 
@@ -125,23 +126,16 @@ class FlowMatching(Objective):
         self,
         *,
         coupling: Literal["independent", "ot"] = "independent",
-        sigma: float = 0.0,
+        sigma: Annotated[float, Range(0)] = 0.0,
         ot_solver: Literal["exact", "sinkhorn"] = "exact",
-        sinkhorn_reg: float = 0.05,
-        sinkhorn_iterations: int = 100,
+        sinkhorn_reg: Annotated[float, Range(0, min_inclusive=False)] = 0.05,
+        sinkhorn_iterations: Annotated[int, Range(1)] = 100,
     ) -> None:
         super().__init__()
         if coupling not in ("independent", "ot"):
             raise ConfigError(f"flow-matching: coupling must be 'independent' or 'ot', got {coupling!r}")
         if ot_solver not in ("exact", "sinkhorn"):
             raise ConfigError(f"flow-matching: ot_solver must be 'exact' or 'sinkhorn', got {ot_solver!r}")
-        if not (math.isfinite(sigma) and sigma >= 0):
-            raise ConfigError(f"flow-matching: sigma must be >= 0, got {sigma}")
-        if not sinkhorn_reg > 0 or sinkhorn_iterations < 1:
-            raise ConfigError(
-                f"flow-matching: sinkhorn_reg must be > 0 and sinkhorn_iterations "
-                f">= 1, got {sinkhorn_reg} and {sinkhorn_iterations}"
-            )
         self.coupling = coupling
         self.sigma = float(sigma)
         self.ot_solver = ot_solver

@@ -23,7 +23,7 @@ Spline Flows", RQ-NSF (AR)); the registered ``autoregressive`` takes any map by 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -35,6 +35,7 @@ from flowkit.elementwise import ElementwiseMap, Inverted, PackedParams, build_ma
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.params import Range
 from flowkit.plugins.elementwise import LOG_SCALE_BOUND, Affine, soft_clamp
+from flowkit.plugins.transforms.conditioners import layer_args
 from flowkit.plugins.transforms.made import MADE
 from flowkit.transform import Shape, Transform, require_rank
 
@@ -225,6 +226,20 @@ class FlatStack(Architecture):
         self.flow = Sequential(steps)
 
 
+def _made_layers(
+    elementwise: ElementwiseMap, direction: Direction, args: Mapping[str, Any]
+) -> Callable[[int, int], Transform]:
+    """``layer(dim, k)`` of a :class:`FlatStack` of MADE layers (``maf``, ``iaf``, ``autoregressive``).
+
+    The ``k``-th layer is an :class:`AutoregressiveLayer` with the map ``elementwise`` in
+    ``direction``, its autoregressive order reversed when ``k`` is odd; ``args``
+    (:func:`~flowkit.plugins.transforms.conditioners.layer_args`) are the same for every layer.
+    """
+    return lambda dim, k: AutoregressiveLayer(
+        (dim,), map=elementwise, direction=direction, reverse_order=bool(k % 2), **args
+    )
+
+
 class _AffineAutoregressive(FlatStack):
     """A stack of MADE affine layers in one direction, alternating the order (MAF, IAF)."""
 
@@ -247,21 +262,9 @@ class _AffineAutoregressive(FlatStack):
         context_features: int | None = None,
     ) -> None:
         context_spec(type(self).__name__, conditional, num_classes, context_features)  # checks it
-        super().__init__(
-            event_shape,
-            num_layers,
-            lambda dim, k: AutoregressiveLayer(
-                (dim,),
-                map=MAF_MAP,
-                direction=self.direction,
-                reverse_order=bool(k % 2),
-                hidden=hidden,
-                num_hidden=num_hidden,
-                conditional=conditional,
-                num_classes=num_classes,
-                context_features=context_features,
-            ),
-        )
+        args = layer_args(hidden, num_hidden, conditional, num_classes, context_features)
+        layers = _made_layers(MAF_MAP, self.direction, args)
+        super().__init__(event_shape, num_layers, layers)
 
 
 class MAF(_AffineAutoregressive):
@@ -439,19 +442,7 @@ class Autoregressive(FlatStack):
         owner = type(self).__name__
         context_spec(owner, conditional, num_classes, context_features)  # checks the choice
         elementwise = build_map(map, map_params, owner)
-        super().__init__(
-            event_shape,
-            num_layers,
-            lambda dim, k: AutoregressiveLayer(
-                (dim,),
-                map=elementwise,
-                direction=direction,
-                reverse_order=bool(k % 2),
-                hidden=hidden,
-                num_hidden=num_hidden,
-                conditional=conditional,
-                num_classes=num_classes,
-                context_features=context_features,
-            ),
-        )
+        args = layer_args(hidden, num_hidden, conditional, num_classes, context_features)
+        layers = _made_layers(elementwise, direction, args)
+        super().__init__(event_shape, num_layers, layers)
         self.volume_preserving = elementwise.volume_preserving  # type: ignore[misc]

@@ -46,13 +46,14 @@ is the identity. :meth:`CNF.velocity` exposes ``v`` for flow matching.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.context import context_spec, context_width
-from flowkit.errors import ConfigError, FlowkitError, ShapeError
+from flowkit.errors import ConfigError, FlowkitError, ShapeError, did_you_mean
+from flowkit.params import Range
 from flowkit.plugins.transforms.vector_fields import (
     ACTIVATIONS,
     Activation,
@@ -62,32 +63,17 @@ from flowkit.plugins.transforms.vector_fields import (
 )
 from flowkit.transform import Shape, Transform, require_rank
 
-ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_SOLVERS: tuple[str, ...] = (
-    "euler",
-    "midpoint",
-    "heun2",
-    "heun3",
-    "rk4",
-    "explicit_adams",
-    "implicit_adams",
-)
-Solver = Literal[
-    "dopri5",
-    "dopri8",
-    "bosh3",
-    "fehlberg2",
-    "adaptive_heun",
-    "euler",
-    "midpoint",
-    "heun2",
-    "heun3",
-    "rk4",
-    "explicit_adams",
-    "implicit_adams",
-]
+AdaptiveSolver = Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"]
+FixedSolver = Literal["euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"]
+Solver = Literal[AdaptiveSolver, FixedSolver]  # the twelve names, adaptive first
+ADAPTIVE_SOLVERS: tuple[str, ...] = get_args(AdaptiveSolver)
+FIXED_SOLVERS: tuple[str, ...] = get_args(FixedSolver)
 TraceKind = Literal["hutchinson", "exact"]
 NetKind = Literal["mlp", "conv"]
+#: a width, depth or step count: at least 1
+Count = Annotated[int, Range(1)]
+#: a time, tolerance or step size: a finite number above 0
+PositiveFloat = Annotated[float, Range(0, min_inclusive=False)]
 
 INSTALL_HINT = "pip install torchdiffeq (flowkit declares it as a dependency; reinstall flowkit)"
 
@@ -171,27 +157,26 @@ class CNF(Transform):
       or ``(C, H, W)`` for images; flowkit sets it from the data.
     * ``net`` ('mlp' | 'conv' | None, default None): the vector field's network: ``'mlp'`` (vectors) or
       ``'conv'`` (images); ``None``: by the rank.
-    * ``hidden`` (int, default 64): hidden units or channels of the vector field; at least 1 (checked when
-      built).
-    * ``num_hidden`` (int, default 2): hidden layers of the vector field; at least 1.
+    * ``hidden`` (int ≥ 1, default 64): hidden units or channels of the vector field.
+    * ``num_hidden`` (int ≥ 1, default 2): hidden layers of the vector field.
     * ``activation`` ('softplus' | 'tanh' | 'silu', default 'tanh'): its smooth nonlinearity.
-    * ``time_horizon`` (float, default 1.0): the end time ``T`` of the integration; positive.
+    * ``time_horizon`` (float > 0, default 1.0): the end time ``T`` of the integration.
     * ``solver`` ('dopri5' | 'dopri8' | 'bosh3' | 'fehlberg2' | 'adaptive_heun' | 'euler' | 'midpoint' |
       'heun2' | 'heun3' | 'rk4' | 'explicit_adams' | 'implicit_adams', default 'dopri5'): the torchdiffeq
       solver: adaptive (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) or fixed-grid
       (the others).
-    * ``atol`` (float, default 1e-05): absolute tolerance of an adaptive solver; positive.
-    * ``rtol`` (float, default 1e-05): relative tolerance of an adaptive solver; positive.
-    * ``step_size`` (float, default 0.05): step of a fixed-grid solver; positive, with
+    * ``atol`` (float > 0, default 1e-05): absolute tolerance of an adaptive solver.
+    * ``rtol`` (float > 0, default 1e-05): relative tolerance of an adaptive solver.
+    * ``step_size`` (float > 0, default 0.05): step of a fixed-grid solver, with
       ``T / step_size ≤ max_steps``.
-    * ``max_steps`` (int, default 1000): the most steps per solve; at least 1.
+    * ``max_steps`` (int ≥ 1, default 1000): the most steps per solve.
     * ``adjoint`` (bool, default False): gradients by the adjoint method (memory O(1) in the number of steps).
     * ``trace`` ('hutchinson' | 'exact', default 'hutchinson'): the trace in training: ``'hutchinson'`` (one
       ``probe`` per example, unbiased) or ``'exact'`` (``D`` Jacobian-vector products).
     * ``probe`` ('rademacher' | 'gaussian', default 'rademacher'): the distribution of Hutchinson's probe
       vectors.
-    * ``exact_trace_max_dim`` (int, default 64): in evaluation mode the trace is exact when
-      ``D ≤ exact_trace_max_dim``; at least 0.
+    * ``exact_trace_max_dim`` (int ≥ 0, default 64): in evaluation mode the trace is exact when
+      ``D ≤ exact_trace_max_dim``.
     * ``conditional`` (bool | None, default None): ``None``: conditional exactly when a real-valued context is
       given (``context_features``); ``True``: conditional on that context or, without one, on the class labels
       (one-hot); ``False``: ignore any context.
@@ -235,19 +220,19 @@ class CNF(Transform):
         event_shape: Shape,
         *,
         net: NetKind | None = None,
-        hidden: int = 64,
-        num_hidden: int = 2,
+        hidden: Count = 64,
+        num_hidden: Count = 2,
         activation: Activation = "tanh",
-        time_horizon: float = 1.0,
+        time_horizon: PositiveFloat = 1.0,
         solver: Solver = "dopri5",
-        atol: float = 1e-5,
-        rtol: float = 1e-5,
-        step_size: float = 0.05,
-        max_steps: int = 1000,
+        atol: PositiveFloat = 1e-5,
+        rtol: PositiveFloat = 1e-5,
+        step_size: PositiveFloat = 0.05,
+        max_steps: Count = 1000,
         adjoint: bool = False,
         trace: TraceKind = "hutchinson",
         probe: Literal["rademacher", "gaussian"] = "rademacher",
-        exact_trace_max_dim: int = 64,
+        exact_trace_max_dim: Annotated[int, Range(0)] = 64,
         conditional: bool | None = None,
         num_classes: int | None = None,
         context_features: int | None = None,
@@ -274,17 +259,12 @@ class CNF(Transform):
             )
         _validate(
             solver=solver,
-            atol=atol,
-            rtol=rtol,
             step_size=step_size,
             max_steps=max_steps,
             time_horizon=time_horizon,
-            hidden=hidden,
-            num_hidden=num_hidden,
             activation=activation,
             trace=trace,
             probe=probe,
-            exact_trace_max_dim=exact_trace_max_dim,
             net=net,
         )
         self.context_spec = context_spec(owner, conditional, num_classes, context_features)
@@ -461,22 +441,20 @@ class CNF(Transform):
 def _validate(
     *,
     solver: str,
-    atol: float,
-    rtol: float,
     step_size: float,
     max_steps: int,
     time_horizon: float,
-    hidden: int,
-    num_hidden: int,
     activation: str,
     trace: str,
     probe: str,
-    exact_trace_max_dim: int,
     net: str,
 ) -> None:
-    """Raise :class:`ConfigError` for settings the solver or the network cannot use."""
-    from flowkit.errors import did_you_mean
+    """Raise :class:`ConfigError` for settings the solver or the network cannot use.
 
+    The numbers' own ranges are declared in :class:`CNF`'s signature (and checked before this
+    runs); here: the choices of a direct Python call (a config's are checked against the
+    ``Literal`` types already) and the one check that involves several parameters.
+    """
     known = ADAPTIVE_SOLVERS + FIXED_SOLVERS
     if solver not in known:
         raise ConfigError(
@@ -484,16 +462,6 @@ def _validate(
             f"solvers: {', '.join(ADAPTIVE_SOLVERS)}; fixed-grid solvers: "
             f"{', '.join(FIXED_SOLVERS)}"
         )
-    for name, value in (
-        ("atol", atol),
-        ("rtol", rtol),
-        ("step_size", step_size),
-        ("time_horizon", time_horizon),
-    ):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"cnf: transform.{name} must be a positive number, got {value!r}")
-    if max_steps < 1:
-        raise ConfigError(f"cnf: transform.max_steps must be at least 1, got {max_steps}")
     if solver in FIXED_SOLVERS and math.ceil(time_horizon / step_size - 1e-9) > max_steps:
         raise ConfigError(
             f"cnf: the fixed-grid solver {solver!r} takes "
@@ -501,10 +469,6 @@ def _validate(
             f"{math.ceil(time_horizon / step_size - 1e-9)} steps, more than "
             f"transform.max_steps = {max_steps}; raise step_size or max_steps"
         )
-    if hidden < 1 or num_hidden < 1:
-        raise ConfigError(f"cnf: hidden and num_hidden must be at least 1, got {hidden} and {num_hidden}")
-    if exact_trace_max_dim < 0:
-        raise ConfigError(f"cnf: exact_trace_max_dim must be >= 0, got {exact_trace_max_dim}")
     for name, value, options in (
         ("activation", activation, ACTIVATIONS),
         ("trace", trace, ("hutchinson", "exact")),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -341,6 +341,24 @@ def conditioner_factory(
             f"conditioner for inputs of rank {rank}."
         )
     return _Named(spec, hidden, num_hidden, num_blocks)
+
+
+def layer_args(
+    hidden: int,
+    num_hidden: int,
+    conditional: bool | None,
+    num_classes: int | None,
+    context_features: int | None,
+) -> dict[str, Any]:
+    """The keyword arguments a stack passes alike to each of its conditioned layers: the size of
+    the layer's network (``hidden`` units, ``num_hidden`` layers) and its context arguments."""
+    return {
+        "hidden": hidden,
+        "num_hidden": num_hidden,
+        "conditional": conditional,
+        "num_classes": num_classes,
+        "context_features": context_features,
+    }
 
 
 @dataclass(frozen=True)

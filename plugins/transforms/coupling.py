@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.context import append_context, context_spec, context_width
-from flowkit.elementwise import ElementwiseMap, build_map
+from flowkit.elementwise import ElementwiseMap, PackedParams, build_map
 from flowkit.errors import ConfigError, ShapeError
 from flowkit.params import Range
 from flowkit.plugins.elementwise import Additive, Affine, VolumePreservingAffine, scaled_tanh
@@ -126,7 +127,7 @@ def coupling_rule(
         a_leaf = leaf(y_a, need_input_grad)
         theta = block.conditioner_params(a_leaf, context)
         with torch.no_grad():
-            x_b, _ = block.elementwise(y_b, tuple(t.detach() for t in theta), inverse=True)
+            x_b, _ = block.elementwise(y_b, [t.detach() for t in theta], inverse=True)
         b_leaf = leaf(x_b, need_input_grad)
         out_b, logdet = block.elementwise(b_leaf, theta)
         leaves = [b_leaf, a_leaf] if need_input_grad else []
@@ -355,9 +356,11 @@ class Coupling(Transform):
         out[:, self.slices.free] = y_b
         return out
 
-    def conditioner_params(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+    def conditioner_params(self, x_a: Tensor, context: Tensor | None) -> Sequence[Tensor]:
         """The map's ``num_params`` parameters of ``x_B``, each shaped like :meth:`parts`'s
-        ``x_B``, from ``x_A`` (and the context's features when conditional)."""
+        ``x_B``, from ``x_A`` (and the context's features when conditional): views of the
+        conditioner's output, packed (:class:`~flowkit.elementwise.PackedParams`) so that a map
+        that wants them in one tensor (the spline) gets a view, not a stack."""
         h = x_a
         if self.context_spec is not None:
             h = append_context(h, self.context_spec.features(context, x_a, type(self).__name__))
@@ -365,6 +368,10 @@ class Coupling(Transform):
         if self.slices is None:
             out = out.flatten(2).index_select(2, self.free_positions)
         count = self.elementwise_map.num_params
+        if self.param_order is None:  # θ_p = out[:, p·n:(p+1)·n] (blocks) or out[:, p::count]
+            if self.output_layout == "blocks":
+                return PackedParams(out.unflatten(1, (count, -1)), 1)
+            return PackedParams(out.unflatten(1, (-1, count)), 2)
         if self.output_layout == "blocks":
             found = out.chunk(count, dim=1)
         else:
@@ -374,7 +381,7 @@ class Coupling(Transform):
     def elementwise(
         self,
         x_b: Tensor,
-        params: tuple[Tensor, ...],
+        params: Sequence[Tensor],
         inverse: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``g(x_b; θ)`` (or ``g⁻¹``) and its log-determinant, ``θ`` being
@@ -386,6 +393,8 @@ class Coupling(Transform):
             else:
                 features = tuple(f[self.slices.free] for f in features)
         apply = self.elementwise_map.inverse if inverse else self.elementwise_map.forward
+        if isinstance(params, PackedParams):
+            return apply(x_b, PackedParams(params.packed, params.dim, (*params.extra, *features)))
         return apply(x_b, (*params, *features))
 
     # -- the Transform interface ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from flowkit.composition import Architecture, Flatten, Sequential
 from flowkit.context import context_spec
 from flowkit.params import Range
+from flowkit.plugins.transforms.conditioners import layer_args
 from flowkit.plugins.transforms.coupling import AdditiveCoupling
 from flowkit.reconstruction import generic_rule
 from flowkit.transform import Shape, Transform, require_rank
@@ -114,18 +115,9 @@ class NICE(Architecture):
         steps: list[Transform] = []
         if len(shape) != 1:
             steps.append(Flatten(shape))
+        args = layer_args(hidden, num_hidden, conditional, num_classes, context_features)
         steps += [
-            AdditiveCoupling(
-                (dim,),
-                mask="alternate",
-                parity=bool(k % 2),
-                conditioner="mlp",
-                hidden=hidden,
-                num_hidden=num_hidden,
-                conditional=conditional,
-                num_classes=num_classes,
-                context_features=context_features,
-            )
+            AdditiveCoupling((dim,), mask="alternate", parity=bool(k % 2), conditioner="mlp", **args)
             for k in range(num_couplings)
         ]
         steps.append(DiagonalScaling((dim,)))

@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar
 from flowkit.params import Range
 from flowkit.plugins.elementwise import RQSpline
 from flowkit.plugins.transforms.autoregressive import AutoregressiveLayer, FlatStack
+from flowkit.plugins.transforms.conditioners import layer_args
 from flowkit.plugins.transforms.coupling import ConditionerKind, Coupling, MaskKind, coupling_rule
 from flowkit.plugins.transforms.splines import NumBins, TailBound
 from flowkit.transform import Shape, Transform
@@ -151,15 +152,9 @@ class _SplineStack(FlatStack):
         num_classes: int | None = None,
         context_features: int | None = None,
     ) -> None:
-        layer_args = {
-            "hidden": hidden,
-            "num_hidden": num_hidden,
-            "conditional": conditional,
-            "num_classes": num_classes,
-            "context_features": context_features,
-        }
+        args = layer_args(hidden, num_hidden, conditional, num_classes, context_features)
         spline = RQSpline(num_bins=num_bins, tail_bound=tail_bound)
-        super().__init__(event_shape, num_layers, lambda dim, k: self._layer(dim, k, spline, **layer_args))
+        super().__init__(event_shape, num_layers, lambda dim, k: self._layer(dim, k, spline, **args))
 
     def _layer(self, dim: int, k: int, spline: RQSpline, **layer_args: Any) -> Transform:
         raise NotImplementedError

@@ -35,6 +35,7 @@ Two helpers for objectives (no ODE solver is imported here):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -79,6 +80,19 @@ class FieldNet(nn.Module):
         if activation not in ACTIVATIONS:
             activation_and_slope(torch.zeros(()), activation)  # raises the ConfigError
         self.activation = activation
+
+    def _stack(
+        self, layer: Callable[[int, int], nn.Module], outer: int, hidden: int, num_hidden: int, extra: int
+    ) -> None:
+        """``self.layers``: ``layer(in, out)`` from ``outer`` through ``num_hidden`` of ``hidden``
+        back to ``outer``, every layer reading ``extra`` more inputs (time, context); the last one
+        zero-initialised, so a fresh field is ``v = 0``."""
+        widths = [outer] + [hidden] * num_hidden + [outer]
+        self.layers = nn.ModuleList(layer(a + extra, b) for a, b in itertools.pairwise(widths))
+        last = self.layers[-1]
+        assert isinstance(last, nn.Linear | nn.Conv2d)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     # subclasses: the affine map of one layer on [h, extra], and its linear part on tangents
     def _layer(self, layer: nn.Module, h: Tensor, extra: Tensor) -> Tensor:
@@ -131,13 +145,7 @@ class MLPField(FieldNet):
         self, features: int, hidden: int, num_hidden: int, context: int = 0, activation: str = "softplus"
     ) -> None:
         super().__init__(activation)
-        extra = 1 + context
-        widths = [features] + [hidden] * num_hidden + [features]
-        self.layers = nn.ModuleList(nn.Linear(a + extra, b) for a, b in itertools.pairwise(widths))
-        last = self.layers[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self._stack(nn.Linear, features, hidden, num_hidden, 1 + context)
 
     def _layer(self, layer: nn.Module, h: Tensor, extra: Tensor) -> Tensor:
         return layer(torch.cat([h, extra], dim=1))
@@ -157,15 +165,7 @@ class ConvField(FieldNet):
         self, channels: int, hidden: int, num_hidden: int, context: int = 0, activation: str = "softplus"
     ) -> None:
         super().__init__(activation)
-        extra = 1 + context
-        widths = [channels] + [hidden] * num_hidden + [channels]
-        self.layers = nn.ModuleList(
-            nn.Conv2d(a + extra, b, 3, padding=1) for a, b in itertools.pairwise(widths)
-        )
-        last = self.layers[-1]
-        assert isinstance(last, nn.Conv2d)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self._stack(lambda a, b: nn.Conv2d(a, b, 3, padding=1), channels, hidden, num_hidden, 1 + context)
 
     def _layer(self, layer: nn.Module, h: Tensor, extra: Tensor) -> Tensor:
         planes = extra.reshape(*extra.shape, 1, 1).expand(-1, -1, *h.shape[2:])

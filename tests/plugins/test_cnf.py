@@ -130,10 +130,14 @@ def test_context_changes_the_flow_and_a_bad_context_is_a_shape_error() -> None:
     ("params", "match"),
     [
         ({"solver": "dopri6"}, r"unknown solver 'dopri6'\. Did you mean .*'dopri5'"),
-        ({"atol": 0.0}, "transform.atol must be a positive number"),
-        ({"rtol": -1e-5}, "transform.rtol must be a positive number"),
-        ({"time_horizon": 0.0}, "transform.time_horizon"),
-        ({"max_steps": 0}, "transform.max_steps must be at least 1"),
+        ({"atol": 0.0}, "atol must be greater than 0, got 0.0"),
+        ({"rtol": -1e-5}, "rtol must be greater than 0, got -1e-05"),
+        ({"time_horizon": 0.0}, "time_horizon must be greater than 0"),
+        ({"step_size": float("nan")}, "step_size must be a finite number greater than 0"),
+        ({"max_steps": 0}, "max_steps must be at least 1, got 0"),
+        ({"hidden": 0}, "hidden must be at least 1, got 0"),
+        ({"num_hidden": 0}, "num_hidden must be at least 1, got 0"),
+        ({"exact_trace_max_dim": -1}, "exact_trace_max_dim must be at least 0, got -1"),
         ({"solver": "rk4", "step_size": 0.001, "max_steps": 100}, "more than transform.max_steps"),
         ({"activation": "relu"}, "transform.activation must be one of softplus, tanh, silu"),
     ],
@@ -146,6 +150,8 @@ def test_bad_config_is_a_config_error(params: dict, match: str) -> None:
 def test_bad_config_through_the_registry_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="solver"):
         registry.transforms.build("cnf", {"solver": "rk5"}, injected={"event_shape": (2,)})
+    with pytest.raises(ConfigError, match=r"\[transform\] cnf atol must be greater than 0, got 0\.0"):
+        registry.transforms.build("cnf", {"atol": 0.0}, injected={"event_shape": (2,)})
     with pytest.raises(ShapeError, match="net='conv'"):
         CNF((2, 3, 3), net="mlp")
 

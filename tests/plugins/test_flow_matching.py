@@ -157,10 +157,12 @@ def test_time_horizon_scales_the_target_velocity() -> None:
 
 
 def test_bad_settings_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="sigma"):
+    with pytest.raises(ConfigError, match=r"sigma must be at least 0, got -1\.0"):
         FlowMatching(sigma=-1.0)
-    with pytest.raises(ConfigError, match="sinkhorn_reg"):
+    with pytest.raises(ConfigError, match=r"sinkhorn_reg must be greater than 0, got 0\.0"):
         FlowMatching(sinkhorn_reg=0.0)
+    with pytest.raises(ConfigError, match="sinkhorn_iterations must be at least 1, got 0"):
+        registry.objectives.build("flow-matching", {"sinkhorn_iterations": 0})
     with pytest.raises(ConfigError, match="coupling"):
         registry.objectives.build("flow-matching", {"coupling": "optimal"})
 

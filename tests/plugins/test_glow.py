@@ -355,3 +355,120 @@ def test_default_levels_fit_the_image_size() -> None:
 
     assert Glow((1, 28, 28), num_steps=1, hidden=4).num_levels == 2  # 28 = 4 · 7
     assert Glow((3, 32, 32), num_steps=1, hidden=4).num_levels == 3  # the paper's L
+
+
+# -- samples that explode (issue 17): bounded inverse scales -------------------------------------
+def _old_sigmoid_scale(raw: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.logsigmoid(raw + SCALE_OFFSET)
+
+
+def _old_exp_scale(raw: torch.Tensor) -> torch.Tensor:
+    return raw
+
+
+def _unbounded_glow_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scales before the fix: ``log sigmoid(r + 2)`` and ``log σ = r``, both unbounded
+    (module-level functions, so that the pickle check still passes)."""
+    from flowkit.plugins import elementwise
+
+    monkeypatch.setitem(elementwise.SCALES, "sigmoid", (_old_sigmoid_scale, {}, False))
+    monkeypatch.setitem(elementwise.SCALES, "capped-exp", (_old_exp_scale, {}, True))
+
+
+def _perturbed_glow(seed: int) -> Glow:
+    """A 2-level Glow on 4×8×8 after actnorm's init, every parameter moved by 0.1·N(0, 1)."""
+    torch.manual_seed(seed)
+    glow = Glow((4, 8, 8), num_levels=2, num_steps=2, hidden=8)
+    glow(torch.randn(64, 4, 8, 8))
+    perturb_parameters(glow, 0.1, generator=torch.Generator().manual_seed(seed))
+    return glow.eval()
+
+
+def _nonfinite_share(glow: Glow, dtype: torch.dtype, seed: int) -> float:
+    model = glow.to(dtype)
+    z = torch.randn(256, 256, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    with torch.no_grad():
+        x, logdet = model.inverse(z)
+    bad = ~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(logdet))
+    return float(bad.double().mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverting_prior_samples_of_a_perturbed_glow_stays_finite(dtype: torch.dtype) -> None:
+    """Issue 17: the unbounded scales gave 25-100% non-finite samples here, the capped ones none."""
+    for seed in range(3):
+        assert _nonfinite_share(_perturbed_glow(seed), dtype, seed) == 0.0
+
+
+def test_the_unbounded_scales_explode_on_the_same_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The regression test above fails without the fix (the scales of the old code)."""
+    _unbounded_glow_scales(monkeypatch)
+    shares = [_nonfinite_share(_perturbed_glow(seed), torch.float64, seed) for seed in range(3)]
+    assert min(shares) > 0.2, shares
+
+
+def test_the_conformance_check_catches_the_unbounded_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prior-inverse`` (flowkit.testing) fails on Glow's conformance configuration without the
+    caps, and passes with them."""
+    from flowkit.testing import check_plugin
+
+    params = {"num_levels": 2, "num_steps": 1, "hidden": 4, "lu": True}
+    check_plugin("glow", (1, 8, 8), params)
+    _unbounded_glow_scales(monkeypatch)
+    with pytest.raises(AssertionError, match=r"\[glow\] prior-inverse check failed.*NaN or inf"):
+        check_plugin("glow", (1, 8, 8), params)
+
+
+def test_soft_cap_formula() -> None:
+    from flowkit.plugins.elementwise import SCALE_CAP, SCALE_KNEE, soft_cap
+
+    assert (SCALE_KNEE, SCALE_CAP) == (4.0, 6.0)
+    t = torch.linspace(-50.0, 4.0, 1001, dtype=torch.float64)
+    assert torch.equal(soft_cap(t), t)  # unchanged up to the knee, bit for bit
+    above = torch.tensor([4.5, 5.0, 8.0, 1e3, 1e30, math.inf], dtype=torch.float64)
+    torch.testing.assert_close(soft_cap(above), 4.0 + 2.0 * torch.tanh((above - 4.0) / 2.0))
+    assert bool((soft_cap(above) <= 6.0).all())  # 6 itself only where tanh rounds to 1
+    t = torch.linspace(-10.0, 40.0, 5001, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(soft_cap(t).sum(), t)
+    assert bool((grad > 0).all()) and bool((grad <= 1).all())  # increasing, slope 1 up to the knee
+    at_knee = torch.tensor([4.0], dtype=torch.float64, requires_grad=True)
+    assert float(torch.autograd.grad(soft_cap(at_knee).sum(), at_knee)[0]) == 1.0
+
+
+def _forced(module: Transform, channel_bias: dict[int, float]) -> Transform:
+    """``module`` whose zero-initialised output conv has weight 0 and the given per-channel bias
+    (output channels of the interleaved layout: even = shift/mean, odd = raw scale)."""
+    out = module.net.out if hasattr(module.net, "out") else module.net
+    conv = out.conv
+    with torch.no_grad():
+        conv.weight.zero_()
+        for channel, value in channel_bias.items():
+            conv.bias[channel] = value
+    return module
+
+
+def test_glow_coupling_inverse_gain_is_capped_and_mild_scales_are_glows() -> None:
+    coupling = GlowCoupling((4, 3, 3), hidden=8).double()
+    y = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    # raw scale r = −1000 in channel 0 of x_b, r = −3 (s = sigmoid(−1), log s ≈ −1.31) in channel 1
+    _forced(coupling, {1: -1000.0, 3: -3.0})
+    x, logdet_inv = coupling.inverse(y)
+    gain = (x[:, 2:] / y[:, 2:]).abs()
+    assert bool((gain[:, 0] <= math.exp(6.0) * (1 + 1e-12)).all()) and bool((gain[:, 0] > math.exp(5.99)).all())
+    torch.testing.assert_close(gain[:, 1], torch.full_like(gain[:, 1], 1 / torch.sigmoid(torch.tensor(-1.0)).item()))
+    back, logdet = coupling(x)
+    torch.testing.assert_close(back, y)
+    torch.testing.assert_close(logdet, -logdet_inv)
+
+
+def test_split_prior_sigma_is_capped_and_mild_sigmas_are_glows() -> None:
+    split = SplitPrior((4, 2, 2)).double()
+    # log σ raw r = +1000 for z's channel 0 (capped below 6), r = 1.5 for channel 1 (unchanged)
+    _forced(split, {1: 1000.0, 3: 1.5})
+    with torch.no_grad():
+        split.net.logs.zero_()
+    eps = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    z, _ = split.inverse(eps)  # sampling: z = μ + σ ε, μ = 0 here
+    ratio = (z[:, 2:] / eps[:, 2:]).abs()
+    assert bool((ratio[:, 0] <= math.exp(6.0) * (1 + 1e-12)).all()) and bool((ratio[:, 0] > math.exp(5.99)).all())
+    torch.testing.assert_close(ratio[:, 1], torch.full_like(ratio[:, 1], math.exp(1.5)))
