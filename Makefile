@@ -15,7 +15,7 @@ export FLOWKIT_DATA
 RUN_NAME := realnvp-mle-digits-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS ?=
 
-.PHONY: train test lint format install dist clean
+.PHONY: train test lint typecheck format install dist clean
 
 $(STAMP): pyproject.toml constraints.txt docs/examples/flowkit-example-plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	@$(MAKE) --no-print-directory typecheck
+
+# mypy with [tool.mypy] of pyproject.toml: flowkit/, and through its links plugins/ and cli/
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 # the house style: ruff format (checked by make lint and the pre-commit hooks)
 format: $(STAMP)

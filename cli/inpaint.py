@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -86,9 +87,9 @@ def inpaint(
     mask_fraction: float | None,
     steps: int,
     step_size: float,
-    schedule: str,
+    schedule: Literal["adaptive", "constant", "harmonic"],  # click.Choice
     decay_steps: float,
-    init: str,
+    init: Literal["noise", "mean"],
     split: str,
     seed: int,
     out: Path | None,

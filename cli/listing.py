@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from flowkit.registry import PluginEntry
 
 # the plural a user types (and the heading printed) for each plugin kind of flowkit.registry.KINDS
 PLURALS = {
@@ -77,7 +82,7 @@ def _list_config_keys() -> None:
         click.echo()
 
 
-def _takes_context(entry) -> bool:
+def _takes_context(entry: PluginEntry) -> bool:
     """Whether a plugin's constructor takes ``context_features`` (a real-valued context)."""
     import inspect
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from flowkit.cli.options import checkpoint_option, run_dir_argument
+
+if TYPE_CHECKING:  # imported when a command runs, not when the command line starts
+    import numpy as np
+    from torch import Tensor
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -129,7 +134,7 @@ def sample(
     click.echo(f"wrote {num} samples to {out}")
 
 
-def _read_context(spec: str, shape: tuple[int, ...], num: int, num_given: bool):
+def _read_context(spec: str, shape: tuple[int, ...], num: int, num_given: bool) -> np.ndarray:
     """Context rows ``(n, *shape)`` from ``"v1,v2,..."`` (repeated ``num`` times) or a .npy file.
 
     A file with several rows sets the number of samples (``-n``, if given, must agree).
@@ -184,7 +189,7 @@ def _read_context(spec: str, shape: tuple[int, ...], num: int, num_given: bool):
     return rows.reshape(rows.shape[0], *shape).astype(np.float32)
 
 
-def _scatter(x, path: Path) -> None:
+def _scatter(x: Tensor, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

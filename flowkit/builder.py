@@ -116,6 +116,7 @@ def _require_context_support(
     """A plugin that cannot read a real-valued context says so before anything is built."""
     if meta.context_shape is None:
         return
+    accepted: Mapping[str, inspect.Parameter]
     try:
         accepted = inspect.signature(factory).parameters
     except (TypeError, ValueError):

@@ -112,8 +112,9 @@ def _foreign_message(path: Path, state: Any) -> str:
     )
 
 
-def non_finite_tensors(state: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
-    """Dotted names of the floating-point tensors in ``state`` that hold NaN or ±inf."""
+def non_finite_tensors(state: Mapping[Any, Any], prefix: str = "") -> Iterator[str]:
+    """Dotted names of the floating-point tensors in ``state`` that hold NaN or ±inf (a list's
+    items are named by their index)."""
     for key, value in state.items():
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):

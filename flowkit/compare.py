@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,8 +181,11 @@ def _eval_unit(group: Sequence[RunHistory]) -> str:
     return "nll"
 
 
-def _points(records: Iterable[Mapping[str, Any]], value) -> tuple[list[int], list[float]]:
-    steps, values = [], []
+def _points(records: Iterable[Mapping[str, Any]], value: Callable[..., Any]) -> tuple[list[int], list[float]]:
+    # value(record): a number or None (Callable[..., Any]: mypy cannot infer a lambda with a
+    # default argument, `lambda r, k=own: r.get(k)`, against a one-argument Callable)
+    steps: list[int] = []
+    values: list[float] = []
     for record in records:
         v = value(record)
         if v is not None:

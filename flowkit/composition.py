@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +51,7 @@ class Sequential(Transform):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         total = self.zero_logdet(y)
         # a list first: ``reversed`` on an nn.ModuleList looks each step up by its string index
-        for step in reversed(list(self.steps)):
+        for step in reversed(cast("list[Transform]", list(self.steps))):
             y, logdet = step.inverse(y, context)
             total = total + logdet
         return y, total
@@ -58,8 +59,8 @@ class Sequential(Transform):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __iter__(self):
-        return iter(self.steps)
+    def __iter__(self) -> Iterator[Transform]:
+        return cast("Iterator[Transform]", iter(self.steps))  # nn.ModuleList types its items Module
 
 
 class Architecture(Transform):
@@ -172,11 +173,12 @@ class MultiScale(Transform):
         self.check_input(y, "inverse")
         total = self.zero_logdet(y)
         parts = list(torch.split(y, self.sizes, dim=1))
-        last = self.levels[-1]
+        levels = cast("list[Transform]", list(self.levels))  # nn.ModuleList types its items Module
+        last = levels[-1]
         h = parts[-1].reshape(y.shape[0], *last.output_shape)
-        for i in range(len(self.levels) - 1, -1, -1):
-            lvl = self.levels[i]
-            if i < len(self.levels) - 1:
+        for i in range(len(levels) - 1, -1, -1):
+            lvl = levels[i]
+            if i < len(levels) - 1:
                 c, *spatial = lvl.output_shape
                 out = parts[i].reshape(y.shape[0], c // 2, *spatial)
                 h = torch.cat([h, out], dim=1)

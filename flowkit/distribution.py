@@ -30,6 +30,9 @@ from flowkit.errors import ShapeError
 if TYPE_CHECKING:
     from flowkit.model import Flow
 
+#: A shape as torch's :class:`Distribution` methods take it (``torch.types._size``).
+_SizeLike = Size | list[int] | tuple[int, ...]
+
 
 class FlowDistribution(Distribution):
     """``p(x | context)`` of a :class:`~flowkit.model.Flow` (build it with ``flow(context)``).
@@ -102,26 +105,26 @@ class FlowDistribution(Distribution):
         x = value.reshape(math.prod(lead), *self.event_shape)
         return self.flow.log_prob(x, self._flat_context(sample_shape)).reshape(lead)
 
-    def rsample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape: _SizeLike = ()) -> tuple[Tensor, Tensor]:
         """Reparameterised samples ``(*sample, *batch, *event)`` and their log-densities."""
         sample_shape = Size(sample_shape)
         lead = (*sample_shape, *self.batch_shape)
         x, log_p = self.flow.sample_and_log_prob(math.prod(lead), self._flat_context(sample_shape))
         return x.reshape(*lead, *self.event_shape), log_p.reshape(lead)
 
-    def rsample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
+    def rsample(self, sample_shape: _SizeLike = ()) -> Tensor:
         """Reparameterised samples: gradients reach the flow's parameters (and the context)."""
         return self.rsample_and_log_prob(sample_shape)[0]
 
-    def sample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
+    def sample(self, sample_shape: _SizeLike = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
-    def sample_and_log_prob(self, sample_shape: Size | tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, sample_shape: _SizeLike = ()) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             return self.rsample_and_log_prob(sample_shape)
 
-    def expand(self, batch_shape: Size | tuple[int, ...], _instance: object = None) -> FlowDistribution:
+    def expand(self, batch_shape: _SizeLike, _instance: object = None) -> FlowDistribution:
         batch_shape = Size(batch_shape)
         if self.context is None:
             if batch_shape:

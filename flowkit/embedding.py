@@ -85,6 +85,9 @@ class ContextStandardize(nn.Module):
     its last dimension (for sets: per feature of an observation).
     """
 
+    mean: Tensor  # buffers (declared for type checkers: nn.Module types them Tensor | Module)
+    std: Tensor
+
     def __init__(self, context_shape: Shape, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         shape = tuple(int(s) for s in context_shape)

@@ -80,7 +80,8 @@ def plot_2d(
     gx, gy = np.meshgrid(xs, ys)
     grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
     dtype = next(iter(model.parameters()), model.prior._anchor).dtype
-    contexts = data.test_context[:n_samples] if model.context_shape is not None else None
+    test_context = data.test_context if model.context_shape is not None else None
+    contexts = None if test_context is None else test_context[:n_samples]
 
     def at_first_context(chunk: Tensor) -> Tensor | None:
         return None if contexts is None else contexts[:1].expand(chunk.shape[0], *contexts.shape[1:])
@@ -180,7 +181,8 @@ def plot_pairs(
     was_training = model.training
     model.eval()
     test = data.test[:n_samples].reshape(-1, data.dim).double().numpy()
-    contexts = data.test_context[:n_samples] if model.context_shape is not None else None
+    test_context = data.test_context if model.context_shape is not None else None
+    contexts = None if test_context is None else test_context[:n_samples]
     if contexts is None:
         x = model.sample(n_samples, temperature=temperature)
     else:
@@ -270,7 +272,7 @@ def latent_traversals(
     ``(rows·steps, C, H, W)`` with one row per (class, dimension), or ``None`` when the prior has
     no Gaussian moments.
     """
-    if context is None and model.class_conditional:
+    if context is None and model.class_conditional and model.num_classes:  # the first implies the second
         context = torch.arange(model.num_classes, device=model.device)
     n = 1 if context is None else context.numel()
     moments = model.prior.moments(n, context)
@@ -341,7 +343,8 @@ def save_samples_figure(
     if data.is_image:
         was_training = model.training
         model.eval()
-        contexts = data.test_context[:n] if model.context_shape is not None else None
+        test_context = data.test_context if model.context_shape is not None else None
+        contexts = None if test_context is None else test_context[:n]
         samples = model.sample(
             n if contexts is None else contexts.shape[0], contexts, temperature=temperature
         )

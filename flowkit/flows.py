@@ -95,9 +95,8 @@ def _stack(
 ) -> Flow:
     """:func:`build` of a stack of ``transforms`` layers, the number passed as the transform's own
     parameter ``depth`` (``num_layers``, ``num_couplings``, ``num_blocks``)."""
-    return build(
-        transform, features, context, **{depth: transforms}, hidden=hidden, num_hidden=num_hidden, **options
-    )
+    layers: dict[str, Any] = {depth: transforms}
+    return build(transform, features, context, **layers, hidden=hidden, num_hidden=num_hidden, **options)
 
 
 def MAF(

@@ -76,6 +76,9 @@ class Flow(nn.Module):
     ``None``.
     """
 
+    #: the resolved config of a flow built by :func:`flowkit.flows.build` (unset otherwise)
+    config: dict[str, Any]
+
     def __init__(
         self,
         transform: Transform,
@@ -250,8 +253,9 @@ class Flow(nn.Module):
         A model is class-conditional when its prior is, or when one of its blocks reads class
         labels (a conditional coupling with an unconditional prior).
         """
-        if self.class_conditional:
-            return torch.arange(n, device=self.device) % self.num_classes
+        num_classes = self.num_classes
+        if self.class_conditional and num_classes:  # class_conditional implies num_classes
+            return torch.arange(n, device=self.device) % num_classes
         return None
 
     @property

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from torch import Tensor, nn
 
@@ -115,30 +115,34 @@ class WeightedSum(Objective):
         self.terms = nn.ModuleDict(objectives)
         self.weights = dict(weights)
 
+    def _by_name(self) -> dict[str, Objective]:
+        """The terms by name (``terms`` is an nn.ModuleDict, which types its values Module)."""
+        return cast("dict[str, Objective]", dict(self.terms))
+
     def bind_data(self, data: DataSplits) -> None:
-        for obj in self.terms.values():
+        for obj in self._by_name().values():
             obj.bind_data(data)
 
     def setup(self, model: Flow) -> None:
-        for obj in self.terms.values():
+        for obj in self._by_name().values():
             obj.setup(model)
 
     def joint_parameters(self) -> Iterator[nn.Parameter]:
-        for obj in self.terms.values():
+        for obj in self._by_name().values():
             yield from obj.joint_parameters()
 
     def evaluate(self, model: Flow, data: DataSplits, max_examples: int) -> dict[str, float]:
         out: dict[str, float] = {}
-        for obj in self.terms.values():
+        for obj in self._by_name().values():
             out.update(obj.evaluate(model, data, max_examples))
         return out
 
     def figures(self, model: Flow, data: DataSplits, run_dir: Path) -> list[Path]:
-        return [p for obj in self.terms.values() for p in obj.figures(model, data, run_dir)]
+        return [p for obj in self._by_name().values() for p in obj.figures(model, data, run_dir)]
 
     def auxiliary_update(self, model: Flow, batch: Batch, step: int) -> dict[str, float]:
         logged: dict[str, float] = {}
-        for name, obj in self.terms.items():
+        for name, obj in self._by_name().items():
             for key, value in obj.auxiliary_update(model, batch, step).items():
                 logged[f"{name}/{key}"] = value
         return logged
@@ -146,7 +150,7 @@ class WeightedSum(Objective):
     def loss(self, model: Flow, batch: Batch, step: int) -> LossOutput:
         total: Tensor | None = None
         logged: dict[str, float] = {}
-        for name, obj in self.terms.items():
+        for name, obj in self._by_name().items():
             out = obj.loss(model, batch, step)
             for key, value in out.terms.items():
                 logged[f"{name}/{key}"] = value

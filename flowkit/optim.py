@@ -42,7 +42,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,9 @@ def _fused_supported(params: Sequence[torch.Tensor]) -> bool:
     return devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 
 
-def _classes(kind: str) -> type[torch.optim.Optimizer]:
+def _classes(kind: str) -> Callable[..., torch.optim.Optimizer]:
+    # a Callable, not type[Optimizer]: the base class's __init__(params, defaults) is not the
+    # keyword signature of Adam, AdamW and SGD that every call here uses
     return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}.get(kind, torch.optim.Adam)
 
 
@@ -178,7 +180,8 @@ def measure_implementations(
     """
     params = list(params)
     names = list(names or candidates(params))
-    subset, total = [], 0
+    subset: list[torch.Tensor] = []
+    total = 0
     for p in params:
         if subset and total + p.numel() > MEASURE_MAX_ELEMENTS:
             break

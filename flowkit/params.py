@@ -211,7 +211,7 @@ def _check_constraints(value: Any, hint: Any, where: str, default: Any) -> None:
 # -- type hints --------------------------------------------------------------------------------
 def _signature(target: Callable[..., Any]) -> inspect.Signature:
     if inspect.isclass(target):
-        return inspect.signature(target.__init__)  # type: ignore[misc]
+        return inspect.signature(target.__init__)
     return inspect.signature(target)
 
 
@@ -237,7 +237,7 @@ def _function_hints(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _hints(target: Callable[..., Any]) -> dict[str, Any]:
-    fn = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+    fn = target.__init__ if inspect.isclass(target) else target
     return _function_hints(fn)
 
 
@@ -525,7 +525,8 @@ def checked(target: F) -> F:
     if inspect.isclass(target):
         init = target.__dict__.get("__init__")
         if init is not None and not getattr(init, "__flowkit_checked__", False):
-            target.__init__ = checked(init)  # type: ignore[misc]
+            # wraps the class's own __init__ in place, which a type checker cannot follow
+            target.__init__ = checked(init)  # type: ignore[method-assign]
         return target
     fn = target
     plan: _Plan | None = None

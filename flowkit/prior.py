@@ -38,6 +38,10 @@ class Prior(CheckedParameters, nn.Module):
     #: ``True`` when :meth:`initialize` must see data before training.
     needs_data_init: ClassVar[bool] = False
 
+    # buffers registered in __init__ (declared for type checkers: nn.Module types them Tensor | Module)
+    _anchor: Tensor
+    initialized: Tensor
+
     def __init__(self, shape: Shape, num_classes: int | None = None) -> None:
         super().__init__()
         self.shape: Shape = tuple(int(s) for s in shape)

@@ -30,7 +30,7 @@ interface, so that any module — :mod:`flowkit.composition` included — can de
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -70,8 +70,14 @@ def vjp(
     return list(out)
 
 
+@overload
+def add_grads(a: Tensor, b: Tensor | None) -> Tensor: ...
+@overload
+def add_grads(a: Tensor | None, b: Tensor) -> Tensor: ...
+@overload
+def add_grads(a: Tensor | None, b: Tensor | None) -> Tensor | None: ...
 def add_grads(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    """Sum of two optional gradients."""
+    """Sum of two optional gradients (``None`` only when both are)."""
     if a is None:
         return b
     return a if b is None else a + b

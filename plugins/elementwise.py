@@ -99,7 +99,7 @@ class Additive(ElementwiseMap):
 
 
 # -- the named scale functions of the affine maps: raw output ŝ (and feature parameters) → s ------
-def scaled_tanh(x: Tensor, scale: Tensor) -> Tensor:
+def scaled_tanh(x: Tensor, scale: Tensor | float) -> Tensor:
     """``scale ⊙ tanh(x)``, computed as ``σ(2x) ⊙ 2·scale − scale`` (the same function).
 
     PyTorch's CPU ``tanh`` kernel is several times slower than its ``sigmoid`` (135 vs 19 µs on

@@ -56,7 +56,7 @@ def test_prior_inverse_fails_an_overflowing_inverse_and_names_the_share() -> Non
     with pytest.raises(AssertionError) as info:
         check_prior_inverse(module, name="exp-toy", seed=0)
     message = str(info.value)
-    assert message.startswith("[exp-toy] prior-inverse check failed for input shape (64, 3) (float32")
+    assert message.startswith("[exp-toy] prior-inverse check failed for input shape (32, 3) (float32")
     assert "N(0, I) latents gave" in message and "%" in message and "NaN or inf" in message
 
 

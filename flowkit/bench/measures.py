@@ -163,7 +163,7 @@ def ood(
     bins = torch.linspace(low, high if high > low else low + 1.0, 61).numpy()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, v in series:
-        ax.hist(v.clamp(bins[0], bins[-1]).numpy(), bins=bins, alpha=0.6, density=True, label=label)
+        ax.hist(v.clamp(bins[0], bins[-1]).numpy(), bins=bins.tolist(), alpha=0.6, density=True, label=label)
     ax.set_xlabel("bits/dim per test image (lower = more likely)")
     ax.set_ylabel("density")
     ax.set_title(f"{run.config['transform']['name']} trained on {data.name}")

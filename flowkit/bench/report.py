@@ -499,8 +499,8 @@ def write_figures(suite: Suite, results: list[dict[str, Any]], out_dir: Path) ->
         grid = Image.new("RGB", (cols * width, rows * (height + 18)), "white")
         draw = ImageDraw.Draw(grid)
         for i, (label, path) in enumerate(tiles):
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            with Image.open(path) as opened:
+                img = opened.convert("RGB")
                 img.thumbnail((width, height))
                 x, y = (i % cols) * width, (i // cols) * (height + 18)
                 grid.paste(img, (x + (width - img.width) // 2, y + 18))

@@ -110,7 +110,8 @@ class DataSplits:
                     f"dataset {self.name!r}: train shape {tuple(self.train.shape[1:])} differs "
                     f"from {split} shape {tuple(data.shape[1:])}"
                 )
-        has_context = self.train_context is not None
+        train_context = self.train_context
+        has_context = train_context is not None
         if has_context and self.train_labels is not None:
             raise DataError(
                 f"dataset {self.name!r} has both class labels and a real-valued context; a "
@@ -130,13 +131,15 @@ class DataSplits:
                     f"{'lacks' if has_context else 'has'} a context array; every "
                     f"split needs one, or none does"
                 )
-            if context is not None and (
-                context.shape[0] != data.shape[0] or context.shape[1:] != self.train_context.shape[1:]
+            if (
+                context is not None
+                and train_context is not None
+                and (context.shape[0] != data.shape[0] or context.shape[1:] != train_context.shape[1:])
             ):
                 raise DataError(
                     f"dataset {self.name!r}: {split} context has shape {tuple(context.shape)}, "
                     f"expected ({data.shape[0]}, "
-                    f"{', '.join(map(str, self.train_context.shape[1:]))})"
+                    f"{', '.join(map(str, train_context.shape[1:]))})"
                 )
 
     @property

@@ -106,6 +106,8 @@ class Standardize(Transform):
     """
 
     domain = None
+    mean: Tensor  # buffers (declared for type checkers: nn.Module types them Tensor | Module)
+    std: Tensor
 
     def __init__(self, event_shape: Shape, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__(event_shape)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from types import FrameType
 
 __all__ = ["alias_moved_module"]
 
@@ -39,7 +40,7 @@ def _caller_stacklevel(old: str) -> int:
     (:func:`warnings.warn` itself skips the import machinery's ``<frozen importlib._bootstrap>``
     frames), so the default warning filters attribute the warning to the importing module.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None:
         name = frame.f_code.co_filename

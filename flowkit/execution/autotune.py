@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -127,7 +128,7 @@ def cpu_info() -> dict[str, Any]:
     ``capability`` (the kernels PyTorch dispatches to: ``torch.backends.cpu.get_cpu_capability``,
     e.g. ``AVX2``, ``AVX512``) and ``logical_cpus``. Read from ``/proc/cpuinfo`` where there is one
     (Linux), else from :mod:`platform`."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -217,6 +218,7 @@ def _acquire(path: Path, timeout: float) -> Iterator[bool]:
     except OSError:
         yield False
         return
+    filelock: ModuleType | None
     try:
         import filelock
     except ImportError:

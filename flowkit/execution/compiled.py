@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowkit.errors import ConfigError
-from flowkit.execution.wrapper import TransparentWrapper
+from flowkit.execution.wrapper import HasTransform, TransparentWrapper
 from flowkit.transform import Transform
 
 __all__ = ["CompiledTraining", "enable_compile", "require_cpu_compiler"]
@@ -102,7 +102,7 @@ def require_cpu_compiler() -> None:
 
 
 def enable_compile(
-    model: nn.Module,
+    model: HasTransform,
     log: Callable[[str], None] = print,
     mode: str | None = None,
     device: torch.device | str | None = None,

@@ -50,14 +50,14 @@ Double backward (``create_graph=True``) is not supported through the reconstruct
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeGuard, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from flowkit.composition import Architecture, Inverse, MultiScale, Sequential
-from flowkit.execution.wrapper import TransparentWrapper
+from flowkit.execution.wrapper import HasTransform, TransparentWrapper
 from flowkit.reconstruction import (
     Rule,
     RuleResult,
@@ -96,7 +96,7 @@ def rule_for(block: nn.Module) -> Rule | None:
     rule = declared_rule(cls)
     if rule is not None:
         return rule
-    if flag or (cls is Inverse and rule_for(block.base) is not None):
+    if flag or (type(block) is Inverse and rule_for(block.base) is not None):
         return generic_rule
     return None
 
@@ -198,7 +198,7 @@ class _ChainFunction(torch.autograd.Function):
     """Forward through a chain without a graph; backward by reconstruction, block by block."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx,
         chain: _Chain,
         per_block: list[list[int]],
@@ -216,7 +216,8 @@ class _ChainFunction(torch.autograd.Function):
         ctx.chain = chain  # type: ignore[attr-defined]
         ctx.per_block = per_block  # type: ignore[attr-defined]
         ctx.params = params  # type: ignore[attr-defined]
-        ctx.save_for_backward(h, context)
+        # None is allowed (torch's docstring: "Arguments can also be None"); its annotation says Tensor
+        ctx.save_for_backward(h, context)  # type: ignore[arg-type]
         return h, total
 
     @staticmethod
@@ -242,7 +243,10 @@ class _ChainFunction(torch.autograd.Function):
 
 
 # -- planning: which parts of a transform run through chains -------------------------------------
-def _enters(module: nn.Module, cls: type) -> bool:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _enters(module: nn.Module, cls: type[_M]) -> TypeGuard[_M]:
     """``True`` for ``cls`` and subclasses that keep ``cls.forward`` (so entering is safe)."""
     return isinstance(module, cls) and type(module).forward is cls.forward
 
@@ -328,14 +332,14 @@ class _MultiScalePlan(_Plan):
         return MultiScale.forward(self.view, x, context)  # type: ignore[arg-type]
 
 
-def _flatten(module: nn.Module) -> Iterator[nn.Module]:
+def _flatten(module: Transform) -> Iterator[Transform]:
     """The steps of nested sequences and architectures, in order (other modules as they are)."""
     if _enters(module, Architecture) and _enters(module.flow, Sequential):
         # the outer Sequential checked the shapes; an architecture's check adds nothing inside
         yield from _flatten(module.flow)
     elif _enters(module, Sequential):
-        for step in module.steps:
-            yield from _flatten(step)
+        for step in module.steps:  # an nn.ModuleList of transforms (its items are typed Module)
+            yield from _flatten(cast(Transform, step))
     else:
         yield module
 
@@ -345,21 +349,22 @@ def _plan(module: Transform, fallbacks: list[Transform], chunks: int) -> _Plan:
     if _enters(module, Architecture):
         return _Checked(module, _plan(module.flow, fallbacks, chunks))
     if _enters(module, MultiScale):
-        return _MultiScalePlan(module, [_plan(lvl, fallbacks, chunks) for lvl in module.levels])
+        levels = cast("list[Transform]", list(module.levels))  # an nn.ModuleList of transforms
+        return _MultiScalePlan(module, [_plan(lvl, fallbacks, chunks) for lvl in levels])
     items: list[_Plan] = []
     run: list[Transform] = []
     for step in _flatten(module) if _enters(module, Sequential) else [module]:
         if rule_for(step) is not None:
-            run.append(step)  # type: ignore[arg-type]
+            run.append(step)
             continue
         if run:
             items.append(_ChainPlan(run, chunks))
             run = []
         if _enters(step, MultiScale) or _enters(step, Architecture):
-            items.append(_plan(step, fallbacks, chunks))  # type: ignore[arg-type]
+            items.append(_plan(step, fallbacks, chunks))
         else:
-            fallbacks.append(step)  # type: ignore[arg-type]
-            items.append(_Plain(step))  # type: ignore[arg-type]
+            fallbacks.append(step)
+            items.append(_Plain(step))
     if run:
         items.append(_ChainPlan(run, chunks))
     return items[0] if len(items) == 1 else _Steps(items)
@@ -416,7 +421,7 @@ class InvertibleBackprop(TransparentWrapper):
 
 
 def enable_invertible_backprop(
-    model: nn.Module, log: Callable[[str], None] = print, chunks: int = 2
+    model: HasTransform, log: Callable[[str], None] = print, chunks: int = 2
 ) -> list[str]:
     """Wrap ``model.transform`` in :class:`InvertibleBackprop`; return the fallback blocks' names.
 

@@ -11,14 +11,21 @@ transform's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from flowkit.transform import Transform
 
-__all__ = ["TransparentWrapper"]
+__all__ = ["HasTransform", "TransparentWrapper"]
+
+
+class HasTransform(Protocol):
+    """What the ``enable_*`` functions wrap in place: a module with a ``transform`` (a model)."""
+
+    transform: Transform
+
 
 _BASE = "base."
 

@@ -63,7 +63,7 @@ def train_classifier(
     data: DataSplits, steps: int = 1500, seed: int = 0, use_cache: bool = True
 ) -> tuple[SmallCNN, float]:
     """A deterministic :class:`SmallCNN` for ``data`` and its test accuracy (cached on disk)."""
-    if not data.is_image or data.train_labels is None or not data.num_classes:
+    if not data.is_image or data.train_labels is None or data.test_labels is None or not data.num_classes:
         raise ConfigError(f"a classifier needs labelled image data; '{data.name}' is not")
     net = SmallCNN(data.shape[0], data.num_classes)
     path = cache_dir() / "classifiers" / f"{data.name}-{_fingerprint(data, steps, seed)}.pt"

@@ -31,11 +31,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowkit.data.base import DataSplits
 from flowkit.errors import ConfigError, ShapeError
-from flowkit.metrics.classifier import train_classifier
+from flowkit.metrics.classifier import SmallCNN, train_classifier
 from flowkit.metrics.sampling import draw_samples, reference_batch
 from flowkit.model import Flow
 
@@ -142,7 +142,7 @@ def frechet_skip_reason(data: DataSplits) -> str | None:
 
 
 @torch.no_grad()
-def _features(net: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _features(net: SmallCNN, x: Tensor, batch_size: int) -> Tensor:
     device = next(net.parameters()).device
     return torch.cat([net.features(chunk.to(device, torch.float32)).cpu() for chunk in x.split(batch_size)])
 
@@ -168,7 +168,7 @@ def reference_and_samples(
 
 def classifier_features(
     model: Flow, data: DataSplits, steps: int, batch_size: int, *batches: Tensor
-) -> tuple[nn.Module, float, list[Tensor]]:
+) -> tuple[SmallCNN, float, list[Tensor]]:
     """``(net, accuracy, features)``: flowkit's classifier for ``data`` (trained with ``steps``
     steps, cached; on the model's device), its test accuracy, and its 128-d features of each of
     ``batches`` (on the CPU)."""

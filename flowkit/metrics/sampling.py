@@ -103,6 +103,6 @@ def draw_samples(
     with eval_mode(model), seeded(seed, device):
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            context = labels[start : start + m].to(device) if use_labels else None
+            context = labels[start : start + m].to(device) if use_labels and labels is not None else None
             chunks.append(model.sample(m, context, temperature=temperature))
     return torch.cat(chunks)

@@ -114,7 +114,7 @@ def _build(factory: Factory, kwargs: Mapping[str, Any], seed: int, name: str, sh
 
 def _parameter_names(factory: Factory) -> frozenset[str]:
     try:
-        target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+        target = factory.__init__ if inspect.isclass(factory) else factory
         return frozenset(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return frozenset()

@@ -17,7 +17,7 @@ import csv
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, overload
 
 import numpy as np
 import torch
@@ -153,6 +153,10 @@ def table(
     if labels is not None:
         num_classes = int(labels.max()) + 1
 
+    @overload
+    def part(array: np.ndarray, split: str) -> torch.Tensor: ...
+    @overload
+    def part(array: None, split: str) -> None: ...
     def part(array: np.ndarray | None, split: str) -> torch.Tensor | None:
         if array is None:
             return None

@@ -19,7 +19,7 @@ Reversible Networks"; Makhzani et al. 2016, "Adversarial Autoencoders", §2).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from flowkit.plugins.objectives.critic import LatentCritic
 
 if TYPE_CHECKING:
     from flowkit.model import Flow
+    from flowkit.prior import Prior
 
 GanLoss = Literal["hinge", "non-saturating"]
 #: A loss weight (0: the term is off).
@@ -46,6 +47,19 @@ _NEEDS_RESTRICTED = (
     'the adversarial objective needs the restricted prior: set [prior] name = "restricted" '
     "(the prior must provide clamp(z, k) and select(z); got {name})"
 )
+
+
+class _Selecting(Protocol):
+    """What this objective needs of the prior beyond :class:`~flowkit.prior.Prior` (``restricted``)."""
+
+    def clamp(self, z: Tensor, k: float) -> Tensor: ...
+
+    def select(self, z: Tensor) -> Tensor: ...
+
+
+def _selecting(prior: Prior) -> _Selecting:
+    """``prior`` with its ``clamp`` and ``select`` (:meth:`AdversarialLatent.setup` checks both)."""
+    return cast(_Selecting, prior)
 
 
 def critic_loss(d_data: Tensor, d_prior: Tensor, kind: GanLoss) -> Tensor:
@@ -210,7 +224,7 @@ class AdversarialLatent(Objective):
         if not (callable(getattr(prior, "clamp", None)) and callable(getattr(prior, "select", None))):
             raise ConfigError(_NEEDS_RESTRICTED.format(name=type(prior).__name__))
         probe = torch.zeros(1, *prior.shape, device=prior.device, dtype=prior.dtype)
-        k = int(prior.select(probe).shape[1])
+        k = int(_selecting(prior).select(probe).shape[1])
         self.critic = LatentCritic(k, self.critic_hidden).to(device=prior.device, dtype=prior.dtype)
         self.critic_optimizer = torch.optim.Adam(
             self.critic.parameters(), lr=self.critic_lr, betas=self.critic_betas
@@ -243,7 +257,7 @@ class AdversarialLatent(Objective):
     # -- pieces --------------------------------------------------------------------------------
     def _reconstruction(self, model: Flow, batch: Batch, z: Tensor, bound: float) -> tuple[Tensor, Tensor]:
         """``(mean|x − f⁻¹(clamp_bound(z))|, clamp_bound(z))``."""
-        z_clamped = model.prior.clamp(z, bound)
+        z_clamped = _selecting(model.prior).clamp(z, bound)
         x_hat = model.decode(z_clamped, batch.context)
         return (batch.x - x_hat).abs().mean(), z_clamped
 
@@ -257,8 +271,8 @@ class AdversarialLatent(Objective):
         with torch.no_grad():
             z, _ = model.encode(batch.x, batch.context)
             s = prior.sample(self.critic_samples, None)
-        z_sel = prior.select(z).detach()
-        s_sel = prior.select(s).detach().to(z_sel.dtype)
+        z_sel = _selecting(prior).select(z).detach()
+        s_sel = _selecting(prior).select(s).detach().to(z_sel.dtype)
         d_data, d_prior = critic(z_sel), critic(s_sel)
         loss = critic_loss(d_data, d_prior, self.gan_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -291,7 +305,7 @@ class AdversarialLatent(Objective):
         oob = (z_clamped - z).pow(2).mean()
         # the critic's parameters receive gradients here too; the next critic step zeroes them
         # before its own backward, and they are not in the model's optimiser
-        g_adv = generator_adversarial_loss(critic(model.prior.select(z)), self.gan_loss)
+        g_adv = generator_adversarial_loss(critic(_selecting(model.prior).select(z)), self.gan_loss)
         total = self.recon_weight * recon + self.oob_weight * oob + self.adv_weight * g_adv
         return LossOutput(
             total,

@@ -34,7 +34,9 @@ class ConcatReLU(nn.Module):
 
 
 def _sn_linear(n_in: int, n_out: int) -> nn.Linear:
-    return spectral_norm(nn.Linear(n_in, n_out), n_power_iterations=1)
+    linear = nn.Linear(n_in, n_out)
+    spectral_norm(linear, n_power_iterations=1)  # parametrizes `linear` in place and returns it as Module
+    return linear
 
 
 class LatentCritic(nn.Module):

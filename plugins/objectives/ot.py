@@ -274,7 +274,7 @@ class OptimalTransport(Objective):
         match_s = 0.0
         groups = self._groups(model, batch)
         for idx, labels in groups:
-            source = z[idx] if self.space == "latent" else x[idx]
+            source = z[idx] if self.space == "latent" and z is not None else x[idx]  # latent: z is set
             t0 = time.perf_counter()
             ot_c, self_c = self._class_cost(model, source, labels)
             match_s += time.perf_counter() - t0

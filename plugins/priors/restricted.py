@@ -65,6 +65,11 @@ class RestrictedGaussian(Prior):
     """
 
     needs_data_init: ClassVar[bool] = True
+    # buffers (declared for type checkers: nn.Module types them Tensor | Module)
+    selected: Tensor
+    mask: Tensor
+    loc: Tensor
+    scale: Tensor
 
     def __init__(
         self,

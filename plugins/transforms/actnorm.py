@@ -61,6 +61,7 @@ class ActNorm(Transform):
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {}
     inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
+    initialized: Tensor  # a buffer (declared for type checkers: nn.Module types it Tensor | Module)
 
     def __init__(
         self,

@@ -15,10 +15,10 @@ added with :func:`register_conditioner` — or, from Python, as a factory
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +121,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_features)`` to ``(B, out_features)``."""
         h = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        for layer in islice(self.body, 0, None, 2):  # nn.Linear at even positions, then nn.ReLU
+        # nn.Linear at even positions, then nn.ReLU (nn.Sequential types its items Module)
+        for layer in cast("Iterator[nn.Linear]", islice(self.body, 0, None, 2)):
             h = linear(h, layer.weight, layer.bias, relu=True)
         out = linear(h, self.out.weight, self.out.bias)
         return out.reshape(*x.shape[:-1], out.shape[-1]) if x.dim() != 2 else out
@@ -181,6 +182,7 @@ class ConvNet(nn.Module):
         self.conv_out = nn.Conv2d(hidden, out_channels, kernel_size, padding="same")
         if zero_init:
             nn.init.zeros_(self.conv_out.weight)
+            assert self.conv_out.bias is not None  # built with a bias (Conv2d types it Tensor | None)
             nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -217,6 +219,7 @@ class ZeroConv2d(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding="same")
         nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # built with a bias (Conv2d types it Tensor | None)
         nn.init.zeros_(self.conv.bias)
         self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
 
@@ -247,8 +250,9 @@ class GlowConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (computed channels-last;
         without autograd each ReLU is fused into its convolution, :func:`flowkit.conv.conv2d`)."""
-        h = conv2d(channels_last(x), self.body[0], relu=True)
-        return self.out(conv2d(h, self.body[2], relu=True))
+        first, middle = cast(nn.Conv2d, self.body[0]), cast(nn.Conv2d, self.body[2])  # nn.Sequential items
+        h = conv2d(channels_last(x), first, relu=True)
+        return self.out(conv2d(h, middle, relu=True))
 
 
 # -- choosing a conditioner ---------------------------------------------------------------------

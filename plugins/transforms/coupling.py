@@ -208,7 +208,7 @@ class Coupling(Transform):
         True
     """
 
-    input_ranks = (1, 3)
+    input_ranks: ClassVar[tuple[int, ...]] = (1, 3)
     min_channels = 2  # vector masks need D ≥ 2; the channel mask needs C ≥ 2
     min_size = 2  # a checkerboard on a 1×1 image leaves nothing to transform
     test_params: ClassVar[dict[str, Any]] = {
@@ -225,6 +225,10 @@ class Coupling(Transform):
     param_order: ClassVar[tuple[int, ...] | None] = None
     #: build a named ``mlp``/``conv`` conditioner at full size, then narrow it to the split
     full_size_init: ClassVar[bool] = True
+    # buffers (declared for type checkers: nn.Module types them Tensor | Module); free_positions
+    # is None when the sides are slices, and read only when they are not (self.slices is None)
+    mask: Tensor
+    free_positions: Tensor
 
     def __init__(
         self,

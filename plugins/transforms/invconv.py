@@ -76,6 +76,8 @@ class InvConv1x1(Transform):
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {"lu": [True, False], "init_seed": [0, 1]}
     inversion_rule = generic_rule  # memory-free backprop: inverse, then recomputation
+    perm: Tensor  # buffers of the LU form (declared for type checkers: nn.Module types them Tensor | Module)
+    sign: Tensor
 
     def __init__(
         self,

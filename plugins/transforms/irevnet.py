@@ -40,6 +40,7 @@ class Bottleneck(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         self.conv3 = nn.Conv2d(width, channels, 3, padding=1)
         nn.init.zeros_(self.conv3.weight)
+        assert self.conv3.bias is not None  # built with a bias (Conv2d types it Tensor | None)
         nn.init.zeros_(self.conv3.bias)
 
     def forward(self, h: Tensor) -> Tensor:

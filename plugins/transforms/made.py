@@ -82,6 +82,8 @@ class MaskedLinear(nn.Linear):
     §4, eq. (10)-(11)). Masked weights get zero gradient.
     """
 
+    mask: Tensor  # a buffer (declared for type checkers: nn.Module types it Tensor | Module)
+
     def __init__(self, mask: Tensor, bias: bool = True) -> None:
         if mask.dim() != 2:
             raise ShapeError(
@@ -146,6 +148,8 @@ class MADE(nn.Module):
     the same outputs.
     """
 
+    input_degrees: Tensor  # a buffer (declared for type checkers: nn.Module types it Tensor | Module)
+
     def __init__(
         self,
         num_inputs: Annotated[int, Range(1)],
@@ -180,7 +184,7 @@ class MADE(nn.Module):
         out_mask = output_mask(degrees_in, previous).repeat(self.num_outputs, 1)
         self.out = MaskedLinear(_with_context_columns(out_mask, extra))
         if extra:  # the x (or h) block and the context block at their own fan-ins
-            first_layer = self.hidden_layers[0]
+            first_layer = layers[0]  # typed MaskedLinear (self.hidden_layers[0] is the same module)
             _init_columns(first_layer, 0, self.num_inputs)
             _init_columns(first_layer, self.num_inputs, self.num_inputs + extra)
             _init_columns(self.out, 0, hidden)

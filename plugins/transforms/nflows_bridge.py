@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import math
 from types import ModuleType
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -174,6 +174,14 @@ class NflowsTransform(Transform):
         return super().extra_repr() + extra
 
 
+class _ContextArgs(TypedDict):
+    """The context arguments a :class:`_NflowsVectorFlow` passes to its :class:`NflowsTransform`."""
+
+    conditional: bool
+    num_classes: int | None
+    context_features: int | None
+
+
 class _NflowsVectorFlow(Architecture):
     """Shared shell of the registered nflows plugins: flatten, then one wrapped nflows flow.
 
@@ -199,7 +207,7 @@ class _NflowsVectorFlow(Architecture):
         super().__init__(shape, (dim,))
         spec = context_spec(owner, conditional, num_classes, context_features)
         #: the context arguments of the wrapped transform, and the width its networks read
-        self._context_args = {
+        self._context_args: _ContextArgs = {
             "conditional": spec is not None,
             "num_classes": num_classes,
             "context_features": context_features,

@@ -59,6 +59,8 @@ class RandomPermutation(Transform):
     input_ranks = (1, 3)
     test_params: ClassVar[dict[str, Any]] = {"permutation_seed": [0, 1, 2]}
     inversion_rule = reindex_rule  # memory-free backprop: a re-indexing, nothing to recompute
+    perm: Tensor  # buffers (declared for type checkers: nn.Module types them Tensor | Module)
+    inv_perm: Tensor
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,12 @@ class PlanarLayer(Transform):
         return z, -self._logdet(wu, alpha)
 
 
+class _LayerClass(Protocol):
+    """A :class:`LayerStack` layer's constructor (its class): ``layer(event_shape, init_scale=…)``."""
+
+    def __call__(self, event_shape: Shape, *, init_scale: float) -> Transform: ...
+
+
 class LayerStack(Architecture):
     """``num_layers`` fresh copies of one vector layer composed, f_K ∘ … ∘ f_1 (planar, radial).
 
@@ -111,7 +117,7 @@ class LayerStack(Architecture):
 
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {"num_layers": [2, 3]}
-    layer: ClassVar[type[Transform]]
+    layer: ClassVar[_LayerClass]
     family: ClassVar[str]
 
     def __init__(

@@ -46,6 +46,7 @@ def _residual_net(channels: int, hidden: int, kernel_size: int, init: str, extra
         for layer in net:
             if isinstance(layer, nn.Conv2d):
                 nn.init.xavier_uniform_(layer.weight, gain=1.0)
+                assert layer.bias is not None  # built with a bias (Conv2d types it Tensor | None)
                 nn.init.zeros_(layer.bias)
     return net
 
@@ -361,7 +362,7 @@ class RevNet(Architecture):
         blocks = _per_stage("blocks_per_stage", blocks_per_stage, len(widths))
         kernels = _per_stage("kernel_sizes", kernel_sizes, len(widths))
         context_spec("RevNet", conditional, num_classes, context_features)  # checks the choice
-        context = {
+        context: dict[str, Any] = {
             "conditional": conditional,
             "num_classes": num_classes,
             "context_features": context_features,

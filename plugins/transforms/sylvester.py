@@ -69,6 +69,7 @@ class SylvesterLayer(Transform):
 
     input_ranks = (1,)
     test_params: ClassVar[dict[str, Any]] = {}
+    permutation: Tensor  # the buffer of the permutation variant (nn.Module types it Tensor | Module)
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ class FieldNet(nn.Module):
         last = self.layers[-1]
         assert isinstance(last, nn.Linear | nn.Conv2d)
         nn.init.zeros_(last.weight)
+        assert last.bias is not None  # Conv2d types it Tensor | None
         nn.init.zeros_(last.bias)
 
     # subclasses: the affine map of one layer on [h, extra], and its linear part on tangents

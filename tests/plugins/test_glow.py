@@ -452,10 +452,12 @@ def test_glow_coupling_inverse_gain_is_capped_and_mild_scales_are_glows() -> Non
     y = torch.randn(5, 4, 3, 3, dtype=torch.float64)
     # raw scale r = −1000 in channel 0 of x_b, r = −3 (s = sigmoid(−1), log s ≈ −1.31) in channel 1
     _forced(coupling, {1: -1000.0, 3: -3.0})
-    x, logdet_inv = coupling.inverse(y)
+    with torch.no_grad():
+        x, logdet_inv = coupling.inverse(y)
     gain = (x[:, 2:] / y[:, 2:]).abs()
-    assert bool((gain[:, 0] <= math.exp(6.0) * (1 + 1e-12)).all()) and bool((gain[:, 0] > math.exp(5.99)).all())
-    torch.testing.assert_close(gain[:, 1], torch.full_like(gain[:, 1], 1 / torch.sigmoid(torch.tensor(-1.0)).item()))
+    assert math.exp(5.99) < float(gain[:, 0].min()) <= float(gain[:, 0].max()) <= math.exp(6.0) * (1 + 1e-12)
+    mild = 1 / torch.sigmoid(torch.tensor(-1.0, dtype=torch.float64))  # Glow's 1/s, unchanged
+    torch.testing.assert_close(gain[:, 1], mild.expand_as(gain[:, 1]))
     back, logdet = coupling(x)
     torch.testing.assert_close(back, y)
     torch.testing.assert_close(logdet, -logdet_inv)
@@ -468,7 +470,10 @@ def test_split_prior_sigma_is_capped_and_mild_sigmas_are_glows() -> None:
     with torch.no_grad():
         split.net.logs.zero_()
     eps = torch.randn(3, 4, 2, 2, dtype=torch.float64)
-    z, _ = split.inverse(eps)  # sampling: z = μ + σ ε, μ = 0 here
+    with torch.no_grad():
+        z, _ = split.inverse(eps)  # sampling: z = μ + σ ε, μ = 0 here
     ratio = (z[:, 2:] / eps[:, 2:]).abs()
-    assert bool((ratio[:, 0] <= math.exp(6.0) * (1 + 1e-12)).all()) and bool((ratio[:, 0] > math.exp(5.99)).all())
+    assert (
+        math.exp(5.99) < float(ratio[:, 0].min()) <= float(ratio[:, 0].max()) <= math.exp(6.0) * (1 + 1e-12)
+    )
     torch.testing.assert_close(ratio[:, 1], torch.full_like(ratio[:, 1], math.exp(1.5)))

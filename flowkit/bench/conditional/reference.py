@@ -35,6 +35,7 @@ Samples are cached under ``$FLOWKIT_CACHE/conditional-reference`` (default
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -353,7 +354,7 @@ def reference_samples(
             if cache:
                 from flowkit.atomic import atomic_write
 
-                atomic_write(path, lambda fh, r=record: torch.save(r, fh))
+                atomic_write(path, functools.partial(torch.save, record))
         samples.append(record["samples"])
         infos.append(dict(record["info"]))
     return torch.stack(samples), infos

@@ -272,7 +272,7 @@ def _optimizer_lines(state: dict[str, Any]) -> list[str]:
         return []
     flowkit = ", ".join(sorted(impls.get("flowkit", ()))) or "–"
     peers = ", ".join(sorted(set().union(*(v for k, v in impls.items() if k != "flowkit"))))
-    measured = {}
+    measured: dict[str, dict[str, float]] = {}
     for t in state["tasks"].values():
         measured.update(t.get("optimizer_choice") or {})
     detail = ""
@@ -362,16 +362,16 @@ def target_verdicts(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ratios = step_ratios(t.get("step_ms", {}))
         cpu_ratios = step_ratios(t.get("step_cpu_ms") or {})
         for family in FAMILIES:
-            fk_rows = [
-                r
-                for r in ratios
-                if ROWS[r].family == family and ROWS[r].library == "flowkit" and ratios[r] is not None
-            ]
-            if not fk_rows:
+            fk_ratios = {
+                r: v
+                for r, v in ratios.items()
+                if ROWS[r].family == family and ROWS[r].library == "flowkit" and v is not None
+            }
+            if not fk_ratios:
                 continue
-            ratio = min(ratios[r] for r in fk_rows)
+            ratio = min(fk_ratios.values())
             met = ratio <= STEP_RATIO_TARGET
-            cpu_ratio = min((cpu_ratios[r] for r in fk_rows if cpu_ratios.get(r) is not None), default=None)
+            cpu_ratio = min((v for r in fk_ratios if (v := cpu_ratios.get(r)) is not None), default=None)
             entry["step_ratio"][family] = {"ratio": ratio, "met": met, "cpu_ratio": cpu_ratio}
             if not met:
                 entry["unmet"].append(f"{family} step")

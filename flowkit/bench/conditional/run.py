@@ -47,7 +47,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -220,7 +220,7 @@ def _seed_of(*keys: object) -> int:
 
 
 # -- training and evaluation -----------------------------------------------------------------------
-def row_optimizer(row: str, params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def row_optimizer(row: str, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam with learning rate ``lr`` for ``row``, built as the row's library is used.
 
     flowkit rows: :func:`flowkit.optim.build_optimizer` (the implementation flowkit's trainer
@@ -534,8 +534,8 @@ def run_conditional(
                     "sims": sims,
                     "fingerprint": settings.cell_fingerprint(task.name, row, sims),
                 }
-                if record is None and availability[row] is not None:
-                    status, reason = availability[row].split("|", 1)
+                if record is None and (unavailable := availability[row]) is not None:
+                    status, reason = unavailable.split("|", 1)
                     record = {**base, "status": status, "reason": reason}
                 elif record is None:
                     if train is None:
