@@ -179,10 +179,17 @@ class _MemCNNAdapter(nn.Module):
         self.block = block
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block(x)[0]
+        return _own_storage(self.block(x)[0])
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self.block.inverse(y)[0]
+        return _own_storage(self.block.inverse(y)[0])
+
+
+def _own_storage(t: Tensor) -> Tensor:
+    """``t``, copied when it is a view: MemCNN detaches its outputs in place (``detach_``), which
+    torch refuses for views (a coupling's output is a reshaped view of its joined halves). One copy
+    of a block's output (786 KB here) against the block's convolutions: negligible."""
+    return t.clone() if t._base is not None else t
 
 
 def _import_memcnn() -> Any:
