@@ -35,7 +35,8 @@ from flowkit.cli.options import checkpoint_option, data_dir_option, run_dir_argu
     default=0,
     metavar="N",
     help="Also classify N samples per class with flowkit's own classifier for the "
-    "dataset (class-conditional models).",
+    "dataset (class-conditional models): sample_accuracy. With --samples too, the class "
+    "accuracy of those samples is kept as samples_class_accuracy.",
 )
 @click.option(
     "--samples",
@@ -95,12 +96,15 @@ def evaluate(
         **metrics,
         **latent_scale_stats(run.model),
     }
+    if num_samples:
+        result.update(sample_metrics(run.model, data, n=num_samples, seed=run.config["train"]["seed"]))
     if per_class:
         classifier, accuracy = train_classifier(data)
         result["classifier_test_accuracy"] = accuracy
+        if "sample_accuracy" in result:
+            # --samples scored its N samples too; keep that figure under its own name
+            result["samples_class_accuracy"] = result.pop("sample_accuracy")
         result["sample_accuracy"] = class_sample_accuracy(run.model, classifier, per_class)
-    if num_samples:
-        result.update(sample_metrics(run.model, data, n=num_samples, seed=run.config["train"]["seed"]))
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -91,3 +91,15 @@ def test_padded_model_says_its_likelihood_is_not_a_data_density(tmp_path: Path):
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "not densities of the data" in result.output
+
+
+def test_eval_keeps_both_class_accuracies(tmp_path: Path):
+    """--sample-accuracy (N per class) and --samples (N in all) each keep their own figure."""
+    run(tmp_path, "--transform", "revnet", "--objective", "ot", *TINY_REVNET)
+    args = ["eval", str(tmp_path / "r"), "--sample-accuracy", "3", "--samples", "40"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    written = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert 0.0 <= written["sample_accuracy"] <= 1.0
+    assert 0.0 <= written["samples_class_accuracy"] <= 1.0
+    assert "precision" in written
