@@ -83,6 +83,7 @@ def run(
     """
     from flowkit import distributed
     from flowkit.config import load_config
+    from flowkit.runs import require_run_dataset
     from flowkit.trainer import resume, train
 
     def train_or_resume() -> dict | None:
@@ -94,6 +95,7 @@ def run(
             "data_dir": data_dir,
         }
         if resume_dir is not None:
+            require_run_dataset(resume_dir)
             changed = config_source or overrides or any(v is not None for v in shortcuts.values())
             requested = None
             if changed:  # start from the run's own config unless a preset or file is given

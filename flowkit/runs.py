@@ -133,13 +133,21 @@ def dataset_source(name: str) -> dict[str, str]:
     }
 
 
-def missing_dataset_message(name: str, source: dict[str, Any], run_dir: str | Path | None) -> str:
-    """One line: the run needs dataset ``name``, which this process lacks, and how to provide it."""
+def missing_dataset_message(
+    name: str, source: dict[str, Any], run_dir: str | Path | None, purpose: str = "evaluate"
+) -> str:
+    """One line: the run needs dataset ``name``, which this process lacks, and how to provide it
+    (``purpose``: ``"evaluate"`` or ``"resume"``, the call the Python route ends with)."""
     run = "RUN_DIR" if run_dir is None else str(run_dir)
     target, dist = source.get("target", "?"), source.get("distribution")
+    then = (
+        f"flowkit.trainer.resume({run!r}) in that process"
+        if purpose == "resume"
+        else f"flowkit.load_run({run!r}).load_data()"
+    )
     register = (
         f"or, in Python, register it (flowkit.registry.datasets.register({name!r}, your_function)) "
-        f"and then call flowkit.load_run({run!r}).load_data()"
+        f"and then call {then}"
     )
     if dist == "<runtime>":
         origin = f"the process that trained it registered it at runtime ({target})"
@@ -161,6 +169,25 @@ def missing_dataset_message(name: str, source: dict[str, Any], run_dir: str | Pa
         f"To make it available, {fix}; a dataset that reads files also needs its folder (--data-dir "
         f"or $FLOWKIT_DATA). Sampling needs no data: flowkit sample {run} works as it is."
     )
+
+
+def require_run_dataset(run_dir: str | Path) -> None:
+    """Before resuming ``run_dir``: the one-line :func:`missing_dataset_message` when the dataset
+    its config names is not registered in this process (e.g. one registered at runtime by the
+    process that trained), instead of an unknown-plugin error that does not say why."""
+    from flowkit import registry
+
+    name = read_run_config(run_dir).get("data", {}).get("name")
+    if not isinstance(name, str) or name in registry.datasets.names(include_blocked=True):
+        return
+    source: dict[str, Any] = {}
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            source = dict(load_checkpoint(path).get("dataset") or {})
+        except CheckpointError:
+            continue
+        break
+    raise UnknownPluginError(missing_dataset_message(name, source, run_dir, purpose="resume"))
 
 
 def new_run_dir(out_dir: str | Path, config: dict[str, Any], name: str | None = None) -> Path:

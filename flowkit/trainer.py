@@ -92,6 +92,7 @@ from flowkit.runs import (
     load_dataset,
     new_run_dir,
     read_run_config,
+    require_run_dataset,
     select_device,
 )
 
@@ -768,6 +769,7 @@ def resume(
     """
     run_dir = Path(run_dir)
     dist.init()
+    require_run_dataset(run_dir)  # a dataset missing here: say which, and how to provide it
     saved = resolve(dist.on_main(read_run_config, run_dir))  # rank 0 reads; all get it
     config = saved
     if requested is not None:

@@ -137,6 +137,21 @@ def test_flowkit_eval_names_the_dataset_and_how_to_provide_it(run_dir: Path, tmp
     assert not (run_dir / "eval.json").exists()
 
 
+def test_flowkit_resume_names_the_dataset_and_how_to_resume(run_dir: Path, tmp_path: Path):
+    """--resume in a new process: the same one-line message, ending with the Python route that
+    resumes (not an unknown-plugin error); the run folder is left as it was."""
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    for extra in ([], ["--set", "train.steps=30"]):
+        done = _flowkit("run", "--resume", str(run_dir), *extra, cwd=tmp_path)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert f"needs dataset '{NAME}'" in lines[0] and "registered it at runtime" in lines[0]
+        assert f"flowkit.trainer.resume({str(run_dir)!r})" in lines[0]
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
 def test_registering_the_dataset_again_makes_the_run_evaluable(run_dir: Path):
     code = (
         DATASET_SOURCE
