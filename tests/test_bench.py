@@ -123,6 +123,17 @@ def test_format() -> None:
     assert fmt(150.0, 0.0, 2) == "150"
 
 
+def test_separation_says_whether_a_gap_exceeds_the_seed_noise() -> None:
+    from flowkit.bench.report import separation
+
+    # means 1.0 and 2.0, sd 0.1 over 3 seeds each: z = 1 / sqrt(2 * 0.01 / 3) ≈ 12
+    assert separation((1.0, 0.1, 3), (2.0, 0.1, 3)) == "yes (z = 12.2)"
+    # the same gap with sd 1.0: z ≈ 1.2, within the noise
+    assert separation((1.0, 1.0, 3), (2.0, 1.0, 3)) == "no (z = 1.2)"
+    assert separation((1.0, 0.0, 1), (2.0, 0.1, 3)) == "–"  # one seed: no spread to compare
+    assert separation((1.0, 0.0, 3), (1.0, 0.0, 3)) == "no"
+
+
 def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     runner = CliRunner()
@@ -144,6 +155,7 @@ def test_bench_runs_skips_and_resumes(suite_file: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert report.startswith("# Benchmark suite `mini`")
     assert "## Ranking" in report and "## Cells that did not run" in report
+    assert "apart from the next?" in report  # realnvp has 2 seeds
     assert "Glow takes images" in report and "flowkit run --transform realnvp" in report
     # the machine and each cell's threads and execution paths (issue 21)
     from flowkit.execution.autotune import cpu_info

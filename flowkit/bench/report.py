@@ -221,6 +221,28 @@ def _expand(metrics: list[str], available: set[str]) -> list[str]:
     return out
 
 
+#: ``|Δ mean| / standard error of Δ`` above which two ranked cells count as apart (about a 95%
+#: two-sided normal band; with 3 seeds a rough guide, which is what the column says it is)
+SEPARATION_Z = 2.0
+
+
+def separation(a: tuple[float, float, int], b: tuple[float, float, int]) -> str:
+    """Whether two cells' means differ by more than their seed noise: ``"yes (z = 4.1)"``,
+    ``"no (z = 0.8)"``, or ``"–"`` when either has one seed (no spread to compare with).
+
+    ``z = |μ_a − μ_b| / sqrt(s_a²/n_a + s_b²/n_b)`` (Welch's statistic, the seeds' sample
+    standard deviations ``s``); apart when ``z > SEPARATION_Z``.
+    """
+    (ma, sa, na), (mb, sb, nb) = a, b
+    if na < 2 or nb < 2 or any(math.isnan(v) for v in (ma, mb)):
+        return "–"
+    se = math.sqrt((sa or 0.0) ** 2 / na + (sb or 0.0) ** 2 / nb)
+    if se == 0.0:
+        return "yes" if ma != mb else "no"
+    z = abs(ma - mb) / se
+    return f"{'yes' if z > SEPARATION_Z else 'no'} (z = {z:.1f})"
+
+
 def ranking(suite: Suite, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Groups sorted by the suite's ``rank_by`` metric (those without it last)."""
     key = suite.meta["rank_by"]
@@ -254,19 +276,30 @@ def render_report(suite: Suite, results: list[dict[str, Any]], machine: dict[str
         ranked = ranking(suite, groups)
         seeds = max(len(g["seeds"]) for g in groups)
         header = ["rank", *vary, key + (" (mean ± sd over seeds)" if seeds > 1 else ""), "seeds"]
+        if seeds > 1:
+            header.append("apart from the next?")
         rows = []
         for i, g in enumerate(ranked, 1):
             stat = g["stats"].get(key)
-            rows.append(
-                [
-                    str(i),
-                    *[str(g["axes"].get(a, "")) for a in vary],
-                    fmt(*stat) if stat else "–",
-                    str(len(g["seeds"])),
-                ]
-            )
+            row = [
+                str(i),
+                *[str(g["axes"].get(a, "")) for a in vary],
+                fmt(*stat) if stat else "–",
+                str(len(g["seeds"])),
+            ]
+            if seeds > 1:
+                after = ranked[i]["stats"].get(key) if i < len(ranked) else None
+                row.append(separation(stat, after) if stat and after else "–")
+            rows.append(row)
         better = "higher" if key in suite.meta.get("higher_is_better", []) else "lower"
-        out += ["## Ranking", "", f"By `{key}` ({better} is better).", "", _md_table(header, rows), ""]
+        note = f"By `{key}` ({better} is better)."
+        if seeds > 1:
+            note += (
+                " *Apart from the next*: whether this cell's mean differs from the next one's by "
+                f"more than the seeds' noise (Welch's z = |Δ mean| / standard error > {SEPARATION_Z:g}; "
+                "with 3 seeds a rough guide; – where a cell has one seed)."
+            )
+        out += ["## Ranking", "", note, "", _md_table(header, rows), ""]
         out += ["![ranking](figures/ranking.png)", ""]
         available = {k for g in groups for k in g["stats"]}
         for title, metrics, note in TABLES:
