@@ -88,8 +88,13 @@ def sample(
     context = None
     context_shape = run.meta.context_shape
     if label is not None:
-        if not run.meta.num_classes or not 0 <= label < run.meta.num_classes:
-            raise ConfigError(f"--label must be a class in 0..{(run.meta.num_classes or 1) - 1} for this run")
+        if not run.meta.num_classes:
+            raise ConfigError(
+                f"--label {label}: this run's dataset has no class labels, so there is no class "
+                f"to draw from; leave out --label"
+            )
+        if not 0 <= label < run.meta.num_classes:
+            raise ConfigError(f"--label must be a class in 0..{run.meta.num_classes - 1} for this run, got {label}")
         context = torch.full((num,), label, dtype=torch.long, device=run.model.device)
     if context_spec is not None:
         if context_shape is None:

@@ -54,6 +54,14 @@ def _split(section: Mapping[str, Any], generic: tuple[str, ...] = ()) -> tuple[s
 
 def build_model(config: Mapping[str, Any], meta: DataMeta) -> Flow:
     """Build the :class:`Flow` a resolved config describes for data described by ``meta``."""
+    missing = [k for k in ("data", "transform", "prior") if not isinstance(config.get(k), Mapping)]
+    if missing:
+        raise ConfigError(
+            f"build_model needs a resolved config, with the sections [data], [transform] and "
+            f"[prior]; this one lacks {', '.join(f'[{k}]' for k in missing)}. Build one with "
+            f"flowkit.load_config(transform=..., data=..., overrides=[...]) (it fills in every "
+            f"default), or use the classes of flowkit.flows"
+        )
     data_cfg = config["data"]
     preprocess = build_preprocess(
         data_cfg.get("preprocess", "auto"),

@@ -20,6 +20,7 @@ A config becomes a :class:`Flow` in :func:`flowkit.builder.build_model` (also
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from flowkit.config import Temperature
 from flowkit.data.base import DataMeta
 from flowkit.embedding import ContextStandardize, Embedding
-from flowkit.errors import ShapeError
+from flowkit.errors import ConfigError, ShapeError
 from flowkit.params import check_constraints
 from flowkit.prior import Prior
 from flowkit.transform import Shape, Transform
@@ -51,7 +52,7 @@ class NonFiniteSamplesWarning(RuntimeWarning):
 
 def _report_nonfinite(x: Tensor, where: str) -> None:
     """Warn (:class:`NonFiniteSamplesWarning`) with the share of samples of ``x`` holding NaN/inf."""
-    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    finite = torch.isfinite(x.reshape(x.shape[0], math.prod(x.shape[1:]))).all(1)
     if bool(finite.all()):
         return
     bad = int((~finite).sum())
@@ -63,6 +64,12 @@ def _report_nonfinite(x: Tensor, where: str) -> None:
         NonFiniteSamplesWarning,
         stacklevel=3,
     )
+
+
+def _check_count(n: Any, where: str) -> None:
+    """The number of samples of a call: a whole number ≥ 0, else a :class:`ConfigError`."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ConfigError(f"{where}: n must be a whole number ≥ 0 (the number of samples), got {n!r}")
 
 
 class Flow(nn.Module):
@@ -215,6 +222,7 @@ class Flow(nn.Module):
         domain (a clamp would change their density). With ``temperature ≠ 1`` the samples come
         from the tempered prior but the log-density is still that of the model.
         """
+        _check_count(n, "Flow.sample_and_log_prob")
         check_constraints(temperature, Temperature, "Flow.sample_and_log_prob: temperature", 1.0)
         if context is None:
             context = self.default_context(n)
@@ -273,9 +281,11 @@ class Flow(nn.Module):
         """``n`` samples ``decode(z)``, ``z ~ p_Z``, clamped to the data's domain (``[0, 1]`` for
         images); class-conditional models cycle through the classes when ``context`` is None.
         A model with a real-valued context needs ``context`` of shape ``(n, *context_shape)``.
-        ``temperature`` must be a finite number > 0 (:class:`ConfigError` otherwise). Samples
+        ``n`` must be a whole number ≥ 0 and ``temperature`` a finite number > 0
+        (:class:`ConfigError` otherwise). Samples
         holding NaN or inf (an overflowing inverse) are returned as NaN, not clamped, with a
         :class:`NonFiniteSamplesWarning` giving their share."""
+        _check_count(n, "Flow.sample")
         check_constraints(temperature, Temperature, "Flow.sample: temperature", 1.0)
         if context is None:
             context = self.default_context(n)

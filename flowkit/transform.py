@@ -133,4 +133,4 @@ def require_rank(name: str, shape: Shape, ranks: tuple[int, ...], hint: str = ""
 
 def sum_except_batch(t: Tensor) -> Tensor:
     """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(dim=1)  # not -1: B may be 0

@@ -206,6 +206,14 @@ def test_eval_reproduces_summary(moons_run: Path):
     assert evaluated["test_nll"] == pytest.approx(summary["test_nll"], rel=1e-5)
 
 
+def test_sample_label_on_unlabelled_data_says_there_are_no_classes(moons_run: Path, tmp_path: Path):
+    user_error(
+        invoke("sample", str(moons_run), "--label", "3", "--out", str(tmp_path / "s.png")),
+        "has no class labels",
+        "leave out --label",
+    )
+
+
 def test_sample_png_and_tensor(moons_run: Path, tmp_path: Path):
     ok(invoke("sample", str(moons_run), "-n", "64", "--out", str(tmp_path / "s.png")))
     assert (tmp_path / "s.png").stat().st_size > 0

@@ -342,6 +342,26 @@ def test_flow_sample_refuses_a_bad_temperature(temperature: float) -> None:
     assert flow.sample(3, temperature=0.5).shape == (3, 2)
 
 
+@pytest.mark.parametrize("n", [-5, 2.5, True, "3"])
+def test_flow_sample_refuses_a_bad_count(n: object) -> None:
+    from flowkit import flows
+
+    flow = flows.MAF(features=2, transforms=1, hidden=4)
+    with pytest.raises(ConfigError, match=r"Flow\.sample: n must be a whole number ≥ 0"):
+        flow.sample(n)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Flow\.sample_and_log_prob: n must be"):
+        flow.sample_and_log_prob(n)  # type: ignore[arg-type]
+    assert flow.sample(0).shape == (0, 2)
+
+
+def test_build_model_names_the_missing_sections() -> None:
+    from flowkit import build_model
+    from flowkit.data import DataMeta
+
+    with pytest.raises(ConfigError, match=r"lacks \[data\], \[prior\]\. Build one with flowkit\.load_config"):
+        build_model({"transform": {"name": "nice"}}, DataMeta(shape=(2,)))
+
+
 def test_dataclasses_check_their_fields_when_built_directly() -> None:
     with pytest.raises(ConfigError, match=r"\[train\] steps must be at least 1, got 0"):
         TrainConfig(steps=0)
