@@ -94,7 +94,9 @@ def sample(
                 f"to draw from; leave out --label"
             )
         if not 0 <= label < run.meta.num_classes:
-            raise ConfigError(f"--label must be a class in 0..{run.meta.num_classes - 1} for this run, got {label}")
+            raise ConfigError(
+                f"--label must be a class in 0..{run.meta.num_classes - 1} for this run, got {label}"
+            )
         context = torch.full((num,), label, dtype=torch.long, device=run.model.device)
     if context_spec is not None:
         if context_shape is None:
