@@ -16,8 +16,10 @@ Behaviour:
   is asked for (``flowkit list`` imports them to show summaries).
 * **Provenance.** Each entry records the distribution (name and version) that provides it.
 * **Contained failure.** A plugin that fails to import — any exception, ``sys.exit()`` or another
-  ``BaseException`` (but Ctrl-C) — raises :class:`PluginLoadError` naming the plugin, its
-  distribution and the error, only when that plugin is used.
+  ``BaseException``, a ``KeyboardInterrupt`` it raises itself included — raises
+  :class:`PluginLoadError` naming the plugin, its distribution and the error, only when that
+  plugin is used. A real Ctrl-C during the import still interrupts (:func:`_import_watching_sigint`
+  tells the two apart).
 * **Collisions** warn and say which distribution won (flowkit's own plugins win; otherwise the
   first distribution in alphabetical order).
 * **Blocklist.** ``$FLOWKIT_BLOCK`` (comma-separated names, optionally ``group:name``) and the
@@ -77,14 +79,11 @@ class PluginEntry:
             return self._obj
         if self._error is None:
             try:
-                module_name, _, attr = self.target.partition(":")
-                obj: Any = importlib.import_module(module_name)
-                for part in filter(None, attr.split(".")):
-                    obj = getattr(obj, part)
+                obj: Any = _import_watching_sigint(self.target)
                 self._obj = obj
                 return obj
-            except KeyboardInterrupt:
-                raise
+            except _UserInterrupt:
+                raise KeyboardInterrupt from None  # the user pressed Ctrl-C: stop, as always
             except BaseException as exc:  # any import-time failure, sys.exit() included
                 self._error = exc
         exited = (
@@ -105,6 +104,55 @@ class PluginEntry:
         except PluginLoadError as exc:
             return f"[failed to load: {exc.__cause__!s}]"
         return doc.splitlines()[0] if doc else ""
+
+
+class _UserInterrupt(Exception):
+    """A Ctrl-C (SIGINT) that arrived while a plugin was being imported."""
+
+
+def _import_watching_sigint(target: str) -> Any:
+    """Import ``module:attr.path``; a ``KeyboardInterrupt`` caused by a real SIGINT becomes
+    :class:`_UserInterrupt`, one the plugin's code raised by itself stays a failure to load.
+
+    In the main thread a temporary SIGINT handler records the signal before raising
+    ``KeyboardInterrupt`` as Python's default handler would; elsewhere (signals reach only the
+    main thread) every ``KeyboardInterrupt`` is treated as the user's.
+    """
+    import signal
+    import threading
+
+    def resolve() -> Any:
+        module_name, _, attr = target.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in filter(None, attr.split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            return resolve()
+        except KeyboardInterrupt:
+            raise _UserInterrupt from None
+    pressed = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        pressed = True
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except (ValueError, OSError):  # no signal handling here (embedded interpreter)
+        previous = None
+    try:
+        return resolve()
+    except KeyboardInterrupt:
+        if pressed or previous is None:
+            raise _UserInterrupt from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _parse_blocklist(text: str) -> set[str]:

@@ -9,6 +9,7 @@ finds a pip-installed package.
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -242,13 +243,34 @@ def test_plugin_that_exits_or_raises_a_base_exception_is_contained(site: FakeSit
 
 
 def test_ctrl_c_while_a_plugin_imports_is_not_swallowed(site: FakeSite) -> None:
+    """A real SIGINT during a plugin's import interrupts, as Ctrl-C always does."""
+    pressed = site.module(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(5)  # the signal arrives here\n"
+    )
+    site.distribution("fk-pressed", "0.1", {"flowkit.transforms": {"pressed-flow": f"{pressed}:Flow"}})
+    activate()
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        registry.transforms.get("pressed-flow")
+    assert signal.getsignal(signal.SIGINT) is handler  # the temporary handler is gone
+
+
+def test_a_plugin_raising_keyboard_interrupt_itself_is_contained(site: FakeSite) -> None:
+    """``raise KeyboardInterrupt`` in a plugin's module (no signal) is a failure to load, like
+    any other BaseException: the plugin is reported, flowkit keeps going."""
     interrupted = site.module("raise KeyboardInterrupt\n")
     site.distribution(
         "fk-interrupted", "0.1", {"flowkit.transforms": {"interrupted-flow": f"{interrupted}:Flow"}}
     )
     activate()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(PluginLoadError, match=r"'interrupted-flow' .*failed to load: KeyboardInterrupt"):
         registry.transforms.get("interrupted-flow")
+    assert registry.transforms.get("realnvp").__name__ == "RealNVP"
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "failed to load" in next(ln for ln in result.output.splitlines() if "interrupted-flow" in ln)
 
 
 def test_collision_between_third_parties_warns_and_names_the_winner(site: FakeSite) -> None:
