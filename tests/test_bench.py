@@ -123,6 +123,33 @@ def test_format() -> None:
     assert fmt(150.0, 0.0, 2) == "150"
 
 
+def test_a_cell_trains_what_its_command_trains(tmp_path: Path) -> None:
+    """The suite's [base] settings win over what a chosen plugin recommends (flow-matching
+    recommends train.batch_size = 256), in the cell's config exactly as in its reported
+    `flowkit run` command: the cnf cell of the mnist suite once trained at 256 while its
+    command said 64."""
+    import shlex
+
+    from flowkit.bench.cell import cell_command, cell_config
+    from flowkit.config import load_config
+
+    path = tmp_path / "fm.toml"
+    path.write_text(
+        "[base.train]\nbatch_size = 64\nlr = 5e-4\n[base.eval]\nn_samples = 16\n"
+        '[matrix]\ntransform = ["cnf"]\nobjective = ["flow-matching", "ot"]\ndata = ["moons"]\n'
+        "budget = [10]\n"
+    )
+    suite = load_suite(path)
+    for cell in suite.cells:
+        config = cell_config(suite.base, cell, None)
+        assert config["train"]["batch_size"] == 64 and config["train"]["lr"] == 5e-4
+        assert config["eval"]["n_samples"] == 16
+        args = shlex.split(cell_command(suite.base, cell))[2:]
+        shortcuts = {args[i][2:]: args[i + 1] for i in range(0, len(args), 2) if args[i] != "--set"}
+        sets = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"]
+        assert load_config(None, sets, **shortcuts) == config
+
+
 def test_separation_says_whether_a_gap_exceeds_the_seed_noise() -> None:
     from flowkit.bench.report import separation
 

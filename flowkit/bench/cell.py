@@ -57,18 +57,24 @@ def plugin_name(cell: Cell, section: str) -> str:
 
 
 def cell_config(base: dict[str, Any], cell: Cell, data_dir: str | None) -> dict[str, Any]:
-    """The resolved run config of a training cell (raises FlowkitError if it makes no sense)."""
-    from flowkit.config import load_config
+    """The resolved run config of a training cell (raises FlowkitError if it makes no sense).
+
+    The suite's ``[base]`` settings are given as ``--set`` overrides, exactly as
+    :func:`cell_command` writes them, so they win over the settings a chosen plugin recommends
+    (e.g. ``flow-matching``'s ``train.batch_size = 256``) and the cell trains what its reported
+    command trains.
+    """
+    from flowkit.config import flatten, load_config
 
     return load_config(
         None,
-        cell_overrides(base.get("train", {}), cell),
+        [f"{k}={_toml_value(v)}" for k, v in flatten(base).items()]
+        + cell_overrides(base.get("train", {}), cell),
         transform=plugin_name(cell, "transform"),
         objective=plugin_name(cell, "objective"),
         prior=plugin_name(cell, "prior") or None,
         data=plugin_name(cell, "data"),
         data_dir=data_dir,
-        base=base,
     )
 
 
