@@ -522,3 +522,22 @@ def test_an_axis_value_can_be_a_label_and_setup_errors_are_invalid(tmp_path: Pat
     spec = {"cell": bad.to_dict(), "cell_dir": str(tmp_path / "bad"), "base": suite.base, "metrics": {}}
     record = execute(spec)
     assert record["status"] == "invalid" and "vector field" in record["reason"]
+
+
+def test_class_accuracy_measures_models_conditional_through_the_transform(monkeypatch) -> None:
+    """A cnf that reads the labels (prior unconditional) is class-conditional: the suite's
+    class_accuracy measure must score it (it once looked only at the prior)."""
+    from types import SimpleNamespace
+
+    import flowkit.metrics as metrics
+    from flowkit.bench import measures
+
+    monkeypatch.setattr(metrics, "train_classifier", lambda data: ("clf", 0.98))
+    monkeypatch.setattr(metrics, "class_sample_accuracy", lambda model, clf, per_class: 0.5 + per_class / 1000)
+    data = SimpleNamespace(is_image=True, num_classes=10)
+    prior = SimpleNamespace(conditional=False)
+    run = SimpleNamespace(model=SimpleNamespace(class_conditional=True, prior=prior))
+    out = measures.class_accuracy(run, data, {"n_samples": 1000}, Path("."), None)  # type: ignore[arg-type]
+    assert out == {"sample_accuracy": 0.6, "classifier_test_accuracy": 0.98}
+    run = SimpleNamespace(model=SimpleNamespace(class_conditional=False, prior=prior))
+    assert measures.class_accuracy(run, data, {"n_samples": 1000}, Path("."), None) == {}  # type: ignore[arg-type]

@@ -64,10 +64,12 @@ def frechet(
 def class_accuracy(
     run: Run, data: DataSplits, switches: dict[str, Any], cell_dir: Path, data_dir: str | None
 ) -> dict[str, Any]:
-    """Class-conditional sample accuracy (class-conditional priors on labelled images only)."""
+    """Class-conditional sample accuracy (class-conditional models on labelled images only: a
+    class-conditional prior, or a transform that reads the labels, such as a conditional cnf)."""
     from flowkit.metrics import class_sample_accuracy, train_classifier
 
-    if not (run.model.prior.conditional and data.is_image and data.num_classes):
+    conditional = getattr(run.model, "class_conditional", run.model.prior.conditional)
+    if not (conditional and data.is_image and data.num_classes):
         return {}
     classifier, acc = train_classifier(data)
     per_class = max(1, _n(switches) // data.num_classes)
