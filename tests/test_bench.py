@@ -533,7 +533,9 @@ def test_class_accuracy_measures_models_conditional_through_the_transform(monkey
     from flowkit.bench import measures
 
     monkeypatch.setattr(metrics, "train_classifier", lambda data: ("clf", 0.98))
-    monkeypatch.setattr(metrics, "class_sample_accuracy", lambda model, clf, per_class: 0.5 + per_class / 1000)
+    monkeypatch.setattr(
+        metrics, "class_sample_accuracy", lambda model, clf, per_class: 0.5 + per_class / 1000
+    )
     data = SimpleNamespace(is_image=True, num_classes=10)
     prior = SimpleNamespace(conditional=False)
     run = SimpleNamespace(model=SimpleNamespace(class_conditional=True, prior=prior))
