@@ -15,7 +15,7 @@ The kinds are those of issue 17: run folders and checkpoints, config numbers, CL
 names, the Python API, third-party plugins, benchmarks. Only the interpreter changes between
 installations, so the same catalogue measures the code before and after a change::
 
-    FLOWKIT_DATA=/work/shared/data nice -n 19 .venv/bin/python benchmarks/user_mistakes.py \\
+    FLOWKIT_DATA=../shared/data nice -n 19 .venv/bin/python benchmarks/user_mistakes.py \\
         --flowkit-python .venv/bin/python --out /tmp/mistakes-after.json
 
 ``--flowkit-python`` is the interpreter of the installation under test; its ``flowkit`` command
@@ -994,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     env.update(
         {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
     )
-    env.setdefault("FLOWKIT_DATA", "/work/shared/data")
+    # the shared data folder beside the checkout (../shared/data), unless $FLOWKIT_DATA says otherwise
+    env.setdefault("FLOWKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ctx = Ctx(python, exe, root, env, args.timeout)
 
     version = run_process(
